@@ -1,0 +1,42 @@
+"""Command-line interface: argument parsing only; every subcommand calls one public API function.
+
+Each module named in ``COMMANDS`` defines ``register(subparsers)``, which adds its subcommand(s)
+and sets ``func`` (a callable taking the parsed namespace and returning an exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``alphavae`` parser with every subcommand registered."""
+    from alphavae import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="alphavae",
+        description="Transparent (RGBA) latent diffusion toolkit (AlphaVAE, arXiv 2507.09308).",
+    )
+    parser.add_argument("--version", action="version", version=f"alphavae {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"alphavae.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``alphavae`` console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

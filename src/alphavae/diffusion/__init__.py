@@ -1,0 +1,1 @@
+"""Diffusion on RGBA latents: FLUX LoRA fine-tuning and transparent text-to-image generation."""

@@ -1,0 +1,51 @@
+"""RGBA I/O: files <-> straight-alpha tensors, compositing, premultiplication, resampling, padding.
+
+Every tensor here follows docs/architecture.md: straight (non-premultiplied) alpha, float
+``(B, 4, H, W)`` or ``(4, H, W)``, channels R, G, B, A, all in [-1, 1]. Submodules: ``files``
+(load/save, file walking, atomic writes), ``alpha`` (ranges, compositing, premultiplication, masks),
+``resample`` (alpha-correct resize, pad to a multiple, crop back). No model code lives here.
+"""
+
+from alphavae.io.alpha import (
+    BACKGROUNDS,
+    CHECKER_DARK,
+    CHECKER_LIGHT,
+    alpha_to_mask,
+    alpha_unit,
+    check_pixels,
+    checkerboard,
+    composite,
+    from_unit,
+    mask_to_alpha,
+    premultiply,
+    to_unit,
+    unpremultiply,
+)
+from alphavae.io.files import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    atomic_write,
+    check_output_outside_inputs,
+    from_pil,
+    image_extensions,
+    list_images,
+    load_rgba,
+    save_rgba,
+    to_pil,
+)
+from alphavae.io.resample import (
+    PAD_MODES,
+    RESIZE_MODES,
+    crop_to,
+    pad_to_multiple,
+    resize_rgba,
+    resize_short_side,
+)
+
+__all__ = [
+    "BACKGROUNDS", "CHECKER_DARK", "CHECKER_LIGHT", "DEFAULT_MAX_PIXELS", "PAD_MODES", "RESIZE_MODES",
+    "ImageLoadError", "alpha_to_mask", "alpha_unit", "atomic_write", "check_output_outside_inputs",
+    "check_pixels", "checkerboard", "composite", "crop_to", "from_pil", "from_unit", "image_extensions",
+    "list_images", "load_rgba", "mask_to_alpha", "pad_to_multiple", "premultiply", "resize_rgba",
+    "resize_short_side", "save_rgba", "to_pil", "to_unit", "unpremultiply",
+]

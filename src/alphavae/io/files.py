@@ -1,0 +1,394 @@
+"""Image files <-> straight RGBA tensors, file walking and atomic writes.
+
+Decoding wraps Pillow; 16-bit PNGs (which Pillow reduces to 8 bits for RGB/RGBA/grey+alpha) are
+decoded and written with pypng at full precision. Loaded pixels follow the project convention:
+straight alpha, float32 ``(4, H, W)``, channels R, G, B, A, all in [-1, 1]. Colour values are the
+file's sRGB-encoded values; ICC profiles and gamma chunks are not applied.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import png
+import torch
+from PIL import Image
+
+from alphavae.io.alpha import check_pixels, from_unit, to_unit
+
+DEFAULT_MAX_PIXELS = 8192 * 8192
+"""Default limit on width * height accepted by :func:`load_rgba` (decompression-bomb guard)."""
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ORIENTATION_TAG = 0x0112
+_PIL_GUARD_LOCK = threading.Lock()
+
+
+class ImageLoadError(ValueError):
+    """An input image could not be read.
+
+    Attributes:
+        path: the offending file (``pathlib.Path``).
+        reason: what went wrong, in words.
+
+    ``str(err)`` is ``"<path>: <reason>"``.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an ``(H, W, C)`` array, as ``PIL.ImageOps.exif_transpose``."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, k=-1),
+        7: lambda a: np.rot90(a, k=1)[::-1],
+        8: lambda a: np.rot90(a, k=1),
+    }
+    return np.ascontiguousarray(ops[orientation](array)) if orientation in ops else array
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """Bit depth from a PNG's IHDR chunk, or None for a non-PNG file."""
+    with open(path, "rb") as handle:
+        head = handle.read(26)
+    return head[24] if len(head) == 26 and head.startswith(_PNG_SIGNATURE) else None
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    """Decode a 16-bit PNG with pypng into ``(H, W, 4)`` float64 in [0, 1] (tRNS becomes alpha)."""
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    planes = info["planes"]
+    values = np.vstack([np.asarray(row, dtype=np.float64) for row in rows]).reshape(height, width, planes)
+    values /= 2 ** info["bitdepth"] - 1
+    colour = np.repeat(values[..., :1], 3, axis=2) if info["greyscale"] else values[..., :3]
+    alpha = values[..., -1:] if info["alpha"] else np.ones((height, width, 1))
+    return np.concatenate([colour, alpha], axis=2)
+
+
+def _pil_unit_array(image: Image.Image) -> np.ndarray:
+    """Decode one Pillow frame into ``(H, W, 4)`` float64 straight RGBA in [0, 1].
+
+    Alpha comes from an alpha band (RGBA, LA, PA, RGBa, La) or from ``info["transparency"]``
+    (palette tRNS, single transparent index, grey/RGB transparent value); everything else is opaque.
+    Modes I;16* and I are 16-bit grey (0-65535), F is grey in [0, 1] (clamped).
+    """
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
+        grey = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(grey).all():
+            raise ValueError(f"mode {image.mode} image contains NaN or infinite values")
+        grey = np.clip(grey if image.mode == "F" else grey / 65535, 0, 1)
+        return np.dstack([grey, grey, grey, np.ones_like(grey)])
+    bands = image.getbands()
+    if "A" in bands or "a" in bands or "transparency" in image.info:
+        return np.asarray(image.convert("RGBA"), dtype=np.float64) / 255
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255
+    return np.dstack([rgb, np.ones(rgb.shape[:2])])
+
+
+def _warn_first_frame(image: Image.Image, name: str) -> None:
+    """Warn when an image has several frames (only the first is used)."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        warnings.warn(f"{name}: {frames} frames, using the first only", stacklevel=3)
+
+
+def _to_tensor(array: np.ndarray) -> torch.Tensor:
+    """``(H, W, 4)`` [0, 1] array -> ``(4, H, W)`` float32 [-1, 1] tensor."""
+    return from_unit(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))).float()
+
+
+def _open_guarded(path: Path, max_pixels: int | None) -> Image.Image:
+    """``Image.open`` with Pillow's decompression-bomb guard set to ``max_pixels`` (None: no limit)."""
+    with _PIL_GUARD_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Load any image Pillow can open as straight RGBA.
+
+    Handles (rgba-pitfalls.md #2-4, #14): palette images with a transparent index or per-entry alpha
+    (exact alpha), L / LA / grey with a transparent value (R = G = B = L), RGB / RGBX / CMYK / YCbCr
+    (alpha = 1; CMYK uses Pillow's naive conversion), premultiplied RGBa / La (un-premultiplied by
+    Pillow), 16-bit PNGs of every colour type at full precision (read with pypng, divided by 65535,
+    tRNS honoured), I;16 / I grey as 16-bit (value / 65535), F grey as [0, 1] (clamped). Multi-frame
+    files (GIF, APNG, TIFF) give their first frame with a warning. EXIF orientation is applied.
+
+    Args:
+        path: image file.
+        max_pixels: largest accepted width * height (checked from the header, before decoding);
+            None disables the guard.
+
+    Returns:
+        ``(4, H, W)`` float32 straight RGBA in [-1, 1] (quantisation steps 2/255 or 2/65535).
+
+    Raises:
+        ImageLoadError: missing, empty, truncated, corrupt or non-image file, an image above
+            ``max_pixels`` (including Pillow's DecompressionBombError/Warning), or NaN in float data.
+    """
+    path = Path(path)
+    try:
+        image = _open_guarded(path, max_pixels)
+    except FileNotFoundError as err:
+        raise ImageLoadError(path, "file not found") from err
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise ImageLoadError(path, f"too many pixels (limit max_pixels={max_pixels}): {err}") from err
+    except Exception as err:
+        raise ImageLoadError(path, f"not a readable image ({type(err).__name__}: {err})") from err
+    with image:
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageLoadError(path, f"{width}x{height} = {width * height} pixels exceeds "
+                                       f"max_pixels={max_pixels}")
+        _warn_first_frame(image, str(path))
+        try:
+            if image.format == "PNG" and _png_bit_depth(path) == 16:
+                array = _read_png16(path)
+            else:
+                array = _pil_unit_array(image)
+            orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+        except Exception as err:
+            raise ImageLoadError(path, f"cannot decode {image.format} {image.mode} image "
+                                       f"({type(err).__name__}: {err})") from err
+    return _to_tensor(_orient(array, orientation))
+
+
+def from_pil(image: Image.Image) -> torch.Tensor:
+    """Convert a Pillow image (any mode) to straight RGBA, with the mode handling of :func:`load_rgba`.
+
+    Only what Pillow decoded is seen: a 16-bit RGB/RGBA PNG opened by Pillow is already 8-bit (a
+    warning says so when it can be detected); use :func:`load_rgba` for full precision. EXIF
+    orientation is applied; a multi-frame image gives its current frame (warned).
+
+    Args:
+        image: a ``PIL.Image.Image``.
+
+    Returns:
+        ``(4, H, W)`` float32 straight RGBA in [-1, 1].
+
+    Raises:
+        TypeError: not a Pillow image.
+        ValueError: F/I data containing NaN or infinities.
+    """
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"from_pil needs a PIL.Image.Image, got {type(image).__name__}")
+    if any(str(tile.args).find(";16") >= 0 for tile in getattr(image, "tile", ()) or ()):
+        warnings.warn("16-bit PNG decoded by Pillow at 8 bits per channel; use load_rgba() for "
+                      "full precision", stacklevel=2)
+    _warn_first_frame(image, "from_pil")
+    return _to_tensor(_orient(_pil_unit_array(image), image.getexif().get(_ORIENTATION_TAG, 1)))
+
+
+def _quantise(pixels: torch.Tensor, bit_depth: int) -> np.ndarray:
+    """``(4, H, W)`` [-1, 1] -> ``(H, W, 4)`` integers; colour zeroed where the quantised alpha is 0."""
+    check_pixels(pixels)
+    if pixels.ndim != 3:
+        raise ValueError(f"expected one image shaped (4, H, W), got {tuple(pixels.shape)}")
+    if not torch.isfinite(pixels).all():
+        raise ValueError("pixels contain NaN or infinite values")
+    top = 2**bit_depth - 1
+    values = torch.round(to_unit(pixels.detach().float().cpu()).clamp(0, 1) * top)
+    values[:3] *= values[3:] > 0
+    return values.permute(1, 2, 0).numpy().astype(np.uint8 if bit_depth == 8 else np.uint16)
+
+
+def to_pil(pixels: torch.Tensor) -> Image.Image:
+    """Convert straight RGBA pixels to an 8-bit Pillow RGBA image (same quantisation as :func:`save_rgba`).
+
+    Args:
+        pixels: ``(4, H, W)`` float straight RGBA in [-1, 1] (values outside are clamped).
+
+    Returns:
+        ``PIL.Image.Image`` of mode ``"RGBA"``, values ``round(unit * 255)``, colour 0 where alpha is 0.
+
+    Raises:
+        TypeError, ValueError: not a float ``(4, H, W)`` tensor, or NaN/inf values.
+    """
+    return Image.fromarray(_quantise(pixels, 8))
+
+
+def save_rgba(pixels: torch.Tensor, path: str | os.PathLike, *, bit_depth: int = 8,
+              overwrite: bool = False) -> Path:
+    """Save straight RGBA pixels as a lossless 4-channel PNG, atomically (rgba-pitfalls.md #13).
+
+    Values are clamped to [-1, 1] and quantised to ``round(unit * (2**bit_depth - 1))``. Where the
+    quantised alpha is 0, the stored colour is 0 (transparent black): files are deterministic and no
+    hidden colour leaks, so two inputs that differ only under alpha = 0 save byte-identically.
+    Always 4 channels, also when fully opaque. 8-bit files are written by Pillow, 16-bit by pypng;
+    :func:`load_rgba` reads either back exactly.
+
+    Args:
+        pixels: ``(4, H, W)`` float straight RGBA in [-1, 1].
+        path: destination, must end in ``.png``; parent folders are created.
+        bit_depth: 8 or 16 bits per channel.
+        overwrite: replace an existing file instead of raising.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: bad suffix, bit depth, shape, or NaN/inf values.
+        TypeError: not a float tensor.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{path}: save_rgba writes PNG only; use a .png suffix")
+    if bit_depth not in (8, 16):
+        raise ValueError(f"{path}: bit_depth must be 8 or 16, got {bit_depth!r}")
+    array = _quantise(pixels, bit_depth)
+    height, width = array.shape[:2]
+
+    def write(target: Path) -> None:
+        if bit_depth == 8:
+            Image.fromarray(array).save(target, format="PNG")
+        else:
+            with open(target, "wb") as handle:
+                png.Writer(width, height, greyscale=False, alpha=True, bitdepth=16).write(
+                    handle, array.reshape(height, width * 4))
+
+    return atomic_write(path, write, overwrite=overwrite)
+
+
+def _current_umask() -> int:
+    """The process umask (read once at import)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], None], *, overwrite: bool = False) -> Path:
+    """Write a file atomically: ``write_fn`` fills a temporary file in the same folder, then ``os.replace``.
+
+    Readers never see a partial file, and a failed write leaves no file behind. The temporary file
+    is hidden (``.<name>.<random>.tmp``, skipped by :func:`list_images`), is fsynced before the
+    rename, and gets the usual ``0o666 & ~umask`` permissions.
+
+    Args:
+        path: final destination; parent folders are created.
+        write_fn: called once with the temporary path (``pathlib.Path``); must write the whole file
+            there (e.g. ``lambda p: safetensors.torch.save_file(t, p)``).
+        overwrite: replace an existing ``path``; otherwise raise. (The check runs before and after
+            ``write_fn``; a file created by someone else in between is still replaced.)
+
+    Returns:
+        ``path`` as a ``pathlib.Path``.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        Any exception of ``write_fn`` (after removing the temporary file).
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        write_fn(temp)
+        with open(temp, "rb+") as written:
+            os.fsync(written.fileno())
+        os.chmod(temp, 0o666 & ~_UMASK)
+        if not overwrite and path.exists():
+            raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case file suffixes (with dot) of the formats Pillow can open here, e.g. ``.png``, ``.webp``."""
+    Image.init()
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def _is_hidden(relative: Path) -> bool:
+    """True if any part of a relative path starts with a dot."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def list_images(inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
+                recursive: bool = True) -> list[tuple[Path, Path]]:
+    """Expand files and folders into the image files to process, in a deterministic order.
+
+    A file given directly is taken whatever its suffix (loading reports a bad one). A folder
+    contributes its files whose suffix (case-insensitive) is in :func:`image_extensions`, skipping
+    hidden files and folders (names starting with ``.``, e.g. temporary files of :func:`atomic_write`);
+    symlinked folders are not followed. Inputs keep their order; each folder's files are sorted by
+    relative path; a file reached twice is listed once.
+
+    Args:
+        inputs: one path or an iterable of paths (files and/or folders).
+        recursive: descend into sub-folders.
+
+    Returns:
+        ``[(absolute_path, relative_path), ...]`` where ``relative_path`` is relative to the folder
+        given (for a file given directly: its name) -- use it to mirror the layout in an output folder.
+
+    Raises:
+        FileNotFoundError: an input does not exist (names it).
+    """
+    roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    suffixes = image_extensions()
+    found: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()
+    for root in map(Path, roots):
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: input does not exist")
+        root = root.resolve()
+        if root.is_file():
+            candidates = [(root, Path(root.name))]
+        else:
+            pattern = root.rglob("*") if recursive else root.glob("*")
+            candidates = sorted(((p, p.relative_to(root)) for p in pattern
+                                 if p.suffix.lower() in suffixes and p.is_file()),
+                                key=lambda item: item[1].as_posix())
+            candidates = [c for c in candidates if not _is_hidden(c[1])]
+        for absolute, relative in candidates:
+            if absolute not in seen:
+                seen.add(absolute)
+                found.append((absolute, relative))
+    return found
+
+
+def check_output_outside_inputs(output_dir: str | os.PathLike, inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> None:
+    """Refuse to write into an input tree.
+
+    Args:
+        output_dir: folder outputs will be written to (need not exist yet).
+        inputs: the input files/folders of the job (as given to :func:`list_images`).
+
+    Raises:
+        ValueError: ``output_dir`` equals or lies inside an input folder, after resolving symlinks
+            (names both).
+    """
+    output = Path(output_dir).resolve()
+    roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    for root in map(Path, roots):
+        resolved = root.resolve()
+        if resolved.is_dir() and output.is_relative_to(resolved):
+            raise ValueError(f"output folder {output_dir} is inside input folder {root}; "
+                             "choose an output folder outside the inputs")

@@ -1,0 +1,442 @@
+"""Training objective of the RGBA VAE (AlphaVAE, arXiv 2507.09308, Sec. 4.2).
+
+Terms: alpha-blended MSE (ABMSE), LPIPS on composites, KL to N(0, I), reference KL (Ref-KL) against the
+frozen source RGB VAE, PatchGAN with the VQGAN adaptive weight, and the naive 4-channel MSE of the
+ablation. For 3-channel (RGB) models the alpha terms fall away: plain MSE, LPIPS on the RGB image, KL.
+
+Conventions: pixels are straight RGBA ``(B, 4, H, W)`` (or RGB ``(B, 3, H, W)``), all channels in [-1, 1];
+alpha in [0, 1] is ``(a + 1) / 2``. **Reduction**: every pixel term is summed over channels and pixels of
+each sample and averaged over the batch (the LDM convention the reference's weights assume); functions
+return that scalar. The per-image LPIPS value is broadcast to every pixel and channel before that sum,
+as in LDM's ``LPIPSWithDiscriminator`` (so it is multiplied by ``3 * H * W``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from torch import nn
+
+from alphavae import io
+
+logger = logging.getLogger(__name__)
+
+#: Per-channel E[b] of a random background in [-1, 1] (ImageNet pixel statistics; reference constants).
+REFERENCE_BACKGROUND_MEAN = (-0.0357, -0.0811, -0.1797)
+#: Per-channel E[b^2] of a random background in [-1, 1] (reference constants).
+REFERENCE_BACKGROUND_SQUARE = (0.3163, 0.3060, 0.3634)
+#: The reference's "black" LPIPS composite is ``C * alpha`` in [-1, 1], i.e. a background of 0 in
+#: [-1, 1] space = sRGB 127.5 (mid-grey); its second composite is over white.
+REFERENCE_LPIPS_BACKGROUNDS = ((127.5, 127.5, 127.5), "white")
+
+
+def _sum_mean(per_element: torch.Tensor) -> torch.Tensor:
+    """Sum over all non-batch dimensions, mean over the batch: ``(B, ...) -> ()``."""
+    return per_element.flatten(1).sum(1).mean()
+
+
+def abmse(
+    target: torch.Tensor,
+    prediction: torch.Tensor,
+    background_mean: Sequence[float] = REFERENCE_BACKGROUND_MEAN,
+    background_square: Sequence[float] = REFERENCE_BACKGROUND_SQUARE,
+) -> torch.Tensor:
+    """Alpha-blended MSE: expected squared composite error over a random background (paper Sec. 4.2).
+
+    With ``P = C_t*a_t - C_p*a_p`` (premultiplied colour difference) and ``D = a_t - a_p`` (alpha in
+    [0, 1]), ``E_b ||P - b*D||^2 = P^2 - 2 E[b] P D + E[b^2] D^2`` per pixel and channel, for a background
+    ``b`` with per-channel mean ``E[b]`` and second moment ``E[b^2]`` (in [-1, 1] space). Colour under
+    alpha = 0 costs nothing; for opaque images it equals the RGB squared error.
+
+    Args:
+        target, prediction: ``(B, 4, H, W)`` straight RGBA in [-1, 1].
+        background_mean, background_square: three floats each (see ``estimate_background_moments``).
+
+    Returns:
+        Scalar: per-sample sum over 3 channels and H*W pixels, mean over the batch.
+
+    Raises:
+        ValueError: if either tensor does not have 4 channels or their shapes differ.
+    """
+    if target.shape != prediction.shape or target.shape[1] != 4:
+        raise ValueError(f"abmse needs two (B, 4, H, W) tensors, got {tuple(target.shape)} and {tuple(prediction.shape)}")
+    alpha_t, alpha_p = io.alpha_unit(target), io.alpha_unit(prediction)
+    colour_diff = target[:, :3] * alpha_t - prediction[:, :3] * alpha_p
+    alpha_diff = alpha_t - alpha_p
+    mean = prediction.new_tensor(background_mean).view(1, 3, 1, 1)
+    square = prediction.new_tensor(background_square).view(1, 3, 1, 1)
+    per_element = colour_diff**2 - 2 * mean * colour_diff * alpha_diff + square * alpha_diff**2
+    return _sum_mean(per_element)
+
+
+def squared_error(target: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+    """Plain squared error over all channels: the naive 4-channel MSE ablation, or the RGB-stage loss.
+
+    Args:
+        target, prediction: ``(B, C, H, W)`` in [-1, 1], same shape (C = 4 treats alpha as a colour).
+
+    Returns:
+        Scalar: per-sample sum over C*H*W, mean over the batch.
+
+    Raises:
+        ValueError: on a shape mismatch.
+    """
+    if target.shape != prediction.shape:
+        raise ValueError(f"squared_error shape mismatch: {tuple(target.shape)} vs {tuple(prediction.shape)}")
+    return _sum_mean((target - prediction) ** 2)
+
+
+def estimate_background_moments(folder_or_files: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``E[b]`` and ``E[b^2]`` of background images in [-1, 1] space, for ``abmse``.
+
+    Every pixel of every image counts once (images are composited over black first if they carry
+    alpha). The reference constants came from ImageNet pixel statistics the same way.
+
+    Args:
+        folder_or_files: a folder (searched recursively, ``alphavae.io.list_images``), a file or a list of both.
+
+    Returns:
+        ``((m_r, m_g, m_b), (s_r, s_g, s_b))`` floats, means in [-1, 1], second moments in [0, 1].
+
+    Raises:
+        ValueError: if no image was found. FileNotFoundError for a missing input;
+            ``alphavae.io.ImageLoadError`` for an unreadable file.
+    """
+    files = [path for path, _ in io.list_images(folder_or_files)]
+    if not files:
+        raise ValueError(f"no background images found in {folder_or_files}")
+    total = torch.zeros(3, dtype=torch.float64)
+    total_square = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for path in files:
+        rgb = io.composite(io.load_rgba(path)[None], "black")[0].double()
+        total += rgb.sum(dim=(1, 2))
+        total_square += (rgb**2).sum(dim=(1, 2))
+        count += rgb.shape[1] * rgb.shape[2]
+    return tuple((total / count).tolist()), tuple((total_square / count).tolist())
+
+
+def _torchvision_alexnet_cache() -> Path:
+    """Where torchvision caches its ImageNet AlexNet weights (``torch.hub.get_dir()/checkpoints``)."""
+    from torchvision.models import AlexNet_Weights
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(AlexNet_Weights.IMAGENET1K_V1.url).name
+
+
+def build_lpips(backbone_path: str | os.PathLike | None = None, *, random_backbone: bool = False) -> nn.Module | None:
+    """The canonical ``lpips`` metric (AlexNet, v0.1), frozen, or ``None`` when no backbone weights exist.
+
+    ``lpips.LPIPS(pretrained=True)`` loads its linear heads from the pip package but downloads the AlexNet
+    backbone through torchvision, which fails offline. Here the backbone comes from ``backbone_path`` (a
+    torchvision ``alexnet`` state dict, keys ``features.N.*``) or torchvision's cache. When neither exists,
+    a warning is logged and ``None`` is returned: the LPIPS term is disabled, never run with random weights.
+
+    Args:
+        backbone_path: local torchvision AlexNet state dict (``.pth``); ``None`` looks in torchvision's cache.
+        random_backbone: use a randomly initialised backbone on purpose (tests only).
+
+    Returns:
+        ``lpips.LPIPS`` in eval mode with ``requires_grad=False`` (inputs RGB in [-1, 1]), or ``None``.
+
+    Raises:
+        FileNotFoundError: if ``backbone_path`` is given but does not exist.
+        KeyError: if the state dict lacks an AlexNet feature weight.
+    """
+    import warnings
+
+    import lpips
+
+    if backbone_path is not None and not Path(backbone_path).is_file():
+        raise FileNotFoundError(f"LPIPS backbone weights not found: {backbone_path}")
+    path = Path(backbone_path) if backbone_path is not None else _torchvision_alexnet_cache()
+    if not random_backbone and not path.is_file():
+        logger.warning(
+            "LPIPS disabled: no AlexNet backbone weights (looked for %s); pass lpips_backbone_path "
+            "(a torchvision alexnet state dict) to enable the LPIPS term", path)
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torchvision's "pretrained is deprecated" from lpips
+        metric = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)
+    if not random_backbone:
+        features = torch.load(path, map_location="cpu", weights_only=True)
+        # lpips keeps torchvision's layer index N inside its slices: "sliceK.N.weight" <- "features.N.weight"
+        backbone = {name: features["features." + name.split(".", 1)[1]] for name in metric.net.state_dict()}
+        metric.net.load_state_dict(backbone)
+    return metric.eval().requires_grad_(False)
+
+
+def composite_lpips(metric: nn.Module, target: torch.Tensor, prediction: torch.Tensor, backgrounds: Sequence) -> torch.Tensor:
+    """LPIPS between composites of target and prediction, averaged over backgrounds (paper Sec. 4.2).
+
+    Args:
+        metric: from ``build_lpips``.
+        target, prediction: ``(B, 4, H, W)`` straight RGBA in [-1, 1], or ``(B, 3, H, W)`` RGB (compared
+            directly, ``backgrounds`` unused).
+        backgrounds: anything ``alphavae.io.composite`` accepts (name, (r, g, b) in 0-255, tensor);
+            ``REFERENCE_LPIPS_BACKGROUNDS`` reproduces the reference (mid-grey and white).
+
+    Returns:
+        Scalar: per-image LPIPS broadcast over its ``3 * H * W`` pixel values and summed (LDM reduction),
+        mean over backgrounds and batch.
+    """
+    pixels_per_sample = 3 * target.shape[-2] * target.shape[-1]
+    if target.shape[1] == 3:
+        return metric(target, prediction).mean() * pixels_per_sample
+    values = [metric(io.composite(target, bg), io.composite(prediction, bg)).mean() for bg in backgrounds]
+    return torch.stack(values).mean() * pixels_per_sample
+
+
+def kl_divergence(posterior: DiagonalGaussianDistribution, reference: DiagonalGaussianDistribution | None = None) -> torch.Tensor:
+    """KL(posterior || reference), or KL(posterior || N(0, I)) when ``reference`` is None (diffusers ``.kl``).
+
+    Returns:
+        Scalar: per-sample sum over latent elements, mean over the batch (nats).
+    """
+    return posterior.kl(reference).mean()
+
+
+def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of the discriminator: ``(mean(relu(1 - real)) + mean(relu(1 + fake))) / 2`` (VQGAN)."""
+    return (F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()) / 2
+
+
+class PatchDiscriminator(nn.Sequential):
+    """PatchGAN discriminator (pix2pix ``NLayerDiscriminator``, as used by VQGAN/LDM and the paper).
+
+    Conv 4x4 stride 2 + LeakyReLU(0.2), then ``layers`` blocks of conv + BatchNorm + LeakyReLU with
+    channels doubling up to 8x (the last block stride 1), then a 1-channel conv: per-patch logits.
+
+    Args:
+        in_channels: 4 (raw RGBA) or 3 (composites / RGB models).
+        channels: width of the first layer.
+        layers: number of conv+norm blocks (3 in the paper).
+
+    Input ``(B, in_channels, H, W)`` in [-1, 1] with H, W >= 32; output ``(B, 1, h, w)`` logits.
+    """
+
+    def __init__(self, in_channels: int = 4, channels: int = 64, layers: int = 3):
+        modules: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        width = channels
+        for n in range(1, layers + 1):
+            out = channels * min(2**n, 8)
+            modules += [nn.Conv2d(width, out, 4, 2 if n < layers else 1, 1, bias=False), nn.BatchNorm2d(out), nn.LeakyReLU(0.2, True)]
+            width = out
+        modules.append(nn.Conv2d(width, 1, 4, 1, 1))
+        super().__init__(*modules)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
+
+
+def adaptive_gan_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: torch.Tensor, max_weight: float = 1e4) -> torch.Tensor:
+    """VQGAN adaptive weight ``||grad L_rec|| / (||grad L_G|| + 1e-4)`` at ``last_layer``, clamped [0, max_weight].
+
+    Source: Esser et al. 2021 (VQGAN), Eq. 7; the paper uses ``decoder.conv_out.weight``. Detached scalar.
+    """
+    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    gan_grad = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+    return (rec_grad.norm() / (gan_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Weights and constants of the objective; defaults are the paper's main setting (``vae_main.yaml``).
+
+    Attributes:
+        reconstruction: ``"abmse"`` (paper) or ``"mse"`` (naive per-channel MSE; RGB models always use it).
+        reconstruction_weight: weight of the reconstruction term.
+        background_mean, background_square: ABMSE moments E[b], E[b^2] per channel in [-1, 1].
+        lpips_weight: weight of composite LPIPS (0.5); 0 disables it.
+        lpips_backgrounds: composite backgrounds (names or 0-255 triples); default = reference.
+        lpips_backbone_path: torchvision AlexNet state dict; ``None`` = torchvision cache or disabled.
+        kl_weight: weight of KL to N(0, I) (1e-6).
+        ref_kl_weight: weight of Ref-KL (1e-16).
+        ref_kl_inert_below: Ref-KL is skipped when its weight is <= this (see ``Objective``).
+        force_ref_kl: compute Ref-KL even when its weight is inert.
+        gan_weight: base discriminator weight multiplied by the adaptive weight (LDM default 0.5).
+        gan_start: first optimiser step with the GAN term and discriminator updates (4000).
+        disc_input: ``"rgba"`` (paper: raw 4 channels) or ``"composite"`` (alpha-aware: both images over the
+            same random solid background per sample).
+        disc_channels, disc_layers: PatchGAN width and depth.
+    """
+
+    reconstruction: str = "abmse"
+    reconstruction_weight: float = 1.0
+    background_mean: tuple[float, float, float] = REFERENCE_BACKGROUND_MEAN
+    background_square: tuple[float, float, float] = REFERENCE_BACKGROUND_SQUARE
+    lpips_weight: float = 0.5
+    lpips_backgrounds: tuple = REFERENCE_LPIPS_BACKGROUNDS
+    lpips_backbone_path: str | None = None
+    kl_weight: float = 1e-6
+    ref_kl_weight: float = 1e-16
+    ref_kl_inert_below: float = 1e-12
+    force_ref_kl: bool = False
+    gan_weight: float = 0.5
+    gan_start: int = 4000
+    disc_input: str = "rgba"
+    disc_channels: int = 64
+    disc_layers: int = 3
+
+    def __post_init__(self):
+        if self.reconstruction not in ("abmse", "mse"):
+            raise ValueError(f"loss.reconstruction must be 'abmse' or 'mse', got {self.reconstruction!r}")
+        if self.disc_input not in ("rgba", "composite"):
+            raise ValueError(f"loss.disc_input must be 'rgba' or 'composite', got {self.disc_input!r}")
+
+
+class AutoencoderForward(nn.Module):
+    """The trainable forward pass as one module, so DDP / accelerate see a single ``forward`` call.
+
+    Wraps a diffusers ``AutoencoderKL``. ``forward(pixels, noise, extra=None)`` encodes ``pixels``
+    ``(B, C, H, W)`` in [-1, 1], samples ``z = mean + std * noise`` (``noise`` latent-shaped standard normal),
+    decodes, and also encodes ``extra`` (e.g. Ref-KL composites) if given. Returns
+    ``(reconstruction (B, C, H, W), moments (B, 2*latent_channels, h, w), extra_moments or None)``.
+    """
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixels: torch.Tensor, noise: torch.Tensor, extra: torch.Tensor | None = None):
+        posterior = self.vae.encode(pixels).latent_dist
+        latents = posterior.mean + posterior.std * noise.to(posterior.mean.dtype)
+        reconstruction = self.vae.decode(latents).sample
+        extra_moments = None if extra is None else self.vae.encode(extra).latent_dist.parameters
+        return reconstruction, posterior.parameters, extra_moments
+
+
+class Objective(nn.Module):
+    """The AlphaVAE objective built from a ``LossConfig``; computes only the terms that are active.
+
+    Inactive terms cost nothing: LPIPS is skipped at weight 0 or without backbone weights; KL at weight 0;
+    the GAN before ``gan_start`` or at weight 0. **Ref-KL** (two composite encodes by the trained model and
+    two by the frozen reference) runs only when ``ref_kl_weight > ref_kl_inert_below`` or ``force_ref_kl``.
+    Why a weight of 1e-16 is treated as inert by default: a term only reaches fp32 parameters through its
+    gradient, which is added to the other terms' gradient; fp32 addition drops a summand below half an ulp
+    (about 6e-8 relative) of the total, and a ``1e-16``-weighted KL gradient is many orders of magnitude under
+    that for any non-degenerate reconstruction gradient (the paper's ablation measures +-0.05 dB). Set
+    ``force_ref_kl`` to reproduce the reference exactly; ``test_losses`` checks the claim on a tiny model.
+
+    Args:
+        config: the loss configuration.
+        in_channels: 4 (RGBA) or 3 (RGB stage: MSE + LPIPS + KL only).
+        reference_vae: frozen source RGB ``AutoencoderKL`` (3-channel input) for Ref-KL, or ``None``.
+        lpips_metric: from ``build_lpips``; ``None`` disables LPIPS (built from the config when omitted).
+        discriminator: a ``PatchDiscriminator`` or ``None`` (then the GAN term is off).
+
+    Raises:
+        ValueError: if Ref-KL is active but no reference model is given, or an RGB model asks for ABMSE.
+    """
+
+    def __init__(self, config: LossConfig, *, in_channels: int = 4, reference_vae: nn.Module | None = None,
+                 lpips_metric: nn.Module | None | str = "from_config", discriminator: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.in_channels = in_channels
+        if lpips_metric == "from_config":
+            lpips_metric = build_lpips(config.lpips_backbone_path) if config.lpips_weight > 0 else None
+        self.lpips = lpips_metric
+        self.use_ref_kl = in_channels == 4 and (config.force_ref_kl or config.ref_kl_weight > config.ref_kl_inert_below)
+        if self.use_ref_kl and reference_vae is None:
+            raise ValueError("Ref-KL is active (loss.ref_kl_weight) but no reference RGB VAE was given")
+        self.reference_vae = reference_vae.eval().requires_grad_(False) if self.use_ref_kl else None
+        self.discriminator = discriminator if config.gan_weight > 0 else None
+
+    def gan_active(self, step: int) -> bool:
+        """Whether the GAN term and discriminator updates are on at optimiser step ``step`` (0-based)."""
+        return self.discriminator is not None and step >= self.config.gan_start
+
+    def _reconstruction(self, target: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        if self.in_channels == 4 and self.config.reconstruction == "abmse":
+            return abmse(target, prediction, self.config.background_mean, self.config.background_square)
+        return squared_error(target, prediction)
+
+    def _disc_view(self, pixels: torch.Tensor, backgrounds: torch.Tensor | None) -> torch.Tensor:
+        """What the discriminator sees: raw pixels, or composites over per-sample backgrounds ``(B, 3)``."""
+        if self.in_channels == 3 or self.config.disc_input == "rgba":
+            return pixels
+        return io.composite(pixels, backgrounds.to(pixels)[:, :, None, None].expand(-1, -1, *pixels.shape[-2:]))
+
+    def _ref_kl(self, model: Callable, pixels: torch.Tensor, noise: torch.Tensor):
+        composites = torch.cat([io.composite(pixels, "black"), io.composite(pixels, "white")])
+        opaque = torch.cat([composites, torch.ones_like(composites[:, :1])], dim=1)
+        reconstruction, moments, new_moments = model(pixels, noise, opaque)
+        with torch.no_grad():
+            reference = self.reference_vae.encode(composites.to(self.reference_vae.dtype)).latent_dist
+        ref_kl = kl_divergence(DiagonalGaussianDistribution(new_moments.float()),
+                               DiagonalGaussianDistribution(reference.parameters.float()))
+        return reconstruction, moments, ref_kl
+
+    def generator_loss(self, model: Callable, pixels: torch.Tensor, noise: torch.Tensor, *, step: int,
+                       last_layer: torch.Tensor | None = None, backgrounds: torch.Tensor | None = None):
+        """Run the autoencoder on a batch and return its weighted loss.
+
+        Args:
+            model: an ``AutoencoderForward`` (possibly wrapped by DDP / accelerate).
+            pixels: ``(B, in_channels, H, W)`` in [-1, 1].
+            noise: ``(B, latent_channels, H/f, W/f)`` standard normal for posterior sampling.
+            step: optimiser step (0-based), for the GAN start.
+            last_layer: ``decoder.conv_out.weight`` for the adaptive weight (needed when the GAN is active).
+            backgrounds: ``(B, 3)`` in [-1, 1], solid backgrounds for ``disc_input="composite"``.
+
+        Returns:
+            ``(loss scalar, {term name: float}, reconstruction (B, C, H, W))``; logged terms are unweighted.
+        """
+        cfg = self.config
+        logs: dict[str, float] = {}
+        if self.use_ref_kl:
+            reconstruction, moments, ref_kl = self._ref_kl(model, pixels, noise)
+        else:
+            reconstruction, moments, _ = model(pixels, noise)
+        reconstruction = reconstruction.float()
+        rec = self._reconstruction(pixels, reconstruction)
+        logs[cfg.reconstruction if self.in_channels == 4 else "mse"] = rec.item()
+        rec_total = cfg.reconstruction_weight * rec
+        if self.lpips is not None and cfg.lpips_weight > 0:
+            perceptual = composite_lpips(self.lpips, pixels, reconstruction, cfg.lpips_backgrounds)
+            logs["lpips"] = perceptual.item() / (3 * pixels.shape[-2] * pixels.shape[-1])
+            rec_total = rec_total + cfg.lpips_weight * perceptual
+        loss = rec_total
+        if cfg.kl_weight > 0:
+            kl = kl_divergence(DiagonalGaussianDistribution(moments.float()))
+            logs["kl"] = kl.item()
+            loss = loss + cfg.kl_weight * kl
+        if self.use_ref_kl:
+            logs["ref_kl"] = ref_kl.item()
+            loss = loss + cfg.ref_kl_weight * ref_kl
+        if self.gan_active(step):
+            self.discriminator.requires_grad_(False)
+            gan = -self.discriminator(self._disc_view(reconstruction, backgrounds)).float().mean()
+            self.discriminator.requires_grad_(True)
+            weight = adaptive_gan_weight(rec_total, gan, last_layer)
+            logs.update(gan=gan.item(), gan_adaptive_weight=weight.item())
+            loss = loss + cfg.gan_weight * weight * gan
+        logs["loss"] = loss.item()
+        return loss, logs, reconstruction
+
+    def discriminator_loss(self, discriminator: Callable, pixels: torch.Tensor, reconstruction: torch.Tensor,
+                           backgrounds: torch.Tensor | None = None):
+        """Hinge loss of the discriminator on real ``pixels`` vs detached ``reconstruction``.
+
+        Args:
+            discriminator: the (possibly DDP-wrapped) ``PatchDiscriminator``.
+            pixels, reconstruction: ``(B, C, H, W)`` in [-1, 1].
+            backgrounds: ``(B, 3)`` in [-1, 1] for ``disc_input="composite"``.
+
+        Returns:
+            ``(loss scalar, {"disc": float, "logits_real": float, "logits_fake": float})``.
+        """
+        real = discriminator(self._disc_view(pixels, backgrounds)).float()
+        fake = discriminator(self._disc_view(reconstruction.detach(), backgrounds)).float()
+        loss = hinge_discriminator_loss(real, fake)
+        return loss, {"disc": loss.item(), "logits_real": real.mean().item(), "logits_fake": fake.mean().item()}

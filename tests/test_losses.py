@@ -1,0 +1,207 @@
+"""Tests of alphavae.losses: ABMSE closed form, composite LPIPS, KL / Ref-KL, PatchGAN, Objective."""
+
+import logging
+
+import pytest
+import torch
+
+from alphavae import io, losses
+from alphavae.losses import AutoencoderForward, LossConfig, Objective
+from alphavae.testing import tiny_rgb_vae, tiny_rgba_vae
+
+
+def _rgba(batch=2, size=16, seed=0):
+    """Random straight RGBA in [-1, 1] with fully transparent, soft and opaque regions."""
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(batch, 4, size, size, generator=g) * 2 - 1
+    pixels[:, 3, : size // 4] = -1.0
+    pixels[:, 3, -size // 4 :] = 1.0
+    return pixels
+
+
+def test_abmse_matches_monte_carlo_compositing():
+    target, prediction = _rgba(seed=1), _rgba(seed=2)
+    mean = torch.tensor(losses.REFERENCE_BACKGROUND_MEAN).view(1, 1, 3, 1, 1)
+    square = torch.tensor(losses.REFERENCE_BACKGROUND_SQUARE).view(1, 1, 3, 1, 1)
+    g = torch.Generator().manual_seed(3)
+    draws = 4000
+    backgrounds = mean + (square - mean**2).sqrt() * torch.randn(draws, 2, 3, 16, 16, generator=g)
+    errors = [((io.composite(target, b) - io.composite(prediction, b)) ** 2).flatten(1).sum(1).mean()
+              for b in backgrounds]
+    monte_carlo = torch.stack(errors).mean()
+    closed_form = losses.abmse(target, prediction)
+    assert closed_form.item() == pytest.approx(monte_carlo.item(), rel=0.01)
+
+
+def test_abmse_ignores_colour_under_zero_alpha():
+    target, prediction = _rgba(seed=1), _rgba(seed=2)
+    hidden = target.clone()
+    clear = hidden[:, 3:4] == -1
+    hidden[:, :3] = torch.where(clear, torch.rand_like(hidden[:, :3]), hidden[:, :3])
+    assert torch.equal(losses.abmse(hidden, prediction), losses.abmse(target, prediction))
+
+
+def test_abmse_equals_rgb_mse_for_opaque_images():
+    target, prediction = _rgba(seed=1), _rgba(seed=2)
+    target[:, 3] = prediction[:, 3] = 1.0
+    expected = ((target[:, :3] - prediction[:, :3]) ** 2).flatten(1).sum(1).mean()
+    assert losses.abmse(target, prediction).item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="abmse"):
+        losses.abmse(target[:, :3], prediction[:, :3])
+
+
+def test_estimate_background_moments(tmp_path):
+    image = torch.zeros(4, 8, 8)
+    image[0], image[1], image[2], image[3] = 1.0, -1.0, 0.0, 1.0
+    io.save_rgba(image, tmp_path / "a.png")
+    mean, square = losses.estimate_background_moments(tmp_path)
+    assert mean == pytest.approx((1.0, -1.0, 0.0), abs=0.01)
+    assert square == pytest.approx((1.0, 1.0, 0.0), abs=0.01)
+    with pytest.raises(ValueError, match="no background"):
+        losses.estimate_background_moments([])
+
+
+def test_lpips_without_backbone_is_disabled_with_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="alphavae.losses"):
+        assert losses.build_lpips() is None
+    assert "LPIPS disabled" in caplog.text
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        losses.build_lpips(tmp_path / "missing.pth")
+
+
+def test_lpips_loads_local_alexnet_backbone(tmp_path):
+    from torchvision.models import alexnet
+
+    torch.manual_seed(0)
+    state = alexnet().state_dict()
+    torch.save(state, tmp_path / "alexnet.pth")
+    metric = losses.build_lpips(tmp_path / "alexnet.pth")
+    assert torch.equal(metric.net.slice3[1].weight, state["features.6.weight"])
+    assert not any(p.requires_grad for p in metric.parameters())
+    target, prediction = _rgba(size=32, seed=1), _rgba(size=32, seed=2)
+    hidden = target.clone()
+    hidden[:, :3] = torch.where(hidden[:, 3:4] == -1, -hidden[:, :3], hidden[:, :3])
+    value = losses.composite_lpips(metric, target, prediction, losses.REFERENCE_LPIPS_BACKGROUNDS)
+    assert value > 0
+    assert torch.allclose(losses.composite_lpips(metric, hidden, prediction, losses.REFERENCE_LPIPS_BACKGROUNDS), value)
+    assert losses.composite_lpips(metric, target, target, ["white"]) == 0
+
+
+def test_patch_discriminator_and_hinge():
+    disc = losses.PatchDiscriminator(in_channels=4, channels=8, layers=3)
+    logits = disc(_rgba(size=32))
+    assert logits.shape == (2, 1, 2, 2)
+    assert losses.hinge_discriminator_loss(torch.full((2,), 2.0), torch.full((2,), -2.0)) == 0
+    assert losses.hinge_discriminator_loss(torch.zeros(2), torch.zeros(2)) == 1
+
+
+def _objective_inputs(model_channels=4, size=32, seed=0):
+    vae = tiny_rgba_vae("flux", seed=seed, random_alpha=True) if model_channels == 4 else tiny_rgb_vae("flux", seed=seed)
+    vae.train()
+    pixels = _rgba(size=size, seed=seed)[:, :model_channels]
+    noise = torch.randn(2, vae.config.latent_channels, size // 8, size // 8, generator=torch.Generator().manual_seed(seed))
+    return vae, pixels, noise
+
+
+class _CountingVAE(torch.nn.Module):
+    """Reference stand-in that counts encode calls."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae, self.calls = vae, 0
+
+    @property
+    def dtype(self):
+        return self.vae.dtype
+
+    def encode(self, x):
+        self.calls += 1
+        return self.vae.encode(x)
+
+
+def test_ref_kl_inactive_never_calls_reference():
+    vae, pixels, noise = _objective_inputs()
+    reference = _CountingVAE(tiny_rgb_vae("flux"))
+    for weight, force, expected_calls in ((0.0, False, 0), (1e-16, False, 0), (1e-16, True, 1), (1e-3, False, 2)):
+        config = LossConfig(lpips_weight=0, gan_weight=0, ref_kl_weight=weight, force_ref_kl=force)
+        objective = Objective(config, reference_vae=reference, lpips_metric=None)
+        _, logs, _ = objective.generator_loss(AutoencoderForward(vae), pixels, noise, step=0)
+        assert reference.calls == expected_calls
+        assert ("ref_kl" in logs) == (expected_calls > 0)
+    with pytest.raises(ValueError, match="reference RGB VAE"):
+        Objective(LossConfig(ref_kl_weight=1.0), lpips_metric=None)
+
+
+def test_ref_kl_is_zero_at_opaque_initialisation():
+    source = tiny_rgb_vae("flux")
+    vae = tiny_rgba_vae("flux")
+    _, pixels, noise = _objective_inputs()
+    config = LossConfig(lpips_weight=0, gan_weight=0, kl_weight=0, ref_kl_weight=1.0)
+    _, logs, _ = Objective(config, reference_vae=source, lpips_metric=None).generator_loss(
+        AutoencoderForward(vae), pixels, noise, step=0)
+    assert logs["ref_kl"] == pytest.approx(0.0, abs=1e-5)
+
+
+def _gradients(config, reference):
+    vae, pixels, noise = _objective_inputs()
+    loss, _, _ = Objective(config, reference_vae=reference, lpips_metric=None).generator_loss(
+        AutoencoderForward(vae), pixels, noise, step=0)
+    loss.backward()
+    return [p.grad.clone() for p in vae.parameters()]
+
+
+def test_ref_kl_at_paper_weight_leaves_fp32_gradients_unchanged():
+    reference = tiny_rgb_vae("flux", seed=5)
+    base = dict(lpips_weight=0, gan_weight=0)
+    without = _gradients(LossConfig(**base, ref_kl_weight=0.0), reference)
+    forced = _gradients(LossConfig(**base, ref_kl_weight=1e-16, force_ref_kl=True), reference)
+    assert all(torch.equal(a, b) for a, b in zip(without, forced))
+    strong = _gradients(LossConfig(**base, ref_kl_weight=1e-2), reference)
+    assert not all(torch.equal(a, b) for a, b in zip(without, strong))
+
+
+def test_objective_rgb_stage_uses_plain_terms():
+    vae, pixels, noise = _objective_inputs(model_channels=3)
+    objective = Objective(LossConfig(gan_weight=0), in_channels=3, lpips_metric=losses.build_lpips(random_backbone=True))
+    loss, logs, reconstruction = objective.generator_loss(AutoencoderForward(vae), pixels, noise, step=0)
+    assert set(logs) == {"mse", "lpips", "kl", "loss"}
+    assert reconstruction.shape == pixels.shape
+    assert loss.item() == pytest.approx(logs["mse"] + 0.5 * logs["lpips"] * 3 * 32 * 32 + 1e-6 * logs["kl"], rel=1e-5)
+
+
+@pytest.mark.parametrize("disc_input", ["rgba", "composite"])
+def test_gan_term_and_discriminator_step(disc_input):
+    vae, pixels, noise = _objective_inputs()
+    disc = losses.PatchDiscriminator(in_channels=4 if disc_input == "rgba" else 3, channels=8)
+    config = LossConfig(lpips_weight=0, ref_kl_weight=0, gan_start=2, disc_input=disc_input)
+    objective = Objective(config, lpips_metric=None, discriminator=disc)
+    backgrounds = torch.rand(2, 3) * 2 - 1
+    assert not objective.gan_active(1) and objective.gan_active(2)
+    _, early, _ = objective.generator_loss(AutoencoderForward(vae), pixels, noise, step=1)
+    assert "gan" not in early
+    loss, logs, reconstruction = objective.generator_loss(
+        AutoencoderForward(vae), pixels, noise, step=2, last_layer=vae.decoder.conv_out.weight, backgrounds=backgrounds)
+    assert 0 <= logs["gan_adaptive_weight"] <= 1e4
+    loss.backward()
+    assert all(p.grad is None for p in disc.parameters())
+    disc_loss, disc_logs = objective.discriminator_loss(disc, pixels, reconstruction, backgrounds)
+    disc_loss.backward()
+    assert all(p.grad is not None for p in disc.parameters()) and disc_logs["disc"] >= 0
+
+
+def test_composite_discriminator_view_hides_colour_under_zero_alpha():
+    objective = Objective(LossConfig(disc_input="composite", ref_kl_weight=0), lpips_metric=None,
+                          discriminator=losses.PatchDiscriminator(3, 8))
+    pixels = _rgba(size=32)
+    hidden = pixels.clone()
+    hidden[:, :3] = torch.where(hidden[:, 3:4] == -1, torch.zeros_like(hidden[:, :3]), hidden[:, :3])
+    backgrounds = torch.rand(2, 3) * 2 - 1
+    assert torch.equal(objective._disc_view(pixels, backgrounds), objective._disc_view(hidden, backgrounds))
+
+
+def test_loss_config_rejects_unknown_choices():
+    with pytest.raises(ValueError, match="reconstruction"):
+        LossConfig(reconstruction="l1")
+    with pytest.raises(ValueError, match="disc_input"):
+        LossConfig(disc_input="alpha")

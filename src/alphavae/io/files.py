@@ -55,7 +55,7 @@ def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
         4: lambda a: a[::-1],
         5: lambda a: a.transpose(1, 0, 2),
         6: lambda a: np.rot90(a, k=-1),
-        7: lambda a: np.rot90(a, k=1)[::-1],
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
         8: lambda a: np.rot90(a, k=1),
     }
     return np.ascontiguousarray(ops[orientation](array)) if orientation in ops else array

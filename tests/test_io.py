@@ -1,0 +1,415 @@
+"""Tests for alphavae.io: every I/O, resize and compositing pitfall of rgba-pitfalls.md on synthetic fixtures."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import png
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from alphavae import io as aio
+from fixtures_io import palette_image, png_header_only, random_rgba, soft_disc, write_png16
+
+
+def unit(t: torch.Tensor) -> np.ndarray:
+    """[-1, 1] tensor -> [0, 1] numpy, channels last."""
+    return aio.to_unit(t).permute(1, 2, 0).numpy()
+
+
+# ---------------------------------------------------------------- round trips (pitfalls 4, 13)
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_save_load_round_trip_is_exact(tmp_path, bit_depth):
+    levels = 2**bit_depth - 1
+    pixels = random_rgba(9, 13, levels=levels)
+    path = aio.save_rgba(pixels, tmp_path / "a.png", bit_depth=bit_depth)
+    loaded = aio.load_rgba(path)
+    assert loaded.dtype == torch.float32 and loaded.shape == (4, 9, 13)
+    assert torch.equal(torch.round(aio.to_unit(loaded) * levels), torch.round(aio.to_unit(pixels) * levels))
+    again = aio.save_rgba(loaded, tmp_path / "b.png", bit_depth=bit_depth)
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_saved_files_are_always_four_channel(tmp_path):
+    opaque = torch.ones(4, 3, 5)
+    with Image.open(aio.save_rgba(opaque, tmp_path / "o8.png")) as image:
+        assert image.mode == "RGBA"
+    reader = png.Reader(filename=str(aio.save_rgba(opaque, tmp_path / "o16.png", bit_depth=16)))
+    _, _, _, info = reader.read()
+    assert info["planes"] == 4 and info["alpha"] and info["bitdepth"] == 16
+
+
+def test_save_rejects_bad_requests(tmp_path):
+    pixels = random_rgba(4, 4)
+    with pytest.raises(ValueError, match="png"):
+        aio.save_rgba(pixels, tmp_path / "a.jpg")
+    with pytest.raises(ValueError, match="bit_depth"):
+        aio.save_rgba(pixels, tmp_path / "a.png", bit_depth=12)
+    with pytest.raises(ValueError, match="NaN"):
+        aio.save_rgba(torch.full((4, 2, 2), float("nan")), tmp_path / "a.png")
+    with pytest.raises(ValueError, match=r"\(4, H, W\)"):
+        aio.save_rgba(pixels[None], tmp_path / "a.png")
+    aio.save_rgba(pixels, tmp_path / "a.png")
+    with pytest.raises(FileExistsError, match="a.png"):
+        aio.save_rgba(pixels, tmp_path / "a.png")
+    aio.save_rgba(-pixels, tmp_path / "a.png", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_to_pil_and_from_pil_match_save_and_load(tmp_path):
+    pixels = random_rgba(6, 5)
+    image = aio.to_pil(pixels)
+    assert image.mode == "RGBA" and image.size == (5, 6)
+    assert torch.allclose(aio.from_pil(image), pixels, atol=1e-6)
+    assert np.array_equal(np.asarray(image), np.asarray(Image.open(aio.save_rgba(pixels, tmp_path / "a.png"))))
+
+
+# ---------------------------------------------------------------- mode handling (pitfalls 2, 3, 4)
+
+def test_palette_with_transparent_index(tmp_path):
+    path = tmp_path / "p.png"
+    palette_image(1).save(path)
+    pixels = unit(aio.load_rgba(path))
+    assert np.array_equal(pixels[..., 3], np.repeat([[1.0], [0.0], [1.0], [1.0]], 4, axis=1))
+    assert np.allclose(pixels[0, 0, :3], [1, 0, 0]) and np.allclose(pixels[3, 0, :3], [10 / 255, 20 / 255, 30 / 255])
+
+
+def test_palette_with_per_entry_alpha(tmp_path):
+    path = tmp_path / "p.png"
+    palette_image(bytes([0, 1, 128, 255])).save(path)
+    alpha = np.round(unit(aio.load_rgba(path))[..., 3] * 255)
+    assert np.array_equal(alpha[:, 0], [0, 1, 128, 255])
+
+
+def test_grey_alpha_and_grey_with_transparent_value(tmp_path):
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(np.dstack([grey, 255 - grey])).save(tmp_path / "la.png")
+    la = np.round(unit(aio.load_rgba(tmp_path / "la.png")) * 255)
+    assert all(np.array_equal(la[..., c], grey) for c in range(3))
+    assert np.array_equal(la[..., 3], 255 - grey)
+    Image.fromarray(grey).save(tmp_path / "l.png", transparency=40)
+    alpha = unit(aio.load_rgba(tmp_path / "l.png"))[..., 3]
+    assert np.array_equal(alpha, (grey != 40).astype(np.float32))
+
+
+def test_rgb_with_transparent_colour_and_opaque_modes(tmp_path):
+    rgb = np.zeros((2, 3, 3), dtype=np.uint8)
+    rgb[0, 0] = (1, 2, 3)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png", transparency=(1, 2, 3))
+    assert np.array_equal(unit(aio.load_rgba(tmp_path / "rgb.png"))[..., 3], [[0, 1, 1], [1, 1, 1]])
+    Image.fromarray(rgb).save(tmp_path / "plain.jpg")
+    assert torch.all(aio.load_rgba(tmp_path / "plain.jpg")[3] == 1)
+    rgbx = Image.frombytes("RGBX", (2, 1), bytes([10, 20, 30, 0, 40, 50, 60, 7]))
+    pixels = np.round(unit(aio.from_pil(rgbx)) * 255)
+    assert np.array_equal(pixels[0], [[10, 20, 30, 255], [40, 50, 60, 255]])
+    Image.new("CMYK", (2, 2), (0, 0, 0, 0)).save(tmp_path / "cmyk.tif")
+    assert torch.all(aio.load_rgba(tmp_path / "cmyk.tif") == 1)
+    Image.new("1", (2, 2), 1).save(tmp_path / "bw.png")
+    assert torch.all(aio.load_rgba(tmp_path / "bw.png") == 1)
+
+
+@pytest.mark.parametrize(("greyscale", "alpha"), [(False, True), (False, False), (True, True), (True, False)])
+def test_sixteen_bit_png_keeps_full_precision_and_channel_order(tmp_path, greyscale, alpha):
+    planes = (1 if greyscale else 3) + alpha
+    values = (np.arange(2 * 5 * planes).reshape(2, 5, planes) * 4099 + 3) % 65536
+    values = values.astype(np.uint16)
+    path = write_png16(tmp_path / "a.png", values, greyscale=greyscale, alpha=alpha)
+    pixels = unit(aio.load_rgba(path)).astype(np.float64)
+    expected_colour = np.repeat(values[..., :1], 3, axis=2) if greyscale else values[..., :3]
+    assert np.allclose(pixels[..., :3] * 65535, expected_colour, atol=0.02)
+    expected_alpha = values[..., -1] if alpha else np.full(values.shape[:2], 65535)
+    assert np.allclose(pixels[..., 3] * 65535, expected_alpha, atol=0.02)
+
+
+def test_sixteen_bit_grey_with_transparent_value(tmp_path):
+    values = np.array([[[0], [300], [65535]]], dtype=np.uint16)
+    path = write_png16(tmp_path / "g.png", values, greyscale=True, alpha=False, transparent=300)
+    assert np.array_equal(unit(aio.load_rgba(path))[0, :, 3], [1, 0, 1])
+
+
+def test_pillow_sixteen_and_float_modes(tmp_path):
+    values = np.array([[0, 257, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "i16.tif")
+    assert np.allclose(unit(aio.load_rgba(tmp_path / "i16.tif"))[0, :, 0] * 65535, values[0], atol=0.02)
+    Image.fromarray(np.array([[0.25, -1.0, 2.0]], dtype=np.float32)).save(tmp_path / "f.tif")
+    assert np.allclose(unit(aio.load_rgba(tmp_path / "f.tif"))[0, :, 1], [0.25, 0, 1])
+    Image.fromarray(np.array([[np.nan]], dtype=np.float32)).save(tmp_path / "nan.tif")
+    with pytest.raises(aio.ImageLoadError, match="nan.tif.*NaN"):
+        aio.load_rgba(tmp_path / "nan.tif")
+
+
+def test_from_pil_warns_about_pillow_reduced_sixteen_bit(tmp_path):
+    values = np.full((2, 2, 4), 1000, dtype=np.uint16)
+    path = write_png16(tmp_path / "a.png", values, greyscale=False, alpha=True)
+    with Image.open(path) as image, pytest.warns(UserWarning, match="16-bit"):
+        aio.from_pil(image)
+
+
+def test_multi_frame_uses_first_frame_with_warning(tmp_path):
+    frames = [Image.new("RGB", (3, 3), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match="anim.gif: 2 frames"):
+        pixels = aio.load_rgba(tmp_path / "anim.gif")
+    assert np.allclose(unit(pixels)[0, 0], [1, 0, 0, 1])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pillow(tmp_path, orientation):
+    data = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4) * 10 + 5
+    image = Image.fromarray(data)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(tmp_path / "o.png", exif=exif)
+    with Image.open(tmp_path / "o.png") as reopened:
+        expected = np.asarray(ImageOps.exif_transpose(reopened))
+    assert np.array_equal(np.round(unit(aio.load_rgba(tmp_path / "o.png")) * 255), expected)
+
+
+# ---------------------------------------------------------------- bad files and size guard (pitfall 14)
+
+def test_bad_files_raise_image_load_error_naming_the_file(tmp_path):
+    good = aio.save_rgba(random_rgba(32, 32), tmp_path / "good.png")
+    (tmp_path / "truncated.png").write_bytes(good.read_bytes()[:-40])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "folder.png").mkdir()
+    sixteen = aio.save_rgba(random_rgba(32, 32), tmp_path / "s.png", bit_depth=16)
+    (tmp_path / "truncated16.png").write_bytes(sixteen.read_bytes()[:-40])
+    for name in ("truncated.png", "empty.png", "text.png", "folder.png", "missing.png", "truncated16.png"):
+        with pytest.raises(aio.ImageLoadError) as info:
+            aio.load_rgba(tmp_path / name)
+        assert name in str(info.value) and info.value.path == tmp_path / name and info.value.reason
+
+
+def test_pixel_limit_is_configurable_and_checked_before_decoding(tmp_path):
+    path = aio.save_rgba(random_rgba(10, 10), tmp_path / "a.png")
+    with pytest.raises(aio.ImageLoadError, match="max_pixels=99"):
+        aio.load_rgba(path, max_pixels=99)
+    assert aio.load_rgba(path, max_pixels=100).shape == (4, 10, 10)
+    assert aio.load_rgba(path, max_pixels=None).shape == (4, 10, 10)
+    bomb = png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
+    with pytest.raises(aio.ImageLoadError, match="bomb.png.*pixels"):
+        aio.load_rgba(bomb)
+    with pytest.raises(aio.ImageLoadError, match="bomb.png.*pixels"):
+        aio.load_rgba(png_header_only(tmp_path / "bomb.png", 9000, 8000), max_pixels=8000 * 8000)
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's own guard is restored
+
+
+# ---------------------------------------------------------------- hidden colour (pitfall 5)
+
+def test_hidden_colour_changes_nothing_visible(tmp_path):
+    first, second = soft_disc(24, hidden=(1.0, -1.0, 1.0)), soft_disc(24, hidden=(-1.0, 1.0, -0.5))
+    assert not torch.equal(first, second)
+    for name in aio.BACKGROUNDS:
+        assert torch.equal(aio.composite(first, name), aio.composite(second, name))
+    assert torch.equal(aio.resize_rgba(first, (10, 10)), aio.resize_rgba(second, (10, 10)))
+    assert torch.equal(aio.premultiply(first), aio.premultiply(second))
+    a, b = aio.save_rgba(first, tmp_path / "a.png"), aio.save_rgba(second, tmp_path / "b.png")
+    assert a.read_bytes() == b.read_bytes()
+    a16, b16 = (aio.save_rgba(x, tmp_path / f"{n}16.png", bit_depth=16) for n, x in (("a", first), ("b", second)))
+    assert a16.read_bytes() == b16.read_bytes()
+
+
+# ---------------------------------------------------------------- compositing (pitfall 7)
+
+def test_composite_backgrounds_and_formula():
+    pixels = random_rgba(5, 6)[None]
+    alpha = aio.alpha_unit(pixels)
+    assert list(aio.BACKGROUNDS) == ["black", "gray", "white", "red", "green", "blue", "yellow", "cyan", "magenta"]
+    for name, rgb in aio.BACKGROUNDS.items():
+        back = torch.tensor(rgb, dtype=torch.float32).view(1, 3, 1, 1) / 255 * 2 - 1
+        expected = pixels[:, :3] * alpha + back * (1 - alpha)
+        assert torch.allclose(aio.composite(pixels, name), expected, atol=1e-6)
+        assert torch.allclose(aio.composite(pixels, rgb), expected, atol=1e-6)
+    image = torch.rand(3, 5, 6) * 2 - 1
+    transparent = torch.full((4, 5, 6), -1.0)
+    assert torch.equal(aio.composite(transparent, image), image)
+    board = aio.composite(transparent, "checkerboard")
+    assert torch.equal(board, aio.checkerboard(5, 6))
+    with pytest.raises(ValueError, match="unknown background 'grey'"):
+        aio.composite(pixels, "grey")
+    with pytest.raises(ValueError, match="0-255"):
+        aio.composite(pixels, (300, 0, 0))
+    with pytest.raises(ValueError, match="does not match"):
+        aio.composite(pixels, torch.zeros(3, 4, 4))
+
+
+def test_soft_edge_composites_without_halo():
+    disc = soft_disc(32)
+    alpha = aio.alpha_unit(disc)
+    over_black = aio.to_unit(aio.composite(disc, "black"))
+    over_white = aio.to_unit(aio.composite(disc, "white"))
+    assert torch.allclose(over_black, alpha.expand(3, -1, -1), atol=1e-6)  # white object: no dark ring
+    assert torch.allclose(over_white, torch.ones_like(over_white), atol=1e-6)  # no light/dark ring
+
+
+def test_checkerboard_values():
+    board = aio.checkerboard(3, 5, square=2)
+    assert board.shape == (3, 3, 5)
+    light, dark = (aio.CHECKER_LIGHT / 255 * 2 - 1), (aio.CHECKER_DARK / 255 * 2 - 1)
+    assert board[0, 0, 0] == pytest.approx(light) and board[0, 0, 2] == pytest.approx(dark)
+    assert board[0, 2, 0] == pytest.approx(dark) and board[0, 2, 2] == pytest.approx(light)
+    with pytest.raises(ValueError):
+        aio.checkerboard(0, 5)
+
+
+# ---------------------------------------------------------------- premultiply (pitfall 11)
+
+def test_premultiply_round_trip_is_finite_at_zero_and_tiny_alpha():
+    colour = torch.tensor([0.2, 0.6, 1.0])
+    for alpha01 in (0.0, 1 / 255, 0.5, 1.0):
+        pixels = torch.cat([colour * 2 - 1, torch.tensor([alpha01 * 2 - 1])]).view(4, 1, 1).expand(4, 3, 3)
+        back = aio.unpremultiply(aio.premultiply(pixels))
+        assert torch.isfinite(back).all()
+        expected = colour if alpha01 > 0 else torch.zeros(3)
+        assert torch.allclose(aio.to_unit(back[:3, 0, 0]), expected, atol=1e-5)
+    assert torch.equal(aio.premultiply(torch.ones(2, 4, 3, 3)), torch.ones(2, 4, 3, 3))
+
+
+# ---------------------------------------------------------------- resize (pitfall 6)
+
+@pytest.mark.parametrize("mode", aio.RESIZE_MODES)
+def test_resize_stays_in_range_and_keeps_layout(mode):
+    sharp = soft_disc(16)
+    sharp[3] = torch.where(sharp[3] > -1, 1.0, -1.0)
+    for size in ((7, 5), (40, 33), (1, 1)):
+        out = aio.resize_rgba(sharp[None], size, mode=mode)
+        assert out.shape == (1, 4, *size) and out.min() >= -1 and out.max() <= 1
+    assert aio.resize_rgba(sharp.bfloat16(), (8, 8), mode=mode).dtype == torch.bfloat16
+    assert torch.equal(aio.resize_rgba(sharp, (16, 16), mode=mode), sharp)
+
+
+def test_resize_commutes_with_compositing_so_no_fringes():
+    disc = soft_disc(24, hidden=(-1.0, -1.0, -1.0))  # black hidden colour: straight resize gives dark fringes
+    for name in ("black", "white", "magenta"):
+        expected = F.interpolate(aio.composite(disc, name)[None], size=(11, 11), mode="bilinear", antialias=True)
+        ours = aio.composite(aio.resize_rgba(disc, (11, 11), mode="bilinear"), name)[None]
+        assert torch.allclose(ours, expected, atol=1e-5)
+    straight = F.interpolate(disc[None], size=(11, 11), mode="bilinear", antialias=True)
+    fringe = (aio.composite(straight, "white") - F.interpolate(aio.composite(disc, "white")[None], size=(11, 11),
+                                                             mode="bilinear", antialias=True)).abs().max()
+    assert fringe > 0.05  # the naive straight-alpha resize this test guards against
+
+
+def test_resize_short_side_keeps_aspect():
+    assert aio.resize_short_side(random_rgba(10, 30), 5).shape == (4, 5, 15)
+    assert aio.resize_short_side(random_rgba(30, 10)[None], 20).shape == (1, 4, 60, 20)
+    with pytest.raises(ValueError, match="short_side"):
+        aio.resize_short_side(random_rgba(4, 4), 0)
+    with pytest.raises(ValueError, match="mode"):
+        aio.resize_rgba(random_rgba(4, 4), (2, 2), mode="lanczos")
+
+
+# ---------------------------------------------------------------- pad and crop (pitfall 8)
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3000), (3000, 1), (7, 13), (64, 64)])
+@pytest.mark.parametrize("multiple", [8, 64])
+def test_pad_and_crop_back_keeps_size_and_borders(shape, multiple):
+    pixels = random_rgba(*shape)
+    padded, size = aio.pad_to_multiple(pixels, multiple)
+    assert size == shape and padded.shape[-2] % multiple == 0 and padded.shape[-1] % multiple == 0
+    assert torch.equal(padded[:, -1, : shape[1]], pixels[:, -1])  # bottom row replicated
+    assert torch.equal(padded[:, : shape[0], -1], pixels[:, :, -1])  # right column replicated
+    assert torch.equal(aio.crop_to(padded, size), pixels)
+
+
+def test_pad_modes():
+    pixels = random_rgba(5, 6)[None]
+    padded, _ = aio.pad_to_multiple(pixels, 4, mode="transparent")
+    assert padded.shape == (1, 4, 8, 8) and torch.all(padded[..., 5:, :] == -1)
+    reflected, _ = aio.pad_to_multiple(pixels, 4, mode="reflect")
+    assert torch.equal(reflected[..., 5, :6], pixels[..., 3, :])
+    with pytest.raises(ValueError, match="replicate"):
+        aio.pad_to_multiple(random_rgba(1, 1), 8, mode="reflect")
+    with pytest.raises(ValueError, match="crop"):
+        aio.crop_to(pixels, (9, 2))
+
+
+# ---------------------------------------------------------------- masks and ranges (pitfalls 15, 16)
+
+def test_mask_conventions_invert_both_ways():
+    alpha = torch.tensor([[0.0, 0.25, 1.0]])
+    assert torch.equal(aio.alpha_to_mask(alpha), torch.tensor([[1.0, 0.75, 0.0]]))
+    assert torch.equal(aio.mask_to_alpha(aio.alpha_to_mask(alpha)), alpha)
+    with pytest.raises(ValueError, match="alpha_unit"):
+        aio.alpha_to_mask(torch.tensor([-1.0, 1.0]))
+    with pytest.raises(ValueError, match="mask"):
+        aio.mask_to_alpha(torch.tensor([1.5]))
+
+
+def test_ranges_and_pixel_validation():
+    x = torch.linspace(-1, 1, 5)
+    assert torch.equal(aio.from_unit(aio.to_unit(x)), x)
+    assert aio.alpha_unit(random_rgba(3, 4)).shape == (1, 3, 4)
+    assert aio.alpha_unit(random_rgba(3, 4)[None]).shape == (1, 1, 3, 4)
+    with pytest.raises(ValueError, match=r"\(4, H, W\)"):
+        aio.alpha_unit(torch.zeros(1, 3, 4, 4))
+    with pytest.raises(TypeError, match="floating"):
+        aio.composite(torch.zeros(4, 2, 2, dtype=torch.uint8), "black")
+
+
+# ---------------------------------------------------------------- files and folders
+
+def test_list_images_is_sorted_relative_and_skips_hidden(tmp_path):
+    pixels = random_rgba(2, 2)
+    for rel in ("b.png", "a/z.PNG", "a/c.webp", ".hidden/x.png", "a/.tmp.png", "notes.txt", "a/deep/d.gif"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    single = aio.save_rgba(pixels, tmp_path.parent / f"{tmp_path.name}-single.png", overwrite=True)
+    listed = aio.list_images([tmp_path, single, tmp_path / "b.png"])
+    assert [r.as_posix() for _, r in listed] == ["a/c.webp", "a/deep/d.gif", "a/z.PNG", "b.png", single.name]
+    assert all(a.is_absolute() and a.is_file() for a, _ in listed)
+    assert [r.as_posix() for _, r in aio.list_images(tmp_path, recursive=False)] == ["b.png"]
+    with pytest.raises(FileNotFoundError, match="nope"):
+        aio.list_images(tmp_path / "nope")
+
+
+def test_output_must_be_outside_inputs(tmp_path):
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(inputs / "sub")
+    for bad in (inputs, inputs / "sub" / "new", tmp_path / "link" / "out"):
+        with pytest.raises(ValueError, match="inside input folder"):
+            aio.check_output_outside_inputs(bad, [inputs])
+    aio.check_output_outside_inputs(tmp_path / "out", [inputs, tmp_path / "file.png"])
+
+
+def test_atomic_write_cleans_up_and_sets_permissions(tmp_path):
+    def failing(target: Path) -> None:
+        target.write_text("partial")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        aio.atomic_write(tmp_path / "x.txt", failing)
+    assert list(tmp_path.iterdir()) == []
+    written = aio.atomic_write(tmp_path / "deep" / "x.txt", lambda p: p.write_text("ok"))
+    assert written.read_text() == "ok" and not any(p.name.startswith(".") for p in written.parent.iterdir())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert written.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(FileExistsError):
+        aio.atomic_write(written, lambda p: p.write_text("again"))
+
+
+# ---------------------------------------------------------------- real fixture
+
+def test_matplotlib_rgba_fixture(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "Minduka_Present_Blue_Pack.png"
+    if not path.is_file():
+        pytest.skip(f"{path} not shipped by this matplotlib")
+    pixels = aio.load_rgba(path)
+    alpha = aio.alpha_unit(pixels)
+    assert pixels.shape[0] == 4 and ((alpha > 0) & (alpha < 1)).float().mean() > 0.01
+    assert torch.equal(aio.load_rgba(aio.save_rgba(pixels, tmp_path / "m.png")), aio.load_rgba(path) * (alpha > 0)
+                       + (alpha == 0) * torch.tensor([-1.0, -1, -1, -1]).view(4, 1, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = aio.resize_rgba(pixels, (40, 40))
+    assert small.min() >= -1 and small.max() <= 1

@@ -127,6 +127,28 @@ def test_sixteen_bit_png_keeps_full_precision_and_channel_order(tmp_path, greysc
     assert np.allclose(pixels[..., 3] * 65535, expected_alpha, atol=0.02)
 
 
+def test_sixteen_bit_interlaced_png(tmp_path):
+    values = (np.arange(9 * 7 * 4).reshape(9, 7, 4) * 977 % 65536).astype(np.uint16)
+    path = write_png16(tmp_path / "i.png", values, greyscale=False, alpha=True, interlace=True)
+    assert np.allclose(unit(aio.load_rgba(path)) * 65535, values, atol=0.02)
+
+
+def test_sixteen_bit_tiff_reduced_by_pillow_is_warned(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    values = np.full((2, 3, 4), 0x1234, dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", values, photometric="rgb", extrasamples=["unassalpha"])
+    with pytest.warns(UserWarning, match="a.tif: 16-bit TIFF RGBA .* 8 bits"):
+        pixels = aio.load_rgba(tmp_path / "a.tif")
+    assert np.allclose(unit(pixels) * 255, 0x12, atol=1e-4)  # Pillow keeps the high byte
+
+
+def test_unreadable_exif_is_ignored_with_warning(tmp_path, monkeypatch):
+    path = aio.save_rgba(random_rgba(3, 2), tmp_path / "a.png")
+    monkeypatch.setattr(Image.Image, "getexif", lambda self: 1 / 0)
+    with pytest.warns(UserWarning, match="a.png: unreadable EXIF"):
+        assert torch.equal(aio.load_rgba(path), random_rgba(3, 2))
+
+
 def test_sixteen_bit_grey_with_transparent_value(tmp_path):
     values = np.array([[[0], [300], [65535]]], dtype=np.uint16)
     path = write_png16(tmp_path / "g.png", values, greyscale=True, alpha=False, transparent=300)

@@ -25,7 +25,6 @@ from alphavae.io.alpha import check_pixels, from_unit, to_unit
 DEFAULT_MAX_PIXELS = 8192 * 8192
 """Default limit on width * height accepted by :func:`load_rgba` (decompression-bomb guard)."""
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ORIENTATION_TAG = 0x0112
 _PIL_GUARD_LOCK = threading.Lock()
@@ -61,42 +60,56 @@ def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](array)) if orientation in ops else array
 
 
-def _png_bit_depth(path: Path) -> int | None:
-    """Bit depth from a PNG's IHDR chunk, or None for a non-PNG file."""
-    with open(path, "rb") as handle:
-        head = handle.read(26)
-    return head[24] if len(head) == 26 and head.startswith(_PNG_SIGNATURE) else None
+def _sixteen_bit_source(image: Image.Image) -> bool:
+    """True if a not-yet-loaded Pillow image stores 16 bits per sample (its raw mode says ``;16``)."""
+    return any(";16" in str(tile.args) for tile in getattr(image, "tile", None) or ())
+
+
+def _warn_if_reduced(image: Image.Image, name: str) -> None:
+    """Warn when Pillow is about to reduce 16-bit samples to 8 bits (e.g. 16-bit RGB/RGBA TIFF)."""
+    if _sixteen_bit_source(image) and image.mode not in _SIXTEEN_BIT_MODES:
+        warnings.warn(f"{name}: 16-bit {image.format} {image.mode} image is decoded by Pillow at 8 bits "
+                      "per channel (precision lost)", stacklevel=3)
+
+
+def _orientation(image: Image.Image, name: str) -> int:
+    """EXIF orientation (1-8) of an image; 1 with a warning if the EXIF block is unreadable."""
+    try:
+        return int(image.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception as err:
+        warnings.warn(f"{name}: unreadable EXIF ignored ({type(err).__name__}: {err})", stacklevel=3)
+        return 1
 
 
 def _read_png16(path: Path) -> np.ndarray:
-    """Decode a 16-bit PNG with pypng into ``(H, W, 4)`` float64 in [0, 1] (tRNS becomes alpha)."""
+    """Decode a 16-bit PNG with pypng into ``(H, W, 4)`` float32 in [0, 1] (tRNS becomes alpha)."""
     width, height, rows, info = png.Reader(filename=str(path)).asDirect()
     planes = info["planes"]
-    values = np.vstack([np.asarray(row, dtype=np.float64) for row in rows]).reshape(height, width, planes)
+    values = np.vstack([np.asarray(row, dtype=np.float32) for row in rows]).reshape(height, width, planes)
     values /= 2 ** info["bitdepth"] - 1
     colour = np.repeat(values[..., :1], 3, axis=2) if info["greyscale"] else values[..., :3]
-    alpha = values[..., -1:] if info["alpha"] else np.ones((height, width, 1))
+    alpha = values[..., -1:] if info["alpha"] else np.ones((height, width, 1), dtype=np.float32)
     return np.concatenate([colour, alpha], axis=2)
 
 
 def _pil_unit_array(image: Image.Image) -> np.ndarray:
-    """Decode one Pillow frame into ``(H, W, 4)`` float64 straight RGBA in [0, 1].
+    """Decode one Pillow frame into ``(H, W, 4)`` float32 straight RGBA in [0, 1].
 
     Alpha comes from an alpha band (RGBA, LA, PA, RGBa, La) or from ``info["transparency"]``
     (palette tRNS, single transparent index, grey/RGB transparent value); everything else is opaque.
     Modes I;16* and I are 16-bit grey (0-65535), F is grey in [0, 1] (clamped).
     """
     if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
-        grey = np.asarray(image, dtype=np.float64)
+        grey = np.asarray(image, dtype=np.float32)
         if not np.isfinite(grey).all():
             raise ValueError(f"mode {image.mode} image contains NaN or infinite values")
         grey = np.clip(grey if image.mode == "F" else grey / 65535, 0, 1)
         return np.dstack([grey, grey, grey, np.ones_like(grey)])
     bands = image.getbands()
     if "A" in bands or "a" in bands or "transparency" in image.info:
-        return np.asarray(image.convert("RGBA"), dtype=np.float64) / 255
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255
-    return np.dstack([rgb, np.ones(rgb.shape[:2])])
+        return np.asarray(image.convert("RGBA"), dtype=np.float32) / 255
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    return np.dstack([rgb, np.ones(rgb.shape[:2], dtype=np.float32)])
 
 
 def _warn_first_frame(image: Image.Image, name: str) -> None:
@@ -108,7 +121,7 @@ def _warn_first_frame(image: Image.Image, name: str) -> None:
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
     """``(H, W, 4)`` [0, 1] array -> ``(4, H, W)`` float32 [-1, 1] tensor."""
-    return from_unit(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))).float()
+    return from_unit(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)))
 
 
 def _open_guarded(path: Path, max_pixels: int | None) -> Image.Image:
@@ -129,8 +142,10 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
     (exact alpha), L / LA / grey with a transparent value (R = G = B = L), RGB / RGBX / CMYK / YCbCr
     (alpha = 1; CMYK uses Pillow's naive conversion), premultiplied RGBa / La (un-premultiplied by
     Pillow), 16-bit PNGs of every colour type at full precision (read with pypng, divided by 65535,
-    tRNS honoured), I;16 / I grey as 16-bit (value / 65535), F grey as [0, 1] (clamped). Multi-frame
-    files (GIF, APNG, TIFF) give their first frame with a warning. EXIF orientation is applied.
+    tRNS honoured), I;16 / I grey as 16-bit (value / 65535), F grey as [0, 1] (clamped); other 16-bit
+    sources Pillow reduces to 8 bits (16-bit RGB/RGBA TIFF) load with a warning. Multi-frame
+    files (GIF, APNG, TIFF) give their first frame with a warning. EXIF orientation is applied (an
+    unreadable EXIF block is ignored with a warning).
 
     Args:
         path: image file.
@@ -160,22 +175,23 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
                                        f"max_pixels={max_pixels}")
         _warn_first_frame(image, str(path))
         try:
-            if image.format == "PNG" and _png_bit_depth(path) == 16:
+            if image.format == "PNG" and _sixteen_bit_source(image):
                 array = _read_png16(path)
             else:
+                _warn_if_reduced(image, str(path))
                 array = _pil_unit_array(image)
-            orientation = image.getexif().get(_ORIENTATION_TAG, 1)
         except Exception as err:
             raise ImageLoadError(path, f"cannot decode {image.format} {image.mode} image "
                                        f"({type(err).__name__}: {err})") from err
+        orientation = _orientation(image, str(path))
     return _to_tensor(_orient(array, orientation))
 
 
 def from_pil(image: Image.Image) -> torch.Tensor:
     """Convert a Pillow image (any mode) to straight RGBA, with the mode handling of :func:`load_rgba`.
 
-    Only what Pillow decoded is seen: a 16-bit RGB/RGBA PNG opened by Pillow is already 8-bit (a
-    warning says so when it can be detected); use :func:`load_rgba` for full precision. EXIF
+    Only what Pillow decodes is seen: 16-bit RGB/RGBA/LA PNGs and TIFFs become 8-bit (warned when the
+    image is not loaded yet, as after ``Image.open``); use :func:`load_rgba` for full-precision PNG. EXIF
     orientation is applied; a multi-frame image gives its current frame (warned).
 
     Args:
@@ -190,11 +206,10 @@ def from_pil(image: Image.Image) -> torch.Tensor:
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"from_pil needs a PIL.Image.Image, got {type(image).__name__}")
-    if any(str(tile.args).find(";16") >= 0 for tile in getattr(image, "tile", ()) or ()):
-        warnings.warn("16-bit PNG decoded by Pillow at 8 bits per channel; use load_rgba() for "
-                      "full precision", stacklevel=2)
-    _warn_first_frame(image, "from_pil")
-    return _to_tensor(_orient(_pil_unit_array(image), image.getexif().get(_ORIENTATION_TAG, 1)))
+    name = getattr(image, "filename", "") or "from_pil"
+    _warn_if_reduced(image, name)
+    _warn_first_frame(image, name)
+    return _to_tensor(_orient(_pil_unit_array(image), _orientation(image, name)))
 
 
 def _quantise(pixels: torch.Tensor, bit_depth: int) -> np.ndarray:

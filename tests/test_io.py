@@ -11,10 +11,10 @@ import png
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures_io import palette_image, png_header_only, random_rgba, soft_disc, write_png16
 from PIL import Image, ImageOps
 
 from alphavae import io as aio
-from fixtures_io import palette_image, png_header_only, random_rgba, soft_disc, write_png16
 
 
 def unit(t: torch.Tensor) -> np.ndarray:
@@ -114,6 +114,14 @@ def test_rgb_with_transparent_colour_and_opaque_modes(tmp_path):
     assert torch.all(aio.load_rgba(tmp_path / "bw.png") == 1)
 
 
+def test_premultiplied_pillow_mode_and_lossless_webp(tmp_path):
+    pixels = np.round(unit(aio.from_pil(Image.frombytes("RGBa", (1, 1), bytes([64, 32, 0, 128])))) * 255)
+    assert np.array_equal(pixels[0, 0], [127, 63, 0, 128])  # Pillow un-premultiplies (64 * 255 // 128)
+    original = random_rgba(5, 7)
+    aio.to_pil(original).save(tmp_path / "a.webp", lossless=True, exact=True)
+    assert torch.allclose(aio.load_rgba(tmp_path / "a.webp"), original, atol=1e-6)
+
+
 @pytest.mark.parametrize(("greyscale", "alpha"), [(False, True), (False, False), (True, True), (True, False)])
 def test_sixteen_bit_png_keeps_full_precision_and_channel_order(tmp_path, greyscale, alpha):
     planes = (1 if greyscale else 3) + alpha
@@ -144,7 +152,10 @@ def test_sixteen_bit_tiff_reduced_by_pillow_is_warned(tmp_path):
 
 def test_unreadable_exif_is_ignored_with_warning(tmp_path, monkeypatch):
     path = aio.save_rgba(random_rgba(3, 2), tmp_path / "a.png")
-    monkeypatch.setattr(Image.Image, "getexif", lambda self: 1 / 0)
+    def broken_exif(self):
+        raise SyntaxError("not a TIFF file")
+
+    monkeypatch.setattr(Image.Image, "getexif", broken_exif)
     with pytest.warns(UserWarning, match="a.png: unreadable EXIF"):
         assert torch.equal(aio.load_rgba(path), random_rgba(3, 2))
 
@@ -159,6 +170,8 @@ def test_pillow_sixteen_and_float_modes(tmp_path):
     values = np.array([[0, 257, 65535]], dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "i16.tif")
     assert np.allclose(unit(aio.load_rgba(tmp_path / "i16.tif"))[0, :, 0] * 65535, values[0], atol=0.02)
+    Image.fromarray(np.array([[0, 32768, 70000, -5]], dtype=np.int32)).save(tmp_path / "i32.tif")
+    assert np.allclose(unit(aio.load_rgba(tmp_path / "i32.tif"))[0, :, 2], [0, 32768 / 65535, 1, 0])
     Image.fromarray(np.array([[0.25, -1.0, 2.0]], dtype=np.float32)).save(tmp_path / "f.tif")
     assert np.allclose(unit(aio.load_rgba(tmp_path / "f.tif"))[0, :, 1], [0.25, 0, 1])
     Image.fromarray(np.array([[np.nan]], dtype=np.float32)).save(tmp_path / "nan.tif")
@@ -435,3 +448,13 @@ def test_matplotlib_rgba_fixture(tmp_path):
         warnings.simplefilter("error")
         small = aio.resize_rgba(pixels, (40, 40))
     assert small.min() >= -1 and small.max() <= 1
+
+
+def test_public_api_documents_ranges_and_errors():
+    for name in aio.__all__:
+        member = getattr(aio, name)
+        if callable(member) and not isinstance(member, type):
+            doc = member.__doc__ or ""
+            assert "Returns" in doc or "Raises" in doc, f"{name} docstring lacks Returns/Raises"
+            if any(word in name for word in ("rgba", "pil", "composite", "premultiply", "resize", "pad", "alpha")):
+                assert "[-1, 1]" in doc or "[0, 1]" in doc, f"{name} docstring states no value range"

@@ -22,8 +22,8 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "cyan": (0, 255, 255),
     "magenta": (255, 0, 255),
 }
-"""The 9 canonical solid backgrounds of the ALPHA evaluation protocol (AlphaVAE, arXiv 2507.09308,
-Sec. 5), in this order, as 0-255 sRGB triples."""
+"""The 9 canonical solid backgrounds of the ALPHA evaluation protocol (AlphaVAE, arXiv 2507.09308;
+docs/method.md section 5), in this order, as 0-255 sRGB triples."""
 
 CHECKER_LIGHT = 204
 """Light square of :func:`checkerboard`, 0-255 sRGB grey (the usual image-editor value)."""
@@ -146,8 +146,8 @@ def _background_tensor(background: str | Sequence[float] | torch.Tensor, pixels:
 def composite(pixels: torch.Tensor, background: str | Sequence[float] | torch.Tensor) -> torch.Tensor:
     """Composite straight RGBA over an opaque background: ``C * alpha + b * (1 - alpha)``.
 
-    Source: AlphaVAE (arXiv 2507.09308) Sec. 3 / docs/architecture.md ("Composite"); the standard
-    Porter-Duff *over* with an opaque backdrop. Colour under alpha = 0 is multiplied by exactly 0,
+    Source: the compositing used throughout AlphaVAE (arXiv 2507.09308; docs/architecture.md,
+    "Composite"), i.e. Porter-Duff *over* with an opaque backdrop. Colour under alpha = 0 is multiplied by exactly 0,
     so hidden colour never reaches the result (rgba-pitfalls.md #5). Differentiable; nothing is clamped.
 
     Args:

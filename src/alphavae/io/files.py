@@ -9,6 +9,7 @@ file's sRGB-encoded values; ICC profiles and gamma chunks are not applied.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 import threading
 import warnings
@@ -20,7 +21,7 @@ import png
 import torch
 from PIL import Image
 
-from alphavae.io.alpha import check_pixels, from_unit, to_unit
+from alphavae.io.alpha import check_pixels, to_unit
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
 """Default limit on width * height accepted by :func:`load_rgba` (decompression-bomb guard)."""
@@ -76,7 +77,7 @@ def _orientation(image: Image.Image, name: str) -> int:
     """EXIF orientation (1-8) of an image; 1 with a warning if the EXIF block is unreadable."""
     try:
         return int(image.getexif().get(_ORIENTATION_TAG, 1))
-    except Exception as err:
+    except (OSError, ValueError, TypeError, KeyError, IndexError, SyntaxError, struct.error) as err:
         warnings.warn(f"{name}: unreadable EXIF ignored ({type(err).__name__}: {err})", stacklevel=3)
         return 1
 
@@ -121,7 +122,8 @@ def _warn_first_frame(image: Image.Image, name: str) -> None:
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
     """``(H, W, 4)`` [0, 1] array -> ``(4, H, W)`` float32 [-1, 1] tensor."""
-    return from_unit(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)))
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1).contiguous()
+    return tensor.mul_(2).sub_(1)
 
 
 def _open_guarded(path: Path, max_pixels: int | None) -> Image.Image:
@@ -335,7 +337,11 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], None], *, o
 
 
 def image_extensions() -> frozenset[str]:
-    """Lower-case file suffixes (with dot) of the formats Pillow can open here, e.g. ``.png``, ``.webp``."""
+    """File suffixes of the formats the installed Pillow can open (not only save).
+
+    Returns:
+        Lower-case suffixes with the dot, e.g. ``{".png", ".webp", ".jpg", ".gif", ".tif", ...}``.
+    """
     Image.init()
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 

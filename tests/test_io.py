@@ -117,6 +117,11 @@ def test_rgb_with_transparent_colour_and_opaque_modes(tmp_path):
 def test_premultiplied_pillow_mode_and_lossless_webp(tmp_path):
     pixels = np.round(unit(aio.from_pil(Image.frombytes("RGBa", (1, 1), bytes([64, 32, 0, 128])))) * 255)
     assert np.array_equal(pixels[0, 0], [127, 63, 0, 128])  # Pillow un-premultiplies (64 * 255 // 128)
+    grey = np.round(unit(aio.from_pil(Image.frombytes("La", (1, 1), bytes([64, 128])))) * 255)
+    assert np.array_equal(grey[0, 0], [127, 127, 127, 128])
+    rgba_palette = Image.new("P", (1, 1))
+    rgba_palette.putpalette([10, 20, 30, 40], "RGBA")
+    assert np.array_equal(np.round(unit(aio.from_pil(rgba_palette)) * 255)[0, 0], [10, 20, 30, 40])
     original = random_rgba(5, 7)
     aio.to_pil(original).save(tmp_path / "a.webp", lossless=True, exact=True)
     assert torch.allclose(aio.load_rgba(tmp_path / "a.webp"), original, atol=1e-6)

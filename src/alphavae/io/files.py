@@ -96,9 +96,10 @@ def _read_png16(path: Path) -> np.ndarray:
 def _pil_unit_array(image: Image.Image) -> np.ndarray:
     """Decode one Pillow frame into ``(H, W, 4)`` float32 straight RGBA in [0, 1].
 
-    Alpha comes from an alpha band (RGBA, LA, PA, RGBa, La) or from ``info["transparency"]``
-    (palette tRNS, single transparent index, grey/RGB transparent value); everything else is opaque.
-    Modes I;16* and I are 16-bit grey (0-65535), F is grey in [0, 1] (clamped).
+    Alpha comes from an alpha band (RGBA, LA, PA, RGBa, La), an RGBA palette or
+    ``info["transparency"]`` (palette tRNS, single transparent index, grey/RGB transparent value),
+    as ``Image.has_transparency_data`` reports; everything else is opaque. Modes I;16* and I are
+    16-bit grey (0-65535), F is grey in [0, 1] (clamped).
     """
     if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
         grey = np.asarray(image, dtype=np.float32)
@@ -106,9 +107,9 @@ def _pil_unit_array(image: Image.Image) -> np.ndarray:
             raise ValueError(f"mode {image.mode} image contains NaN or infinite values")
         grey = np.clip(grey if image.mode == "F" else grey / 65535, 0, 1)
         return np.dstack([grey, grey, grey, np.ones_like(grey)])
-    bands = image.getbands()
-    if "A" in bands or "a" in bands or "transparency" in image.info:
-        return np.asarray(image.convert("RGBA"), dtype=np.float32) / 255
+    if image.has_transparency_data:
+        source = image.convert("LA") if image.mode == "La" else image  # Pillow has no La -> RGBA
+        return np.asarray(source.convert("RGBA"), dtype=np.float32) / 255
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
     return np.dstack([rgb, np.ones(rgb.shape[:2], dtype=np.float32)])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from pathlib import Path
 
@@ -221,10 +222,16 @@ def test_bad_files_raise_image_load_error_naming_the_file(tmp_path):
     (tmp_path / "folder.png").mkdir()
     sixteen = aio.save_rgba(random_rgba(32, 32), tmp_path / "s.png", bit_depth=16)
     (tmp_path / "truncated16.png").write_bytes(sixteen.read_bytes()[:-40])
-    for name in ("truncated.png", "empty.png", "text.png", "folder.png", "missing.png", "truncated16.png"):
+    frames = [Image.new("RGB", (64, 64), (i, 0, 0)) for i in range(0, 250, 25)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    (tmp_path / "truncated.gif").write_bytes((tmp_path / "anim.gif").read_bytes()[:300])
+    for name in ("truncated.png", "empty.png", "text.png", "folder.png", "missing.png", "truncated16.png",
+                 "truncated.gif"):
         with pytest.raises(aio.ImageLoadError) as info:
             aio.load_rgba(tmp_path / name)
         assert name in str(info.value) and info.value.path == tmp_path / name and info.value.reason
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (copy.path, copy.reason, str(copy)) == (info.value.path, info.value.reason, str(info.value))
 
 
 def test_pixel_limit_is_configurable_and_checked_before_decoding(tmp_path):

@@ -46,6 +46,10 @@ class ImageLoadError(ValueError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):
+        """Pickle as ``ImageLoadError(path, reason)`` (errors cross process boundaries in batch jobs)."""
+        return type(self), (self.path, self.reason)
+
 
 def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation (1-8) to an ``(H, W, C)`` array, as ``PIL.ImageOps.exif_transpose``."""
@@ -176,8 +180,8 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
         if max_pixels is not None and width * height > max_pixels:
             raise ImageLoadError(path, f"{width}x{height} = {width * height} pixels exceeds "
                                        f"max_pixels={max_pixels}")
-        _warn_first_frame(image, str(path))
         try:
+            _warn_first_frame(image, str(path))
             if image.format == "PNG" and _sixteen_bit_source(image):
                 array = _read_png16(path)
             else:

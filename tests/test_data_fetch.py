@@ -169,3 +169,14 @@ def test_registry_sources():
     assert fetch.archive_name(SOURCES["openclipart"]) == "openclipart-png_1%3a0.18+dfsg-19_all.deb"
     with pytest.raises(ValueError, match="unknown source"):
         get_sources(["nope"])
+
+
+def test_fetch_command_reports_counts_and_failures(tmp_path, registry, capsys):
+    from alphavae.cli import main
+
+    status = main(["data", "fetch", "-o", str(tmp_path / "out"), "--sources", "toy-raster", "toy-svg",
+                   "--size", "32", "--min-size", "32"])
+    captured = capsys.readouterr()
+    assert status == 1  # broken.png could not be read
+    assert "toy-raster: 1 images" in captured.out and "toy-svg: 1 images" in captured.out
+    assert "broken.png" in captured.err and "1 image(s) could not be read" in captured.err

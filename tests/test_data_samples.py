@@ -1,0 +1,57 @@
+"""Tests for alphavae.data.samples and the ``alphavae data samples`` command."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alphavae.cli import main
+from alphavae.data.samples import category_of, select_samples
+
+
+def _record(name, source="openclipart", width=64, height=64, soft=0.01, transparent=0.5, ok=True):
+    return {"file": f"images/{source}/{name}.png", "original": f"sub dir/{name}.png", "source": source,
+            "package": f"{source}@1", "licence": "MIT", "licence_ok_for_shipping": ok, "width": width,
+            "height": height, "frac_soft": soft, "frac_transparent": transparent,
+            "pixel_sha256": hashlib.sha256(name.encode()).hexdigest(), "split": "train"}
+
+
+def test_categories_from_alpha_statistics():
+    assert category_of(_record("a", width=100, height=60)) == "non-square"
+    assert category_of(_record("b", soft=0.2, transparent=0.5)) == "semi-transparent"
+    assert category_of(_record("c", soft=0.05, transparent=0.5)) == "shadows-glows"
+    assert category_of(_record("d", soft=0.01, transparent=0.5)) == "soft-edges"
+
+
+def test_selection_is_per_group_shippable_and_order_independent():
+    records = [_record(f"r{i}", soft=0.01 * (i % 3)) for i in range(12)] + [_record("copyleft", ok=False)]
+    chosen = select_samples(records, per_group=2)
+    assert chosen == select_samples(records[::-1], per_group=2)
+    assert all(r["licence_ok_for_shipping"] for r in chosen)
+    counts = {}
+    for r in chosen:
+        counts[r["category"]] = counts.get(r["category"], 0) + 1
+    assert set(counts.values()) == {2}
+    with pytest.raises(ValueError, match="licence_ok_for_shipping"):
+        select_samples([_record("x", ok=False)])
+
+
+def test_samples_command_writes_images_and_licence(tmp_path):
+    data = tmp_path / "data"
+    records = []
+    for i, (width, height) in enumerate([(80, 40), (48, 48)]):
+        record = _record(f"img{i}", width=width, height=height)
+        rgba = np.zeros((height, width, 4), dtype=np.uint8)
+        rgba[4:-4, 4:-4] = (10, 200, 10, 128)
+        (data / record["file"]).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgba, "RGBA").save(data / record["file"])
+        records.append(record)
+    (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "examples"
+    assert main(["data", "samples", str(data / "manifest.jsonl"), "-o", str(out), "--long-side", "40"]) == 0
+    wide = Image.open(out / "images/clipart/non-square/sub_dir_img0.png")
+    assert wide.size == (40, 20) and wide.mode == "RGBA"
+    licence = (out / "LICENSE.md").read_text()
+    assert "`sub dir/img1.png`" in licence and "openclipart@1" in licence and "public domain" in licence

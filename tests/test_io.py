@@ -408,6 +408,7 @@ def test_list_images_is_sorted_relative_and_skips_hidden(tmp_path):
     for rel in ("b.png", "a/z.PNG", "a/c.webp", ".hidden/x.png", "a/.tmp.png", "notes.txt", "a/deep/d.gif"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)
     single = aio.save_rgba(pixels, tmp_path.parent / f"{tmp_path.name}-single.png", overwrite=True)
     listed = aio.list_images([tmp_path, single, tmp_path / "b.png"])
     assert [r.as_posix() for _, r in listed] == ["a/c.webp", "a/deep/d.gif", "a/z.PNG", "b.png", single.name]

@@ -351,9 +351,22 @@ def image_extensions() -> frozenset[str]:
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
-def _is_hidden(relative: Path) -> bool:
-    """True if any part of a relative path starts with a dot."""
-    return any(part.startswith(".") for part in relative.parts)
+def _folder_images(root: Path, suffixes: frozenset[str], recursive: bool) -> list[tuple[Path, Path]]:
+    """Visible image files under ``root`` as ``(absolute, relative)``, sorted by relative path."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")] if recursive else []
+        for name in files:
+            if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
+                absolute = Path(folder, name)
+                if absolute.is_file():
+                    found.append((absolute, absolute.relative_to(root)))
+    return sorted(found, key=lambda item: item[1].as_posix())
+
+
+def _as_paths(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """One path or an iterable of paths -> list of ``Path``."""
+    return [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
 
 
 def list_images(inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
@@ -363,44 +376,38 @@ def list_images(inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
     A file given directly is taken whatever its suffix (loading reports a bad one). A folder
     contributes its files whose suffix (case-insensitive) is in :func:`image_extensions`, skipping
     hidden files and folders (names starting with ``.``, e.g. temporary files of :func:`atomic_write`);
-    symlinked folders are not followed. Inputs keep their order; each folder's files are sorted by
-    relative path; a file reached twice is listed once.
+    symlinked folders inside it are not followed. Inputs keep their order; each folder's files are
+    sorted by relative path; a file reached twice (same resolved path) is listed once.
 
     Args:
         inputs: one path or an iterable of paths (files and/or folders).
         recursive: descend into sub-folders.
 
     Returns:
-        ``[(absolute_path, relative_path), ...]`` where ``relative_path`` is relative to the folder
-        given (for a file given directly: its name) -- use it to mirror the layout in an output folder.
+        ``[(absolute_path, relative_path), ...]``: the absolute (not symlink-resolved) path and the
+        path relative to the folder given (for a file given directly: its name) -- use it to mirror
+        the layout in an output folder.
 
     Raises:
         FileNotFoundError: an input does not exist (names it).
     """
-    roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     suffixes = image_extensions()
     found: list[tuple[Path, Path]] = []
     seen: set[Path] = set()
-    for root in map(Path, roots):
+    for root in _as_paths(inputs):
         if not root.exists():
             raise FileNotFoundError(f"{root}: input does not exist")
-        root = root.resolve()
-        if root.is_file():
-            candidates = [(root, Path(root.name))]
-        else:
-            pattern = root.rglob("*") if recursive else root.glob("*")
-            candidates = sorted(((p, p.relative_to(root)) for p in pattern
-                                 if p.suffix.lower() in suffixes and p.is_file()),
-                                key=lambda item: item[1].as_posix())
-            candidates = [c for c in candidates if not _is_hidden(c[1])]
+        root = Path(os.path.abspath(root))
+        candidates = [(root, Path(root.name))] if root.is_file() else _folder_images(root, suffixes, recursive)
         for absolute, relative in candidates:
-            if absolute not in seen:
-                seen.add(absolute)
+            if absolute.resolve() not in seen:
+                seen.add(absolute.resolve())
                 found.append((absolute, relative))
     return found
 
 
-def check_output_outside_inputs(output_dir: str | os.PathLike, inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> None:
+def check_output_outside_inputs(output_dir: str | os.PathLike,
+                                inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> None:
     """Refuse to write into an input tree.
 
     Args:
@@ -412,8 +419,7 @@ def check_output_outside_inputs(output_dir: str | os.PathLike, inputs: str | os.
             (names both).
     """
     output = Path(output_dir).resolve()
-    roots = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    for root in map(Path, roots):
+    for root in _as_paths(inputs):
         resolved = root.resolve()
         if resolved.is_dir() and output.is_relative_to(resolved):
             raise ValueError(f"output folder {output_dir} is inside input folder {root}; "

@@ -117,7 +117,8 @@ def pad_to_multiple(pixels: torch.Tensor, multiple: int, *,
             -1: transparent black).
 
     Returns:
-        ``(padded, (H, W))``: the padded tensor (same layout, dtype, device) and the original size.
+        ``(padded, (H, W))``: the padded tensor (same layout, dtype, device; the input itself when
+        both sides are already multiples) and the original size.
 
     Raises:
         TypeError, ValueError: bad pixels, ``multiple`` or mode, or ``reflect`` on too small an image.

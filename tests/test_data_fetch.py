@@ -140,6 +140,7 @@ def test_icon_themes_keep_the_largest_copy_per_name(tmp_path):
         folder.mkdir(parents=True)
         (folder / "app.png").write_bytes(_png(_soft(side, side)))
     (tmp_path / "icons/16x16/apps/other.png").write_bytes(_png(_soft(16, 16)))
+    (tmp_path / "icons/64x64/apps/alias.png").symlink_to("app.png")
     assert list_candidates(theme, tmp_path) == [Path("16x16/apps/other.png"), Path("64x64/apps/app.png")]
     assert list_candidates(theme, tmp_path, limit=1) == list_candidates(theme, tmp_path, limit=1)
     assert len(list_candidates(theme, tmp_path, limit=1)) == 1

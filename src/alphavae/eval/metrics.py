@@ -1,0 +1,254 @@
+"""Pixel metrics (PSNR, SSIM) and alpha-matte metrics, vectorised over a batch.
+
+Pixel metrics take RGB tensors ``(B, 3, H, W)`` in [0, 1] (the value range of the reference metric
+library, pyiqa 0.1.x, which loads images with ``PIL.Image.convert("RGB")`` and ``to_tensor``).
+Alpha metrics take alpha mattes ``(B, 1, H, W)`` in [0, 1] (not the [-1, 1] pixel convention: callers
+convert with ``alphavae.io.to_unit``).
+
+Every function returns one value per image, shape ``(B,)``, float64, and is finite for every input
+in range, including all-transparent (alpha = 0 everywhere) and all-opaque (alpha = 1) mattes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+PSNR_EPS = 1e-8
+"""Added to the MSE before the log, as pyiqa's ``psnr`` does: identical images score 80 dB, not inf."""
+
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+"""Y row of the RGB -> YIQ matrix pyiqa uses for ``test_y_channel`` (``color_space='yiq'``)."""
+
+GRADIENT_SIGMA = 1.4
+"""Gaussian-derivative scale (pixels) of the matting gradient error (Rhemann et al. 2009; the
+Deep Image Matting evaluation code)."""
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor, channels: int) -> None:
+    if x.shape != y.shape or x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(
+            f"expected two tensors shaped (B, {channels}, H, W) of equal shape, got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image, in dB, on all channels (pyiqa ``psnr`` defaults).
+
+    ``10 * log10(1 / (mean((x - y)^2) + 1e-8))`` with data range 1, the mean over channels and
+    pixels computed in float32 like pyiqa; identical images give 80 dB.
+
+    Args:
+        x, y: ``(B, C, H, W)`` float tensors in [0, 1].
+    Returns:
+        ``(B,)`` float64 PSNR in dB.
+    Raises:
+        ValueError: shapes differ or are not 4-D.
+    Source: pyiqa ``archs/psnr_arch.py`` (``test_y_channel=False``, ``data_range=1``, ``eps=1e-8``).
+    """
+    if x.shape != y.shape or x.ndim != 4:
+        raise ValueError(f"psnr needs two equal (B, C, H, W) tensors, got {tuple(x.shape)} and {tuple(y.shape)}")
+    mse = torch.mean((x.float() - y.float()) ** 2, dim=(1, 2, 3))
+    return (10 * torch.log10(1.0 / (mse + PSNR_EPS))).double()
+
+
+def gaussian_kernel_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Normalised 1-D Gaussian, shape ``(size,)`` float64; its outer product is MATLAB's
+    ``fspecial('gaussian', size, sigma)`` (no tap falls below the eps cut for size 11, sigma 1.5)."""
+    half = (size - 1) / 2.0
+    taps = torch.arange(size, dtype=torch.float64) - half
+    kernel = torch.exp(-(taps**2) / (2.0 * sigma * sigma))
+    return kernel / kernel.sum()
+
+
+def _separable(x: torch.Tensor, kernel: torch.Tensor, padding: int = 0) -> torch.Tensor:
+    """Depthwise 'valid' (or zero-padded) convolution of ``(B, C, H, W)`` with ``kernel`` on both axes."""
+    c = x.shape[1]
+    k = kernel.to(x)
+    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(padding, 0), groups=c)
+    return F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, padding), groups=c)
+
+
+def luma255(x: torch.Tensor) -> torch.Tensor:
+    """Rounded luma in 0..255: ``round(255 * (0.299 R + 0.587 G + 0.114 B))``.
+
+    Args:
+        x: ``(B, 3, H, W)`` RGB in [0, 1].
+    Returns:
+        ``(B, 1, H, W)`` float32 integers in [0, 255].
+    Source: pyiqa ``to_y_channel(img, 255, 'yiq')`` as used by its ``SSIM`` (MATLAB-style rounding).
+    """
+    w = torch.tensor(LUMA_WEIGHTS, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return (x.float() * w).sum(1, keepdim=True).mul(255.0).round()
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, *, y_channel: bool) -> torch.Tensor:
+    """Structural similarity per image (Wang et al. 2004), 11x11 Gaussian window, sigma 1.5.
+
+    ``y_channel=True`` reproduces pyiqa's default ``ssim`` metric: luma rounded to 0..255
+    (:func:`luma255`), data range 255, float64, 'valid' window, the contrast-structure term clamped
+    at 0, mean over the map. ``y_channel=False`` is SSIM on the three RGB channels in [0, 1]
+    (data range 1, no rounding), averaged over channels and pixels (the clean protocol).
+    Images smaller than 11 px on a side raise.
+
+    Args:
+        x, y: ``(B, 3, H, W)`` float RGB in [0, 1].
+        y_channel: score the rounded luma (reference) instead of RGB (clean).
+    Returns:
+        ``(B,)`` float64 SSIM in [0, 1].
+    Raises:
+        ValueError: shapes differ, are not RGB, or a side is below 11 px.
+    Source: pyiqa ``archs/ssim_arch.py`` (``downsample=False``); separable window for speed.
+    """
+    _check_pair(x, y, 3)
+    if min(x.shape[-2:]) < 11:
+        raise ValueError(f"SSIM needs images of at least 11x11 px, got {tuple(x.shape[-2:])}")
+    if y_channel:
+        x, y, data_range = luma255(x).double(), luma255(y).double(), 255.0
+    else:
+        x, y, data_range = x.double(), y.double(), 1.0
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    c = x.shape[1]
+    moments = _separable(torch.cat([x, y, x * x, y * y, x * y], 1), gaussian_kernel_1d())
+    mu_x, mu_y, xx, yy, xy = moments.split(c, dim=1)
+    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
+    cs = torch.relu((2 * cov + c2) / (var_x + var_y + c2))
+    lum = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+    return (lum * cs).mean(dim=(1, 2, 3))
+
+
+def _check_alpha(gt: torch.Tensor, pred: torch.Tensor) -> None:
+    _check_pair(gt, pred, 1)
+
+
+def alpha_mae(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Mean absolute alpha error per image, ``(B,)`` float64 in [0, 1]; inputs ``(B, 1, H, W)`` in [0, 1]."""
+    _check_alpha(gt, pred)
+    return (gt.double() - pred.double()).abs().mean(dim=(1, 2, 3))
+
+
+def alpha_mse(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Mean squared alpha error per image, ``(B,)`` float64 in [0, 1]; inputs ``(B, 1, H, W)`` in [0, 1]."""
+    _check_alpha(gt, pred)
+    return ((gt.double() - pred.double()) ** 2).mean(dim=(1, 2, 3))
+
+
+def alpha_sad(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Sum of absolute alpha differences divided by 1000, per image (``(B,)`` float64, >= 0).
+
+    The /1000 follows the matting literature's reporting convention (Rhemann et al. 2009; Deep Image
+    Matting), with alpha in [0, 1]; unlike MAE it grows with the image area.
+    Inputs ``(B, 1, H, W)`` in [0, 1].
+    """
+    _check_alpha(gt, pred)
+    return (gt.double() - pred.double()).abs().sum(dim=(1, 2, 3)) / 1000.0
+
+
+def _gradient_magnitude(alpha: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Magnitude of the Gaussian-derivative gradient (scale ``sigma`` px) of ``(B, 1, H, W)``, replicate-padded."""
+    radius = math.ceil(3 * sigma)
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    gauss = torch.exp(-(taps**2) / (2 * sigma**2))
+    gauss = gauss / gauss.sum()
+    deriv = -taps / sigma**2 * gauss
+    deriv = deriv / deriv.mul(taps).abs().sum()  # unit response to a unit-slope ramp
+    padded = F.pad(alpha, (radius,) * 4, mode="replicate")
+    kx = (gauss.view(-1, 1) * deriv.view(1, -1)).flip(-1).view(1, 1, 2 * radius + 1, -1)
+    gx = F.conv2d(padded, kx.to(alpha))
+    gy = F.conv2d(padded, kx.transpose(-1, -2).to(alpha))
+    return torch.sqrt(gx**2 + gy**2)
+
+
+def alpha_gradient_error(gt: torch.Tensor, pred: torch.Tensor, sigma: float = GRADIENT_SIGMA) -> torch.Tensor:
+    """Matting gradient error: ``sum((|grad pred| - |grad gt|)^2) / 1000`` per image.
+
+    Gradients are Gaussian first derivatives at scale ``sigma`` (1.4 px, the matting benchmark
+    standard), normalised so a ramp of slope 1 per pixel has magnitude 1; borders replicate-padded;
+    alpha in [0, 1]. Constant mattes (all transparent, all opaque) have zero gradient.
+
+    Args:
+        gt, pred: ``(B, 1, H, W)`` alpha in [0, 1].
+        sigma: derivative scale in pixels.
+    Returns:
+        ``(B,)`` float64, >= 0.
+    Source: Rhemann et al., CVPR 2009 (alphamatting.com); Deep Image Matting evaluation code.
+    """
+    _check_alpha(gt, pred)
+    g = _gradient_magnitude(gt.double(), sigma)
+    p = _gradient_magnitude(pred.double(), sigma)
+    return ((p - g) ** 2).sum(dim=(1, 2, 3)) / 1000.0
+
+
+def soft_iou(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Soft (fuzzy) IoU ``sum(min(gt, pred)) / sum(max(gt, pred))`` per image, ``(B,)`` float64 in [0, 1].
+
+    Two all-transparent mattes (empty union) score 1.0 (perfect agreement), never NaN.
+    Inputs ``(B, 1, H, W)`` alpha in [0, 1].
+    """
+    _check_alpha(gt, pred)
+    gt, pred = gt.double(), pred.double()
+    inter = torch.minimum(gt, pred).sum(dim=(1, 2, 3))
+    union = torch.maximum(gt, pred).sum(dim=(1, 2, 3))
+    return torch.where(union > 0, inter / union.clamp_min(1e-300), torch.ones_like(union))
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``mask`` per image; 0.0 where the mask is empty."""
+    count = mask.sum(dim=(1, 2, 3))
+    total = (values * mask).sum(dim=(1, 2, 3))
+    return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
+
+
+def alpha_leakage(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Mean predicted alpha over pixels whose ground-truth alpha is exactly 0 (``(B,)`` float64 in [0, 1]).
+
+    Measures content leaking into the transparent background; 0.0 for images without fully
+    transparent pixels (e.g. all-opaque). Inputs ``(B, 1, H, W)`` alpha in [0, 1].
+    """
+    _check_alpha(gt, pred)
+    return _masked_mean(pred.double(), (gt == 0).double())
+
+
+def edge_band(gt: torch.Tensor, low: float = 0.05, high: float = 0.95, radius: int = 3) -> torch.Tensor:
+    """Edge band of a matte: pixels with ``low < alpha < high``, dilated by ``radius`` px (square).
+
+    Args:
+        gt: ``(B, 1, H, W)`` alpha in [0, 1].
+    Returns:
+        ``(B, 1, H, W)`` float64 mask of 0/1.
+    """
+    soft = ((gt > low) & (gt < high)).double()
+    if radius <= 0:
+        return soft
+    return F.max_pool2d(soft, 2 * radius + 1, stride=1, padding=radius)
+
+
+def edge_band_error(gt: torch.Tensor, pred: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """Mean absolute alpha error inside the edge band (:func:`edge_band`), ``(B,)`` float64 in [0, 1].
+
+    Pitfall 7 (halos on soft edges) is reported here separately from the whole-image error.
+    Images without soft pixels (binary or constant mattes) have an empty band and score 0.0.
+    Inputs ``(B, 1, H, W)`` alpha in [0, 1].
+    """
+    _check_alpha(gt, pred)
+    return _masked_mean((gt.double() - pred.double()).abs(), edge_band(gt.double(), radius=radius))
+
+
+ALPHA_METRICS = {
+    "alpha_mae": alpha_mae,
+    "alpha_mse": alpha_mse,
+    "alpha_sad": alpha_sad,
+    "alpha_grad": alpha_gradient_error,
+    "alpha_iou": soft_iou,
+    "alpha_leakage": alpha_leakage,
+    "alpha_edge_mae": edge_band_error,
+}
+"""Name -> function for every alpha metric; each maps ``(gt, pred)`` ``(B, 1, H, W)`` in [0, 1] to ``(B,)``."""
+
+
+def alpha_metrics(gt: torch.Tensor, pred: torch.Tensor) -> dict[str, torch.Tensor]:
+    """All :data:`ALPHA_METRICS` for a batch of mattes ``(B, 1, H, W)`` in [0, 1]; name -> ``(B,)`` float64."""
+    return {name: fn(gt, pred) for name, fn in ALPHA_METRICS.items()}

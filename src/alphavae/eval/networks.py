@@ -1,0 +1,331 @@
+"""Network-based metrics: LPIPS (AlexNet, v0.1), Inception features for FID, CLIP score and the
+LAION aesthetic predictor, loaded from local paths or the standard caches, never downloaded.
+
+A network given as ``None`` ("auto") is looked up in its standard cache and, if absent, skipped with
+a warning; an explicit path that cannot be loaded raises :class:`NetworkUnavailable`; ``"none"``
+turns the metric off. Wrapped libraries: ``lpips`` 0.1.4 (LPIPS), ``torch-fidelity`` 0.4
+(InceptionV3 feature extractor and Frechet distance), ``transformers`` (CLIPModel).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+OFF = "none"
+"""Network spec that disables a metric."""
+
+ALEXNET_CACHE = "alexnet-owt-7be5be79.pth"
+"""File name of torchvision's AlexNet weights in ``torch.hub.get_dir()/checkpoints`` (LPIPS backbone)."""
+
+INCEPTION_CACHE = "weights-inception-2015-12-05-6726825d.pth"
+"""File name of torch-fidelity's FID InceptionV3 weights in ``torch.hub.get_dir()/checkpoints``."""
+
+
+class NetworkUnavailable(RuntimeError):
+    """An explicitly requested metric network could not be loaded (message names the path and reason)."""
+
+
+def _cached(name: str) -> Path | None:
+    path = Path(torch.hub.get_dir()) / "checkpoints" / name
+    return path if path.is_file() else None
+
+
+def _resolve(spec: str | Path | None, cache_name: str | None, metric: str) -> Path | None:
+    """Path to load for ``metric`` or None (skip, with a warning when the spec was auto)."""
+    if spec is not None and str(spec) == OFF:
+        return None
+    if spec is None:
+        found = _cached(cache_name) if cache_name else None
+        if found is None:
+            warnings.warn(f"{metric}: no weights given and none in the cache; metric skipped", stacklevel=3)
+        return found
+    path = Path(spec)
+    if not path.exists():
+        raise NetworkUnavailable(f"{path}: {metric} weights not found")
+    return path
+
+
+def build_lpips(weights: str | Path) -> torch.nn.Module:
+    """LPIPS (AlexNet backbone, linear layers v0.1) with weights from a local file.
+
+    Args:
+        weights: either a full ``lpips.LPIPS`` state dict, or torchvision AlexNet weights
+            (``features.*`` keys; the package's bundled v0.1 linear layers are used).
+    Returns:
+        ``lpips.LPIPS`` in eval mode (inputs ``(N, 3, H, W)`` in [-1, 1]).
+    Raises:
+        NetworkUnavailable: the file is unreadable or its keys match neither layout.
+    Source: ``lpips`` 0.1.4 (Zhang et al. 2018).
+    """
+    import lpips
+
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)
+        if any(k.startswith("features.") for k in state):
+            slices = {0: 1, 1: 1, 2: 2, 3: 2, 4: 2, 5: 3, 6: 3, 7: 3, 8: 4, 9: 4, 10: 5, 11: 5}
+            state = {
+                f"net.slice{slices[int(k.split('.')[1])]}.{k.split('.', 1)[1]}": v
+                for k, v in state.items()
+                if k.startswith("features.")
+            }
+            net.load_state_dict(state, strict=False)
+        else:
+            net.load_state_dict(state)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise NetworkUnavailable(f"{weights}: cannot load LPIPS weights ({err})") from err
+    return net.eval().requires_grad_(False)
+
+
+def lpips_distance(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """LPIPS distance per image pair.
+
+    Args:
+        net: from :func:`build_lpips`.
+        x, y: ``(N, 3, H, W)`` RGB in [0, 1].
+    Returns:
+        ``(N,)`` float64 distances (>= 0; 0 for identical images).
+    """
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        d = net(x.to(device).float() * 2 - 1, y.to(device).float() * 2 - 1)
+    return d.flatten().double().cpu()
+
+
+def build_inception(weights: str | Path) -> torch.nn.Module:
+    """torch-fidelity's FID InceptionV3 (2048-d pool features) from a local weights file.
+
+    Args:
+        weights: state dict file for ``FeatureExtractorInceptionV3``.
+    Returns:
+        The extractor: takes ``(N, 3, H, W)`` uint8 RGB, returns a tuple with ``(N, 2048)`` float32.
+    Raises:
+        NetworkUnavailable: the file cannot be loaded.
+    Source: ``torch_fidelity.feature_extractor_inceptionv3`` (TF-Inception port used for FID).
+    """
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    try:
+        return FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        raise NetworkUnavailable(f"{weights}: cannot load Inception weights ({err})") from err
+
+
+def inception_features(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """2048-d Inception pool features of ``(N, 3, H, W)`` uint8 RGB images -> ``(N, 2048)`` float32 on the CPU."""
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        return net(images.to(device))[0].float().cpu()
+
+
+@dataclass
+class FeatureSet:
+    """Inception features of one image set (one FID side), appended batch by batch (8 KB per image)."""
+
+    chunks: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, features: torch.Tensor) -> None:
+        """Append ``(N, D)`` features."""
+        self.chunks.append(features.float().cpu())
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.chunks)
+
+    def features(self) -> torch.Tensor:
+        """All features, ``(N, D)`` float32."""
+        return torch.cat(self.chunks) if self.chunks else torch.empty(0, 0)
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (FID when the features are Inception's).
+
+    Args:
+        a, b: ``(N, D)`` and ``(M, D)`` features, N, M >= 2.
+    Returns:
+        The distance (>= 0 up to rounding), as torch-fidelity computes it (float64 statistics).
+    Raises:
+        ValueError: fewer than 2 samples on a side.
+    Source: ``torch_fidelity.metric_fid`` (``fid_features_to_statistics``, ``fid_statistics_to_metric``).
+    """
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"FID needs at least 2 images per side, got {len(a)} and {len(b)}")
+    stats = [fid_features_to_statistics(x.double()) for x in (a, b)]
+    return float(fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID])
+
+
+def build_clip(path: str | Path):
+    """CLIP model and processor from a local transformers folder (``CLIPModel`` + ``CLIPProcessor``).
+
+    Returns:
+        ``(model, processor)``, model in eval mode.
+    Raises:
+        NetworkUnavailable: the folder cannot be loaded.
+    """
+    from transformers import CLIPModel, CLIPProcessor
+
+    try:
+        model = CLIPModel.from_pretrained(str(path), local_files_only=True).eval().requires_grad_(False)
+        processor = CLIPProcessor.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise NetworkUnavailable(f"{path}: cannot load CLIP ({err})") from err
+    return model, processor
+
+
+def clip_image_embeddings(model, processor, images: torch.Tensor) -> torch.Tensor:
+    """Unit-norm CLIP image embeddings of ``(N, 3, H, W)`` uint8 RGB -> ``(N, D)`` float32."""
+    inputs = processor(images=list(images.cpu()), return_tensors="pt")
+    with torch.no_grad():
+        emb = model.get_image_features(pixel_values=inputs["pixel_values"].to(model.device)).pooler_output
+    return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
+
+
+def clip_text_embeddings(model, processor, prompts: list[str]) -> torch.Tensor:
+    """Unit-norm CLIP text embeddings of N prompts (truncated to the model's context) -> ``(N, D)`` float32."""
+    inputs = processor(text=prompts, return_tensors="pt", padding=True, truncation=True)
+    with torch.no_grad():
+        emb = model.get_text_features(
+            input_ids=inputs["input_ids"].to(model.device), attention_mask=inputs["attention_mask"].to(model.device)
+        ).pooler_output
+    return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()
+
+
+def clip_score(model, processor, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Per-image CLIP score ``100 * cos(image, prompt)`` (torchmetrics ``CLIPScore``, before its clamp at 0).
+
+    Args:
+        images: ``(N, 3, H, W)`` uint8 RGB. prompts: N strings.
+    Returns:
+        ``(N,)`` float64 in [-100, 100]; report ``max(mean, 0)`` like torchmetrics.
+    Raises:
+        ValueError: counts differ.
+    Source: Hessel et al. 2021 (CLIPScore), torchmetrics ``multimodal.clip_score``.
+    """
+    if len(images) != len(prompts):
+        raise ValueError(f"clip_score: {len(images)} images but {len(prompts)} prompts")
+    img = clip_image_embeddings(model, processor, images)
+    txt = clip_text_embeddings(model, processor, prompts)
+    return (100 * (img * txt).sum(-1)).double()
+
+
+class AestheticHead(torch.nn.Module):
+    """LAION aesthetic predictor v2 head: MLP 768 -> 1024 -> 128 -> 64 -> 16 -> 1 on unit-norm CLIP ViT-L/14
+    image embeddings (dropout layers kept so the public state-dict keys ``layers.{0,2,4,6,7}`` load)."""
+
+    def __init__(self, dim: int = 768):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(dim, 1024), torch.nn.Dropout(0.2), torch.nn.Linear(1024, 128), torch.nn.Dropout(0.2),
+            torch.nn.Linear(128, 64), torch.nn.Dropout(0.1), torch.nn.Linear(64, 16), torch.nn.Linear(16, 1),
+        )
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(N, dim)`` unit-norm embeddings -> ``(N,)`` scores (roughly 1..10)."""
+        return self.layers(embeddings).squeeze(-1)
+
+
+@dataclass
+class Aesthetic:
+    """LAION aesthetic scorer: a CLIP model, its processor and the MLP head (:func:`build_aesthetic`)."""
+
+    clip: object
+    processor: object
+    head: AestheticHead
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Scores of ``(N, 3, H, W)`` uint8 RGB images -> ``(N,)`` float64 (higher = more aesthetic)."""
+        emb = clip_image_embeddings(self.clip, self.processor, images)
+        with torch.no_grad():
+            return self.head(emb.to(next(self.head.parameters()).device)).double().cpu()
+
+
+def build_aesthetic(clip_path: str | Path, head_path: str | Path) -> Aesthetic:
+    """LAION aesthetic predictor from a local CLIP ViT-L/14 folder and the MLP head's state dict file.
+
+    Raises:
+        NetworkUnavailable: either part cannot be loaded or their widths disagree.
+    Source: LAION-AI/aesthetic-predictor v2 (``sac+logos+ava1-l14-linearMSE.pth``), as in pyiqa ``laion_aes``.
+    """
+    model, processor = build_clip(clip_path)
+    head = AestheticHead(model.config.projection_dim)
+    try:
+        head.load_state_dict(torch.load(head_path, map_location="cpu", weights_only=True))
+    except (OSError, RuntimeError) as err:
+        raise NetworkUnavailable(f"{head_path}: cannot load the aesthetic head ({err})") from err
+    return Aesthetic(model, processor, head.eval().requires_grad_(False))
+
+
+@dataclass
+class Networks:
+    """The metric networks of one evaluation; a None member means that metric is skipped."""
+
+    lpips: torch.nn.Module | None = None
+    inception: torch.nn.Module | None = None
+    clip: tuple | None = None
+    aesthetic: Aesthetic | None = None
+
+    def to(self, device: str | torch.device) -> "Networks":
+        """Move every loaded network to ``device``; returns self."""
+        for net in (self.lpips, self.inception, self.clip and self.clip[0], self.aesthetic and self.aesthetic.clip):
+            if net is not None:
+                net.to(device)
+        if self.aesthetic is not None:
+            self.aesthetic.head.to(device)
+        return self
+
+
+def load_networks(
+    lpips: str | Path | None = None,
+    inception: str | Path | None = None,
+    clip: str | Path | None = OFF,
+    aesthetic: tuple[str | Path, str | Path] | None = None,
+) -> Networks:
+    """Resolve and load the metric networks.
+
+    Args:
+        lpips: LPIPS weights (see :func:`build_lpips`); None = torchvision's cached AlexNet, else skipped
+            with a warning; ``"none"`` = off.
+        inception: Inception weights file; None = torch-fidelity's cached file, else skipped; ``"none"`` = off.
+        clip: local CLIP folder; default off (there is no standard cache for it).
+        aesthetic: ``(clip_folder, head_file)`` or None (off).
+    Returns:
+        :class:`Networks` on the CPU.
+    Raises:
+        NetworkUnavailable: an explicitly given path is missing or unreadable.
+    """
+    lpips_path = _resolve(lpips, ALEXNET_CACHE, "LPIPS")
+    inception_path = _resolve(inception, INCEPTION_CACHE, "FID (Inception)")
+    clip_path = _resolve(clip, None, "CLIP score") if clip is not None else None
+    return Networks(
+        lpips=build_lpips(lpips_path) if lpips_path else None,
+        inception=build_inception(inception_path) if inception_path else None,
+        clip=build_clip(clip_path) if clip_path else None,
+        aesthetic=build_aesthetic(*aesthetic) if aesthetic else None,
+    )
+
+
+def feature_distance_summary(sets: dict[str, tuple[FeatureSet, FeatureSet]]) -> dict[str, float | None]:
+    """FID for each named pair of feature sets; None (logged) where a side has fewer than 2 images."""
+    out: dict[str, float | None] = {}
+    for name, (a, b) in sets.items():
+        if len(a) < 2 or len(b) < 2:
+            log.info("FID %s skipped: %d / %d images", name, len(a), len(b))
+            out[name] = None
+        else:
+            out[name] = frechet_distance(a.features(), b.features())
+    return out
+
+
+__all__ = [
+    "OFF", "NetworkUnavailable", "build_lpips", "lpips_distance", "build_inception", "inception_features",
+    "FeatureSet", "frechet_distance", "build_clip", "clip_score", "clip_image_embeddings", "clip_text_embeddings",
+    "AestheticHead", "Aesthetic", "build_aesthetic", "Networks", "load_networks", "feature_distance_summary",
+]

@@ -1,0 +1,169 @@
+"""The two ALPHA evaluation protocols and the per-image scorer.
+
+``reference`` reproduces the AlphaVAE reference scripts' numerics: optional short-side bilinear
+resize + centre crop of the ground truth, predictions rounded to 8 bits (as saved PNGs are), each
+composite rounded to uint8 and JPEG-encoded with Pillow's default quality (in memory), pyiqa's metric
+defaults (PSNR on RGB, SSIM on rounded luma), and the raw ``rgba`` group, which scores the colour
+channels of the RGBA files as a loader that drops alpha sees them (alpha-blind: hidden colour under
+alpha = 0 counts; kept only for comparison with published numbers).
+
+``clean`` scores float composites (no rounding, no JPEG), SSIM on RGB, and adds the alpha metrics of
+:mod:`alphavae.eval.metrics`.
+
+Source: AlphaVAE (arXiv 2507.09308) Sec. 5 and its public evaluation scripts; pyiqa 0.1.x defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from alphavae.eval import metrics
+from alphavae.eval.backgrounds import BACKGROUND_NAMES, CHECKERBOARD, composites, jpeg_roundtrip, quantise
+from alphavae.eval.networks import Networks, inception_features, lpips_distance
+from alphavae.io import alpha_unit, from_unit, resize_short_side, to_unit
+
+RGBA_GROUP = "rgba"
+"""Group name of the raw, alpha-blind score (colour channels of the RGBA file, alpha dropped)."""
+
+ALPHA_GROUP = "alpha"
+"""Group name of the alpha-matte metrics (clean protocol)."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Settings of one evaluation protocol.
+
+    Attributes:
+        name: ``"reference"`` or ``"clean"``.
+        jpeg: round composites to uint8 and JPEG round-trip them (Pillow default quality 75).
+        ssim_y: SSIM on rounded luma (pyiqa default) instead of RGB.
+        raw_group: also score the alpha-blind ``rgba`` group.
+        alpha_metrics: also compute the alpha-matte metrics.
+        backgrounds: background names (the 9 canonical colours, optionally ``"checkerboard"``).
+        resize: short side in px for the GT's bilinear resize + centre crop to a square, or None.
+    """
+
+    name: str
+    jpeg: bool
+    ssim_y: bool
+    raw_group: bool
+    alpha_metrics: bool
+    backgrounds: tuple[str, ...] = BACKGROUND_NAMES
+    resize: int | None = None
+
+    def as_dict(self) -> dict:
+        """Plain-dict form for reports."""
+        return asdict(self)
+
+
+def make_protocol(name: str, *, resize: int | None = None, checkerboard: bool = False) -> Protocol:
+    """Build the ``reference`` or ``clean`` protocol.
+
+    Args:
+        name: ``"reference"`` or ``"clean"``.
+        resize: optional short side (px, >= 1) for the GT resize + centre crop.
+        checkerboard: add the checkerboard background (``alphavae.io.checkerboard``) to the 9 colours.
+    Raises:
+        ValueError: unknown name or bad ``resize``.
+    """
+    if resize is not None and resize < 1:
+        raise ValueError(f"resize must be >= 1 px, got {resize}")
+    backgrounds = BACKGROUND_NAMES + ((CHECKERBOARD,) if checkerboard else ())
+    if name == "reference":
+        return Protocol(name, True, True, True, False, backgrounds, resize)
+    if name == "clean":
+        return Protocol(name, False, False, False, True, backgrounds, resize)
+    raise ValueError(f"unknown protocol {name!r}; use 'reference' or 'clean'")
+
+
+def centre_crop(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """Central ``size x size`` window of ``(..., H, W)`` (sides >= size); offsets round down."""
+    h, w = pixels.shape[-2:]
+    if min(h, w) < size:
+        raise ValueError(f"cannot centre-crop {h}x{w} to {size}x{size}")
+    top, left = (h - size) // 2, (w - size) // 2
+    return pixels[..., top : top + size, left : left + size]
+
+
+def prepare_gt(pixels: torch.Tensor, protocol: Protocol) -> torch.Tensor:
+    """Apply the protocol's GT preprocessing: bilinear short-side resize + centre crop when ``resize`` is set.
+
+    Args:
+        pixels: ``(4, H, W)`` or ``(B, 4, H, W)`` straight RGBA in [-1, 1].
+    Returns:
+        Straight RGBA in [-1, 1], ``resize x resize`` or unchanged. Resampling is premultiplied
+        (``alphavae.io.resize_short_side``).
+    """
+    if protocol.resize is None:
+        return pixels
+    return centre_crop(resize_short_side(pixels, protocol.resize, mode="bilinear"), protocol.resize)
+
+
+def round_to_8bit(pixels: torch.Tensor) -> torch.Tensor:
+    """Round straight RGBA in [-1, 1] to the 8-bit grid (what saving a PNG does); same shape and range."""
+    return from_unit(quantise(to_unit(pixels)).float() / 255.0)
+
+
+@dataclass
+class ImageScore:
+    """Scores of one image pair.
+
+    Attributes:
+        groups: group name (a background, ``rgba``, ``alpha``) -> metric name -> value.
+        features: group -> ``(gt, pred)`` Inception features, each ``(1, 2048)`` (for FID; not reported).
+    """
+
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)
+    features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+def _views(gt: torch.Tensor, pred: torch.Tensor, protocol: Protocol) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Group names and the ``(K, 3, H, W)`` [0, 1] images scored for them (GT side, prediction side)."""
+    names = list(protocol.backgrounds)
+    both = composites(torch.stack([gt, pred]), protocol.backgrounds)  # (2, K, 3, H, W)
+    if protocol.raw_group:
+        names.append(RGBA_GROUP)
+        raw = to_unit(torch.stack([gt, pred])[:, None, :3]).clamp(0, 1)
+        both = torch.cat([both, raw], 1)
+    if protocol.jpeg:
+        k = len(protocol.backgrounds)
+        q = quantise(both)
+        flat = jpeg_roundtrip(q[:, :k].flatten(0, 1)).view_as(q[:, :k])
+        both = torch.cat([flat, q[:, k:]], 1).float() / 255.0
+    return names, both[0], both[1]
+
+
+def score_pair(gt: torch.Tensor, pred: torch.Tensor, protocol: Protocol, networks: Networks) -> ImageScore:
+    """Score one prediction against its ground truth under ``protocol``.
+
+    Args:
+        gt, pred: ``(4, H, W)`` straight RGBA in [-1, 1], same size (``gt`` already through :func:`prepare_gt`).
+        networks: optional LPIPS / Inception / aesthetic networks (None members are skipped).
+    Returns:
+        :class:`ImageScore` with per-group ``psnr``, ``ssim`` (and ``lpips``, ``input_laion_score``,
+        ``output_laion_score`` when the networks are loaded) and, for ``clean``, the ``alpha`` group.
+    Raises:
+        ValueError: shapes differ or are not ``(4, H, W)``.
+    """
+    if gt.shape != pred.shape or gt.ndim != 3 or gt.shape[0] != 4:
+        raise ValueError(f"score_pair needs two (4, H, W) images of one size, got {tuple(gt.shape)} and {tuple(pred.shape)}")
+    if protocol.jpeg:
+        pred = round_to_8bit(pred)
+    names, x, y = _views(gt.float(), pred.float(), protocol)
+    values = {"psnr": metrics.psnr(y, x), "ssim": metrics.ssim(y, x, y_channel=protocol.ssim_y)}
+    if networks.lpips is not None:
+        values["lpips"] = lpips_distance(networks.lpips, y, x)
+    if networks.aesthetic is not None:
+        values["input_laion_score"] = networks.aesthetic(quantise(x))
+        values["output_laion_score"] = networks.aesthetic(quantise(y))
+    score = ImageScore({name: {m: float(v[i]) for m, v in values.items()} for i, name in enumerate(names)})
+    if networks.inception is not None:
+        feats = inception_features(networks.inception, quantise(torch.cat([x, y])))
+        score.features = {name: (feats[i : i + 1], feats[len(names) + i : len(names) + i + 1]) for i, name in enumerate(names)}
+    if protocol.alpha_metrics:
+        score.groups[ALPHA_GROUP] = {
+            m: float(v[0]) for m, v in metrics.alpha_metrics(alpha_unit(gt[None]), alpha_unit(pred[None])).items()
+        }
+    return score

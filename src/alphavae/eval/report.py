@@ -1,0 +1,230 @@
+"""Benchmark reports: JSON (every number), CSV in the AlphaVAE reference layout, and a self-contained
+HTML page (inline CSS, images as data URIs) with the worst-K images.
+
+The CSV columns are the reference's ``group,subset,input_laion_score,output_laion_score,fid_score,lpips,
+psnr,ssim``: one row per (group, subset), group ``rgb`` = mean over the 9 backgrounds, ``rgba`` = raw
+(alpha-blind), plus each single background; subset ``overall`` is the macro mean over everything.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import heapq
+import html
+import io as _bytes_io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from alphavae.eval.aggregate import RGB_GROUP
+from alphavae.eval.backgrounds import BACKGROUND_NAMES, composites
+from alphavae.eval.protocols import ALPHA_GROUP, RGBA_GROUP
+from alphavae.io import alpha_unit, atomic_write, to_pil
+
+CSV_COLUMNS = ("group", "subset", "input_laion_score", "output_laion_score", "fid_score", "lpips", "psnr", "ssim")
+"""Column order of the reference CSV report."""
+
+_CSV_METRICS = {"fid_score": "fid"}
+
+ALPHA_BLIND_NOTE = (
+    "The 'rgba' group scores the colour channels of the RGBA files with alpha dropped, as the reference "
+    "loader does: it is alpha-blind (hidden colour under alpha = 0 counts, alpha errors do not)."
+)
+
+
+def _subset_rows(report: dict):
+    """``(subset label, Scores)`` for every subset and the overall macro mean."""
+    for ds, node in report["tree"]["datasets"].items():
+        for ss, sub in node["subsets"].items():
+            yield ("/".join(p for p in (ds, ss) if p != ".") or "."), sub["macro"]
+    yield "overall", report["tree"]["overall"]["macro"]
+
+
+def csv_rows(report: dict) -> list[dict[str, str]]:
+    """Rows of the reference-layout CSV (all values as strings; empty where a metric was not computed)."""
+    groups = [RGB_GROUP, *report["protocol"]["backgrounds"], RGBA_GROUP]
+    rows = []
+    for group in groups:
+        for label, scores in _subset_rows(report):
+            if group not in scores:
+                continue
+            row = {"group": group, "subset": label}
+            for column in CSV_COLUMNS[2:]:
+                value = scores[group].get(_CSV_METRICS.get(column, column))
+                row[column] = "" if value is None else f"{value:.6f}"
+            rows.append(row)
+    return rows
+
+
+def _write_text(path: Path, text: str, overwrite: bool) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=overwrite)
+
+
+def write_json(path: str | Path, report: dict, *, overwrite: bool = False) -> None:
+    """Write the whole report as indented JSON (atomic). Raises FileExistsError unless ``overwrite``."""
+    _write_text(Path(path), json.dumps(report, indent=1, sort_keys=False, allow_nan=False), overwrite)
+
+
+def write_csv(path: str | Path, report: dict, *, overwrite: bool = False) -> None:
+    """Write :func:`csv_rows` with header :data:`CSV_COLUMNS` (atomic). Raises FileExistsError unless ``overwrite``."""
+    buffer = _bytes_io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(report))
+    _write_text(Path(path), buffer.getvalue(), overwrite)
+
+
+def _heat(error: torch.Tensor) -> torch.Tensor:
+    """``(1, H, W)`` error in [0, 1] -> ``(3, H, W)`` black-red-yellow-white heat map in [-1, 1]."""
+    e = error.clamp(0, 1)
+    rgb = torch.cat([(3 * e).clamp(0, 1), (3 * e - 1).clamp(0, 1), (3 * e - 2).clamp(0, 1)])
+    return rgb * 2 - 1
+
+
+def comparison_strip(gt: torch.Tensor, pred: torch.Tensor, height: int = 128) -> str:
+    """PNG data URI of one row: GT and prediction over checkerboard, black and white, then |alpha error|.
+
+    Args:
+        gt, pred: ``(4, H, W)`` straight RGBA in [-1, 1], same size.
+        height: thumbnail height in px.
+    Returns:
+        ``data:image/png;base64,...``.
+    """
+    scale = height / gt.shape[-2]
+    size = (height, max(1, round(gt.shape[-1] * scale)))
+    pair = F.interpolate(torch.stack([gt, pred]).float(), size=size, mode="area")
+    views = composites(pair, ("checkerboard", "black", "white")) * 2 - 1  # (2, 3, 3, h, w)
+    tiles = [views[side, k] for k in range(3) for side in (0, 1)]
+    tiles.append(_heat((alpha_unit(pair[1]) - alpha_unit(pair[0])).abs()))
+    gap = torch.ones(3, size[0], 4)
+    row = torch.cat([t for tile in tiles for t in (tile, gap)][:-1], dim=-1)
+    image = to_pil(torch.cat([row, torch.ones(1, *row.shape[1:])]))
+    buffer = _bytes_io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@dataclass(order=True)
+class _Case:
+    badness: float
+    key: str = field(compare=False)
+    uri: str = field(compare=False)
+    psnr: float = field(compare=False)
+
+
+@dataclass
+class WorstImages:
+    """Keeps the K worst images (lowest mean-over-backgrounds PSNR) with their comparison strips;
+    memory is K thumbnails whatever the number of images."""
+
+    k: int = 8
+    cases: list[_Case] = field(default_factory=list)
+
+    def offer(self, key: str, psnr: float, gt: torch.Tensor, pred: torch.Tensor) -> None:
+        """Consider one image; the strip is only rendered when it enters the top K."""
+        if self.k <= 0 or (len(self.cases) == self.k and -psnr <= self.cases[0].badness):
+            return
+        case = _Case(-psnr, key, comparison_strip(gt, pred), psnr)
+        (heapq.heappush if len(self.cases) < self.k else heapq.heapreplace)(self.cases, case)
+
+    def merge(self, other: "WorstImages") -> None:
+        """Fold another collector's cases in (used after gathering shards)."""
+        for case in other.cases:
+            if len(self.cases) < self.k:
+                heapq.heappush(self.cases, case)
+            elif case.badness > self.cases[0].badness:
+                heapq.heapreplace(self.cases, case)
+
+    def worst_first(self) -> list[dict]:
+        """``[{"key", "psnr", "uri"}]`` from worst to best."""
+        return [{"key": c.key, "psnr": c.psnr, "uri": c.uri} for c in sorted(self.cases, reverse=True)]
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+table{border-collapse:collapse;margin:8px 0 20px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}th{background:#f2f2f2}
+.bar{display:inline-block;height:12px;background:#4a78c2;vertical-align:middle}
+.note{background:#fff6d6;border:1px solid #e6d48a;padding:6px 10px}
+.case img{display:block;margin:4px 0 14px;max-width:100%}
+"""
+
+_SUMMARY_METRICS = ("psnr", "ssim", "lpips", "fid", "input_laion_score", "output_laion_score")
+
+
+def _fmt(value) -> str:
+    return "&ndash;" if value is None else f"{value:.4f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _bars(scores: dict, metric: str) -> str:
+    values = {b: scores.get(b, {}).get(metric) for b in BACKGROUND_NAMES}
+    top = max((v for v in values.values() if v is not None), default=0) or 1
+    rows = [[b, f'<span class="bar" style="width:{240 * v / top:.0f}px"></span> {v:.3f}'] for b, v in values.items() if v is not None]
+    return _table(["background", metric], rows)
+
+
+def render_html(report: dict, worst: list[dict]) -> str:
+    """The HTML report as one self-contained string (no external resources)."""
+    overall = report["tree"]["overall"]
+    macro = overall["macro"]
+    groups = [g for g in (RGB_GROUP, *report["protocol"]["backgrounds"], RGBA_GROUP) if g in macro]
+    metrics = [m for m in _SUMMARY_METRICS if any(m in macro[g] for g in groups)]
+    parts = [
+        f"<h1>ALPHA benchmark &mdash; {html.escape(report['protocol']['name'])} protocol</h1>",
+        f"<p>{overall['images']} images; failures: {len(report.get('failures', []))}; "
+        f"missing predictions: {len(report.get('missing', []))}; extra predictions: {len(report.get('extra', []))}.</p>",
+        "<h2>Summary (macro: category &rarr; subset &rarr; dataset)</h2>",
+        _table(["group", *metrics], [[g, *(_fmt(macro[g].get(m)) for m in metrics)] for g in groups]),
+    ]
+    if RGBA_GROUP in macro:
+        parts.append(f'<p class="note">{html.escape(ALPHA_BLIND_NOTE)}</p>')
+    if ALPHA_GROUP in macro:
+        alpha = macro[ALPHA_GROUP]
+        parts += ["<h2>Alpha metrics</h2>", _table(["metric", "value"], [[m, _fmt(v)] for m, v in alpha.items()])]
+    parts += ["<h2>Per background</h2>", *(_bars(macro, m) for m in ("psnr", "ssim") if m in metrics)]
+    cat_rows = []
+    for ds, node in report["tree"]["datasets"].items():
+        for ss, sub in node["subsets"].items():
+            for cat, leaf in sub["categories"].items():
+                rgb = leaf["mean"].get(RGB_GROUP, {})
+                cat_rows.append([html.escape("/".join((ds, ss, cat))), str(leaf["images"]), *(_fmt(rgb.get(m)) for m in metrics)])
+    parts += ["<h2>Per category (mean over backgrounds)</h2>", _table(["category", "images", *metrics], cat_rows)]
+    if worst:
+        parts.append("<h2>Worst images (lowest PSNR)</h2><p>Each row: GT, prediction over checkerboard, "
+                     "black, white; then |alpha error| (black = 0, white = 1).</p>")
+        parts += [f'<div class="case">{html.escape(c["key"])} &mdash; PSNR {c["psnr"]:.2f} dB'
+                  f'<img alt="{html.escape(c["key"])}" src="{c["uri"]}"></div>' for c in worst]
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ALPHA benchmark</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def write_html(path: str | Path, report: dict, worst: list[dict], *, overwrite: bool = False) -> None:
+    """Write :func:`render_html` atomically. Raises FileExistsError unless ``overwrite``."""
+    _write_text(Path(path), render_html(report, worst), overwrite)
+
+
+def write_reports(folder: str | Path, report: dict, worst: list[dict], *, overwrite: bool = False) -> list[Path]:
+    """Write ``report.json``, ``report.csv`` and ``report.html`` into ``folder`` (created); returns the paths.
+
+    Raises:
+        FileExistsError: a report file exists and ``overwrite`` is False (nothing is written then).
+    """
+    folder = Path(folder)
+    paths = [folder / f"report.{ext}" for ext in ("json", "csv", "html")]
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]}: report exists (use --overwrite)")
+    write_json(paths[0], report, overwrite=overwrite)
+    write_csv(paths[1], report, overwrite=overwrite)
+    write_html(paths[2], report, worst, overwrite=overwrite)
+    return paths

@@ -1,0 +1,309 @@
+"""Streaming benchmark runs: pair folders (or reconstruct with a VAE), score image by image, aggregate,
+report. Memory is constant in the number of images apart from 8 KB of Inception features per scored
+view and the worst-K thumbnails. With several processes (``accelerate launch``) the images are
+sharded by index, results gathered and sorted by key, so the report is identical to a one-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from alphavae.eval.aggregate import RGB_GROUP, ImageRecord, aggregate, fid_with_rgb
+from alphavae.eval.backgrounds import BACKGROUND_NAMES, composites, quantise
+from alphavae.eval.networks import FeatureSet, Networks, clip_score, inception_features
+from alphavae.eval.pairs import Pair, PairPlan, pair_folders
+from alphavae.eval.protocols import Protocol, make_protocol, prepare_gt, score_pair
+from alphavae.eval.report import ALPHA_BLIND_NOTE, WorstImages
+from alphavae.io import DEFAULT_MAX_PIXELS, ImageLoadError, composite, load_rgba
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[Pair], tuple[torch.Tensor, torch.Tensor]]
+"""Maps a pair to ``(gt, pred)``, each ``(4, H, W)`` straight RGBA in [-1, 1]; raises ImageLoadError / ValueError."""
+
+Extra = Callable[[Pair, torch.Tensor], dict[str, dict[str, float]]]
+"""Optional extra scores of one GT image (e.g. latent drift): group -> metric -> value."""
+
+
+@dataclass
+class Evaluation:
+    """Raw results of a run before aggregation (one shard, or all after :func:`_gather`)."""
+
+    records: list[ImageRecord] = field(default_factory=list)
+    features: dict[str, dict] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    worst: WorstImages = field(default_factory=WorstImages)
+
+
+def _score_all(pairs: list[Pair], load: Loader, protocol: Protocol, networks: Networks, worst_k: int,
+               extra: Extra | None) -> Evaluation:
+    result = Evaluation(worst=WorstImages(worst_k))
+    for pair in tqdm(pairs, desc=f"eval ({protocol.name})", unit="img", disable=None):
+        try:
+            gt, pred = load(pair)
+            score = score_pair(gt, pred, protocol, networks)
+            if extra is not None:
+                score.groups.update(extra(pair, gt))
+        except (ImageLoadError, ValueError, OSError) as err:
+            log.warning("%s: skipped (%s)", pair.key, err)
+            result.failures.append({"key": pair.key, "error": str(err)})
+            continue
+        result.records.append(ImageRecord(pair.key, pair.dataset, pair.subset, pair.category, score.groups))
+        if score.features:
+            result.features[pair.key] = score.features
+        psnr = [v["psnr"] for g, v in score.groups.items() if g in protocol.backgrounds]
+        result.worst.offer(pair.key, sum(psnr) / len(psnr), gt, pred)
+    return result
+
+
+def _gather(shards: list[Evaluation], worst_k: int) -> Evaluation:
+    """Merge shard results in key order (deterministic whatever the sharding)."""
+    merged = Evaluation(worst=WorstImages(worst_k))
+    for shard in shards:
+        merged.records += shard.records
+        merged.features.update(shard.features)
+        merged.failures += shard.failures
+        merged.worst.merge(shard.worst)
+    merged.records.sort(key=lambda r: r.key)
+    merged.failures.sort(key=lambda f: f["key"])
+    return merged
+
+
+def run_sharded(pairs: list[Pair], load: Loader, protocol: Protocol, networks: Networks, *, worst_k: int = 8,
+                extra: Extra | None = None) -> Evaluation | None:
+    """Score ``pairs`` across the processes of the current ``accelerate`` launch (one process if not launched).
+
+    Returns:
+        The merged :class:`Evaluation` on the main process, None on the others.
+    Source: ``accelerate.PartialState`` and ``accelerate.utils.gather_object``.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    networks.to(state.device)
+    mine = pairs[state.process_index :: state.num_processes]
+    shard = _score_all(mine, load, protocol, networks, worst_k, extra)
+    shards = gather_object([shard]) if state.num_processes > 1 else [shard]
+    return _gather(shards, worst_k) if state.is_main_process else None
+
+
+def build_report(evaluation: Evaluation, protocol: Protocol, plan: PairPlan, networks: Networks, **info) -> dict:
+    """The JSON-ready report: protocol, aggregated tree, every image's scores, failures and pairing problems.
+
+    ``info`` entries (e.g. ``gt``, ``pred``, ``vae`` paths) are stored under ``"inputs"``.
+    """
+    loaded = {name: getattr(networks, name) is not None for name in ("lpips", "inception", "clip", "aesthetic")}
+    return {
+        "protocol": protocol.as_dict(),
+        "inputs": {k: str(v) for k, v in info.items()},
+        "networks": loaded,
+        "notes": [ALPHA_BLIND_NOTE] if protocol.raw_group else [],
+        "tree": aggregate(evaluation.records, evaluation.features),
+        "images": [{"key": r.key, "dataset": r.dataset, "subset": r.subset, "category": r.category,
+                    "scores": r.groups} for r in evaluation.records],
+        "failures": evaluation.failures,
+        "missing": plan.missing,
+        "extra": plan.extra,
+        "ambiguous": plan.ambiguous,
+    }
+
+
+def folder_loader(protocol: Protocol, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Loader:
+    """Loader for GT/prediction file pairs: loads both, preprocesses GT, checks the sizes agree.
+
+    Raises (from the returned callable):
+        ImageLoadError: a file cannot be read. ValueError: sizes differ (names both files and sizes).
+    """
+
+    def load(pair: Pair) -> tuple[torch.Tensor, torch.Tensor]:
+        gt = prepare_gt(load_rgba(pair.gt, max_pixels=max_pixels), protocol)
+        pred = load_rgba(pair.pred, max_pixels=max_pixels)
+        if gt.shape != pred.shape:
+            raise ValueError(f"size mismatch: {pair.gt} is {gt.shape[2]}x{gt.shape[1]} (after preprocessing) but "
+                             f"{pair.pred} is {pred.shape[2]}x{pred.shape[1]} (width x height)")
+        return gt, pred
+
+    return load
+
+
+def evaluate_folders(gt_dir: str | Path, pred_dir: str | Path, protocol: Protocol, networks: Networks, *,
+                     worst_k: int = 8) -> tuple[dict, list[dict]] | None:
+    """Benchmark a prediction folder against a ground-truth folder (pairs by relative path minus extension).
+
+    Args:
+        gt_dir, pred_dir: folders of RGBA images (any format ``alphavae.io.load_rgba`` reads).
+        protocol: from ``make_protocol``. networks: from ``load_networks``.
+        worst_k: number of worst images kept for the HTML report.
+    Returns:
+        ``(report, worst)`` on the main process (see :func:`build_report`; ``worst`` for
+        ``write_html``), None on other processes.
+    Raises:
+        FileNotFoundError: a folder does not exist.
+    """
+    plan = pair_folders(gt_dir, pred_dir)
+    result = run_sharded(plan.pairs, folder_loader(protocol), protocol, networks, worst_k=worst_k)
+    if result is None:
+        return None
+    return build_report(result, protocol, plan, networks, gt=gt_dir, pred=pred_dir), result.worst.worst_first()
+
+
+def latent_drift(vae, source, gt: torch.Tensor) -> dict[str, float]:
+    """Distance between the RGBA VAE's and the source RGB VAE's posterior means on opaque composites.
+
+    The GT is composited over black and over white (alpha set to 1), padded like ``RGBAVAE.encode``
+    does, and encoded by both; reported: ``mse`` (mean squared difference of the means) and
+    ``rel_l2`` (``||mu_rgba - mu_src|| / ||mu_src||``), each averaged over the two backgrounds. An
+    unconverted model scores 0 exactly (opaque initialisation, method.md section 1).
+
+    Args:
+        vae: ``alphavae.vae.RGBAVAE``. source: diffusers ``AutoencoderKL`` with 3 input channels.
+        gt: ``(4, H, W)`` straight RGBA in [-1, 1].
+    Returns:
+        ``{"mse": float, "rel_l2": float}``.
+    Source: AlphaVAE (arXiv 2507.09308) Sec. 4.2 (Ref-KL keeps opaque latents where the diffusion model expects them).
+    """
+    mse, rel = [], []
+    for background in ("black", "white"):
+        rgb = composite(gt[None].float(), background)
+        opaque = torch.cat([rgb, torch.ones_like(rgb[:, :1])], 1)
+        mu = vae.encode(opaque.to(vae.device, vae.dtype)).mean.float()
+        padded = vae.pad(opaque)[:, :3].to(source.device, source.dtype)
+        with torch.no_grad():
+            mu_src = source.encode(padded).latent_dist.mean.float().to(mu.device)
+        mse.append(torch.mean((mu - mu_src) ** 2).item())
+        rel.append((torch.linalg.vector_norm(mu - mu_src) / torch.linalg.vector_norm(mu_src).clamp_min(1e-12)).item())
+    return {"mse": sum(mse) / 2, "rel_l2": sum(rel) / 2}
+
+
+def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networks, *, source=None,
+                 worst_k: int = 8) -> tuple[dict, list[dict]] | None:
+    """Reconstruct every image of ``data_dir`` with an RGBA VAE and benchmark the reconstructions in one run.
+
+    Args:
+        vae: ``alphavae.vae.RGBAVAE`` (posterior mode is decoded).
+        data_dir: folder of RGBA ground-truth images.
+        protocol, networks, worst_k: as for :func:`evaluate_folders`.
+        source: optional source RGB ``AutoencoderKL``; adds the ``latent_drift`` group (:func:`latent_drift`).
+    Returns:
+        ``(report, worst)`` on the main process, None on others.
+    Raises:
+        FileNotFoundError: ``data_dir`` does not exist.
+    """
+    plan = pair_folders(data_dir)
+
+    def load(pair: Pair) -> tuple[torch.Tensor, torch.Tensor]:
+        gt = prepare_gt(load_rgba(pair.gt), protocol)
+        with torch.inference_mode():
+            pred = vae.reconstruct(gt[None].to(vae.device, vae.dtype))[0].float().cpu()
+        return gt, pred
+
+    def drift(pair: Pair, gt: torch.Tensor) -> dict[str, dict[str, float]]:
+        with torch.inference_mode():
+            return {"latent_drift": latent_drift(vae, source, gt)}
+
+    result = run_sharded(plan.pairs, load, protocol, networks, worst_k=worst_k, extra=drift if source is not None else None)
+    if result is None:
+        return None
+    return build_report(result, protocol, plan, networks, data=data_dir), result.worst.worst_first()
+
+
+def read_prompts(path: str | Path) -> dict[str, str]:
+    """Prompts for text-to-image evaluation, keyed by image path relative to the prediction folder minus extension.
+
+    Accepted formats: a JSON object ``{key: prompt}``, or JSON Lines with ``{"key": ..., "prompt": ...}``
+    per line (``"file"`` is accepted for ``"key"``; its extension is dropped).
+
+    Raises:
+        ValueError: unreadable or malformed file (names the file and the line).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read prompts ({err})") from err
+    try:
+        data = json.loads(text)
+        if isinstance(data, dict):
+            return {str(Path(k).with_suffix("").as_posix()): str(v) for k, v in data.items()}
+    except json.JSONDecodeError:
+        pass
+    prompts = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            key = row.get("key", row.get("file"))
+            prompts[str(Path(key).with_suffix("").as_posix())] = str(row["prompt"])
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}:{number}: expected {{\"key\": ..., \"prompt\": ...}} ({err})") from err
+    return prompts
+
+
+def _t2i_scores(pixels: torch.Tensor, prompt: str, networks: Networks, names: tuple[str, ...]) -> tuple[dict, torch.Tensor]:
+    """Per-background CLIP / aesthetic scores of one generated image, and its uint8 composites ``(K, 3, H, W)``."""
+    views = quantise(composites(pixels[None], names)[0])
+    values: dict[str, torch.Tensor] = {}
+    if networks.clip is not None:
+        values["clip_score"] = clip_score(*networks.clip, views, [prompt] * len(names))
+    if networks.aesthetic is not None:
+        values["output_laion_score"] = networks.aesthetic(views)
+    return {name: {m: float(v[i]) for m, v in values.items()} for i, name in enumerate(names)}, views
+
+
+def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networks, *, ref_dir: str | Path | None = None,
+                 backgrounds: tuple[str, ...] = BACKGROUND_NAMES) -> dict:
+    """Benchmark generated RGBA images: CLIP score against their prompts and aesthetic score on each background
+    composite, and FID per background against reference RGBA images composited the same way.
+
+    Args:
+        pred_dir: generated images (tree layout as for :func:`evaluate_folders`).
+        prompts: key -> prompt (:func:`read_prompts`); images without a prompt are reported as failures.
+        networks: CLIP (``clip``), ``aesthetic`` and ``inception`` (for FID, with ``ref_dir``) are used.
+        ref_dir: optional folder of reference RGBA images (unpaired).
+    Returns:
+        Report dict like :func:`build_report` (``clip_score`` is the per-image ``100 * cos``; the
+        torchmetrics convention clamps the mean at 0, reported as ``clip_score_clamped``), FID under
+        ``tree.overall.fid_pooled``.
+    Raises:
+        FileNotFoundError: a folder does not exist.
+    """
+    plan = pair_folders(pred_dir)
+    result = Evaluation(worst=WorstImages(0))
+    fid_sets = {name: (FeatureSet(), FeatureSet()) for name in backgrounds}
+    for pair in tqdm(plan.pairs, desc="eval-t2i", unit="img", disable=None):
+        try:
+            if pair.key not in prompts:
+                raise ValueError(f"{pair.gt}: no prompt for key {pair.key!r}")
+            groups, views = _t2i_scores(load_rgba(pair.gt), prompts[pair.key], networks, backgrounds)
+        except (ImageLoadError, ValueError) as err:
+            result.failures.append({"key": pair.key, "error": str(err)})
+            continue
+        result.records.append(ImageRecord(pair.key, pair.dataset, pair.subset, pair.category, groups))
+        if networks.inception is not None and ref_dir is not None:
+            for name, feats in zip(backgrounds, inception_features(networks.inception, views).split(1)):
+                fid_sets[name][1].add(feats)
+    if networks.inception is not None and ref_dir is not None:
+        for ref in pair_folders(ref_dir).pairs:
+            try:
+                views = quantise(composites(load_rgba(ref.gt)[None], backgrounds)[0])
+            except ImageLoadError as err:
+                result.failures.append({"key": f"ref:{ref.key}", "error": str(err)})
+                continue
+            for name, feats in zip(backgrounds, inception_features(networks.inception, views).split(1)):
+                fid_sets[name][0].add(feats)
+    protocol = make_protocol("clean")
+    report = build_report(result, protocol, plan, networks, pred=pred_dir, ref=ref_dir)
+    if ref_dir is not None and networks.inception is not None:
+        report["tree"]["overall"]["fid_pooled"] = fid_with_rgb(fid_sets)
+    clip_mean = report["tree"]["overall"]["micro"].get(RGB_GROUP, {}).get("clip_score")
+    report["clip_score_clamped"] = None if clip_mean is None else max(clip_mean, 0.0)
+    return report

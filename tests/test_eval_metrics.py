@@ -1,0 +1,153 @@
+"""alphavae.eval.metrics / backgrounds / protocols: pyiqa agreement, alpha metrics on degenerate
+mattes, hidden-colour invariance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from alphavae.eval import metrics
+from alphavae.eval.backgrounds import BACKGROUND_NAMES, composites, jpeg_roundtrip, quantise
+from alphavae.eval.networks import Networks
+from alphavae.eval.protocols import make_protocol, prepare_gt, round_to_8bit, score_pair
+
+
+def soft_rgba(h: int = 40, w: int = 48, seed: int = 0) -> torch.Tensor:
+    """(4, H, W) straight RGBA in [-1, 1]: smooth colour, a disc with a soft edge, transparent corners."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    alpha = ((0.8 - (xx**2 + yy**2).sqrt()) * 6).clamp(0, 1)
+    rgb = torch.stack([xx, yy, xx * yy]) * 0.8 + 0.1 * torch.randn(3, h, w, generator=g)
+    return torch.cat([rgb.clamp(-1, 1), alpha[None] * 2 - 1])
+
+
+def perturbed(pixels: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    """A plausible 'prediction': noisy colour, slightly shifted alpha."""
+    g = torch.Generator().manual_seed(seed)
+    out = pixels + 0.08 * torch.randn(pixels.shape, generator=g)
+    out[3] = pixels[3].roll(1, -1)
+    return out.clamp(-1, 1)
+
+
+def test_psnr_ssim_match_pyiqa_on_jpeg_files(tmp_path):
+    """Reference protocol: JPEG composites scored by pyiqa from files (as the reference scripts did)
+    equal our in-memory numbers within 1e-4."""
+    pyiqa = pytest.importorskip("pyiqa")
+    from PIL import Image
+
+    gt, pred = round_to_8bit(soft_rgba()), round_to_8bit(perturbed(soft_rgba()))  # as read from PNG files
+    ours = score_pair(gt, pred, make_protocol("reference"), Networks())
+    psnr_metric = pyiqa.create_metric("psnr", device="cpu")
+    ssim_metric = pyiqa.create_metric("ssim", device="cpu")
+    views = quantise(composites(torch.stack([gt, pred]).float()))
+    for k, name in enumerate(BACKGROUND_NAMES):
+        files = []
+        for side in range(2):
+            path = tmp_path / f"{name}_{side}.jpg"
+            Image.fromarray(views[side, k].permute(1, 2, 0).numpy()).save(path)
+            files.append(str(path))
+        assert ours.groups[name]["psnr"] == pytest.approx(psnr_metric(files[1], files[0]).item(), abs=1e-4)
+        assert ours.groups[name]["ssim"] == pytest.approx(ssim_metric(files[1], files[0]).item(), abs=1e-4)
+
+
+def test_psnr_ssim_match_pyiqa_functional():
+    """Both SSIM variants and PSNR equal pyiqa's metric objects on fixed uint8 pairs."""
+    pyiqa = pytest.importorskip("pyiqa")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (3, 3, 37, 45), generator=g).float() / 255
+    y = ((x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1) * 255).round() / 255
+    cases = [("psnr", metrics.psnr(y, x)), ("ssim", metrics.ssim(y, x, y_channel=True)),
+             ("ssimc", metrics.ssim(y, x, y_channel=False))]
+    for name, ours in cases:
+        theirs = pyiqa.create_metric(name, device="cpu")(y, x).flatten().double()
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_identical_images_are_perfect():
+    x = torch.rand(2, 3, 16, 16)
+    assert metrics.psnr(x, x).tolist() == pytest.approx([80.0, 80.0])
+    assert metrics.ssim(x, x, y_channel=False).tolist() == pytest.approx([1.0, 1.0])
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 1 / 255])
+def test_alpha_metrics_finite_on_constant_mattes(value):
+    """All-transparent, all-opaque and alpha = 1/255 mattes: every metric finite, documented values."""
+    gt = torch.full((1, 1, 20, 24), value)
+    same = metrics.alpha_metrics(gt, gt.clone())
+    assert all(math.isfinite(v.item()) for v in same.values())
+    assert same["alpha_iou"].item() == 1.0  # empty union counts as perfect agreement
+    for name in ("alpha_mae", "alpha_mse", "alpha_sad", "alpha_grad", "alpha_leakage", "alpha_edge_mae"):
+        assert same[name].item() == pytest.approx(0.0, abs=1e-12)
+    opposite = metrics.alpha_metrics(gt, 1 - gt)
+    assert all(math.isfinite(v.item()) for v in opposite.values())
+
+
+def test_alpha_metric_values():
+    gt = torch.zeros(1, 1, 10, 10)
+    gt[..., :, 5:] = 1
+    pred = gt.clone()
+    pred[..., 0, 0] = 0.5  # leaks into the transparent half
+    m = metrics.alpha_metrics(gt, pred)
+    assert m["alpha_sad"].item() == pytest.approx(0.5 / 1000)
+    assert m["alpha_mae"].item() == pytest.approx(0.5 / 100)
+    assert m["alpha_leakage"].item() == pytest.approx(0.5 / 50)
+    assert m["alpha_iou"].item() == pytest.approx(50 / 50.5)
+    assert m["alpha_edge_mae"].item() == 0.0  # binary GT: no soft pixels, empty band
+    assert m["alpha_grad"].item() > 0
+
+
+def test_gradient_of_unit_ramp_is_one():
+    ramp = torch.arange(40, dtype=torch.float64).view(1, 1, 1, 40).expand(1, 1, 40, 40) / 40
+    mag = metrics._gradient_magnitude(ramp, metrics.GRADIENT_SIGMA)
+    torch.testing.assert_close(mag[0, 0, 10:30, 10:30], torch.full((20, 20), 1 / 40, dtype=torch.float64))
+
+
+def test_edge_band_covers_soft_edge():
+    gt = torch.zeros(1, 1, 9, 9)
+    gt[..., 4, 4] = 0.5
+    band = metrics.edge_band(gt, radius=1)
+    assert band.sum().item() == 9
+
+
+def test_jpeg_roundtrip_matches_pillow_file(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    img = quantise(torch.rand(1, 3, 24, 32))
+    path = tmp_path / "x.jpg"
+    Image.fromarray(img[0].permute(1, 2, 0).numpy()).save(path)
+    expected = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(jpeg_roundtrip(img)[0], expected)
+
+
+@pytest.mark.parametrize("protocol", ["reference", "clean"])
+def test_hidden_colour_does_not_change_composite_scores(protocol):
+    """rgba-pitfalls #5: colour under alpha = 0 changes only the alpha-blind 'rgba' group."""
+    gt = soft_rgba()
+    pred = perturbed(gt)
+    other = pred.clone()
+    hidden = (other[3] == -1).expand(3, -1, -1)
+    other[:3][hidden] = 1.0
+    assert hidden.any()
+    proto = make_protocol(protocol)
+    a, b = score_pair(gt, pred, proto, Networks()), score_pair(gt, other, proto, Networks())
+    for group in (*BACKGROUND_NAMES, "alpha"):
+        if group in a.groups:
+            assert a.groups[group] == b.groups[group]
+    if protocol == "reference":
+        assert a.groups["rgba"] != b.groups["rgba"]
+
+
+def test_reference_resize_and_crop():
+    gt = soft_rgba(40, 64)
+    out = prepare_gt(gt, make_protocol("reference", resize=20))
+    assert out.shape == (4, 20, 20)
+    assert out.min() >= -1 and out.max() <= 1
+
+
+def test_checkerboard_group_and_alpha_group():
+    gt = soft_rgba()
+    score = score_pair(gt, perturbed(gt), make_protocol("clean", checkerboard=True), Networks())
+    assert "checkerboard" in score.groups and "alpha" in score.groups and "rgba" not in score.groups

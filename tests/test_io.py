@@ -240,6 +240,8 @@ def test_pixel_limit_is_configurable_and_checked_before_decoding(tmp_path):
         aio.load_rgba(path, max_pixels=99)
     assert aio.load_rgba(path, max_pixels=100).shape == (4, 10, 10)
     assert aio.load_rgba(path, max_pixels=None).shape == (4, 10, 10)
+    with pytest.raises(ValueError, match="max_pixels must be"):
+        aio.load_rgba(path, max_pixels=0)
     bomb = png_header_only(tmp_path / "bomb.png", 100_000, 100_000)
     with pytest.raises(aio.ImageLoadError, match="bomb.png.*pixels"):
         aio.load_rgba(bomb)

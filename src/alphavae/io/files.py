@@ -132,7 +132,11 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
 
 
 def _open_guarded(path: Path, max_pixels: int | None) -> Image.Image:
-    """``Image.open`` with Pillow's decompression-bomb guard set to ``max_pixels`` (None: no limit)."""
+    """``Image.open`` with Pillow's decompression-bomb guard set to ``max_pixels`` (None: no limit).
+
+    ``Image.MAX_IMAGE_PIXELS`` is process-global: it is changed only under a lock and only for the
+    duration of the header read, then restored.
+    """
     with _PIL_GUARD_LOCK, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
@@ -165,8 +169,11 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
     Raises:
         ImageLoadError: missing, empty, truncated, corrupt or non-image file, an image above
             ``max_pixels`` (including Pillow's DecompressionBombError/Warning), or NaN in float data.
+        ValueError: ``max_pixels`` below 1 (a programming error, not a bad file).
     """
     path = Path(path)
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1 or None, got {max_pixels!r}")
     try:
         image = _open_guarded(path, max_pixels)
     except FileNotFoundError as err:

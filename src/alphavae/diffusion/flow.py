@@ -1,0 +1,121 @@
+"""The FLUX rectified-flow training objective on (RGBA-VAE) latents.
+
+Follows diffusers' FLUX DreamBooth-LoRA training example (``train_dreambooth_lora_flux.py``) and
+SD3 (Esser et al. 2024, §3.1, §5.1 for the timestep densities): for clean diffusion latents x0 and
+noise e ~ N(0, I), x_s = (1 - s) x0 + s e, and the transformer predicts the velocity e - x0.
+Latents here are the VAE's *diffusion* latents, ``(z - shift_factor) * scaling_factor``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+
+WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
+"""Timestep density (logit_normal, mode) or loss weighting (sigma_sqrt, cosmap); 'none' is uniform."""
+
+
+@dataclass(frozen=True)
+class TimestepSampling:
+    """How training noise levels are drawn (diffusers' FLUX example flags of the same names).
+
+    Attributes:
+        weighting_scheme: one of :data:`WEIGHTING_SCHEMES`.
+        logit_mean, logit_std: mean and std of the normal behind 'logit_normal'.
+        mode_scale: scale of the 'mode' density.
+    """
+
+    weighting_scheme: str = "none"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+
+    def __post_init__(self) -> None:
+        if self.weighting_scheme not in WEIGHTING_SCHEMES:
+            raise ValueError(f"weighting_scheme must be one of {WEIGHTING_SCHEMES}, got {self.weighting_scheme!r}")
+
+
+def pack_latents(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack ``(B, C, h, w)`` latents into FLUX tokens; h and w (latent pixels) must be even.
+
+    Returns:
+        ``(tokens, image_ids)``: tokens ``(B, h*w/4, 4C)`` (2x2 patches) and the 2-D RoPE position
+        ids ``(h*w/4, 3)`` FLUX expects as ``img_ids``. Wraps ``FluxPipeline._pack_latents`` and
+        ``_prepare_latent_image_ids``.
+
+    Raises:
+        ValueError: odd latent height or width.
+    """
+    b, c, h, w = latents.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"latent height and width must be even for 2x2 packing, got {h}x{w}")
+    tokens = FluxPipeline._pack_latents(latents, b, c, h, w)
+    ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
+    return tokens, ids
+
+
+def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`pack_latents`: ``(B, h*w/4, 4C)`` -> ``(B, C, h, w)`` for latent sizes h, w.
+
+    ``FluxPipeline._unpack_latents`` takes pixel sizes and a VAE factor; latent sizes with a factor
+    of 1 give the same arrangement.
+    """
+    return FluxPipeline._unpack_latents(tokens, height, width, 1)
+
+
+def sample_sigmas(
+    batch: int, scheduler: FlowMatchEulerDiscreteScheduler, sampling: TimestepSampling,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw ``batch`` noise levels sigma in (0, 1] from the scheduler's training grid; float32 CPU.
+
+    u ~ density(sampling) in [0, 1) picks index ``floor(u * num_train_timesteps)`` of
+    ``scheduler.sigmas`` (diffusers' FLUX example; the transformer receives sigma, i.e. t/1000).
+    """
+    u = compute_density_for_timestep_sampling(
+        sampling.weighting_scheme, batch, sampling.logit_mean, sampling.logit_std, sampling.mode_scale,
+        generator=generator,
+    )
+    n = scheduler.config.num_train_timesteps
+    index = (u * n).long().clamp(0, n - 1)
+    return scheduler.sigmas[index].float()
+
+
+def flow_matching_loss(
+    transformer: FluxTransformer2DModel, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor,
+    prompt_embeds: torch.Tensor, pooled_embeds: torch.Tensor, text_ids: torch.Tensor,
+    guidance: float | None, weighting_scheme: str = "none",
+) -> torch.Tensor:
+    """Rectified-flow loss of one batch; a scalar float32 tensor.
+
+    Args:
+        transformer: the FLUX transformer (with or without LoRA layers; may be wrapped, e.g. DDP).
+        latents: clean diffusion latents ``(B, C, h, w)`` (h, w even), e.g. 16 channels for FLUX.
+        noise: standard normal, same shape as ``latents``.
+        sigmas: ``(B,)`` noise levels in [0, 1] (see :func:`sample_sigmas`).
+        prompt_embeds: T5 states ``(B, L, D)``; pooled_embeds: CLIP pooled ``(B, D')``;
+            text_ids: ``(L, 3)`` zeros, as returned by ``FluxPipeline.encode_prompt``.
+        guidance: embedded guidance value (paper §5.1: 1); None for transformers without a
+            guidance embedding (``config.guidance_embeds`` False, e.g. FLUX.1-schnell).
+        weighting_scheme: see :data:`WEIGHTING_SCHEMES` (only sigma_sqrt/cosmap change the weights).
+
+    Returns:
+        ``mean_b mean_{c,h,w} w(s_b) (v_pred - (noise - latents))^2``.
+    """
+    b = latents.shape[0]
+    s = sigmas.to(latents.device, latents.dtype).view(b, 1, 1, 1)
+    noisy = (1.0 - s) * latents + s * noise
+    tokens, image_ids = pack_latents(noisy)
+    guidance_vec = None if guidance is None else torch.full((b,), float(guidance), device=latents.device)
+    pred = transformer(
+        hidden_states=tokens, timestep=sigmas.to(latents.device, latents.dtype), guidance=guidance_vec,
+        pooled_projections=pooled_embeds, encoder_hidden_states=prompt_embeds, txt_ids=text_ids,
+        img_ids=image_ids, return_dict=False,
+    )[0]
+    pred = unpack_latents(pred, latents.shape[2], latents.shape[3]).float()
+    weights = compute_loss_weighting_for_sd3(weighting_scheme, sigmas.float()).to(pred.device).view(b, 1, 1, 1)
+    target = (noise - latents).float()
+    return (weights * (pred - target) ** 2).reshape(b, -1).mean(dim=1).mean()

@@ -1,0 +1,104 @@
+"""LoRA adapters on the FLUX transformer: which layers, how to attach, save and restore them.
+
+Library: peft (``LoraConfig``, state-dict helpers) through diffusers' ``PeftAdapterMixin`` and
+``FluxLoraLoaderMixin``. Saved folders are diffusers LoRA folders (``pytorch_lora_weights.safetensors``
+with the adapter metadata), loadable by ``FluxPipeline.load_lora_weights``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import FluxPipeline, FluxTransformer2DModel
+from diffusers.utils import convert_unet_state_dict_to_peft
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+ADAPTER = "default"
+"""Name of the adapter trained by :mod:`alphavae.diffusion.train`."""
+
+_DOUBLE = r"transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)" \
+          r"|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2))"
+_SINGLE = r"single_transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v)|proj_mlp|proj_out)"
+_DOUBLE_ATTN = r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+_SINGLE_ATTN = r"single_transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v)|proj_out)"
+
+TARGET_PRESETS: dict[str, str] = {
+    "paper": rf"^({_DOUBLE}|{_SINGLE})$",
+    "attention": rf"^({_DOUBLE_ATTN}|{_SINGLE_ATTN})$",
+}
+"""peft ``target_modules`` regexes (full match on module names).
+
+'paper' (AlphaVAE §5.1): double-stream blocks: attention q/k/v/out, add_q/k/v_proj, to_add_out, ff and
+ff_context; single-stream blocks (which have no to_out): attention q/k/v, proj_mlp (their feed-forward)
+and proj_out (their joint attention+MLP output). 'attention': the same without the feed-forwards
+(proj_out stays, as it is the single blocks' attention output). The transformer's final ``proj_out``
+is never targeted.
+"""
+
+
+def lora_config(rank: int = 64, alpha: float = 64.0, targets: str = "paper", dropout: float = 0.0) -> LoraConfig:
+    """Build the peft ``LoraConfig`` (Gaussian init of A, zero B, so training starts at the base model).
+
+    Args:
+        rank: LoRA rank r >= 1 (paper: 64).
+        alpha: LoRA alpha (> 0); the update is scaled by alpha / r (paper: 64).
+        targets: a key of :data:`TARGET_PRESETS`.
+        dropout: LoRA dropout probability in [0, 1).
+
+    Raises:
+        ValueError: bad rank, alpha, dropout or preset name.
+    """
+    if rank < 1 or alpha <= 0 or not 0 <= dropout < 1:
+        raise ValueError(f"need rank >= 1, alpha > 0 and 0 <= dropout < 1; got {rank}, {alpha}, {dropout}")
+    if targets not in TARGET_PRESETS:
+        raise ValueError(f"unknown LoRA target preset {targets!r}; choose one of {sorted(TARGET_PRESETS)}")
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian",
+                      target_modules=TARGET_PRESETS[targets])
+
+
+def add_lora(transformer: FluxTransformer2DModel, config: LoraConfig) -> list[torch.nn.Parameter]:
+    """Freeze the transformer, attach the adapter and return its trainable parameters (float32).
+
+    Raises:
+        ValueError: (from peft) the config targets no module of this transformer.
+    """
+    transformer.requires_grad_(False)
+    transformer.add_adapter(config, adapter_name=ADAPTER)
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
+def save_lora(transformer: FluxTransformer2DModel, folder: str | Path) -> Path:
+    """Write the adapter as a diffusers LoRA folder with its peft metadata; returns the folder.
+
+    The metadata (``transformer_lora_adapter_metadata``: rank, alpha, targets) makes a reload scale
+    exactly alpha / r; without it diffusers guesses alpha = r.
+    """
+    folder = Path(folder)
+    metadata = transformer.peft_config[ADAPTER].to_dict()
+    FluxPipeline.save_lora_weights(
+        folder, transformer_lora_layers=get_peft_model_state_dict(transformer, adapter_name=ADAPTER),
+        transformer_lora_adapter_metadata=metadata,
+    )
+    return folder
+
+
+def restore_lora(transformer: FluxTransformer2DModel, folder: str | Path) -> None:
+    """Copy saved adapter weights (a :func:`save_lora` folder) into the transformer's existing adapter.
+
+    Used to resume training; the adapter must have been added with the same config.
+
+    Raises:
+        ValueError: the folder holds no transformer LoRA weights, or some do not fit the adapter.
+    """
+    state = FluxPipeline.lora_state_dict(folder)
+    state = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
+    if not state:
+        raise ValueError(f"{folder}: no transformer LoRA weights found")
+    result = set_peft_model_state_dict(transformer, convert_unet_state_dict_to_peft(state), adapter_name=ADAPTER)
+    if result.unexpected_keys:
+        raise ValueError(f"{folder}: LoRA weights do not fit the adapter: {result.unexpected_keys[:3]}")

@@ -1,0 +1,262 @@
+"""Transparent text-to-image with FLUX and an RGBA VAE.
+
+The diffusers ``FluxPipeline`` runs the text encoders and the transformer only
+(``output_type="latent"``); its packed latents are unpacked here and decoded by
+:class:`alphavae.vae.RGBAVAE` into straight RGBA. No pixel tensor ever goes through diffusers'
+``VaeImageProcessor`` (which takes 4-channel tensors for latents: rgba-pitfalls.md #1), and the
+pipeline's own RGB-only post-processing is never used. Source: AlphaVAE (arXiv 2507.09308) §5.1;
+library: diffusers ``FluxPipeline``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import FluxPipeline
+from torchvision.utils import make_grid
+from tqdm.auto import tqdm
+
+from alphavae import io
+from alphavae.convert import parse_dtype
+from alphavae.diffusion.flow import unpack_latents
+from alphavae.vae import RGBAVAE
+
+log = logging.getLogger(__name__)
+
+OFFLOAD_MODES = ("none", "model", "sequential")
+"""CPU offload: whole models moved to the GPU in turn ('model'), or layer by layer ('sequential')."""
+
+
+def load_flux_pipeline(
+    model: str | Path, vae: RGBAVAE, *, lora: str | Path | None = None, lora_scale: float = 1.0,
+    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", offload: str = "none",
+) -> FluxPipeline:
+    """Load a diffusers FLUX pipeline with the RGBA VAE as a drop-in ``vae=`` (same latent space).
+
+    Args:
+        model: local diffusers FLUX folder (``model_index.json``), or a hub id when online. Its own
+            ``vae`` folder is not loaded.
+        vae: the RGBA VAE (16 latent channels for FLUX); it stays on its own device and dtype and
+            is excluded from CPU offload (it is called directly, not through the pipeline).
+        lora: a LoRA folder or ``.safetensors`` file (:func:`alphavae.diffusion.lora.save_lora`, or
+            any diffusers FLUX LoRA), loaded with ``FluxPipeline.load_lora_weights``.
+        lora_scale: multiplier of the LoRA update (1 = as trained).
+        dtype: weights dtype of the transformer and text encoders (bfloat16 on GPUs).
+        device: where the pipeline runs (with offload: the accelerator it offloads to).
+        offload: one of :data:`OFFLOAD_MODES`.
+
+    Raises:
+        ValueError: unknown offload mode, or the VAE's latent channels do not match the transformer.
+        OSError: the model or LoRA cannot be loaded (message names the path).
+    """
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
+    try:
+        pipe = FluxPipeline.from_pretrained(model, vae=vae.model, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise OSError(f"cannot load a FLUX pipeline from {str(model)!r}: {err}") from err
+    if pipe.transformer.config.in_channels != 4 * vae.latent_channels:
+        raise ValueError(f"{model}: transformer expects {pipe.transformer.config.in_channels // 4} latent channels, "
+                         f"the RGBA VAE has {vae.latent_channels}")
+    if lora is not None:
+        try:
+            pipe.load_lora_weights(lora, adapter_name="rgba")
+        except (OSError, ValueError) as err:
+            raise OSError(f"cannot load LoRA weights from {str(lora)!r}: {err}") from err
+        pipe.set_adapters(["rgba"], [lora_scale])
+    pipe._exclude_from_cpu_offload = ["vae"]
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    vae.model.to(vae.device)
+    return pipe
+
+
+def round_size(height: int, width: int, multiple: int = 16) -> tuple[int, int]:
+    """Round a pixel size up to multiples of ``multiple`` (FLUX: VAE factor 8 x 2x2 packing = 16).
+
+    Raises:
+        ValueError: a side below 1.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be at least 1x1, got {width}x{height} (WxH)")
+    return math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
+
+
+def center_crop(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Centre crop ``(..., H', W')`` to ``(..., height, width)`` (sizes no larger than the input)."""
+    top = (pixels.shape[-2] - height) // 2
+    left = (pixels.shape[-1] - width) // 2
+    return pixels[..., top: top + height, left: left + width]
+
+
+@torch.no_grad()
+def generate_rgba(
+    pipe: FluxPipeline, vae: RGBAVAE, prompts: list[str], seeds: list[int], *, height: int = 1024,
+    width: int = 1024, steps: int = 28, guidance: float = 3.5, max_sequence_length: int = 512,
+) -> torch.Tensor:
+    """Generate one straight-RGBA image per (prompt, seed) pair.
+
+    Size policy: FLUX needs sides that are multiples of 16. Other sizes are generated at the size
+    rounded *up* (:func:`round_size`) and centre-cropped back, so the output always has exactly the
+    requested size (at most 15 pixels of the generated border are dropped); both sizes are logged.
+
+    Args:
+        pipe: from :func:`load_flux_pipeline` (or any FluxPipeline whose transformer matches ``vae``).
+        vae: the RGBA VAE decoding the latents.
+        prompts, seeds: equal-length lists; image i uses its own ``torch.Generator`` seeded with
+            ``seeds[i]`` (CPU), so it does not depend on the batch it is in.
+        height, width: output size in pixels (>= 1).
+        steps: denoising steps (>= 1); guidance: FLUX embedded guidance (FLUX.1-dev default 3.5).
+        max_sequence_length: T5 tokens (<= 512).
+
+    Returns:
+        ``(B, 4, height, width)`` float32 straight RGBA in [-1, 1], on the VAE's device.
+
+    Raises:
+        ValueError: lists of different lengths or empty, bad size or steps.
+    """
+    if len(prompts) != len(seeds) or not prompts:
+        raise ValueError(f"need equally many prompts and seeds (>= 1), got {len(prompts)} and {len(seeds)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    run_h, run_w = round_size(height, width, pipe.vae_scale_factor * 2)
+    if (run_h, run_w) != (height, width):
+        log.info("generating at %dx%d (multiple of 16) and centre-cropping to the requested %dx%d (WxH)",
+                 run_w, run_h, width, height)
+    tokens = pipe(
+        prompt=list(prompts), height=run_h, width=run_w, num_inference_steps=steps, guidance_scale=guidance,
+        generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="latent",
+        max_sequence_length=max_sequence_length,
+    ).images
+    factor = pipe.vae_scale_factor
+    latents = unpack_latents(tokens, run_h // factor, run_w // factor)
+    pixels = vae.decode(vae.from_diffusion_latents(latents.to(vae.device, torch.float32)))
+    return center_crop(pixels, height, width)
+
+
+def contact_sheet(pixels: torch.Tensor, columns: int = 4) -> torch.Tensor:
+    """Tile images composited over a checkerboard into one opaque sheet.
+
+    Args:
+        pixels: ``(B, 4, H, W)`` straight RGBA in [-1, 1] (same size).
+        columns: images per row (>= 1).
+
+    Returns:
+        ``(4, H', W')`` RGBA in [-1, 1], alpha = 1 (a preview; the transparency is shown by the
+        checkerboard, 2-pixel white gutters). Library: torchvision ``make_grid``.
+    """
+    shown = io.composite(pixels, "checkerboard")
+    sheet = make_grid(shown, nrow=max(1, columns), padding=2, pad_value=1.0)
+    return torch.cat([sheet, torch.ones_like(sheet[:1])])
+
+
+@dataclass
+class GenerationReport:
+    """Outcome of :func:`generate_folder`: files written, skipped (already there) and failed."""
+
+    written: list[str]
+    skipped: list[str]
+    failed: list[str]
+    requested_size: tuple[int, int]
+    generated_size: tuple[int, int]
+
+
+def generate_folder(
+    pipe: FluxPipeline, vae: RGBAVAE, prompts: list[str], output_dir: str | Path, *, n: int = 1,
+    seed: int = 0, height: int = 1024, width: int = 1024, steps: int = 28, guidance: float = 3.5,
+    batch_size: int = 1, sheet: bool = True, progress: bool = True,
+) -> GenerationReport:
+    """Generate ``n`` RGBA PNGs per prompt into ``output_dir``; skip files that already exist.
+
+    File ``p{prompt:04d}-s{seed}.png`` holds prompt number ``prompt`` with seed ``seed + k`` for
+    its k-th image (deterministic: the same arguments give the same pixels). Also writes
+    ``generations.jsonl`` (file, prompt, seed, size per image) and, with ``sheet``,
+    ``contact_sheet.png`` (all images of this call over a checkerboard). Writes are atomic.
+
+    Args:
+        prompts: one or more prompts; output_dir: created if missing.
+        n: images per prompt (>= 1); seed: base seed (>= 0); batch_size: images per pipeline call.
+        height, width, steps, guidance: see :func:`generate_rgba`.
+        progress: show a tqdm bar over images.
+
+    Returns:
+        A :class:`GenerationReport`; failures (e.g. out of memory on one batch) are recorded there
+        and the remaining batches still run.
+
+    Raises:
+        ValueError: no prompts, or n, batch_size or seed out of range.
+    """
+    if not prompts or n < 1 or batch_size < 1 or seed < 0:
+        raise ValueError(f"need prompts, n >= 1, batch_size >= 1 and seed >= 0; got {len(prompts)}, {n}, "
+                         f"{batch_size}, {seed}")
+    output_dir = Path(output_dir)
+    jobs = [(p, prompt, seed + k) for p, prompt in enumerate(prompts) for k in range(n)]
+    path_of = {job: output_dir / f"p{job[0]:04d}-s{job[2]}.png" for job in jobs}
+    todo = [job for job in jobs if not path_of[job].exists()]
+    report = GenerationReport([], [str(path_of[j]) for j in jobs if j not in todo], [], (height, width),
+                              round_size(height, width, pipe.vae_scale_factor * 2))
+    made = []
+    with tqdm(total=len(todo), desc="generate", unit="img", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start: start + batch_size]
+            try:
+                pixels = generate_rgba(pipe, vae, [j[1] for j in batch], [j[2] for j in batch], height=height,
+                                       width=width, steps=steps, guidance=guidance)
+            except (RuntimeError, ValueError) as err:
+                log.error("generation failed for %s: %s", [str(path_of[j]) for j in batch], err)
+                report.failed += [str(path_of[j]) for j in batch]
+            else:
+                for job, image in zip(batch, pixels.cpu()):
+                    report.written.append(str(io.save_rgba(image, path_of[job])))
+                    made.append(image)
+            bar.update(len(batch))
+    records = [{"file": path_of[j].name, "prompt": j[1], "seed": j[2], "width": width, "height": height}
+               for j in jobs if path_of[j].exists()]
+    io.atomic_write(output_dir / "generations.jsonl", lambda t: t.write_text(
+        "".join(json.dumps(r) + "\n" for r in records), encoding="utf-8"), overwrite=True)
+    if sheet and made:
+        io.save_rgba(contact_sheet(torch.stack(made)), output_dir / "contact_sheet.png", overwrite=True)
+    return report
+
+
+
+def default_device() -> str:
+    """Return "cuda" when a CUDA GPU is visible, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def generate_from_paths(
+    model: str | Path, vae: str | Path, prompts: list[str], output_dir: str | Path, *,
+    lora: str | Path | None = None, lora_scale: float = 1.0, dtype: str = "auto", vae_dtype: str = "float32",
+    device: str | None = None, offload: str = "none", **options,
+) -> GenerationReport:
+    """Load the RGBA VAE and the FLUX pipeline from paths, then run :func:`generate_folder`.
+
+    Args:
+        model, lora, lora_scale, offload: see :func:`load_flux_pipeline`; vae: RGBA VAE folder.
+        dtype: transformer/text-encoder dtype, "float32", "bfloat16", "float16" or "auto"
+            (bfloat16 on CUDA, float32 on CPU); vae_dtype: RGBA VAE dtype (it falls back to float32
+            by itself when a 16-bit decode is not finite).
+        device: "cuda", "cpu", ...; None = :func:`default_device`.
+        options: keyword arguments of :func:`generate_folder` (n, seed, height, width, steps, ...).
+
+    Raises:
+        OSError, ValueError: see :func:`load_flux_pipeline`, :func:`generate_folder`; ValueError
+            also for an unknown dtype.
+    """
+    device = device or default_device()
+    torch_dtype = parse_dtype("bfloat16" if device.startswith("cuda") else "float32") if dtype == "auto" \
+        else parse_dtype(dtype)
+    rgba_vae = RGBAVAE.from_pretrained(vae, dtype=vae_dtype, device=device)
+    pipe = load_flux_pipeline(model, rgba_vae, lora=lora, lora_scale=lora_scale, dtype=torch_dtype, device=device,
+                              offload=offload)
+    return generate_folder(pipe, rgba_vae, prompts, output_dir, **options)

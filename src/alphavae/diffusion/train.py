@@ -1,0 +1,362 @@
+"""LoRA fine-tuning of a FLUX transformer on RGBA latents (AlphaVAE §5.1).
+
+Images (straight RGBA) are encoded by the RGBA VAE, shifted and scaled into the diffusion latent
+space, and the LoRA is trained with the rectified-flow objective of :mod:`alphavae.diffusion.flow`,
+following diffusers' FLUX DreamBooth-LoRA example. Everything random in a step (batch, posterior
+sample, noise, noise level) comes from generators seeded by ``(seed, step, process)``, and
+checkpoints hold the LoRA, optimizer and scheduler states, so a resumed run reproduces the losses of
+an uninterrupted one. Libraries: accelerate (devices, mixed precision, multi-GPU, checkpoints), peft,
+diffusers, prodigyopt, tqdm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from alphavae import io
+from alphavae.data.datasets import RGBADataset, StepBatchSampler, item_generator
+from alphavae.diffusion.captions import DEFAULT_PROMPT, read_caption_table, resolve_captions
+from alphavae.diffusion.flow import TimestepSampling, flow_matching_loss, sample_sigmas
+from alphavae.diffusion.lora import add_lora, lora_config, restore_lora, save_lora
+from alphavae.diffusion.pipeline import contact_sheet, generate_rgba, load_flux_pipeline
+from alphavae.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from alphavae.vae import RGBAVAE
+
+log = logging.getLogger(__name__)
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+"""File name diffusers' ``save_lora_weights`` / ``load_lora_weights`` use inside a LoRA folder."""
+_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class LoraTrainConfig:
+    """Settings of one LoRA run; defaults are the paper's FLUX recipe (§5.1) where it gives one.
+
+    Paths: ``model`` (diffusers FLUX folder or hub id), ``vae`` (RGBA VAE folder), ``data`` (image
+    folder or manifest ``.jsonl``), ``output_dir`` (LoRA, checkpoints, validation images, config;
+    must not lie inside ``data``), ``captions`` (optional CSV/JSONL table; sidecar ``.txt`` files are
+    used otherwise) and ``instance_prompt`` (fallback caption, paper: "RGBA").
+
+    Data: ``resolution`` (square side in pixels, multiple of 16; paper 1024): short side resized
+    alpha-correctly to it, then ``crop`` ("center" or "random"); ``cache_latents`` encodes every
+    image once (needs crop "center").
+
+    LoRA: ``rank``/``alpha`` (paper 64/64), ``targets`` (preset of :mod:`alphavae.diffusion.lora`),
+    ``dropout``.
+
+    Optimisation: ``optimizer`` "prodigy" (paper, lr 1.0) or "adamw"; ``learning_rate``,
+    ``adam_beta1``/``adam_beta2``, ``prodigy_beta3``, ``weight_decay``, ``adam_epsilon``,
+    ``prodigy_safeguard_warmup``, ``prodigy_bias_correction``; ``lr_scheduler`` (a diffusers
+    scheduler name) with ``lr_warmup_steps``; ``max_steps`` optimizer steps (paper 20 000);
+    ``batch_size`` per process and ``gradient_accumulation_steps`` (global batch = batch_size x
+    processes x accumulation; paper 8); ``max_grad_norm`` (0 = no clipping).
+
+    Objective: ``guidance`` (embedded guidance value in training, paper 1), ``weighting_scheme``,
+    ``logit_mean``, ``logit_std``, ``mode_scale`` (see :class:`~alphavae.diffusion.flow.TimestepSampling`),
+    ``max_sequence_length`` (T5 tokens).
+
+    Runtime: ``mixed_precision`` "no"/"bf16"/"fp16" (frozen weights in that dtype, LoRA in float32),
+    ``gradient_checkpointing``, ``seed``, ``checkpoint_every`` (steps, 0 = only at the end),
+    ``keep_checkpoints`` (newest kept), ``resume`` (None, "latest" or a checkpoint folder),
+    ``validation_prompts`` rendered over a checkerboard every ``validation_every`` steps (0 = only
+    at the end) with ``validation_steps`` denoising steps and ``validation_guidance``,
+    ``report_to`` ("tensorboard" or "none").
+    """
+
+    model: str
+    vae: str
+    data: str
+    output_dir: str
+    captions: str | None = None
+    instance_prompt: str = DEFAULT_PROMPT
+    resolution: int = 1024
+    crop: str = "center"
+    cache_latents: bool = False
+    rank: int = 64
+    alpha: float = 64.0
+    targets: str = "paper"
+    dropout: float = 0.0
+    optimizer: str = "prodigy"
+    learning_rate: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    prodigy_beta3: float | None = None
+    weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-8
+    prodigy_safeguard_warmup: bool = True
+    prodigy_bias_correction: bool = True
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_steps: int = 20000
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    guidance: float = 1.0
+    weighting_scheme: str = "none"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    max_sequence_length: int = 512
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    resume: str | None = None
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_every: int = 0
+    validation_steps: int = 28
+    validation_guidance: float = 3.5
+    report_to: str = "tensorboard"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "resolution must be a positive multiple of 16": self.resolution > 0 and self.resolution % 16 == 0,
+            "crop must be 'center' or 'random'": self.crop in ("center", "random"),
+            "cache_latents needs crop 'center' (a cached latent cannot be re-cropped)":
+                not (self.cache_latents and self.crop == "random"),
+            "optimizer must be 'prodigy' or 'adamw'": self.optimizer in ("prodigy", "adamw"),
+            "mixed_precision must be 'no', 'bf16' or 'fp16'": self.mixed_precision in _DTYPES,
+            "max_steps, batch_size and gradient_accumulation_steps must be >= 1":
+                min(self.max_steps, self.batch_size, self.gradient_accumulation_steps) >= 1,
+            "checkpoint_every, validation_every must be >= 0 and keep_checkpoints >= 1":
+                min(self.checkpoint_every, self.validation_every) >= 0 and self.keep_checkpoints >= 1,
+            "report_to must be 'tensorboard' or 'none'": self.report_to in ("tensorboard", "none"),
+        }
+        bad = [message for message, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("; ".join(bad))
+        TimestepSampling(self.weighting_scheme, self.logit_mean, self.logit_std, self.mode_scale)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> LoraTrainConfig:
+        """Read a YAML mapping of field names (unknown keys raise ValueError), then apply ``overrides``."""
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+        return cls(**{**values, **overrides})
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_lora` did: loss per optimizer step (1-based), output LoRA folder, skipped images."""
+
+    losses: dict[int, float]
+    lora_dir: Path
+    failed_images: list[str]
+
+
+def _scan_images(dataset: RGBADataset) -> tuple[list[Path], list[str]]:
+    """Load every image once; return the readable files and 'path: reason' for the others."""
+    good, failed = [], []
+    for index, path in enumerate(tqdm(dataset.files, desc="check images", unit="img")):
+        try:
+            dataset.load(index, item_generator(dataset.seed, 0, index))
+            good.append(path)
+        except io.ImageLoadError as err:
+            failed.append(str(err))
+            log.error("skipping %s", err)
+    return good, failed
+
+
+def _make_optimizer(cfg: LoraTrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW (torch) or Prodigy (prodigyopt, Mishchenko & Defazio 2023) over the LoRA parameters."""
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=betas, weight_decay=cfg.weight_decay,
+                                 eps=cfg.adam_epsilon)
+    from prodigyopt import Prodigy
+
+    return Prodigy(params, lr=cfg.learning_rate, betas=betas, beta3=cfg.prodigy_beta3, eps=cfg.adam_epsilon,
+                   weight_decay=cfg.weight_decay, decouple=True, use_bias_correction=cfg.prodigy_bias_correction,
+                   safeguard_warmup=cfg.prodigy_safeguard_warmup)
+
+
+class _Trainer:
+    """One run's state: models, data, caches and the step function (see :func:`train_lora`)."""
+
+    def __init__(self, cfg: LoraTrainConfig) -> None:
+        self.cfg, self.out = cfg, Path(cfg.output_dir)
+        self.acc = Accelerator(
+            mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            log_with=None if cfg.report_to == "none" else cfg.report_to,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+        )
+        dtype = _DTYPES[cfg.mixed_precision]
+        self.vae = RGBAVAE.from_pretrained(cfg.vae, dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
+                                           device=self.acc.device)
+        self.vae.model.requires_grad_(False)
+        self.pipe = load_flux_pipeline(cfg.model, self.vae, dtype=dtype, device=self.acc.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        for encoder in (self.pipe.text_encoder, self.pipe.text_encoder_2):
+            encoder.requires_grad_(False)
+        self.transformer = self.pipe.transformer
+        set_seed(cfg.seed)
+        self.params = add_lora(self.transformer, lora_config(cfg.rank, cfg.alpha, cfg.targets, cfg.dropout))
+        if cfg.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        self.sampling = TimestepSampling(cfg.weighting_scheme, cfg.logit_mean, cfg.logit_std, cfg.mode_scale)
+        self._build_data()
+
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        options = dict(size=cfg.resolution, crop=cfg.crop, seed=cfg.seed)
+        data = Path(cfg.data)
+        source = [path for path, _ in io.list_images(data)] if data.is_dir() else data
+        good, self.failed = _scan_images(RGBADataset(source, **options))
+        if not good:
+            raise ValueError(f"{data}: no readable training images")
+        self.dataset = RGBADataset(good, **options)
+        root = data if data.is_dir() else data.parent
+        table = read_caption_table(cfg.captions) if cfg.captions else None
+        self.captions = resolve_captions(good, root, table, cfg.instance_prompt)
+        self.cache = [self._encode([self.dataset.load(i, item_generator(cfg.seed, 0, i))])
+                      for i in tqdm(range(len(good)), desc="cache latents", unit="img")] if cfg.cache_latents else None
+
+    @torch.no_grad()
+    def _encode(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and std (float32, on CPU) of ``(4, R, R)`` images, stacked."""
+        posterior = self.vae.encode(torch.stack(images).to(self.acc.device))
+        return posterior.mean.cpu(), posterior.std.cpu()
+
+    def latents(self, keys: list[tuple[int, int]], generator: torch.Generator) -> torch.Tensor:
+        """Diffusion latents ``(B, 16, R/8, R/8)`` for dataset keys, a posterior sample from ``generator``."""
+        if self.cache is not None:
+            mean, std = (torch.cat(parts) for parts in zip(*(self.cache[i] for _, i in keys)))
+        else:
+            mean, std = self._encode([self.dataset[key] for key in keys])
+        z = mean + std * torch.randn(mean.shape, generator=generator)
+        return self.vae.to_diffusion_latents(z).to(self.acc.device, self.transformer.dtype)
+
+    def loss(self, keys: list[tuple[int, int]], micro_step: int) -> torch.Tensor:
+        """Flow-matching loss of one micro-batch; all randomness seeded by (seed, micro_step, process)."""
+        generator = item_generator(self.cfg.seed + 1, micro_step, self.acc.process_index)
+        latents = self.latents(keys, generator)
+        sigmas = sample_sigmas(len(keys), self.pipe.scheduler, self.sampling, generator)
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        with torch.no_grad():
+            embeds, pooled, text_ids = self.pipe.encode_prompt(
+                prompt=[self.captions[i] for _, i in keys], prompt_2=None, device=self.acc.device,
+                max_sequence_length=self.cfg.max_sequence_length)
+        guidance = self.cfg.guidance if self.transformer.config.guidance_embeds else None
+        return flow_matching_loss(self.model, latents, noise, sigmas, embeds, pooled, text_ids, guidance,
+                                  self.cfg.weighting_scheme)
+
+    def save_hook(self, models: list, weights: list, output_dir: str) -> None:
+        """accelerate save hook: write only the LoRA (a diffusers LoRA folder), not the frozen weights."""
+        if self.acc.is_main_process:
+            save_lora(self.acc.unwrap_model(self.transformer), output_dir)
+        while weights:
+            weights.pop()
+
+    def load_hook(self, models: list, input_dir: str) -> None:
+        """accelerate load hook: restore the LoRA from a checkpoint folder."""
+        restore_lora(self.acc.unwrap_model(self.transformer), input_dir)
+        while models:
+            models.pop()
+
+    def validate(self, step: int) -> None:
+        """Render the validation prompts (seed = config seed) to ``validation/step-N`` (RGBA + checkerboard sheet)."""
+        cfg = self.cfg
+        if not cfg.validation_prompts or not self.acc.is_main_process:
+            return
+        self.transformer.eval()
+        pixels = generate_rgba(self.pipe, self.vae, cfg.validation_prompts, [cfg.seed] * len(cfg.validation_prompts),
+                               height=cfg.resolution, width=cfg.resolution, steps=cfg.validation_steps,
+                               guidance=cfg.validation_guidance, max_sequence_length=cfg.max_sequence_length).cpu()
+        self.transformer.train()
+        folder = self.out / "validation" / f"step-{step:06d}"
+        for k, image in enumerate(pixels):
+            io.save_rgba(image, folder / f"{k:02d}.png", overwrite=True)
+        io.save_rgba(contact_sheet(pixels), folder / "checkerboard.png", overwrite=True)
+
+    def checkpoint(self, step: int) -> None:
+        """Save ``checkpoints/step-N`` (accelerate state, LoRA); keep the newest ``keep_checkpoints``."""
+        save_checkpoint(self.acc, self.out, {"step": step}, self.cfg.keep_checkpoints)
+
+    def run(self) -> TrainResult:
+        """Train from the start or the resume checkpoint to ``max_steps``; save the LoRA and config."""
+        cfg, acc = self.cfg, self.acc
+        optimizer = _make_optimizer(cfg, self.params)
+        scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
+                                  num_training_steps=cfg.max_steps * acc.num_processes)
+        self.model, optimizer, scheduler = acc.prepare(self.transformer, optimizer, scheduler)
+        acc.register_save_state_pre_hook(self.save_hook)
+        acc.register_load_state_pre_hook(self.load_hook)
+        resume = find_checkpoint(self.out, cfg.resume) if cfg.resume else None
+        start = load_checkpoint(acc, resume)["step"] if resume else 0
+        if resume:
+            log.info("resumed from %s at step %d", resume, start)
+        if acc.is_main_process and cfg.report_to != "none":
+            acc.init_trackers("alphavae-lora")
+        accum = cfg.gradient_accumulation_steps
+        sampler = StepBatchSampler(len(self.dataset), cfg.batch_size * acc.num_processes, cfg.max_steps * accum,
+                                   seed=cfg.seed, rank=acc.process_index, world_size=acc.num_processes)
+        losses: dict[int, float] = {}
+        self.transformer.train()
+        bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train-lora",
+                   disable=not acc.is_local_main_process)
+        for step in bar:
+            total = 0.0
+            for micro in range(step * accum, (step + 1) * accum):
+                with acc.accumulate(self.model):
+                    loss = self.loss(sampler.batch(micro), micro)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                total += acc.gather(loss.detach()).mean().item() / accum
+            losses[step + 1] = total
+            bar.set_postfix(loss=f"{total:.4f}")
+            acc.log({"loss": total, "lr": scheduler.get_last_lr()[0]}, step=step + 1)
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
+                self.checkpoint(step + 1)
+            if cfg.validation_every and (step + 1) % cfg.validation_every == 0:
+                self.validate(step + 1)
+        self.checkpoint(cfg.max_steps)
+        if not cfg.validation_every or cfg.max_steps % cfg.validation_every:
+            self.validate(cfg.max_steps)
+        if acc.is_main_process:
+            save_lora(acc.unwrap_model(self.transformer), self.out)
+            config_text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+            io.atomic_write(self.out / "train_config.yaml", lambda t: t.write_text(config_text, encoding="utf-8"),
+                            overwrite=True)
+        acc.end_training()
+        return TrainResult(losses, self.out, self.failed)
+
+
+def train_lora(cfg: LoraTrainConfig) -> TrainResult:
+    """Train a FLUX LoRA on RGBA latents and write it to ``cfg.output_dir`` (a diffusers LoRA folder).
+
+    Output folder: ``pytorch_lora_weights.safetensors`` (with adapter metadata; loadable by
+    ``FluxPipeline.load_lora_weights`` and :func:`~alphavae.diffusion.pipeline.load_flux_pipeline`),
+    ``train_config.yaml`` (resolved settings), ``checkpoints/step-N`` (accelerate state + LoRA),
+    ``validation/step-N`` (RGBA PNGs and a checkerboard sheet), ``logs`` (tensorboard).
+    Unreadable images are skipped (listed in the result); the run goes on with the rest.
+
+    Raises:
+        FileExistsError: the output already holds a LoRA and ``resume`` is not set.
+        FileNotFoundError: ``resume`` names a folder that is not a checkpoint.
+        ValueError: output inside the data folder, no readable images, fewer images than one
+            global batch, or bad settings.
+        OSError: model or VAE cannot be loaded.
+    """
+    out = Path(cfg.output_dir)
+    io.check_output_outside_inputs(out, cfg.data)
+    if (out / LORA_FILE).exists() and cfg.resume is None:
+        raise FileExistsError(f"{out / LORA_FILE} already exists: resume it (--resume latest) or choose another output")
+    return _Trainer(cfg).run()

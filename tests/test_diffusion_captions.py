@@ -1,0 +1,47 @@
+import json
+
+import pytest
+
+from alphavae.diffusion.captions import CaptionError, read_caption_table, read_prompts, resolve_captions
+
+
+def test_csv_and_jsonl_tables(tmp_path):
+    csv_path = tmp_path / "caps.csv"
+    csv_path.write_text("file_name,caption\nsub/a.png,a red ball\nb.png, glass cup \n", encoding="utf-8")
+    jsonl_path = tmp_path / "caps.jsonl"
+    jsonl_path.write_text(json.dumps({"image": "a.png", "text": "x"}) + "\n\n" + json.dumps({"file": "c.png", "prompt": "y"}) + "\n")
+    assert read_caption_table(csv_path) == {"sub/a.png": "a red ball", "b.png": "glass cup"}
+    assert read_caption_table(jsonl_path) == {"a.png": "x", "c.png": "y"}
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("t.jsonl", '{"file_name": "a.png"}\n', "t.jsonl:1: needs one of the columns caption"),
+    ("t.jsonl", "not json\n", "t.jsonl:1: not JSON"),
+    ("t.csv", "caption\nhello\n", "t.csv:2: needs one of the columns file_name"),
+    ("t.txt", "a", "must be .csv or .jsonl"),
+])
+def test_table_errors_name_file_and_line(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(CaptionError, match=message):
+        read_caption_table(tmp_path / name)
+
+
+def test_precedence_table_then_sidecar_then_fallback(tmp_path):
+    images = [tmp_path / "sub" / "a.png", tmp_path / "b.png", tmp_path / "c.png", tmp_path / "d.png"]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.txt").write_text("wrong folder")
+    (tmp_path / "sub" / "a.txt").write_text("sidecar a")
+    (tmp_path / "b.txt").write_text("sidecar b\n")
+    (tmp_path / "d.txt").write_text("   ")
+    table = {"sub/a.png": "table a", "c.png": ""}
+    assert resolve_captions(images, tmp_path, table) == ["table a", "sidecar b", "RGBA", "RGBA"]
+    assert resolve_captions(images, tmp_path, None, fallback="sticker")[2] == "sticker"
+
+
+def test_read_prompts(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("# comment\na cat\n\n  glass of water  \n")
+    assert read_prompts(path) == ["a cat", "glass of water"]
+    path.write_text("# only a comment\n")
+    with pytest.raises(ValueError, match="p.txt: no prompts"):
+        read_prompts(path)

@@ -1,0 +1,101 @@
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from alphavae.diffusion.flow import flow_matching_loss
+from alphavae.diffusion.pipeline import load_flux_pipeline
+from alphavae.diffusion.train import LORA_FILE, LoraTrainConfig, train_lora
+from alphavae.io import load_rgba
+from alphavae.vae import RGBAVAE
+from flux_tiny import model_folders, write_stickers
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    flux, vae = model_folders(root)
+    data = root / "data"
+    images = write_stickers(data, count=2)  # with batch_size 2: a fixed batch
+    (data / "s0.txt").write_text("a red sticker")
+    (data / "broken.png").write_bytes(b"not a png")
+    return root, flux, vae, data, images
+
+
+def _config(setup, out, **overrides):
+    root, flux, vae, data, _ = setup
+    values = dict(model=str(flux), vae=str(vae), data=str(data), output_dir=str(root / out), resolution=32,
+                  rank=4, alpha=8.0, max_steps=4, batch_size=2, checkpoint_every=0, report_to="none",
+                  max_sequence_length=16, validation_steps=2)
+    return LoraTrainConfig(**{**values, **overrides})
+
+
+def _fixed_batch_loss(setup, lora_dir=None):
+    """Flow-matching loss of the first two training images at fixed noise and noise levels."""
+    _, flux, vae_dir, _, images = setup
+    vae = RGBAVAE.from_pretrained(vae_dir)
+    pipe = load_flux_pipeline(flux, vae)
+    if lora_dir is not None:
+        pipe.load_lora_weights(lora_dir)
+    pixels = torch.stack([load_rgba(p)[:, 4:36, 4:36] for p in images[:2]])
+    gen = torch.Generator().manual_seed(0)
+    latents = vae.to_diffusion_latents(vae.encode(pixels).mode())
+    noise = torch.randn(latents.shape, generator=gen)
+    embeds, pooled, ids = pipe.encode_prompt(["a red sticker", "RGBA"], None, max_sequence_length=16)
+    with torch.no_grad():
+        return flow_matching_loss(pipe.transformer, latents, noise, torch.tensor([0.3, 0.7]), embeds, pooled, ids,
+                                  1.0).item()
+
+
+def test_lora_lowers_loss_on_fixed_batch(setup):
+    result = train_lora(_config(setup, "fit", optimizer="adamw", learning_rate=3e-2, max_steps=12,
+                                cache_latents=True, validation_prompts=["a red sticker"]))
+    assert len(result.failed_images) == 1 and "broken.png" in result.failed_images[0]
+    before, after = _fixed_batch_loss(setup), _fixed_batch_loss(setup, result.lora_dir)
+    assert after < before * 0.9, (before, after)
+    out = result.lora_dir
+    assert (out / LORA_FILE).is_file() and (out / "validation" / "step-000012" / "checkerboard.png").is_file()
+    assert yaml.safe_load((out / "train_config.yaml").read_text())["rank"] == 4
+
+
+def test_resume_reproduces_uninterrupted_run(setup):
+    whole = train_lora(_config(setup, "whole", optimizer="prodigy", max_steps=3))
+    first = train_lora(_config(setup, "split", optimizer="prodigy", max_steps=2))
+    second = train_lora(_config(setup, "split", optimizer="prodigy", max_steps=3, resume="latest"))
+    assert first.losses == {k: whole.losses[k] for k in (1, 2)}
+    assert second.losses == {3: whole.losses[3]}
+    a, b = load_file(whole.lora_dir / LORA_FILE), load_file(second.lora_dir / LORA_FILE)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refuses_to_overwrite_or_write_into_data(setup):
+    root, *_ , data, _ = setup
+    out = root / "taken"
+    out.mkdir()
+    (out / LORA_FILE).write_bytes(b"")
+    with pytest.raises(FileExistsError, match="already exists"):
+        train_lora(_config(setup, "taken"))
+    with pytest.raises(ValueError, match="inside input folder"):
+        train_lora(_config(setup, "data/out"))
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        train_lora(_config(setup, "fresh", resume=str(root)))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(resolution=40), "multiple of 16"), (dict(cache_latents=True, crop="random"), "cache_latents"),
+    (dict(optimizer="sgd"), "optimizer"), (dict(weighting_scheme="x"), "weighting_scheme"),
+    (dict(max_steps=0), "max_steps"),
+])
+def test_config_validation(setup, bad, message):
+    with pytest.raises(ValueError, match=message):
+        _config(setup, "x", **bad)
+
+
+def test_config_from_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: m\nvae: v\ndata: d\noutput_dir: o\nrank: 16\n")
+    config = LoraTrainConfig.from_yaml(path, rank=8)
+    assert (config.rank, config.alpha, config.optimizer, config.instance_prompt) == (8, 64.0, "prodigy", "RGBA")
+    path.write_text("model: m\nranks: 3\n")
+    with pytest.raises(ValueError, match="unknown settings"):
+        LoraTrainConfig.from_yaml(path)

@@ -98,7 +98,7 @@ def test_fetch_filters_dedupes_and_writes_manifest(tmp_path, registry):
     reasons = {d["original"]: d.get("rejected", "kept") for d in decisions}
     assert reasons["b_same_as_a.png"].startswith("duplicate of images/toy-raster/a.png")
     assert reasons["opaque.png"].startswith("no transparency") and reasons["clear.png"] == "fully transparent"
-    assert reasons["small.png"] == "short side 20 < 32"
+    assert "small.png" not in reasons  # dropped from the candidates by its header size
 
 
 def test_fetch_is_idempotent(tmp_path, registry):
@@ -144,6 +144,7 @@ def test_icon_themes_keep_the_largest_copy_per_name(tmp_path):
     assert list_candidates(theme, tmp_path) == [Path("16x16/apps/other.png"), Path("64x64/apps/app.png")]
     assert list_candidates(theme, tmp_path, limit=1) == list_candidates(theme, tmp_path, limit=1)
     assert len(list_candidates(theme, tmp_path, limit=1)) == 1
+    assert list_candidates(theme, tmp_path, min_size=32) == [Path("64x64/apps/app.png")]
 
 
 def test_hidden_colour_does_not_change_the_pixel_hash():
@@ -181,3 +182,11 @@ def test_fetch_command_reports_counts_and_failures(tmp_path, registry, capsys):
     assert status == 1  # broken.png could not be read
     assert "toy-raster: 1 images" in captured.out and "toy-svg: 1 images" in captured.out
     assert "broken.png" in captured.err and "1 image(s) could not be read" in captured.err
+
+
+def test_oversized_and_small_rasters_are_rejected_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    path.write_bytes(_png(_soft()))
+    assert fetch.load_raster(path, 512, 41) == "short side 40 < 41"
+    monkeypatch.setattr(fetch.io, "DEFAULT_MAX_PIXELS", 100)
+    assert fetch.load_raster(path, 512, 0) == "more than 100 pixels"

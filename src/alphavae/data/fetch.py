@@ -132,6 +132,15 @@ def header_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+def _short_side(path: Path) -> int:
+    """Short side from the header; a huge number when unreadable or a decompression bomb."""
+    try:
+        size = header_size(path)
+    except Image.DecompressionBombError:
+        return sys.maxsize
+    return sys.maxsize if size is None else min(size)
+
+
 def _area(path: Path) -> int:
     """Pixel count from the header; 0 when unreadable, a huge number for a decompression bomb."""
     try:
@@ -140,12 +149,13 @@ def _area(path: Path) -> int:
         return sys.maxsize
 
 
-def list_candidates(source: Source, root: Path, limit: int | None = None) -> list[Path]:
+def list_candidates(source: Source, root: Path, limit: int | None = None, min_size: int = 0) -> list[Path]:
     """Image files of ``source`` under the unpacked ``root``, as paths relative to ``source.base``.
 
     With ``dedupe_by_name`` only the largest file (header pixel count, ties: first path) of each
     file name is kept. Symbolic links are skipped (icon themes link aliases, sometimes to absolute
-    paths outside the archive). With ``limit`` a deterministic pseudo-random subset of that many is taken
+    paths outside the archive). Raster files whose header gives a short side below ``min_size``
+    pixels are dropped here (unreadable headers are kept, to be reported later). With ``limit`` a deterministic pseudo-random subset of that many is taken
     (ordered by the sha256 of the relative path), so limited runs still span all folders. The result
     is sorted by path. Raises FetchError when ``source.base`` does not exist in the archive.
     """
@@ -160,6 +170,8 @@ def list_candidates(source: Source, root: Path, limit: int | None = None) -> lis
             if relative.name not in largest or area > largest[relative.name][0]:
                 largest[relative.name] = (area, relative)
         files = sorted(relative for _, relative in largest.values())
+    if min_size and source.kind == "raster":
+        files = [relative for relative in files if _short_side(base / relative) >= min_size]
     if limit is not None:
         files = sorted(sorted(files, key=lambda p: hashlib.sha256(str(p).encode()).hexdigest())[:limit])
     return files
@@ -286,7 +298,7 @@ def fetch_source(
     """
     root = unpack(download(source, output_dir / "cache" / "downloads"), output_dir / "cache" / "unpacked")
     base = root / source.base
-    relatives = [str(r) for r in list_candidates(source, root, limit)]
+    relatives = [str(r) for r in list_candidates(source, root, limit, min_size)]
     decisions_file = _decisions_path(output_dir, source, size, min_size)
     cached = _load_decisions(decisions_file)
     todo = [r for r in relatives if not _still_valid(cached.get(r), output_dir)]

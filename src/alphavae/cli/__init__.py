@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS: tuple[str, ...] = ("data", "eval", "diffusion")
+COMMANDS: tuple[str, ...] = ("convert", "reconstruct", "data", "eval", "diffusion")
 
 
 def build_parser() -> argparse.ArgumentParser:

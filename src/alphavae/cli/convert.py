@@ -1,0 +1,45 @@
+"""``alphavae convert``: RGB diffusers VAE -> RGBA VAE (opaque initialisation). Logic: ``alphavae.convert``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from alphavae.convert import DTYPES, PROVENANCE_FILE, convert_pretrained
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``convert`` subcommand."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert an RGB AutoencoderKL to a 4-channel RGBA one (opaque initialisation)",
+        description="Widen a pretrained RGB diffusers AutoencoderKL to RGBA (AlphaVAE, arXiv 2507.09308, "
+                    "section 4.1): alpha input weights 0, alpha output bias +1. The result reproduces the "
+                    "source's latents and RGB output exactly and predicts alpha = 1 until fine-tuned; this "
+                    f"is checked before saving. Writes diffusers safetensors + {PROVENANCE_FILE}.",
+    )
+    parser.add_argument("src", metavar="SRC",
+                        help="local diffusers folder (config.json + diffusion_pytorch_model.safetensors), "
+                             "or a model id (needs network access)")
+    parser.add_argument("dst", metavar="DST", help="output folder (must not exist unless --overwrite)")
+    parser.add_argument("--subfolder", default=None, help="subfolder of SRC holding the VAE, e.g. 'vae' "
+                                                          "for a full pipeline folder (default: none)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="dtype of the saved weights (the conversion itself runs in float32; default float32)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``convert_pretrained``; print the destination and invariant report; 1 on failure."""
+    try:
+        dst = convert_pretrained(args.src, args.dst, subfolder=args.subfolder, dtype=args.dtype,
+                                 overwrite=args.overwrite)
+    except (OSError, ValueError, AssertionError) as err:
+        print(f"alphavae convert: error: {err}", file=sys.stderr)
+        return 1
+    provenance = json.loads((dst / PROVENANCE_FILE).read_text())
+    print(f"wrote RGBA VAE to {dst}")
+    print(f"invariant: {json.dumps(provenance['invariant'])}")
+    return 0

@@ -1,0 +1,271 @@
+"""RGB ``AutoencoderKL`` -> RGBA ("opaque initialisation"), its invariant check, and provenance.
+
+Source: AlphaVAE (arXiv 2507.09308) section 4.1: the encoder's first convolution gets a fourth
+(alpha) input channel with zero weights, the decoder's last convolution a fourth (alpha) output row
+with zero weights and bias +1, so before any training the RGBA model ignores the input alpha,
+gives the source model's latents and RGB output, and predicts alpha = +1 (opaque, in [-1, 1] space).
+The latent shape is unchanged, so a diffusion model trained on the RGB VAE's latents can use it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL
+from torch import nn
+
+import alphavae
+from alphavae.io import check_output_outside_inputs
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROVENANCE_FILE = "alphavae_provenance.json"
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map "float32" / "bfloat16" / "float16" (or a torch dtype among those) to the torch dtype.
+
+    Raises:
+        ValueError: any other name or dtype.
+    """
+    if isinstance(name, torch.dtype) and name in DTYPES.values():
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {name!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast a model's floating-point weights to ``dtype`` in place and return it.
+
+    Calls ``torch.nn.Module.to`` directly: diffusers 0.42's ``ModelMixin.to`` warns about
+    "modules that should be kept in float32" even when that list is empty.
+    """
+    return nn.Module.to(model, dtype)
+
+
+def _widened_conv(conv: nn.Conv2d, *, in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A copy of ``conv`` with more channels: old weights and bias kept, new weights and bias zero."""
+    new = nn.Conv2d(in_channels, out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                    dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                    padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[: conv.out_channels, : conv.in_channels] = conv.weight
+        if conv.bias is not None:
+            new.bias.zero_()
+            new.bias[: conv.out_channels] = conv.bias
+    return new
+
+
+def require_channels(model, channels: int, *, user: str, hint: str) -> None:
+    """Check that ``model`` is a diffusers ``AutoencoderKL`` with ``channels`` input and output channels.
+
+    Args:
+        model: the object to check; channels: 3 (RGB) or 4 (RGBA).
+        user: who asks (starts the message); hint: what to do about a mismatch (ends it).
+    Raises:
+        ValueError: another type, or other channel counts (the message names both).
+    """
+    if not isinstance(model, AutoencoderKL):
+        raise ValueError(f"{user} needs a diffusers AutoencoderKL, got {type(model).__name__}")
+    found = (model.config.in_channels, model.config.out_channels)
+    if found != (channels, channels):
+        kind = {3: "RGB", 4: "RGBA"}.get(channels, "")
+        raise ValueError(f"{user} needs a {channels}-channel {kind} VAE, got in/out channels {found}; {hint}")
+
+
+def convert_to_rgba(vae: AutoencoderKL) -> AutoencoderKL:
+    """Return a new 4-channel (RGBA) copy of an RGB ``AutoencoderKL`` (the input is not modified).
+
+    ``encoder.conv_in`` gets a 4th input channel (RGB weights copied, alpha weights 0, bias copied);
+    ``decoder.conv_out`` a 4th output row (RGB rows copied, alpha weights 0, alpha bias +1); the
+    config's ``in_channels`` / ``out_channels`` become 4, so ``save_pretrained`` / ``from_pretrained``
+    round-trip. Same dtype, device and train/eval mode as the input.
+
+    Note ``AutoencoderKL.from_pretrained(rgb, in_channels=4)`` is not a conversion (shape error,
+    or random re-initialisation with ``ignore_mismatched_sizes``).
+
+    Raises:
+        ValueError: ``vae`` is not a diffusers ``AutoencoderKL``, or is not a 3-channel RGB model
+            (e.g. already converted).
+    Source: AlphaVAE (arXiv 2507.09308) section 4.1, opaque initialisation.
+    """
+    require_channels(vae, 3, user="convert_to_rgba", hint="a 4-channel model is already converted")
+    rgba = copy.deepcopy(vae)
+    rgba.encoder.conv_in = _widened_conv(vae.encoder.conv_in, in_channels=4,
+                                         out_channels=vae.encoder.conv_in.out_channels)
+    rgba.decoder.conv_out = _widened_conv(vae.decoder.conv_out, in_channels=vae.decoder.conv_out.in_channels,
+                                          out_channels=4)
+    with torch.no_grad():
+        rgba.decoder.conv_out.bias[3] = 1.0
+    rgba.register_to_config(in_channels=4, out_channels=4)
+    return rgba
+
+
+@dataclasses.dataclass
+class InvariantReport:
+    """Result of ``check_invariant``: largest absolute differences over all tested inputs.
+
+    Attributes:
+        mean_diff, std_diff: max |RGBA - RGB| of the posterior mean / std (latent units).
+        rgb_diff: max |RGBA - RGB| of the decoded RGB channels ([-1, 1] pixel units).
+        alpha_diff: max |alpha output - 1| ([-1, 1] pixel units).
+        bitwise: all four differences are exactly 0.
+        atol: the tolerance the check used.
+        sizes: the (H, W) pixel sizes tested; device, dtype: where and how it ran.
+    """
+
+    mean_diff: float
+    std_diff: float
+    rgb_diff: float
+    alpha_diff: float
+    bitwise: bool
+    atol: float
+    sizes: list[tuple[int, int]]
+    device: str
+    dtype: str
+
+    def to_dict(self) -> dict:
+        """The report as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+
+def _default_atol(device: torch.device, dtype: torch.dtype) -> float:
+    """0 on CPU float32 (bitwise, measured); 1e-3 for float32 elsewhere; 5e-2 for 16-bit types."""
+    if dtype != torch.float32:
+        return 5e-2
+    return 0.0 if device.type == "cpu" else 1e-3
+
+
+def _encode_decode(vae: AutoencoderKL, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Posterior mean, std and decoded mean of ``vae`` on ``pixels`` (no grad)."""
+    posterior = vae.encode(pixels).latent_dist
+    return posterior.mean, posterior.std, vae.decode(posterior.mean).sample
+
+
+@torch.no_grad()
+def check_invariant(source: AutoencoderKL, rgba: AutoencoderKL, *, sizes=((64, 64), (64, 96)), batch_size: int = 2,
+                    seed: int = 0, atol: float | None = None) -> InvariantReport:
+    """Check that an opaque-initialised RGBA VAE reproduces its RGB source, and return the differences.
+
+    On random pixels (uniform in [-1, 1], alpha channel random too) of each ``(H, W)`` in ``sizes``,
+    the RGBA model's posterior mean and std and decoded RGB must equal the source's on the RGB
+    channels (alpha ignored), and its decoded alpha must be 1. Both models run on their own device
+    and dtype (they should match).
+
+    Args:
+        source: the RGB (3-channel) model; rgba: ``convert_to_rgba(source)`` or its reload.
+        sizes: pixel sizes (H, W), each a multiple of the models' downsampling factor.
+        batch_size: images per size; seed: torch seed for the random pixels.
+        atol: tolerance on every difference; None = 0 (bitwise) on CPU float32, 1e-3 for float32
+            on other devices, 5e-2 for bfloat16/float16.
+    Returns:
+        An ``InvariantReport``.
+    Raises:
+        ValueError: a size is not a multiple of the downsampling factor.
+        AssertionError: a difference exceeds ``atol`` (the message names it).
+    Source: AlphaVAE (arXiv 2507.09308) section 4.1.
+    """
+    param = next(rgba.parameters())
+    atol = _default_atol(param.device, param.dtype) if atol is None else atol
+    multiple = 2 ** (len(rgba.config.block_out_channels) - 1)
+    generator = torch.Generator().manual_seed(seed)
+    diffs = {"mean_diff": 0.0, "std_diff": 0.0, "rgb_diff": 0.0, "alpha_diff": 0.0}
+    for height, width in sizes:
+        if height % multiple or width % multiple:
+            raise ValueError(f"invariant check size {(height, width)} is not a multiple of {multiple}")
+        pixels = torch.rand(batch_size, 4, height, width, generator=generator) * 2 - 1
+        pixels = pixels.to(param.device, param.dtype)
+        ref_mean, ref_std, ref_out = _encode_decode(source, pixels[:, :3])
+        mean, std, out = _encode_decode(rgba, pixels)
+        for key, value in (("mean_diff", (mean - ref_mean)), ("std_diff", (std - ref_std)),
+                           ("rgb_diff", (out[:, :3] - ref_out)), ("alpha_diff", (out[:, 3] - 1))):
+            diffs[key] = max(diffs[key], value.abs().max().float().item())
+    report = InvariantReport(**diffs, bitwise=all(v == 0 for v in diffs.values()), atol=atol,
+                             sizes=[tuple(s) for s in sizes], device=str(param.device), dtype=str(param.dtype))
+    violated = {k: v for k, v in diffs.items() if not v <= atol}
+    if violated:
+        raise AssertionError(f"RGBA conversion invariant violated (atol {atol}): {violated}")
+    return report
+
+
+def _load_rgb(src: str | os.PathLike, subfolder: str | None) -> AutoencoderKL:
+    """Load a float32 ``AutoencoderKL`` from a local diffusers folder or a hub id, with a clear error."""
+    try:
+        return AutoencoderKL.from_pretrained(src, subfolder=subfolder, torch_dtype=torch.float32).eval()
+    except (OSError, ValueError) as err:
+        raise OSError(f"cannot load an AutoencoderKL from {str(src)!r} (subfolder={subfolder!r}): {err}\n"
+                      "Pass a local diffusers folder holding config.json and diffusion_pytorch_model.safetensors "
+                      "(use --subfolder vae for a full pipeline folder); model ids need network access.") from err
+
+
+def _provenance(src, subfolder: str | None, dtype: str, report: InvariantReport) -> dict:
+    """The provenance record written next to a converted model."""
+    local = Path(src)
+    return {
+        "conversion": "AlphaVAE opaque initialisation (arXiv 2507.09308 section 4.1): RGB -> RGBA",
+        "source": str(local.resolve()) if local.exists() else str(src),
+        "subfolder": subfolder,
+        "dtype": dtype,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"alphavae": alphavae.__version__, "torch": torch.__version__,
+                     "diffusers": diffusers.__version__, "python": platform.python_version()},
+        "invariant": report.to_dict(),
+    }
+
+
+def convert_pretrained(src: str | os.PathLike, dst: str | os.PathLike, *, subfolder: str | None = None,
+                       dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Convert a pretrained RGB VAE to RGBA, check the invariant, and save it in diffusers format.
+
+    The conversion and the bitwise invariant check run in float32 on the CPU; the model is then
+    cast to ``dtype`` and saved (safetensors + config.json) with ``alphavae_provenance.json``
+    (source, subfolder, date, library versions, invariant report). The folder is written under a
+    temporary name beside ``dst`` and renamed into place, so a failed run leaves no partial model.
+
+    Args:
+        src: local diffusers folder, or a model id (passed to ``AutoencoderKL.from_pretrained``;
+            needs network access).
+        dst: output folder; must not exist unless ``overwrite``, must not lie inside ``src``.
+        subfolder: e.g. "vae" for a full pipeline folder.
+        dtype: "float32", "bfloat16" or "float16" for the saved weights.
+        overwrite: replace an existing ``dst``.
+    Returns:
+        ``dst`` as a Path.
+    Raises:
+        FileExistsError: ``dst`` exists and not ``overwrite``.
+        OSError: the source cannot be loaded (message says what to pass).
+        ValueError: bad dtype, ``dst`` inside ``src``, or the source is not a 3-channel AutoencoderKL.
+        AssertionError: the invariant check failed.
+    """
+    torch_dtype = parse_dtype(dtype)
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst}: output folder exists (pass overwrite=True / --overwrite to replace it)")
+    if Path(src).exists():
+        check_output_outside_inputs(dst, [src])
+    source = _load_rgb(src, subfolder)
+    rgba = convert_to_rgba(source)
+    report = check_invariant(source, rgba)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        cast_model(rgba, torch_dtype).save_pretrained(tmp, safe_serialization=True)
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(_provenance(src, subfolder, dtype, report), indent=2) + "\n")
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return dst

@@ -1,0 +1,331 @@
+"""``RGBAVAE``: encode / decode / reconstruct straight RGBA images of any size with a 4-channel VAE.
+
+Wraps a converted diffusers ``AutoencoderKL`` (``alphavae.convert``) and owns what the bare model
+leaves to the caller: padding to the downsampling factor and cropping back (rgba-pitfalls #8),
+batching of same-size images, optional overlapping tiles blended with linear ramps, alpha treated
+exactly like colour (#9, #14), the dtype policy with a loud float32 fallback on non-finite output
+(#10), the diffusion latent scaling/shift, and explicit pixel/latent arguments (#1, #12).
+
+Pixels: straight alpha, float tensors ``(B, 4, H, W)``, all four channels in [-1, 1].
+Latents: the VAE's raw latent space ``(B, latent_channels, H / multiple, W / multiple)``; the
+diffusion model's space is ``to_diffusion_latents(z) = (z - shift_factor) * scaling_factor``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+from alphavae.convert import cast_model, parse_dtype, require_channels
+from alphavae.io import check_pixels, pad_to_multiple
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "alphavae-mini"
+"""Folder of the shipped default RGBA VAE (diffusers format), used when no path is given."""
+
+_RANGE_SLACK = 1e-3
+
+
+def _check_range(pixels: torch.Tensor) -> None:
+    """Raise ValueError when pixels are clearly outside [-1, 1] (e.g. 0-255 or 0-1 mistaken)."""
+    low, high = pixels.min().item(), pixels.max().item()
+    if low < -1 - _RANGE_SLACK or high > 1 + _RANGE_SLACK or math.isnan(low + high):
+        raise ValueError(f"pixels must be in [-1, 1] (straight RGBA); got values in [{low:.4g}, {high:.4g}]")
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` covering ``length`` with at least ``overlap`` shared; last one flush."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, tile - overlap))
+    return starts + [length - tile]
+
+
+def _ramp(length: int, overlap: int, *, rise: bool, fall: bool) -> torch.Tensor:
+    """1-D tile weights: 0 over the outer quarter of the overlap at sides that meet a neighbour (context
+    only), a linear ramp over the middle half, 1 elsewhere; neighbouring weights sum to 1."""
+    centres = torch.arange(length, dtype=torch.float32) + 0.5
+    ramp_up = ((centres - overlap / 4) / (overlap / 2)).clamp(0, 1) if overlap else torch.ones(length)
+    weights = torch.ones(length)
+    if rise:
+        weights = torch.minimum(weights, ramp_up)
+    if fall:
+        weights = torch.minimum(weights, ramp_up.flip(0))
+    return weights
+
+
+def _tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, tile: int, overlap: int,
+           scale: float) -> torch.Tensor:
+    """Apply ``fn`` to overlapping ``tile`` x ``tile`` windows of ``x`` and blend the results.
+
+    ``fn`` maps a window of side ``s`` to an output of side ``s * scale`` (encoder: 1 / multiple,
+    decoder: multiple). Outputs are accumulated with separable weights (``_ramp``: the quarter of
+    the overlap nearest a tile's inner edge only gives context, the middle half cross-fades) and
+    normalised; every channel, alpha included, gets the same weights. Float32 result.
+    """
+    height, width = x.shape[-2:]
+    out = weight = None
+    for top in _tile_starts(height, tile, overlap):
+        for left in _tile_starts(width, tile, overlap):
+            window = x[..., top: top + tile, left: left + tile]
+            result = fn(window).float()
+            if out is None:
+                out = result.new_zeros(*result.shape[:-2], round(height * scale), round(width * scale))
+                weight = result.new_zeros(round(height * scale), round(width * scale))
+            rows, cols = result.shape[-2:]
+            ramp = round(overlap * scale)
+            w = torch.outer(_ramp(rows, ramp, rise=top > 0, fall=top + tile < height),
+                            _ramp(cols, ramp, rise=left > 0, fall=left + tile < width)).to(result.device)
+            y, x0 = round(top * scale), round(left * scale)
+            out[..., y: y + rows, x0: x0 + cols] += result * w
+            weight[y: y + rows, x0: x0 + cols] += w
+    return out / weight
+
+
+class RGBAVAE:
+    """A 4-channel (RGBA) diffusers ``AutoencoderKL`` that encodes and decodes images of any size.
+
+    Args:
+        model: an ``AutoencoderKL`` with 4 input and output channels (``alphavae.convert``);
+            its dtype (float32 / bfloat16 / float16) and device are used as they are.
+        tile_size: if set, encode/decode in overlapping tiles of this many pixels per side
+            (a multiple of ``multiple``); bounds memory for huge images. None = whole image.
+        tile_overlap: overlap between tiles in pixels (a multiple of ``multiple``, less than
+            ``tile_size``); None = a quarter of the tile rounded down to the multiple.
+    Raises:
+        ValueError: not an ``AutoencoderKL``, not 4 channels in and out (a 3-channel RGB VAE must be
+            converted first: ``alphavae convert``), or a bad tile size/overlap.
+
+    encode/decode keep autograd (usable in training); ``reconstruct``/``reconstruct_images`` run
+    under ``torch.inference_mode``. Source: AlphaVAE (arXiv 2507.09308) sections 3-4; wraps
+    diffusers ``AutoencoderKL``.
+    """
+
+    def __init__(self, model: AutoencoderKL, *, tile_size: int | None = None, tile_overlap: int | None = None):
+        require_channels(model, 4, user="RGBAVAE",
+                         hint="convert an RGB VAE first (alphavae convert SRC DST / alphavae.convert.convert_to_rgba)")
+        self.model = model.eval()
+        self.tile_size = self.tile_overlap = None
+        if tile_size is not None:
+            self.enable_tiling(tile_size, tile_overlap)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike | None = None, *, subfolder: str | None = None,
+                        dtype: str = "float32", device: str | torch.device = "cpu", tile_size: int | None = None,
+                        tile_overlap: int | None = None) -> RGBAVAE:
+        """Load a converted RGBA VAE saved in diffusers format.
+
+        Args:
+            path_or_id: local diffusers folder, or a model id (needs network access); None = the
+                shipped default model in ``DEFAULT_MODEL_DIR``.
+            subfolder: e.g. "vae" inside a pipeline folder.
+            dtype: "float32", "bfloat16" or "float16"; device: torch device for the weights.
+            tile_size, tile_overlap: see the class.
+        Raises:
+            FileNotFoundError: ``path_or_id`` is None and the default model is not installed.
+            OSError: the model cannot be loaded (message names the path).
+            ValueError: bad dtype, or the model is not a 4-channel AutoencoderKL.
+        """
+        torch_dtype = parse_dtype(dtype)
+        if path_or_id is None:
+            if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+                raise FileNotFoundError(f"the default RGBA VAE is not installed ({DEFAULT_MODEL_DIR}); "
+                                        "pass a VAE path (a diffusers folder made by `alphavae convert`)")
+            path_or_id = DEFAULT_MODEL_DIR
+        try:
+            model = AutoencoderKL.from_pretrained(path_or_id, subfolder=subfolder, torch_dtype=torch_dtype)
+        except (OSError, ValueError) as err:
+            raise OSError(f"cannot load an AutoencoderKL from {str(path_or_id)!r} (subfolder={subfolder!r}): {err}"
+                          ) from err
+        try:
+            return cls(model.to(device), tile_size=tile_size, tile_overlap=tile_overlap)
+        except ValueError as err:
+            raise ValueError(f"{path_or_id}: {err}") from err
+
+    @property
+    def multiple(self) -> int:
+        """Downsampling factor: pixel sides are padded to a multiple of it (8 for SD/FLUX VAEs)."""
+        return 2 ** (len(self.model.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        """Number of latent channels (4 for SD1.x/SDXL, 16 for SD3/FLUX)."""
+        return self.model.config.latent_channels
+
+    @property
+    def scaling_factor(self) -> float:
+        """Diffusion latent scale (config ``scaling_factor``)."""
+        return self.model.config.scaling_factor
+
+    @property
+    def shift_factor(self) -> float:
+        """Diffusion latent shift (config ``shift_factor``; 0 when the config has none)."""
+        return self.model.config.shift_factor or 0.0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the model weights (computation dtype)."""
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model weights."""
+        return next(self.model.parameters()).device
+
+    def enable_tiling(self, tile_size: int, tile_overlap: int | None = None) -> None:
+        """Encode/decode in overlapping tiles of ``tile_size`` pixels with ``tile_overlap`` pixels overlap.
+
+        Tiles are blended with linear ramps over the overlap, every channel (alpha included) alike.
+        Results differ slightly from untiled runs (group norms see one tile at a time).
+        Raises:
+            ValueError: sizes not positive multiples of ``multiple``, or overlap >= tile size.
+        """
+        overlap = tile_size // 4 // self.multiple * self.multiple if tile_overlap is None else tile_overlap
+        if tile_size <= 0 or tile_size % self.multiple or overlap < 0 or overlap % self.multiple \
+                or overlap >= tile_size:
+            raise ValueError(f"tile size {tile_size} / overlap {overlap} must be multiples of {self.multiple} "
+                             "with 0 <= overlap < tile size")
+        self.tile_size, self.tile_overlap = tile_size, overlap
+
+    def disable_tiling(self) -> None:
+        """Encode/decode whole images (the default)."""
+        self.tile_size = self.tile_overlap = None
+
+    def _run(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: float) -> torch.Tensor:
+        """Run a model stage (tiled if enabled) in the model dtype; redo in float32 if 16-bit output is not finite."""
+        def call() -> torch.Tensor:
+            inputs = x.to(self.device, self.dtype)
+            if self.tile_size is None:
+                return fn(inputs).float()
+            tile = self.tile_size if scale < 1 else self.tile_size // self.multiple
+            overlap = self.tile_overlap if scale < 1 else self.tile_overlap // self.multiple
+            return _tiled(fn, inputs, tile=tile, overlap=overlap, scale=scale)
+
+        out = call()
+        if self.dtype != torch.float32 and not torch.isfinite(out).all():
+            dtype = self.dtype
+            warnings.warn(f"VAE output is not finite in {dtype}; recomputing this call in float32", stacklevel=3)
+            with torch.inference_mode(False):
+                cast_model(self.model, torch.float32)
+            try:
+                out = call()
+            finally:
+                with torch.inference_mode(False):
+                    cast_model(self.model, dtype)
+        return out
+
+    def _moments(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder (+ quant conv) output: concatenated posterior mean and log-variance."""
+        moments = self.model.encoder(x)
+        return moments if self.model.quant_conv is None else self.model.quant_conv(moments)
+
+    def _pixels(self, z: torch.Tensor) -> torch.Tensor:
+        """(Post-quant conv +) decoder output in [-1, 1]-ish pixel units."""
+        z = z if self.model.post_quant_conv is None else self.model.post_quant_conv(z)
+        return self.model.decoder(z)
+
+    def encode(self, pixels: torch.Tensor) -> DiagonalGaussianDistribution:
+        """Encode pixels to the latent posterior.
+
+        Args:
+            pixels: ``(B, 4, H, W)`` straight RGBA in [-1, 1], any H, W >= 1. Padded at the bottom
+                and right to multiples of ``multiple`` by replicating the border pixels
+                (``alphavae.io.pad_to_multiple``); the
+                posterior covers the padded image, i.e. latents of size ceil(H / multiple) x
+                ceil(W / multiple).
+        Returns:
+            diffusers ``DiagonalGaussianDistribution`` in float32 (``.mode()``, ``.sample()``,
+            ``.mean``, ``.std``, ``.kl()``), raw VAE latent space (not scaled/shifted).
+        Raises:
+            TypeError, ValueError: not float, not 4-D with 4 channels (3-channel RGB pixels are
+                refused: add an alpha channel), or values outside [-1, 1].
+        """
+        check_pixels(pixels)
+        if pixels.ndim != 4:
+            raise ValueError(f"pixels must be batched (B, 4, H, W), got {tuple(pixels.shape)}")
+        _check_range(pixels)
+        padded, _ = pad_to_multiple(pixels, self.multiple, mode="replicate")
+        return DiagonalGaussianDistribution(self._run(self._moments, padded, 1 / self.multiple))
+
+    def decode(self, latents: torch.Tensor, *, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Decode raw VAE latents to pixels.
+
+        Args:
+            latents: ``(B, latent_channels, h, w)`` raw latents (``from_diffusion_latents`` first
+                if they come from a diffusion model).
+            size: (H, W) to crop the decoded ``(h * multiple, w * multiple)`` image to, top-left
+                aligned (undoes ``encode``'s padding); None = no crop.
+        Returns:
+            ``(B, 4, H, W)`` float32 straight RGBA clamped to [-1, 1].
+        Raises:
+            ValueError: latents not 4-D with ``latent_channels`` channels, or ``size`` larger than
+                the decoded image.
+        """
+        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
+            raise ValueError(f"latents must be (B, {self.latent_channels}, h, w), got {tuple(latents.shape)}")
+        full = (latents.shape[-2] * self.multiple, latents.shape[-1] * self.multiple)
+        if size is not None and (size[0] > full[0] or size[1] > full[1]):
+            raise ValueError(f"crop size {tuple(size)} is larger than the decoded size {full}")
+        pixels = self._run(self._pixels, latents, self.multiple).clamp(-1, 1)
+        return pixels if size is None else pixels[..., : size[0], : size[1]]
+
+    @torch.inference_mode()
+    def reconstruct(self, pixels: torch.Tensor, *, sample: bool = False,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Encode and decode pixels; the output has exactly the input size (pad, run, crop; never resized).
+
+        Args:
+            pixels: ``(B, 4, H, W)`` straight RGBA in [-1, 1].
+            sample: draw latents from the posterior (with ``generator``) instead of its mode.
+        Returns:
+            ``(B, 4, H, W)`` float32 straight RGBA in [-1, 1], on the model's device.
+        Raises:
+            See ``encode``.
+        """
+        posterior = self.encode(pixels)
+        latents = posterior.sample(generator=generator) if sample else posterior.mode()
+        return self.decode(latents, size=tuple(pixels.shape[-2:]))
+
+    def reconstruct_images(self, images: Sequence[torch.Tensor], *, batch_size: int = 8, sample: bool = False,
+                           generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """Reconstruct a list of single images, batching same-size ones together.
+
+        Args:
+            images: ``(4, H, W)`` straight RGBA tensors in [-1, 1], sizes may differ.
+            batch_size: at most this many same-size images per model call.
+            sample, generator: see ``reconstruct``.
+        Returns:
+            ``(4, H, W)`` float32 reconstructions, in input order, each the size of its input.
+        Raises:
+            ValueError: ``batch_size`` < 1, or an image is not ``(4, H, W)``; see ``encode``.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        by_size: dict[tuple, list[int]] = {}
+        for index, image in enumerate(images):
+            check_pixels(image, f"images[{index}]")
+            if image.ndim != 3:
+                raise ValueError(f"images[{index}] must be one image (4, H, W), got {tuple(image.shape)}")
+            by_size.setdefault(tuple(image.shape), []).append(index)
+        results: list[torch.Tensor | None] = [None] * len(images)
+        for indices in by_size.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start: start + batch_size]
+                out = self.reconstruct(torch.stack([images[i] for i in chunk]), sample=sample, generator=generator)
+                for i, image in zip(chunk, out):
+                    results[i] = image
+        return results
+
+    def to_diffusion_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Raw VAE latents -> diffusion-model latents: ``(z - shift_factor) * scaling_factor``."""
+        return (latents - self.shift_factor) * self.scaling_factor
+
+    def from_diffusion_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Diffusion-model latents -> raw VAE latents: ``z / scaling_factor + shift_factor``."""
+        return latents / self.scaling_factor + self.shift_factor

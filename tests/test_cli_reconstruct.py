@@ -1,0 +1,96 @@
+"""Tests for alphavae.reconstruct and the ``alphavae reconstruct`` command (tiny converted VAE on disk)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alphavae.cli import main
+from alphavae.io import load_rgba
+from alphavae.reconstruct import reconstruct_files
+from alphavae.vae import RGBAVAE
+from fixtures_io import palette_image, write_png16
+
+
+def _rgba_png(path, height, width, seed=0):
+    values = np.random.default_rng(seed).integers(0, 256, (height, width, 4), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values, "RGBA").save(path)
+    return path
+
+
+def _run(*args) -> int:
+    return main(["reconstruct", *map(str, args), "--quiet"])
+
+
+def test_sizes_come_back_exactly(tmp_path, tiny_rgba_dir):
+    sizes = [(1, 1), (17, 33), (200, 7)]
+    for height, width in sizes:
+        _rgba_png(tmp_path / "in" / "sub" / f"{height}x{width}.png", height, width)
+    assert _run(tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--grid") == 0
+    for height, width in sizes:
+        output = Image.open(tmp_path / "out" / "sub" / f"{height}x{width}.png")
+        assert output.mode == "RGBA" and output.size == (width, height)
+        grid = Image.open(tmp_path / "out" / "grids" / "sub" / f"{height}x{width}.grid.png")
+        assert grid.size == (3 * width, 2 * height)
+
+
+def test_bad_files_are_reported_and_skipped(tmp_path, tiny_rgba_dir, capsys):
+    folder = tmp_path / "in"
+    good = _rgba_png(folder / "good.png", 12, 20)
+    (folder / "broken.png").write_bytes(good.read_bytes()[:60])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.png").write_text("not an image\n")
+    palette_image(bytes([0, 128, 255, 255])).save(folder / "palette.png")
+    write_png16(folder / "deep.png", np.full((9, 5, 4), 40000, dtype=np.uint16), greyscale=False, alpha=True)
+    Image.new("RGB", (10, 6), (200, 30, 40)).save(folder / "photo.jpg")
+    assert _run(folder, "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--batch-size", "2") == 1
+    err = capsys.readouterr().err
+    assert "4 written, 0 skipped (exist), 3 failed" in err
+    for name in ("broken.png", "empty.png", "text.png"):
+        assert name in err
+        assert not (tmp_path / "out" / name).exists()
+    for name, size in [("good.png", (20, 12)), ("palette.png", (4, 4)), ("deep.png", (5, 9)), ("photo.png", (10, 6))]:
+        output = Image.open(tmp_path / "out" / name)
+        assert output.mode == "RGBA" and output.size == size
+
+
+def test_skip_existing_and_overwrite(tmp_path, tiny_rgba_dir):
+    image = _rgba_png(tmp_path / "in" / "a.png", 8, 8)
+    out = tmp_path / "out"
+    vae = RGBAVAE.from_pretrained(tiny_rgba_dir)
+    first = reconstruct_files(image, out, vae=vae, progress=False)
+    assert [p.name for p in first.written] == ["a.png"]
+    (out / "a.png").write_bytes(b"sentinel")
+    second = reconstruct_files(image, out, vae=vae, progress=False)
+    assert second.skipped == [out / "a.png"] and (out / "a.png").read_bytes() == b"sentinel"
+    third = reconstruct_files(image, out, vae=vae, overwrite=True, progress=False)
+    assert third.written == [out / "a.png"] and load_rgba(out / "a.png").shape == (4, 8, 8)
+
+
+def test_name_collision_is_a_failure(tmp_path, tiny_rgba_dir):
+    _rgba_png(tmp_path / "in" / "a.png", 8, 8)
+    Image.new("RGB", (8, 8)).save(tmp_path / "in" / "a.jpg")
+    report = reconstruct_files(tmp_path / "in", tmp_path / "out", vae=RGBAVAE.from_pretrained(tiny_rgba_dir),
+                               progress=False)
+    assert len(report.written) == 1 and len(report.failed) == 1
+    assert "already produced" in report.failed[0][1]
+
+
+def test_refuses_output_inside_input(tmp_path, tiny_rgba_dir, capsys):
+    _rgba_png(tmp_path / "in" / "a.png", 8, 8)
+    assert _run(tmp_path / "in", "-o", tmp_path / "in" / "out", "--vae", tiny_rgba_dir) == 1
+    assert "error" in capsys.readouterr().err
+    assert not (tmp_path / "in" / "out").exists()
+    with pytest.raises(ValueError):
+        reconstruct_files(tmp_path / "in", tmp_path / "in", vae=RGBAVAE.from_pretrained(tiny_rgba_dir))
+
+
+def test_missing_default_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import alphavae.vae
+
+    monkeypatch.setattr(alphavae.vae, "DEFAULT_MODEL_DIR", tmp_path / "absent")
+    _rgba_png(tmp_path / "in" / "a.png", 8, 8)
+    assert _run(tmp_path / "in", "-o", tmp_path / "out") == 1
+    assert "pass a VAE path" in capsys.readouterr().err

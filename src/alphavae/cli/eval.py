@@ -77,6 +77,23 @@ def _guard(args: argparse.Namespace, inputs: list) -> None:
     check_output_outside_inputs(args.output, [p for p in inputs if p is not None])
 
 
+def _reporting_errors(run):
+    """Wrap a command so setup errors (bad paths, existing reports, unloadable networks) print one line, exit 2."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        from alphavae.eval.networks import NetworkUnavailable
+
+        try:
+            return run(args)
+        except (FileExistsError, FileNotFoundError, NetworkUnavailable, ValueError, OSError) as err:
+            print(f"alphavae {args.command}: error: {err}", file=sys.stderr)
+            return 2
+
+    wrapped.__doc__ = run.__doc__
+    return wrapped
+
+
+@_reporting_errors
 def run_eval(args: argparse.Namespace) -> int:
     """``alphavae eval``: score a prediction folder against a GT folder."""
     from alphavae.eval.runner import evaluate_folders
@@ -85,6 +102,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return _finish(args, evaluate_folders(args.gt, args.pred, _protocol(args), _networks(args), worst_k=args.worst_k))
 
 
+@_reporting_errors
 def run_eval_vae(args: argparse.Namespace) -> int:
     """``alphavae eval-vae``: reconstruct a folder with an RGBA VAE and score it in one run."""
     from alphavae.eval.runner import evaluate_vae
@@ -101,6 +119,7 @@ def run_eval_vae(args: argparse.Namespace) -> int:
     return _finish(args, result)
 
 
+@_reporting_errors
 def run_eval_t2i(args: argparse.Namespace) -> int:
     """``alphavae eval-t2i``: CLIP score, aesthetic and FID of generated RGBA images."""
     from alphavae.eval.runner import evaluate_t2i, read_prompts

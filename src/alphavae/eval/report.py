@@ -85,15 +85,16 @@ def _heat(error: torch.Tensor) -> torch.Tensor:
     return rgb * 2 - 1
 
 
-def comparison_strip(gt: torch.Tensor, pred: torch.Tensor, height: int = 128) -> str:
+def comparison_strip(gt: torch.Tensor, pred: torch.Tensor, height: int = 96) -> str:
     """PNG data URI of one row: GT and prediction over checkerboard, black and white, then |alpha error|.
 
     Args:
         gt, pred: ``(4, H, W)`` straight RGBA in [-1, 1], same size.
-        height: thumbnail height in px.
+        height: thumbnail height in px (smaller images are not enlarged).
     Returns:
         ``data:image/png;base64,...``.
     """
+    height = min(height, gt.shape[-2])
     scale = height / gt.shape[-2]
     size = (height, max(1, round(gt.shape[-1] * scale)))
     pair = F.interpolate(torch.stack([gt, pred]).float(), size=size, mode="area")

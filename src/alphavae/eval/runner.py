@@ -21,7 +21,7 @@ from alphavae.eval.networks import FeatureSet, Networks, clip_score, inception_f
 from alphavae.eval.pairs import Pair, PairPlan, pair_folders
 from alphavae.eval.protocols import Protocol, make_protocol, prepare_gt, score_pair
 from alphavae.eval.report import ALPHA_BLIND_NOTE, WorstImages
-from alphavae.io import DEFAULT_MAX_PIXELS, ImageLoadError, composite, load_rgba
+from alphavae.io import DEFAULT_MAX_PIXELS, ImageLoadError, composite, load_rgba, pad_to_multiple
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,8 @@ def latent_drift(vae, source, gt: torch.Tensor) -> dict[str, float]:
     """Distance between the RGBA VAE's and the source RGB VAE's posterior means on opaque composites.
 
     The GT is composited over black and over white (alpha set to 1), padded like ``RGBAVAE.encode``
-    does, and encoded by both; reported: ``mse`` (mean squared difference of the means) and
-    ``rel_l2`` (``||mu_rgba - mu_src|| / ||mu_src||``), each averaged over the two backgrounds. An
+    does (``alphavae.io.pad_to_multiple``, replicate), and encoded by both; reported: ``mse`` (mean
+    squared difference of the means) and ``rel_l2`` (``||mu_rgba - mu_src|| / ||mu_src||``), each averaged over the two backgrounds. An
     unconverted model scores 0 exactly (opaque initialisation, method.md section 1).
 
     Args:
@@ -175,7 +175,7 @@ def latent_drift(vae, source, gt: torch.Tensor) -> dict[str, float]:
         rgb = composite(gt[None].float(), background)
         opaque = torch.cat([rgb, torch.ones_like(rgb[:, :1])], 1)
         mu = vae.encode(opaque.to(vae.device, vae.dtype)).mean.float()
-        padded = vae.pad(opaque)[:, :3].to(source.device, source.dtype)
+        padded = pad_to_multiple(opaque, vae.multiple, mode="replicate")[0][:, :3].to(source.device, source.dtype)
         with torch.no_grad():
             mu_src = source.encode(padded).latent_dist.mean.float().to(mu.device)
         mse.append(torch.mean((mu - mu_src) ** 2).item())

@@ -1,0 +1,156 @@
+"""alphavae.eval.networks: equality with the canonical implementations given identical (random) weights."""
+
+from __future__ import annotations
+
+import string
+import warnings
+from unittest import mock
+
+import pytest
+import torch
+
+from alphavae.eval import networks as nets
+
+
+def test_lpips_equals_lpips_package(tmp_path):
+    import lpips
+
+    torch.manual_seed(0)
+    reference = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False).eval()
+    path = tmp_path / "lpips.pth"
+    torch.save(reference.state_dict(), path)
+    ours = nets.build_lpips(path)
+    x, y = torch.rand(3, 3, 64, 64), torch.rand(3, 3, 64, 64)
+    expected = torch.stack([reference(x[i : i + 1] * 2 - 1, y[i : i + 1] * 2 - 1).flatten() for i in range(3)]).flatten()
+    torch.testing.assert_close(nets.lpips_distance(ours, x, y), expected.double(), atol=1e-6, rtol=1e-6)
+
+
+def test_lpips_from_torchvision_alexnet_keys(tmp_path):
+    import lpips
+    from torchvision.models import alexnet
+
+    torch.manual_seed(1)
+    backbone = alexnet(weights=None)
+    path = tmp_path / "alexnet.pth"
+    torch.save(backbone.state_dict(), path)
+    ours = nets.build_lpips(path)
+    reference = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False).eval()
+    for k in range(1, 6):  # lpips' slices hold torchvision's feature layers under their original indices
+        getattr(reference.net, f"slice{k}").load_state_dict(
+            {name: p for name, p in backbone.features.state_dict().items()
+             if name.split(".")[0] in dict(getattr(reference.net, f"slice{k}").named_children())})
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(nets.lpips_distance(ours, x, y), reference(x * 2 - 1, y * 2 - 1).flatten().double())
+
+
+def test_missing_weights_skip_or_raise(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = nets.load_networks()
+    assert loaded.lpips is None and loaded.inception is None
+    assert any("LPIPS" in str(w.message) for w in caught)
+    with pytest.raises(nets.NetworkUnavailable, match="nope.pth"):
+        nets.load_networks(lpips=tmp_path / "nope.pth")
+    assert nets.load_networks(lpips="none", inception="none").lpips is None
+
+
+class _Images(torch.utils.data.Dataset):
+    """uint8 images as a Dataset (torch-fidelity's input type)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+@pytest.fixture(scope="module")
+def random_inception(tmp_path_factory):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    torch.manual_seed(0)
+    with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None), \
+            mock.patch("torch.load", lambda *a, **k: {}):
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
+    for module in net.modules():  # keep activations alive through ~20 random layers
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("inception") / "inception.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_frechet_distance_equals_scipy_sqrtm_formula():
+    """Independent check (pytorch-fid style): |mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrtm(S1 S2))."""
+    import numpy as np
+    from scipy import linalg
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, 6, generator=g), torch.randn(30, 6, generator=g) * 1.5 + 0.3
+    mu1, mu2 = a.double().mean(0).numpy(), b.double().mean(0).numpy()
+    s1, s2 = np.cov(a.double().numpy(), rowvar=False), np.cov(b.double().numpy(), rowvar=False)
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert nets.frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
+    with pytest.raises(ValueError, match="at least 2"):
+        nets.frechet_distance(a[:1], b)
+
+
+@pytest.mark.slow
+def test_fid_equals_torch_fidelity(random_inception):
+    """Same random Inception weights: our features + distance equal torch-fidelity's own pipeline (~8 forwards)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_featuresdict_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.utils import get_featuresdict_from_dataset
+
+    ours_net = nets.build_inception(random_inception)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 256, (2, 3, 32, 32), generator=g, dtype=torch.uint8)
+    b = torch.randint(0, 200, (2, 3, 32, 32), generator=g, dtype=torch.uint8)
+    ours = nets.frechet_distance(nets.inception_features(ours_net, a), nets.inception_features(ours_net, b))
+    stats = [fid_featuresdict_to_statistics(get_featuresdict_from_dataset(_Images(x), ours_net, 2, False, True, False), "2048")
+             for x in (a, b)]
+    assert ours == pytest.approx(fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID], rel=1e-6)
+    assert ours > 0
+
+
+def tiny_clip(folder):
+    """Save a tiny random CLIP model + processor (in-memory tokenizer) to ``folder``."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    chars = list(string.ascii_lowercase)
+    vocab = {t: i for i, t in enumerate(["<|startoftext|>", "<|endoftext|>", *chars, *(c + "</w>" for c in chars)])}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1, **small),
+        vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_clip_score_equals_clip_model_cosine(tmp_path):
+    model, processor = nets.build_clip(tiny_clip(tmp_path / "clip"))
+    images = torch.randint(0, 256, (3, 3, 40, 48), dtype=torch.uint8)
+    prompts = ["a cat", "dog", "red bird"]
+    inputs = processor(text=prompts, images=list(images), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model(**inputs)
+    expected = 100 * out.logits_per_image.diag() / model.logit_scale.exp()
+    torch.testing.assert_close(nets.clip_score(model, processor, images, prompts), expected.double(), atol=1e-4, rtol=1e-5)
+
+
+def test_aesthetic_head_loads_public_layout(tmp_path):
+    clip_dir = tiny_clip(tmp_path / "clip")
+    head = nets.AestheticHead(16)
+    assert sorted(k.split(".")[1] for k in head.state_dict() if k.endswith("weight")) == ["0", "2", "4", "6", "7"]
+    torch.save(head.state_dict(), tmp_path / "head.pth")
+    scorer = nets.build_aesthetic(clip_dir, tmp_path / "head.pth")
+    scores = scorer(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert scores.shape == (2,) and torch.isfinite(scores).all()

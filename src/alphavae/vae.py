@@ -93,7 +93,8 @@ class RGBAVAE:
 
     Args:
         model: an ``AutoencoderKL`` with 4 input and output channels (``alphavae.convert``);
-            its dtype (float32 / bfloat16 / float16) and device are used as they are.
+            its dtype (float32 / bfloat16 / float16) and device are used as they are; it is put in
+            eval mode.
         tile_size: if set, encode/decode in overlapping tiles of this many pixels per side
             (a multiple of ``multiple``); bounds memory for huge images. None = whole image.
         tile_overlap: overlap between tiles in pixels (a multiple of ``multiple``, less than
@@ -181,8 +182,17 @@ class RGBAVAE:
     def enable_tiling(self, tile_size: int, tile_overlap: int | None = None) -> None:
         """Encode/decode in overlapping tiles of ``tile_size`` pixels with ``tile_overlap`` pixels overlap.
 
-        Tiles are blended with linear ramps over the overlap, every channel (alpha included) alike.
-        Results differ slightly from untiled runs (group norms see one tile at a time).
+        Tiles bound peak memory (e.g. 4096^2 images). In each overlap the quarter nearest a tile's
+        inner edge serves as context only (zero weight) and the middle half cross-fades linearly;
+        every channel, alpha included, is blended alike (rgba-pitfalls #9). For purely local layers
+        this is exact once a quarter of the overlap covers the receptive field; group norms and
+        mid-block attention still see one tile at a time, so results differ from untiled runs by an
+        amount that depends on the weights (not yet measured for trained weights; random-weight
+        models can differ by the full range). Prefer large tiles (>= 512 for SD/FLUX VAEs).
+        Args:
+            tile_size: tile side in pixels, a positive multiple of ``multiple``.
+            tile_overlap: overlap in pixels, a multiple of ``multiple`` below ``tile_size``;
+                None = ``tile_size // 4`` rounded down to the multiple.
         Raises:
             ValueError: sizes not positive multiples of ``multiple``, or overlap >= tile size.
         """

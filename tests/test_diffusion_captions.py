@@ -9,7 +9,8 @@ def test_csv_and_jsonl_tables(tmp_path):
     csv_path = tmp_path / "caps.csv"
     csv_path.write_text("file_name,caption\nsub/a.png,a red ball\nb.png, glass cup \n", encoding="utf-8")
     jsonl_path = tmp_path / "caps.jsonl"
-    jsonl_path.write_text(json.dumps({"image": "a.png", "text": "x"}) + "\n\n" + json.dumps({"file": "c.png", "prompt": "y"}) + "\n")
+    rows = [json.dumps({"image": "a.png", "text": "x"}), "", json.dumps({"file": "c.png", "prompt": "y"})]
+    jsonl_path.write_text("\n".join(rows) + "\n")
     assert read_caption_table(csv_path) == {"sub/a.png": "a red ball", "b.png": "glass cup"}
     assert read_caption_table(jsonl_path) == {"a.png": "x", "c.png": "y"}
 

@@ -39,6 +39,7 @@ def test_generate_cli_with_lora(trained, tmp_path, capsys):
             str(prompts), "--n", "2", "--seed", "3", "--size", "30x20", "--steps", "2", "--batch-size", "2",
             "-o", str(tmp_path / "out")]
     assert main(args) == 0
+    assert "generated at 32x32 (FLUX needs multiples of 16), centre-cropped to 30x20" in capsys.readouterr().out
     files = sorted((tmp_path / "out").glob("p*.png"))
     assert [f.name for f in files] == ["p0000-s3.png", "p0000-s4.png", "p0001-s3.png", "p0001-s4.png"]
     for file in files:

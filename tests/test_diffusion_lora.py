@@ -27,7 +27,8 @@ def test_paper_targets():
         "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
         "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
         "ff_context.net.2")}
-    single = {f"single_transformer_blocks.0.{m}" for m in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out")}
+    single = {f"single_transformer_blocks.0.{m}"
+              for m in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out")}
     assert wrapped == double | single  # never the final proj_out, norms or embedders
     trainable = [n for n, p in transformer.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -56,7 +57,7 @@ def test_restore_lora_copies_weights(tmp_path):
     other = tiny_flux_pipeline().transformer
     restored = add_lora(other, lora_config(4, 8))
     restore_lora(other, tmp_path)
-    assert all(torch.equal(a, b) for a, b in zip(params, restored))
+    assert all(torch.equal(a, b) for a, b in zip(params, restored, strict=True))
     save_file({"text_encoder.x.lora_A.weight": torch.zeros(1)}, tmp_path / "te.safetensors")
     with pytest.raises(ValueError, match="no transformer LoRA weights"):
         restore_lora(other, tmp_path / "te.safetensors")

@@ -26,7 +26,8 @@ _TRAIN_FLAGS: tuple[tuple[str, str, dict], ...] = (
                           "help": "output folder (LoRA, checkpoints, validation images); not inside --data"}),
     ("--captions", "captions", {"help": "CSV/JSONL caption table (columns file_name|file|image|path + "
                                         "caption|text|prompt); default: sidecar <image>.txt files"}),
-    ("--instance-prompt", "instance_prompt", {"help": f"caption of images without one (default {DEFAULT_PROMPT!r})"}),
+    ("--instance-prompt", "instance_prompt",
+     {"help": f"caption of images without one (default {DEFAULT_PROMPT!r})"}),
     ("--resolution", "resolution", {"type": int, "help": "training side in pixels, multiple of 16 (default 1024)"}),
     ("--crop", "crop", {"choices": ("center", "random"), "help": "crop after short-side resize (default center)"}),
     ("--cache-latents", "cache_latents", {"action": "store_const", "const": True,
@@ -41,7 +42,7 @@ _TRAIN_FLAGS: tuple[tuple[str, str, dict], ...] = (
     ("--lr-warmup-steps", "lr_warmup_steps", {"type": int, "help": "warm-up steps (default 0)"}),
     ("--max-steps", "max_steps", {"type": int, "help": "optimizer steps (default 20000)"}),
     ("--batch-size", "batch_size", {"type": int, "help": "images per process per micro-step (default 1)"}),
-    ("--grad-accum", "gradient_accumulation_steps", {"type": int, "help": "micro-steps per optimizer step (default 1)"}),
+    ("--grad-accum", "gradient_accumulation_steps", {"type": int, "help": "micro-steps per optimizer step (def. 1)"}),
     ("--max-grad-norm", "max_grad_norm", {"type": float, "help": "gradient clipping norm, 0 = off (default 1.0)"}),
     ("--guidance", "guidance", {"type": float, "help": "embedded guidance value during training (default 1)"}),
     ("--weighting-scheme", "weighting_scheme", {"choices": WEIGHTING_SCHEMES,
@@ -120,11 +121,15 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for _, name, _ in _TRAIN_FLAGS if getattr(args, name) is not None}
     try:
         config = LoraTrainConfig.from_yaml(args.config, **overrides) if args.config else LoraTrainConfig(**overrides)
-        result = train_lora(config)
     except TypeError as err:
         print(f"alphavae train-lora: error: missing settings ({err}); give --model, --vae, --data and -o",
               file=sys.stderr)
         return 2
+    except (OSError, ValueError) as err:
+        print(f"alphavae train-lora: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = train_lora(config)
     except (OSError, ValueError) as err:
         print(f"alphavae train-lora: error: {err}", file=sys.stderr)
         return 2
@@ -159,6 +164,9 @@ def run_generate(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {len(report.written)} image(s) to {args.output}, skipped {len(report.skipped)} existing, "
           f"{len(report.failed)} failed")
+    if report.generated_size != report.requested_size:
+        (gen_h, gen_w), (req_h, req_w) = report.generated_size, report.requested_size
+        print(f"generated at {gen_w}x{gen_h} (FLUX needs multiples of 16), centre-cropped to {req_w}x{req_h}")
     for failure in report.failed:
         print(f"failed: {failure}", file=sys.stderr)
     return 1 if report.failed else 0

@@ -41,8 +41,9 @@ def load_flux_pipeline(
     Args:
         model: local diffusers FLUX folder (``model_index.json``), or a hub id when online. Its own
             ``vae`` folder is not loaded.
-        vae: the RGBA VAE (16 latent channels for FLUX); it stays on its own device and dtype and
-            is excluded from CPU offload (it is called directly, not through the pipeline).
+        vae: the RGBA VAE (16 latent channels for FLUX); it keeps its dtype, moves to ``device``
+            with the pipeline and is excluded from CPU offload (it is called directly, not through
+            the pipeline).
         lora: a LoRA folder or ``.safetensors`` file (:func:`alphavae.diffusion.lora.save_lora`, or
             any diffusers FLUX LoRA), loaded with ``FluxPipeline.load_lora_weights``.
         lora_scale: multiplier of the LoRA update (1 = as trained).
@@ -76,7 +77,6 @@ def load_flux_pipeline(
         pipe.enable_sequential_cpu_offload(device=device)
     else:
         pipe.to(device)
-    vae.model.to(vae.device)
     return pipe
 
 
@@ -215,7 +215,7 @@ def generate_folder(
                 log.error("generation failed for %s: %s", [str(path_of[j]) for j in batch], err)
                 report.failed += [str(path_of[j]) for j in batch]
             else:
-                for job, image in zip(batch, pixels.cpu()):
+                for job, image in zip(batch, pixels.cpu(), strict=True):
                     report.written.append(str(io.save_rgba(image, path_of[job])))
                     made.append(image)
             bar.update(len(batch))
@@ -259,4 +259,5 @@ def generate_from_paths(
     rgba_vae = RGBAVAE.from_pretrained(vae, dtype=vae_dtype, device=device)
     pipe = load_flux_pipeline(model, rgba_vae, lora=lora, lora_scale=lora_scale, dtype=torch_dtype, device=device,
                               offload=offload)
+    pipe.set_progress_bar_config(disable=True)  # generate_folder shows one bar over all images
     return generate_folder(pipe, rgba_vae, prompts, output_dir, **options)

@@ -150,7 +150,7 @@ class LoraTrainConfig:
 
 
 @dataclass
-class TrainResult:
+class LoraTrainResult:
     """What :func:`train_lora` did: loss per optimizer step (1-based), output LoRA folder, skipped images."""
 
     losses: dict[int, float]
@@ -234,7 +234,7 @@ class _Trainer:
     def latents(self, keys: list[tuple[int, int]], generator: torch.Generator) -> torch.Tensor:
         """Diffusion latents ``(B, 16, R/8, R/8)`` for dataset keys, a posterior sample from ``generator``."""
         if self.cache is not None:
-            mean, std = (torch.cat(parts) for parts in zip(*(self.cache[i] for _, i in keys)))
+            mean, std = (torch.cat(parts) for parts in zip(*(self.cache[i] for _, i in keys), strict=True))
         else:
             mean, std = self._encode([self.dataset[key] for key in keys])
         z = mean + std * torch.randn(mean.shape, generator=generator)
@@ -286,7 +286,7 @@ class _Trainer:
         """Save ``checkpoints/step-N`` (accelerate state, LoRA); keep the newest ``keep_checkpoints``."""
         save_checkpoint(self.acc, self.out, {"step": step}, self.cfg.keep_checkpoints)
 
-    def run(self) -> TrainResult:
+    def run(self) -> LoraTrainResult:
         """Train from the start or the resume checkpoint to ``max_steps``; save the LoRA and config."""
         cfg, acc = self.cfg, self.acc
         optimizer = _make_optimizer(cfg, self.params)
@@ -336,10 +336,10 @@ class _Trainer:
             io.atomic_write(self.out / "train_config.yaml", lambda t: t.write_text(config_text, encoding="utf-8"),
                             overwrite=True)
         acc.end_training()
-        return TrainResult(losses, self.out, self.failed)
+        return LoraTrainResult(losses, self.out, self.failed)
 
 
-def train_lora(cfg: LoraTrainConfig) -> TrainResult:
+def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
     """Train a FLUX LoRA on RGBA latents and write it to ``cfg.output_dir`` (a diffusers LoRA folder).
 
     Output folder: ``pytorch_lora_weights.safetensors`` (with adapter metadata; loadable by

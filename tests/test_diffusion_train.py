@@ -1,14 +1,16 @@
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
 
 from alphavae.diffusion.flow import flow_matching_loss
 from alphavae.diffusion.pipeline import load_flux_pipeline
-from alphavae.diffusion.train import LORA_FILE, LoraTrainConfig, train_lora
-from alphavae.io import load_rgba
+from alphavae.diffusion.train import LORA_FILE, LoraTrainConfig, clear_hidden_colour, train_lora
+from alphavae.io import load_rgba, to_pil
 from alphavae.vae import RGBAVAE
-from flux_tiny import model_folders, write_stickers
+from flux_tiny import model_folders, sticker, write_stickers
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +101,24 @@ def test_config_from_yaml(tmp_path):
     path.write_text("model: m\nranks: 3\n")
     with pytest.raises(ValueError, match="unknown settings"):
         LoraTrainConfig.from_yaml(path)
+
+
+def test_hidden_colour_under_zero_alpha_does_not_change_training(setup, tmp_path):
+    array = np.array(to_pil(sticker(32, 0)))  # training size: no resize that would clear the colour
+    transparent = array[..., 3] == 0
+    assert transparent.any()
+    losses = []
+    for k, hidden in enumerate(((0, 0, 0), (250, 20, 90))):
+        array[transparent, :3] = hidden  # same look, different colour under alpha = 0
+        folder = tmp_path / str(k)
+        folder.mkdir()
+        Image.fromarray(array).save(folder / "a.png")
+        config = _config(setup, f"hidden{k}", data=str(folder), batch_size=1, max_steps=1, cache_latents=True)
+        losses.append(train_lora(config).losses)
+    assert losses[0] == losses[1]
+
+
+def test_clear_hidden_colour():
+    pixels = torch.tensor([[0.5, 0.2], [0.1, -0.3], [0.9, 1.0], [-1.0, -0.99]]).view(1, 4, 1, 2)
+    cleared = clear_hidden_colour(pixels)
+    assert cleared[0, :, 0, 0].tolist() == [-1, -1, -1, -1] and torch.equal(cleared[..., 1], pixels[..., 1])

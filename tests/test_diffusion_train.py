@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -61,9 +63,15 @@ def test_lora_lowers_loss_on_fixed_batch(setup):
 
 
 def test_resume_reproduces_uninterrupted_run(setup):
-    whole = train_lora(_config(setup, "whole", optimizer="prodigy", max_steps=3))
-    first = train_lora(_config(setup, "split", optimizer="prodigy", max_steps=2))
-    second = train_lora(_config(setup, "split", optimizer="prodigy", max_steps=3, resume="latest"))
+    root, data = setup[0], setup[3]
+    manifest = data / "manifest.jsonl"  # the unreadable file is in another split, so nothing is skipped
+    rows = [("s0.png", "train"), ("s1.png", "train"), ("broken.png", "test")]
+    manifest.write_text("".join(json.dumps({"file": f, "split": s}) + "\n" for f, s in rows))
+    options = dict(optimizer="prodigy", data=str(manifest), split="train")
+    whole = train_lora(_config(setup, "whole", max_steps=3, **options))
+    first = train_lora(_config(setup, "split", max_steps=2, **options))
+    second = train_lora(_config(setup, "split", max_steps=3, resume="latest", **options))
+    assert whole.failed_images == []
     assert first.losses == {k: whole.losses[k] for k in (1, 2)}
     assert second.losses == {3: whole.losses[3]}
     a, b = load_file(whole.lora_dir / LORA_FILE), load_file(second.lora_dir / LORA_FILE)

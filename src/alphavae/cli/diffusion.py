@@ -24,6 +24,7 @@ _TRAIN_FLAGS: tuple[tuple[str, str, dict], ...] = (
     ("--data", "data", {"help": "folder of RGBA images (walked recursively) or a manifest .jsonl"}),
     ("-o", "output_dir", {"dest": "output_dir", "metavar": "OUT",
                           "help": "output folder (LoRA, checkpoints, validation images); not inside --data"}),
+    ("--split", "split", {"help": "with a manifest --data: use only this split, e.g. train (default: all)"}),
     ("--captions", "captions", {"help": "CSV/JSONL caption table (columns file_name|file|image|path + "
                                         "caption|text|prompt); default: sidecar <image>.txt files"}),
     ("--instance-prompt", "instance_prompt",

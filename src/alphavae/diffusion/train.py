@@ -45,8 +45,9 @@ class LoraTrainConfig:
 
     Paths: ``model`` (diffusers FLUX folder or hub id), ``vae`` (RGBA VAE folder), ``data`` (image
     folder or manifest ``.jsonl``), ``output_dir`` (LoRA, checkpoints, validation images, config;
-    must not lie inside ``data``), ``captions`` (optional CSV/JSONL table; sidecar ``.txt`` files are
-    used otherwise) and ``instance_prompt`` (fallback caption, paper: "RGBA").
+    must not lie inside ``data``), ``split`` (with a manifest: only this split, e.g. "train"),
+    ``captions`` (optional CSV/JSONL table; sidecar ``.txt`` files are used otherwise) and
+    ``instance_prompt`` (fallback caption, paper: "RGBA").
 
     Data: ``resolution`` (square side in pixels, multiple of 16; paper 1024): short side resized
     alpha-correctly to it, then ``crop`` ("center" or "random"); ``cache_latents`` encodes every
@@ -79,6 +80,7 @@ class LoraTrainConfig:
     data: str
     output_dir: str
     captions: str | None = None
+    split: str | None = None
     instance_prompt: str = DEFAULT_PROMPT
     resolution: int = 1024
     crop: str = "center"
@@ -226,7 +228,7 @@ class _Trainer:
         options = dict(size=cfg.resolution, crop=cfg.crop, seed=cfg.seed)
         data = Path(cfg.data)
         source = [path for path, _ in io.list_images(data)] if data.is_dir() else data
-        good, self.failed = _scan_images(RGBADataset(source, **options))
+        good, self.failed = _scan_images(RGBADataset(source, split=cfg.split, **options))
         if not good:
             raise ValueError(f"{data}: no readable training images")
         self.dataset = RGBADataset(good, **options)

@@ -63,8 +63,7 @@ def test_lora_lowers_loss_on_fixed_batch(setup):
 
 
 def test_resume_reproduces_uninterrupted_run(setup):
-    root, data = setup[0], setup[3]
-    manifest = data / "manifest.jsonl"  # the unreadable file is in another split, so nothing is skipped
+    manifest = setup[3] / "manifest.jsonl"  # the unreadable file is in another split, so nothing is skipped
     rows = [("s0.png", "train"), ("s1.png", "train"), ("broken.png", "test")]
     manifest.write_text("".join(json.dumps({"file": f, "split": s}) + "\n" for f, s in rows))
     options = dict(optimizer="prodigy", data=str(manifest), split="train")

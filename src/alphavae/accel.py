@@ -1,0 +1,153 @@
+"""Inference speed policy: the dtype and memory layout a VAE runs in, chosen per device.
+
+The bulk of a diffusers ``AutoencoderKL`` (its resnets, attention, up/down samplers) runs in a 16-bit
+compute dtype where the hardware has fast 16-bit matrix units (CPUs with AVX512_BF16 or AMX, CUDA GPUs
+with bf16), while a few cheap layers where precision matters stay in float32 ("islands"):
+
+- ``encoder.conv_in`` sees the raw pixels: bf16 cannot represent every 1/255 step of alpha near 1
+  (its spacing there is 2^-7 > 2/255), so the first convolution reads float32 pixels;
+- ``encoder.conv_norm_out`` / ``encoder.conv_out`` produce the posterior moments (float32 latents);
+- ``decoder.conv_in`` reads float32 latents;
+- ``decoder.conv_norm_out`` / ``decoder.conv_out`` produce the pixels, so the output is float32 and not
+  rounded to bf16's 2^-8 relative step (about 1/255 near 1).
+
+Those layers cost well under 1 % of the FLOPs (they run at one channel width on one end of the network).
+Every parametrised leaf module gets a forward pre-hook that casts floating inputs to its own weight dtype,
+so the mixed model runs without further changes and stays consistent if the whole model is later cast to
+one dtype. Convolutions run in ``torch.channels_last`` layout when the policy says so.
+
+Source: this project's measurements (``benchmarks/``); mechanisms are PyTorch's (``Module.to``,
+forward pre-hooks, ``torch.channels_last``) and oneDNN's bf16 kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import torch
+from torch import nn
+
+FLOAT32_ISLANDS: tuple[str, ...] = (
+    "encoder.conv_in",
+    "encoder.conv_norm_out",
+    "encoder.conv_out",
+    "decoder.conv_in",
+    "decoder.conv_norm_out",
+    "decoder.conv_out",
+)
+"""``AutoencoderKL`` submodules kept in float32 by the mixed policies (cheap, precision-critical)."""
+
+POLICY_NAMES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16", "mixed-bf16")
+"""Names accepted by :func:`resolve_policy`."""
+
+_HOOK_ATTR = "_alphavae_cast_hooks"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedPolicy:
+    """How a VAE is laid out for inference.
+
+    Attributes:
+        name: the policy name (one of ``POLICY_NAMES`` except "auto", which resolves to another).
+        dtype: compute dtype of the bulk of the model.
+        islands: dotted module names kept in float32 (empty = the whole model in ``dtype``).
+        channels_last: convert 4-D weights (and so convolution outputs) to ``torch.channels_last``.
+    """
+
+    name: str
+    dtype: torch.dtype
+    islands: tuple[str, ...] = ()
+    channels_last: bool = False
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has native bf16 dot products (AVX512_BF16 or AMX-BF16), read from ``/proc/cpuinfo``.
+
+    Returns False when the file cannot be read (non-Linux systems): the safe float32 choice.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_policy(name: str = "auto", device: str | torch.device = "cpu") -> SpeedPolicy:
+    """Turn a policy name into a :class:`SpeedPolicy` for ``device``.
+
+    Args:
+        name: "auto" (the default users get: "mixed-bf16" on a CPU with fast bf16 or a CUDA device with
+            bf16 support, else "float32"), "float32" (diffusers' default, exact), "bfloat16" / "float16"
+            (whole model in that dtype, no islands), or "mixed-bf16" (bf16 bulk, float32 ``FLOAT32_ISLANDS``;
+            channels_last on CPU).
+        device: where the model will run.
+    Returns:
+        The resolved policy (never named "auto").
+    Raises:
+        ValueError: unknown name.
+    """
+    if name not in POLICY_NAMES:
+        raise ValueError(f"unknown dtype policy {name!r}; choose one of {POLICY_NAMES}")
+    device = torch.device(device)
+    if name == "auto":
+        if device.type == "cpu":
+            fast = cpu_has_fast_bf16()
+        else:
+            fast = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        name = "mixed-bf16" if fast else "float32"
+    if name == "mixed-bf16":
+        return SpeedPolicy(name, torch.bfloat16, FLOAT32_ISLANDS, channels_last=device.type == "cpu")
+    return SpeedPolicy(name, {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name])
+
+
+def _cast_inputs_to_weight_dtype(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: cast floating tensor positional inputs to the module's weight dtype."""
+    dtype = module.weight.dtype
+    return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != dtype else a
+                 for a in args)
+
+
+def apply_policy(model: nn.Module, policy: SpeedPolicy) -> nn.Module:
+    """Lay out ``model`` for ``policy`` in place and return it.
+
+    Casts all floating weights to ``policy.dtype``, then the ``policy.islands`` submodules back to float32,
+    converts to ``channels_last`` if asked, and (once per model) registers the input-casting pre-hooks on
+    every leaf module with a ``weight``. Applying another policy later (e.g. "float32") re-lays the model out.
+
+    Args:
+        model: typically a diffusers ``AutoencoderKL``; any ``nn.Module`` works.
+        policy: from :func:`resolve_policy`.
+    Returns:
+        ``model``.
+    Raises:
+        ValueError: an island name that is not a submodule of ``model``.
+    """
+    named = dict(model.named_modules())
+    missing = [name for name in policy.islands if name not in named]
+    if missing:
+        raise ValueError(f"model has no submodule(s) {missing} to keep in float32")
+    nn.Module.to(model, policy.dtype)  # diffusers' ModelMixin.to warns about an empty keep-in-fp32 list
+    for name in policy.islands:
+        nn.Module.to(named[name], torch.float32)
+    nn.Module.to(model, memory_format=torch.channels_last if policy.channels_last else torch.contiguous_format)
+    if not hasattr(model, _HOOK_ATTR):
+        hooks = [module.register_forward_pre_hook(_cast_inputs_to_weight_dtype) for module in model.modules()
+                 if not list(module.children()) and isinstance(getattr(module, "weight", None), torch.Tensor)]
+        object.__setattr__(model, _HOOK_ATTR, hooks)
+    return model
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype holding most of ``model``'s parameters (its compute dtype under a mixed policy).
+
+    Raises:
+        ValueError: the model has no parameters.
+    """
+    counts: Counter = Counter()
+    for parameter in model.parameters():
+        counts[parameter.dtype] += parameter.numel()
+    if not counts:
+        raise ValueError("model has no parameters")
+    return counts.most_common(1)[0][0]

@@ -1,0 +1,76 @@
+"""Checkpoints of a training run: accelerate ``save_state`` plus a small JSON, atomic, newest K kept.
+
+Layout: ``RUN_DIR/checkpoints/step-XXXXXXXX/`` holds accelerate's state (prepared models, optimisers,
+objects registered with ``register_for_checkpointing`` such as the scheduler and EMA, RNG states of every
+process) and ``trainer_state.json`` (``{"step": completed optimiser steps, ...}``). A checkpoint is written
+under a hidden temporary name and renamed when complete, so a run killed while saving leaves no partial
+checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+_NAME = re.compile(r"^step-(\d{8})$")
+STATE_FILE = "trainer_state.json"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (``[]`` when there are none)."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _NAME.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def find_checkpoint(run_dir: str | os.PathLike, resume: str) -> Path | None:
+    """Resolve ``--resume``: ``"latest"`` (newest checkpoint of ``run_dir``, or None if there is none) or a path.
+
+    Raises:
+        FileNotFoundError: ``resume`` is a path that is not a complete checkpoint folder.
+    """
+    if resume == "latest":
+        checkpoints = list_checkpoints(run_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{path}: not a checkpoint folder (no {STATE_FILE})")
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: str | os.PathLike, state: dict, keep: int) -> Path:
+    """Save the accelerate state and ``state`` (must hold ``"step"``) as ``checkpoints/step-XXXXXXXX``.
+
+    Called on every process (accelerate saves per-process RNG states); the main process renames the
+    finished folder into place and deletes all but the newest ``keep`` checkpoints. Returns the folder.
+    """
+    folder = Path(run_dir) / "checkpoints"
+    final = folder / f"step-{state['step']:08d}"
+    temporary = folder / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (temporary / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(temporary, final)
+        for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> dict:
+    """Restore the accelerate state from ``checkpoint`` (on every process) and return its JSON state."""
+    accelerator.load_state(str(checkpoint))
+    return json.loads((Path(checkpoint) / STATE_FILE).read_text(encoding="utf-8"))

@@ -1,0 +1,244 @@
+"""Training configuration: YAML files mapped onto nested dataclasses, with ``section.key=value`` overrides.
+
+A config file may name another with ``base:`` (a shipped config name such as ``vae_main`` or a path);
+its values are loaded first and the file's own values override them, section by section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from alphavae.losses import LossConfig
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """What is trained and where it comes from.
+
+    Attributes:
+        vae: diffusers ``AutoencoderKL`` folder: RGBA (4 channels), or RGB (3 channels; converted on the fly
+            by ``alphavae.convert.convert_to_rgba`` and kept, frozen, as the Ref-KL reference).
+        init_config: a diffusers ``config.json`` to train from scratch instead (random init from ``seed``).
+        ref_vae: RGB ``AutoencoderKL`` folder for Ref-KL when ``vae`` is already RGBA.
+        in_channels: 4 (RGBA, the paper) or 3 (RGB stage: MSE/LPIPS/KL on opaque composites, no alpha terms).
+        gradient_checkpointing: trade compute for memory (diffusers ``enable_gradient_checkpointing``).
+    """
+
+    vae: str | None = None
+    init_config: str | None = None
+    ref_vae: str | None = None
+    in_channels: int = 4
+    gradient_checkpointing: bool = False
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Training data (``alphavae.data.datasets.RGBADataset``) and held-out validation images.
+
+    Attributes:
+        source: image folder or ``manifest.jsonl`` (train split ``"train"``, validation split ``"val"``).
+        size: square crop side in pixels after short-side resize (paper: 1024).
+        crop: ``"random"`` for training crops (validation always uses centre crops).
+        blend_prob: blend augmentation probability in [0, 1] (paper: 0.3).
+        opaque_background: background of the opaque composites of the RGB stage (``solid``/``palette``/``image``).
+        batch_size: images per process per micro-step (global batch = batch_size x processes x accumulation).
+        num_workers: DataLoader worker processes.
+        val_count: held-out images validated (manifest: first of split ``val``; folder: the last files).
+    """
+
+    source: str | None = None
+    size: int = 1024
+    crop: str = "random"
+    blend_prob: float = 0.3
+    opaque_background: str = "solid"
+    batch_size: int = 1
+    num_workers: int = 2
+    val_count: int = 4
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """AdamW and learning-rate schedule (paper Sec. 5.1: lr 1e-5, betas (0.5, 0.9), cosine, 100 warm-up).
+
+    Attributes:
+        lr, disc_lr: learning rates of the autoencoder and the discriminator (``None`` = ``lr``).
+        betas, weight_decay, eps: ``torch.optim.AdamW`` arguments.
+        scheduler: any ``diffusers.optimization.get_scheduler`` name (``cosine``, ``constant_with_warmup``, ...).
+        warmup_steps: warm-up optimiser steps.
+        max_steps: optimiser steps of the run (paper: 30000).
+        gradient_accumulation: micro-steps per optimiser step.
+        max_grad_norm: gradient clipping norm, ``None`` = off.
+    """
+
+    lr: float = 1e-5
+    disc_lr: float | None = None
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 1e-2
+    eps: float = 1e-8
+    scheduler: str = "cosine"
+    warmup_steps: int = 100
+    max_steps: int = 30000
+    gradient_accumulation: int = 1
+    max_grad_norm: float | None = 1.0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A whole VAE training run (``alphavae train-vae``).
+
+    Attributes:
+        model, data, optim, loss: the sections above and ``alphavae.losses.LossConfig``.
+        seed: base seed of data order, augmentation, posterior noise, GAN backgrounds and scratch init.
+        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (accelerate autocast; weights stay fp32).
+        ema: keep an EMA of the weights (``diffusers.training_utils.EMAModel``); exported as ``final/``.
+        ema_decay: EMA decay per optimiser step.
+        checkpoint_every: optimiser steps between checkpoints (``checkpoints/step-XXXXXXXX``).
+        keep_checkpoints: newest checkpoints kept.
+        validate_every: optimiser steps between validations (0 = only at the end).
+        log_every: optimiser steps between tracker logs.
+        max_nonfinite: consecutive steps with a non-finite loss after which the run aborts.
+    """
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    seed: int = 0
+    mixed_precision: str = "no"
+    ema: bool = False
+    ema_decay: float = 0.9999
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    validate_every: int = 1000
+    log_every: int = 10
+    max_nonfinite: int = 10
+
+    def __post_init__(self):
+        if self.mixed_precision is False:  # YAML 1.1 reads a bare `no` as false
+            self.mixed_precision = "no"
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.model.in_channels not in (3, 4):
+            raise ValueError(f"model.in_channels must be 3 or 4, got {self.model.in_channels}")
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (YAML-serialisable; tuples become lists)."""
+        return yaml.safe_load(yaml.safe_dump(_plain(dataclasses.asdict(self))))
+
+
+def _plain(value):
+    """Tuples -> lists, recursively (``yaml.safe_dump`` refuses tuples)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped in ``alphavae/configs`` (without ``.yaml``), sorted."""
+    return sorted(p.name[:-5] for p in resources.files("alphavae.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _config_path(name_or_path: str | os.PathLike) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        return path
+    shipped = resources.files("alphavae.configs") / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        raise FileNotFoundError(f"unknown config {name_or_path!r}: not a .yaml file; shipped: {', '.join(shipped_configs())}")
+    return Path(str(shipped))
+
+
+def _read_layers(name_or_path: str | os.PathLike, seen: tuple[Path, ...] = ()) -> dict:
+    """Raw nested dict of a config file after resolving its ``base:`` chain."""
+    path = _config_path(name_or_path).resolve()
+    if path in seen:
+        raise ValueError(f"{path}: circular 'base:' chain")
+    with open(path, encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a config must be a YAML mapping")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base_ref = base if (Path(base).suffix not in (".yaml", ".yml") or Path(base).is_absolute()) else path.parent / base
+    merged = _read_layers(base_ref, seen + (path,))
+    for key, value in raw.items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return merged
+
+
+def _coerce(current, value, key: str):
+    """Convert ``value`` to the type of the field's current value (YAML reads ``1e-6`` as a string)."""
+    if isinstance(current, bool) or current is None or isinstance(value, type(current)):
+        return value
+    try:
+        if isinstance(current, float) and isinstance(value, (int, str)):
+            return float(value)
+        if isinstance(current, int) and isinstance(value, str):
+            return int(value)
+    except ValueError as err:
+        raise ValueError(f"config key {key}: cannot read {value!r} as {type(current).__name__}") from err
+    return value
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    """Instantiate dataclass ``cls`` from a nested dict, rejecting unknown keys."""
+    defaults = cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(f"unknown config key {prefix}{key}; valid: {', '.join(sorted(fields))}")
+        current = getattr(defaults, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {prefix}{key} is a section; give a mapping")
+            kwargs[key] = _build(type(current), value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(current, value, prefix + key)
+    return cls(**kwargs)
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict, in place; returns it.
+
+    Raises:
+        ValueError: an override without ``=``.
+    """
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        *sections, leaf = key.strip().split(".")
+        node = values
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = yaml.safe_load(text)
+    return values
+
+
+def load_config(name_or_path: str | os.PathLike = "vae_main", overrides: list[str] = ()) -> TrainConfig:
+    """Load a ``TrainConfig`` from a shipped name or a YAML path, then apply ``section.key=value`` overrides.
+
+    Raises:
+        FileNotFoundError: unknown name or missing file.
+        ValueError: unknown key, malformed value or override, circular ``base:``.
+    """
+    return _build(TrainConfig, apply_overrides(_read_layers(name_or_path), list(overrides)))
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML (atomically, overwriting); returns the path."""
+    from alphavae.io import atomic_write
+
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)

@@ -1,0 +1,358 @@
+"""The VAE training loop on accelerate (CPU, one GPU, ``accelerate launch`` multi-GPU); paper Sec. 4-5.1.
+
+Several CPU processes: ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node N $(which alphavae) train-vae ...``
+(``accelerate launch --cpu`` starts a single process unless run under MPI).
+
+Determinism: every random draw of a step comes from generators seeded by ``(seed, micro-step)``: the batch
+(``alphavae.data.datasets.StepBatchSampler`` + ``RGBADataset``), the posterior noise and the solid
+backgrounds of the alpha-aware discriminator are drawn for the whole global micro-batch and each process
+takes its share. So a resumed run repeats an uninterrupted one exactly, and N processes with batch b
+compute what one process computes with batch N*b.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from diffusers import AutoencoderKL
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from alphavae import io
+from alphavae.convert import convert_to_rgba
+from alphavae.data.datasets import RGBADataset, StepBatchSampler, item_generator
+from alphavae.losses import AutoencoderForward, Objective, PatchDiscriminator
+from alphavae.train.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from alphavae.train.config import DataConfig, ModelConfig, TrainConfig, save_config
+
+logger = logging.getLogger(__name__)
+
+#: ``item_generator`` index tag of the per-micro-step noise stream (no data set has this many items).
+_NOISE_STREAM = 2**31 - 1
+VALIDATION_BACKGROUNDS = ("checkerboard", "black", "white")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when ``max_nonfinite`` consecutive optimiser steps had a NaN/inf loss."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What ``train_vae`` did: ``history`` holds one dict of mean logged values per optimiser step run here
+    (keys as ``Objective`` logs plus ``step`` and ``lr``); ``final_dir`` is None when stopped early."""
+
+    step: int
+    history: list[dict]
+    final_dir: Path | None
+    skipped_steps: int
+
+
+def load_models(model: ModelConfig, *, seed: int = 0) -> tuple[AutoencoderKL, AutoencoderKL | None]:
+    """Build the trainable ``AutoencoderKL`` and, when available, the frozen RGB reference for Ref-KL.
+
+    ``model.init_config``: random init from a diffusers config (``seed``), channels set to
+    ``model.in_channels``. ``model.vae``: an RGB folder is converted with ``convert_to_rgba`` (for
+    ``in_channels=4``) and the original becomes the reference; an RGBA folder is trained as is, with
+    ``model.ref_vae`` as reference if given.
+
+    Returns:
+        ``(vae in float32, train mode; reference in float32 or None)``.
+
+    Raises:
+        ValueError: neither or both of ``vae`` / ``init_config``, or channels that do not fit.
+    """
+    if (model.vae is None) == (model.init_config is None):
+        raise ValueError("give exactly one of model.vae (a diffusers folder) or model.init_config (a config.json)")
+    channels = model.in_channels
+    if model.init_config is not None:
+        config = AutoencoderKL.load_config(model.init_config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vae = AutoencoderKL.from_config({**config, "in_channels": channels, "out_channels": channels})
+        reference = None
+    else:
+        vae = AutoencoderKL.from_pretrained(model.vae, torch_dtype=torch.float32)
+        source_channels = vae.config.in_channels
+        if source_channels == 3 and channels == 4:
+            vae, reference = convert_to_rgba(vae), vae
+        elif source_channels == channels:
+            reference = None
+        else:
+            raise ValueError(f"{model.vae}: a {source_channels}-channel VAE cannot be trained with model.in_channels={channels}")
+    if model.ref_vae is not None:
+        reference = AutoencoderKL.from_pretrained(model.ref_vae, torch_dtype=torch.float32)
+        if reference.config.in_channels != 3:
+            raise ValueError(f"{model.ref_vae}: the Ref-KL reference must be an RGB (3-channel) VAE")
+    return vae.train(), reference
+
+
+def split_files(data: DataConfig) -> tuple[str | list, str | list | None, str | None]:
+    """Training and validation sources: ``(train source, validation source or None, split name or None)``.
+
+    A manifest uses its ``train`` / ``val`` splits; a folder holds out its last ``val_count`` files.
+
+    Raises:
+        ValueError: no ``data.source``, or a folder with no more images than ``val_count``.
+    """
+    if data.source is None:
+        raise ValueError("data.source is not set (pass --data DIR|MANIFEST)")
+    if Path(data.source).suffix == ".jsonl":
+        return data.source, data.source if data.val_count > 0 else None, "train"
+    files = [str(path) for path, _ in io.list_images(data.source)]
+    if len(files) <= data.val_count:
+        raise ValueError(f"{data.source}: {len(files)} images, not more than data.val_count={data.val_count}")
+    cut = len(files) - data.val_count
+    return files[:cut], files[cut:] or None, None
+
+
+def _validation_pixels(config: TrainConfig, source, opaque: bool) -> torch.Tensor | None:
+    """Held-out centre crops ``(N, C, size, size)`` in [-1, 1], or None when there are none."""
+    split = "val" if isinstance(source, str) else None
+    try:
+        dataset = RGBADataset(source, split=split, size=config.data.size, crop="center", opaque=opaque,
+                              seed=config.seed)
+    except ValueError as err:
+        logger.warning("no validation images: %s", err)
+        return None
+    return torch.stack([dataset[i] for i in range(min(len(dataset), config.data.val_count))])
+
+
+def step_randomness(seed: int, micro_step: int, global_batch: int, rank: int, share: int,
+                    latent_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior noise ``(share, *latent_shape)`` and GAN backgrounds ``(share, 3)`` in [-1, 1] of one process.
+
+    Drawn for the whole global micro-batch from ``item_generator(seed, micro_step, _NOISE_STREAM)``; this
+    process takes rows ``[rank * share, (rank + 1) * share)``.
+    """
+    generator = item_generator(seed, micro_step, _NOISE_STREAM)
+    noise = torch.randn(global_batch, *latent_shape, generator=generator)
+    backgrounds = torch.rand(global_batch, 3, generator=generator) * 2 - 1
+    rows = slice(rank * share, (rank + 1) * share)
+    return noise[rows], backgrounds[rows]
+
+
+@torch.no_grad()
+def validate(vae: AutoencoderKL, pixels: torch.Tensor, step: int, run_dir: Path, accelerator: Accelerator) -> dict:
+    """Reconstruct held-out images (posterior mode), save a grid PNG, log PSNR per background.
+
+    The grid (``RUN_DIR/validation/step-XXXXXXXX.png``, one row per image) shows target and reconstruction
+    composited over checkerboard, black and white (RGB models: target and reconstruction). Returns
+    ``{"val/psnr_<background>": dB}`` (composites in [0, 1]).
+    """
+    from torchvision.utils import make_grid
+
+    was_training = vae.training
+    vae.eval()
+    pixels = pixels.to(accelerator.device)
+    reconstruction = vae.decode(vae.encode(pixels).latent_dist.mode()).sample.float().clamp(-1, 1)
+    vae.train(was_training)
+    views = {"rgb": (pixels, reconstruction)} if pixels.shape[1] == 3 else {
+        bg: (io.composite(pixels, bg), io.composite(reconstruction, bg)) for bg in VALIDATION_BACKGROUNDS}
+    metrics, columns = {}, []
+    for name, (target, prediction) in views.items():
+        mse = ((io.to_unit(target) - io.to_unit(prediction)) ** 2).mean().clamp_min(1e-10)
+        metrics[f"val/psnr_{name}"] = float(-10 * torch.log10(mse))
+        columns += [target, prediction]
+    grid = make_grid(io.to_unit(torch.stack(columns, dim=1).flatten(0, 1)).cpu(), nrow=len(columns), padding=2)
+    image = torch.cat([io.from_unit(grid), torch.ones_like(grid[:1])])
+    io.save_rgba(image, run_dir / "validation" / f"step-{step:08d}.png", overwrite=True)
+    tracker = accelerator.get_tracker("tensorboard", unwrap=True)
+    tracker.add_image("val/grid", grid, step)
+    return metrics
+
+
+def _export(vae: AutoencoderKL, ema: EMAModel | None, config: TrainConfig, run_dir: Path) -> Path:
+    """Save ``RUN_DIR/final`` (diffusers ``save_pretrained``, safetensors; EMA weights if kept) + config."""
+    final = run_dir / "final"
+    model = copy.deepcopy(vae)
+    if ema is not None:
+        ema.copy_to(model.parameters())
+    temporary = run_dir / ".tmp-final"
+    model.save_pretrained(temporary, safe_serialization=True)
+    save_config(config, temporary / "train_config.yaml")
+    if final.exists():
+        import shutil
+
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    return final
+
+
+def _mean_logs(accelerator: Accelerator, logs: list[dict]) -> dict:
+    """Mean of each logged value over micro-steps and processes."""
+    keys = sorted(logs[0])
+    local = torch.tensor([[entry[k] for k in keys] for entry in logs], device=accelerator.device).mean(0)
+    return dict(zip(keys, accelerator.reduce(local, "mean").tolist()))
+
+
+def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | None = None,
+              stop_after: int | None = None) -> TrainResult:
+    """Fine-tune (or train from scratch) an RGBA or RGB ``AutoencoderKL`` with the AlphaVAE objective.
+
+    Args:
+        config: the resolved ``TrainConfig`` (written to ``RUN_DIR/config.yaml``).
+        run_dir: output folder (checkpoints, validation grids, TensorBoard logs, ``history.jsonl``, ``final/``);
+            must lie outside the data folder.
+        resume: ``"latest"`` (newest checkpoint of ``run_dir``; a fresh start when there is none) or a checkpoint path.
+        stop_after: stop (without export) after this optimiser step, as if the run were killed; for tests.
+
+    Returns:
+        ``TrainResult``.
+
+    Raises:
+        FileExistsError: ``run_dir`` has checkpoints but ``resume`` is None.
+        NonFiniteLossError: ``config.max_nonfinite`` consecutive steps had a non-finite loss.
+        ValueError: bad config or inputs (see ``load_models`` / ``split_files``).
+    """
+    run_dir = Path(run_dir)
+    if config.data.source is not None:
+        io.check_output_outside_inputs(run_dir, config.data.source if Path(config.data.source).is_dir()
+                                       else Path(config.data.source).parent)
+    if resume is None and list_checkpoints(run_dir):
+        raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume latest or choose a new folder")
+    accum = config.optim.gradient_accumulation
+    AcceleratorState._reset_state()  # a fresh mixed-precision setting per run; keeps the process group
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
+    rgb = config.model.in_channels == 3
+    vae, reference = load_models(config.model, seed=config.seed)
+    if config.model.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
+    latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    size = config.data.size
+    latent_shape = (vae.config.latent_channels, size // latent_factor, size // latent_factor)
+    lc = config.loss
+    discriminator = None
+    if lc.gan_weight > 0:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            discriminator = PatchDiscriminator(3 if rgb or lc.disc_input == "composite" else 4, lc.disc_channels,
+                                               lc.disc_layers)
+    objective = Objective(lc, in_channels=config.model.in_channels, reference_vae=reference,
+                          discriminator=discriminator).to(accelerator.device)
+
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
+                                  weight_decay=config.optim.weight_decay, eps=config.optim.eps)
+    scheduler = get_scheduler(config.optim.scheduler, optimizer, num_warmup_steps=config.optim.warmup_steps,
+                              num_training_steps=config.optim.max_steps)
+    model, optimizer = accelerator.prepare(AutoencoderForward(vae), optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    if discriminator is not None:
+        disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.optim.disc_lr or config.optim.lr,
+                                           betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay)
+        disc_model, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
+    ema = None
+    if config.ema:
+        ema = EMAModel(vae.parameters(), decay=config.ema_decay, model_cls=AutoencoderKL, model_config=vae.config)
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+
+    start_step, streak = 0, 0
+    checkpoint = find_checkpoint(run_dir, resume) if resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint)
+        start_step, streak = state["step"], state["nonfinite_streak"]
+        logger.info("resumed from %s at step %d", checkpoint, start_step)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    accelerator.init_trackers("tensorboard")
+
+    train_source, val_source, split = split_files(config.data)
+    dataset = RGBADataset(train_source, split=split, size=size, crop=config.data.crop, blend_prob=config.data.blend_prob,
+                          opaque=rgb, opaque_background=config.data.opaque_background, seed=config.seed)
+    world, rank, share = accelerator.num_processes, accelerator.process_index, config.data.batch_size
+    sampler = StepBatchSampler(len(dataset), share * world, config.optim.max_steps * accum, seed=config.seed,
+                               start_step=start_step * accum, rank=rank, world_size=world)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.data.num_workers)
+    val_pixels = _validation_pixels(config, val_source, rgb) if val_source and accelerator.is_main_process else None
+
+    history, pending, skipped, bad_step = [], [], 0, False
+    last_layer = vae.decoder.conv_out.weight
+    progress = tqdm(total=config.optim.max_steps, initial=start_step, disable=not accelerator.is_main_process,
+                    desc="train-vae")
+    step = start_step
+    for micro_step, batch in enumerate(loader, start=start_step * accum):
+        step, sync = micro_step // accum, (micro_step + 1) % accum == 0
+        pixels = batch.to(accelerator.device)
+        noise, backgrounds = step_randomness(config.seed, micro_step, share * world, rank, share, latent_shape)
+        noise, backgrounds = noise.to(accelerator.device), backgrounds.to(accelerator.device)
+        gan = objective.gan_active(step)
+        with contextlib.ExitStack() as stack:
+            if not sync:
+                stack.enter_context(accelerator.no_sync(model))
+                if gan:
+                    stack.enter_context(accelerator.no_sync(disc_model))
+            with accelerator.autocast():
+                loss, logs, reconstruction = objective.generator_loss(
+                    model, pixels, noise, step=step, last_layer=last_layer, backgrounds=backgrounds)
+            finite = accelerator.reduce(torch.isfinite(loss).float().to(accelerator.device), "sum") == world
+            if finite:
+                accelerator.backward(loss / accum)
+                if gan:
+                    with accelerator.autocast():
+                        disc_loss, disc_logs = objective.discriminator_loss(disc_model, pixels, reconstruction, backgrounds)
+                    accelerator.backward(disc_loss / accum)
+                    logs.update(disc_logs)
+                pending.append(logs)
+            bad_step |= not bool(finite)
+        if not sync:
+            continue
+        if bad_step:
+            streak, skipped = streak + 1, skipped + 1
+            logger.warning("step %d: non-finite loss, step skipped (%d in a row)", step, streak)
+            if streak >= config.max_nonfinite:
+                raise NonFiniteLossError(f"{streak} consecutive steps with a non-finite loss (last: step {step}); "
+                                         "lower the learning rate, use bf16 instead of fp16, or check the data")
+        else:
+            streak = 0
+            if config.optim.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            if gan:
+                disc_optimizer.step()
+            if ema is not None:
+                ema.step(vae.parameters())
+        optimizer.zero_grad(set_to_none=True)
+        if discriminator is not None:
+            disc_optimizer.zero_grad(set_to_none=True)
+        completed = step + 1
+        if pending and len(pending) == accum:
+            record = {"step": completed, "lr": scheduler.get_last_lr()[0], **_mean_logs(accelerator, pending)}
+            history.append(record)
+            if accelerator.is_main_process:
+                with open(run_dir / "history.jsonl", "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                progress.set_postfix(loss=f"{record['loss']:.4g}")
+            if completed % config.log_every == 0:
+                accelerator.log(record, step=completed)
+        pending, bad_step = [], False
+        progress.update(1)
+        if completed % config.checkpoint_every == 0 or completed == config.optim.max_steps:
+            save_checkpoint(accelerator, run_dir, {"step": completed, "nonfinite_streak": streak}, config.keep_checkpoints)
+        if val_pixels is not None and (completed == config.optim.max_steps
+                                       or (config.validate_every and completed % config.validate_every == 0)):
+            accelerator.log(validate(vae, val_pixels, completed, run_dir, accelerator), step=completed)
+        if stop_after is not None and completed >= stop_after:
+            progress.close()
+            accelerator.end_training()
+            return TrainResult(completed, history, None, skipped)
+        step = completed
+    progress.close()
+    accelerator.wait_for_everyone()
+    final = _export(vae, ema, config, run_dir) if accelerator.is_main_process else run_dir / "final"
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(step, history, final, skipped)

@@ -1,0 +1,166 @@
+"""Tests of alphavae.train and ``alphavae train-vae``: configs, the accelerate loop, exact resume, 2 processes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from safetensors.torch import load_file
+
+from alphavae import io, losses
+from alphavae.cli import main
+from alphavae.testing import tiny_rgb_vae, tiny_vae_config
+from alphavae.train import NonFiniteLossError, load_config, shipped_configs, train_vae
+from test_losses import _one_thread  # noqa: F401  (autouse: one torch thread for tiny models)
+
+PAPER_CONFIGS = ["vae_main", "vae_no_norm_kl", "vae_no_ref_kl", "vae_no_gan", "vae_no_lpips", "vae_naive_mse"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Soft-edged RGBA discs over colour gradients (40x48), a tiny RGB VAE, and a random AlexNet backbone."""
+    root = tmp_path_factory.mktemp("train")
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 40), torch.linspace(-1, 1, 48), indexing="ij")
+    for i in range(8):
+        colours = torch.rand(3, 2, generator=g) * 2 - 1
+        radius = ((xx - (i / 8 - 0.5)) ** 2 + yy**2).sqrt()
+        alpha = (1 - ((radius - 0.4) / 0.3).clamp(0, 1)) * 2 - 1
+        rgb = colours[:, :1, None] * (1 + xx) / 2 + colours[:, 1:, None] * (1 - xx) / 2
+        io.save_rgba(torch.cat([rgb, alpha[None]]), root / "data" / f"img{i}.png")
+    tiny_rgb_vae("flux").save_pretrained(root / "rgb_vae")
+    from torchvision.models import alexnet
+
+    torch.manual_seed(0)
+    features = {k: v for k, v in alexnet().state_dict().items() if k.startswith("features.")}
+    torch.save(features, root / "alexnet.pth")
+    return root
+
+
+def _overrides(assets, **extra):
+    values = {"data.size": 32, "data.batch_size": 2, "data.num_workers": 0, "data.val_count": 2,
+              "optim.max_steps": 2, "optim.warmup_steps": 1, "checkpoint_every": 2, "validate_every": 0,
+              "loss.gan_start": 1, "loss.disc_channels": 8, "loss.lpips_backbone_path": str(assets / "alexnet.pth"),
+              "data.source": str(assets / "data"), "model.vae": str(assets / "rgb_vae"), "mixed_precision": "no",
+              "model.gradient_checkpointing": False, **extra}
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def test_shipped_configs_are_the_paper_settings():
+    assert set(PAPER_CONFIGS) <= set(shipped_configs())
+    main_config = load_config("vae_main")
+    assert (main_config.loss.kl_weight, main_config.loss.ref_kl_weight, main_config.loss.lpips_weight) == (1e-6, 1e-16, 0.5)
+    assert (main_config.loss.gan_start, main_config.data.blend_prob, tuple(main_config.optim.betas)) == (4000, 0.3, (0.5, 0.9))
+    assert load_config("vae_naive_mse").loss.reconstruction == "mse"
+    assert load_config("vae_no_gan").loss.gan_weight == 0
+    with pytest.raises(ValueError, match="unknown config key loss.kl_wieght"):
+        load_config("vae_main", ["loss.kl_wieght=0"])
+    with pytest.raises(FileNotFoundError, match="shipped"):
+        load_config("vae_missing")
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_each_paper_config_trains(assets, tmp_path, name):
+    config = load_config(name, _overrides(assets))
+    result = train_vae(config, tmp_path / "run")
+    assert [entry["step"] for entry in result.history] == [1, 2]
+    logged = set(result.history[-1])
+    assert ("lpips" in logged) == (name != "vae_no_lpips")
+    assert ("kl" in logged) == (name != "vae_no_norm_kl")
+    assert ("gan" in logged) == (name != "vae_no_gan")
+    assert ("mse" if name == "vae_naive_mse" else "abmse") in logged
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.history[-1].values())
+    model = AutoencoderKL.from_pretrained(result.final_dir)
+    assert model.config.in_channels == model.config.out_channels == 4
+    assert load_config(result.final_dir / "train_config.yaml").loss == config.loss
+    assert (tmp_path / "run" / "validation" / "step-00000002.png").is_file()
+
+
+def _weights(folder):
+    return load_file(Path(folder) / "diffusion_pytorch_model.safetensors")
+
+
+def test_killed_run_resumed_by_cli_matches_uninterrupted_run(assets, tmp_path):
+    overrides = _overrides(assets, **{"optim.max_steps": 4, "ema": True, "keep_checkpoints": 1})
+    config = load_config("vae_main", overrides)
+    full = train_vae(config, tmp_path / "full")
+    stopped = train_vae(config, tmp_path / "killed", stop_after=3)
+    assert stopped.final_dir is None and [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["step-00000002"]
+    args = ["train-vae", "--config", "vae_main", "-o", str(tmp_path / "killed"), "--resume", "latest"]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    history = [json.loads(line) for line in (tmp_path / "killed" / "history.jsonl").read_text().splitlines()]
+    resumed = {entry["step"]: entry for entry in history}
+    assert [resumed[s] for s in (1, 2, 3, 4)] == full.history
+    full_weights, resumed_weights = _weights(full.final_dir), _weights(tmp_path / "killed" / "final")
+    assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)
+    with pytest.raises(FileExistsError, match="--resume latest"):
+        train_vae(config, tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_at_same_global_batch(assets, tmp_path):
+    overrides = _overrides(assets, **{"optim.max_steps": 2, "data.batch_size": 1})
+    bin_dir = str(Path(sys.executable).parent)
+    command = [shutil.which("torchrun", path=bin_dir), "--nproc_per_node", "2", shutil.which("alphavae", path=bin_dir),
+               "train-vae", "--config", "vae_no_gan", "-o", str(tmp_path / "two")]
+    command += [a for o in overrides for a in ("--set", o)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    single = train_vae(load_config("vae_no_gan", _overrides(assets, **{"optim.max_steps": 2})), tmp_path / "one")
+    two = [json.loads(line) for line in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
+    for a, b in zip(single.history, two, strict=True):
+        assert a.keys() == b.keys()
+        assert all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7) for k in a)
+    one_weights, two_weights = _weights(single.final_dir), _weights(tmp_path / "two" / "final")
+    assert all(torch.allclose(one_weights[k], two_weights[k], rtol=1e-5, atol=1e-7) for k in one_weights)
+
+
+def _nan_on(steps):
+    original = losses.Objective.generator_loss
+
+    def generator_loss(self, model, pixels, noise, *, step, **kwargs):
+        loss, logs, reconstruction = original(self, model, pixels, noise, step=step, **kwargs)
+        return (loss * float("nan") if step in steps else loss), logs, reconstruction
+
+    return generator_loss
+
+
+def test_nonfinite_loss_skips_step_and_aborts_after_a_streak(assets, tmp_path, monkeypatch):
+    monkeypatch.setattr(losses.Objective, "generator_loss", _nan_on({0}))
+    config = load_config("vae_no_gan", _overrides(assets, checkpoint_every=1, **{"optim.warmup_steps": 0}))
+    before = _weights(assets / "rgb_vae")["decoder.conv_in.weight"]
+    skipped = train_vae(config, tmp_path / "skip", stop_after=1)
+    assert skipped.skipped_steps == 1 and skipped.history == []
+    result = train_vae(config, tmp_path / "skip", resume="latest")
+    assert result.skipped_steps == 0 and [e["step"] for e in result.history] == [2]
+    assert not torch.equal(before, _weights(result.final_dir)["decoder.conv_in.weight"])
+    monkeypatch.setattr(losses.Objective, "generator_loss", _nan_on({0, 1, 2}))
+    with pytest.raises(NonFiniteLossError, match="2 consecutive"):
+        train_vae(load_config("vae_no_gan", _overrides(assets, max_nonfinite=2)), tmp_path / "abort")
+
+
+def test_rgb_stage_from_scratch_with_bf16_and_checkpointing(assets, tmp_path):
+    (tmp_path / "init").mkdir()
+    (tmp_path / "init" / "config.json").write_text(json.dumps(tiny_vae_config("flux")))
+    overrides = _overrides(assets, **{"model.vae": "null", "model.init_config": str(tmp_path / "init" / "config.json"),
+                                      "model.in_channels": 3, "mixed_precision": "bf16",
+                                      "model.gradient_checkpointing": True})
+    result = train_vae(load_config("vae_no_ref_kl", overrides), tmp_path / "rgb")
+    assert {"mse", "lpips", "kl", "gan", "disc"} <= set(result.history[-1]) and "abmse" not in result.history[-1]
+    assert AutoencoderKL.from_pretrained(result.final_dir).config.in_channels == 3
+
+
+def test_cli_print_config_and_bad_inputs(assets, tmp_path, capsys):
+    assert main(["train-vae", "--config", "vae_no_gan", "-o", str(tmp_path), "--print-config",
+                 "--set", "loss.kl_weight=1e-5", "--data", str(assets / "data")]) == 0
+    printed = capsys.readouterr().out
+    assert "kl_weight: 1.0e-05" in printed and f"source: {assets / 'data'}" in printed
+    assert main(["train-vae", "-o", str(assets / "data" / "run"), "--data", str(assets / "data"),
+                 "--vae", str(assets / "rgb_vae")]) == 1
+    assert "inside input folder" in capsys.readouterr().err

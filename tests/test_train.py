@@ -164,3 +164,14 @@ def test_cli_print_config_and_bad_inputs(assets, tmp_path, capsys):
     assert main(["train-vae", "-o", str(assets / "data" / "run"), "--data", str(assets / "data"),
                  "--vae", str(assets / "rgb_vae")]) == 1
     assert "inside input folder" in capsys.readouterr().err
+
+
+def test_rgba_source_uses_separate_reference_for_ref_kl(assets, tmp_path, tiny_rgba_dir):
+    overrides = _overrides(assets, **{"model.vae": str(tiny_rgba_dir), "loss.force_ref_kl": True, "optim.max_steps": 1,
+                                      "loss.lpips_weight": 0})
+    with pytest.raises(ValueError, match="reference RGB VAE"):
+        train_vae(load_config("vae_no_gan", overrides), tmp_path / "no_ref")
+    config = load_config("vae_no_gan", overrides + [f"model.ref_vae={assets / 'rgb_vae'}"])
+    assert "ref_kl" in train_vae(config, tmp_path / "ref").history[-1]
+    with pytest.raises(ValueError, match="4-channel VAE cannot be trained with model.in_channels=3"):
+        train_vae(load_config("vae_no_gan", overrides + ["model.in_channels=3"]), tmp_path / "rgb")

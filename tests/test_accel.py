@@ -92,3 +92,23 @@ def test_rgbavae_with_mixed_policy_keeps_size_and_range(model):
     out = vae.reconstruct(image)
     assert out.shape == image.shape and out.dtype == torch.float32
     assert out.min() >= -1 and out.max() <= 1
+
+
+def test_float32_computation_restores_the_mixed_layout(model, pixels):
+    vae = apply_policy(copy.deepcopy(model), resolve_policy("mixed-bf16", "cpu"))
+    before = {name: (p.dtype, p.stride()) for name, p in vae.named_parameters()}
+    with torch.inference_mode(), accel.float32_computation(vae):
+        assert {p.dtype for p in vae.parameters()} == {torch.float32}
+        assert torch.isfinite(vae.decode(vae.encode(pixels).latent_dist.mode()).sample).all()
+    assert {name: (p.dtype, p.stride()) for name, p in vae.named_parameters()} == before
+
+
+@pytest.mark.parametrize(("name", "expected"), [(None, torch.bfloat16), ("float32", torch.float32)])
+def test_from_pretrained_defaults_to_the_auto_policy(model, tmp_path, monkeypatch, name, expected):
+    monkeypatch.setattr(accel, "cpu_has_fast_bf16", lambda: True)
+    model.save_pretrained(tmp_path)
+    vae = RGBAVAE.from_pretrained(tmp_path) if name is None else RGBAVAE.from_pretrained(tmp_path, dtype=name)
+    assert vae.dtype == expected
+    assert vae.model.decoder.conv_out.weight.dtype == torch.float32
+    out = vae.reconstruct(torch.rand(1, 4, 16, 16) * 2 - 1)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()

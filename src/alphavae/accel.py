@@ -22,8 +22,10 @@ forward pre-hooks, ``torch.channels_last``) and oneDNN's bf16 kernels.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import Counter
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -151,3 +153,26 @@ def compute_dtype(model: nn.Module) -> torch.dtype:
     if not counts:
         raise ValueError("model has no parameters")
     return counts.most_common(1)[0][0]
+
+
+@contextlib.contextmanager
+def float32_computation(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` entirely in float32 inside the block, then restore each parameter's dtype and layout.
+
+    For the loud float32 fallback when 16-bit output is not finite (rgba-pitfalls #10): unlike casting
+    the whole model back to one dtype afterwards, this keeps a mixed policy's float32 islands and
+    channels_last weights exactly as they were (16-bit -> float32 -> 16-bit is lossless). Parameters are
+    swapped outside inference mode, so it also works inside ``torch.inference_mode`` blocks.
+    """
+    saved = [(p, p.dtype, p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+              and not p.is_contiguous()) for p in model.parameters()]
+    with torch.inference_mode(False), torch.no_grad():
+        for parameter, _, _ in saved:
+            parameter.data = parameter.data.float()
+    try:
+        yield model
+    finally:
+        with torch.inference_mode(False), torch.no_grad():
+            for parameter, dtype, channels_last in saved:
+                layout = torch.channels_last if channels_last else torch.contiguous_format
+                parameter.data = parameter.data.to(dtype).contiguous(memory_format=layout)

@@ -1,0 +1,53 @@
+"""Tests for the benchmark helpers (benchmarks/): timing, FLOP counting, peak RSS, tables, the Pillow plot.
+
+The benchmarks themselves run FLUX-size models and are far too slow for the test suite; these check the
+measurement pieces on tiny inputs. ``benchmarks`` lives at the repository root, next to ``tests``.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common, scaling  # noqa: E402
+
+
+def test_count_flops_counts_two_per_multiply_accumulate():
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    assert common.count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+
+
+def test_alternate_interleaves_and_reports_medians():
+    order = []
+    stats = common.alternate({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3, warmup=1)
+    assert order == ["a", "b"] * 4
+    for entry in stats.values():
+        assert len(entry["times_s"]) == 3 and entry["median_s"] == sorted(entry["times_s"])[1]
+        assert entry["peak_rss_mb"] > 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_peak_rss_resets_between_calls():
+    common.reset_peak_rss()
+    block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched
+    high = common.peak_rss_mb()
+    del block
+    common.reset_peak_rss()
+    assert common.peak_rss_mb() < high - 32
+
+
+def test_scaling_table_and_plot(tmp_path):
+    cases = [{"mode": "decode", "side": s, "batch": 1, "tile": None, "seconds": s / 100, "peak_rss_mb": s}
+             for s in (64, 128, 256)]
+    result = {"by_side": cases + [{"mode": "decode", "side": 512, "batch": 1, "tile": 128, "error": ["boom"]}],
+              "by_batch": [{**cases[0], "batch": 2}], "batch_side": 64}
+    text = scaling.table(result)
+    assert "| 128² | 1 | False | 1.28 |" in text and "failed: ['boom']" in text and "| 64² | 2 |" in text
+    path = scaling.plot(result, tmp_path / "plot.png")
+    with Image.open(path) as image:
+        assert image.size == (900, 400)
+        assert len(image.getcolors(maxcolors=2**16)) > 2  # axes, grid, text and the red curve were drawn

@@ -199,12 +199,17 @@ def check_invariant(source: AutoencoderKL, rgba: AutoencoderKL, *, sizes=((64, 6
     return report
 
 
-def _load_rgb(src: str | os.PathLike, subfolder: str | None) -> AutoencoderKL:
-    """Load a float32 ``AutoencoderKL`` from a local diffusers folder or a hub id, with a clear error."""
+def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = None) -> AutoencoderKL:
+    """Load a float32 diffusers ``AutoencoderKL`` (eval mode) from a local folder or a model id.
+
+    Wraps ``AutoencoderKL.from_pretrained``; model ids need network access.
+    Raises:
+        OSError: it cannot be loaded; the message names the path and says what to pass.
+    """
     try:
-        return AutoencoderKL.from_pretrained(src, subfolder=subfolder, torch_dtype=torch.float32).eval()
+        return AutoencoderKL.from_pretrained(path_or_id, subfolder=subfolder, torch_dtype=torch.float32).eval()
     except (OSError, ValueError) as err:
-        raise OSError(f"cannot load an AutoencoderKL from {str(src)!r} (subfolder={subfolder!r}): {err}\n"
+        raise OSError(f"cannot load an AutoencoderKL from {str(path_or_id)!r} (subfolder={subfolder!r}): {err}\n"
                       "Pass a local diffusers folder holding config.json and diffusion_pytorch_model.safetensors "
                       "(use --subfolder vae for a full pipeline folder); model ids need network access.") from err
 
@@ -254,7 +259,7 @@ def convert_pretrained(src: str | os.PathLike, dst: str | os.PathLike, *, subfol
         raise FileExistsError(f"{dst}: output folder exists (pass overwrite=True / --overwrite to replace it)")
     if Path(src).exists():
         check_output_outside_inputs(dst, [src])
-    source = _load_rgb(src, subfolder)
+    source = load_autoencoder(src, subfolder=subfolder)
     rgba = convert_to_rgba(source)
     report = check_invariant(source, rgba)
     dst.parent.mkdir(parents=True, exist_ok=True)

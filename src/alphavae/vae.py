@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from alphavae.accel import apply_policy, compute_dtype, float32_computation, resolve_policy
-from alphavae.convert import require_channels
+from alphavae.convert import load_autoencoder, require_channels
 from alphavae.io import check_pixels, pad_to_multiple
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "alphavae-mini"
@@ -143,11 +143,7 @@ class RGBAVAE:
                 raise FileNotFoundError(f"the default RGBA VAE is not installed ({DEFAULT_MODEL_DIR}); "
                                         "pass a VAE path (a diffusers folder made by `alphavae convert`)")
             path_or_id = DEFAULT_MODEL_DIR
-        try:
-            model = AutoencoderKL.from_pretrained(path_or_id, subfolder=subfolder, torch_dtype=torch.float32)
-        except (OSError, ValueError) as err:
-            raise OSError(f"cannot load an AutoencoderKL from {str(path_or_id)!r} (subfolder={subfolder!r}): {err}"
-                          ) from err
+        model = load_autoencoder(path_or_id, subfolder=subfolder)
         try:
             return cls(apply_policy(model.to(device), policy), tile_size=tile_size, tile_overlap=tile_overlap)
         except ValueError as err:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from alphavae.convert import DTYPES
+from alphavae.accel import POLICY_NAMES
 from alphavae.io import DEFAULT_MAX_PIXELS
 from alphavae.reconstruct import GRID_DIR, reconstruct_files
 from alphavae.vae import RGBAVAE
@@ -28,9 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="RGBA VAE folder in diffusers format (made by `alphavae convert` or training); "
                              "default: the shipped model")
     parser.add_argument("--subfolder", default=None, help="subfolder of PATH holding the VAE, e.g. 'vae'")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="compute dtype (16-bit falls back to float32 with a warning on NaN/inf; "
-                             "default float32)")
+    parser.add_argument("--dtype", choices=POLICY_NAMES, default="auto",
+                        help="speed/precision policy (alphavae.accel): auto (default: mixed-bf16 where the CPU/GPU "
+                             "has fast bf16, else float32), float32 (exact), bfloat16, float16, mixed-bf16; "
+                             "16-bit results with NaN/inf are recomputed in float32 with a warning")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     parser.add_argument("--tile-size", type=int, default=None, metavar="N",
                         help="encode/decode in overlapping N x N pixel tiles (multiple of 8 for SD/FLUX VAEs; "

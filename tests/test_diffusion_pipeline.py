@@ -15,7 +15,7 @@ GEN = dict(steps=2, max_sequence_length=16)
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
     flux, vae_dir = model_folders(tmp_path_factory.mktemp("models"))
-    vae = RGBAVAE.from_pretrained(vae_dir)
+    vae = RGBAVAE.from_pretrained(vae_dir, dtype="float32")
     pipe = load_flux_pipeline(flux, vae)
     pipe.set_progress_bar_config(disable=True)
     return pipe, vae

@@ -37,7 +37,7 @@ def _config(setup, out, **overrides):
 def _fixed_batch_loss(setup, lora_dir=None):
     """Flow-matching loss of the first two training images at fixed noise and noise levels."""
     _, flux, vae_dir, _, images = setup
-    vae = RGBAVAE.from_pretrained(vae_dir)
+    vae = RGBAVAE.from_pretrained(vae_dir, dtype="float32")
     pipe = load_flux_pipeline(flux, vae)
     if lora_dir is not None:
         pipe.load_lora_weights(lora_dir)

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from alphavae.accel import POLICY_NAMES
 from alphavae.diffusion.captions import DEFAULT_PROMPT, read_prompts
 from alphavae.diffusion.flow import WEIGHTING_SCHEMES
 from alphavae.diffusion.lora import TARGET_PRESETS
@@ -105,8 +106,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default 1)")
     gen.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                      help="transformer/text-encoder dtype (default auto: bfloat16 on CUDA, float32 on CPU)")
-    gen.add_argument("--vae-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                     help="RGBA VAE dtype (default float32)")
+    gen.add_argument("--vae-dtype", default="auto", choices=POLICY_NAMES,
+                     help="RGBA VAE speed/precision policy (default auto: mixed-bf16 where bf16 is fast, else "
+                          "float32; float32 is exact)")
     gen.add_argument("--device", help="torch device (default cuda if available, else cpu)")
     gen.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
                      help="CPU offload for large models: model (whole models in turn) or sequential (layer by "

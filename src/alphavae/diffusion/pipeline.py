@@ -236,7 +236,7 @@ def default_device() -> str:
 
 def generate_from_paths(
     model: str | Path, vae: str | Path, prompts: list[str], output_dir: str | Path, *,
-    lora: str | Path | None = None, lora_scale: float = 1.0, dtype: str = "auto", vae_dtype: str = "float32",
+    lora: str | Path | None = None, lora_scale: float = 1.0, dtype: str = "auto", vae_dtype: str = "auto",
     device: str | None = None, offload: str = "none", **options,
 ) -> GenerationReport:
     """Load the RGBA VAE and the FLUX pipeline from paths, then run :func:`generate_folder`.
@@ -244,8 +244,8 @@ def generate_from_paths(
     Args:
         model, lora, lora_scale, offload: see :func:`load_flux_pipeline`; vae: RGBA VAE folder.
         dtype: transformer/text-encoder dtype, "float32", "bfloat16", "float16" or "auto"
-            (bfloat16 on CUDA, float32 on CPU); vae_dtype: RGBA VAE dtype (it falls back to float32
-            by itself when a 16-bit decode is not finite).
+            (bfloat16 on CUDA, float32 on CPU); vae_dtype: RGBA VAE speed/precision policy of
+            :meth:`alphavae.vae.RGBAVAE.from_pretrained` ("auto", "float32", "mixed-bf16", ...).
         device: "cuda", "cpu", ...; None = :func:`default_device`.
         options: keyword arguments of :func:`generate_folder` (n, seed, height, width, steps, ...).
 

@@ -67,7 +67,8 @@ class LoraTrainConfig:
     ``logit_mean``, ``logit_std``, ``mode_scale`` (see :class:`~alphavae.diffusion.flow.TimestepSampling`),
     ``max_sequence_length`` (T5 tokens).
 
-    Runtime: ``mixed_precision`` "no"/"bf16"/"fp16" (frozen weights in that dtype, LoRA in float32),
+    Runtime: ``mixed_precision`` "no"/"bf16"/"fp16" (frozen transformer and text encoders in that
+    dtype, LoRA in float32; the RGBA VAE runs "mixed-bf16" under bf16, else float32),
     ``gradient_checkpointing``, ``seed``, ``checkpoint_every`` (steps, 0 = only at the end),
     ``keep_checkpoints`` (newest kept), ``resume`` (None, "latest" or a checkpoint folder),
     ``validation_prompts`` rendered over a checkerboard every ``validation_every`` steps (0 = only
@@ -208,7 +209,7 @@ class _Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
         dtype = _DTYPES[cfg.mixed_precision]
-        self.vae = RGBAVAE.from_pretrained(cfg.vae, dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
+        self.vae = RGBAVAE.from_pretrained(cfg.vae, dtype="mixed-bf16" if dtype == torch.bfloat16 else "float32",
                                            device=self.acc.device)
         self.vae.model.requires_grad_(False)
         self.pipe = load_flux_pipeline(cfg.model, self.vae, dtype=dtype, device=self.acc.device)

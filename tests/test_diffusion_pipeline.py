@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alphavae.diffusion.pipeline import (center_crop, contact_sheet, generate_folder, generate_rgba,
+from alphavae.diffusion.pipeline import (center_crop, contact_sheet, generate_folder, generate_images, generate_rgba,
                                          load_flux_pipeline, round_size)
 from alphavae.vae import RGBAVAE
 from flux_tiny import model_folders
@@ -36,6 +36,8 @@ def test_deterministic_per_seed(loaded):
     second = generate_rgba(pipe, vae, ["a cat"], [7], height=32, width=32, **GEN)
     other = generate_rgba(pipe, vae, ["a cat"], [8], height=32, width=32, **GEN)
     assert torch.equal(first, second) and not torch.equal(first, other)
+    (image,) = generate_images(pipe, vae, ["a cat"], [7], height=32, width=32, **GEN)
+    assert image.mode == "RGBA" and image.size == (32, 32)
 
 
 def test_off_multiple_size_is_centre_crop_of_rounded_generation(loaded):

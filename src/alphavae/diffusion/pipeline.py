@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from diffusers import FluxPipeline
+from PIL import Image
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
@@ -142,6 +143,15 @@ def generate_rgba(
     pixels = vae.decode(vae.from_diffusion_latents(latents.to(vae.device, torch.float32)))
     return center_crop(pixels, height, width)
 
+
+
+def generate_images(pipe: FluxPipeline, vae: RGBAVAE, prompts: list[str], seeds: list[int],
+                    **options) -> list[Image.Image]:
+    """:func:`generate_rgba`, returned as 8-bit Pillow ``RGBA`` images (straight alpha, :func:`alphavae.io.to_pil`).
+
+    ``options`` are the keyword arguments of :func:`generate_rgba` (height, width, steps, guidance, ...).
+    """
+    return [io.to_pil(image) for image in generate_rgba(pipe, vae, prompts, seeds, **options).cpu()]
 
 def contact_sheet(pixels: torch.Tensor, columns: int = 4) -> torch.Tensor:
     """Tile images composited over a checkerboard into one opaque sheet.

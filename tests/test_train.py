@@ -175,3 +175,15 @@ def test_rgba_source_uses_separate_reference_for_ref_kl(assets, tmp_path, tiny_r
     assert "ref_kl" in train_vae(config, tmp_path / "ref").history[-1]
     with pytest.raises(ValueError, match="4-channel VAE cannot be trained with model.in_channels=3"):
         train_vae(load_config("vae_no_gan", overrides + ["model.in_channels=3"]), tmp_path / "rgb")
+
+
+def test_unreadable_image_is_left_out_and_reported(assets, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(assets / "data", data)
+    (data / "aaa_broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    args = ["train-vae", "--config", "vae_no_gan", "-o", str(tmp_path / "run")]
+    overrides = _overrides(assets, **{"data.source": str(data), "optim.max_steps": 1, "loss.lpips_weight": 0})
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 1
+    err = capsys.readouterr().err
+    assert "1 unreadable image(s) left out" in err and "aaa_broken.png" in err
+    assert (tmp_path / "run" / "final" / "config.json").is_file()

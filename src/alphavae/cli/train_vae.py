@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Resolve the config, run ``train_vae``; 1 on a configuration or data error, 2 on divergence."""
+    """Resolve the config, run ``train_vae``; 1 on a configuration/data error or unreadable images left out, 2 on divergence."""
     import yaml
 
     from alphavae.train import NonFiniteLossError, load_config, train_vae
@@ -66,4 +66,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"alphavae train-vae: error: {err}", file=sys.stderr)
         return 1
     print(f"trained {result.step} steps ({result.skipped_steps} skipped as non-finite); model in {result.final_dir}")
+    if result.failed_images:
+        print(f"alphavae train-vae: {len(result.failed_images)} unreadable image(s) left out:", file=sys.stderr)
+        for failure in result.failed_images:
+            print(f"  {failure}", file=sys.stderr)
+        return 1
     return 0

@@ -49,6 +49,7 @@ class DataConfig:
         batch_size: images per process per micro-step (global batch = batch_size x processes x accumulation).
         num_workers: DataLoader worker processes.
         val_count: held-out images validated (manifest: first of split ``val``; folder: the last files).
+        check_images: decode every image once before training and leave out unreadable ones (reported).
     """
 
     source: str | None = None
@@ -59,6 +60,7 @@ class DataConfig:
     batch_size: int = 1
     num_workers: int = 2
     val_count: int = 4
+    check_images: bool = True
 
 
 @dataclasses.dataclass

@@ -51,12 +51,15 @@ class NonFiniteLossError(RuntimeError):
 @dataclasses.dataclass
 class TrainResult:
     """What ``train_vae`` did: ``history`` holds one dict of mean logged values per optimiser step run here
-    (keys as ``Objective`` logs plus ``step`` and ``lr``); ``final_dir`` is None when stopped early."""
+    (keys as ``Objective`` logs plus ``step`` and ``lr``); ``final_dir`` is None when stopped early;
+    ``skipped_steps`` counts steps dropped for a non-finite loss; ``failed_images`` lists unreadable files
+    ("path: reason") that were left out."""
 
     step: int
     history: list[dict]
     final_dir: Path | None
     skipped_steps: int
+    failed_images: list[str]
 
 
 def load_models(model: ModelConfig, *, seed: int = 0) -> tuple[AutoencoderKL, AutoencoderKL | None]:
@@ -98,35 +101,46 @@ def load_models(model: ModelConfig, *, seed: int = 0) -> tuple[AutoencoderKL, Au
     return vae.train(), reference
 
 
-def split_files(data: DataConfig) -> tuple[str | list, str | list | None, str | None]:
-    """Training and validation sources: ``(train source, validation source or None, split name or None)``.
+def split_files(data: DataConfig) -> tuple[list[Path], list[Path]]:
+    """Training and held-out validation image files.
 
-    A manifest uses its ``train`` / ``val`` splits; a folder holds out its last ``val_count`` files.
+    A manifest uses its ``train`` split and the first ``val_count`` files of its ``val`` split (none if that
+    split is empty); a folder holds out its last ``val_count`` files.
 
     Raises:
-        ValueError: no ``data.source``, or a folder with no more images than ``val_count``.
+        ValueError: no ``data.source``, no training images, or a folder with no more images than ``val_count``.
     """
     if data.source is None:
         raise ValueError("data.source is not set (pass --data DIR|MANIFEST)")
     if Path(data.source).suffix == ".jsonl":
-        return data.source, data.source if data.val_count > 0 else None, "train"
-    files = [str(path) for path, _ in io.list_images(data.source)]
+        train = RGBADataset(data.source, split="train").files
+        try:
+            return train, RGBADataset(data.source, split="val").files[: data.val_count]
+        except ValueError:
+            return train, []
+    files = [path for path, _ in io.list_images(data.source)]
     if len(files) <= data.val_count:
         raise ValueError(f"{data.source}: {len(files)} images, not more than data.val_count={data.val_count}")
     cut = len(files) - data.val_count
-    return files[:cut], files[cut:] or None, None
+    return files[:cut], files[cut:]
 
 
-def _validation_pixels(config: TrainConfig, source, opaque: bool) -> torch.Tensor | None:
-    """Held-out centre crops ``(N, C, size, size)`` in [-1, 1], or None when there are none."""
-    split = "val" if isinstance(source, str) else None
-    try:
-        dataset = RGBADataset(source, split=split, size=config.data.size, crop="center", opaque=opaque,
-                              seed=config.seed)
-    except ValueError as err:
-        logger.warning("no validation images: %s", err)
-        return None
-    return torch.stack([dataset[i] for i in range(min(len(dataset), config.data.val_count))])
+def readable_files(files: list[Path], *, show_progress: bool = True) -> tuple[list[Path], list[str]]:
+    """Decode every file once (``alphavae.io.load_rgba``); return the readable ones and an error per other one.
+
+    Unreadable files are logged and left out, so a bad file cannot stop a run mid-way; every process gets
+    the same list, which keeps the data order identical across processes and resumes.
+    """
+    readable, failed = [], []
+    for path in tqdm(files, desc="check images", unit="img", disable=not show_progress):
+        try:
+            io.load_rgba(path)
+        except io.ImageLoadError as err:
+            logger.error("skipping unreadable image: %s", err)
+            failed.append(str(err))
+            continue
+        readable.append(path)
+    return readable, failed
 
 
 def step_randomness(seed: int, micro_step: int, global_batch: int, rank: int, share: int,
@@ -269,14 +283,22 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         save_config(config, run_dir / "config.yaml")
     accelerator.init_trackers("tensorboard")
 
-    train_source, val_source, split = split_files(config.data)
-    dataset = RGBADataset(train_source, split=split, size=size, crop=config.data.crop, blend_prob=config.data.blend_prob,
+    train_files, val_files = split_files(config.data)
+    failed: list[str] = []
+    if config.data.check_images:
+        train_files, failed = readable_files(train_files, show_progress=accelerator.is_main_process)
+        val_files, val_failed = readable_files(val_files, show_progress=False)
+        failed += val_failed
+    dataset = RGBADataset(train_files, size=size, crop=config.data.crop, blend_prob=config.data.blend_prob,
                           opaque=rgb, opaque_background=config.data.opaque_background, seed=config.seed)
     world, rank, share = accelerator.num_processes, accelerator.process_index, config.data.batch_size
     sampler = StepBatchSampler(len(dataset), share * world, config.optim.max_steps * accum, seed=config.seed,
                                start_step=start_step * accum, rank=rank, world_size=world)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.data.num_workers)
-    val_pixels = _validation_pixels(config, val_source, rgb) if val_source and accelerator.is_main_process else None
+    val_pixels = None
+    if val_files and accelerator.is_main_process:
+        val_set = RGBADataset(val_files, size=size, crop="center", opaque=rgb, seed=config.seed)
+        val_pixels = torch.stack([val_set[i] for i in range(len(val_set))])
 
     history, pending, skipped, bad_step = [], [], 0, False
     last_layer = vae.decoder.conv_out.weight
@@ -348,11 +370,11 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         if stop_after is not None and completed >= stop_after:
             progress.close()
             accelerator.end_training()
-            return TrainResult(completed, history, None, skipped)
+            return TrainResult(completed, history, None, skipped, failed)
         step = completed
     progress.close()
     accelerator.wait_for_everyone()
     final = _export(vae, ema, config, run_dir) if accelerator.is_main_process else run_dir / "final"
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(step, history, final, skipped)
+    return TrainResult(step, history, final, skipped, failed)

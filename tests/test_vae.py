@@ -166,3 +166,16 @@ def test_tiling_runs_on_full_model(flux_vae):
     finally:
         flux_vae.disable_tiling()
     assert out.shape == (1, 4, 70, 45) and torch.isfinite(out).all()
+
+
+def test_hidden_colour_does_not_change_latents():
+    """Two images that differ only under alpha = 0 encode to identical posteriors (pitfall 5)."""
+    vae = RGBAVAE(tiny_rgba_vae("flux", seed=0, random_alpha=True))
+    torch.manual_seed(0)
+    pixels = torch.rand(1, 4, 24, 40) * 2 - 1
+    pixels[:, 3, :, :20] = -1.0
+    other = pixels.clone()
+    other[:, :3, :, :20] = torch.rand(1, 3, 24, 20) * 2 - 1
+    a, b = vae.encode(pixels), vae.encode(other)
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.logvar, b.logvar)
+    assert torch.equal(vae.reconstruct(pixels), vae.reconstruct(other))

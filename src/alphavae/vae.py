@@ -25,7 +25,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from alphavae.accel import apply_policy, compute_dtype, float32_computation, resolve_policy
 from alphavae.convert import load_autoencoder, require_channels
-from alphavae.io import check_pixels, pad_to_multiple
+from alphavae.io import check_pixels, clear_hidden_colour, pad_to_multiple
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "alphavae-mini"
 """Folder of the shipped default RGBA VAE (diffusers format), used when no path is given."""
@@ -243,7 +243,8 @@ class RGBAVAE:
                 and right to multiples of ``multiple`` by replicating the border pixels
                 (``alphavae.io.pad_to_multiple``); the
                 posterior covers the padded image, i.e. latents of size ceil(H / multiple) x
-                ceil(W / multiple).
+                ceil(W / multiple). Colour under alpha = 0 is set to -1 first
+                (``alphavae.io.clear_hidden_colour``), so images that look identical encode identically.
         Returns:
             diffusers ``DiagonalGaussianDistribution`` in float32 (``.mode()``, ``.sample()``,
             ``.mean``, ``.std``, ``.kl()``), raw VAE latent space (not scaled/shifted).
@@ -255,7 +256,7 @@ class RGBAVAE:
         if pixels.ndim != 4:
             raise ValueError(f"pixels must be batched (B, 4, H, W), got {tuple(pixels.shape)}")
         _check_range(pixels)
-        padded, _ = pad_to_multiple(pixels, self.multiple, mode="replicate")
+        padded, _ = pad_to_multiple(clear_hidden_colour(pixels), self.multiple, mode="replicate")
         return DiagonalGaussianDistribution(self._run(self._moments, padded, 1 / self.multiple))
 
     def decode(self, latents: torch.Tensor, *, size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -14,6 +14,7 @@ from alphavae.io.alpha import (
     alpha_unit,
     check_pixels,
     checkerboard,
+    clear_hidden_colour,
     composite,
     from_unit,
     mask_to_alpha,
@@ -45,7 +46,7 @@ from alphavae.io.resample import (
 __all__ = [
     "BACKGROUNDS", "CHECKER_DARK", "CHECKER_LIGHT", "DEFAULT_MAX_PIXELS", "PAD_MODES", "RESIZE_MODES",
     "ImageLoadError", "alpha_to_mask", "alpha_unit", "atomic_write", "check_output_outside_inputs",
-    "check_pixels", "checkerboard", "composite", "crop_to", "from_pil", "from_unit", "image_extensions",
+    "check_pixels", "checkerboard", "clear_hidden_colour", "composite", "crop_to", "from_pil", "from_unit", "image_extensions",
     "list_images", "load_rgba", "mask_to_alpha", "pad_to_multiple", "premultiply", "resize_rgba",
     "resize_short_side", "save_rgba", "to_pil", "to_unit", "unpremultiply",
 ]

@@ -168,6 +168,27 @@ def composite(pixels: torch.Tensor, background: str | Sequence[float] | torch.Te
     return pixels[..., :3, :, :] * alpha + back * (1 - alpha)
 
 
+def clear_hidden_colour(pixels: torch.Tensor) -> torch.Tensor:
+    """Set the colour of fully transparent pixels to -1 (black); everything else is unchanged.
+
+    Two files that differ only under alpha = 0 look identical, so every model input must be made
+    identical too (rgba-pitfalls.md #5): the VAE encoder would otherwise see the hidden colour.
+
+    Args:
+        pixels: ``(..., 4, H, W)`` straight RGBA in [-1, 1].
+
+    Returns:
+        Same shape, dtype and device; colour -1 wherever alpha == -1 (alpha 0 in [0, 1] space).
+
+    Raises:
+        TypeError, ValueError: bad ``pixels`` (see :func:`check_pixels`).
+    """
+    check_pixels(pixels)
+    colour, alpha = pixels[..., :3, :, :], pixels[..., 3:4, :, :]
+    colour = torch.where(alpha > -1, colour, torch.full_like(colour, -1.0))
+    return torch.cat([colour, alpha], dim=-3)
+
+
 def premultiply(pixels: torch.Tensor) -> torch.Tensor:
     """Premultiply colour by alpha (in [0, 1] space), keeping the [-1, 1] convention.
 

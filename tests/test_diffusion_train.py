@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from alphavae.diffusion.flow import flow_matching_loss
 from alphavae.diffusion.pipeline import load_flux_pipeline
-from alphavae.diffusion.train import LORA_FILE, LoraTrainConfig, clear_hidden_colour, train_lora
+from alphavae.diffusion.train import LORA_FILE, LoraTrainConfig, train_lora
 from alphavae.io import load_rgba, to_pil
 from alphavae.vae import RGBAVAE
 from flux_tiny import model_folders, sticker, write_stickers
@@ -123,9 +123,3 @@ def test_hidden_colour_under_zero_alpha_does_not_change_training(setup, tmp_path
         config = _config(setup, f"hidden{k}", data=str(folder), batch_size=1, max_steps=1, cache_latents=True)
         losses.append(train_lora(config).losses)
     assert losses[0] == losses[1]
-
-
-def test_clear_hidden_colour():
-    pixels = torch.tensor([[0.5, 0.2], [0.1, -0.3], [0.9, 1.0], [-1.0, -0.99]]).view(1, 4, 1, 2)
-    cleared = clear_hidden_colour(pixels)
-    assert cleared[0, :, 0, 0].tolist() == [-1, -1, -1, -1] and torch.equal(cleared[..., 1], pixels[..., 1])

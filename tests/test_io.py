@@ -473,3 +473,10 @@ def test_public_api_documents_ranges_and_errors():
             assert "Returns" in doc or "Raises" in doc, f"{name} docstring lacks Returns/Raises"
             if any(word in name for word in ("rgba", "pil", "composite", "premultiply", "resize", "pad", "alpha")):
                 assert "[-1, 1]" in doc or "[0, 1]" in doc, f"{name} docstring states no value range"
+
+
+def test_clear_hidden_colour_only_touches_fully_transparent_pixels():
+    pixels = torch.tensor([[0.5, 0.2], [0.1, -0.3], [0.9, 1.0], [-1.0, -0.99]]).view(1, 4, 1, 2)
+    cleared = aio.clear_hidden_colour(pixels)
+    assert cleared[0, :, 0, 0].tolist() == [-1, -1, -1, -1]
+    assert torch.equal(cleared[..., 1], pixels[..., 1])

@@ -161,17 +161,6 @@ class LoraTrainResult:
     failed_images: list[str]
 
 
-def clear_hidden_colour(pixels: torch.Tensor) -> torch.Tensor:
-    """Set the colour of fully transparent pixels to -1 (black); everything else is returned unchanged.
-
-    ``pixels``: ``(B, 4, H, W)`` straight RGBA in [-1, 1]. Two images that differ only under alpha = 0
-    look identical, so they must give identical latents and losses (rgba-pitfalls.md #5); the VAE
-    encoder would otherwise see the hidden colour.
-    """
-    colour, alpha = pixels[:, :3], pixels[:, 3:]
-    return torch.cat([torch.where(alpha > -1, colour, torch.full_like(colour, -1.0)), alpha], dim=1)
-
-
 def _scan_images(dataset: RGBADataset) -> tuple[list[Path], list[str]]:
     """Load every image once; return the readable files and 'path: reason' for the others."""
     good, failed = [], []
@@ -241,8 +230,8 @@ class _Trainer:
 
     @torch.no_grad()
     def _encode(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and std (float32, on CPU) of ``(4, R, R)`` images (hidden colour cleared), stacked."""
-        posterior = self.vae.encode(clear_hidden_colour(torch.stack(images)).to(self.acc.device))
+        """Posterior mean and std (float32, on CPU) of ``(4, R, R)`` images (hidden colour cleared by RGBAVAE.encode), stacked."""
+        posterior = self.vae.encode(torch.stack(images).to(self.acc.device))
         return posterior.mean.cpu(), posterior.std.cpu()
 
     def latents(self, keys: list[tuple[int, int]], generator: torch.Generator) -> torch.Tensor:

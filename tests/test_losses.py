@@ -164,7 +164,7 @@ def _after_one_step(config, reference):
 
 def test_ref_kl_at_paper_weight_leaves_fp32_parameters_unchanged():
     reference = tiny_rgb_vae("flux", seed=5)
-    base = dict(lpips_weight=0, gan_weight=0)
+    base = {"lpips_weight": 0, "gan_weight": 0}
     grads, params = _after_one_step(LossConfig(**base, ref_kl_weight=0.0), reference)
     forced_grads, forced_params = _after_one_step(LossConfig(**base, ref_kl_weight=1e-16, force_ref_kl=True), reference)
     # gradients may differ only where the other terms' gradient is ~0 (e.g. attention key biases) ...

@@ -4,7 +4,12 @@ Public API: ``TrainConfig`` / ``load_config`` / ``apply_overrides`` / ``save_con
 ``TrainResult``), ``load_models``, ``NonFiniteLossError``, and the checkpoint helpers.
 """
 
-from alphavae.train.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from alphavae.train.checkpoint import (
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from alphavae.train.config import (
     DataConfig,
     ModelConfig,

@@ -17,7 +17,6 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -34,7 +33,12 @@ from alphavae import io
 from alphavae.convert import convert_to_rgba
 from alphavae.data.datasets import RGBADataset, StepBatchSampler, item_generator
 from alphavae.losses import AutoencoderForward, Objective, PatchDiscriminator
-from alphavae.train.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from alphavae.train.checkpoint import (
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from alphavae.train.config import DataConfig, ModelConfig, TrainConfig, save_config
 
 logger = logging.getLogger(__name__)
@@ -187,6 +191,32 @@ def validate(vae: AutoencoderKL, pixels: torch.Tensor, step: int, run_dir: Path,
     return metrics
 
 
+def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
+    """This process's training loader from ``start_micro_step``, validation pixels (main process) and failures.
+
+    Returns ``(DataLoader of (batch_size, C, size, size) batches, (N, C, size, size) tensor or None, ["path: reason"])``.
+    """
+    data, rgb = config.data, config.model.in_channels == 3
+    train_files, val_files = split_files(data)
+    failed: list[str] = []
+    if data.check_images:
+        train_files, failed = readable_files(train_files, show_progress=accelerator.is_main_process)
+        val_files, val_failed = readable_files(val_files, show_progress=False)
+        failed += val_failed
+    dataset = RGBADataset(train_files, size=data.size, crop=data.crop, blend_prob=data.blend_prob, opaque=rgb,
+                          opaque_background=data.opaque_background, seed=config.seed)
+    sampler = StepBatchSampler(len(dataset), data.batch_size * accelerator.num_processes,
+                               config.optim.max_steps * config.optim.gradient_accumulation, seed=config.seed,
+                               start_step=start_micro_step, rank=accelerator.process_index,
+                               world_size=accelerator.num_processes)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers)
+    val_pixels = None
+    if val_files and accelerator.is_main_process:
+        val_set = RGBADataset(val_files, size=data.size, crop="center", opaque=rgb, seed=config.seed)
+        val_pixels = torch.stack([val_set[i] for i in range(len(val_set))])
+    return loader, val_pixels, failed
+
+
 def _export(vae: AutoencoderKL, ema: EMAModel | None, config: TrainConfig, run_dir: Path) -> Path:
     """Save ``RUN_DIR/final`` (diffusers ``save_pretrained``, safetensors; EMA weights if kept) + config."""
     final = run_dir / "final"
@@ -283,22 +313,8 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         save_config(config, run_dir / "config.yaml")
     accelerator.init_trackers("tensorboard")
 
-    train_files, val_files = split_files(config.data)
-    failed: list[str] = []
-    if config.data.check_images:
-        train_files, failed = readable_files(train_files, show_progress=accelerator.is_main_process)
-        val_files, val_failed = readable_files(val_files, show_progress=False)
-        failed += val_failed
-    dataset = RGBADataset(train_files, size=size, crop=config.data.crop, blend_prob=config.data.blend_prob,
-                          opaque=rgb, opaque_background=config.data.opaque_background, seed=config.seed)
+    loader, val_pixels, failed = _data(config, accelerator, start_step * accum)
     world, rank, share = accelerator.num_processes, accelerator.process_index, config.data.batch_size
-    sampler = StepBatchSampler(len(dataset), share * world, config.optim.max_steps * accum, seed=config.seed,
-                               start_step=start_step * accum, rank=rank, world_size=world)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.data.num_workers)
-    val_pixels = None
-    if val_files and accelerator.is_main_process:
-        val_set = RGBADataset(val_files, size=size, crop="center", opaque=rgb, seed=config.seed)
-        val_pixels = torch.stack([val_set[i] for i in range(len(val_set))])
 
     history, pending, skipped, bad_step = [], [], 0, False
     last_layer = vae.decoder.conv_out.weight

@@ -248,7 +248,9 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     Args:
         config: the resolved ``TrainConfig`` (written to ``RUN_DIR/config.yaml``).
         run_dir: output folder (checkpoints, validation grids, TensorBoard logs, ``history.jsonl``, ``final/``);
-            must lie outside the data folder.
+            must lie outside the data folder. ``history.jsonl`` gets one JSON line per optimiser step (mean
+            logged values over micro-steps and processes); after a resume, repeated steps are appended again
+            and the last line of a step is the one that counts.
         resume: ``"latest"`` (newest checkpoint of ``run_dir``; a fresh start when there is none) or a checkpoint path.
         stop_after: stop (without export) after this optimiser step, as if the run were killed; for tests.
 

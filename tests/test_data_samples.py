@@ -54,4 +54,4 @@ def test_samples_command_writes_images_and_licence(tmp_path):
     wide = Image.open(out / "images/clipart/non-square/sub_dir_img0.png")
     assert wide.size == (40, 20) and wide.mode == "RGBA"
     licence = (out / "LICENSE.md").read_text()
-    assert "`sub dir/img1.png`" in licence and "openclipart@1" in licence and "public domain" in licence
+    assert "`usr/share/openclipart/png/sub dir/img1.png`" in licence and "openclipart@1" in licence and "public domain" in licence

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alphavae import io
+from alphavae.data.sources import SOURCES
 
 DATASETS = {"fluent-emoji-3d": "emoji3d", "fluentui-emoji": "fluent-svg", "openclipart": "clipart"}
 """Folder name of each permissive source under ``images/``."""
@@ -114,10 +115,16 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
     return paths
 
 
+def _archive_path(record: dict) -> str:
+    """Original path of a record inside its package archive (source base folder + original)."""
+    source = SOURCES.get(record["source"])
+    return f"{source.base}/{record['original']}" if source else record["original"]
+
+
 def licence_text(records: list[dict]) -> str:
     """Markdown licence notice: one table row per sample, then the copyright lines and MIT notice."""
     rows = [
-        f"| `{sample_path(r)}` | {r['package']} | {r['licence']} | `{r['original']}` | {r['category']} |"
+        f"| `{sample_path(r)}` | {r['package']} | {r['licence']} | `{_archive_path(r)}` | {r['category']} |"
         for r in records
     ]
     sources = sorted({r["source"] for r in records})
@@ -129,7 +136,7 @@ def licence_text(records: list[dict]) -> str:
             "`alphavae data fetch` (permissive sources only; see `alphavae.data.samples`). Images are",
             "normalised to 8-bit straight-alpha PNG; SVGs were rendered with resvg and padded to a square.",
             "",
-            "| file | package@version | licence | original path in the package | category |",
+            "| file | package@version | licence | original path in the package archive | category |",
             "|---|---|---|---|---|",
             *rows,
             "",

@@ -190,3 +190,22 @@ def test_oversized_and_small_rasters_are_rejected_before_decoding(tmp_path, monk
     assert fetch.load_raster(path, 512, 41) == "short side 40 < 41"
     monkeypatch.setattr(fetch.io, "DEFAULT_MAX_PIXELS", 100)
     assert fetch.load_raster(path, 512, 0) == "more than 100 pixels"
+
+
+def test_interrupted_fetch_resumes_from_its_journal(tmp_path, registry, monkeypatch):
+    out = tmp_path / "out"
+    real_split_of = fetch.split_of
+
+    def interrupt(*args):  # called right after a.png's decision went to the journal
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fetch, "split_of", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_dataset(out, ["toy-raster"], size=32, min_size=32)
+    assert (out / "cache/decisions/toy-raster-size32-min32.partial").exists()
+    stamp = (out / "images/toy-raster/a.png").stat().st_mtime_ns
+    monkeypatch.setattr(fetch, "split_of", real_split_of)
+    records = read_manifest(fetch_dataset(out, ["toy-raster"], size=32, min_size=32)[0])
+    assert [r["original"] for r in records] == ["a.png"]
+    assert (out / "images/toy-raster/a.png").stat().st_mtime_ns == stamp
+    assert not (out / "cache/decisions/toy-raster-size32-min32.partial").exists()

@@ -7,7 +7,9 @@ the images, normalise each to an 8-bit straight-alpha PNG at most ``size`` pixel
 (SVGs rendered with resvg-py, aspect kept, padded to a transparent square), filter, dedupe by pixel
 hash, write ``OUT/images/<source>/...png`` and ``OUT/manifest.jsonl`` with a deterministic split
 (:func:`alphavae.data.manifest.split_of`). Decisions are cached in ``OUT/cache/decisions`` so a re-run
-only processes new or changed items. The unpacked archives are inputs: nothing is written into them.
+only processes new or changed items; while a source is processed its decisions are also appended to
+a journal, so an interrupted run resumes where it stopped. The unpacked archives are inputs: nothing
+is written into them.
 """
 
 from __future__ import annotations
@@ -262,11 +264,19 @@ def _decisions_path(output_dir: Path, source: Source, size: int, min_size: int) 
 
 
 def _load_decisions(path: Path) -> dict[str, dict]:
-    """Cached per-item decisions ``{original: record or {"rejected": reason}}`` (empty if none)."""
-    if not path.exists():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return {d["original"]: d for d in map(json.loads, lines) if d}
+    """Cached per-item decisions ``{original: record or {"rejected": reason}}`` (empty if none).
+
+    Lines that are not complete JSON (the tail of a journal cut by an interrupted run) are ignored.
+    """
+    decisions = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                decision = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            decisions[decision["original"]] = decision
+    return decisions
 
 
 def _still_valid(decision: dict | None, output_dir: Path) -> bool:
@@ -300,12 +310,14 @@ def fetch_source(
     base = root / source.base
     relatives = [str(r) for r in list_candidates(source, root, limit, min_size)]
     decisions_file = _decisions_path(output_dir, source, size, min_size)
-    cached = _load_decisions(decisions_file)
+    journal = decisions_file.with_suffix(".partial")
+    cached = {**_load_decisions(decisions_file), **_load_decisions(journal)}
     todo = [r for r in relatives if not _still_valid(cached.get(r), output_dir)]
     common = {"source": source.name, "package": source.package_version, "licence": source.licence,
               "licence_ok_for_shipping": source.licence_ok_for_shipping, "archive_sha256": source.sha256}
     records, failures, decisions = [], [], []
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max_workers=workers) as pool, open(journal, "a", encoding="utf-8") as log:
         results = pool.map(_process, [_Job(base / r, source.kind, size, min_size) for r in todo], chunksize=8)
         fresh = set(todo)
         for relative in tqdm(relatives, desc=source.name, unit="img"):
@@ -314,9 +326,13 @@ def fetch_source(
             if decision is None:
                 continue
             decisions.append(decision)
+            if relative in fresh:
+                log.write(json.dumps(decision, sort_keys=True) + "\n")
+                log.flush()
             if "rejected" not in decision:
                 records.append({**decision, "split": split_of(decision["pixel_sha256"], splits)})
     write_jsonl(decisions, decisions_file)
+    journal.unlink()
     return records, failures
 
 

@@ -3,7 +3,8 @@
 A case runs ``RGBAVAE`` (FLUX-size random weights, the default "auto" policy) on one real RGBA image
 resized to the side, in one mode: "encode", "decode" (random standard-normal latents) or "reconstruct"
 (encode + decode, output saved so the parent can compare tiled against untiled). The child prints one
-JSON line: wall time and peak RSS (``VmHWM``, whole process: Python, torch, weights and activations).
+JSON line: wall time and peak RSS during the call (``VmHWM`` reset just before it: Python, torch, the
+resident weights and the activations).
 The parent also saves the tiled reconstruction and an amplified |tiled - untiled| map as PNGs, the
 visual seam check (tile borders are where seams would show).
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from alphavae.io import save_rgba
-from benchmarks.common import flux_rgba_vae, peak_rss_mb, real_images
+from benchmarks.common import flux_rgba_vae, peak_rss_mb, real_images, reset_peak_rss
 
 TARGET_4096_DECODE_RSS_MB = 3 * 1024
 TARGET_TILED_ERROR_255 = 2.0
@@ -36,6 +37,7 @@ def _child(mode: str, side: int, tile: int | None, overlap: int | None, out: str
     if tile is not None:
         vae.enable_tiling(tile, overlap)
     image = real_images(1, side).expand(batch, -1, -1, -1)
+    reset_peak_rss()  # the peak of the call itself (resident weights included), not of building the model
     start = time.perf_counter()
     with torch.inference_mode():
         if mode == "encode":

@@ -48,14 +48,19 @@ SETTINGS = {
 
 
 def _eval_throughput(per_category: int, out: Path) -> dict:
-    """Run ``benchmarks/eval_throughput.py`` in a subprocess on the first image folder; return its JSON."""
-    images = next((d for d in IMAGE_DIRS if d.is_dir()), None)
+    """Run ``benchmarks/eval_throughput.py`` in a subprocess; return its JSON.
+
+    Uses the first of ``IMAGE_DIRS`` laid out as the script expects: sub-folders (categories) holding PNGs.
+    """
+    images = next((d for d in IMAGE_DIRS if d.is_dir() and any(d.glob("*/*.png"))), None)
     if images is None:
         raise FileNotFoundError(f"no image folder for the evaluation benchmark among {IMAGE_DIRS}")
     with tempfile.TemporaryDirectory() as work:
         command = [sys.executable, str(Path(__file__).with_name("eval_throughput.py")), "--images", str(images),
                    "--per-category", str(per_category), "--work", work, "--out", str(out)]
-        subprocess.run(command, check=True, capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"eval_throughput.py exited {done.returncode}: {done.stderr.strip()[-600:]}")
     return json.loads(out.read_text())
 
 
@@ -70,7 +75,7 @@ def run_suite(mode: str, names: tuple[str, ...], out_dir: Path) -> tuple[dict, s
     """Run the named benchmarks with ``SETTINGS[mode]``; return (JSON dict, Markdown text, failure count)."""
     settings = SETTINGS[mode]
     stem = f"{datetime.date.today().isoformat()}-{machine_name()}" + ("-quick" if mode == "quick" else "")
-    results: dict = {"mode": mode, "machine": machine_name(), "torch": torch.__version__,
+    results: dict = {"mode": mode, "stem": stem, "machine": machine_name(), "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "date": datetime.datetime.now(datetime.UTC).isoformat()}
     sections, failures = [f"# Benchmarks ({mode}, {results['machine']}, torch {torch.__version__}, "
                           f"{results['threads']} threads, {results['date'][:16]} UTC)"], 0
@@ -107,10 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (minutes) instead of the full suite")
     parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES), help="benchmarks to run (default: all)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help=f"where results go (default: {RESULTS})")
+    parser.add_argument("--sides", type=int, nargs="+", default=None,
+                        help="override the inference sides in pixels (multiples of 8), e.g. on a busy machine")
+    parser.add_argument("--repeats", type=int, default=None, help="override the inference timed repeats (>= 1)")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
+    overrides = {"sides": tuple(args.sides) if args.sides else None, "repeats": args.repeats}
+    SETTINGS[mode]["inference"].update({k: v for k, v in overrides.items() if v is not None})
     results, markdown, failures = run_suite(mode, tuple(args.only), args.out_dir)
-    stem = f"{datetime.date.today().isoformat()}-{results['machine']}" + ("-quick" if args.quick else "")
+    stem = results["stem"]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out_dir / f"{stem}.md").write_text(markdown)

@@ -55,7 +55,7 @@ def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], points: li
     for decade in range(y_low, y_high + 1):
         _, py = place(xs[0], decade)
         draw.line((left, py, right, py), fill=(220, 220, 220))
-        draw.text((left - 44, py - 6), f"{10 ** decade:g} {unit}", fill="black")
+        draw.text((left - 66, py - 6), f"{10 ** decade:g} {unit}", fill="black")
     for x, (side, _) in zip(xs, points):
         px, _ = place(x, y_low)
         draw.text((px - 12, bottom + 4), str(int(side)), fill="black")
@@ -70,8 +70,8 @@ def plot(result: dict, path: Path) -> Path:
     cases = [c for c in result["by_side"] if "error" not in c]
     image = Image.new("RGB", (900, 400), "white")
     draw = ImageDraw.Draw(image)
-    _panel(draw, (70, 40, 440, 350), [(c["side"], c["seconds"]) for c in cases], "decode time (s) vs side (px)", "s")
-    _panel(draw, (520, 40, 880, 350), [(c["side"], c["peak_rss_mb"]) for c in cases],
+    _panel(draw, (90, 40, 460, 350), [(c["side"], c["seconds"]) for c in cases], "decode time (s) vs side (px)", "s")
+    _panel(draw, (560, 40, 890, 350), [(c["side"], c["peak_rss_mb"]) for c in cases],
            "peak RSS (MiB) vs side (px); tiled from the first tiled side", "MiB")
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

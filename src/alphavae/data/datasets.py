@@ -126,7 +126,8 @@ class RGBADataset(Dataset):
             (one of the 27 blend colours) or ``"image"`` (another item of the same epoch, itself
             flattened over a uniform colour, then used as the background).
         seed: base seed (>= 0) of :func:`item_generator`.
-        max_pixels: passed to :func:`alphavae.io.load_rgba` (decompression-bomb guard).
+        max_pixels: pixel limit passed to :func:`alphavae.io.load_rgba` (decompression-bomb guard;
+            None: no limit).
 
     Items: ``dataset[i]`` uses the epoch set by :meth:`set_epoch` (default 0); ``dataset[(e, i)]``
     names the epoch explicitly (what :class:`StepBatchSampler` yields). Each item is a float32 tensor
@@ -147,7 +148,7 @@ class RGBADataset(Dataset):
         opaque: bool = False,
         opaque_background: str = "solid",
         seed: int = 0,
-        max_pixels: int | None = None,
+        max_pixels: int | None = io.DEFAULT_MAX_PIXELS,
     ) -> None:
         if size <= 0:
             raise ValueError(f"size must be > 0, got {size}")

@@ -187,3 +187,13 @@ def test_unreadable_image_is_left_out_and_reported(assets, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 unreadable image(s) left out" in err and "aaa_broken.png" in err
     assert (tmp_path / "run" / "final" / "config.json").is_file()
+
+
+def test_gradient_accumulation_matches_larger_batch(assets, tmp_path):
+    big = train_vae(load_config("vae_no_gan", _overrides(assets)), tmp_path / "big")
+    accumulated = train_vae(load_config("vae_no_gan", _overrides(assets, **{
+        "data.batch_size": 1, "optim.gradient_accumulation": 2})), tmp_path / "accumulated")
+    for a, b in zip(big.history, accumulated.history, strict=True):
+        assert all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7) for k in a)
+    big_weights, acc_weights = _weights(big.final_dir), _weights(accumulated.final_dir)
+    assert all(torch.allclose(big_weights[k], acc_weights[k], rtol=1e-5, atol=1e-7) for k in big_weights)

@@ -3,11 +3,12 @@
 Several CPU processes: ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node N $(which alphavae) train-vae ...``
 (``accelerate launch --cpu`` starts a single process unless run under MPI).
 
-Determinism: every random draw of a step comes from generators seeded by ``(seed, micro-step)``: the batch
+Determinism: every random draw comes from generators seeded by ``(seed, step)``: the batch
 (``alphavae.data.datasets.StepBatchSampler`` + ``RGBADataset``), the posterior noise and the solid
-backgrounds of the alpha-aware discriminator are drawn for the whole global micro-batch and each process
-takes its share. So a resumed run repeats an uninterrupted one exactly, and N processes with batch b
-compute what one process computes with batch N*b.
+backgrounds of the alpha-aware discriminator are drawn for all images of an optimiser step and each
+process / micro-step takes its rows. So a resumed run repeats an uninterrupted one exactly, and N processes
+(or N accumulation micro-steps) with batch b compute what one process computes with batch N*b (within an
+epoch; the BatchNorm of the PatchGAN and its local adaptive weight are the exceptions once the GAN is on).
 """
 
 from __future__ import annotations
@@ -147,17 +148,17 @@ def readable_files(files: list[Path], *, show_progress: bool = True) -> tuple[li
     return readable, failed
 
 
-def step_randomness(seed: int, micro_step: int, global_batch: int, rank: int, share: int,
+def step_randomness(seed: int, step: int, total_rows: int, rows: slice,
                     latent_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior noise ``(share, *latent_shape)`` and GAN backgrounds ``(share, 3)`` in [-1, 1] of one process.
+    """Posterior noise ``(rows, *latent_shape)`` and GAN backgrounds ``(rows, 3)`` in [-1, 1] for one micro-batch.
 
-    Drawn for the whole global micro-batch from ``item_generator(seed, micro_step, _NOISE_STREAM)``; this
-    process takes rows ``[rank * share, (rank + 1) * share)``.
+    Drawn for all ``total_rows`` images of optimiser step ``step`` (every micro-step of every process) from
+    ``item_generator(seed, step, _NOISE_STREAM)``; the caller takes its ``rows``. Row ``r`` belongs to the
+    same image whatever the split into processes and accumulation micro-steps.
     """
-    generator = item_generator(seed, micro_step, _NOISE_STREAM)
-    noise = torch.randn(global_batch, *latent_shape, generator=generator)
-    backgrounds = torch.rand(global_batch, 3, generator=generator) * 2 - 1
-    rows = slice(rank * share, (rank + 1) * share)
+    generator = item_generator(seed, step, _NOISE_STREAM)
+    noise = torch.randn(total_rows, *latent_shape, generator=generator)
+    backgrounds = torch.rand(total_rows, 3, generator=generator) * 2 - 1
     return noise[rows], backgrounds[rows]
 
 
@@ -326,7 +327,9 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     for micro_step, batch in enumerate(loader, start=start_step * accum):
         step, sync = micro_step // accum, (micro_step + 1) % accum == 0
         pixels = batch.to(accelerator.device)
-        noise, backgrounds = step_randomness(config.seed, micro_step, share * world, rank, share, latent_shape)
+        first_row = (micro_step % accum * world + rank) * share
+        noise, backgrounds = step_randomness(config.seed, step, accum * world * share,
+                                             slice(first_row, first_row + share), latent_shape)
         noise, backgrounds = noise.to(accelerator.device), backgrounds.to(accelerator.device)
         gan = objective.gan_active(step)
         with contextlib.ExitStack() as stack:

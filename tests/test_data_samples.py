@@ -11,11 +11,11 @@ from alphavae.cli import main
 from alphavae.data.samples import category_of, select_samples
 
 
-def _record(name, source="openclipart", width=64, height=64, soft=0.01, transparent=0.5, ok=True):
+def _record(name, source="openclipart", width=64, height=64, soft=0.01, transparent=0.5, ok=True, split="test"):
     return {"file": f"images/{source}/{name}.png", "original": f"sub dir/{name}.png", "source": source,
             "package": f"{source}@1", "licence": "MIT", "licence_ok_for_shipping": ok, "width": width,
             "height": height, "frac_soft": soft, "frac_transparent": transparent,
-            "pixel_sha256": hashlib.sha256(name.encode()).hexdigest(), "split": "train"}
+            "pixel_sha256": hashlib.sha256(name.encode()).hexdigest(), "split": split}
 
 
 def test_categories_from_alpha_statistics():
@@ -36,6 +36,13 @@ def test_selection_is_per_group_shippable_and_order_independent():
     assert set(counts.values()) == {2}
     with pytest.raises(ValueError, match="licence_ok_for_shipping"):
         select_samples([_record("x", ok=False)])
+
+
+def test_selection_takes_only_the_held_out_split():
+    records = [_record(f"t{i}", split="train") for i in range(5)] + [_record("held", split="test")]
+    assert [r["file"] for r in select_samples(records)] == ["images/openclipart/held.png"]
+    with pytest.raises(ValueError, match="split 'test'"):
+        select_samples(records[:5])
 
 
 def test_samples_command_writes_images_and_licence(tmp_path):

@@ -32,7 +32,7 @@ def _samples(args: argparse.Namespace) -> int:
     from alphavae.data.samples import select_samples, write_samples
 
     try:
-        records = select_samples(read_manifest(args.manifest), per_group=args.per_group)
+        records = select_samples(read_manifest(args.manifest), per_group=args.per_group, split=args.split)
         write_samples(records, args.manifest, args.output, long_side=args.long_side, overwrite=args.overwrite)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -80,6 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     samples.add_argument("-o", "--output", required=True, help="output folder, e.g. examples (images go to OUTPUT/images)")
     samples.add_argument("--per-group", type=int, default=3,
                          help="images per source and alpha category (default 3)")
+    samples.add_argument("--split", default="test",
+                         help="manifest split to choose from (default test: held out from training)")
     samples.add_argument("--long-side", type=int, default=512,
                          help="shrink samples to at most this many pixels on the long side (default 512)")
     samples.add_argument("--overwrite", action="store_true", help="replace sample images that already exist")

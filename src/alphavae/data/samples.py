@@ -1,6 +1,7 @@
 """Reproducible choice of the bundled example images from a fetched manifest.
 
-Only records with ``licence_ok_for_shipping`` are eligible. Each image gets one alpha category from
+Only records of the held-out ``test`` split with ``licence_ok_for_shipping`` are eligible, so the
+README's demo evaluates the shipped model on images it never trained on. Each image gets one alpha category from
 its manifest statistics (:func:`category_of`); per (source, category) the images with the smallest
 pixel hashes are taken, so the choice is reproducible and not cherry-picked. Written as
 ``OUT/images/<dataset>/<category>/<name>.png`` with ``OUT/LICENSE.md`` naming each file's package,
@@ -60,18 +61,18 @@ def category_of(record: dict) -> str:
     return "shadows-glows" if soft_share >= 0.08 else "soft-edges"
 
 
-def select_samples(records: list[dict], per_group: int = 3) -> list[dict]:
-    """Choose up to ``per_group`` shippable records per (source, :func:`category_of`).
+def select_samples(records: list[dict], per_group: int = 3, *, split: str = "test") -> list[dict]:
+    """Choose up to ``per_group`` shippable records of ``split`` per (source, :func:`category_of`).
 
     Returns the chosen records (sorted by source, category, pixel hash), each with an added
-    ``category`` key. Raises ValueError if no record may be shipped.
+    ``category`` key. Raises ValueError if no record of ``split`` may be shipped.
     """
     groups: dict[tuple[str, str], list[dict]] = {}
     for record in records:
-        if record.get("licence_ok_for_shipping") and record["source"] in DATASETS:
+        if record.get("licence_ok_for_shipping") and record["source"] in DATASETS and record.get("split") == split:
             groups.setdefault((record["source"], category_of(record)), []).append(record)
     if not groups:
-        raise ValueError("no record with licence_ok_for_shipping from a known permissive source")
+        raise ValueError(f"no record of split {split!r} with licence_ok_for_shipping from a known permissive source")
     chosen = []
     for (_, category), members in sorted(groups.items()):
         members.sort(key=lambda r: r["pixel_sha256"])

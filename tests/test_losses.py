@@ -219,3 +219,16 @@ def test_loss_config_rejects_unknown_choices():
         LossConfig(reconstruction="l1")
     with pytest.raises(ValueError, match="disc_input"):
         LossConfig(disc_input="alpha")
+
+
+def test_objective_gives_identical_losses_for_identical_looking_inputs():
+    vae, pixels, noise = _objective_inputs()
+    hidden = pixels.clone()
+    hidden[:, :3] = torch.where(hidden[:, 3:4] == -1, torch.rand_like(hidden[:, :3]), hidden[:, :3])
+    config = LossConfig(reconstruction="mse", lpips_weight=0, ref_kl_weight=0, gan_start=0)
+    objective = Objective(config, lpips_metric=None, discriminator=losses.PatchDiscriminator(4, 8).eval())
+    results = [objective.generator_loss(AutoencoderForward(vae), p, noise, step=0, last_layer=vae.decoder.conv_out.weight)
+               for p in (pixels, hidden)]
+    assert results[0][1] == results[1][1]
+    assert objective.discriminator_loss(objective.discriminator, pixels, results[0][2])[1] == \
+        objective.discriminator_loss(objective.discriminator, hidden, results[1][2])[1]

@@ -358,6 +358,11 @@ class Objective(nn.Module):
         """Whether the GAN term and discriminator updates are on at optimiser step ``step`` (0-based)."""
         return self.discriminator is not None and step >= self.config.gan_start
 
+    def _visible(self, pixels: torch.Tensor) -> torch.Tensor:
+        """RGBA with the colour under alpha = 0 set to -1 (``io.clear_hidden_colour``), as ``RGBAVAE`` encodes it:
+        inputs that look the same give the same losses (rgba-pitfalls #5). RGB pixels are returned as they are."""
+        return io.clear_hidden_colour(pixels) if self.in_channels == 4 else pixels
+
     def _reconstruction(self, target: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
         if self.in_channels == 4 and self.config.reconstruction == "abmse":
             return abmse(target, prediction, self.config.background_mean, self.config.background_square)
@@ -383,6 +388,8 @@ class Objective(nn.Module):
                        last_layer: torch.Tensor | None = None, backgrounds: torch.Tensor | None = None):
         """Run the autoencoder on a batch and return its weighted loss.
 
+        RGBA inputs and targets have their hidden colour cleared first (see ``_visible``).
+
         Args:
             model: an ``AutoencoderForward`` (possibly wrapped by DDP / accelerate).
             pixels: ``(B, in_channels, H, W)`` in [-1, 1].
@@ -396,6 +403,7 @@ class Objective(nn.Module):
         """
         cfg = self.config
         logs: dict[str, float] = {}
+        pixels = self._visible(pixels)
         if self.use_ref_kl:
             reconstruction, moments, ref_kl = self._ref_kl(model, pixels, noise)
         else:
@@ -438,7 +446,7 @@ class Objective(nn.Module):
         Returns:
             ``(loss scalar, {"disc": float, "logits_real": float, "logits_fake": float})``.
         """
-        real = discriminator(self._disc_view(pixels, backgrounds)).float()
+        real = discriminator(self._disc_view(self._visible(pixels), backgrounds)).float()
         fake = discriminator(self._disc_view(reconstruction.detach(), backgrounds)).float()
         loss = hinge_discriminator_loss(real, fake)
         return loss, {"disc": loss.item(), "logits_real": real.mean().item(), "logits_fake": fake.mean().item()}

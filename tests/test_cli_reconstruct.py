@@ -97,3 +97,31 @@ def test_missing_default_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
     _rgba_png(tmp_path / "in" / "a.png", 8, 8)
     assert _run(tmp_path / "in", "-o", tmp_path / "out") == 1
     assert "pass a VAE path" in capsys.readouterr().err
+
+
+def test_never_overwrites_an_input_file(tmp_path, tiny_rgba_dir, capsys):
+    """A file input whose output path is the input itself fails (even with --overwrite); a file as OUT is refused."""
+    image = _rgba_png(tmp_path / "a.png", 8, 8)
+    before = image.read_bytes()
+    assert _run(image, "-o", tmp_path, "--vae", tiny_rgba_dir, "--overwrite") == 1
+    assert "overwrite its input" in capsys.readouterr().err and image.read_bytes() == before
+    assert _run(image, "-o", image, "--vae", tiny_rgba_dir) == 1
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_symlinked_files_keep_their_own_names(tmp_path, tiny_rgba_dir):
+    """A symlink beside its target gives an output under each name; a dangling link is a reported failure."""
+    image = _rgba_png(tmp_path / "in" / "real.png", 8, 8)
+    (tmp_path / "in" / "alias.png").symlink_to(image)
+    (tmp_path / "in" / "dangling.png").symlink_to(tmp_path / "gone.png")
+    report = reconstruct_files(tmp_path / "in", tmp_path / "out", vae=RGBAVAE.from_pretrained(tiny_rgba_dir),
+                               progress=False)
+    assert sorted(p.name for p in report.written) == ["alias.png", "real.png"]
+    assert [(p.name, "not found" in reason) for p, reason in report.failed] == [("dangling.png", True)]
+
+
+def test_unusable_device_is_one_line(tmp_path, tiny_rgba_dir, capsys):
+    _rgba_png(tmp_path / "a.png", 8, 8)
+    assert _run(tmp_path / "a.png", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--device", "cuda:7") == 1
+    err = capsys.readouterr().err.strip()
+    assert "device" in err and "\n" not in err and "Traceback" not in err

@@ -97,3 +97,26 @@ def test_convert_pretrained_subfolder_and_errors(tmp_path, tiny_rgb_dir, capsys)
     assert not (tmp_path / "x").exists()
     assert main(["convert", str(out), str(tmp_path / "y")]) == 1
     assert "already converted" in capsys.readouterr().err
+
+
+def _no_loading(*args, **kwargs):
+    raise AssertionError("from_pretrained must not be reached (no network look-up for local paths)")
+
+
+def test_bad_local_sources_fail_fast_with_one_line(tmp_path, capsys, monkeypatch):
+    """Missing folders, non-VAE folders and folders without weights: one clear line, no hub look-up."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", _no_loading)
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "noweights").mkdir()
+    (tmp_path / "noweights" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    for src, words in [("missing", "does not exist"), ("./a/b/c", "does not exist"), ("unet", "UNet2DModel"),
+                       ("empty", "config.json"), ("noweights", "weights"), ("pipe", "--subfolder")]:
+        assert main(["convert", src, "out"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert words in err and src.strip("./") in err and "\n" not in err, err
+    assert not (tmp_path / "out").exists()

@@ -179,3 +179,19 @@ def test_hidden_colour_does_not_change_latents():
     a, b = vae.encode(pixels), vae.encode(other)
     assert torch.equal(a.mean, b.mean) and torch.equal(a.logvar, b.logvar)
     assert torch.equal(vae.reconstruct(pixels), vae.reconstruct(other))
+
+
+def test_non_finite_and_malformed_arguments_are_refused(flux_vae):
+    """NaN/inf pixels or latents, bad crop sizes, non-integer tiles and unusable devices: clear ValueErrors."""
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        flux_vae.encode(torch.full((1, 4, 8, 8), float("nan")))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        flux_vae.decode(torch.full((1, 16, 2, 2), float("inf")))
+    for size in [(0, 5), (5,), (4.5, 4)]:
+        with pytest.raises(ValueError, match="size"):
+            flux_vae.decode(torch.zeros(1, 16, 2, 2), size=size)
+    for tile in (16.0, True):
+        with pytest.raises(ValueError, match="integer"):
+            flux_vae.enable_tiling(tile)
+    with pytest.raises(ValueError, match="device"):
+        RGBAVAE.from_pretrained("unused", device="no-such-device")

@@ -199,19 +199,54 @@ def check_invariant(source: AutoencoderKL, rgba: AutoencoderKL, *, sizes=((64, 6
     return report
 
 
+def _looks_like_model_id(text: str) -> bool:
+    """True for ``"org/name"`` model ids: exactly one slash, not starting with ``.``, ``/`` or ``~``."""
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+
+
+def _check_local_model(folder: Path) -> None:
+    """Raise a one-line error unless ``folder`` holds an AutoencoderKL ``config.json`` and weights."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: folder does not exist" if not folder.exists()
+                                else f"{folder}: not a folder (pass the diffusers model folder)")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json, not a diffusers model folder "
+                                "(for a full pipeline folder add --subfolder vae)")
+    try:
+        class_name = json.loads(config.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError) as err:
+        raise OSError(f"{config}: unreadable model config ({type(err).__name__}: {err})") from err
+    if class_name not in (None, "AutoencoderKL"):
+        raise ValueError(f"{config}: describes a {class_name}, not an AutoencoderKL (use --subfolder vae "
+                         "for a full pipeline folder)")
+    if not any(folder.glob("diffusion_pytorch_model*")):
+        raise FileNotFoundError(f"{folder}: no weights (diffusion_pytorch_model.safetensors) beside config.json")
+
+
 def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = None) -> AutoencoderKL:
     """Load a float32 diffusers ``AutoencoderKL`` (eval mode) from a local folder or a model id.
 
-    Wraps ``AutoencoderKL.from_pretrained``; model ids need network access.
+    Wraps ``AutoencoderKL.from_pretrained``. Anything that exists locally, or does not look like an
+    ``org/name`` model id, is treated as a local folder and checked first (folder exists, has an
+    AutoencoderKL ``config.json`` and weights), so a mistyped path fails at once instead of waiting
+    on network retries; only ``org/name`` ids that are not local folders are looked up (network access).
     Raises:
-        OSError: it cannot be loaded; the message names the path and says what to pass.
+        FileNotFoundError: a local folder, its config.json or its weights are missing (one-line message).
+        ValueError: the local config describes another class (e.g. UNet2DModel).
+        OSError: it cannot be loaded otherwise; the one-line message names the path and says what to pass.
     """
+    local = Path(path_or_id).expanduser()
+    if local.exists() or not _looks_like_model_id(str(path_or_id)):
+        _check_local_model(local / subfolder if subfolder else local)
     try:
         return AutoencoderKL.from_pretrained(path_or_id, subfolder=subfolder, torch_dtype=torch.float32).eval()
     except (OSError, ValueError) as err:
-        raise OSError(f"cannot load an AutoencoderKL from {str(path_or_id)!r} (subfolder={subfolder!r}): {err}\n"
-                      "Pass a local diffusers folder holding config.json and diffusion_pytorch_model.safetensors "
-                      "(use --subfolder vae for a full pipeline folder); model ids need network access.") from err
+        reason = " ".join(str(err).split())
+        raise OSError(f"cannot load an AutoencoderKL from {str(path_or_id)!r} (subfolder={subfolder!r}): {reason} "
+                      "(pass a local diffusers folder holding config.json and diffusion_pytorch_model.safetensors; "
+                      "model ids need network access)") from err
 
 
 def _provenance(src, subfolder: str | None, dtype: str, report: InvariantReport) -> dict:

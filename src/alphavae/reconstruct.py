@@ -111,22 +111,29 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
         max_pixels: largest accepted width * height per input (``alphavae.io.load_rgba``).
     Returns:
         A ``ReconstructReport``; unreadable inputs, name collisions (``a.jpg`` and ``a.png`` in one
-        folder) and failed reconstructions/writes are in ``failed``, the rest continue.
+        folder), outputs that would replace an input file (``a.png -o .``) and failed
+        reconstructions/writes are in ``failed``, the rest continue.
     Raises:
-        ValueError: ``output_dir`` inside an input folder, or ``batch_size`` < 1.
+        ValueError: ``output_dir`` inside an input folder or an existing non-folder, or ``batch_size`` < 1.
         FileNotFoundError: an input does not exist.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output {output_dir} exists and is not a folder")
     check_output_outside_inputs(output_dir, inputs)
     report = ReconstructReport()
     claimed: dict[Path, Path] = {}
     batch: list[tuple[Path, Path, torch.Tensor]] = []
     items = list_images(inputs)
+    sources = {path.resolve() for path, _ in items}
     for path, relative in tqdm(items, desc="reconstruct", unit="img", disable=not progress):
         target = output_dir / relative.with_suffix(".png")
+        if target.resolve() in sources:
+            report.failed.append((path, f"output {target} would overwrite its input; choose another output folder"))
+            continue
         if target in claimed:
             report.failed.append((path, f"output {target} is already produced from {claimed[target]}"))
             continue

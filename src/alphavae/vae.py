@@ -13,7 +13,6 @@ diffusion model's space is ``to_diffusion_latents(z) = (z - shift_factor) * scal
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from alphavae.accel import apply_policy, compute_dtype, float32_computation, resolve_policy
 from alphavae.convert import load_autoencoder, require_channels
 from alphavae.io import check_pixels, clear_hidden_colour, pad_to_multiple
+from alphavae.io.resample import _check_size
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "alphavae-mini"
 """Folder of the shipped default RGBA VAE (diffusers format), used when no path is given."""
@@ -33,10 +33,17 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "alphavae-mini
 _RANGE_SLACK = 1e-3
 
 
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    """Raise ValueError when ``x`` holds NaN or infinite values (``name`` starts the message)."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contain NaN or infinite values")
+
+
 def _check_range(pixels: torch.Tensor) -> None:
-    """Raise ValueError when pixels are clearly outside [-1, 1] (e.g. 0-255 or 0-1 mistaken)."""
+    """Raise ValueError when pixels are not finite or clearly outside [-1, 1] (e.g. 0-255 or 0-1 mistaken)."""
+    _check_finite(pixels, "pixels")
     low, high = pixels.min().item(), pixels.max().item()
-    if low < -1 - _RANGE_SLACK or high > 1 + _RANGE_SLACK or math.isnan(low + high):
+    if low < -1 - _RANGE_SLACK or high > 1 + _RANGE_SLACK:
         raise ValueError(f"pixels must be in [-1, 1] (straight RGBA); got values in [{low:.4g}, {high:.4g}]")
 
 
@@ -89,6 +96,17 @@ def _tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, tile:
     return out / weight
 
 
+def _usable_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)`` after allocating a tensor there; ValueError naming it if that fails."""
+    try:
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"device {str(device)!r} is not usable here: {reason}") from err
+    return device
+
+
 class RGBAVAE:
     """A 4-channel (RGBA) diffusers ``AutoencoderKL`` that encodes and decodes images of any size.
 
@@ -135,8 +153,10 @@ class RGBAVAE:
         Raises:
             FileNotFoundError: ``path_or_id`` is None and the default model is not installed.
             OSError: the model cannot be loaded (message names the path).
-            ValueError: bad dtype, or the model is not a 4-channel AutoencoderKL.
+            ValueError: bad dtype, an unknown or unusable device (e.g. "cuda" without a GPU), or the
+                model is not a 4-channel AutoencoderKL.
         """
+        device = _usable_device(device)
         policy = resolve_policy(dtype, device)
         if path_or_id is None:
             if not (DEFAULT_MODEL_DIR / "config.json").is_file():
@@ -194,8 +214,11 @@ class RGBAVAE:
             tile_overlap: overlap in pixels, a multiple of ``multiple`` below ``tile_size``;
                 None = ``tile_size // 4`` rounded down to the multiple.
         Raises:
-            ValueError: sizes not positive multiples of ``multiple``, or overlap >= tile size.
+            ValueError: sizes not integers, not positive multiples of ``multiple``, or overlap >= tile size.
         """
+        for value in (tile_size, tile_overlap):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"tile size and overlap must be integer pixel counts, got {value!r}")
         overlap = tile_size // 4 // self.multiple * self.multiple if tile_overlap is None else tile_overlap
         if tile_size <= 0 or tile_size % self.multiple or overlap < 0 or overlap % self.multiple \
                 or overlap >= tile_size:
@@ -270,14 +293,17 @@ class RGBAVAE:
         Returns:
             ``(B, 4, H, W)`` float32 straight RGBA clamped to [-1, 1].
         Raises:
-            ValueError: latents not 4-D with ``latent_channels`` channels, or ``size`` larger than
-                the decoded image.
+            ValueError: latents not 4-D with ``latent_channels`` channels, NaN/inf latents, or ``size``
+                not two positive integers or larger than the decoded image.
         """
         if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"latents must be (B, {self.latent_channels}, h, w), got {tuple(latents.shape)}")
+        _check_finite(latents, "latents")
         full = (latents.shape[-2] * self.multiple, latents.shape[-1] * self.multiple)
-        if size is not None and (size[0] > full[0] or size[1] > full[1]):
-            raise ValueError(f"crop size {tuple(size)} is larger than the decoded size {full}")
+        if size is not None:
+            size = _check_size(size, "crop size")
+            if size[0] > full[0] or size[1] > full[1]:
+                raise ValueError(f"crop size {size} is larger than the decoded size {full}")
         pixels = self._run(self._pixels, latents, self.multiple).clamp(-1, 1)
         return pixels if size is None else pixels[..., : size[0], : size[1]]
 

@@ -366,7 +366,7 @@ def _folder_images(root: Path, suffixes: frozenset[str], recursive: bool) -> lis
         for name in files:
             if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
                 absolute = Path(folder, name)
-                if absolute.is_file():
+                if absolute.is_file() or (absolute.is_symlink() and not absolute.exists()):
                     found.append((absolute, absolute.relative_to(root)))
     return sorted(found, key=lambda item: item[1].as_posix())
 
@@ -383,8 +383,10 @@ def list_images(inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
     A file given directly is taken whatever its suffix (loading reports a bad one). A folder
     contributes its files whose suffix (case-insensitive) is in :func:`image_extensions`, skipping
     hidden files and folders (names starting with ``.``, e.g. temporary files of :func:`atomic_write`);
-    symlinked folders inside it are not followed. Inputs keep their order; each folder's files are
-    sorted by relative path; a file reached twice (same resolved path) is listed once.
+    symlinked folders inside it are not followed; symlinked files are listed under their own name
+    (a dangling one too, so loading reports it). Inputs keep their order; each folder's files are
+    sorted by relative path; a file reached twice through overlapping inputs (same absolute path) is
+    listed once.
 
     Args:
         inputs: one path or an iterable of paths (files and/or folders).
@@ -407,8 +409,8 @@ def list_images(inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
         root = Path(os.path.abspath(root))
         candidates = [(root, Path(root.name))] if root.is_file() else _folder_images(root, suffixes, recursive)
         for absolute, relative in candidates:
-            if absolute.resolve() not in seen:
-                seen.add(absolute.resolve())
+            if absolute not in seen:
+                seen.add(absolute)
                 found.append((absolute, relative))
     return found
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alphavae.io import BACKGROUNDS, composite, to_unit
+from alphavae.io import BACKGROUNDS, composite
 
 BACKGROUND_NAMES: tuple[str, ...] = tuple(BACKGROUNDS)
 """The 9 canonical background names, in report order (black, gray, white, red, green, blue, yellow, cyan, magenta)."""
@@ -36,7 +36,8 @@ def composites(pixels: torch.Tensor, names: tuple[str, ...] = BACKGROUND_NAMES) 
     """
     if pixels.ndim != 4 or pixels.shape[1] != 4:
         raise ValueError(f"composites needs pixels shaped (B, 4, H, W), got {tuple(pixels.shape)}")
-    return to_unit(torch.stack([composite(pixels, name) for name in names], 1)).clamp(0, 1).float()
+    stacked = torch.stack([composite(pixels.float(), name) for name in names], 1)
+    return stacked.add_(1).mul_(0.5).clamp_(0, 1)  # alphavae.io.to_unit, in place
 
 
 def quantise(rgb: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,7 @@ def quantise(rgb: torch.Tensor) -> torch.Tensor:
     Returns:
         uint8 tensor of the same shape.
     """
-    return (rgb.clamp(0, 1) * 255.0 + 0.5).floor().to(torch.uint8)
+    return (rgb * 255.0).add_(0.5).floor_().clamp_(0, 255).to(torch.uint8)
 
 
 def jpeg_roundtrip(images: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ in range, including all-transparent (alpha = 0 everywhere) and all-opaque (alpha
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -64,12 +65,22 @@ def gaussian_kernel_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
-def _separable(x: torch.Tensor, kernel: torch.Tensor, padding: int = 0) -> torch.Tensor:
-    """Depthwise 'valid' (or zero-padded) convolution of ``(B, C, H, W)`` with ``kernel`` on both axes."""
-    c = x.shape[1]
-    k = kernel.to(x)
-    x = F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(padding, 0), groups=c)
-    return F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, padding), groups=c)
+@functools.lru_cache(maxsize=16)
+def _band(length: int, size: int, sigma: float, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """``(length - size + 1, length)`` matrix whose row i holds the Gaussian taps at columns i .. i+size-1."""
+    kernel = gaussian_kernel_1d(size, sigma).to(dtype)
+    band = torch.zeros(length - size + 1, length, dtype=dtype)
+    for offset in range(size):
+        band.diagonal(offset).fill_(kernel[offset])
+    return band.to(device)
+
+
+def _gaussian_valid(x: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """'Valid' separable Gaussian filtering of ``(B, C, H, W)`` as two banded matrix products (BLAS is
+    several times faster than PyTorch's depthwise convolution on CPU); output ``(B, C, H-size+1, W-size+1)``."""
+    rows = _band(x.shape[-2], size, sigma, x.dtype, str(x.device))
+    cols = _band(x.shape[-1], size, sigma, x.dtype, str(x.device))
+    return torch.matmul(torch.matmul(rows, x), cols.T)
 
 
 def luma255(x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +100,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, y_channel: bool) -> torch.Tensor:
     """Structural similarity per image (Wang et al. 2004), 11x11 Gaussian window, sigma 1.5.
 
     ``y_channel=True`` reproduces pyiqa's default ``ssim`` metric: luma rounded to 0..255
-    (:func:`luma255`), data range 255, float64, 'valid' window, the contrast-structure term clamped
+    (:func:`luma255`), data range 255, 'valid' window, the contrast-structure term clamped
     at 0, mean over the map. ``y_channel=False`` is SSIM on the three RGB channels in [0, 1]
     (data range 1, no rounding), averaged over channels and pixels (the clean protocol).
     Images smaller than 11 px on a side raise.
@@ -101,23 +112,28 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, y_channel: bool) -> torch.Tensor:
         ``(B,)`` float64 SSIM in [0, 1].
     Raises:
         ValueError: shapes differ, are not RGB, or a side is below 11 px.
-    Source: pyiqa ``archs/ssim_arch.py`` (``downsample=False``); separable window for speed.
+    Source: pyiqa ``archs/ssim_arch.py`` (``downsample=False``), which works in float64; here float32
+    on centred values with the separable window as banded matrix products (agreement within 1e-4, tested).
     """
     _check_pair(x, y, 3)
     if min(x.shape[-2:]) < 11:
         raise ValueError(f"SSIM needs images of at least 11x11 px, got {tuple(x.shape[-2:])}")
     if y_channel:
-        x, y, data_range = luma255(x).double(), luma255(y).double(), 255.0
+        x, y, data_range = luma255(x), luma255(y), 255.0
     else:
-        x, y, data_range = x.double(), y.double(), 1.0
+        x, y, data_range = x.float(), y.float(), 1.0
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     c = x.shape[1]
-    moments = _separable(torch.cat([x, y, x * x, y * y, x * y], 1), gaussian_kernel_1d())
+    # float32 on values centred at mid-range: the E[x^2] - E[x]^2 cancellation error stays far below
+    # C2 (agreement with pyiqa's float64 within 1e-4, tested).
+    x, y = x - data_range / 2, y - data_range / 2
+    moments = _gaussian_valid(torch.cat([x, y, x * x, y * y, x * y], 1))
     mu_x, mu_y, xx, yy, xy = moments.split(c, dim=1)
     var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
+    mu_x, mu_y = mu_x + data_range / 2, mu_y + data_range / 2
     cs = torch.relu((2 * cov + c2) / (var_x + var_y + c2))
     lum = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
-    return (lum * cs).mean(dim=(1, 2, 3))
+    return (lum * cs).double().mean(dim=(1, 2, 3))
 
 
 def _check_alpha(gt: torch.Tensor, pred: torch.Tensor) -> None:

@@ -36,7 +36,7 @@ class Protocol:
     """Settings of one evaluation protocol.
 
     Attributes:
-        name: ``"reference"`` or ``"clean"``.
+        name: ``"reference"``, ``"clean"`` (:func:`make_protocol`) or ``"t2i"`` (generation reports).
         jpeg: round composites to uint8 and JPEG round-trip them (Pillow default quality 75).
         ssim_y: SSIM on rounded luma (pyiqa default) instead of RGB.
         raw_group: also score the alpha-blind ``rgba`` group.

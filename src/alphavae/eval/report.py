@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from alphavae.eval.aggregate import RGB_GROUP
-from alphavae.eval.backgrounds import BACKGROUND_NAMES, composites
-from alphavae.eval.protocols import ALPHA_GROUP, RGBA_GROUP
+from alphavae.eval.backgrounds import BACKGROUND_NAMES, CHECKERBOARD, composites
+from alphavae.eval.protocols import RGBA_GROUP
 from alphavae.io import alpha_unit, atomic_write, to_pil
 
 CSV_COLUMNS = ("group", "subset", "input_laion_score", "output_laion_score", "fid_score", "lpips", "psnr", "ssim")
@@ -98,7 +98,7 @@ def comparison_strip(gt: torch.Tensor, pred: torch.Tensor, height: int = 96) -> 
     scale = height / gt.shape[-2]
     size = (height, max(1, round(gt.shape[-1] * scale)))
     pair = F.interpolate(torch.stack([gt, pred]).float(), size=size, mode="area")
-    views = composites(pair, ("checkerboard", "black", "white")) * 2 - 1  # (2, 3, 3, h, w)
+    views = composites(pair, (CHECKERBOARD, "black", "white")) * 2 - 1  # (2, 3, 3, h, w)
     tiles = [views[side, k] for k in range(3) for side in (0, 1)]
     tiles.append(_heat((alpha_unit(pair[1]) - alpha_unit(pair[0])).abs()))
     gap = torch.ones(3, size[0], 4)
@@ -189,16 +189,16 @@ def render_html(report: dict, worst: list[dict]) -> str:
     ]
     if RGBA_GROUP in macro:
         parts.append(f'<p class="note">{html.escape(ALPHA_BLIND_NOTE)}</p>')
-    if ALPHA_GROUP in macro:
-        alpha = macro[ALPHA_GROUP]
-        parts += ["<h2>Alpha metrics</h2>", _table(["metric", "value"], [[m, _fmt(v)] for m, v in alpha.items()])]
+    for group in (g for g in macro if g not in groups):  # alpha metrics, latent drift, ...
+        parts += [f"<h2>{html.escape(group)}</h2>",
+                  _table(["metric", "value"], [[html.escape(m), _fmt(v)] for m, v in macro[group].items()])]
     parts += ["<h2>Per background</h2>", *(_bars(macro, m) for m in ("psnr", "ssim") if m in metrics)]
     cat_rows = []
     for ds, node in report["tree"]["datasets"].items():
         for ss, sub in node["subsets"].items():
             for cat, leaf in sub["categories"].items():
                 rgb = leaf["mean"].get(RGB_GROUP, {})
-                cat_rows.append([html.escape("/".join((ds, ss, cat))), str(leaf["images"]), *(_fmt(rgb.get(m)) for m in metrics)])
+                cat_rows.append([html.escape("/".join(p for p in (ds, ss, cat) if p != ".") or "."), str(leaf["images"]), *(_fmt(rgb.get(m)) for m in metrics)])
     parts += ["<h2>Per category (mean over backgrounds)</h2>", _table(["category", "images", *metrics], cat_rows)]
     if worst:
         parts.append("<h2>Worst images (lowest PSNR)</h2><p>Each row: GT, prediction over checkerboard, "

@@ -19,7 +19,7 @@ from alphavae.eval.aggregate import RGB_GROUP, ImageRecord, aggregate, fid_with_
 from alphavae.eval.backgrounds import BACKGROUND_NAMES, composites, quantise
 from alphavae.eval.networks import FeatureSet, Networks, clip_score, inception_features
 from alphavae.eval.pairs import Pair, PairPlan, pair_folders
-from alphavae.eval.protocols import Protocol, make_protocol, prepare_gt, score_pair
+from alphavae.eval.protocols import Protocol, prepare_gt, score_pair
 from alphavae.eval.report import ALPHA_BLIND_NOTE, WorstImages
 from alphavae.io import DEFAULT_MAX_PIXELS, ImageLoadError, composite, load_rgba, pad_to_multiple
 
@@ -300,7 +300,7 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
                 continue
             for name, feats in zip(backgrounds, inception_features(networks.inception, views).split(1)):
                 fid_sets[name][0].add(feats)
-    protocol = make_protocol("clean")
+    protocol = Protocol("t2i", jpeg=False, ssim_y=False, raw_group=False, alpha_metrics=False, backgrounds=backgrounds)
     report = build_report(result, protocol, plan, networks, pred=pred_dir, ref=ref_dir)
     if ref_dir is not None and networks.inception is not None:
         report["tree"]["overall"]["fid_pooled"] = fid_with_rgb(fid_sets)

@@ -30,9 +30,15 @@ def sticker(size: int, seed: int) -> torch.Tensor:
     return torch.cat([colour, alpha[None] * 2 - 1]).float()
 
 
-def write_stickers(folder: Path, count: int = 4, size: int = 40) -> list[Path]:
-    """Save ``count`` stickers as RGBA PNGs ``s0.png ...`` into ``folder``; return their paths."""
-    return [io.save_rgba(sticker(size, k), folder / f"s{k}.png") for k in range(count)]
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
+
+
+def write_real_images(folder: Path, count: int = 2, size: int = 40) -> list[Path]:
+    """Save ``count`` bundled real RGBA samples (Fluent Emoji 3D, MIT), shrunk alpha-correctly to
+    ``size`` x ``size``, as ``s0.png ...`` into ``folder``; return their paths."""
+    sources = sorted(EXAMPLES.glob("emoji3d/*/*.png"))[:count]
+    return [io.save_rgba(io.resize_rgba(io.load_rgba(src)[None], (size, size))[0], folder / f"s{k}.png")
+            for k, src in enumerate(sources)]
 
 
 def model_folders(root: Path) -> tuple[Path, Path]:

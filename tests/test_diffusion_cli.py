@@ -4,16 +4,16 @@ import pytest
 from PIL import Image
 
 from alphavae.cli import main
-from flux_tiny import model_folders, write_stickers
+from flux_tiny import model_folders, write_real_images
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """train-lora end to end through the CLI (2 steps), on stickers plus one unreadable file."""
+    """train-lora end to end through the CLI (2 steps), on real images plus one unreadable file."""
     root = tmp_path_factory.mktemp("cli")
     flux, vae = model_folders(root)
     data = root / "data"
-    write_stickers(data, count=2)
+    write_real_images(data, count=2)
     (data / "broken.png").write_bytes(b"\x89PNG broken")
     captions = root / "captions.jsonl"
     captions.write_text(json.dumps({"file_name": "s1.png", "text": "a blue sticker"}) + "\n")

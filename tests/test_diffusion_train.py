@@ -12,7 +12,7 @@ from alphavae.diffusion.pipeline import load_flux_pipeline
 from alphavae.diffusion.train import LORA_FILE, LoraTrainConfig, train_lora
 from alphavae.io import load_rgba, to_pil
 from alphavae.vae import RGBAVAE
-from flux_tiny import model_folders, sticker, write_stickers
+from flux_tiny import model_folders, sticker, write_real_images
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
     flux, vae = model_folders(root)
     data = root / "data"
-    images = write_stickers(data, count=2)  # with batch_size 2: a fixed batch
+    images = write_real_images(data, count=2)  # with batch_size 2: a fixed batch of real images
     (data / "s0.txt").write_text("a red sticker")
     (data / "broken.png").write_bytes(b"not a png")
     return root, flux, vae, data, images

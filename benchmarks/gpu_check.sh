@@ -14,7 +14,8 @@
 # training step runs only if the `lpips` package is already importable there (it needs torchvision).
 #
 # Usage, from anywhere:   bash benchmarks/gpu_check.sh            (extra arguments go to gpu_check.py)
-# Test on a CPU:          bash benchmarks/gpu_check.sh --device cpu --quick
+# Test on a CPU:          GPU_CHECK_TIMEOUT=1800 PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh --device cpu --quick
+# (the run is killed after GPU_CHECK_TIMEOUT seconds, default 280, to stay within a 5-minute GPU slot)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -22,4 +23,4 @@ if ! "$PYTHON" -c "import diffusers, png" 2>/dev/null; then
     "$PYTHON" -m pip install --quiet --no-index --find-links .whl diffusers==0.42.1 pypng pillow
 fi
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout 280 "$PYTHON" -m benchmarks.gpu_check "$@"
+PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout "${GPU_CHECK_TIMEOUT:-280}" "$PYTHON" -m benchmarks.gpu_check "$@"

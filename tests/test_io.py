@@ -134,7 +134,10 @@ def test_sixteen_bit_png_keeps_full_precision_and_channel_order(tmp_path, greysc
     values = (np.arange(2 * 5 * planes).reshape(2, 5, planes) * 4099 + 3) % 65536
     values = values.astype(np.uint16)
     path = write_png16(tmp_path / "a.png", values, greyscale=greyscale, alpha=alpha)
-    pixels = unit(aio.load_rgba(path)).astype(np.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pixels = unit(aio.load_rgba(path)).astype(np.float64)
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]  # file closed, not left to the GC
     expected_colour = np.repeat(values[..., :1], 3, axis=2) if greyscale else values[..., :3]
     assert np.allclose(pixels[..., :3] * 65535, expected_colour, atol=0.02)
     expected_alpha = values[..., -1] if alpha else np.full(values.shape[:2], 65535)

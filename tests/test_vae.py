@@ -195,3 +195,19 @@ def test_non_finite_and_malformed_arguments_are_refused(flux_vae):
             flux_vae.enable_tiling(tile)
     with pytest.raises(ValueError, match="device"):
         RGBAVAE.from_pretrained("unused", device="no-such-device")
+
+
+def test_tiles_share_whole_image_group_norm_statistics():
+    """With GroupNorms between local layers, tiling with whole-image statistics matches the untiled run;
+    per-tile statistics do not (the shift the issue's tiled-vs-untiled bound was missing)."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.GroupNorm(2, 8), torch.nn.SiLU(),
+                              torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.GroupNorm(4, 8),
+                              torch.nn.Conv2d(8, 4, 3, padding=1))
+    x = torch.randn(2, 4, 100, 130) + torch.linspace(-3, 3, 130)
+    with torch.no_grad():
+        reference = net(x)
+        shared = alphavae.vae._tiled(net, x, tile=48, overlap=16, scale=1, norm_model=net)
+        per_tile = alphavae.vae._tiled(net, x, tile=48, overlap=16, scale=1)
+    assert (shared - reference).abs().max() < 1e-4
+    assert (per_tile - reference).abs().max() > 0.1
+    assert not net[1]._forward_hooks and not net[1]._forward_pre_hooks

@@ -68,19 +68,126 @@ def _ramp(length: int, overlap: int, *, rise: bool, fall: bool) -> torch.Tensor:
     return weights
 
 
+class _StopAtNorm(Exception):
+    """Raised by ``_ImageNormStats`` to end a statistics pass at the first GroupNorm without fixed statistics."""
+
+
+class _ImageNormStats:
+    """Forward hooks that make a model's GroupNorms use statistics of the whole image during a tiled run.
+
+    Per-tile GroupNorm statistics differ from whole-image ones, which makes tiled and untiled results
+    disagree by up to the full range. Here the statistics are gathered one GroupNorm at a time (in
+    execution order): every tile runs up to the first GroupNorm whose statistics are not fixed yet,
+    contributes the sum and sum of squares of the region it owns (the owned regions partition the
+    image), and stops; the pooled mean and biased variance are then fixed for that layer and later
+    passes normalise with them (``torch.nn.GroupNorm`` arithmetic). Mid-block attention (and its
+    GroupNorm over flattened tokens) still sees one tile at a time. Fixed statistics are constants for
+    autograd. Cost: one partial pass over the tiles per GroupNorm.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.fixed: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.region = (0.0, 1.0, 0.0, 1.0)
+        self.pending: list | None = None
+        self.handles = []
+        for module in model.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                self.handles += [module.register_forward_pre_hook(self._gather),
+                                 module.register_forward_hook(self._normalise)]
+
+    def close(self) -> None:
+        """Remove the hooks."""
+        for handle in self.handles:
+            handle.remove()
+
+    def _gather(self, module: torch.nn.GroupNorm, args: tuple) -> None:
+        """Add the owned region's per-group sums for ``module`` and stop the pass, unless ``module`` is fixed."""
+        x = args[0]
+        if module in self.fixed or x.ndim != 4:  # 3-D: attention's norm over flattened tokens, kept per tile
+            return
+        top, bottom, left, right = self.region
+        height, width = x.shape[-2:]
+        owned = x[..., round(top * height): round(bottom * height), round(left * width): round(right * width)]
+        groups = owned.double().reshape(x.shape[0], module.num_groups, -1)
+        if self.pending is None:
+            self.pending = [module, 0.0, 0.0, 0]
+        self.pending[1] = self.pending[1] + groups.sum(-1)
+        self.pending[2] = self.pending[2] + groups.square().sum(-1)
+        self.pending[3] += groups.shape[-1]
+        raise _StopAtNorm
+
+    def fix_pending(self) -> bool:
+        """Fix the statistics gathered by the last pass; False when the pass reached no unfixed GroupNorm."""
+        if self.pending is None:
+            return False
+        module, total, squares, count = self.pending
+        mean = total / count
+        self.fixed[module] = (mean, (squares / count - mean.square()).clamp_min(0))
+        self.pending = None
+        return True
+
+    def _normalise(self, module: torch.nn.GroupNorm, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        """Replace the GroupNorm output by one normalised with the fixed whole-image statistics."""
+        if module not in self.fixed:
+            return output
+        x = args[0]
+        mean, var = (stat.float()[..., None] for stat in self.fixed[module])
+        groups = x.float().reshape(x.shape[0], module.num_groups, -1)
+        y = ((groups - mean) * torch.rsqrt(var + module.eps)).reshape(x.shape)
+        if module.affine:
+            y = y * module.weight.float().view(1, -1, 1, 1) + module.bias.float().view(1, -1, 1, 1)
+        return y.to(output.dtype)
+
+
+def _owned(starts: list[int], tile: int, length: int, unit: int) -> list[tuple[float, float]]:
+    """Per tile, the fraction of its window it owns: borders at the overlap middles, rounded down to ``unit``."""
+    borders = [0] + [(nxt + start + tile) // 2 // unit * unit for start, nxt in zip(starts, starts[1:])] + [length]
+    span = min(tile, length)
+    return [((lo - start) / span, (hi - start) / span) for start, lo, hi in zip(starts, borders, borders[1:])]
+
+
 def _tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, tile: int, overlap: int,
-           scale: float) -> torch.Tensor:
+           scale: float, unit: int = 1, norm_model: torch.nn.Module | None = None) -> torch.Tensor:
     """Apply ``fn`` to overlapping ``tile`` x ``tile`` windows of ``x`` and blend the results.
 
     ``fn`` maps a window of side ``s`` to an output of side ``s * scale`` (encoder: 1 / multiple,
     decoder: multiple). Outputs are accumulated with separable weights (``_ramp``: the quarter of
     the overlap nearest a tile's inner edge only gives context, the middle half cross-fades) and
-    normalised; every channel, alpha included, gets the same weights. Float32 result.
+    normalised; every channel, alpha included, gets the same weights. With ``norm_model`` (the
+    module whose GroupNorms ``fn`` runs), those GroupNorms use whole-image statistics
+    (``_ImageNormStats``; tile owned-region borders fall on multiples of ``unit`` input pixels so they
+    stay whole at every resolution inside ``fn``). Float32 result.
     """
     height, width = x.shape[-2:]
+    tops, lefts = _tile_starts(height, tile, overlap), _tile_starts(width, tile, overlap)
+    regions = [(top, left, rows + cols) for top, rows in zip(tops, _owned(tops, tile, height, unit))
+               for left, cols in zip(lefts, _owned(lefts, tile, width, unit))]
+    stats = _ImageNormStats(norm_model) if norm_model is not None and len(regions) > 1 else None
+    try:
+        while stats is not None:
+            with torch.no_grad():
+                for top, left, region in regions:
+                    stats.region = region
+                    try:
+                        fn(x[..., top: top + tile, left: left + tile])
+                    except _StopAtNorm:
+                        continue
+                    break
+            if not stats.fix_pending():
+                break
+        return _blend(fn, x, tops, lefts, tile=tile, overlap=overlap, scale=scale)
+    finally:
+        if stats is not None:
+            stats.close()
+
+
+def _blend(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tops: list[int], lefts: list[int], *,
+           tile: int, overlap: int, scale: float) -> torch.Tensor:
+    """The blending pass of ``_tiled``: run ``fn`` on every window and cross-fade the outputs (float32)."""
+    height, width = x.shape[-2:]
     out = weight = None
-    for top in _tile_starts(height, tile, overlap):
-        for left in _tile_starts(width, tile, overlap):
+    for top in tops:
+        for left in lefts:
             window = x[..., top: top + tile, left: left + tile]
             result = fn(window).float()
             if out is None:
@@ -132,6 +239,7 @@ class RGBAVAE:
                          hint="convert an RGB VAE first (alphavae convert SRC DST / alphavae.convert.convert_to_rgba)")
         self.model = model.eval()
         self.tile_size = self.tile_overlap = None
+        self.norm_stats = "image"
         if tile_size is not None:
             self.enable_tiling(tile_size, tile_overlap)
 
@@ -199,23 +307,32 @@ class RGBAVAE:
         """Device of the model weights."""
         return next(self.model.parameters()).device
 
-    def enable_tiling(self, tile_size: int, tile_overlap: int | None = None) -> None:
+    def enable_tiling(self, tile_size: int, tile_overlap: int | None = None, *, norm_stats: str = "image") -> None:
         """Encode/decode in overlapping tiles of ``tile_size`` pixels with ``tile_overlap`` pixels overlap.
 
         Tiles bound peak memory (e.g. 4096^2 images). In each overlap the quarter nearest a tile's
         inner edge serves as context only (zero weight) and the middle half cross-fades linearly;
         every channel, alpha included, is blended alike (rgba-pitfalls #9). For purely local layers
-        this is exact once a quarter of the overlap covers the receptive field; group norms and
-        mid-block attention still see one tile at a time, so results differ from untiled runs by an
-        amount that depends on the weights (not yet measured for trained weights; random-weight
-        models can differ by the full range). Prefer large tiles (>= 512 for SD/FLUX VAEs).
+        this is exact once a quarter of the overlap covers the receptive field. GroupNorms use
+        whole-image statistics by default (``norm_stats="image"``, gathered over the tiles one norm
+        at a time: about one extra partial pass per GroupNorm, peak memory still one tile);
+        ``"tile"`` normalises each tile on its own (one pass, as diffusers' tiling, but per-tile
+        statistics can shift whole tiles). Mid-block attention sees one tile at a time in both modes,
+        and the deepest layers' receptive field exceeds small tiles, so tiled and untiled results
+        differ by an amount that depends on the weights and tile size (tests/test_vae.py measures it;
+        random-weight models on small tiles can still differ by the full range). Prefer large tiles
+        (>= 512 for SD/FLUX VAEs).
         Args:
             tile_size: tile side in pixels, a positive multiple of ``multiple``.
             tile_overlap: overlap in pixels, a multiple of ``multiple`` below ``tile_size``;
                 None = ``tile_size // 4`` rounded down to the multiple.
+            norm_stats: "image" (whole-image GroupNorm statistics) or "tile" (per-tile statistics).
         Raises:
-            ValueError: sizes not integers, not positive multiples of ``multiple``, or overlap >= tile size.
+            ValueError: sizes not integers, not positive multiples of ``multiple``, overlap >= tile size,
+                or an unknown ``norm_stats``.
         """
+        if norm_stats not in ("image", "tile"):
+            raise ValueError(f"norm_stats must be 'image' or 'tile', got {norm_stats!r}")
         for value in (tile_size, tile_overlap):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"tile size and overlap must be integer pixel counts, got {value!r}")
@@ -224,7 +341,7 @@ class RGBAVAE:
                 or overlap >= tile_size:
             raise ValueError(f"tile size {tile_size} / overlap {overlap} must be multiples of {self.multiple} "
                              "with 0 <= overlap < tile size")
-        self.tile_size, self.tile_overlap = tile_size, overlap
+        self.tile_size, self.tile_overlap, self.norm_stats = tile_size, overlap, norm_stats
 
     def disable_tiling(self) -> None:
         """Encode/decode whole images (the default)."""
@@ -238,7 +355,9 @@ class RGBAVAE:
                 return fn(inputs).float()
             tile = self.tile_size if scale < 1 else self.tile_size // self.multiple
             overlap = self.tile_overlap if scale < 1 else self.tile_overlap // self.multiple
-            return _tiled(fn, inputs, tile=tile, overlap=overlap, scale=scale)
+            return _tiled(fn, inputs, tile=tile, overlap=overlap, scale=scale,
+                          unit=self.multiple if scale < 1 else 1,
+                          norm_model=self.model if self.norm_stats == "image" else None)
 
         out = call()
         if self.dtype != torch.float32 and not torch.isfinite(out).all():

@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     parser.add_argument("--tile-size", type=int, default=None, metavar="N",
                         help="encode/decode in overlapping N x N pixel tiles (multiple of 8 for SD/FLUX VAEs; "
-                             "blended over the overlap) to bound memory on large images; default: whole images")
+                             "blended over the overlap; GroupNorms use whole-image statistics, about one extra "
+                             "partial pass per norm) to bound memory on large images; default: whole images")
     parser.add_argument("--tile-overlap", type=int, default=None, metavar="N",
                         help="tile overlap in pixels (multiple of 8 for SD/FLUX VAEs, below --tile-size; "
                              "default: a quarter of the tile)")

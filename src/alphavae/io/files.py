@@ -88,9 +88,10 @@ def _orientation(image: Image.Image, name: str) -> int:
 
 def _read_png16(path: Path) -> np.ndarray:
     """Decode a 16-bit PNG with pypng into ``(H, W, 4)`` float32 in [0, 1] (tRNS becomes alpha)."""
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-    planes = info["planes"]
-    values = np.vstack([np.asarray(row, dtype=np.float32) for row in rows]).reshape(height, width, planes)
+    with open(path, "rb") as handle:
+        width, height, rows, info = png.Reader(file=handle).asDirect()
+        planes = info["planes"]
+        values = np.vstack([np.asarray(row, dtype=np.float32) for row in rows]).reshape(height, width, planes)
     values /= 2 ** info["bitdepth"] - 1
     colour = np.repeat(values[..., :1], 3, axis=2) if info["greyscale"] else values[..., :3]
     alpha = values[..., -1:] if info["alpha"] else np.ones((height, width, 1), dtype=np.float32)

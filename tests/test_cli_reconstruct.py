@@ -125,3 +125,11 @@ def test_unusable_device_is_one_line(tmp_path, tiny_rgba_dir, capsys):
     assert _run(tmp_path / "a.png", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--device", "cuda:7") == 1
     err = capsys.readouterr().err.strip()
     assert "device" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_warnings_are_one_line(tmp_path, tiny_rgba_dir, capsys):
+    frames = [Image.new("RGBA", (8, 8), (60 * i, 0, 0, 128)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert _run(tmp_path / "anim.gif", "-o", tmp_path / "out", "--vae", tiny_rgba_dir) == 0
+    err = capsys.readouterr().err
+    assert "alphavae reconstruct: warning:" in err and "3 frames" in err and "UserWarning" not in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from alphavae.accel import POLICY_NAMES
 from alphavae.io import DEFAULT_MAX_PIXELS
@@ -52,8 +53,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` replacement: ``alphavae reconstruct: warning: <message>`` on stderr."""
+    print(f"alphavae reconstruct: warning: {message}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Load the VAE and run ``reconstruct_files``; print the summary; 0 if every input succeeded, else 1."""
+    """Load the VAE and run ``reconstruct_files``; print the summary; 0 if every input succeeded, else 1
+    (130 when interrupted: finished outputs are complete files, nothing partial is left). Warnings
+    (e.g. first frame of an animation used) are printed as one line each."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _one_line_warning
+        try:
+            return _run(args)
+        except KeyboardInterrupt:
+            print("alphavae reconstruct: interrupted; outputs written so far are complete", file=sys.stderr)
+            return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The body of ``run``."""
     try:
         vae = RGBAVAE.from_pretrained(args.vae, subfolder=args.subfolder, dtype=args.dtype, device=args.device,
                                       tile_size=args.tile_size, tile_overlap=args.tile_overlap)

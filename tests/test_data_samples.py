@@ -62,3 +62,23 @@ def test_samples_command_writes_images_and_licence(tmp_path):
     assert wide.size == (40, 20) and wide.mode == "RGBA"
     licence = (out / "LICENSE.md").read_text()
     assert "`usr/share/openclipart/png/sub dir/img1.png`" in licence and "openclipart@1" in licence and "public domain" in licence
+
+
+def test_export_copies_one_split_as_a_tree_and_keeps_existing(tmp_path):
+    from alphavae.data.manifest import write_jsonl
+
+    data = tmp_path / "data"
+    records = []
+    for name, split in [("a", "test"), ("b", "train"), ("c", "test")]:
+        path = data / "images" / "emoji" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 4), np.uint8)).save(path)
+        records.append({"file": f"images/emoji/{name}.png", "split": split})
+    write_jsonl(records, data / "manifest.jsonl")
+    out = tmp_path / "test-split"
+    assert main(["data", "export", str(data / "manifest.jsonl"), "-o", str(out)]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["emoji/a.png", "emoji/c.png"]
+    assert (out / "emoji" / "a.png").read_bytes() == (data / "images" / "emoji" / "a.png").read_bytes()
+    assert main(["data", "export", str(data / "manifest.jsonl"), "-o", str(out)]) == 0  # kept, no error
+    assert main(["data", "export", str(data / "manifest.jsonl"), "-o", str(data / "inside")]) == 1
+    assert main(["data", "export", str(data / "manifest.jsonl"), "--split", "nope", "-o", str(out)]) == 1

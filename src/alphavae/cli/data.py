@@ -41,8 +41,20 @@ def _samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from alphavae.data.manifest import export_split
+
+    try:
+        copied, skipped = export_split(args.manifest, args.split, args.output)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"split {args.split}: copied {copied} image(s), kept {skipped} existing, under {args.output}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``alphavae data fetch`` and ``alphavae data samples``."""
+    """Add ``alphavae data fetch``, ``alphavae data samples`` and ``alphavae data export``."""
     data = subparsers.add_parser("data", help="fetch real RGBA training/evaluation images; choose bundled samples")
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
@@ -86,3 +98,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="shrink samples to at most this many pixels on the long side (default 512)")
     samples.add_argument("--overwrite", action="store_true", help="replace sample images that already exist")
     samples.set_defaults(func=_samples)
+
+    export = commands.add_parser(
+        "export", help="copy one split's images into a folder tree (for alphavae eval / eval-vae)",
+        description="Copy the images of one manifest split to OUTPUT/<source>/..., atomically, keeping files "
+        "that already exist. OUTPUT must not lie in the manifest's folder.",
+    )
+    export.add_argument("manifest", help="manifest.jsonl written by 'alphavae data fetch'")
+    export.add_argument("--split", default="test", help="split to copy: train, val or test (default test)")
+    export.add_argument("-o", "--output", required=True, help="output folder (created)")
+    export.set_defaults(func=_export)

@@ -90,3 +90,33 @@ def summarise(records: Iterable[dict]) -> dict[str, dict[str, int]]:
     for record in records:
         counts.setdefault(record["source"], Counter())[record["split"]] += 1
     return {source: dict(sorted(counts[source].items())) for source in sorted(counts)}
+
+
+def export_split(manifest: str | Path, split: str, output: str | Path) -> tuple[int, int]:
+    """Copy the images of one split into ``output``, keeping their ``images/<source>/...`` layout below it.
+
+    Gives ``alphavae eval`` / ``eval-vae`` a dataset/category tree of exactly the held-out images.
+    Files are copied atomically; existing ones are kept (not compared). ``output`` must not lie in the
+    manifest's folder. Returns ``(copied, skipped_existing)``.
+
+    Raises:
+        FileNotFoundError: the manifest or one of its images is missing.
+        ValueError: no record of ``split``, or ``output`` inside the manifest's folder.
+    """
+    manifest = Path(manifest)
+    root = manifest.parent
+    io.check_output_outside_inputs(output, [root])
+    records = [r for r in read_manifest(manifest) if r["split"] == split]
+    if not records:
+        raise ValueError(f"{manifest}: no image in split {split!r}")
+    copied = skipped = 0
+    for record in records:
+        relative = Path(record["file"])
+        target = Path(output) / Path(*relative.parts[1:]) if relative.parts[0] == "images" else Path(output) / relative
+        if target.exists():
+            skipped += 1
+            continue
+        data = (root / relative).read_bytes()
+        io.atomic_write(target, lambda tmp, data=data: Path(tmp).write_bytes(data))
+        copied += 1
+    return copied, skipped

@@ -197,3 +197,25 @@ def test_gradient_accumulation_matches_larger_batch(assets, tmp_path):
         assert all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7) for k in a)
     big_weights, acc_weights = _weights(big.final_dir), _weights(accumulated.final_dir)
     assert all(torch.allclose(big_weights[k], acc_weights[k], rtol=1e-5, atol=1e-7) for k in big_weights)
+
+
+MINI_RECIPES = Path(__file__).resolve().parents[1] / "models" / "alphavae-mini"
+
+
+@pytest.mark.parametrize("recipe", ["stage1_rgb", "stage2_rgba", "stage2_naive_mse", "preliminary_rgba"])
+def test_alphavae_mini_recipes_parse(recipe):
+    config = load_config(MINI_RECIPES / f"{recipe}.yaml")
+    assert config.model.in_channels == (3 if recipe == "stage1_rgb" else 4)
+    assert config.loss.reconstruction == ("abmse" if recipe in ("stage2_rgba", "preliminary_rgba") else "mse")
+
+
+def test_native_resolution_crops_from_scratch(assets, tmp_path):
+    """data.resize_short_side=false: crops at native resolution (the preliminary alphavae-mini recipe)."""
+    (tmp_path / "init").mkdir()
+    (tmp_path / "init" / "config.json").write_text(json.dumps(tiny_vae_config("flux")))
+    overrides = _overrides(assets, **{"model.vae": "null", "model.init_config": str(tmp_path / "init" / "config.json"),
+                                      "data.resize_short_side": False})
+    config = load_config(MINI_RECIPES / "preliminary_rgba.yaml", overrides)
+    result = train_vae(config, tmp_path / "run")
+    assert config.data.resize_short_side is False and len(result.history) == 2
+    assert AutoencoderKL.from_pretrained(result.final_dir).config.in_channels == 4

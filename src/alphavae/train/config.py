@@ -42,7 +42,9 @@ class DataConfig:
 
     Attributes:
         source: image folder or ``manifest.jsonl`` (train split ``"train"``, validation split ``"val"``).
-        size: square crop side in pixels after short-side resize (paper: 1024).
+        size: square crop side in pixels (paper: 1024).
+        resize_short_side: resize each image so its short side is ``size`` before cropping (paper: yes);
+            ``False`` takes crops at the images' native resolution.
         crop: ``"random"`` for training crops (validation always uses centre crops).
         blend_prob: blend augmentation probability in [0, 1] (paper: 0.3).
         opaque_background: background of the opaque composites of the RGB stage (``solid``/``palette``/``image``).
@@ -54,6 +56,7 @@ class DataConfig:
 
     source: str | None = None
     size: int = 1024
+    resize_short_side: bool = True
     crop: str = "random"
     blend_prob: float = 0.3
     opaque_background: str = "solid"

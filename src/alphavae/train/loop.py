@@ -204,7 +204,8 @@ def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
         train_files, failed = readable_files(train_files, show_progress=accelerator.is_main_process)
         val_files, val_failed = readable_files(val_files, show_progress=False)
         failed += val_failed
-    dataset = RGBADataset(train_files, size=data.size, crop=data.crop, blend_prob=data.blend_prob, opaque=rgb,
+    dataset = RGBADataset(train_files, size=data.size, crop=data.crop, resize_short_side=data.resize_short_side,
+                          blend_prob=data.blend_prob, opaque=rgb,
                           opaque_background=data.opaque_background, seed=config.seed)
     sampler = StepBatchSampler(len(dataset), data.batch_size * accelerator.num_processes,
                                config.optim.max_steps * config.optim.gradient_accumulation, seed=config.seed,
@@ -213,7 +214,8 @@ def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers)
     val_pixels = None
     if val_files and accelerator.is_main_process:
-        val_set = RGBADataset(val_files, size=data.size, crop="center", opaque=rgb, seed=config.seed)
+        val_set = RGBADataset(val_files, size=data.size, crop="center", resize_short_side=data.resize_short_side,
+                              opaque=rgb, seed=config.seed)
         val_pixels = torch.stack([val_set[i] for i in range(len(val_set))])
     return loader, val_pixels, failed
 

@@ -69,7 +69,8 @@ def measure(mode: str, side: int, tile: int | None, overlap: int | None = None, 
     command += ["--out", str(out)] if out else []
     done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if done.returncode != 0:
-        return {"mode": mode, "side": side, "batch": batch, "tile": tile, "error": done.stderr.strip().splitlines()[-1:]}
+        reason = f"killed by signal {-done.returncode}" if done.returncode < 0 else done.stderr.strip()[-300:]
+        return {"mode": mode, "side": side, "batch": batch, "tile": tile, "error": reason}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -43,10 +43,10 @@ def test_peak_rss_resets_between_calls():
 def test_scaling_table_and_plot(tmp_path):
     cases = [{"mode": "decode", "side": s, "batch": 1, "tile": None, "seconds": s / 100, "peak_rss_mb": s}
              for s in (64, 128, 256)]
-    result = {"by_side": cases + [{"mode": "decode", "side": 512, "batch": 1, "tile": 128, "error": ["boom"]}],
+    result = {"by_side": cases + [{"mode": "decode", "side": 512, "batch": 1, "tile": 128, "error": "boom"}],
               "by_batch": [{**cases[0], "batch": 2}], "batch_side": 64}
     text = scaling.table(result)
-    assert "| 128² | 1 | False | 1.28 |" in text and "failed: ['boom']" in text and "| 64² | 2 |" in text
+    assert "| 128² | 1 | False | 1.28 |" in text and "failed: boom" in text and "| 64² | 2 |" in text
     path = scaling.plot(result, tmp_path / "plot.png")
     with Image.open(path) as image:
         assert image.size == (900, 400)

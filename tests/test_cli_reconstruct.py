@@ -28,11 +28,13 @@ def test_sizes_come_back_exactly(tmp_path, tiny_rgba_dir):
     sizes = [(1, 1), (17, 33), (200, 7)]
     for height, width in sizes:
         _rgba_png(tmp_path / "in" / "sub" / f"{height}x{width}.png", height, width)
-    assert _run(tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--grid") == 0
+    assert _run(tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--grid", tmp_path / "grids") == 0
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == sorted(["sub"] + [f"{h}x{w}.png" for h, w in sizes])
+    assert _run(tmp_path / "in", "-o", tmp_path / "out2", "--vae", tiny_rgba_dir, "--grid", tmp_path / "in" / "g") == 1
     for height, width in sizes:
         output = Image.open(tmp_path / "out" / "sub" / f"{height}x{width}.png")
         assert output.mode == "RGBA" and output.size == (width, height)
-        grid = Image.open(tmp_path / "out" / "grids" / "sub" / f"{height}x{width}.grid.png")
+        grid = Image.open(tmp_path / "grids" / "sub" / f"{height}x{width}.grid.png")
         assert grid.size == (3 * width, 2 * height)
     tiled = ["--tile-size", "24", "--tile-overlap", "8", "--tile-norms", "image"]
     (tmp_path / "in" / "sub" / "200x7.png").unlink()  # 25 tiles x one pass per GroupNorm: slow for a unit test

@@ -28,8 +28,6 @@ from alphavae.io import (
 )
 from alphavae.vae import RGBAVAE
 
-GRID_DIR = "grids"
-"""Subfolder of the output folder that holds the comparison grids."""
 GRID_BACKGROUNDS = ("checkerboard", "black", "white")
 """Backgrounds of the grid columns (``alphavae.io.composite`` names)."""
 
@@ -70,7 +68,7 @@ def comparison_grid(original: torch.Tensor, reconstruction: torch.Tensor) -> tor
 
 
 def _write(vae: RGBAVAE, batch: list[tuple[Path, Path, torch.Tensor]], output_dir: Path, *, overwrite: bool,
-           grid: bool, report: ReconstructReport) -> None:
+           grid_dir: Path | None, report: ReconstructReport) -> None:
     """Reconstruct a batch of loaded images and write them (and their grids), recording the outcome."""
     try:
         outputs = vae.reconstruct_images([pixels for _, _, pixels in batch], batch_size=len(batch))
@@ -80,8 +78,8 @@ def _write(vae: RGBAVAE, batch: list[tuple[Path, Path, torch.Tensor]], output_di
     for (path, target, pixels), output in zip(batch, outputs):
         try:
             save_rgba(output.cpu(), target, overwrite=overwrite)
-            if grid:
-                grid_path = output_dir / GRID_DIR / target.relative_to(output_dir).with_suffix(".grid.png")
+            if grid_dir is not None:
+                grid_path = grid_dir / target.relative_to(output_dir).with_suffix(".grid.png")
                 save_rgba(comparison_grid(pixels, output.cpu()), grid_path, overwrite=True)
         except (OSError, ValueError) as err:
             report.failed.append((path, f"cannot write output: {err}"))
@@ -90,14 +88,16 @@ def _write(vae: RGBAVAE, batch: list[tuple[Path, Path, torch.Tensor]], output_di
 
 
 def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir: str | os.PathLike, *,
-                      vae: RGBAVAE, batch_size: int = 1, overwrite: bool = False, grid: bool = False,
+                      vae: RGBAVAE, batch_size: int = 1, overwrite: bool = False,
+                      grid_dir: str | os.PathLike | None = None,
                       progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ReconstructReport:
     """Reconstruct every image of ``inputs`` through ``vae`` into ``output_dir``.
 
     Each input ``<folder>/<rel>.<ext>`` becomes ``output_dir/<rel>.png`` (a file given directly:
     ``output_dir/<name>.png``): 4-channel 8-bit straight RGBA, exactly the input size (posterior
-    mode, padded/cropped by ``RGBAVAE.reconstruct``). With ``grid``, also
-    ``output_dir/grids/<rel>.grid.png`` (see ``comparison_grid``).
+    mode, padded/cropped by ``RGBAVAE.reconstruct``). With ``grid_dir``, also
+    ``grid_dir/<rel>.grid.png`` (see ``comparison_grid``), kept apart so ``output_dir`` holds only
+    reconstructions (it can be scored with ``alphavae eval`` as is).
 
     Args:
         inputs: image files and/or folders (folders are walked recursively).
@@ -106,7 +106,7 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
         batch_size: up to this many loaded images are reconstructed per model call (same-size
             images share a batch).
         overwrite: replace existing outputs; otherwise they are skipped (not even loaded).
-        grid: also write comparison grids.
+        grid_dir: folder for comparison grids (None: no grids); must not be inside an input folder.
         progress: show a tqdm progress bar (images, with ETA) on stderr.
         max_pixels: largest accepted width * height per input (``alphavae.io.load_rgba``).
     Returns:
@@ -114,7 +114,8 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
         folder), outputs that would replace an input file (``a.png -o .``) and failed
         reconstructions/writes are in ``failed``, the rest continue.
     Raises:
-        ValueError: ``output_dir`` inside an input folder or an existing non-folder, or ``batch_size`` < 1.
+        ValueError: ``output_dir`` or ``grid_dir`` inside an input folder, ``output_dir`` an existing
+            non-folder, or ``batch_size`` < 1.
         FileNotFoundError: an input does not exist.
     """
     if batch_size < 1:
@@ -124,6 +125,9 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output {output_dir} exists and is not a folder")
     check_output_outside_inputs(output_dir, inputs)
+    if grid_dir is not None:
+        grid_dir = Path(grid_dir)
+        check_output_outside_inputs(grid_dir, inputs)
     report = ReconstructReport()
     claimed: dict[Path, Path] = {}
     batch: list[tuple[Path, Path, torch.Tensor]] = []
@@ -146,8 +150,8 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
         except ImageLoadError as err:
             report.failed.append((path, err.reason))
         if len(batch) >= batch_size:
-            _write(vae, batch, output_dir, overwrite=overwrite, grid=grid, report=report)
+            _write(vae, batch, output_dir, overwrite=overwrite, grid_dir=grid_dir, report=report)
             batch = []
     if batch:
-        _write(vae, batch, output_dir, overwrite=overwrite, grid=grid, report=report)
+        _write(vae, batch, output_dir, overwrite=overwrite, grid_dir=grid_dir, report=report)
     return report

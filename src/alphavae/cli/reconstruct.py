@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
 from alphavae.accel import POLICY_NAMES
 from alphavae.io import DEFAULT_MAX_PIXELS
-from alphavae.reconstruct import GRID_DIR, reconstruct_files
+from alphavae.reconstruct import reconstruct_files
 from alphavae.vae import RGBAVAE
 
 
@@ -46,9 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=1, metavar="N",
                         help="same-size images per model call (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--grid", action="store_true",
-                        help=f"also write OUT/{GRID_DIR}/<name>.grid.png: input (top) vs reconstruction "
-                             "(bottom) over checkerboard, black and white")
+    parser.add_argument("--grid", type=Path, default=None, metavar="DIR",
+                        help="also write comparison grids DIR/<name>.grid.png: input (top) vs reconstruction "
+                             "(bottom) over checkerboard, black and white (DIR outside the inputs; default: none)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"largest accepted width*height of an input, in pixels (default {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -81,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
                                       tile_size=args.tile_size, tile_overlap=args.tile_overlap,
                                       norm_stats=args.tile_norms)
         report = reconstruct_files(args.inputs, args.output, vae=vae, batch_size=args.batch_size,
-                                   overwrite=args.overwrite, grid=args.grid, progress=not args.quiet,
+                                   overwrite=args.overwrite, grid_dir=args.grid, progress=not args.quiet,
                                    max_pixels=args.max_pixels)
     except (OSError, ValueError) as err:
         print(f"alphavae reconstruct: error: {err}", file=sys.stderr)

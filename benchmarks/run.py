@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from alphavae.accel import POLICY_NAMES
 from benchmarks import inference, memory, scaling, training
 from benchmarks.common import IMAGE_DIRS, machine_name
 
@@ -80,7 +81,7 @@ def run_suite(mode: str, names: tuple[str, ...], out_dir: Path) -> tuple[dict, s
     sections, failures = [f"# Benchmarks ({mode}, {results['machine']}, torch {torch.__version__}, "
                           f"{results['threads']} threads, {results['date'][:16]} UTC)"], 0
     runners = {
-        "inference": lambda s: inference.run(s["sides"], s["repeats"]),
+        "inference": lambda s: inference.run(s["sides"], s["repeats"], policy=s.get("policy", "auto")),
         "memory": lambda s: memory.run(s["decode_sides"], s["compare_side"], s["tile"], s["overlap"], out_dir),
         "training": lambda s: training.run(s["side"], s["batch"], s["repeats"]),
         "scaling": lambda s: scaling.run(s["sides"], s["batches"], s["batch_side"], tile=settings["memory"]["tile"],
@@ -115,9 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sides", type=int, nargs="+", default=None,
                         help="override the inference sides in pixels (multiples of 8), e.g. on a busy machine")
     parser.add_argument("--repeats", type=int, default=None, help="override the inference timed repeats (>= 1)")
+    parser.add_argument("--policy", default=None, choices=POLICY_NAMES,
+                        help="alphavae.accel policy of the inference 'default' path (default: auto)")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    overrides = {"sides": tuple(args.sides) if args.sides else None, "repeats": args.repeats}
+    overrides = {"sides": tuple(args.sides) if args.sides else None, "repeats": args.repeats, "policy": args.policy}
     SETTINGS[mode]["inference"].update({k: v for k, v in overrides.items() if v is not None})
     results, markdown, failures = run_suite(mode, tuple(args.only), args.out_dir)
     stem = results["stem"]

@@ -1,7 +1,7 @@
 """Inference speed policy: the dtype and memory layout a VAE runs in, chosen per device.
 
 The bulk of a diffusers ``AutoencoderKL`` (its resnets, attention, up/down samplers) runs in a 16-bit
-compute dtype where the hardware has fast 16-bit matrix units (CPUs with AVX512_BF16 or AMX, CUDA GPUs
+compute dtype where the hardware has fast 16-bit matrix units (CPUs with AMX-BF16, CUDA GPUs
 with bf16), while a few cheap layers where precision matters stay in float32 ("islands"):
 
 - ``encoder.conv_in`` sees the raw pixels: bf16 cannot represent every 1/255 step of alpha near 1
@@ -64,24 +64,26 @@ class SpeedPolicy:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU has native bf16 dot products (AVX512_BF16 or AMX-BF16), read from ``/proc/cpuinfo``.
+    """Whether this CPU has AMX-BF16 tile units (``amx_bf16`` in ``/proc/cpuinfo``), where bf16 pays off.
 
-    Returns False when the file cannot be read (non-Linux systems): the safe float32 choice.
+    AVX512_BF16 alone is not enough: on the 2-core AVX512_BF16 Xeon VM this project benchmarks on, a bf16
+    matmul ran at 83 GFLOP/s against 139 for float32, and the mixed policy was 0.68-0.87x the speed of
+    float32 end to end (``benchmarks/``, 2026-11-30). Returns False when the file cannot be read.
     """
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
             flags = next((line for line in handle if line.startswith("flags")), "").split()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return "amx_bf16" in flags
 
 
 def resolve_policy(name: str = "auto", device: str | torch.device = "cpu") -> SpeedPolicy:
     """Turn a policy name into a :class:`SpeedPolicy` for ``device``.
 
     Args:
-        name: "auto" (the default users get: "mixed-bf16" on a CPU with fast bf16 or a CUDA device with
-            bf16 support, else "float32"), "float32" (diffusers' default, exact), "bfloat16" / "float16"
+        name: "auto" (the default users get: "mixed-bf16" on a CPU with AMX-BF16 (``cpu_has_fast_bf16``)
+            or a CUDA device with bf16 support, else "float32"), "float32" (diffusers' default, exact), "bfloat16" / "float16"
             (whole model in that dtype, no islands), or "mixed-bf16" (bf16 bulk, float32 ``FLOAT32_ISLANDS``;
             channels_last on CPU).
         device: where the model will run.

@@ -257,8 +257,8 @@ class RGBAVAE:
                 shipped default model in ``DEFAULT_MODEL_DIR``.
             subfolder: e.g. "vae" inside a pipeline folder.
             dtype: speed/precision policy (``alphavae.accel.resolve_policy``): "auto" (default: on a CPU
-                with AVX512_BF16/AMX or a bf16 GPU, "mixed-bf16" = bf16 bulk with float32 input/output
-                layers, about 2x faster than float32; else "float32"), "float32" (exact, diffusers'
+                with AMX-BF16 or a bf16 GPU, "mixed-bf16" = bf16 bulk with float32 input/output layers;
+                else "float32", which measured faster on AVX512_BF16-only CPUs), "float32" (exact, diffusers'
                 default), "bfloat16", "float16" or "mixed-bf16". device: torch device for the weights.
             tile_size, tile_overlap, norm_stats: see the class.
         Raises:

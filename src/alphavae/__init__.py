@@ -13,3 +13,9 @@ shaped (B, 4, H, W) with all four channels in [-1, 1]; alpha in [0, 1] is (a + 1
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+
+# bitsandbytes (pulled in by the test-only pyiqa) logs an irrelevant optional-kernel warning whenever
+# diffusers/transformers import it; nothing in alphavae uses bitsandbytes.
+_logging.getLogger("bitsandbytes").setLevel(_logging.ERROR)

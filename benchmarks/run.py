@@ -35,12 +35,13 @@ NAMES = ("inference", "memory", "training", "scaling", "eval")
 
 SETTINGS = {
     "quick": {"inference": {"sides": (64, 128), "repeats": 2},
-              "memory": {"decode_sides": (512,), "compare_side": 256, "tile": 128, "overlap": 32},
+              "memory": {"decode_sides": (512,), "compare_side": 256, "tile": 128, "overlap": 64},
               "training": {"side": 64, "batch": 1, "repeats": 2},
               "scaling": {"sides": (64, 128, 256), "batches": (1, 2), "batch_side": 64, "tile_from": 256},
               "eval": {"per_category": 4}},
     "full": {"inference": {"sides": (256, 512, 1024), "repeats": 3},
-             "memory": {"decode_sides": (4096,), "compare_side": 2048, "tile": 512, "overlap": 64},
+             "memory": {"decode_sides": (4096,), "compare_side": 2048, "tile": 512, "overlap": 128,
+                        "decode_tile_mode": "fast"},  # exact at 4096²: whole-latent attention, ~1.4e14 FLOPs
              "training": {"side": 256, "batch": 1, "repeats": 3},
              "scaling": {"sides": (256, 512, 1024), "batches": (1, 2, 4), "batch_side": 256, "tile_from": 2048},
              "eval": {"per_category": 60}},
@@ -82,7 +83,8 @@ def run_suite(mode: str, names: tuple[str, ...], out_dir: Path) -> tuple[dict, s
                           f"{results['threads']} threads, {results['date'][:16]} UTC)"], 0
     runners = {
         "inference": lambda s: inference.run(s["sides"], s["repeats"], policy=s.get("policy", "auto")),
-        "memory": lambda s: memory.run(s["decode_sides"], s["compare_side"], s["tile"], s["overlap"], out_dir),
+        "memory": lambda s: memory.run(s["decode_sides"], s["compare_side"], s["tile"], s["overlap"], out_dir,
+                                        decode_tile_mode=s.get("decode_tile_mode", "exact")),
         "training": lambda s: training.run(s["side"], s["batch"], s["repeats"]),
         "scaling": lambda s: scaling.run(s["sides"], s["batches"], s["batch_side"], tile=settings["memory"]["tile"],
                                          overlap=settings["memory"]["overlap"], tile_from=s["tile_from"]),

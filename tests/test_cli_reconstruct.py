@@ -36,7 +36,7 @@ def test_sizes_come_back_exactly(tmp_path, tiny_rgba_dir):
         assert output.mode == "RGBA" and output.size == (width, height)
         grid = Image.open(tmp_path / "grids" / "sub" / f"{height}x{width}.grid.png")
         assert grid.size == (3 * width, 2 * height)
-    tiled = ["--tile-size", "24", "--tile-overlap", "8", "--tile-norms", "image"]
+    tiled = ["--tile-size", "24", "--tile-overlap", "8", "--tile-mode", "exact"]
     (tmp_path / "in" / "sub" / "200x7.png").unlink()  # 25 tiles x one pass per GroupNorm: slow for a unit test
     assert _run(tmp_path / "in", "-o", tmp_path / "tiled", "--vae", tiny_rgba_dir, *tiled) == 0
     assert Image.open(tmp_path / "tiled" / "sub" / "17x33.png").size == (33, 17)

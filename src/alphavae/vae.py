@@ -80,8 +80,9 @@ class _ImageNormStats:
     execution order): every tile runs up to the first GroupNorm whose statistics are not fixed yet,
     contributes the sum and sum of squares of the region it owns (the owned regions partition the
     image), and stops; the pooled mean and biased variance are then fixed for that layer and later
-    passes normalise with them (``torch.nn.GroupNorm`` arithmetic). Mid-block attention (and its
-    GroupNorm over flattened tokens) still sees one tile at a time. Fixed statistics are constants for
+    passes normalise with them (``torch.nn.GroupNorm`` arithmetic). Used on the local stages only
+    (``RGBAVAE`` runs the mid-block with its attention on the whole latent map); a GroupNorm over
+    flattened tokens (3-D input) keeps per-tile statistics. Fixed statistics are constants for
     autograd. Cost: one partial pass over the tiles per GroupNorm.
     """
 
@@ -225,8 +226,8 @@ class RGBAVAE:
             (a multiple of ``multiple``); bounds memory for huge images. None = whole image.
         tile_overlap: overlap between tiles in pixels (a multiple of ``multiple``, less than
             ``tile_size``); None = a quarter of the tile rounded down to the multiple.
-        norm_stats: GroupNorm statistics of a tiled run, "tile" (per tile, default) or "image"
-            (whole image, slower; see ``enable_tiling``).
+        tile_mode: "exact" (default: whole-image GroupNorm statistics and a whole-latent mid-block,
+            matches an untiled run) or "fast" (every layer per tile, like diffusers); see ``enable_tiling``.
     Raises:
         ValueError: not an ``AutoencoderKL``, not 4 channels in and out (a 3-channel RGB VAE must be
             converted first: ``alphavae convert``), or a bad tile size/overlap.
@@ -237,19 +238,19 @@ class RGBAVAE:
     """
 
     def __init__(self, model: AutoencoderKL, *, tile_size: int | None = None, tile_overlap: int | None = None,
-                 norm_stats: str = "tile"):
+                 tile_mode: str = "exact"):
         require_channels(model, 4, user="RGBAVAE",
                          hint="convert an RGB VAE first (alphavae convert SRC DST / alphavae.convert.convert_to_rgba)")
         self.model = model.eval()
         self.tile_size = self.tile_overlap = None
-        self.norm_stats = "tile"
+        self.tile_mode = "exact"
         if tile_size is not None:
-            self.enable_tiling(tile_size, tile_overlap, norm_stats=norm_stats)
+            self.enable_tiling(tile_size, tile_overlap, tile_mode=tile_mode)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike | None = None, *, subfolder: str | None = None,
                         dtype: str = "auto", device: str | torch.device = "cpu", tile_size: int | None = None,
-                        tile_overlap: int | None = None, norm_stats: str = "tile") -> RGBAVAE:
+                        tile_overlap: int | None = None, tile_mode: str = "exact") -> RGBAVAE:
         """Load a converted RGBA VAE saved in diffusers format.
 
         Args:
@@ -260,7 +261,7 @@ class RGBAVAE:
                 with AMX-BF16 or a bf16 GPU, "mixed-bf16" = bf16 bulk with float32 input/output layers;
                 else "float32", which measured faster on AVX512_BF16-only CPUs), "float32" (exact, diffusers'
                 default), "bfloat16", "float16" or "mixed-bf16". device: torch device for the weights.
-            tile_size, tile_overlap, norm_stats: see the class.
+            tile_size, tile_overlap, tile_mode: see the class.
         Raises:
             FileNotFoundError: ``path_or_id`` is None and the default model is not installed.
             OSError: the model cannot be loaded (message names the path).
@@ -277,7 +278,7 @@ class RGBAVAE:
         model = load_autoencoder(path_or_id, subfolder=subfolder)
         try:
             return cls(apply_policy(model.to(device), policy), tile_size=tile_size, tile_overlap=tile_overlap,
-                       norm_stats=norm_stats)
+                       tile_mode=tile_mode)
         except ValueError as err:
             raise ValueError(f"{path_or_id}: {err}") from err
 
@@ -311,58 +312,75 @@ class RGBAVAE:
         """Device of the model weights."""
         return next(self.model.parameters()).device
 
-    def enable_tiling(self, tile_size: int, tile_overlap: int | None = None, *, norm_stats: str = "tile") -> None:
+    def enable_tiling(self, tile_size: int, tile_overlap: int | None = None, *, tile_mode: str = "exact") -> None:
         """Encode/decode in overlapping tiles of ``tile_size`` pixels with ``tile_overlap`` pixels overlap.
 
-        Tiles bound peak memory (e.g. 4096^2 images). In each overlap the quarter nearest a tile's
-        inner edge serves as context only (zero weight) and the middle half cross-fades linearly;
-        every channel, alpha included, is blended alike (rgba-pitfalls #9). For purely local layers
-        this is exact once a quarter of the overlap covers the receptive field. By default
-        (``norm_stats="tile"``, as diffusers' tiling) each tile is normalised on its own, which can
-        shift whole tiles; ``"image"`` makes GroupNorms use whole-image statistics gathered over the
-        tiles one norm at a time (peak memory still one tile, but one partial pass per GroupNorm:
-        measured 14x slower than "tile" on a FLUX-structured model, 256^2 in 128-pixel tiles, mean
-        error 11.1 -> 4.8 / 255). Mid-block attention sees one tile at a time in both modes,
-        and the deepest layers' receptive field exceeds small tiles, so tiled and untiled results
-        differ by an amount that depends on the weights and tile size (tests/test_vae.py measures it;
-        random-weight models on small tiles can still differ by the full range). Prefer large tiles
-        (>= 512 for SD/FLUX VAEs).
+        Tiles bound the memory of the full-resolution layers (e.g. 4096^2 images). In each overlap the
+        quarter nearest a tile's inner edge serves as context only (zero weight) and the middle half
+        cross-fades linearly; every channel, alpha included, is blended alike (rgba-pitfalls #9).
+
+        ``tile_mode="exact"`` (default) tiles only the local, full-resolution stages: the encoder's
+        ``conv_in`` + down blocks and the decoder's up blocks + output layers. Their GroupNorms use
+        statistics of the whole image, gathered over the tiles one norm at a time (``_ImageNormStats``),
+        and the mid-block (self-attention: every latent position sees every other) runs once on the
+        whole latent-resolution feature map. The remaining tiled-vs-untiled difference comes from
+        convolutions whose receptive field reaches past a tile's context, so it shrinks with the
+        overlap: measured with alphavae-mini on real 384^2 images (latent tiles of 256 px), 0.16 / 255
+        at 128 px overlap vs 6.9 / 255 at 64 px (tests/test_vae.py checks <= 2 / 255). Costs: one
+        partial pass over the tiles per GroupNorm of the tiled stages (about 10x the time of "fast"
+        for SD/FLUX-structured VAEs) and, for the mid-block, memory ~ 6 x C_mid x H/8 x W/8 floats
+        (0.5 GB per tensor for FLUX at 4096^2) and attention time quadratic in (H/8 x W/8).
+        ``tile_mode="fast"`` runs every layer per tile (as diffusers' tiling): least time and memory,
+        but per-tile normalisation and attention can shift whole tiles (visible seams).
         Args:
             tile_size: tile side in pixels, a positive multiple of ``multiple``.
             tile_overlap: overlap in pixels, a multiple of ``multiple`` below ``tile_size``;
-                None = ``tile_size // 4`` rounded down to the multiple.
-            norm_stats: "tile" (per-tile GroupNorm statistics, default) or "image" (whole-image ones).
+                None = max(tile_size / 4, 16 x multiple), at most tile_size / 2, rounded down to the
+                multiple (128 px for 256-512 px tiles of an 8x VAE).
+            tile_mode: "exact" or "fast".
         Raises:
             ValueError: sizes not integers, not positive multiples of ``multiple``, overlap >= tile size,
-                or an unknown ``norm_stats``.
+                or an unknown ``tile_mode``.
         """
-        if norm_stats not in ("image", "tile"):
-            raise ValueError(f"norm_stats must be 'image' or 'tile', got {norm_stats!r}")
+        if tile_mode not in ("exact", "fast"):
+            raise ValueError(f"tile_mode must be 'exact' or 'fast', got {tile_mode!r}")
         for value in (tile_size, tile_overlap):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"tile size and overlap must be integer pixel counts, got {value!r}")
-        overlap = tile_size // 4 // self.multiple * self.multiple if tile_overlap is None else tile_overlap
+        if tile_overlap is None:
+            overlap = min(max(tile_size // 4, 16 * self.multiple), tile_size // 2) // self.multiple * self.multiple
+        else:
+            overlap = tile_overlap
         if tile_size <= 0 or tile_size % self.multiple or overlap < 0 or overlap % self.multiple \
                 or overlap >= tile_size:
             raise ValueError(f"tile size {tile_size} / overlap {overlap} must be multiples of {self.multiple} "
                              "with 0 <= overlap < tile size")
-        self.tile_size, self.tile_overlap, self.norm_stats = tile_size, overlap, norm_stats
+        self.tile_size, self.tile_overlap, self.tile_mode = tile_size, overlap, tile_mode
 
     def disable_tiling(self) -> None:
         """Encode/decode whole images (the default)."""
         self.tile_size = self.tile_overlap = None
 
-    def _run(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: float) -> torch.Tensor:
-        """Run a model stage (tiled if enabled) in the model dtype; redo in float32 if 16-bit output is not finite."""
+    def _run(self, stage: str, x: torch.Tensor) -> torch.Tensor:
+        """Run the encoder (``stage="encode"``: pixels -> moments) or decoder ("decode": latents -> pixels),
+        tiled if enabled, in the model dtype; redo in float32 if 16-bit output is not finite."""
         def call() -> torch.Tensor:
             inputs = x.to(self.device, next(self.model.parameters()).dtype)  # the input layer's dtype
+            whole = self._moments if stage == "encode" else self._pixels
             if self.tile_size is None:
-                return fn(inputs).float()
-            tile = self.tile_size if scale < 1 else self.tile_size // self.multiple
-            overlap = self.tile_overlap if scale < 1 else self.tile_overlap // self.multiple
-            return _tiled(fn, inputs, tile=tile, overlap=overlap, scale=scale,
-                          unit=self.multiple if scale < 1 else 1,
-                          norm_model=self.model if self.norm_stats == "image" else None)
+                return whole(inputs).float()
+            encode = stage == "encode"
+            scale = 1 / self.multiple if encode else self.multiple
+            tiling = dict(tile=self.tile_size if encode else self.tile_size // self.multiple,
+                          overlap=self.tile_overlap if encode else self.tile_overlap // self.multiple,
+                          scale=scale, unit=self.multiple if encode else 1)
+            if self.tile_mode == "fast":
+                return _tiled(whole, inputs, **tiling)
+            if encode:
+                features = _tiled(self._encoder_local, inputs, norm_model=self._encoder_local_modules(), **tiling)
+                return self._encoder_global(features).float()
+            features = self._decoder_global(inputs)
+            return _tiled(self._decoder_local, features, norm_model=self._decoder_local_modules(), **tiling)
 
         out = call()
         if self.dtype != torch.float32 and not torch.isfinite(out).all():
@@ -371,6 +389,45 @@ class RGBAVAE:
             with float32_computation(self.model):
                 out = call()
         return out
+
+    # The encoder and decoder split at the latent resolution (diffusers ``Encoder`` / ``Decoder``
+    # forward, without gradient checkpointing): local full-resolution stages, tiled in "exact" mode,
+    # and global latent-resolution stages (the mid-block with its attention), run on the whole map.
+
+    def _encoder_local(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder ``conv_in`` + down blocks: ``(B, 4, H, W)`` -> ``(B, C, H / multiple, W / multiple)``."""
+        encoder = self.model.encoder
+        h = encoder.conv_in(x)
+        for block in encoder.down_blocks:
+            h = block(h)
+        return h
+
+    def _encoder_local_modules(self) -> torch.nn.Module:
+        """The modules ``_encoder_local`` runs (whose GroupNorms get whole-image statistics)."""
+        return torch.nn.ModuleList([self.model.encoder.conv_in, *self.model.encoder.down_blocks])
+
+    def _encoder_global(self, h: torch.Tensor) -> torch.Tensor:
+        """Encoder mid-block + output layers (+ quant conv): features -> posterior moments ``(B, 2 x latent, h, w)``."""
+        encoder = self.model.encoder
+        moments = encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(encoder.mid_block(h))))
+        return moments if self.model.quant_conv is None else self.model.quant_conv(moments)
+
+    def _decoder_global(self, z: torch.Tensor) -> torch.Tensor:
+        """(Post-quant conv +) decoder ``conv_in`` + mid-block: latents -> ``(B, C, h, w)`` features."""
+        z = z if self.model.post_quant_conv is None else self.model.post_quant_conv(z)
+        decoder = self.model.decoder
+        return decoder.mid_block(decoder.conv_in(z), None)
+
+    def _decoder_local(self, h: torch.Tensor) -> torch.Tensor:
+        """Decoder up blocks + output layers: features -> ``(B, 4, h x multiple, w x multiple)`` pixels."""
+        decoder = self.model.decoder
+        for block in decoder.up_blocks:
+            h = block(h, None)
+        return decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(h)))
+
+    def _decoder_local_modules(self) -> torch.nn.Module:
+        """The modules ``_decoder_local`` runs (whose GroupNorms get whole-image statistics)."""
+        return torch.nn.ModuleList([*self.model.decoder.up_blocks, self.model.decoder.conv_norm_out])
 
     def _moments(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder (+ quant conv) output: concatenated posterior mean and log-variance."""
@@ -404,7 +461,7 @@ class RGBAVAE:
             raise ValueError(f"pixels must be batched (B, 4, H, W), got {tuple(pixels.shape)}")
         _check_range(pixels)
         padded, _ = pad_to_multiple(clear_hidden_colour(pixels), self.multiple, mode="replicate")
-        return DiagonalGaussianDistribution(self._run(self._moments, padded, 1 / self.multiple))
+        return DiagonalGaussianDistribution(self._run("encode", padded))
 
     def decode(self, latents: torch.Tensor, *, size: tuple[int, int] | None = None) -> torch.Tensor:
         """Decode raw VAE latents to pixels.
@@ -428,7 +485,7 @@ class RGBAVAE:
             size = _check_size(size, "crop size")
             if size[0] > full[0] or size[1] > full[1]:
                 raise ValueError(f"crop size {size} is larger than the decoded size {full}")
-        pixels = self._run(self._pixels, latents, self.multiple).clamp(-1, 1)
+        pixels = self._run("decode", latents).clamp(-1, 1)
         return pixels if size is None else pixels[..., : size[0], : size[1]]
 
     @torch.inference_mode()

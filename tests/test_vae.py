@@ -241,3 +241,17 @@ def test_tiles_share_whole_image_group_norm_statistics():
     assert (shared - reference).abs().max() < 1e-4
     assert (per_tile - reference).abs().max() > 0.1
     assert not net[1]._forward_hooks and not net[1]._forward_pre_hooks
+
+
+def test_fitted_latent_factors_give_unit_variance_diffusion_latents():
+    vae = RGBAVAE(tiny_rgba_vae("flux", random_alpha=True))
+    images = [torch.rand(4, 24 + 8 * i, 40) * 2 - 1 for i in range(6)]
+    factors = alphavae.vae.fit_latent_factors(vae, images, generator=torch.Generator().manual_seed(0))
+    assert factors["images"] == 6 and factors["elements"] == sum(16 * (3 + i) * 5 for i in range(6))
+    vae.model.register_to_config(scaling_factor=factors["scaling_factor"], shift_factor=factors["shift_factor"])
+    latents = torch.cat([vae.encode(x[None]).sample(generator=torch.Generator().manual_seed(1)).flatten()
+                         for x in images])
+    scaled = vae.to_diffusion_latents(latents)
+    assert abs(scaled.mean().item()) < 0.05 and abs(scaled.std().item() - 1) < 0.05
+    with pytest.raises(ValueError, match="at least one image"):
+        alphavae.vae.fit_latent_factors(vae, [])

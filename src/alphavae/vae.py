@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -542,3 +542,37 @@ class RGBAVAE:
     def from_diffusion_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Diffusion-model latents -> raw VAE latents: ``z / scaling_factor + shift_factor``."""
         return latents / self.scaling_factor + self.shift_factor
+
+
+def fit_latent_factors(vae: RGBAVAE, images: Iterable[torch.Tensor], *,
+                       generator: torch.Generator | None = None) -> dict[str, float]:
+    """Diffusion latent factors fitted to data: ``shift_factor`` = mean and ``scaling_factor`` = 1 / std of
+    posterior samples over every latent element, so ``to_diffusion_latents`` gives zero-mean, unit-variance
+    latents (the convention of SD3's and FLUX's VAE configs; SD1.x fitted only the scale).
+
+    Args:
+        vae: the RGBA VAE (its tiling and dtype settings are used).
+        images: ``(4, H, W)`` straight RGBA tensors in [-1, 1], any sizes (e.g. ``alphavae.io.load_rgba``).
+        generator: for the posterior samples (None = torch's global generator).
+    Returns:
+        ``{"shift_factor": mean, "scaling_factor": 1 / std, "std": std, "images": count,
+        "elements": latent values seen}`` (floats / ints; statistics accumulated in float64).
+    Raises:
+        ValueError: no images, or latents with zero spread; see ``RGBAVAE.encode``.
+    """
+    total = squares = 0.0
+    count = elements = 0
+    with torch.inference_mode():
+        for image in images:
+            latents = vae.encode(image[None]).sample(generator=generator).double()
+            total += latents.sum().item()
+            squares += latents.square().sum().item()
+            elements += latents.numel()
+            count += 1
+    if count == 0:
+        raise ValueError("fit_latent_factors needs at least one image")
+    mean = total / elements
+    std = max(squares / elements - mean * mean, 0.0) ** 0.5
+    if std == 0.0:
+        raise ValueError("latents have zero spread; cannot fit a scaling factor")
+    return {"shift_factor": mean, "scaling_factor": 1.0 / std, "std": std, "images": count, "elements": elements}

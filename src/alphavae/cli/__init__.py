@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS: tuple[str, ...] = ("convert", "reconstruct", "data", "eval", "diffusion", "train_vae")
+COMMANDS: tuple[str, ...] = ("convert", "reconstruct", "latent_factors", "data", "eval", "diffusion", "train_vae")
 
 
 def build_parser() -> argparse.ArgumentParser:

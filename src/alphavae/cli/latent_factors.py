@@ -1,0 +1,70 @@
+"""``alphavae latent-factors``: fit a VAE's diffusion scaling/shift factors to images. Logic:
+``alphavae.vae.fit_latent_factors``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+from alphavae.io import DEFAULT_MAX_PIXELS, ImageLoadError, atomic_write, list_images, load_rgba
+from alphavae.vae import RGBAVAE, fit_latent_factors
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``latent-factors`` subcommand."""
+    parser = subparsers.add_parser(
+        "latent-factors",
+        help="fit scaling_factor / shift_factor of an RGBA VAE to images (unit-variance diffusion latents)",
+        description="Encode images (posterior samples) and print shift_factor = latent mean and scaling_factor "
+                    "= 1 / latent std, the convention of SD3/FLUX VAE configs; with --write, store them in the "
+                    "VAE folder's config.json (atomic rewrite). Unreadable images are skipped and listed.",
+    )
+    parser.add_argument("vae", metavar="VAE", help="RGBA VAE folder in diffusers format")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (recursive)")
+    parser.add_argument("--limit", type=int, default=512, metavar="N",
+                        help="use at most N images, a seeded random subset (default 512)")
+    parser.add_argument("--seed", type=int, default=0, help="subset and posterior-sample seed (default 0)")
+    parser.add_argument("--write", action="store_true", help="write the factors into VAE/config.json")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help=f"largest accepted width*height of an input, in pixels (default {DEFAULT_MAX_PIXELS})")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fit the factors; print them as JSON (and write them with --write); 1 if any input failed or on error."""
+    prog = "alphavae latent-factors"
+    try:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        vae = RGBAVAE.from_pretrained(args.vae, dtype="float32")
+        paths = [path for path, _ in list_images(args.inputs)]
+        paths = sorted(random.Random(args.seed).sample(paths, min(args.limit, len(paths))))
+        failed: list[str] = []
+
+        def images():
+            for path in paths:
+                try:
+                    yield load_rgba(path, max_pixels=args.max_pixels)
+                except ImageLoadError as err:
+                    failed.append(str(err))
+
+        factors = fit_latent_factors(vae, images(), generator=torch.Generator().manual_seed(args.seed))
+        if args.write:
+            config_path = Path(args.vae) / "config.json"
+            config = json.loads(config_path.read_text())
+            config.update(scaling_factor=factors["scaling_factor"], shift_factor=factors["shift_factor"])
+            atomic_write(config_path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"), overwrite=True)
+    except (OSError, ValueError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(factors))
+    for message in failed:
+        print(f"{prog}: skipped: {message}", file=sys.stderr)
+    if failed:
+        print(f"{prog}: {len(failed)} of {len(paths)} inputs failed", file=sys.stderr)
+    return 1 if failed else 0

@@ -6,7 +6,8 @@ Usage::
     .venv/bin/python -m benchmarks.run --quick    # small sizes, a few minutes: checks that everything runs
     .venv/bin/python -m benchmarks.run --only inference training
 
-Benchmarks: inference (fp32 vs default policy, with precision checks), memory (tiling, 4096² decode peak
+Benchmarks: dtypes (matmul/convolution GFLOP/s per dtype, convolution share of a decode: the ceiling of any
+16-bit path on this machine), inference (fp32 vs default policy, with precision checks), memory (tiling, 4096² decode peak
 RSS, seams), training (project vs reference-style step), scaling (time/memory vs side and batch, PNG plot),
 eval (``benchmarks/eval_throughput.py``, the evaluation pipeline against a reference-style one). Each
 writes its section of the JSON and a Markdown table; a failed benchmark is recorded and the others go on
@@ -27,24 +28,24 @@ from pathlib import Path
 import torch
 
 from alphavae.accel import POLICY_NAMES
-from benchmarks import inference, memory, scaling, training
+from benchmarks import dtypes, inference, memory, scaling, training
 from benchmarks.common import IMAGE_DIRS, machine_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
-NAMES = ("inference", "memory", "training", "scaling", "eval")
+NAMES = ("dtypes", "inference", "memory", "training", "scaling", "eval")
 
 SETTINGS = {
     "quick": {"inference": {"sides": (64, 128), "repeats": 2},
               "memory": {"decode_sides": (512,), "compare_side": 256, "tile": 128, "overlap": 64},
               "training": {"side": 64, "batch": 1, "repeats": 2},
               "scaling": {"sides": (64, 128, 256), "batches": (1, 2), "batch_side": 64, "tile_from": 256},
-              "eval": {"per_category": 4}},
+              "eval": {"per_category": 4}, "dtypes": {"latent_side": 8}},
     "full": {"inference": {"sides": (256, 512, 1024), "repeats": 3},
              "memory": {"decode_sides": (4096,), "compare_side": 2048, "tile": 512, "overlap": 128,
                         "decode_tile_mode": "fast"},  # exact at 4096²: whole-latent attention, ~1.4e14 FLOPs
              "training": {"side": 256, "batch": 1, "repeats": 3},
              "scaling": {"sides": (256, 512, 1024), "batches": (1, 2, 4), "batch_side": 256, "tile_from": 2048},
-             "eval": {"per_category": 60}},
+             "eval": {"per_category": 60}, "dtypes": {"latent_side": 32}},
 }
 """Sizes per mode. Full scaling adds the memory benchmark's tiled 2048² / 4096² points instead of re-running them."""
 
@@ -89,8 +90,9 @@ def run_suite(mode: str, names: tuple[str, ...], out_dir: Path) -> tuple[dict, s
         "scaling": lambda s: scaling.run(s["sides"], s["batches"], s["batch_side"], tile=settings["memory"]["tile"],
                                          overlap=settings["memory"]["overlap"], tile_from=s["tile_from"]),
         "eval": lambda s: _eval_throughput(s["per_category"], out_dir / f"{stem}-eval.json"),
+        "dtypes": lambda s: dtypes.run(s["latent_side"]),
     }
-    tables = {"inference": inference.table, "memory": memory.table, "training": training.table,
+    tables = {"dtypes": dtypes.table, "inference": inference.table, "memory": memory.table, "training": training.table,
               "scaling": scaling.table, "eval": _eval_table}
     for name in names:
         print(f"[benchmarks] {name} ...", file=sys.stderr, flush=True)

@@ -13,7 +13,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import common, scaling  # noqa: E402
+from benchmarks import common, dtypes, scaling  # noqa: E402
 
 
 def test_count_flops_counts_two_per_multiply_accumulate():
@@ -51,3 +51,14 @@ def test_scaling_table_and_plot(tmp_path):
     with Image.open(path) as image:
         assert image.size == (900, 400)
         assert len(image.getcolors(maxcolors=2**16)) > 2  # axes, grid, text and the red curve were drawn
+
+
+def test_dtypes_conv_throughput_and_table():
+    assert dtypes.conv_gflops(8, 8, torch.float32, channels_last=True, repeats=1) > 0
+    convs = [{"channels": c, "side": s, "dtype": d, "channels_last": cl, "gflops": 100.0 if d == "float32" else 50.0}
+             for c, s in dtypes.CONV_SHAPES for d in dtypes.DTYPES for cl in (False, True)]
+    result = {"threads": 2, "matmul_gflops": {"float32": 150.0, "bfloat16": 80.0, "float16": 150.0}, "conv": convs,
+              "decode_conv_share": 0.9, "decode_side": 256, "max_16bit_speedup": 0.5, "max_float32_speedup": 1.11}
+    text = dtypes.table(result)
+    assert "| matmul 2048² | 150 | 80 | 150 |" in text and "| conv 3x3 512 ch 32² NCHW | 100 | 50 | 50 |" in text
+    assert "90.0 %" in text and "0.50x" in text and "1.11x" in text

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# alphavae-mini, the whole recipe with the project's own commands (see the model card,
+# src/alphavae/weights/alphavae-mini/README.md). Every step resumes: re-running the script after an
+# interruption continues each training run from its newest checkpoint and skips finished steps.
+#
+#   bash models/alphavae-mini/train.sh DATA RUNS
+#
+# DATA: folder for `alphavae data fetch` (about 1.2 GB); RUNS: folder for the runs and reports.
+# Steps per stage: STAGE1_STEPS (default 2000), STAGE2_STEPS (default 1500). The two stage-2 runs
+# (AlphaVAE objective and the naive-MSE comparison) train side by side, one thread each, as on the
+# 2-core CPU this model was trained on. Set THREADS to change the threads per run (default 1).
+set -euo pipefail
+
+data=${1:?usage: train.sh DATA RUNS}
+runs=${2:?usage: train.sh DATA RUNS}
+stage1_steps=${STAGE1_STEPS:-2000}
+stage2_steps=${STAGE2_STEPS:-1500}
+export OMP_NUM_THREADS=${THREADS:-1}
+recipe=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$runs"
+
+[ -f "$data/manifest.jsonl" ] || alphavae data fetch -o "$data" --size 384 --workers 2
+for split in val test; do
+    [ -d "$runs/$split-split" ] || alphavae data export "$data/manifest.jsonl" --split $split -o "$runs/$split-split"
+done
+
+# Stage 1: a small RGB AutoencoderKL from scratch on opaque composites.
+alphavae train-vae --config "$recipe/stage1_rgb.yaml" --init-config "$recipe/autoencoder_config.json" \
+    --data "$data/manifest.jsonl" -o "$runs/stage1" --resume latest --set optim.max_steps="$stage1_steps"
+
+# Stage 2: converted to RGBA on the fly (opaque initialisation; stage 1 is the Ref-KL reference) and
+# fine-tuned with the AlphaVAE objective, next to the same run with naive 4-channel MSE.
+stage2() {  # config run-name
+    alphavae train-vae --config "$recipe/$1" --vae "$runs/stage1/final" --data "$data/manifest.jsonl" \
+        -o "$runs/$2" --resume latest --set optim.max_steps="$stage2_steps" > "$runs/$2.log" 2>&1
+}
+stage2 stage2_rgba.yaml stage2 &
+stage2 stage2_naive_mse.yaml stage2-naive &
+wait
+
+# Diffusion latent factors (unit-variance latents) fitted on the validation split, then the test-split
+# metrics at 256² for both stage-2 models.
+alphavae latent-factors "$runs/stage2/final" "$runs/val-split" --limit 512 --write
+for run in stage2 stage2-naive; do
+    [ -f "$runs/report-$run/report.json" ] || alphavae eval-vae --vae "$runs/$run/final" \
+        --data "$runs/test-split" --protocol clean --resize 256 -o "$runs/report-$run" &
+done
+wait

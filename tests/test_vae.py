@@ -127,6 +127,21 @@ def test_float16_overflow_falls_back_to_float32():
     assert torch.isfinite(out).all() and vae.dtype == torch.float16
 
 
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_tiling_on_a_model_cast_to_16_bit(mode):
+    """A model cast with ``.to(float16)`` (no dtype policy, so no input-casting hooks) tiles in both modes:
+    exact mode's float32 blend of the encoder's local stage is fed to the 16-bit mid-block in its dtype;
+    the float32 fallback still works while tiled."""
+    model = tiny_rgba_vae("sd1").to(torch.float16)
+    with torch.no_grad():
+        model.decoder.conv_out.weight[0] = 60000.0  # overflows float16 (max 65504), fine in float32
+    vae = RGBAVAE(model, tile_size=32, tile_overlap=16, tile_mode=mode)
+    pixels = torch.rand(2, 4, 40, 40) * 2 - 1
+    with pytest.warns(UserWarning, match="float16"):
+        out = vae.reconstruct(pixels)
+    assert out.shape == pixels.shape and torch.isfinite(out).all() and vae.dtype == torch.float16
+
+
 def test_tiling_blends_without_seams():
     """Tiled vs untiled within 2/255 (0-255 units) on lines and a soft alpha ramp crossing tile borders.
 

@@ -378,7 +378,8 @@ class RGBAVAE:
                 return _tiled(whole, inputs, **tiling)
             if encode:
                 features = _tiled(self._encoder_local, inputs, norm_model=self._encoder_local_modules(), **tiling)
-                return self._encoder_global(features).float()
+                mid_dtype = next(self.model.encoder.mid_block.parameters()).dtype  # blended float32 -> 16-bit
+                return self._encoder_global(features.to(mid_dtype)).float()
             features = self._decoder_global(inputs)
             return _tiled(self._decoder_local, features, norm_model=self._decoder_local_modules(), **tiling)
 

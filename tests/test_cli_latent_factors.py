@@ -38,3 +38,25 @@ def test_fits_writes_and_reports_bad_files(tmp_path, tiny_rgba_dir, capsys):
 def test_missing_vae_is_a_clear_error(tmp_path, capsys):
     assert main(["latent-factors", str(tmp_path / "absent"), str(tmp_path)]) == 1
     assert "absent" in capsys.readouterr().err
+
+
+def test_failures_are_listed_and_factors_survive_a_failed_write(tmp_path, tiny_rgba_dir, capsys, monkeypatch):
+    """Only unusable inputs: each is named (not just "needs at least one image"); an empty folder is named;
+    a failing --write (e.g. read-only folder) still prints the fitted factors before the error."""
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((40, 40, 4), np.uint8), "RGBA").save(tmp_path / "big.png")
+    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path), "--max-pixels", "1000"]) == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "big.png" in err and "2 of 2 inputs failed" in err
+
+    (tmp_path / "empty").mkdir()
+    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path / "empty")]) == 1
+    assert "no image files in" in capsys.readouterr().err
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(f"[Errno 13] Permission denied: '{path}'")
+
+    monkeypatch.setattr("alphavae.cli.latent_factors.atomic_write", refuse)
+    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path / "big.png"), "--write"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["images"] == 1 and "Permission denied" in captured.err

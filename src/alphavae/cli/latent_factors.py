@@ -36,15 +36,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Fit the factors; print them as JSON (and write them with --write); 1 if any input failed or on error."""
+    """Fit the factors; print them as JSON (and write them with --write); 1 if any input failed or on error.
+    Skipped inputs are listed even when none could be used; the factors are printed before --write
+    touches the config, so a failed write does not lose them."""
     prog = "alphavae latent-factors"
+    failed: list[str] = []
+    paths: list = []
     try:
         if args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
         vae = RGBAVAE.from_pretrained(args.vae, dtype="float32")
         paths = [path for path, _ in list_images(args.inputs)]
+        if not paths:
+            raise ValueError(f"no image files in {', '.join(map(str, args.inputs))}")
         paths = sorted(random.Random(args.seed).sample(paths, min(args.limit, len(paths))))
-        failed: list[str] = []
 
         def images():
             for path in paths:
@@ -54,17 +59,23 @@ def run(args: argparse.Namespace) -> int:
                     failed.append(str(err))
 
         factors = fit_latent_factors(vae, images(), generator=torch.Generator().manual_seed(args.seed))
+        print(json.dumps(factors), flush=True)
         if args.write:
             config_path = Path(args.vae) / "config.json"
             config = json.loads(config_path.read_text())
             config.update(scaling_factor=factors["scaling_factor"], shift_factor=factors["shift_factor"])
             atomic_write(config_path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"), overwrite=True)
     except (OSError, ValueError) as err:
+        _report_skipped(prog, failed, len(paths))
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(factors))
+    _report_skipped(prog, failed, len(paths))
+    return 1 if failed else 0
+
+
+def _report_skipped(prog: str, failed: list[str], total: int) -> None:
+    """Print each skipped input's error and a count on stderr (nothing when none failed)."""
     for message in failed:
         print(f"{prog}: skipped: {message}", file=sys.stderr)
     if failed:
-        print(f"{prog}: {len(failed)} of {len(paths)} inputs failed", file=sys.stderr)
-    return 1 if failed else 0
+        print(f"{prog}: {len(failed)} of {total} inputs failed", file=sys.stderr)

@@ -191,6 +191,8 @@ def test_default_overlap():
         assert vae.tile_overlap == overlap
     with pytest.raises(ValueError, match="tile_mode"):
         vae.enable_tiling(256, tile_mode="image")
+    with pytest.raises(ValueError, match="tile_mode"):
+        RGBAVAE(vae.model, tile_mode="tile")
 
 
 def test_exact_tiling_matches_untiled_on_the_shipped_model():

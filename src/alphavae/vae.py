@@ -243,7 +243,9 @@ class RGBAVAE:
                          hint="convert an RGB VAE first (alphavae convert SRC DST / alphavae.convert.convert_to_rgba)")
         self.model = model.eval()
         self.tile_size = self.tile_overlap = None
-        self.tile_mode = "exact"
+        if tile_mode not in ("exact", "fast"):
+            raise ValueError(f"tile_mode must be 'exact' or 'fast', got {tile_mode!r}")
+        self.tile_mode = tile_mode
         if tile_size is not None:
             self.enable_tiling(tile_size, tile_overlap, tile_mode=tile_mode)
 

@@ -272,3 +272,8 @@ def test_fitted_latent_factors_give_unit_variance_diffusion_latents():
     assert abs(scaled.mean().item()) < 0.05 and abs(scaled.std().item() - 1) < 0.05
     with pytest.raises(ValueError, match="at least one image"):
         alphavae.vae.fit_latent_factors(vae, [])
+    scale_only = alphavae.vae.fit_latent_factors(vae, images, shift=False, generator=torch.Generator().manual_seed(1))
+    assert scale_only["shift_factor"] == 0.0
+    generator = torch.Generator().manual_seed(1)  # the same posterior samples as the fit
+    same = torch.cat([vae.encode(x[None]).sample(generator=generator).flatten() for x in images])
+    assert scale_only["scaling_factor"] == pytest.approx(1 / same.double().square().mean().sqrt().item(), rel=1e-6)

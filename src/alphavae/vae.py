@@ -551,19 +551,22 @@ class RGBAVAE:
         return latents / self.scaling_factor + self.shift_factor
 
 
-def fit_latent_factors(vae: RGBAVAE, images: Iterable[torch.Tensor], *,
+def fit_latent_factors(vae: RGBAVAE, images: Iterable[torch.Tensor], *, shift: bool = True,
                        generator: torch.Generator | None = None) -> dict[str, float]:
     """Diffusion latent factors fitted to data: ``shift_factor`` = mean and ``scaling_factor`` = 1 / std of
     posterior samples over every latent element, so ``to_diffusion_latents`` gives zero-mean, unit-variance
-    latents (the convention of SD3's and FLUX's VAE configs; SD1.x fitted only the scale).
+    latents (the convention of SD3's and FLUX's VAE configs). With ``shift=False`` (for SD1.x/SDXL-style
+    pipelines, which ignore ``shift_factor``): ``shift_factor`` = 0 and ``scaling_factor`` = 1 / RMS, i.e.
+    unit second moment.
 
     Args:
         vae: the RGBA VAE (its tiling and dtype settings are used).
         images: ``(4, H, W)`` straight RGBA tensors in [-1, 1], any sizes (e.g. ``alphavae.io.load_rgba``).
+        shift: fit a shift (default) or only a scale.
         generator: for the posterior samples (None = torch's global generator).
     Returns:
-        ``{"shift_factor": mean, "scaling_factor": 1 / std, "std": std, "images": count,
-        "elements": latent values seen}`` (floats / ints; statistics accumulated in float64).
+        ``{"shift_factor": mean (0 without shift), "scaling_factor": 1 / std (1 / RMS without shift),
+        "std": std, "images": count, "elements": latent values seen}`` (statistics accumulated in float64).
     Raises:
         ValueError: no images, or latents with zero spread; see ``RGBAVAE.encode``.
     """
@@ -580,6 +583,8 @@ def fit_latent_factors(vae: RGBAVAE, images: Iterable[torch.Tensor], *,
         raise ValueError("fit_latent_factors needs at least one image")
     mean = total / elements
     std = max(squares / elements - mean * mean, 0.0) ** 0.5
-    if std == 0.0:
+    spread = std if shift else (squares / elements) ** 0.5
+    if spread == 0.0:
         raise ValueError("latents have zero spread; cannot fit a scaling factor")
-    return {"shift_factor": mean, "scaling_factor": 1.0 / std, "std": std, "images": count, "elements": elements}
+    return {"shift_factor": mean if shift else 0.0, "scaling_factor": 1.0 / spread, "std": std, "images": count,
+            "elements": elements}

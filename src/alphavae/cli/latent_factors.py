@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="use at most N images, a seeded random subset (default 512)")
     parser.add_argument("--seed", type=int, default=0, help="subset and posterior-sample seed (default 0)")
     parser.add_argument("--write", action="store_true", help="write the factors into VAE/config.json")
+    parser.add_argument("--no-shift", action="store_true",
+                        help="fit only scaling_factor = 1 / RMS with shift_factor 0 (SD1.x/SDXL-style pipelines "
+                             "ignore shift_factor); default: shift = mean, scale = 1 / std")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"largest accepted width*height of an input, in pixels (default {DEFAULT_MAX_PIXELS})")
     parser.set_defaults(func=run)
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                 except ImageLoadError as err:
                     failed.append(str(err))
 
-        factors = fit_latent_factors(vae, images(), generator=torch.Generator().manual_seed(args.seed))
+        factors = fit_latent_factors(vae, images(), shift=not args.no_shift, generator=torch.Generator().manual_seed(args.seed))
         print(json.dumps(factors), flush=True)
         if args.write:
             config_path = Path(args.vae) / "config.json"

@@ -22,6 +22,8 @@ def test_fits_writes_and_reports_bad_files(tmp_path, tiny_rgba_dir, capsys):
     assert main(["latent-factors", str(vae_dir), str(tmp_path), "--limit", "3"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["images"] == 3 and printed["scaling_factor"] > 0
+    assert main(["latent-factors", str(vae_dir), str(tmp_path), "--limit", "3", "--tile-size", "16"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 3
     assert RGBAVAE.from_pretrained(vae_dir).scaling_factor == 0.3611  # not written without --write
 
     (tmp_path / "broken.png").write_bytes(b"not a png")

@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-shift", action="store_true",
                         help="fit only scaling_factor = 1 / RMS with shift_factor 0 (SD1.x/SDXL-style pipelines "
                              "ignore shift_factor); default: shift = mean, scale = 1 / std")
+    parser.add_argument("--tile-size", type=int, default=None, metavar="N",
+                        help="encode in N x N pixel tiles (exact mode, see `alphavae reconstruct --help`) to bound "
+                             "memory on large images; default: whole images")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"largest accepted width*height of an input, in pixels (default {DEFAULT_MAX_PIXELS})")
     parser.set_defaults(func=run)
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
-        vae = RGBAVAE.from_pretrained(args.vae, dtype="float32")
+        vae = RGBAVAE.from_pretrained(args.vae, dtype="float32", tile_size=args.tile_size)
         paths = [path for path, _ in list_images(args.inputs)]
         if not paths:
             raise ValueError(f"no image files in {', '.join(map(str, args.inputs))}")

@@ -233,7 +233,8 @@ class RGBAVAE:
             converted first: ``alphavae convert``), or a bad tile size/overlap.
 
     encode/decode keep autograd (usable in training); ``reconstruct``/``reconstruct_images`` run
-    under ``torch.inference_mode``. Source: AlphaVAE (arXiv 2507.09308) sections 3-4; wraps
+    under ``torch.inference_mode``. Exact tiling puts temporary hooks on the model's GroupNorms: do not
+    share one instance between threads while tiling is on. Source: AlphaVAE (arXiv 2507.09308) sections 3-4; wraps
     diffusers ``AutoencoderKL``.
     """
 

@@ -76,16 +76,21 @@ def alternate(impls: dict[str, Callable[[], object]], repeats: int, *, warmup: i
     return stats
 
 
-def matmul_peak_gflops(dtype: torch.dtype, *, size: int = 2048, repeats: int = 5) -> float:
-    """Best achieved GFLOP/s of a square ``size`` matmul in ``dtype`` over ``repeats`` tries (after one warm-up)."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    a @ b
+def best_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Shortest wall time in seconds of ``fn()`` over ``repeats`` calls, after one untimed warm-up call."""
+    fn()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ b
+        fn()
         best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+    return best
+
+
+def matmul_peak_gflops(dtype: torch.dtype, *, size: int = 2048, repeats: int = 5) -> float:
+    """Best achieved GFLOP/s of a square ``size`` matmul in ``dtype`` over ``repeats`` tries (after one warm-up)."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    return 2 * size**3 / best_seconds(lambda: a @ b, repeats) / 1e9
 
 
 def flux_rgba_vae(*, seed: int = 0) -> AutoencoderKL:

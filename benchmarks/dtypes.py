@@ -11,11 +11,9 @@ AVX512_BF16/FP16 do not.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from benchmarks.common import flux_rgba_vae, matmul_peak_gflops
+from benchmarks.common import best_seconds, flux_rgba_vae, matmul_peak_gflops
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONV_SHAPES = ((128, 128), (256, 64), (512, 32))
@@ -28,14 +26,9 @@ def conv_gflops(channels: int, side: int, dtype: torch.dtype, *, channels_last: 
     x = torch.randn(1, channels, side, side).to(dtype)
     if channels_last:
         conv, x = conv.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-    best = float("inf")
     with torch.inference_mode():
-        conv(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            conv(x)
-            best = min(best, time.perf_counter() - start)
-    return 2 * channels * channels * 9 * side * side / best / 1e9
+        seconds = best_seconds(lambda: conv(x), repeats)
+    return 2 * channels * channels * 9 * side * side / seconds / 1e9
 
 
 def conv_share_of_decode(latent_side: int) -> float:

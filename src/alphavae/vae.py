@@ -373,10 +373,10 @@ class RGBAVAE:
         tiled if enabled, in the model dtype; redo in float32 if 16-bit output is not finite."""
         def call() -> torch.Tensor:
             inputs = x.to(self.device, next(self.model.parameters()).dtype)  # the input layer's dtype
-            whole = self._moments if stage == "encode" else self._pixels
+            encode = stage == "encode"
+            whole = self._moments if encode else self._pixels
             if self.tile_size is None:
                 return whole(inputs).float()
-            encode = stage == "encode"
             scale = 1 / self.multiple if encode else self.multiple
             tiling = dict(tile=self.tile_size if encode else self.tile_size // self.multiple,
                           overlap=self.tile_overlap if encode else self.tile_overlap // self.multiple,

@@ -36,6 +36,16 @@ def test_auto_on_cpu_follows_bf16_support(monkeypatch, fast):
     assert policy.islands == (FLOAT32_ISLANDS if fast else ())
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_training_autocast_auto_follows_the_same_test(monkeypatch, fast):
+    monkeypatch.setattr(accel, "cpu_has_fast_bf16", lambda: fast)
+    assert accel.autocast_precision("auto", "cpu") == ("bf16" if fast else "no")
+    for explicit in ("no", "bf16", "fp16"):
+        assert accel.autocast_precision(explicit, "cpu") == explicit
+    with pytest.raises(ValueError, match="mixed_precision"):
+        accel.autocast_precision("fp8", "cpu")
+
+
 def test_explicit_policies_and_unknown_name():
     assert resolve_policy("float32") == accel.SpeedPolicy("float32", torch.float32)
     assert resolve_policy("bfloat16").islands == ()

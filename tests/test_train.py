@@ -57,6 +57,9 @@ def test_shipped_configs_are_the_paper_settings():
     assert (main_config.loss.kl_weight, main_config.loss.ref_kl_weight, main_config.loss.lpips_weight) == (1e-6, 1e-16, 0.5)
     assert (main_config.loss.gan_start, main_config.data.blend_prob, tuple(main_config.optim.betas)) == (4000, 0.3, (0.5, 0.9))
     assert load_config("vae_naive_mse").loss.reconstruction == "mse"
+    assert main_config.mixed_precision == "auto"
+    with pytest.raises(ValueError, match="mixed_precision"):
+        load_config("vae_main", ["mixed_precision=fp8"])
     assert load_config("vae_no_gan").loss.gan_weight == 0
     with pytest.raises(ValueError, match="unknown config key loss.kl_wieght"):
         load_config("vae_main", ["loss.kl_wieght=0"])

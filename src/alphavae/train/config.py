@@ -99,7 +99,9 @@ class TrainConfig:
     Attributes:
         model, data, optim, loss: the sections above and ``alphavae.losses.LossConfig``.
         seed: base seed of data order, augmentation, posterior noise, GAN backgrounds and scratch init.
-        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (accelerate autocast; weights stay fp32).
+        mixed_precision: ``"auto"`` (bf16 autocast on a CUDA GPU with bf16 or a CPU with AMX-BF16, float32
+            elsewhere; ``alphavae.accel.autocast_precision``), ``"no"``, ``"bf16"`` or ``"fp16"`` (accelerate
+            autocast; weights stay fp32).
         ema: keep an EMA of the weights (``diffusers.training_utils.EMAModel``); exported as ``final/``.
         ema_decay: EMA decay per optimiser step.
         checkpoint_every: optimiser steps between checkpoints (``checkpoints/step-XXXXXXXX``).
@@ -114,7 +116,7 @@ class TrainConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     seed: int = 0
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     ema: bool = False
     ema_decay: float = 0.9999
     checkpoint_every: int = 1000
@@ -126,8 +128,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.mixed_precision is False:  # YAML 1.1 reads a bare `no` as false
             self.mixed_precision = "no"
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'auto', 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.model.in_channels not in (3, 4):
             raise ValueError(f"model.in_channels must be 3 or 4, got {self.model.in_channels}")
 

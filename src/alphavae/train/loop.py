@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
+from accelerate.state import AcceleratorState, PartialState
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from alphavae import io
+from alphavae.accel import autocast_precision
 from alphavae.convert import convert_to_rgba
 from alphavae.data.datasets import RGBADataset, StepBatchSampler, item_generator
 from alphavae.losses import AutoencoderForward, Objective, PatchDiscriminator
@@ -273,7 +274,9 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume latest or choose a new folder")
     accum = config.optim.gradient_accumulation
     AcceleratorState._reset_state()  # a fresh mixed-precision setting per run; keeps the process group
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
+    mixed_precision = autocast_precision(config.mixed_precision, PartialState().device)
+    accelerator = Accelerator(mixed_precision=mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
+    logger.info("mixed precision: %s (config %r) on %s", mixed_precision, config.mixed_precision, accelerator.device)
     rgb = config.model.in_channels == 3
     vae, reference = load_models(config.model, seed=config.seed)
     if config.model.gradient_checkpointing:

@@ -45,7 +45,7 @@ class Evaluation:
 def _score_all(pairs: list[Pair], load: Loader, protocol: Protocol, networks: Networks, worst_k: int,
                extra: Extra | None) -> Evaluation:
     result = Evaluation(worst=WorstImages(worst_k))
-    for pair in tqdm(pairs, desc=f"eval ({protocol.name})", unit="img", disable=None):
+    for pair in tqdm(pairs, desc=f"eval ({protocol.name})", unit="img"):
         try:
             gt, pred = load(pair)
             score = score_pair(gt, pred, protocol, networks)
@@ -279,7 +279,7 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
     plan = pair_folders(pred_dir)
     result = Evaluation(worst=WorstImages(0))
     fid_sets = {name: (FeatureSet(), FeatureSet()) for name in backgrounds}
-    for pair in tqdm(plan.pairs, desc="eval-t2i", unit="img", disable=None):
+    for pair in tqdm(plan.pairs, desc="eval-t2i", unit="img"):
         try:
             if pair.key not in prompts:
                 raise ValueError(f"{pair.gt}: no prompt for key {pair.key!r}")

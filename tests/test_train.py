@@ -119,7 +119,7 @@ def test_two_processes_match_one_process_at_same_global_batch(assets, tmp_path):
     two = [json.loads(line) for line in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
     for a, b in zip(single.history, two, strict=True):
         assert a.keys() == b.keys()
-        assert all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7) for k in a)
+        assert {k: a[k] for k in a} == pytest.approx({k: b[k] for k in a}, rel=1e-5, abs=1e-7)
     one_weights, two_weights = _weights(single.final_dir), _weights(tmp_path / "two" / "final")
     assert all(torch.allclose(one_weights[k], two_weights[k], rtol=1e-5, atol=1e-7) for k in one_weights)
 
@@ -197,7 +197,7 @@ def test_gradient_accumulation_matches_larger_batch(assets, tmp_path):
     accumulated = train_vae(load_config("vae_no_gan", _overrides(assets, **{
         "data.batch_size": 1, "optim.gradient_accumulation": 2})), tmp_path / "accumulated")
     for a, b in zip(big.history, accumulated.history, strict=True):
-        assert all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7) for k in a)
+        assert {k: a[k] for k in a} == pytest.approx({k: b[k] for k in a}, rel=1e-5, abs=1e-7)
     big_weights, acc_weights = _weights(big.final_dir), _weights(accumulated.final_dir)
     assert all(torch.allclose(big_weights[k], acc_weights[k], rtol=1e-5, atol=1e-7) for k in big_weights)
 
@@ -217,8 +217,35 @@ def test_native_resolution_crops_from_scratch(assets, tmp_path):
     (tmp_path / "init").mkdir()
     (tmp_path / "init" / "config.json").write_text(json.dumps(tiny_vae_config("flux")))
     overrides = _overrides(assets, **{"model.vae": "null", "model.init_config": str(tmp_path / "init" / "config.json"),
-                                      "data.resize_short_side": False})
+                                      "data.resize_short_side": False, "optim.warmup_steps": 0,
+                                      "optim.decay_steps": 1})
     config = load_config(MINI_RECIPES / "preliminary_rgba.yaml", overrides)
     result = train_vae(config, tmp_path / "run")
     assert config.data.resize_short_side is False and len(result.history) == 2
+    assert [entry["lr"] for entry in result.history] == [config.optim.lr, 0.0]  # decayed over the final step
     assert AutoencoderKL.from_pretrained(result.final_dir).config.in_channels == 4
+
+
+def _lrs(optim, steps):
+    from alphavae.train.loop import lr_schedule
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
+    schedule, lrs = lr_schedule(optimizer, optim), []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return lrs
+
+
+def test_lr_schedule_linear_decay_over_the_final_steps():
+    from alphavae.train.config import OptimConfig
+    constant = OptimConfig(lr=1.0, scheduler="constant", warmup_steps=0, max_steps=10, decay_steps=4)
+    assert _lrs(constant, 11) == pytest.approx([1, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25, 0])
+    warm = OptimConfig(lr=1.0, scheduler="constant_with_warmup", warmup_steps=2, max_steps=6, decay_steps=2)
+    assert _lrs(warm, 7) == pytest.approx([0, 0.5, 1, 1, 1, 0.5, 0])
+    plain = OptimConfig(lr=1.0, scheduler="constant", warmup_steps=0, max_steps=4)
+    assert _lrs(plain, 4) == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="constant_with_warmup"):
+        OptimConfig(scheduler="constant", warmup_steps=100)
+    with pytest.raises(ValueError, match="decay_steps"):
+        OptimConfig(max_steps=10, decay_steps=11)

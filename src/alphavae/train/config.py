@@ -74,8 +74,12 @@ class OptimConfig:
         lr, disc_lr: learning rates of the autoencoder and the discriminator (``None`` = ``lr``).
         betas, weight_decay, eps: ``torch.optim.AdamW`` arguments.
         scheduler: any ``diffusers.optimization.get_scheduler`` name (``cosine``, ``constant_with_warmup``, ...).
+            diffusers' ``constant`` has no warm-up: use ``constant_with_warmup`` with ``warmup_steps`` > 0.
         warmup_steps: warm-up optimiser steps.
         max_steps: optimiser steps of the run (paper: 30000).
+        decay_steps: if > 0, the rate set by ``scheduler`` is also multiplied by ``(max_steps - step) /
+            decay_steps`` over the final ``decay_steps`` steps: a linear decay to 0 (warmup-stable-decay with
+            a constant scheduler; ``alphavae.train.loop.lr_schedule``).
         gradient_accumulation: micro-steps per optimiser step.
         max_grad_norm: gradient clipping norm, ``None`` = off.
     """
@@ -88,8 +92,16 @@ class OptimConfig:
     scheduler: str = "cosine"
     warmup_steps: int = 100
     max_steps: int = 30000
+    decay_steps: int = 0
     gradient_accumulation: int = 1
     max_grad_norm: float | None = 1.0
+
+    def __post_init__(self):
+        if self.scheduler == "constant" and self.warmup_steps > 0:
+            raise ValueError(f"optim.scheduler 'constant' ignores warmup_steps={self.warmup_steps} (diffusers); "
+                             "use 'constant_with_warmup' or set warmup_steps to 0")
+        if not 0 <= self.decay_steps <= self.max_steps:
+            raise ValueError(f"optim.decay_steps must be in [0, max_steps={self.max_steps}], got {self.decay_steps}")
 
 
 @dataclasses.dataclass

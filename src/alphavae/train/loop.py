@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -23,10 +24,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, PartialState
+from accelerate.state import AcceleratorState
+from accelerate.utils import parse_flag_from_env
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -41,7 +44,7 @@ from alphavae.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from alphavae.train.config import DataConfig, ModelConfig, TrainConfig, save_config
+from alphavae.train.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, save_config
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +196,31 @@ def validate(vae: AutoencoderKL, pixels: torch.Tensor, step: int, run_dir: Path,
     return metrics
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> LambdaLR:
+    """The autoencoder's learning-rate schedule, stepped once per optimiser step.
+
+    ``diffusers.optimization.get_scheduler(optim.scheduler)`` with ``optim.warmup_steps`` and
+    ``optim.max_steps``; with ``optim.decay_steps`` = D > 0 its factor is also multiplied by
+    ``clamp((max_steps - step) / D, 0, 1)``: a linear decay to 0 over the final D steps (warmup-stable-decay,
+    Hu et al. 2024, MiniCPM, when the scheduler is constant). The factor depends only on the step, so a run
+    resumed with a different ``max_steps`` or ``decay_steps`` follows the new schedule from its step on.
+
+    Raises:
+        ValueError: unknown scheduler name (diffusers).
+    """
+    schedule = get_scheduler(optim.scheduler, optimizer, num_warmup_steps=optim.warmup_steps,
+                             num_training_steps=optim.max_steps)
+    if optim.decay_steps == 0:
+        return schedule
+    return LambdaLR(optimizer, [functools.partial(_decayed, shape, optim.max_steps, optim.decay_steps)
+                                for shape in schedule.lr_lambdas])
+
+
+def _decayed(shape, max_steps: int, decay_steps: int, step: int) -> float:
+    """``shape(step)`` times the linear decay factor of :func:`lr_schedule`."""
+    return shape(step) * min(1.0, max(0.0, (max_steps - step) / decay_steps))
+
+
 def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
     """This process's training loader from ``start_micro_step``, validation pixels (main process) and failures.
 
@@ -274,7 +302,8 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume latest or choose a new folder")
     accum = config.optim.gradient_accumulation
     AcceleratorState._reset_state()  # a fresh mixed-precision setting per run; keeps the process group
-    mixed_precision = autocast_precision(config.mixed_precision, PartialState().device)
+    cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+    mixed_precision = autocast_precision(config.mixed_precision, "cuda" if cuda else "cpu")
     accelerator = Accelerator(mixed_precision=mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
     logger.info("mixed precision: %s (config %r) on %s", mixed_precision, config.mixed_precision, accelerator.device)
     rgb = config.model.in_channels == 3
@@ -296,8 +325,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
 
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
                                   weight_decay=config.optim.weight_decay, eps=config.optim.eps)
-    scheduler = get_scheduler(config.optim.scheduler, optimizer, num_warmup_steps=config.optim.warmup_steps,
-                              num_training_steps=config.optim.max_steps)
+    scheduler = lr_schedule(optimizer, config.optim)
     model, optimizer = accelerator.prepare(AutoencoderForward(vae), optimizer)
     accelerator.register_for_checkpointing(scheduler)
     if discriminator is not None:

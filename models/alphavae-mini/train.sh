@@ -7,7 +7,7 @@
 #
 # DATA: folder for `alphavae data fetch` (about 1.2 GB); RUNS: folder for the runs and reports.
 # Steps: STAGE1_STEPS (default 2000); stage 2 runs STAGE2_CROP_STEPS (default 1900) steps on 96 px
-# native-resolution crops, batch 8, then continues to STAGE2_STEPS (default 4300) on 256 px crops of images
+# native-resolution crops, batch 8, then continues to STAGE2_STEPS (default 4100) on 256 px crops of images
 # resized to a 256 px short side, batch 2, the learning rate decaying linearly to 0 over the final
 # STAGE2_DECAY_STEPS (default 1000). To train further, raise STAGE2_STEPS: the run resumes from its newest
 # checkpoint and the rate returns to constant until the new decay window. The two stage-2 runs (AlphaVAE
@@ -19,7 +19,7 @@ data=${1:?usage: train.sh DATA RUNS}
 runs=${2:?usage: train.sh DATA RUNS}
 stage1_steps=${STAGE1_STEPS:-2000}
 stage2_crop_steps=${STAGE2_CROP_STEPS:-1900}
-stage2_steps=${STAGE2_STEPS:-4300}
+stage2_steps=${STAGE2_STEPS:-4100}
 stage2_decay_steps=${STAGE2_DECAY_STEPS:-1000}
 export OMP_NUM_THREADS=${THREADS:-1}
 recipe=$(cd "$(dirname "$0")" && pwd)

@@ -119,7 +119,7 @@ def test_two_processes_match_one_process_at_same_global_batch(assets, tmp_path):
     two = [json.loads(line) for line in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
     for a, b in zip(single.history, two, strict=True):
         assert a.keys() == b.keys()
-        assert {k: a[k] for k in a} == pytest.approx({k: b[k] for k in a}, rel=1e-5, abs=1e-7)
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
     one_weights, two_weights = _weights(single.final_dir), _weights(tmp_path / "two" / "final")
     assert all(torch.allclose(one_weights[k], two_weights[k], rtol=1e-5, atol=1e-7) for k in one_weights)
 
@@ -197,7 +197,7 @@ def test_gradient_accumulation_matches_larger_batch(assets, tmp_path):
     accumulated = train_vae(load_config("vae_no_gan", _overrides(assets, **{
         "data.batch_size": 1, "optim.gradient_accumulation": 2})), tmp_path / "accumulated")
     for a, b in zip(big.history, accumulated.history, strict=True):
-        assert {k: a[k] for k in a} == pytest.approx({k: b[k] for k in a}, rel=1e-5, abs=1e-7)
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
     big_weights, acc_weights = _weights(big.final_dir), _weights(accumulated.final_dir)
     assert all(torch.allclose(big_weights[k], acc_weights[k], rtol=1e-5, atol=1e-7) for k in big_weights)
 

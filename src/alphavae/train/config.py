@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from alphavae.accel import MIXED_PRECISIONS
 from alphavae.losses import LossConfig
 
 
@@ -140,8 +141,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.mixed_precision is False:  # YAML 1.1 reads a bare `no` as false
             self.mixed_precision = "no"
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be 'auto', 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
         if self.model.in_channels not in (3, 4):
             raise ValueError(f"model.in_channels must be 3 or 4, got {self.model.in_channels}")
 

@@ -77,6 +77,16 @@ def test_resume_reproduces_uninterrupted_run(setup):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_validation_during_training_does_not_change_training(setup):
+    """A mid-run validation renders through pipe.scheduler; training must keep sampling the full sigma grid."""
+    options = dict(max_steps=3, validation_prompts=["a red sticker"])
+    plain = train_lora(_config(setup, "no-mid-validation", **options))
+    validated = train_lora(_config(setup, "mid-validation", validation_every=1, **options))
+    assert validated.losses == plain.losses
+    assert sorted(p.name for p in (validated.lora_dir / "validation").iterdir()) == [
+        "step-000001", "step-000002", "step-000003"]
+
+
 def test_refuses_to_overwrite_or_write_into_data(setup):
     root, *_ , data, _ = setup
     out = root / "taken"

@@ -70,10 +70,16 @@ def sample_sigmas(
     batch: int, scheduler: FlowMatchEulerDiscreteScheduler, sampling: TimestepSampling,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Draw ``batch`` noise levels sigma in (0, 1] from the scheduler's training grid; float32 CPU.
+    """Draw ``batch`` noise levels sigma in (0, 1] from the scheduler's training grid: ``(batch,)`` float32.
 
     u ~ density(sampling) in [0, 1) picks index ``floor(u * num_train_timesteps)`` of
     ``scheduler.sigmas`` (diffusers' FLUX example; the transformer receives sigma, i.e. t/1000).
+    ``scheduler`` must hold its training grid (``num_train_timesteps`` sigmas, on the CPU): a scheduler
+    never passed to ``set_timesteps``, which replaces the grid with the sampling steps (keep a copy for
+    training, as :mod:`alphavae.diffusion.train` does).
+
+    Raises:
+        IndexError: ``scheduler.sigmas`` is shorter than the training grid (``set_timesteps`` was called).
     """
     u = compute_density_for_timestep_sampling(
         sampling.weighting_scheme, batch, sampling.logit_mean, sampling.logit_std, sampling.mode_scale,

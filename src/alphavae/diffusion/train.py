@@ -11,6 +11,7 @@ diffusers, prodigyopt, tqdm.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -203,6 +204,9 @@ class _Trainer:
         self.vae.model.requires_grad_(False)
         self.pipe = load_flux_pipeline(cfg.model, self.vae, dtype=dtype, device=self.acc.device)
         self.pipe.set_progress_bar_config(disable=True)
+        # Training draws sigma from the full training grid; validation's pipeline call replaces
+        # pipe.scheduler.sigmas with its sampling steps, so training keeps its own copy (as diffusers' FLUX example).
+        self.noise_scheduler = copy.deepcopy(self.pipe.scheduler)
         for encoder in (self.pipe.text_encoder, self.pipe.text_encoder_2):
             encoder.requires_grad_(False)
         self.transformer = self.pipe.transformer
@@ -247,7 +251,7 @@ class _Trainer:
         """Flow-matching loss of one micro-batch; all randomness seeded by (seed, micro_step, process)."""
         generator = item_generator(self.cfg.seed + 1, micro_step, self.acc.process_index)
         latents = self.latents(keys, generator)
-        sigmas = sample_sigmas(len(keys), self.pipe.scheduler, self.sampling, generator)
+        sigmas = sample_sigmas(len(keys), self.noise_scheduler, self.sampling, generator)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         with torch.no_grad():
             embeds, pooled, text_ids = self.pipe.encode_prompt(

@@ -95,7 +95,9 @@ def test_manifest_split_selection(tmp_path, files):
 
 
 def test_folder_source(tmp_path, files):
-    assert len(RGBADataset(tmp_path, size=8)) == 4
+    dataset = RGBADataset(tmp_path, size=8, crop="center")
+    assert dataset.files == sorted(files)
+    assert torch.equal(dataset[2], RGBADataset(files, size=8, crop="center")[2])
 
 
 def test_bad_file_names_the_file(tmp_path):

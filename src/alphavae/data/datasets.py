@@ -96,7 +96,7 @@ def _resolve_files(source: str | Path | Sequence[str | Path], split: str | None)
         if path.is_dir():
             if split is not None:
                 raise ValueError(f"{path}: split={split!r} needs a manifest, not a folder")
-            return sorted(io.list_images([path]))
+            return [absolute for absolute, _ in io.list_images([path])]
         if path.suffix == ".jsonl":
             return [path.parent / r["file"] for r in read_manifest(path) if split is None or r["split"] == split]
         raise ValueError(f"{path}: expected a folder of images or a manifest .jsonl file")

@@ -203,7 +203,18 @@ def kl_divergence(posterior: DiagonalGaussianDistribution, reference: DiagonalGa
 
 
 def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """Hinge loss of the discriminator: ``(mean(relu(1 - real)) + mean(relu(1 + fake))) / 2`` (VQGAN)."""
+    """Hinge loss of the discriminator: ``(mean(relu(1 - real)) + mean(relu(1 + fake))) / 2``.
+
+    Source: VQGAN's ``hinge_d_loss`` (Esser et al. 2021), as used by LDM.
+
+    Args:
+        logits_real: discriminator logits on real images, any shape (``PatchDiscriminator``: ``(B, 1, h, w)``).
+        logits_fake: logits on reconstructions, any shape (need not match ``logits_real``).
+
+    Returns:
+        Scalar (0-dim) tensor >= 0, with each term averaged over all of its elements; 0 once every real
+        logit is >= 1 and every fake logit <= -1.
+    """
     return (F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()) / 2
 
 
@@ -241,7 +252,19 @@ class PatchDiscriminator(nn.Sequential):
 def adaptive_gan_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: torch.Tensor, max_weight: float = 1e4) -> torch.Tensor:
     """VQGAN adaptive weight ``||grad L_rec|| / (||grad L_G|| + 1e-4)`` at ``last_layer``, clamped [0, max_weight].
 
-    Source: Esser et al. 2021 (VQGAN), Eq. 7; the paper uses ``decoder.conv_out.weight``. Detached scalar.
+    Source: Esser et al. 2021 (VQGAN), Eq. 7; the paper uses ``decoder.conv_out.weight``.
+
+    Args:
+        rec_loss: scalar reconstruction loss (weighted reconstruction + LPIPS), with its graph to ``last_layer``.
+        gan_loss: scalar generator GAN loss, with its graph to ``last_layer``.
+        last_layer: the parameter both gradients are taken at, e.g. ``(3 or 4, C, 3, 3)`` ``conv_out.weight``.
+        max_weight: upper clamp of the ratio.
+
+    Returns:
+        Detached scalar (0-dim) tensor in ``[0, max_weight]``. Both graphs are retained.
+
+    Raises:
+        RuntimeError: from ``torch.autograd.grad`` if either loss does not depend on ``last_layer``.
     """
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     gan_grad = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
@@ -268,6 +291,10 @@ class LossConfig:
         disc_input: ``"rgba"`` (paper: raw 4 channels) or ``"composite"`` (alpha-aware: both images over the
             same random solid background per sample).
         disc_channels, disc_layers: PatchGAN width and depth.
+
+    Raises:
+        ValueError: if ``reconstruction`` is not ``"abmse"``/``"mse"`` or ``disc_input`` is not
+            ``"rgba"``/``"composite"``.
     """
 
     reconstruction: str = "abmse"
@@ -297,10 +324,8 @@ class LossConfig:
 class AutoencoderForward(nn.Module):
     """The trainable forward pass as one module, so DDP / accelerate see a single ``forward`` call.
 
-    Wraps a diffusers ``AutoencoderKL``. ``forward(pixels, noise, extra=None)`` encodes ``pixels``
-    ``(B, C, H, W)`` in [-1, 1], samples ``z = mean + std * noise`` (``noise`` latent-shaped standard normal),
-    decodes, and also encodes ``extra`` (e.g. Ref-KL composites) if given. Returns
-    ``(reconstruction (B, C, H, W), moments (B, 2*latent_channels, h, w), extra_moments or None)``.
+    Args:
+        vae: a diffusers ``AutoencoderKL`` (or anything with the same ``encode``/``decode`` outputs).
     """
 
     def __init__(self, vae: nn.Module):
@@ -308,6 +333,21 @@ class AutoencoderForward(nn.Module):
         self.vae = vae
 
     def forward(self, pixels: torch.Tensor, noise: torch.Tensor, extra: torch.Tensor | None = None):
+        """Encode, sample the posterior with the given noise, decode; optionally encode a second batch.
+
+        Args:
+            pixels: ``(B, C, H, W)`` in [-1, 1] (C = the VAE's input channels; RGBA is straight alpha).
+            noise: ``(B, latent_channels, H/f, W/f)`` standard normal (f = the VAE's downsampling factor,
+                8 for the FLUX/SD layout); ``z = mean + std * noise``, cast to the posterior's dtype.
+            extra: ``(N, C, H', W')`` in [-1, 1] to encode only (Ref-KL: the ``2B`` opaque composites), or ``None``.
+
+        Returns:
+            ``(reconstruction, moments, extra_moments)``: the decoder output ``(B, C, H, W)`` (unclamped,
+            nominally [-1, 1], in the VAE's or autocast's dtype); the posterior's mean and log-variance
+            concatenated on dim 1, ``(B, 2 * latent_channels, H/f, W/f)`` (diffusers
+            ``DiagonalGaussianDistribution.parameters``); the same for ``extra``, ``(N, 2 * latent_channels,
+            H'/f, W'/f)``, or ``None``.
+        """
         posterior = self.vae.encode(pixels).latent_dist
         latents = posterior.mean + posterior.std * noise.to(posterior.mean.dtype)
         reconstruction = self.vae.decode(latents).sample
@@ -337,7 +377,7 @@ class Objective(nn.Module):
         discriminator: a ``PatchDiscriminator`` or ``None`` (then the GAN term is off).
 
     Raises:
-        ValueError: if Ref-KL is active but no reference model is given, or an RGB model asks for ABMSE.
+        ValueError: if Ref-KL is active but no reference model is given.
     """
 
     def __init__(self, config: LossConfig, *, in_channels: int = 4, reference_vae: nn.Module | None = None,

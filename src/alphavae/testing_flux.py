@@ -42,13 +42,16 @@ def tiny_flux_pipeline(seed: int = 0, vae: AutoencoderKL | None = None) -> FluxP
 
     Args:
         seed: torch seed for the random weights (same seed, same weights; the global RNG is untouched).
-        vae: the pipeline's VAE; default :func:`alphavae.testing.tiny_rgb_vae` ``("flux", seed)``
-            (16 latent channels, 8x downsampling, FLUX scaling/shift factors), whose RGBA
-            conversion is :func:`alphavae.testing.tiny_rgba_vae` ``("flux", seed)``.
+        vae: the pipeline's VAE, used as given (its device and dtype are kept; it is put in eval mode)
+            and expected to have 16 latent channels to fit the transformer; default
+            :func:`alphavae.testing.tiny_rgb_vae` ``("flux", seed)`` (CPU float32, 16 latent channels, 8x
+            downsampling, FLUX scaling/shift factors), whose RGBA conversion is
+            :func:`alphavae.testing.tiny_rgba_vae` ``("flux", seed)``.
 
     Returns:
-        A ``FluxPipeline`` on the CPU in float32 whose ``transformer.config.in_channels`` is 64
-        (16 latent channels x 2x2 patch) and with ``guidance_embeds=True`` like FLUX.1-dev.
+        A ``FluxPipeline`` whose transformer and text encoders are on the CPU in float32 (so is the
+        default VAE), with ``transformer.config.in_channels`` 64 (16 latent channels x 2x2 patch) and
+        ``guidance_embeds=True`` like FLUX.1-dev.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -225,12 +225,13 @@ class RGBAVAE:
         tile_size: if set, encode/decode in overlapping tiles of this many pixels per side
             (a multiple of ``multiple``); bounds memory for huge images. None = whole image.
         tile_overlap: overlap between tiles in pixels (a multiple of ``multiple``, less than
-            ``tile_size``); None = a quarter of the tile rounded down to the multiple.
-        tile_mode: "exact" (default: whole-image GroupNorm statistics and a whole-latent mid-block,
-            matches an untiled run) or "fast" (every layer per tile, like diffusers); see ``enable_tiling``.
+            ``tile_size``); None = the default of ``enable_tiling``.
+        tile_mode: "exact" (default: whole-image GroupNorm statistics and a whole-latent mid-block; close
+            to an untiled run, with small differences that shrink with the overlap) or "fast" (every layer
+            per tile, like diffusers). ``enable_tiling`` documents both modes, their costs and measured errors.
     Raises:
         ValueError: not an ``AutoencoderKL``, not 4 channels in and out (a 3-channel RGB VAE must be
-            converted first: ``alphavae convert``), or a bad tile size/overlap.
+            converted first: ``alphavae convert``), a bad tile size/overlap, or an unknown ``tile_mode``.
 
     encode/decode keep autograd (usable in training); ``reconstruct``/``reconstruct_images`` run
     under ``torch.inference_mode``. Exact tiling puts temporary hooks on the model's GroupNorms: do not
@@ -263,7 +264,8 @@ class RGBAVAE:
             dtype: speed/precision policy (``alphavae.accel.resolve_policy``): "auto" (default: on a CPU
                 with AMX-BF16 or a bf16 GPU, "mixed-bf16" = bf16 bulk with float32 input/output layers;
                 else "float32", which measured faster on AVX512_BF16-only CPUs), "float32" (exact, diffusers'
-                default), "bfloat16", "float16" or "mixed-bf16". device: torch device for the weights.
+                default), "bfloat16", "float16" or "mixed-bf16".
+            device: torch device for the weights (e.g. "cpu", "cuda", "cuda:1"); checked to be usable.
             tile_size, tile_overlap, tile_mode: see the class.
         Raises:
             FileNotFoundError: ``path_or_id`` is None and the default model is not installed.
@@ -544,11 +546,26 @@ class RGBAVAE:
         return results
 
     def to_diffusion_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Raw VAE latents -> diffusion-model latents: ``(z - shift_factor) * scaling_factor``."""
+        """Raw VAE latents -> diffusion-model latents: ``(z - shift_factor) * scaling_factor``.
+
+        Args:
+            latents: raw latents, e.g. ``(B, latent_channels, h, w)`` from ``encode``; any shape (elementwise).
+
+        Returns:
+            A tensor of the same shape, dtype and device (the inverse of ``from_diffusion_latents``).
+        """
         return (latents - self.shift_factor) * self.scaling_factor
 
     def from_diffusion_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Diffusion-model latents -> raw VAE latents: ``z / scaling_factor + shift_factor``."""
+        """Diffusion-model latents -> raw VAE latents: ``z / scaling_factor + shift_factor``.
+
+        Args:
+            latents: diffusion-space latents, e.g. ``(B, latent_channels, h, w)`` unpacked from a
+                transformer's output; any shape (elementwise).
+
+        Returns:
+            Raw latents of the same shape, dtype and device, ready for ``decode``.
+        """
         return latents / self.scaling_factor + self.shift_factor
 
 

@@ -95,7 +95,12 @@ def _reporting_errors(run):
 
 @_reporting_errors
 def run_eval(args: argparse.Namespace) -> int:
-    """``alphavae eval``: score a prediction folder against a GT folder."""
+    """``alphavae eval``: score a prediction folder against a GT folder.
+
+    Exit status: 0 if every image was scored, 1 if the report lists failed, missing or ambiguous images,
+    2 on errors (bad or missing paths, an existing report without ``--overwrite``, an unloadable network,
+    any other ``ValueError``/``OSError``: one line on stderr). Non-main processes of a sharded run return 0.
+    """
     from alphavae.eval.runner import evaluate_folders
 
     _guard(args, [args.gt, args.pred])
@@ -104,7 +109,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 @_reporting_errors
 def run_eval_vae(args: argparse.Namespace) -> int:
-    """``alphavae eval-vae``: reconstruct a folder with an RGBA VAE and score it in one run."""
+    """``alphavae eval-vae``: reconstruct a folder with an RGBA VAE and score it in one run.
+
+    Exit status: as :func:`run_eval` (0 all scored, 1 failed/missing/ambiguous images, 2 on errors,
+    including a VAE that cannot be loaded).
+    """
     from alphavae.eval.runner import evaluate_vae
     from alphavae.vae import RGBAVAE
 
@@ -121,7 +130,10 @@ def run_eval_vae(args: argparse.Namespace) -> int:
 
 @_reporting_errors
 def run_eval_t2i(args: argparse.Namespace) -> int:
-    """``alphavae eval-t2i``: CLIP score, aesthetic and FID of generated RGBA images."""
+    """``alphavae eval-t2i``: CLIP score, aesthetic and FID of generated RGBA images.
+
+    Exit status: as :func:`run_eval` (0 all scored, 1 failed images, e.g. without a prompt, 2 on errors).
+    """
     from alphavae.eval.runner import evaluate_t2i, read_prompts
 
     _guard(args, [args.pred, args.ref])

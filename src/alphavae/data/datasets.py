@@ -72,10 +72,23 @@ def _crop_offsets(height: int, width: int, size: int, mode: str, generator: torc
 
 
 def crop_square(pixels: torch.Tensor, size: int, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """Crop (4, H, W) pixels to (4, size, size); sides shorter than ``size`` are first padded.
+    """Crop an image to a ``size x size`` square; sides shorter than ``size`` are first padded.
 
-    Padding is transparent black (all four channels -1) split evenly on both sides; ``mode`` is
-    ``"random"`` (offsets drawn from ``generator``) or ``"center"``. Raises ValueError for another mode.
+    Padding is transparent black (all four channels -1), split evenly on both sides (the extra pixel
+    of an odd split goes bottom/right).
+
+    Args:
+        pixels: ``(4, H, W)`` straight RGBA in [-1, 1].
+        size: side of the crop in pixels.
+        mode: ``"random"`` (offsets drawn from ``generator``) or ``"center"`` (offsets round down;
+            ``generator`` unused).
+        generator: torch RNG for the random offsets.
+
+    Returns:
+        ``(4, size, size)`` straight RGBA in [-1, 1] (a view of ``pixels`` when no padding was needed).
+
+    Raises:
+        ValueError: ``mode`` is neither ``"random"`` nor ``"center"``.
     """
     if mode not in ("random", "center"):
         raise ValueError(f"crop mode must be 'random' or 'center', got {mode!r}")

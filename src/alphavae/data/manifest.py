@@ -93,7 +93,10 @@ def summarise(records: Iterable[dict]) -> dict[str, dict[str, int]]:
 
 
 def export_split(manifest: str | Path, split: str, output: str | Path) -> tuple[int, int]:
-    """Copy the images of one split into ``output``, keeping their ``images/<source>/...`` layout below it.
+    """Copy the images of one split into ``output`` as ``output/<source>/...``.
+
+    A manifest path ``images/<source>/<rest>`` becomes ``output/<source>/<rest>`` (the leading ``images/``
+    is dropped); a path not under ``images/`` is kept whole below ``output``.
 
     Gives ``alphavae eval`` / ``eval-vae`` a dataset/category tree of exactly the held-out images.
     Files are copied atomically; existing ones are kept (not compared). ``output`` must not lie in the

@@ -26,6 +26,9 @@ class TimestepSampling:
         weighting_scheme: one of :data:`WEIGHTING_SCHEMES`.
         logit_mean, logit_std: mean and std of the normal behind 'logit_normal'.
         mode_scale: scale of the 'mode' density.
+
+    Raises:
+        ValueError: ``weighting_scheme`` is not in :data:`WEIGHTING_SCHEMES`.
     """
 
     weighting_scheme: str = "none"
@@ -110,6 +113,9 @@ def flow_matching_loss(
 
     Returns:
         ``mean_b mean_{c,h,w} w(s_b) (v_pred - (noise - latents))^2``.
+
+    Raises:
+        ValueError: odd latent height or width (from :func:`pack_latents`).
     """
     b = latents.shape[0]
     s = sigmas.to(latents.device, latents.dtype).view(b, 1, 1, 1)

@@ -171,7 +171,17 @@ def contact_sheet(pixels: torch.Tensor, columns: int = 4) -> torch.Tensor:
 
 @dataclass
 class GenerationReport:
-    """Outcome of :func:`generate_folder`: files written, skipped (already there) and failed."""
+    """Outcome of :func:`generate_folder`: files written, skipped (already there) and failed.
+
+    Attributes:
+        written: paths of the PNGs written by this call.
+        skipped: paths that already existed and were not regenerated.
+        failed: paths whose batch raised (logged); nothing was written for them.
+        requested_size: ``(height, width)`` in pixels, as asked for; the size of every written image.
+        generated_size: ``(height, width)`` in pixels the pipeline ran at: the request rounded up to
+            multiples of the VAE factor x 2 (16 for FLUX, :func:`round_size`), then centre-cropped back
+            to ``requested_size``.
+    """
 
     written: list[str]
     skipped: list[str]

@@ -75,6 +75,15 @@ class LoraTrainConfig:
     ``validation_prompts`` rendered over a checkerboard every ``validation_every`` steps (0 = only
     at the end) with ``validation_steps`` denoising steps and ``validation_guidance``,
     ``report_to`` ("tensorboard" or "none").
+
+    Raises:
+        ValueError: naming every failed check: ``resolution`` not a positive multiple of 16; ``crop`` not
+            "center"/"random"; ``cache_latents`` with crop "random"; ``optimizer`` not "prodigy"/"adamw";
+            ``mixed_precision`` not "no"/"bf16"/"fp16"; ``max_steps``, ``batch_size`` or
+            ``gradient_accumulation_steps`` below 1; ``checkpoint_every`` or ``validation_every`` negative
+            or ``keep_checkpoints`` below 1; ``report_to`` not "tensorboard"/"none". Also an unknown
+            ``weighting_scheme`` (:class:`~alphavae.diffusion.flow.TimestepSampling`).
+        TypeError: a checked setting of a type that cannot be compared (e.g. a string ``resolution``).
     """
 
     model: str
@@ -145,7 +154,16 @@ class LoraTrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> LoraTrainConfig:
-        """Read a YAML mapping of field names (unknown keys raise ValueError), then apply ``overrides``."""
+        """Read a YAML mapping of field names, then apply ``overrides`` (keyword arguments, same names).
+
+        Raises:
+            OSError: the file cannot be read (``FileNotFoundError`` when it does not exist).
+            yaml.YAMLError: the file is not valid YAML.
+            ValueError: unknown keys in the file, or a value the class rejects (see the class).
+            TypeError: a required setting (``model``, ``vae``, ``data``, ``output_dir``) missing from
+                both file and ``overrides``, an unknown override name, or a value of a type the checks
+                cannot compare. A top level that is not a mapping raises TypeError or ValueError.
+        """
         values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:

@@ -89,8 +89,13 @@ def aggregate(records: list[ImageRecord], features: dict[str, dict] | None = Non
     Returns:
         ``{"overall": {"macro": Scores, "micro": Scores, "fid_pooled": {group: fid}, "images": n},
         "datasets": {ds: {"macro": Scores, "images": n, "subsets": {ss: {"macro": Scores, "images": n,
-        "categories": {cat: {"mean": Scores, "images": n}}}}}}}``; Scores include the ``rgb`` group
-        and, when features were given, a ``fid`` metric per group (None where a side had < 2 images).
+        "categories": {cat: {"mean": Scores, "images": n}}}}}}}``; Scores include the ``rgb`` group.
+        FID (only when ``features`` were given): each category's ``mean`` has a ``fid`` per feature group,
+        None where a side had < 2 images (its ``rgb`` ``fid`` averages the computed backgrounds and is
+        absent when none was); the ``macro`` levels average the categories' non-None values and omit
+        ``fid`` where none was computed; ``micro`` has no ``fid``; ``fid_pooled`` maps each group to
+        the FID over all images (None below 2 per side), plus ``rgb`` when a background's was computed,
+        and is empty without features.
     """
     fid_sets = _fid_sets(records, features or {})
     tree: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))

@@ -32,7 +32,8 @@ def composites(pixels: torch.Tensor, names: tuple[str, ...] = BACKGROUND_NAMES) 
     Returns:
         ``(B, K, 3, H, W)`` float32 RGB in [0, 1], K = ``len(names)``.
     Raises:
-        ValueError: ``pixels`` is not ``(B, 4, H, W)``; KeyError: unknown background name.
+        ValueError: ``pixels`` is not ``(B, 4, H, W)``, or a name is neither a canonical background nor
+            ``"checkerboard"`` (raised by ``alphavae.io.composite``).
     """
     if pixels.ndim != 4 or pixels.shape[1] != 4:
         raise ValueError(f"composites needs pixels shaped (B, 4, H, W), got {tuple(pixels.shape)}")

@@ -79,7 +79,16 @@ def make_protocol(name: str, *, resize: int | None = None, checkerboard: bool = 
 
 
 def centre_crop(pixels: torch.Tensor, size: int) -> torch.Tensor:
-    """Central ``size x size`` window of ``(..., H, W)`` (sides >= size); offsets round down."""
+    """Central ``size x size`` window of an image or batch; offsets round down.
+
+    Args:
+        pixels: ``(..., H, W)``, any values (here straight RGBA in [-1, 1]); both sides >= ``size``.
+        size: side of the window in pixels.
+    Returns:
+        ``(..., size, size)``, a view of ``pixels`` (values unchanged).
+    Raises:
+        ValueError: ``H`` or ``W`` is smaller than ``size``.
+    """
     h, w = pixels.shape[-2:]
     if min(h, w) < size:
         raise ValueError(f"cannot centre-crop {h}x{w} to {size}x{size}")
@@ -139,13 +148,19 @@ def score_pair(gt: torch.Tensor, pred: torch.Tensor, protocol: Protocol, network
     """Score one prediction against its ground truth under ``protocol``.
 
     Args:
-        gt, pred: ``(4, H, W)`` straight RGBA in [-1, 1], same size (``gt`` already through :func:`prepare_gt`).
+        gt, pred: ``(4, H, W)`` straight RGBA in [-1, 1], same size, H and W >= 11 px (``gt`` already
+            through :func:`prepare_gt`).
+        protocol: from :func:`make_protocol`; sets the backgrounds (one group each), 8-bit rounding of
+            ``pred`` and JPEG round trip of the composites (``jpeg``), luma vs RGB SSIM (``ssim_y``), the
+            alpha-blind ``rgba`` group (``raw_group``) and the ``alpha`` group (``alpha_metrics``).
         networks: optional LPIPS / Inception / aesthetic networks (None members are skipped).
     Returns:
-        :class:`ImageScore` with per-group ``psnr``, ``ssim`` (and ``lpips``, ``input_laion_score``,
-        ``output_laion_score`` when the networks are loaded) and, for ``clean``, the ``alpha`` group.
+        :class:`ImageScore` with per-group ``psnr`` (dB), ``ssim`` (and ``lpips``, ``input_laion_score``,
+        ``output_laion_score`` when the networks are loaded; Inception features in ``features``), plus the
+        ``rgba`` group (``reference``) or the ``alpha`` group (``clean``).
     Raises:
-        ValueError: shapes differ or are not ``(4, H, W)``.
+        ValueError: shapes differ or are not ``(4, H, W)``, or a side is below 11 px (SSIM's window,
+            :func:`alphavae.eval.metrics.ssim`).
     """
     if gt.shape != pred.shape or gt.ndim != 3 or gt.shape[0] != 4:
         raise ValueError(f"score_pair needs two (4, H, W) images of one size, got {tuple(gt.shape)} and {tuple(pred.shape)}")

@@ -65,7 +65,13 @@ def _write_text(path: Path, text: str, overwrite: bool) -> None:
 
 
 def write_json(path: str | Path, report: dict, *, overwrite: bool = False) -> None:
-    """Write the whole report as indented JSON (atomic). Raises FileExistsError unless ``overwrite``."""
+    """Write the whole report as indented, strict JSON (atomic; nothing is written on an error).
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        ValueError: the report holds a NaN or infinite float (strict JSON has none: ``allow_nan=False``).
+        TypeError: the report holds a value ``json`` cannot serialise.
+    """
     _write_text(Path(path), json.dumps(report, indent=1, sort_keys=False, allow_nan=False), overwrite)
 
 
@@ -126,7 +132,13 @@ class WorstImages:
     cases: list[_Case] = field(default_factory=list)
 
     def offer(self, key: str, psnr: float, gt: torch.Tensor, pred: torch.Tensor) -> None:
-        """Consider one image; the strip is only rendered when it enters the top K."""
+        """Consider one image; the strip is only rendered when it enters the top K.
+
+        Args:
+            key: the image's key in the report.
+            psnr: its PSNR in dB (the runner passes the mean over the protocol's backgrounds); lower is worse.
+            gt, pred: ``(4, H, W)`` straight RGBA in [-1, 1], same size (for :func:`comparison_strip`).
+        """
         if self.k <= 0 or (len(self.cases) == self.k and -psnr <= self.cases[0].badness):
             return
         case = _Case(-psnr, key, comparison_strip(gt, pred), psnr)

@@ -34,7 +34,17 @@ Extra = Callable[[Pair, torch.Tensor], dict[str, dict[str, float]]]
 
 @dataclass
 class Evaluation:
-    """Raw results of a run before aggregation (one shard, or all after :func:`_gather`)."""
+    """Raw results of a run before aggregation: one process's shard, or every shard merged
+    (:func:`run_sharded` returns the merged one on the main process).
+
+    Attributes:
+        records: one :class:`~alphavae.eval.aggregate.ImageRecord` per scored image (sorted by key once merged).
+        features: image key -> group -> ``(gt, pred)`` Inception features, each ``(1, 2048)``, for FID;
+            empty without an Inception network.
+        failures: ``{"key", "error"}`` of every image that could not be loaded or scored (sorted by key
+            once merged).
+        worst: the worst-K images by mean PSNR over the backgrounds (dB), for the HTML report.
+    """
 
     records: list[ImageRecord] = field(default_factory=list)
     features: dict[str, dict] = field(default_factory=dict)

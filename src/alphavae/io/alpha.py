@@ -153,14 +153,19 @@ def composite(pixels: torch.Tensor, background: str | Sequence[float] | torch.Te
     Args:
         pixels: ``(B, 4, H, W)`` or ``(4, H, W)`` straight RGBA in [-1, 1].
         background: one of :data:`BACKGROUNDS` by name, ``"checkerboard"`` (see :func:`checkerboard`),
-            an ``(r, g, b)`` triple in 0-255 sRGB, or a tensor in [-1, 1] shaped ``(3, H, W)`` or
-            ``(B, 3, H, W)`` (an image; any shape broadcastable to the colour channels).
+            an ``(r, g, b)`` triple in 0-255 sRGB, or an RGB tensor in [-1, 1] shaped ``(3, H, W)`` or
+            ``(B, 3, H, W)`` that broadcasts against ``pixels[..., :3, :, :]`` (a side or B may be 1, e.g.
+            ``(B, 3, 1, 1)`` for one solid colour per image); it is cast to the dtype/device of ``pixels``.
 
     Returns:
-        ``(B, 3, H, W)`` (or ``(3, H, W)``) composite in [-1, 1], dtype/device of ``pixels``.
+        ``(B, 3, H, W)`` (or ``(3, H, W)``) composite in [-1, 1], dtype/device of ``pixels``; a 4-D
+        background with ``(4, H, W)`` pixels gives the broadcast ``(B, 3, H, W)``.
 
     Raises:
-        TypeError, ValueError: bad ``pixels`` (see :func:`check_pixels`) or an unknown/malformed background.
+        TypeError, ValueError: bad ``pixels`` (see :func:`check_pixels`); TypeError also for a background
+            of none of the accepted kinds (e.g. a number).
+        ValueError: an unknown background name, a colour triple that is not three 0-255 values, or a
+            background tensor that is not 3-D/4-D with 3 channels or does not broadcast against ``pixels``.
     """
     check_pixels(pixels)
     back = _background_tensor(background, pixels)
@@ -175,7 +180,7 @@ def clear_hidden_colour(pixels: torch.Tensor) -> torch.Tensor:
     identical too (rgba-pitfalls.md #5): the VAE encoder would otherwise see the hidden colour.
 
     Args:
-        pixels: ``(..., 4, H, W)`` straight RGBA in [-1, 1].
+        pixels: ``(B, 4, H, W)`` or ``(4, H, W)`` straight RGBA in [-1, 1].
 
     Returns:
         Same shape, dtype and device; colour -1 wherever alpha == -1 (alpha 0 in [0, 1] space).

@@ -111,7 +111,8 @@ def pad_to_multiple(pixels: torch.Tensor, multiple: int, *,
 
     Args:
         pixels: ``(B, 4, H, W)`` or ``(4, H, W)`` straight RGBA in [-1, 1].
-        multiple: required divisor of both sides in pixels, >= 1 (e.g. 8 for an SD VAE, 16 for FLUX).
+        multiple: required divisor of both sides in pixels, >= 1 (e.g. 8 for the SD and FLUX VAEs; 16
+            for FLUX generation, whose transformer packs 2x2 latents).
         mode: ``"replicate"`` (repeat the edge pixels, alpha included), ``"reflect"`` (mirror; the
             padding on a side must be smaller than that side) or ``"transparent"`` (all four channels
             -1: transparent black).

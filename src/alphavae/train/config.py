@@ -83,6 +83,10 @@ class OptimConfig:
             a constant scheduler; ``alphavae.train.loop.lr_schedule``).
         gradient_accumulation: micro-steps per optimiser step.
         max_grad_norm: gradient clipping norm, ``None`` = off.
+
+    Raises:
+        ValueError: ``scheduler`` is ``"constant"`` with ``warmup_steps`` > 0 (diffusers would ignore the
+            warm-up), or ``decay_steps`` is outside ``[0, max_steps]``.
     """
 
     lr: float = 1e-5
@@ -122,6 +126,10 @@ class TrainConfig:
         validate_every: optimiser steps between validations (0 = only at the end).
         log_every: optimiser steps between tracker logs.
         max_nonfinite: consecutive steps with a non-finite loss after which the run aborts.
+
+    Raises:
+        ValueError: ``mixed_precision`` is not one of ``alphavae.accel.MIXED_PRECISIONS`` (YAML's bare
+            ``no``, read as ``False``, is accepted as ``"no"``), or ``model.in_channels`` is not 3 or 4.
     """
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

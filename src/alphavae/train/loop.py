@@ -59,10 +59,18 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclasses.dataclass
 class TrainResult:
-    """What ``train_vae`` did: ``history`` holds one dict of mean logged values per optimiser step run here
-    (keys as ``Objective`` logs plus ``step`` and ``lr``); ``final_dir`` is None when stopped early;
-    ``skipped_steps`` counts steps dropped for a non-finite loss; ``failed_images`` lists unreadable files
-    ("path: reason") that were left out."""
+    """What ``train_vae`` did.
+
+    Attributes:
+        step: optimiser steps completed when the run returned, counted from the start of the training run
+            (steps before a resume and skipped non-finite steps included): ``optim.max_steps`` after a full
+            run, ``stop_after``'s step when stopped early.
+        history: one dict of mean logged values per optimiser step run here (keys as ``Objective`` logs
+            plus ``step`` and ``lr``).
+        final_dir: the exported ``RUN_DIR/final`` folder, or None when stopped early.
+        skipped_steps: steps dropped here for a non-finite loss.
+        failed_images: unreadable files ("path: reason") that were left out.
+    """
 
     step: int
     history: list[dict]
@@ -171,8 +179,19 @@ def validate(vae: AutoencoderKL, pixels: torch.Tensor, step: int, run_dir: Path,
     """Reconstruct held-out images (posterior mode), save a grid PNG, log PSNR per background.
 
     The grid (``RUN_DIR/validation/step-XXXXXXXX.png``, one row per image) shows target and reconstruction
-    composited over checkerboard, black and white (RGB models: target and reconstruction). Returns
-    ``{"val/psnr_<background>": dB}`` (composites in [0, 1]).
+    composited over checkerboard, black and white (RGB models: target and reconstruction).
+
+    Args:
+        vae: the ``AutoencoderKL`` being trained (put back in its training mode afterwards).
+        pixels: ``(N, C, H, W)`` held-out images in [-1, 1]: straight RGBA (C = 4) or RGB (C = 3), H and W
+            multiples of the VAE's downsampling factor (not padded here); moved to the accelerator's device.
+        step: optimiser step, for the file name and the TensorBoard image.
+        run_dir: the run folder.
+        accelerator: supplies the device and the TensorBoard tracker.
+
+    Returns:
+        ``{"val/psnr_<background>": PSNR in dB}`` (``"val/psnr_rgb"`` for RGB models), computed on
+        composites in [0, 1].
     """
     from torchvision.utils import make_grid
 
@@ -291,8 +310,10 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
 
     Raises:
         FileExistsError: ``run_dir`` has checkpoints but ``resume`` is None.
+        FileNotFoundError: ``resume`` is a path that is not a checkpoint folder (``find_checkpoint``).
         NonFiniteLossError: ``config.max_nonfinite`` consecutive steps had a non-finite loss.
-        ValueError: bad config or inputs (see ``load_models`` / ``split_files``).
+        ValueError: ``run_dir`` is or lies inside the data folder (a manifest's folder for a manifest
+            source), or bad config or inputs (see ``load_models`` / ``split_files``).
     """
     run_dir = Path(run_dir)
     if config.data.source is not None:

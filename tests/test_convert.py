@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -120,3 +121,100 @@ def test_bad_local_sources_fail_fast_with_one_line(tmp_path, capsys, monkeypatch
         err = capsys.readouterr().err.strip()
         assert words in err and src.strip("./") in err and "\n" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def _tree(folder):
+    """Every file under ``folder`` (hidden ones too) as {relative path: bytes}."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+MODEL_FILES = {"config.json", "diffusion_pytorch_model.safetensors", PROVENANCE_FILE}
+
+
+def _assert_converted(folder, tiny_rgb_dir):
+    """``folder`` holds a loadable RGBA model equal to the conversion of ``tiny_rgb_dir``."""
+    reloaded = AutoencoderKL.from_pretrained(folder).eval()
+    expected = convert_to_rgba(AutoencoderKL.from_pretrained(tiny_rgb_dir).eval())
+    pixels = torch.rand(1, 4, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(reloaded(pixels).sample, expected(pixels).sample)
+
+
+def test_overwrite_replaces_only_model_files(tmp_path, tiny_rgb_dir, capsys):
+    """--overwrite into a folder with other files: those survive untouched; the model files are replaced."""
+    dst = tmp_path / "shared"
+    (dst / "notes").mkdir(parents=True)
+    (dst / "notes" / "todo.txt").write_text("keep me")
+    (dst / "readme.md").write_text("mine")
+    (dst / "config.json").write_text("{}")
+    others = {k: v for k, v in _tree(dst).items() if k != "config.json"}
+    assert main(["convert", str(tiny_rgb_dir), str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "overwrite=True" not in err and "not empty" in err
+    assert main(["convert", str(tiny_rgb_dir), str(dst), "--overwrite"]) == 0
+    after = _tree(dst)
+    assert set(after) == set(others) | MODEL_FILES
+    assert all(after[k] == v for k, v in others.items())
+    _assert_converted(dst, tiny_rgb_dir)
+
+
+def test_source_inside_equal_or_around_output_is_refused(tmp_path, tiny_rgb_dir, capsys, monkeypatch):
+    """SRC inside DST (even with --overwrite), DST == SRC and DST inside SRC: refused, nothing changes."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_rgb_dir, tmp_path / "danger" / "rgbvae")
+    (tmp_path / "danger" / "unrelated.txt").write_text("keep me")
+    before = _tree(tmp_path)
+    assert main(["convert", "danger/rgbvae", "danger", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "contains the source folder" in err and "danger/rgbvae" in err and "danger " in err
+    for dst, words in [("danger/rgbvae", "is the source folder"), ("danger/rgbvae/sub", "inside the source"),
+                       ("danger/rgbvae/./", "is the source folder")]:
+        with pytest.raises(ValueError, match=words):
+            convert_pretrained("danger/rgbvae", dst, overwrite=True)
+    assert _tree(tmp_path) == before
+
+
+def test_convert_into_current_folder(tmp_path, tiny_rgb_dir, capsys, monkeypatch):
+    """DST '.': refused without --overwrite (not empty); with it, the model lands beside the kept files."""
+    shutil.copytree(tiny_rgb_dir, tmp_path / "rgbvae")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("keep me")
+    monkeypatch.chdir(work)
+    assert main(["convert", "../rgbvae", "."]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert _tree(work) == {"keep.txt": b"keep me"}
+    assert main(["convert", "../rgbvae", ".", "--overwrite"]) == 0
+    assert set(_tree(work)) == MODEL_FILES | {"keep.txt"}
+    assert (work / "keep.txt").read_text() == "keep me"
+    assert sorted(p.name for p in work.iterdir() if p.is_dir()) == []
+    _assert_converted(work, tiny_rgb_dir)
+
+
+def test_overwrite_earlier_output_and_refusals(tmp_path, tiny_rgb_dir):
+    """An earlier output is replaced in place and loads; an empty DST needs no --overwrite; other layouts refused."""
+    dst = tmp_path / "out"
+    dst.mkdir()
+    convert_pretrained(tiny_rgb_dir, dst)
+    first = json.loads((dst / PROVENANCE_FILE).read_text())
+    convert_pretrained(tiny_rgb_dir, dst, dtype="bfloat16", overwrite=True)
+    assert set(_tree(dst)) == MODEL_FILES
+    assert json.loads((dst / PROVENANCE_FILE).read_text())["dtype"] == "bfloat16" != first["dtype"]
+    assert {t.dtype for t in load_file(dst / "diffusion_pytorch_model.safetensors").values()} == {torch.bfloat16}
+    assert AutoencoderKL.from_pretrained(dst).config.in_channels == 4
+    shard = dst / "diffusion_pytorch_model-00001-of-00002.safetensors"
+    shard.write_bytes(b"old shard")
+    before = _tree(dst)
+    with pytest.raises(FileExistsError, match="00001-of-00002"):
+        convert_pretrained(tiny_rgb_dir, dst, overwrite=True)
+    assert _tree(dst) == before and not [p for p in dst.iterdir() if p.name.startswith(".")]
+    shard.unlink()
+    (dst / PROVENANCE_FILE).unlink()
+    (dst / PROVENANCE_FILE).mkdir()
+    with pytest.raises(FileExistsError, match=PROVENANCE_FILE):
+        convert_pretrained(tiny_rgb_dir, dst, overwrite=True)
+    (tmp_path / "file").write_text("not a folder")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="not a folder"):
+            convert_pretrained(tiny_rgb_dir, tmp_path / "file", overwrite=overwrite)
+    assert (tmp_path / "file").read_text() == "not a folder"

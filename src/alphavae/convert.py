@@ -25,10 +25,11 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 import alphavae
-from alphavae.io import check_output_outside_inputs
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROVENANCE_FILE = "alphavae_provenance.json"
+# How error messages name the overwrite switch; the CLI shows its flag instead.
+OVERWRITE_HINT = "overwrite=True"
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -264,47 +265,110 @@ def _provenance(src, subfolder: str | None, dtype: str, report: InvariantReport)
     }
 
 
+def _check_apart(src: str | os.PathLike, dst: Path) -> None:
+    """Refuse an output folder that is, lies inside, or contains a local source folder (names both)."""
+    source, output = Path(src).expanduser().resolve(), dst.resolve()
+    if output == source:
+        relation = "is the source folder"
+    elif output.is_relative_to(source):
+        relation = "is inside the source folder"
+    elif source.is_relative_to(output):
+        relation = "contains the source folder"
+    else:
+        return
+    raise ValueError(f"output folder {dst} {relation} {src}; choose an output folder apart from the source "
+                     "(the source is never written to)")
+
+
+def _check_destination(src: str | os.PathLike, dst: Path, overwrite: bool) -> None:
+    """The checks on ``dst`` that need no model: a folder or nothing, empty unless ``overwrite``, apart from ``src``."""
+    if os.path.lexists(dst) and not dst.is_dir():
+        raise FileExistsError(f"{dst}: exists and is not a folder; choose a folder for the converted model")
+    if not overwrite and dst.is_dir() and any(dst.iterdir()):
+        raise FileExistsError(f"{dst}: output folder exists and is not empty (pass {OVERWRITE_HINT} to replace "
+                              "the converted model's files in it; other files are kept)")
+    if Path(src).expanduser().exists():
+        _check_apart(src, dst)
+
+
+def _move_into(built: Path, dst: Path, overwrite: bool) -> None:
+    """Move the files of ``built`` into the existing folder ``dst``, each with one atomic ``os.replace``.
+
+    Every check runs before the first move: a same-named entry that is not a file, a weights file
+    of another layout that would stay beside the new weights (``diffusion_pytorch_model*``, e.g.
+    shards; diffusers could load it instead), or, without ``overwrite``, any same-named file.
+    ``config.json`` goes last, so ``dst`` looks like a model only once its weights are in place.
+    """
+    names = sorted((p.name for p in built.iterdir()), key=lambda name: (name == "config.json", name))
+    blocked = [name for name in names if os.path.lexists(dst / name) and not (dst / name).is_file()]
+    stale = sorted(p.name for p in dst.glob("diffusion_pytorch_model*") if p.name not in names)
+    if blocked or stale:
+        raise FileExistsError(f"{dst}: holds {', '.join(blocked + stale)}, which the converted model would not "
+                              "replace cleanly; move it away or choose another output folder (nothing there was changed)")
+    clashing = [name for name in names if (dst / name).exists()]
+    if clashing and not overwrite:
+        raise FileExistsError(f"{dst}: already holds {', '.join(clashing)} (pass {OVERWRITE_HINT} to replace "
+                              "the converted model's files; other files are kept)")
+    for name in names:
+        os.replace(built / name, dst / name)
+
+
 def convert_pretrained(src: str | os.PathLike, dst: str | os.PathLike, *, subfolder: str | None = None,
                        dtype: str = "float32", overwrite: bool = False) -> Path:
     """Convert a pretrained RGB VAE to RGBA, check the invariant, and save it in diffusers format.
 
     The conversion and the bitwise invariant check run in float32 on the CPU; the model is then
-    cast to ``dtype`` and saved (safetensors + config.json) with ``alphavae_provenance.json``
-    (source, subfolder, date, library versions, invariant report). The folder is written under a
-    temporary name beside ``dst`` and renamed into place, so a failed run leaves no partial model.
+    cast to ``dtype`` and saved (``config.json`` + ``diffusion_pytorch_model.safetensors``, or the
+    shards and index diffusers writes for a large model) with ``alphavae_provenance.json`` (source,
+    subfolder, date, library versions, invariant report). The files are built (and fsynced) in a
+    hidden temporary folder and then moved into place, so a failed run leaves no partial model:
+    a new ``dst`` is the renamed temporary folder (built beside it); in an existing ``dst`` (built
+    inside it, so the moves stay on one file system) each written file replaces its namesake with
+    one atomic rename, ``config.json`` last. Nothing else in ``dst`` is touched or deleted, and the
+    source is never written to.
 
     Args:
         src: local diffusers folder, or a model id (passed to ``AutoencoderKL.from_pretrained``;
             needs network access).
-        dst: output folder; must not exist unless ``overwrite``, must not lie inside ``src``.
+        dst: output folder: new, an empty folder, or (with ``overwrite``) a folder whose files of the
+            same names (above) are replaced; it must not be the local ``src``, lie inside it, or contain it.
         subfolder: e.g. "vae" for a full pipeline folder.
         dtype: "float32", "bfloat16" or "float16" for the saved weights.
-        overwrite: replace an existing ``dst``.
+        overwrite: replace the converted model's files in an existing non-empty ``dst`` (other files
+            are kept).
     Returns:
-        ``dst`` as a Path.
+        ``dst`` as a Path (as given, not resolved).
     Raises:
-        FileExistsError: ``dst`` exists and not ``overwrite``.
+        FileExistsError: ``dst`` is not a folder; is non-empty and not ``overwrite``; or holds, under a
+            written file's name, something that is not a file, or other ``diffusion_pytorch_model*``
+            weights files (raised before anything is written; the message names them).
         OSError: the source cannot be loaded (message says what to pass).
-        ValueError: bad dtype, ``dst`` inside ``src``, or the source is not a 3-channel AutoencoderKL.
+        ValueError: bad dtype; ``dst`` is, lies inside or contains the local ``src`` (names both); or
+            the source is not a 3-channel AutoencoderKL.
         AssertionError: the invariant check failed.
     """
     torch_dtype = parse_dtype(dtype)
     dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst}: output folder exists (pass overwrite=True / --overwrite to replace it)")
-    if Path(src).exists():
-        check_output_outside_inputs(dst, [src])
+    _check_destination(src, dst, overwrite)
     source = load_autoencoder(src, subfolder=subfolder)
     rgba = convert_to_rgba(source)
     report = check_invariant(source, rgba)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    target = dst.resolve()
+    existing = target.is_dir()
+    if not existing:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.alphavae-convert.",
+                                dir=target if existing else target.parent))
     try:
         cast_model(rgba, torch_dtype).save_pretrained(tmp, safe_serialization=True)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(_provenance(src, subfolder, dtype, report), indent=2) + "\n")
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
+        for written in tmp.iterdir():
+            with open(written, "rb") as handle:
+                os.fsync(handle.fileno())
+        if existing:
+            _move_into(tmp, target, overwrite)
+        else:
+            os.replace(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

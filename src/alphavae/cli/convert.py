@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from alphavae.convert import DTYPES, PROVENANCE_FILE, convert_pretrained
+from alphavae.convert import DTYPES, OVERWRITE_HINT, PROVENANCE_FILE, convert_pretrained
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,22 +22,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("src", metavar="SRC",
                         help="local diffusers folder (config.json + diffusion_pytorch_model.safetensors), "
                              "or a model id (needs network access)")
-    parser.add_argument("dst", metavar="DST", help="output folder (must not exist unless --overwrite)")
+    parser.add_argument("dst", metavar="DST",
+                        help="output folder: new or empty unless --overwrite; not SRC, not inside SRC, not "
+                             "containing SRC")
     parser.add_argument("--subfolder", default=None, help="subfolder of SRC holding the VAE, e.g. 'vae' "
                                                           "for a full pipeline folder (default: none)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="dtype of the saved weights (the conversion itself runs in float32; default float32)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="in an existing non-empty DST, replace the files the conversion writes (config.json, "
+                             f"the weights, {PROVENANCE_FILE}); nothing else in DST is touched")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``convert_pretrained``; print the destination and invariant report; 1 on failure."""
+    """Run ``convert_pretrained``; print the destination and invariant report.
+
+    Returns 0, or 1 on failure (one ``alphavae convert: error:`` line on stderr; messages name the
+    ``--overwrite`` flag where the library says ``overwrite=True``).
+    """
     try:
         dst = convert_pretrained(args.src, args.dst, subfolder=args.subfolder, dtype=args.dtype,
                                  overwrite=args.overwrite)
     except (OSError, ValueError, AssertionError) as err:
-        print(f"alphavae convert: error: {err}", file=sys.stderr)
+        print(f"alphavae convert: error: {str(err).replace(OVERWRITE_HINT, '--overwrite')}", file=sys.stderr)
         return 1
     provenance = json.loads((dst / PROVENANCE_FILE).read_text())
     print(f"wrote RGBA VAE to {dst}")

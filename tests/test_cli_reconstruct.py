@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -103,11 +105,11 @@ def test_missing_default_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
 
 
 def test_never_overwrites_an_input_file(tmp_path, tiny_rgba_dir, capsys):
-    """A file input whose output path is the input itself fails (even with --overwrite); a file as OUT is refused."""
+    """OUT = the folder of a file input is refused (even with --overwrite); a file as OUT is refused."""
     image = _rgba_png(tmp_path / "a.png", 8, 8)
     before = image.read_bytes()
     assert _run(image, "-o", tmp_path, "--vae", tiny_rgba_dir, "--overwrite") == 1
-    assert "overwrite its input" in capsys.readouterr().err and image.read_bytes() == before
+    assert "folder of input file" in capsys.readouterr().err and image.read_bytes() == before
     assert _run(image, "-o", image, "--vae", tiny_rgba_dir) == 1
     assert "not a folder" in capsys.readouterr().err
 
@@ -132,7 +134,99 @@ def test_unusable_device_is_one_line(tmp_path, tiny_rgba_dir, capsys):
 
 def test_warnings_are_one_line(tmp_path, tiny_rgba_dir, capsys):
     frames = [Image.new("RGBA", (8, 8), (60 * i, 0, 0, 128)) for i in range(3)]
-    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
-    assert _run(tmp_path / "anim.gif", "-o", tmp_path / "out", "--vae", tiny_rgba_dir) == 0
+    (tmp_path / "in").mkdir()
+    frames[0].save(tmp_path / "in" / "anim.gif", save_all=True, append_images=frames[1:])
+    assert _run(tmp_path / "in" / "anim.gif", "-o", tmp_path / "out", "--vae", tiny_rgba_dir) == 0
     err = capsys.readouterr().err
     assert "alphavae reconstruct: warning:" in err and "3 frames" in err and "UserWarning" not in err
+
+
+def test_failed_batch_is_retried_image_by_image(tmp_path, tiny_rgba_dir, monkeypatch):
+    """One image the model cannot process fails alone; the other image of its batch is written."""
+    _rgba_png(tmp_path / "in" / "bad.png", 1, 1)
+    _rgba_png(tmp_path / "in" / "good.png", 8, 8)
+    vae = RGBAVAE.from_pretrained(tiny_rgba_dir)
+    real = vae.reconstruct
+
+    def picky(pixels, **kwargs):
+        if pixels.shape[-1] == 1:
+            raise RuntimeError("too small for this model")
+        return real(pixels, **kwargs)
+
+    monkeypatch.setattr(vae, "reconstruct", picky)
+    report = reconstruct_files(tmp_path / "in", tmp_path / "out", vae=vae, batch_size=2, progress=False)
+    assert [p.name for p in report.written] == ["good.png"]
+    assert [(p.name, "too small" in reason) for p, reason in report.failed] == [("bad.png", True)]
+
+
+def test_missing_input_is_a_failure_and_the_rest_run(tmp_path, tiny_rgba_dir, capsys):
+    _rgba_png(tmp_path / "small" / "a.png", 8, 8)
+    assert _run(tmp_path / "small", tmp_path / "nope.png", "-o", tmp_path / "out", "--vae", tiny_rgba_dir) == 1
+    err = capsys.readouterr().err
+    assert "1 written, 0 skipped (exist), 1 failed" in err and "nope.png: input does not exist" in err
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_folder_at_an_output_path_is_a_failure(tmp_path, tiny_rgba_dir, capsys):
+    _rgba_png(tmp_path / "in" / "normal.png", 8, 8)
+    _rgba_png(tmp_path / "in" / "other.png", 8, 8)
+    (tmp_path / "out" / "normal.png").mkdir(parents=True)
+    for extra in ((), ("--overwrite",)):
+        assert _run(tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, *extra) == 1
+        err = capsys.readouterr().err
+        assert "normal.png is a directory" in err and "1 failed" in err
+        assert (tmp_path / "out" / "normal.png").is_dir() and (tmp_path / "out" / "other.png").is_file()
+
+
+def test_longest_file_names_are_written(tmp_path, tiny_rgba_dir):
+    """A 250-byte input name gives a 250-byte output and a 255-byte grid name (the temporary names are shorter)."""
+    name = "n" * 246 + ".png"
+    _rgba_png(tmp_path / "in" / name, 8, 8)
+    assert _run(tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--grid", tmp_path / "grids") == 0
+    assert load_rgba(tmp_path / "out" / name).shape == (4, 8, 8)
+    assert (tmp_path / "grids" / name.replace(".png", ".grid.png")).is_file()
+
+
+def test_non_regular_inputs_and_empty_folders_fail(tmp_path, tiny_rgba_dir, capsys):
+    """A FIFO (never opened: that would block), a device and a folder without images are failures by name."""
+    good = _rgba_png(tmp_path / "in" / "good.png", 8, 8)
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here\n")
+    args = [good, fifo, os.devnull, tmp_path / "empty", "-o", tmp_path / "out", "--vae", tiny_rgba_dir]
+    assert _run(*args) == 1
+    err = capsys.readouterr().err
+    assert "1 written, 0 skipped (exist), 3 failed" in err
+    assert f"{fifo}: input is a FIFO" in err and f"{os.devnull}: input is a character device" in err
+    assert f"{tmp_path / 'empty'}: no image files in this folder" in err
+    assert _run(tmp_path / "empty", "-o", tmp_path / "out2", "--vae", tiny_rgba_dir) == 1
+    assert "no image files" in capsys.readouterr().err
+
+
+def test_grid_failure_is_reported_apart_and_made_on_rerun(tmp_path, tiny_rgba_dir, capsys):
+    """A grid that cannot be written leaves the reconstruction counted as written; a rerun makes the grid."""
+    _rgba_png(tmp_path / "in" / "a.png", 6, 10)
+    blocker = tmp_path / "grids" / "a.grid.png"
+    blocker.mkdir(parents=True)
+    args = [tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--grid", tmp_path / "grids"]
+    assert _run(*args) == 1
+    err = capsys.readouterr().err
+    assert "1 written, 0 skipped (exist), 0 failed, 1 grid(s) failed" in err and f"GRID FAILED {blocker}" in err
+    assert (tmp_path / "out" / "a.png").is_file()
+    blocker.rmdir()
+    assert _run(*args) == 0
+    assert "0 written, 1 skipped (exist), 0 failed" in capsys.readouterr().out
+    assert Image.open(blocker).size == (30, 12)
+
+
+def test_refuses_output_in_the_folder_of_input_files(tmp_path, tiny_rgba_dir, capsys):
+    """`reconstruct nestgt/a.png nestgt/b.png -o nestgt/pred` (or --grid there) would write into the input tree."""
+    files = [_rgba_png(tmp_path / "nestgt" / name, 8, 8) for name in ("a.png", "b.png")]
+    assert _run(*files, "-o", tmp_path / "nestgt" / "pred", "--vae", tiny_rgba_dir) == 1
+    assert "folder of input file" in capsys.readouterr().err
+    assert _run(*files, "-o", tmp_path / "pred", "--grid", tmp_path / "nestgt" / "g", "--vae", tiny_rgba_dir) == 1
+    assert "folder of input file" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "nestgt").iterdir()) == ["a.png", "b.png"]
+    assert not (tmp_path / "pred").exists()
+    assert _run(*files, "-o", tmp_path / "pred", "--vae", tiny_rgba_dir) == 0

@@ -2,15 +2,17 @@
 
 Inputs are files and folders (walked recursively by ``alphavae.io.list_images``); each image is
 loaded as straight RGBA (``alphavae.io.load_rgba``), encoded and decoded at its exact size, and
-written as a 4-channel 8-bit PNG at the same relative path under the output folder. Bad inputs are
-recorded and skipped; existing outputs are kept unless ``overwrite``; writes are atomic; the
-output folder may not lie inside an input folder.
+written as a 4-channel 8-bit PNG at the same relative path under the output folder. Bad inputs
+(missing paths, devices, folders without images, unreadable images) are recorded and skipped;
+existing outputs are kept unless ``overwrite``; writes are atomic; the output folder may not lie
+inside an input folder or inside the folder of an input file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -39,17 +41,30 @@ class ReconstructReport:
     Attributes:
         written: output PNG paths written.
         skipped: output paths that already existed (left untouched).
-        failed: ``(input path, reason)`` for every input that could not be processed.
+        failed: ``(input path, reason)`` for every input (file or folder given) that could not be
+            processed.
+        grids_failed: ``(grid path, reason)`` for comparison grids that could not be made; the
+            reconstruction itself is in ``written`` or ``skipped``.
     """
 
     written: list[Path] = dataclasses.field(default_factory=list)
     skipped: list[Path] = dataclasses.field(default_factory=list)
     failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    grids_failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True if nothing failed (neither an input nor a grid)."""
+        return not self.failed and not self.grids_failed
 
     def summary(self) -> str:
         """Human-readable counts, followed by one line per failure (file: reason)."""
-        lines = [f"{len(self.written)} written, {len(self.skipped)} skipped (exist), {len(self.failed)} failed"]
+        counts = f"{len(self.written)} written, {len(self.skipped)} skipped (exist), {len(self.failed)} failed"
+        if self.grids_failed:
+            counts += f", {len(self.grids_failed)} grid(s) failed"
+        lines = [counts]
         lines += [f"  FAILED {path}: {reason}" for path, reason in self.failed]
+        lines += [f"  GRID FAILED {path}: {reason}" for path, reason in self.grids_failed]
         return "\n".join(lines)
 
 
@@ -67,24 +82,101 @@ def comparison_grid(original: torch.Tensor, reconstruction: torch.Tensor) -> tor
     return torch.cat([grid, torch.ones_like(grid[:1])])
 
 
+def _kind(path: Path) -> str:
+    """What a path that is neither a regular file nor a folder is, in words."""
+    mode = path.stat().st_mode
+    kinds = [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket")]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _list_inputs(inputs: list, report: ReconstructReport) -> list[tuple[Path, Path]]:
+    """``alphavae.io.list_images`` per input, recording bad inputs in ``report.failed`` instead of raising.
+
+    Failures: a missing input (or dangling symlink), one that is neither a regular file nor a folder
+    (device, FIFO, socket: never opened, reading one could block), and a folder without any image
+    file. A file reached twice through overlapping inputs is listed once.
+    """
+    items: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()
+    for given in inputs:
+        root = Path(given)
+        if not root.exists():
+            reason = "input is a dangling symlink" if root.is_symlink() else "input does not exist"
+            report.failed.append((root, reason))
+            continue
+        if not root.is_dir() and not root.is_file():
+            report.failed.append((root, f"input is {_kind(root)}, not an image file or folder"))
+            continue
+        found = list_images([root])
+        if not found:
+            readable = os.access(root, os.R_OK | os.X_OK)
+            report.failed.append((root, "no image files in this folder" if readable
+                                  else "folder cannot be read (permission denied)"))
+        for absolute, relative in found:
+            if absolute not in seen:
+                seen.add(absolute)
+                items.append((absolute, relative))
+    return items
+
+
+def _grid_path(grid_dir: Path, target: Path, output_dir: Path) -> Path:
+    """Where the comparison grid of output ``target`` goes."""
+    return grid_dir / target.relative_to(output_dir).with_suffix(".grid.png")
+
+
+def _write_grid(original: torch.Tensor, reconstruction: torch.Tensor, grid_path: Path,
+                report: ReconstructReport) -> None:
+    """Write one comparison grid (replacing an old one); a failure goes to ``report.grids_failed``."""
+    try:
+        save_rgba(comparison_grid(original, reconstruction), grid_path, overwrite=True)
+    except (OSError, ValueError) as err:
+        report.grids_failed.append((grid_path, f"cannot write grid: {err}"))
+
+
+def _grid_for_existing(path: Path, target: Path, grid_path: Path, *, max_pixels: int | None,
+                       report: ReconstructReport) -> None:
+    """Make a missing grid from the input and its already existing output (no model call)."""
+    try:
+        original = load_rgba(path, max_pixels=max_pixels)
+        reconstruction = load_rgba(target, max_pixels=None)
+    except ImageLoadError as err:
+        report.grids_failed.append((grid_path, f"cannot make grid for existing {target}: {err}"))
+        return
+    if original.shape != reconstruction.shape:
+        reason = (f"cannot make grid: existing {target} is {tuple(reconstruction.shape[1:])}, "
+                  f"input {path} is {tuple(original.shape[1:])} (H, W)")
+        report.grids_failed.append((grid_path, reason))
+        return
+    _write_grid(original, reconstruction, grid_path, report)
+
+
 def _write(vae: RGBAVAE, batch: list[tuple[Path, Path, torch.Tensor]], output_dir: Path, *, overwrite: bool,
            grid_dir: Path | None, report: ReconstructReport) -> None:
-    """Reconstruct a batch of loaded images and write them (and their grids), recording the outcome."""
+    """Reconstruct a batch of loaded images and write them (and their grids), recording the outcome.
+
+    If the batch fails as a whole, its images are retried one at a time, so one image the model
+    cannot process fails alone. A grid that cannot be written is recorded in ``report.grids_failed``;
+    its reconstruction still counts as written.
+    """
     try:
         outputs = vae.reconstruct_images([pixels for _, _, pixels in batch], batch_size=len(batch))
     except (RuntimeError, ValueError) as err:
-        report.failed += [(path, f"reconstruction failed: {err}") for path, _, _ in batch]
+        if len(batch) > 1:
+            for item in batch:
+                _write(vae, [item], output_dir, overwrite=overwrite, grid_dir=grid_dir, report=report)
+        else:
+            report.failed.append((batch[0][0], f"reconstruction failed: {err}"))
         return
     for (path, target, pixels), output in zip(batch, outputs):
         try:
             save_rgba(output.cpu(), target, overwrite=overwrite)
-            if grid_dir is not None:
-                grid_path = grid_dir / target.relative_to(output_dir).with_suffix(".grid.png")
-                save_rgba(comparison_grid(pixels, output.cpu()), grid_path, overwrite=True)
         except (OSError, ValueError) as err:
             report.failed.append((path, f"cannot write output: {err}"))
             continue
         report.written.append(target)
+        if grid_dir is not None:
+            _write_grid(pixels, output.cpu(), _grid_path(grid_dir, target, output_dir), report)
 
 
 def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir: str | os.PathLike, *,
@@ -97,26 +189,29 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
     ``output_dir/<name>.png``): 4-channel 8-bit straight RGBA, exactly the input size (posterior
     mode, padded/cropped by ``RGBAVAE.reconstruct``). With ``grid_dir``, also
     ``grid_dir/<rel>.grid.png`` (see ``comparison_grid``), kept apart so ``output_dir`` holds only
-    reconstructions (it can be scored with ``alphavae eval`` as is).
+    reconstructions (it can be scored with ``alphavae eval`` as is). An output that already exists
+    is skipped, but its missing grid is made (from the input and that output, no model call).
 
     Args:
         inputs: image files and/or folders (folders are walked recursively).
-        output_dir: where outputs go; must not be inside an input folder.
+        output_dir: where outputs go; must not be inside an input folder nor inside the folder of
+            an input file.
         vae: the model (its dtype, device and tiling settings are used).
         batch_size: up to this many loaded images are reconstructed per model call (same-size
-            images share a batch).
+            images share a batch; a failed batch is retried image by image).
         overwrite: replace existing outputs; otherwise they are skipped (not even loaded).
-        grid_dir: folder for comparison grids (None: no grids); must not be inside an input folder.
+        grid_dir: folder for comparison grids (None: no grids); same placement rule as ``output_dir``.
         progress: show a tqdm progress bar (images, with ETA) on stderr.
         max_pixels: largest accepted width * height per input (``alphavae.io.load_rgba``).
     Returns:
-        A ``ReconstructReport``; unreadable inputs, name collisions (``a.jpg`` and ``a.png`` in one
-        folder), outputs that would replace an input file (``a.png -o .``) and failed
-        reconstructions/writes are in ``failed``, the rest continue.
+        A ``ReconstructReport``; missing inputs, inputs that are neither regular files nor folders
+        (devices, FIFOs), folders without images, unreadable images, name collisions (``a.jpg`` and
+        ``a.png`` in one folder), outputs that would replace an input file, output paths taken by a
+        folder, and failed reconstructions/writes are in ``failed``; failed grids in
+        ``grids_failed``; the rest continue.
     Raises:
-        ValueError: ``output_dir`` or ``grid_dir`` inside an input folder, ``output_dir`` an existing
-            non-folder, or ``batch_size`` < 1.
-        FileNotFoundError: an input does not exist.
+        ValueError: ``output_dir`` or ``grid_dir`` inside an input folder or an input file's folder,
+            ``output_dir`` an existing non-folder, or ``batch_size`` < 1.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -124,14 +219,14 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output {output_dir} exists and is not a folder")
-    check_output_outside_inputs(output_dir, inputs)
+    check_output_outside_inputs(output_dir, inputs, file_parents=True)
     if grid_dir is not None:
         grid_dir = Path(grid_dir)
-        check_output_outside_inputs(grid_dir, inputs)
+        check_output_outside_inputs(grid_dir, inputs, file_parents=True)
     report = ReconstructReport()
     claimed: dict[Path, Path] = {}
     batch: list[tuple[Path, Path, torch.Tensor]] = []
-    items = list_images(inputs)
+    items = _list_inputs(inputs, report)
     sources = {path.resolve() for path, _ in items}
     for path, relative in tqdm(items, desc="reconstruct", unit="img", disable=not progress):
         target = output_dir / relative.with_suffix(".png")
@@ -142,8 +237,14 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
             report.failed.append((path, f"output {target} is already produced from {claimed[target]}"))
             continue
         claimed[target] = path
+        if target.is_dir():
+            report.failed.append((path, f"output path {target} is a directory"))
+            continue
         if target.exists() and not overwrite:
             report.skipped.append(target)
+            if grid_dir is not None and not _grid_path(grid_dir, target, output_dir).is_file():
+                _grid_for_existing(path, target, _grid_path(grid_dir, target, output_dir), max_pixels=max_pixels,
+                                   report=report)
             continue
         try:
             batch.append((path, target, load_rgba(path, max_pixels=max_pixels)))

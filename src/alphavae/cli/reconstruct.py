@@ -20,12 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="encode and decode images with an RGBA VAE (same size, 4-channel PNG out)",
         description="Reconstruct images through an RGBA VAE (posterior mode). Folders are walked "
                     "recursively and their layout is mirrored under OUT; every output is a 4-channel 8-bit "
-                    "PNG of exactly the input size. Existing outputs are skipped unless --overwrite. Bad "
-                    "inputs are reported and skipped; the exit status is 1 if any failed.",
+                    "PNG of exactly the input size. Existing outputs are skipped unless --overwrite (a missing "
+                    "--grid image of an existing output is still made). Bad inputs (missing paths, devices, "
+                    "folders without images, unreadable images) are reported and skipped, the rest are "
+                    "processed; the exit status is 1 if any input or grid failed.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
-                        help="output folder (must not lie inside an input folder)")
+                        help="output folder (not inside an input folder, nor inside the folder of an input file)")
     parser.add_argument("--vae", default=None, metavar="PATH",
                         help="RGBA VAE folder in diffusers format (made by `alphavae convert` or training); "
                              "default: the shipped model")
@@ -50,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--grid", type=Path, default=None, metavar="DIR",
                         help="also write comparison grids DIR/<name>.grid.png: input (top) vs reconstruction "
-                             "(bottom) over checkerboard, black and white (DIR outside the inputs; default: none)")
+                             "(bottom) over checkerboard, black and white (DIR outside the inputs and their folders; "
+                             "made for existing outputs too; default: none)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"largest accepted width*height of an input, in pixels (default {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -63,8 +66,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the VAE and run ``reconstruct_files``; print the summary; 0 if every input succeeded, else 1
-    (130 when interrupted: finished outputs are complete files, nothing partial is left). Warnings
+    """Load the VAE and run ``reconstruct_files``; print the summary; 0 if every input and grid succeeded,
+    else 1 (130 when interrupted: finished outputs are complete files, nothing partial is left). Warnings
     (e.g. first frame of an animation used) are printed as one line each."""
     with warnings.catch_warnings():
         warnings.simplefilter("default")
@@ -88,5 +91,5 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"alphavae reconstruct: error: {err}", file=sys.stderr)
         return 1
-    print(report.summary(), file=sys.stderr if report.failed else sys.stdout)
-    return 1 if report.failed else 0
+    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1

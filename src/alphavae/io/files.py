@@ -308,11 +308,24 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+_TEMP_STEM_BYTES = 100
+"""Longest name part (bytes) in an :func:`atomic_write` temporary name: the name plus 14 bytes of
+dot, random part and ``.tmp`` must not exceed the file system's name limit (255 bytes) when the
+final name itself fits."""
+
+
+def _temp_stem(name: str) -> str:
+    """``name`` cut to at most ``_TEMP_STEM_BYTES`` bytes (file-system encoding), for a temporary name."""
+    encoded = os.fsencode(name)
+    return name if len(encoded) <= _TEMP_STEM_BYTES else os.fsdecode(encoded[:_TEMP_STEM_BYTES])
+
+
 def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], None], *, overwrite: bool = False) -> Path:
     """Write a file atomically: ``write_fn`` fills a temporary file in the same folder, then ``os.replace``.
 
     Readers never see a partial file, and a failed write leaves no file behind. The temporary file
-    is hidden (``.<name>.<random>.tmp``, skipped by :func:`list_images`), is fsynced before the
+    is hidden (``.<name>.<random>.tmp``, skipped by :func:`list_images`; ``<name>`` cut to its first
+    100 bytes, so any final name the file system accepts can be written), is fsynced before the
     rename, and gets the usual ``0o666 & ~umask`` permissions.
 
     Args:
@@ -333,7 +346,7 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], None], *, o
     if not overwrite and path.exists():
         raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{_temp_stem(path.name)}.", suffix=".tmp")
     os.close(handle)
     temp = Path(temp_name)
     try:
@@ -417,16 +430,21 @@ def list_images(inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
 
 
 def check_output_outside_inputs(output_dir: str | os.PathLike,
-                                inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> None:
+                                inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
+                                file_parents: bool = False) -> None:
     """Refuse to write into an input tree.
 
     Args:
         output_dir: folder outputs will be written to (need not exist yet).
         inputs: the input files/folders of the job (as given to :func:`list_images`).
+        file_parents: also refuse ``output_dir`` equal to or inside the folder holding an input
+            file (the folder as given and, for a symlinked file, its target's folder), for jobs
+            whose input files' folders count as the input tree (``alphavae reconstruct``).
+            Off by default: e.g. ``alphavae convert`` may write next to a single weights file.
 
     Raises:
-        ValueError: ``output_dir`` equals or lies inside an input folder, after resolving symlinks
-            (names both).
+        ValueError: ``output_dir`` equals or lies inside an input folder (or, with
+            ``file_parents``, an input file's folder), after resolving symlinks (names both).
     """
     output = Path(output_dir).resolve()
     for root in _as_paths(inputs):
@@ -434,3 +452,8 @@ def check_output_outside_inputs(output_dir: str | os.PathLike,
         if resolved.is_dir() and output.is_relative_to(resolved):
             raise ValueError(f"output folder {output_dir} is inside input folder {root}; "
                              "choose an output folder outside the inputs")
+        if file_parents and resolved.is_file():
+            for parent in dict.fromkeys([Path(os.path.abspath(root)).parent.resolve(), resolved.parent]):
+                if output.is_relative_to(parent):
+                    raise ValueError(f"output folder {output_dir} is inside {parent}, the folder of input "
+                                     f"file {root}; choose an output folder outside the inputs' folders")

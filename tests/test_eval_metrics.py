@@ -73,15 +73,18 @@ def test_identical_images_are_perfect():
 
 @pytest.mark.parametrize("value", [0.0, 1.0, 1 / 255])
 def test_alpha_metrics_finite_on_constant_mattes(value):
-    """All-transparent, all-opaque and alpha = 1/255 mattes: every metric finite, documented values."""
+    """All-transparent, all-opaque and alpha = 1/255 mattes: every metric finite except the two that do
+    not apply (NaN: no edge band anywhere, no leakage without transparent pixels), documented values."""
     gt = torch.full((1, 1, 20, 24), value)
+    not_applicable = {"alpha_edge_mae"} | ({"alpha_leakage"} if value > 0 else set())
+    for pred in (gt.clone(), 1 - gt):
+        m = metrics.alpha_metrics(gt, pred)
+        assert {k for k, v in m.items() if math.isnan(v.item())} == not_applicable
+        assert all(math.isfinite(v.item()) for k, v in m.items() if k not in not_applicable)
     same = metrics.alpha_metrics(gt, gt.clone())
-    assert all(math.isfinite(v.item()) for v in same.values())
     assert same["alpha_iou"].item() == 1.0  # empty union counts as perfect agreement
-    for name in ("alpha_mae", "alpha_mse", "alpha_sad", "alpha_grad", "alpha_leakage", "alpha_edge_mae"):
+    for name in {"alpha_mae", "alpha_mse", "alpha_sad", "alpha_grad", "alpha_leakage"} - not_applicable:
         assert same[name].item() == pytest.approx(0.0, abs=1e-12)
-    opposite = metrics.alpha_metrics(gt, 1 - gt)
-    assert all(math.isfinite(v.item()) for v in opposite.values())
 
 
 def test_alpha_metric_values():
@@ -94,7 +97,7 @@ def test_alpha_metric_values():
     assert m["alpha_mae"].item() == pytest.approx(0.5 / 100)
     assert m["alpha_leakage"].item() == pytest.approx(0.5 / 50)
     assert m["alpha_iou"].item() == pytest.approx(50 / 50.5)
-    assert m["alpha_edge_mae"].item() == 0.0  # binary GT: no soft pixels, empty band
+    assert math.isnan(m["alpha_edge_mae"].item())  # binary GT: no soft pixels, empty band, not applicable
     assert m["alpha_grad"].item() > 0
 
 
@@ -151,3 +154,57 @@ def test_checkerboard_group_and_alpha_group():
     gt = soft_rgba()
     score = score_pair(gt, perturbed(gt), make_protocol("clean", checkerboard=True), Networks())
     assert "checkerboard" in score.groups and "alpha" in score.groups and "rgba" not in score.groups
+
+
+def test_not_applicable_alpha_metrics_are_nan_not_zero():
+    """Defect: leakage / edge-band error of GTs where they do not apply were 0 and flattered averages."""
+    opaque = torch.ones(2, 1, 12, 12)
+    wrong = torch.zeros(2, 1, 12, 12)
+    assert torch.isnan(metrics.alpha_leakage(opaque, wrong)).all()  # no transparent pixel to leak into
+    assert torch.isnan(metrics.edge_band_error(opaque, wrong)).all()  # no edge band, completely wrong pred
+    soft = torch.zeros(1, 1, 12, 12)
+    soft[..., 6, 6] = 0.5
+    both = torch.cat([soft, torch.zeros(1, 1, 12, 12)])  # the second GT is all transparent: no band
+    band = metrics.edge_band_error(both, torch.ones_like(both))
+    assert band[0].item() > 0 and math.isnan(band[1].item())
+    leak = metrics.alpha_leakage(both, torch.ones_like(both))
+    assert leak.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("protocol", ["reference", "clean"])
+@pytest.mark.parametrize("size", [(1, 1), (3, 17), (10, 10)])
+def test_score_pair_any_size_leaves_ssim_out_below_window(protocol, size):
+    """Defect: images under 11 px on a side raised; now SSIM (and LPIPS) are None, the rest computed."""
+    gt = soft_rgba(*size, seed=2)
+    score = score_pair(gt, perturbed(gt), make_protocol(protocol), Networks())
+    for name in BACKGROUND_NAMES:
+        assert score.groups[name]["ssim"] is None
+        assert math.isfinite(score.groups[name]["psnr"])
+    if protocol == "clean":
+        assert math.isfinite(score.groups["alpha"]["alpha_mae"])
+
+
+def test_score_pair_lpips_none_below_its_minimum():
+    class Fake(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, y):
+            return (x - y).abs().mean(dim=(1, 2, 3))
+
+    from alphavae.eval.networks import LPIPS_MIN_SIZE
+
+    for side, has_lpips in ((LPIPS_MIN_SIZE - 1, False), (LPIPS_MIN_SIZE, True)):
+        gt = soft_rgba(side, 40)
+        score = score_pair(gt, perturbed(gt), make_protocol("clean"), Networks(lpips=Fake()))
+        assert (score.groups["black"]["lpips"] is not None) == has_lpips
+        assert score.groups["black"]["ssim"] is not None
+
+
+def test_score_pair_alpha_not_applicable_is_none():
+    gt = torch.full((4, 12, 12), 1.0)  # opaque white: no transparent pixel, no edge band
+    pred = torch.full((4, 12, 12), -1.0)  # transparent black: completely wrong
+    alpha = score_pair(gt, pred, make_protocol("clean"), Networks()).groups["alpha"]
+    assert alpha["alpha_leakage"] is None and alpha["alpha_edge_mae"] is None
+    assert alpha["alpha_mae"] == pytest.approx(1.0)

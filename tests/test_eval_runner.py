@@ -145,3 +145,153 @@ def test_eval_t2i(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert set(report["tree"]["overall"]["macro"]["rgb"]) == {"clip_score"}
     assert report["clip_score_clamped"] >= 0
+
+
+def _refuse_scoring(monkeypatch):
+    """Make any scoring fail the test: the checks under test must come first."""
+    from alphavae.eval import runner
+
+    def boom(*args, **kwargs):
+        raise AssertionError("scoring started before the setup checks")
+
+    monkeypatch.setattr(runner, "run_sharded", boom)
+
+
+def _small_tree(tmp_path, sizes=((16, 16),)):
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for n, (h, w) in enumerate(sizes):
+        image = soft_rgba(h, w, seed=n)
+        save_rgba(image, gt / f"im{n}.png")
+        save_rgba(perturbed(image), pred / f"im{n}.png")
+    return gt, pred
+
+
+def test_existing_report_refused_before_scoring(tmp_path, monkeypatch, capsys):
+    """Defect 1: a second run without --overwrite scored everything before failing."""
+    gt, pred = _small_tree(tmp_path)
+    out = tmp_path / "out"
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), *NO_NETS]) == 0
+    before = (out / "report.json").read_bytes()
+    _refuse_scoring(monkeypatch)
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), *NO_NETS]) == 2
+    assert f"{out / 'report.json'}: report exists (use --overwrite)" in capsys.readouterr().err
+    assert (out / "report.json").read_bytes() == before
+    assert main(["eval-vae", "--vae", str(tmp_path / "no-vae-needed"), "--data", str(gt), "-o", str(out), *NO_NETS]) == 2
+    assert "report exists" in capsys.readouterr().err  # refused before the VAE is even loaded
+
+
+def test_unwritable_report_folder_refused_before_scoring(tmp_path, monkeypatch, capsys):
+    """Defect 1: a read-only -o failed only after all the work. The probe file is removed again."""
+    gt, pred = _small_tree(tmp_path)
+    _refuse_scoring(monkeypatch)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(blocker / "out"), *NO_NETS]) == 2
+    assert f"{blocker / 'out'}: cannot write the report there" in capsys.readouterr().err
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    out = tmp_path / "ro"
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), *NO_NETS]) == 2
+    assert f"{out}: cannot write the report there (Permission denied)" in capsys.readouterr().err
+    monkeypatch.undo()
+    from alphavae.eval.report import check_report_destination
+
+    check_report_destination(out)
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_tiny_images_scored_without_ssim(tmp_path, capsys):
+    """Defect 2: images under 11 px failed with an SSIM error naming no file; now scored, SSIM null."""
+    gt, pred = _small_tree(tmp_path, sizes=[(1, 1), (5, 30), (16, 16)])
+    out = tmp_path / "out"
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), "--protocol", "clean", *NO_NETS]) == 0
+    report = json.loads((out / "report.json").read_text())
+    scores = {image["key"]: image["scores"] for image in report["images"]}
+    assert scores["im0"]["black"]["ssim"] is None and scores["im1"]["black"]["ssim"] is None
+    assert scores["im2"]["black"]["ssim"] is not None
+    assert report["tree"]["overall"]["micro"]["black"]["ssim"] == pytest.approx(scores["im2"]["black"]["ssim"])
+    assert report["unscored"]["black"]["ssim"] == 2
+    assert any(note.startswith("ssim is null (not applicable) for 2 image(s)") for note in report["notes"])
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert all(r["ssim"] for r in rows)  # the mean over the images that have it
+    assert "ssim is null" in (out / "report.html").read_text()
+
+
+def test_scoring_error_names_the_pair(tmp_path, monkeypatch, capsys):
+    """Defect 2: a scoring error's message names the GT and prediction files."""
+    from alphavae.eval import runner
+
+    def fail(*args, **kwargs):
+        raise ValueError("cannot score")
+
+    monkeypatch.setattr(runner, "score_pair", fail)
+    gt, pred = _small_tree(tmp_path)
+    out = tmp_path / "out"
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), *NO_NETS]) == 1
+    expected = f"{gt / 'im0.png'} vs {pred / 'im0.png'}: cannot score"
+    assert f"failed: {expected}\n" in capsys.readouterr().err
+    assert json.loads((out / "report.json").read_text())["failures"] == [{"key": "im0", "error": expected}]
+
+
+def test_empty_or_missing_input_folders_are_errors(tmp_path, capsys):
+    """Defect 3: empty --gt / --pred gave an empty report with exit 0; a missing path said 'not a folder'."""
+    gt, pred = _small_tree(tmp_path)
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no images here")
+    out = tmp_path / "out"
+    for gt_dir, pred_dir, message in [
+        (empty, pred, f"{empty}: no images in this folder"),
+        (gt, empty, f"{empty}: no images in this folder"),
+        (tmp_path / "nope", pred, f"{tmp_path / 'nope'}: folder does not exist"),
+        (gt / "im0.png", pred, f"{gt / 'im0.png'}: not a folder"),
+    ]:
+        assert main(["eval", "--gt", str(gt_dir), "--pred", str(pred_dir), "-o", str(out), *NO_NETS]) == 2
+        assert message in capsys.readouterr().err
+        assert not (out / "report.json").exists()
+    assert main(["eval-vae", "--vae", str(tmp_path / "unused"), "--data", str(empty), "-o", str(out), *NO_NETS]) == 2
+    assert f"{empty}: no images in this folder" in capsys.readouterr().err
+
+
+def test_not_applicable_alpha_metrics_skipped_by_means(tmp_path):
+    """Defect 4: an all-opaque GT contributed leakage 0 and a band-less GT edge-band error 0."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    soft = soft_rgba(24, 24, seed=0)
+    save_rgba(soft, gt / "soft.png")
+    save_rgba(soft, pred / "soft.png")  # perfect: leakage 0, edge error 0
+    opaque = soft.clone()
+    opaque[3] = 1.0
+    save_rgba(opaque, gt / "opaque.png")
+    wrong = opaque.clone()
+    wrong[3] = -1.0
+    save_rgba(wrong, pred / "opaque.png")  # completely wrong, but leakage and edge band do not apply
+    out = tmp_path / "out"
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), "--protocol", "clean", *NO_NETS]) == 0
+    report = json.loads((out / "report.json").read_text())
+    scores = {image["key"]: image["scores"]["alpha"] for image in report["images"]}
+    assert scores["opaque"]["alpha_leakage"] is None and scores["opaque"]["alpha_edge_mae"] is None
+    assert scores["opaque"]["alpha_mae"] == pytest.approx(1.0)
+    alpha = report["tree"]["overall"]["micro"]["alpha"]
+    assert alpha["alpha_leakage"] == pytest.approx(scores["soft"]["alpha_leakage"])
+    assert alpha["alpha_edge_mae"] == pytest.approx(scores["soft"]["alpha_edge_mae"])
+    assert report["unscored"] == {"alpha": {"alpha_leakage": 1, "alpha_edge_mae": 1}}
+    assert report["tree"]["overall"]["macro"]["alpha"]["alpha_mae"] == pytest.approx(
+        (scores["soft"]["alpha_mae"] + 1.0) / 2)
+    html = (out / "report.html").read_text()
+    assert "alpha_leakage is null" in html and "NaN" not in (out / "report.json").read_text()
+
+
+def test_failures_printed_as_path_reason_lines(tree, capsys):
+    """Defect 5: failures were printed as raw dicts."""
+    main(["eval", "--gt", str(tree[0]), "--pred", str(tree[1]), "-o", str(tree[0].parent / "r"), *NO_NETS])
+    err = capsys.readouterr().err
+    assert "{'key'" not in err and "'error'" not in err
+    bad = tree[1] / "sub" / "cat_b" / "bad.png"
+    assert f"failed: {bad}: not a readable image" in err
+    small = f"failed: {tree[0] / 'sub/cat_b/small.png'} vs {tree[1] / 'sub/cat_b/small.png'}: size mismatch"
+    assert small in err
+    assert "missing: sub/cat_b/missing: no prediction file" in err

@@ -48,6 +48,27 @@ def _protocol(args: argparse.Namespace):
     return make_protocol(args.protocol, resize=args.resize, checkerboard=args.checkerboard)
 
 
+PRINTED_PROBLEMS = 20
+"""Problems of each kind printed on stderr; the rest are only in report.json."""
+
+
+def problem_lines(report: dict) -> list[str]:
+    """One ``"<label>: <file or key>: <reason>"`` line per failed, missing or ambiguous image (at most
+    :data:`PRINTED_PROBLEMS` of each kind, then a count)."""
+    kinds = {
+        "failed": [entry["error"] for entry in report.get("failures", [])],  # "<file(s)>: <reason>"
+        "missing": [f"{key}: no prediction file with this name (any extension)" for key in report.get("missing", [])],
+        "ambiguous": [f"{key}: several files with this name and different extensions; not scored"
+                      for key in report.get("ambiguous", [])],
+    }
+    lines = []
+    for label, entries in kinds.items():
+        lines += [f"{label}: {entry}" for entry in entries[:PRINTED_PROBLEMS]]
+        if len(entries) > PRINTED_PROBLEMS:
+            lines.append(f"{label}: ... and {len(entries) - PRINTED_PROBLEMS} more (see report.json)")
+    return lines
+
+
 def _finish(args: argparse.Namespace, result) -> int:
     """Write the reports on the main process, print a summary, return the exit status."""
     from alphavae.eval.report import write_reports
@@ -57,14 +78,9 @@ def _finish(args: argparse.Namespace, result) -> int:
     report, worst = result if isinstance(result, tuple) else (result, [])
     for path in write_reports(args.output, report, worst, overwrite=args.overwrite):
         print(f"wrote {path}")
-    problems = 0
-    for label in ("failures", "missing", "ambiguous"):
-        entries = report.get(label, [])
-        problems += len(entries)
-        for entry in entries[:20]:
-            print(f"{label}: {entry}", file=sys.stderr)
-        if len(entries) > 20:
-            print(f"{label}: ... and {len(entries) - 20} more (see report.json)", file=sys.stderr)
+    problems = sum(len(report.get(label, [])) for label in ("failures", "missing", "ambiguous"))
+    for line in problem_lines(report):
+        print(line, file=sys.stderr)
     if report.get("extra"):
         print(f"note: {len(report['extra'])} prediction file(s) without GT ignored (listed in report.json)", file=sys.stderr)
     print(f"{report['tree']['overall']['images']} images scored, {problems} problem(s)")
@@ -72,9 +88,24 @@ def _finish(args: argparse.Namespace, result) -> int:
 
 
 def _guard(args: argparse.Namespace, inputs: list) -> None:
+    """Checks made before any network, model or image is loaded: the inputs exist and are folders, the
+    report folder lies outside them, holds no report (unless ``--overwrite``) and is writable.
+
+    Raises:
+        FileNotFoundError, NotADirectoryError: an input does not exist or is not a folder.
+        ValueError: the report folder lies inside an input folder.
+        FileExistsError, OSError: a report exists, or the report folder cannot be written
+            (:func:`alphavae.eval.report.check_report_destination`).
+    """
+    from alphavae.eval.pairs import check_folder
+    from alphavae.eval.report import check_report_destination
     from alphavae.io import check_output_outside_inputs
 
-    check_output_outside_inputs(args.output, [p for p in inputs if p is not None])
+    inputs = [p for p in inputs if p is not None]
+    for folder in inputs:
+        check_folder(folder)
+    check_output_outside_inputs(args.output, inputs)
+    check_report_destination(args.output, overwrite=args.overwrite)
 
 
 def _reporting_errors(run):
@@ -97,34 +128,47 @@ def _reporting_errors(run):
 def run_eval(args: argparse.Namespace) -> int:
     """``alphavae eval``: score a prediction folder against a GT folder.
 
+    Everything that can be checked before scoring is (inputs, report folder, pairing, networks), so a
+    setup error costs no scoring time. Failed, missing and ambiguous images print one
+    ``"<label>: <file or key>: <reason>"`` line each on stderr.
+
     Exit status: 0 if every image was scored, 1 if the report lists failed, missing or ambiguous images,
-    2 on errors (bad or missing paths, an existing report without ``--overwrite``, an unloadable network,
-    any other ``ValueError``/``OSError``: one line on stderr). Non-main processes of a sharded run return 0.
+    2 on errors (a missing, non-folder or image-less input folder, an existing report without
+    ``--overwrite``, an unwritable report folder, an unloadable network, any other
+    ``ValueError``/``OSError``: one line on stderr). Non-main processes of a sharded run return 0.
     """
+    from alphavae.eval.pairs import pair_folders
     from alphavae.eval.runner import evaluate_folders
 
     _guard(args, [args.gt, args.pred])
-    return _finish(args, evaluate_folders(args.gt, args.pred, _protocol(args), _networks(args), worst_k=args.worst_k))
+    plan = pair_folders(args.gt, args.pred)
+    protocol, networks = _protocol(args), _networks(args)
+    return _finish(args, evaluate_folders(args.gt, args.pred, protocol, networks, worst_k=args.worst_k, plan=plan))
 
 
 @_reporting_errors
 def run_eval_vae(args: argparse.Namespace) -> int:
     """``alphavae eval-vae``: reconstruct a folder with an RGBA VAE and score it in one run.
 
+    The data folder and the report folder are checked before the VAE is loaded.
+
     Exit status: as :func:`run_eval` (0 all scored, 1 failed/missing/ambiguous images, 2 on errors,
     including a VAE that cannot be loaded).
     """
+    from alphavae.eval.pairs import pair_folders
     from alphavae.eval.runner import evaluate_vae
     from alphavae.vae import RGBAVAE
 
     _guard(args, [args.data])
+    plan = pair_folders(args.data)
+    protocol = _protocol(args)
     vae = RGBAVAE.from_pretrained(args.vae, dtype=args.dtype, device=args.device, tile_size=args.tile_size)
     source = None
     if args.source_vae is not None:
         from diffusers import AutoencoderKL
 
         source = AutoencoderKL.from_pretrained(args.source_vae).to(args.device).eval()
-    result = evaluate_vae(vae, args.data, _protocol(args), _networks(args), source=source, worst_k=args.worst_k)
+    result = evaluate_vae(vae, args.data, protocol, _networks(args), source=source, worst_k=args.worst_k, plan=plan)
     return _finish(args, result)
 
 

@@ -6,6 +6,10 @@ per category (the reference's per-folder FID), macro-averaged the same way, and 
 images (``fid_pooled``). Micro averages are plain means over images. The ``rgb`` group is the mean over
 the 9 canonical backgrounds of every metric (FID included); the checkerboard, ``rgba`` and ``alpha``
 groups are reported beside it.
+
+A score that does not apply to an image is None (SSIM of an image under 11 px, leakage of a GT without
+transparent pixels, ...): every mean skips it, like a category's None FID, so it neither counts as 0 nor
+lowers the number of images elsewhere; :func:`count_unscored` tells how many images each metric lacks.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from alphavae.eval.networks import FeatureSet, feature_distance_summary
 RGB_GROUP = "rgb"
 """Group name of the mean over the 9 canonical backgrounds."""
 
-Scores = dict[str, dict[str, float]]
-"""group -> metric -> value."""
+Scores = dict[str, dict[str, float | None]]
+"""group -> metric -> value (None: not applicable to that image)."""
 
 
 @dataclass
@@ -47,6 +51,18 @@ def mean_scores(items: list[Scores]) -> Scores:
     for (group, metric), values in sums.items():
         out[group][metric] = sum(values) / len(values)
     return dict(out)
+
+
+def count_unscored(records: list[ImageRecord]) -> dict[str, dict[str, int]]:
+    """How many images have None (not applicable) for each group and metric; groups and metrics scored
+    for every image are left out (``{}`` when nothing was skipped)."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for record in records:
+        for group, values in record.groups.items():
+            for metric, value in values.items():
+                if value is None:
+                    counts[group][metric] += 1
+    return {group: dict(metrics) for group, metrics in counts.items()}
 
 
 def with_rgb_mean(scores: Scores) -> Scores:
@@ -82,6 +98,9 @@ def fid_with_rgb(sets: dict[str, tuple[FeatureSet, FeatureSet]]) -> dict[str, fl
 
 def aggregate(records: list[ImageRecord], features: dict[str, dict] | None = None) -> dict:
     """Build the report tree from per-image records.
+
+    Every mean skips None scores (not applicable to that image), so a node's mean of a metric is over
+    the images (or child nodes) that have it; a metric None for all of a node's images is absent there.
 
     Args:
         records: scored images.

@@ -5,8 +5,11 @@ library, pyiqa 0.1.x, which loads images with ``PIL.Image.convert("RGB")`` and `
 Alpha metrics take alpha mattes ``(B, 1, H, W)`` in [0, 1] (not the [-1, 1] pixel convention: callers
 convert with ``alphavae.io.to_unit``).
 
-Every function returns one value per image, shape ``(B,)``, float64, and is finite for every input
-in range, including all-transparent (alpha = 0 everywhere) and all-opaque (alpha = 1) mattes.
+Every function returns one value per image, shape ``(B,)``, float64, finite for every input in range,
+including all-transparent (alpha = 0 everywhere) and all-opaque (alpha = 1) mattes, with two
+exceptions that are NaN where the metric does not apply (:data:`NOT_APPLICABLE`): the leakage of an
+image without fully transparent GT pixels and the edge-band error of an image without an edge band.
+Reports turn that NaN into null, and averages skip it (``alphavae.eval.aggregate.mean_scores``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ PSNR_EPS = 1e-8
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 """Y row of the RGB -> YIQ matrix pyiqa uses for ``test_y_channel`` (``color_space='yiq'``)."""
+
+SSIM_WINDOW = 11
+"""Side of the SSIM Gaussian window in px: SSIM needs images at least this large on both sides."""
+
+NOT_APPLICABLE = {
+    "alpha_leakage": "the GT has no fully transparent pixel",
+    "alpha_edge_mae": "the GT has no edge band (no alpha strictly between 0.05 and 0.95)",
+}
+"""Alpha metrics that are NaN (not applicable) for some mattes -> when, in words (used in report notes)."""
 
 GRADIENT_SIGMA = 1.4
 """Gaussian-derivative scale (pixels) of the matting gradient error (Rhemann et al. 2009; the
@@ -103,7 +115,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, y_channel: bool) -> torch.Tensor:
     (:func:`luma255`), data range 255, 'valid' window, the contrast-structure term clamped
     at 0, mean over the map. ``y_channel=False`` is SSIM on the three RGB channels in [0, 1]
     (data range 1, no rounding), averaged over channels and pixels (the clean protocol).
-    Images smaller than 11 px on a side raise.
+    Images smaller than :data:`SSIM_WINDOW` (11) px on a side raise (``score_pair`` leaves SSIM out for them).
 
     Args:
         x, y: ``(B, 3, H, W)`` float RGB in [0, 1].
@@ -116,8 +128,9 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, y_channel: bool) -> torch.Tensor:
     on centred values with the separable window as banded matrix products (agreement within 1e-4, tested).
     """
     _check_pair(x, y, 3)
-    if min(x.shape[-2:]) < 11:
-        raise ValueError(f"SSIM needs images of at least 11x11 px, got {tuple(x.shape[-2:])}")
+    if min(x.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} px, got "
+                         f"{x.shape[-1]}x{x.shape[-2]} (width x height)")
     if y_channel:
         x, y, data_range = luma255(x), luma255(y), 255.0
     else:
@@ -212,17 +225,21 @@ def soft_iou(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over ``mask`` per image; 0.0 where the mask is empty."""
+    """Mean of ``values`` over ``mask`` per image; NaN (not applicable) where the mask is empty."""
     count = mask.sum(dim=(1, 2, 3))
     total = (values * mask).sum(dim=(1, 2, 3))
-    return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, math.nan))
 
 
 def alpha_leakage(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     """Mean predicted alpha over pixels whose ground-truth alpha is exactly 0 (``(B,)`` float64 in [0, 1]).
 
-    Measures content leaking into the transparent background; 0.0 for images without fully
-    transparent pixels (e.g. all-opaque). Inputs ``(B, 1, H, W)`` alpha in [0, 1].
+    Measures content leaking into the transparent background. NaN (not applicable) for images
+    without fully transparent GT pixels (e.g. all-opaque): there is no background to leak into, and
+    a 0 would flatter the average. Inputs ``(B, 1, H, W)`` alpha in [0, 1].
+
+    Raises:
+        ValueError: shapes differ or are not ``(B, 1, H, W)``.
     """
     _check_alpha(gt, pred)
     return _masked_mean(pred.double(), (gt == 0).double())
@@ -246,8 +263,12 @@ def edge_band_error(gt: torch.Tensor, pred: torch.Tensor, radius: int = 3) -> to
     """Mean absolute alpha error inside the edge band (:func:`edge_band`), ``(B,)`` float64 in [0, 1].
 
     Pitfall 7 (halos on soft edges) is reported here separately from the whole-image error.
-    Images without soft pixels (binary or constant mattes) have an empty band and score 0.0.
+    Images without soft pixels (binary or constant mattes) have an empty band: NaN (not applicable),
+    whatever the prediction (a 0 would score a completely wrong prediction as perfect).
     Inputs ``(B, 1, H, W)`` alpha in [0, 1].
+
+    Raises:
+        ValueError: shapes differ or are not ``(B, 1, H, W)``.
     """
     _check_alpha(gt, pred)
     return _masked_mean((gt.double() - pred.double()).abs(), edge_band(gt.double(), radius=radius))
@@ -262,9 +283,15 @@ ALPHA_METRICS = {
     "alpha_leakage": alpha_leakage,
     "alpha_edge_mae": edge_band_error,
 }
-"""Name -> function for every alpha metric; each maps ``(gt, pred)`` ``(B, 1, H, W)`` in [0, 1] to ``(B,)``."""
+"""Name -> function for every alpha metric; each maps ``(gt, pred)`` ``(B, 1, H, W)`` in [0, 1] to ``(B,)``
+(NaN where not applicable: :data:`NOT_APPLICABLE`)."""
 
 
 def alpha_metrics(gt: torch.Tensor, pred: torch.Tensor) -> dict[str, torch.Tensor]:
-    """All :data:`ALPHA_METRICS` for a batch of mattes ``(B, 1, H, W)`` in [0, 1]; name -> ``(B,)`` float64."""
+    """All :data:`ALPHA_METRICS` for a batch of mattes ``(B, 1, H, W)`` in [0, 1]; name -> ``(B,)`` float64,
+    NaN for the :data:`NOT_APPLICABLE` metrics where they do not apply.
+
+    Raises:
+        ValueError: shapes differ or are not ``(B, 1, H, W)``.
+    """
     return {name: fn(gt, pred) for name, fn in ALPHA_METRICS.items()}

@@ -84,15 +84,25 @@ def build_lpips(weights: str | Path) -> torch.nn.Module:
     return net.eval().requires_grad_(False)
 
 
+LPIPS_MIN_SIZE = 31
+"""Smallest side in px the LPIPS AlexNet accepts (its strided convolutions and poolings leave no pixel
+below that); ``score_pair`` leaves LPIPS out for smaller images."""
+
+
 def lpips_distance(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """LPIPS distance per image pair.
 
     Args:
         net: from :func:`build_lpips`.
-        x, y: ``(N, 3, H, W)`` RGB in [0, 1].
+        x, y: ``(N, 3, H, W)`` RGB in [0, 1], H and W >= :data:`LPIPS_MIN_SIZE`.
     Returns:
         ``(N,)`` float64 distances (>= 0; 0 for identical images).
+    Raises:
+        ValueError: a side is below :data:`LPIPS_MIN_SIZE` px.
     """
+    if min(x.shape[-2:]) < LPIPS_MIN_SIZE:
+        raise ValueError(f"LPIPS needs images of at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE} px, got "
+                         f"{x.shape[-1]}x{x.shape[-2]} (width x height)")
     device = next(net.parameters()).device
     with torch.no_grad():
         d = net(x.to(device).float() * 2 - 1, y.to(device).float() * 2 - 1)

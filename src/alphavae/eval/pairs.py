@@ -60,6 +60,19 @@ def tree_position(key: str) -> tuple[str, str, str]:
     return dataset, subset, category
 
 
+def check_folder(folder: str | Path) -> None:
+    """Check that an input folder exists and is a folder.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist. NotADirectoryError: it is not a folder.
+    """
+    path = Path(folder)
+    if not path.exists():
+        raise FileNotFoundError(f"{folder}: folder does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{folder}: not a folder")
+
+
 def _index(folder: Path) -> tuple[dict[str, Path], list[str]]:
     """Key -> absolute path for every image under ``folder``, plus keys seen more than once."""
     index: dict[str, Path] = {}
@@ -81,13 +94,17 @@ def pair_folders(gt_dir: str | Path, pred_dir: str | Path | None = None) -> Pair
     Returns:
         A :class:`PairPlan`; ambiguous keys are excluded from ``pairs``.
     Raises:
-        FileNotFoundError: a folder does not exist.
+        FileNotFoundError: a folder does not exist. NotADirectoryError: a path is a file, not a folder.
+        ValueError: a folder holds no images (an empty benchmark is an error, not an empty report).
     """
     for folder in (gt_dir, pred_dir):
-        if folder is not None and not Path(folder).is_dir():
-            raise FileNotFoundError(f"{folder}: not a folder")
+        if folder is not None:
+            check_folder(folder)
     gt, gt_repeated = _index(Path(gt_dir))
     pred, pred_repeated = _index(Path(pred_dir)) if pred_dir is not None else ({}, [])
+    for folder, index in ((gt_dir, gt), (pred_dir, pred)):
+        if folder is not None and not index:
+            raise ValueError(f"{folder}: no images in this folder (nor in its sub-folders)")
     ambiguous = sorted(set(gt_repeated) | set(pred_repeated))
     plan = PairPlan(pairs=[], ambiguous=ambiguous)
     for key in sorted(gt):

@@ -15,13 +15,14 @@ Source: AlphaVAE (arXiv 2507.09308) Sec. 5 and its public evaluation scripts; py
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from alphavae.eval import metrics
 from alphavae.eval.backgrounds import BACKGROUND_NAMES, CHECKERBOARD, composites, jpeg_roundtrip, quantise
-from alphavae.eval.networks import Networks, inception_features, lpips_distance
+from alphavae.eval.networks import LPIPS_MIN_SIZE, Networks, inception_features, lpips_distance
 from alphavae.io import alpha_unit, from_unit, resize_short_side, to_unit
 
 RGBA_GROUP = "rgba"
@@ -120,11 +121,12 @@ class ImageScore:
     """Scores of one image pair.
 
     Attributes:
-        groups: group name (a background, ``rgba``, ``alpha``) -> metric name -> value.
+        groups: group name (a background, ``rgba``, ``alpha``) -> metric name -> value, None where the
+            metric does not apply to this image (:func:`score_pair`).
         features: group -> ``(gt, pred)`` Inception features, each ``(1, 2048)`` (for FID; not reported).
     """
 
-    groups: dict[str, dict[str, float]] = field(default_factory=dict)
+    groups: dict[str, dict[str, float | None]] = field(default_factory=dict)
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
@@ -147,38 +149,44 @@ def _views(gt: torch.Tensor, pred: torch.Tensor, protocol: Protocol) -> tuple[li
 def score_pair(gt: torch.Tensor, pred: torch.Tensor, protocol: Protocol, networks: Networks) -> ImageScore:
     """Score one prediction against its ground truth under ``protocol``.
 
+    Any image size is scored. Metrics that do not apply to an image are None: ``ssim`` below 11 px on
+    a side (``metrics.SSIM_WINDOW``), ``lpips`` below 31 px (``networks.LPIPS_MIN_SIZE``), and the
+    alpha metrics of ``metrics.NOT_APPLICABLE`` (leakage without fully transparent GT pixels, edge-band
+    error without an edge band). Averages skip None (``alphavae.eval.aggregate.mean_scores``).
+
     Args:
-        gt, pred: ``(4, H, W)`` straight RGBA in [-1, 1], same size, H and W >= 11 px (``gt`` already
-            through :func:`prepare_gt`).
+        gt, pred: ``(4, H, W)`` straight RGBA in [-1, 1], same size (``gt`` already through :func:`prepare_gt`).
         protocol: from :func:`make_protocol`; sets the backgrounds (one group each), 8-bit rounding of
             ``pred`` and JPEG round trip of the composites (``jpeg``), luma vs RGB SSIM (``ssim_y``), the
             alpha-blind ``rgba`` group (``raw_group``) and the ``alpha`` group (``alpha_metrics``).
         networks: optional LPIPS / Inception / aesthetic networks (None members are skipped).
     Returns:
-        :class:`ImageScore` with per-group ``psnr`` (dB), ``ssim`` (and ``lpips``, ``input_laion_score``,
+        :class:`ImageScore` with per-group ``psnr`` (dB), ``ssim`` or None (and ``lpips`` or None, ``input_laion_score``,
         ``output_laion_score`` when the networks are loaded; Inception features in ``features``), plus the
         ``rgba`` group (``reference``) or the ``alpha`` group (``clean``).
     Raises:
-        ValueError: shapes differ or are not ``(4, H, W)``, or a side is below 11 px (SSIM's window,
-            :func:`alphavae.eval.metrics.ssim`).
+        ValueError: shapes differ or are not ``(4, H, W)``.
     """
     if gt.shape != pred.shape or gt.ndim != 3 or gt.shape[0] != 4:
         raise ValueError(f"score_pair needs two (4, H, W) images of one size, got {tuple(gt.shape)} and {tuple(pred.shape)}")
     if protocol.jpeg:
         pred = round_to_8bit(pred)
     names, x, y = _views(gt.float(), pred.float(), protocol)
-    values = {"psnr": metrics.psnr(y, x), "ssim": metrics.ssim(y, x, y_channel=protocol.ssim_y)}
+    side = min(gt.shape[-2:])
+    values = {"psnr": metrics.psnr(y, x),
+              "ssim": metrics.ssim(y, x, y_channel=protocol.ssim_y) if side >= metrics.SSIM_WINDOW else None}
     if networks.lpips is not None:
-        values["lpips"] = lpips_distance(networks.lpips, y, x)
+        values["lpips"] = lpips_distance(networks.lpips, y, x) if side >= LPIPS_MIN_SIZE else None
     if networks.aesthetic is not None:
         values["input_laion_score"] = networks.aesthetic(quantise(x))
         values["output_laion_score"] = networks.aesthetic(quantise(y))
-    score = ImageScore({name: {m: float(v[i]) for m, v in values.items()} for i, name in enumerate(names)})
+    score = ImageScore({name: {m: None if v is None else float(v[i]) for m, v in values.items()}
+                        for i, name in enumerate(names)})
     if networks.inception is not None:
         feats = inception_features(networks.inception, quantise(torch.cat([x, y])))
         score.features = {name: (feats[i : i + 1], feats[len(names) + i : len(names) + i + 1]) for i, name in enumerate(names)}
     if protocol.alpha_metrics:
-        score.groups[ALPHA_GROUP] = {
-            m: float(v[0]) for m, v in metrics.alpha_metrics(alpha_unit(gt[None]), alpha_unit(pred[None])).items()
-        }
+        alpha = metrics.alpha_metrics(alpha_unit(gt[None]), alpha_unit(pred[None]))
+        score.groups[ALPHA_GROUP] = {m: None if m in metrics.NOT_APPLICABLE and math.isnan(v[0]) else float(v[0])
+                                     for m, v in alpha.items()}
     return score

@@ -14,6 +14,8 @@ import heapq
 import html
 import io as _bytes_io
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,6 +203,7 @@ def render_html(report: dict, worst: list[dict]) -> str:
     ]
     if RGBA_GROUP in macro:
         parts.append(f'<p class="note">{html.escape(ALPHA_BLIND_NOTE)}</p>')
+    parts += [f'<p class="note">{html.escape(note)}</p>' for note in report.get("notes", []) if note != ALPHA_BLIND_NOTE]
     for group in (g for g in macro if g not in groups):  # alpha metrics, latent drift, ...
         parts += [f"<h2>{html.escape(group)}</h2>",
                   _table(["metric", "value"], [[html.escape(m), _fmt(v)] for m, v in macro[group].items()])]
@@ -226,14 +229,49 @@ def write_html(path: str | Path, report: dict, worst: list[dict], *, overwrite: 
     _write_text(Path(path), render_html(report, worst), overwrite)
 
 
+REPORT_NAMES = ("report.json", "report.csv", "report.html")
+"""The files :func:`write_reports` writes into the report folder."""
+
+
+def check_report_destination(folder: str | Path, *, overwrite: bool = False) -> None:
+    """Fail early, before any scoring, if :func:`write_reports` could not write into ``folder``.
+
+    Creates ``folder`` (and its parents) if needed and probes it with a hidden temporary file that is
+    removed again.
+
+    Raises:
+        FileExistsError: a report file exists and ``overwrite`` is False.
+        NotADirectoryError: ``folder`` (or a parent) exists and is not a folder.
+        OSError: ``folder`` cannot be created or written to (e.g. read-only; names the folder).
+    """
+    folder = Path(folder)
+    if not overwrite:
+        for name in REPORT_NAMES:
+            if (folder / name).exists():
+                raise FileExistsError(f"{folder / name}: report exists (use --overwrite)")
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: report folder path exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".report-probe.", suffix=".tmp")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise OSError(f"{folder}: cannot write the report there ({err.strerror or err})") from err
+
+
 def write_reports(folder: str | Path, report: dict, worst: list[dict], *, overwrite: bool = False) -> list[Path]:
     """Write ``report.json``, ``report.csv`` and ``report.html`` into ``folder`` (created); returns the paths.
 
+    Callers check the destination with :func:`check_report_destination` before the work; the check
+    here is repeated in case a report appeared meanwhile.
+
     Raises:
         FileExistsError: a report file exists and ``overwrite`` is False (nothing is written then).
+        OSError: a file cannot be written.
     """
     folder = Path(folder)
-    paths = [folder / f"report.{ext}" for ext in ("json", "csv", "html")]
+    paths = [folder / name for name in REPORT_NAMES]
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]}: report exists (use --overwrite)")

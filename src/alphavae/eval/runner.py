@@ -15,9 +15,10 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from alphavae.eval.aggregate import RGB_GROUP, ImageRecord, aggregate, fid_with_rgb
+from alphavae.eval.aggregate import RGB_GROUP, ImageRecord, aggregate, count_unscored, fid_with_rgb
 from alphavae.eval.backgrounds import BACKGROUND_NAMES, composites, quantise
-from alphavae.eval.networks import FeatureSet, Networks, clip_score, inception_features
+from alphavae.eval.metrics import NOT_APPLICABLE, SSIM_WINDOW
+from alphavae.eval.networks import LPIPS_MIN_SIZE, FeatureSet, Networks, clip_score, inception_features
 from alphavae.eval.pairs import Pair, PairPlan, pair_folders
 from alphavae.eval.protocols import Protocol, prepare_gt, score_pair
 from alphavae.eval.report import ALPHA_BLIND_NOTE, WorstImages
@@ -26,7 +27,8 @@ from alphavae.io import DEFAULT_MAX_PIXELS, ImageLoadError, composite, load_rgba
 log = logging.getLogger(__name__)
 
 Loader = Callable[[Pair], tuple[torch.Tensor, torch.Tensor]]
-"""Maps a pair to ``(gt, pred)``, each ``(4, H, W)`` straight RGBA in [-1, 1]; raises ImageLoadError / ValueError."""
+"""Maps a pair to ``(gt, pred)``, each ``(4, H, W)`` straight RGBA in [-1, 1]; raises ImageLoadError / ValueError
+(the runner prefixes messages other than ImageLoadError's, which name their file, with the pair's paths)."""
 
 Extra = Callable[[Pair, torch.Tensor], dict[str, dict[str, float]]]
 """Optional extra scores of one GT image (e.g. latent drift): group -> metric -> value."""
@@ -42,7 +44,7 @@ class Evaluation:
         features: image key -> group -> ``(gt, pred)`` Inception features, each ``(1, 2048)``, for FID;
             empty without an Inception network.
         failures: ``{"key", "error"}`` of every image that could not be loaded or scored (sorted by key
-            once merged).
+            once merged); ``error`` is ``"<file(s)>: <reason>"`` (:func:`describe_failure`).
         worst: the worst-K images by mean PSNR over the backgrounds (dB), for the HTML report.
     """
 
@@ -50,6 +52,18 @@ class Evaluation:
     features: dict[str, dict] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
     worst: WorstImages = field(default_factory=WorstImages)
+
+
+def describe_failure(pair: Pair, err: Exception) -> str:
+    """``"<file(s)>: <reason>"`` for an image that could not be loaded or scored.
+
+    An ``ImageLoadError`` already reads ``"<file>: <reason>"``; other errors are prefixed with the GT
+    path, and the prediction path when there is one (``"<gt> vs <pred>: <reason>"``).
+    """
+    if isinstance(err, ImageLoadError):
+        return str(err)
+    where = str(pair.gt) if pair.pred is None else f"{pair.gt} vs {pair.pred}"
+    return f"{where}: {err}"
 
 
 def _score_all(pairs: list[Pair], load: Loader, protocol: Protocol, networks: Networks, worst_k: int,
@@ -62,8 +76,9 @@ def _score_all(pairs: list[Pair], load: Loader, protocol: Protocol, networks: Ne
             if extra is not None:
                 score.groups.update(extra(pair, gt))
         except (ImageLoadError, ValueError, OSError) as err:
-            log.warning("%s: skipped (%s)", pair.key, err)
-            result.failures.append({"key": pair.key, "error": str(err)})
+            message = describe_failure(pair, err)
+            log.warning("skipped %s", message)
+            result.failures.append({"key": pair.key, "error": message})
             continue
         result.records.append(ImageRecord(pair.key, pair.dataset, pair.subset, pair.category, score.groups))
         if score.features:
@@ -105,17 +120,41 @@ def run_sharded(pairs: list[Pair], load: Loader, protocol: Protocol, networks: N
     return _gather(shards, worst_k) if state.is_main_process else None
 
 
+UNSCORED_REASONS = {
+    "ssim": f"images smaller than {SSIM_WINDOW} px on a side (the SSIM window)",
+    "lpips": f"images smaller than {LPIPS_MIN_SIZE} px on a side (the LPIPS AlexNet's minimum)",
+    **{metric: f"images where {reason}" for metric, reason in NOT_APPLICABLE.items()},
+}
+"""Metric -> which images it is None (not applicable) for, in words (report notes)."""
+
+
+def unscored_notes(unscored: dict[str, dict[str, int]]) -> list[str]:
+    """One report note per metric that is None for some images (``unscored``: group -> metric -> count)."""
+    most: dict[str, int] = {}
+    for counts in unscored.values():
+        for metric, n in counts.items():
+            most[metric] = max(most.get(metric, 0), n)
+    return [f"{metric} is null (not applicable) for {n} image(s): "
+            f"{UNSCORED_REASONS.get(metric, 'not applicable')}; its means are over the other images "
+            f"(per group counts under 'unscored')." for metric, n in most.items()]
+
+
 def build_report(evaluation: Evaluation, protocol: Protocol, plan: PairPlan, networks: Networks, **info) -> dict:
     """The JSON-ready report: protocol, aggregated tree, every image's scores, failures and pairing problems.
 
-    ``info`` entries (e.g. ``gt``, ``pred``, ``vae`` paths) are stored under ``"inputs"``.
+    ``info`` entries (e.g. ``gt``, ``pred``, ``vae`` paths) are stored under ``"inputs"``. Scores that
+    do not apply to an image are null in ``"images"`` and skipped by every mean; ``"unscored"`` counts
+    them (group -> metric -> number of images; the images that contributed to a metric's micro mean
+    are ``tree.overall.images`` minus that), and ``"notes"`` explains each such metric.
     """
     loaded = {name: getattr(networks, name) is not None for name in ("lpips", "inception", "clip", "aesthetic")}
+    unscored = count_unscored(evaluation.records)
     return {
         "protocol": protocol.as_dict(),
         "inputs": {k: str(v) for k, v in info.items()},
         "networks": loaded,
-        "notes": [ALPHA_BLIND_NOTE] if protocol.raw_group else [],
+        "notes": ([ALPHA_BLIND_NOTE] if protocol.raw_group else []) + unscored_notes(unscored),
+        "unscored": unscored,
         "tree": aggregate(evaluation.records, evaluation.features),
         "images": [{"key": r.key, "dataset": r.dataset, "subset": r.subset, "category": r.category,
                     "scores": r.groups} for r in evaluation.records],
@@ -130,35 +169,38 @@ def folder_loader(protocol: Protocol, max_pixels: int | None = DEFAULT_MAX_PIXEL
     """Loader for GT/prediction file pairs: loads both, preprocesses GT, checks the sizes agree.
 
     Raises (from the returned callable):
-        ImageLoadError: a file cannot be read. ValueError: sizes differ (names both files and sizes).
+        ImageLoadError: a file cannot be read (names it). ValueError: sizes differ (gives both sizes;
+            the runner adds both paths, :func:`describe_failure`).
     """
 
     def load(pair: Pair) -> tuple[torch.Tensor, torch.Tensor]:
         gt = prepare_gt(load_rgba(pair.gt, max_pixels=max_pixels), protocol)
         pred = load_rgba(pair.pred, max_pixels=max_pixels)
         if gt.shape != pred.shape:
-            raise ValueError(f"size mismatch: {pair.gt} is {gt.shape[2]}x{gt.shape[1]} (after preprocessing) but "
-                             f"{pair.pred} is {pred.shape[2]}x{pred.shape[1]} (width x height)")
+            raise ValueError(f"size mismatch: GT is {gt.shape[2]}x{gt.shape[1]} (after preprocessing) but the "
+                             f"prediction is {pred.shape[2]}x{pred.shape[1]} (width x height)")
         return gt, pred
 
     return load
 
 
 def evaluate_folders(gt_dir: str | Path, pred_dir: str | Path, protocol: Protocol, networks: Networks, *,
-                     worst_k: int = 8) -> tuple[dict, list[dict]] | None:
+                     worst_k: int = 8, plan: PairPlan | None = None) -> tuple[dict, list[dict]] | None:
     """Benchmark a prediction folder against a ground-truth folder (pairs by relative path minus extension).
 
     Args:
         gt_dir, pred_dir: folders of RGBA images (any format ``alphavae.io.load_rgba`` reads).
         protocol: from ``make_protocol``. networks: from ``load_networks``.
         worst_k: number of worst images kept for the HTML report.
+        plan: ``pair_folders(gt_dir, pred_dir)`` if already made (callers pair first to fail early).
     Returns:
         ``(report, worst)`` on the main process (see :func:`build_report`; ``worst`` for
         ``write_html``), None on other processes.
     Raises:
-        FileNotFoundError: a folder does not exist.
+        FileNotFoundError, NotADirectoryError, ValueError: a folder does not exist, is not a folder or
+            holds no images (:func:`~alphavae.eval.pairs.pair_folders`).
     """
-    plan = pair_folders(gt_dir, pred_dir)
+    plan = pair_folders(gt_dir, pred_dir) if plan is None else plan
     result = run_sharded(plan.pairs, folder_loader(protocol), protocol, networks, worst_k=worst_k)
     if result is None:
         return None
@@ -194,7 +236,7 @@ def latent_drift(vae, source, gt: torch.Tensor) -> dict[str, float]:
 
 
 def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networks, *, source=None,
-                 worst_k: int = 8) -> tuple[dict, list[dict]] | None:
+                 worst_k: int = 8, plan: PairPlan | None = None) -> tuple[dict, list[dict]] | None:
     """Reconstruct every image of ``data_dir`` with an RGBA VAE and benchmark the reconstructions in one run.
 
     Args:
@@ -202,12 +244,14 @@ def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networ
         data_dir: folder of RGBA ground-truth images.
         protocol, networks, worst_k: as for :func:`evaluate_folders`.
         source: optional source RGB ``AutoencoderKL``; adds the ``latent_drift`` group (:func:`latent_drift`).
+        plan: ``pair_folders(data_dir)`` if already made.
     Returns:
         ``(report, worst)`` on the main process, None on others.
     Raises:
-        FileNotFoundError: ``data_dir`` does not exist.
+        FileNotFoundError, NotADirectoryError, ValueError: ``data_dir`` does not exist, is not a folder
+            or holds no images.
     """
-    plan = pair_folders(data_dir)
+    plan = pair_folders(data_dir) if plan is None else plan
 
     def load(pair: Pair) -> tuple[torch.Tensor, torch.Tensor]:
         gt = prepare_gt(load_rgba(pair.gt), protocol)
@@ -284,25 +328,27 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
         torchmetrics convention clamps the mean at 0, reported as ``clip_score_clamped``), FID under
         ``tree.overall.fid_pooled``.
     Raises:
-        FileNotFoundError: a folder does not exist.
+        FileNotFoundError, NotADirectoryError, ValueError: a folder does not exist, is not a folder or
+            holds no images (both folders are checked before any scoring).
     """
     plan = pair_folders(pred_dir)
+    refs = pair_folders(ref_dir).pairs if ref_dir is not None else []
     result = Evaluation(worst=WorstImages(0))
     fid_sets = {name: (FeatureSet(), FeatureSet()) for name in backgrounds}
     for pair in tqdm(plan.pairs, desc="eval-t2i", unit="img"):
         try:
             if pair.key not in prompts:
-                raise ValueError(f"{pair.gt}: no prompt for key {pair.key!r}")
+                raise ValueError(f"no prompt for key {pair.key!r}")
             groups, views = _t2i_scores(load_rgba(pair.gt), prompts[pair.key], networks, backgrounds)
         except (ImageLoadError, ValueError) as err:
-            result.failures.append({"key": pair.key, "error": str(err)})
+            result.failures.append({"key": pair.key, "error": describe_failure(pair, err)})
             continue
         result.records.append(ImageRecord(pair.key, pair.dataset, pair.subset, pair.category, groups))
         if networks.inception is not None and ref_dir is not None:
             for name, feats in zip(backgrounds, inception_features(networks.inception, views).split(1)):
                 fid_sets[name][1].add(feats)
     if networks.inception is not None and ref_dir is not None:
-        for ref in pair_folders(ref_dir).pairs:
+        for ref in refs:
             try:
                 views = quantise(composites(load_rgba(ref.gt)[None], backgrounds)[0])
             except ImageLoadError as err:

@@ -5,7 +5,7 @@ loaded as straight RGBA (``alphavae.io.load_rgba``), encoded and decoded at its 
 written as a 4-channel 8-bit PNG at the same relative path under the output folder. Bad inputs
 (missing paths, devices, folders without images, unreadable images) are recorded and skipped;
 existing outputs are kept unless ``overwrite``; writes are atomic; the output folder may not lie
-inside an input folder or inside the folder of an input file.
+inside an input folder, and an output never replaces an input file.
 """
 
 from __future__ import annotations
@@ -219,10 +219,10 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output {output_dir} exists and is not a folder")
-    check_output_outside_inputs(output_dir, inputs, file_parents=True)
+    check_output_outside_inputs(output_dir, inputs)
     if grid_dir is not None:
         grid_dir = Path(grid_dir)
-        check_output_outside_inputs(grid_dir, inputs, file_parents=True)
+        check_output_outside_inputs(grid_dir, inputs)
     report = ReconstructReport()
     claimed: dict[Path, Path] = {}
     batch: list[tuple[Path, Path, torch.Tensor]] = []

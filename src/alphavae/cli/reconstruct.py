@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
-                        help="output folder (not inside an input folder, nor inside the folder of an input file)")
+                        help="output folder (not inside an input folder)")
     parser.add_argument("--vae", default=None, metavar="PATH",
                         help="RGBA VAE folder in diffusers format (made by `alphavae convert` or training); "
                              "default: the shipped model")

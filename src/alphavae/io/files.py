@@ -430,21 +430,17 @@ def list_images(inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
 
 
 def check_output_outside_inputs(output_dir: str | os.PathLike,
-                                inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
-                                file_parents: bool = False) -> None:
+                                inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> None:
     """Refuse to write into an input tree.
 
     Args:
         output_dir: folder outputs will be written to (need not exist yet).
         inputs: the input files/folders of the job (as given to :func:`list_images`).
-        file_parents: also refuse ``output_dir`` equal to or inside the folder holding an input
-            file (the folder as given and, for a symlinked file, its target's folder), for jobs
-            whose input files' folders count as the input tree (``alphavae reconstruct``).
-            Off by default: e.g. ``alphavae convert`` may write next to a single weights file.
 
     Raises:
-        ValueError: ``output_dir`` equals or lies inside an input folder (or, with
-            ``file_parents``, an input file's folder), after resolving symlinks (names both).
+        ValueError: ``output_dir`` equals or lies inside an input folder, after resolving symlinks
+            (names both). An input file's own folder is not an input tree: writing next to a
+            single input file is allowed (the job refuses to overwrite the file itself).
     """
     output = Path(output_dir).resolve()
     for root in _as_paths(inputs):
@@ -452,8 +448,3 @@ def check_output_outside_inputs(output_dir: str | os.PathLike,
         if resolved.is_dir() and output.is_relative_to(resolved):
             raise ValueError(f"output folder {output_dir} is inside input folder {root}; "
                              "choose an output folder outside the inputs")
-        if file_parents and resolved.is_file():
-            for parent in dict.fromkeys([Path(os.path.abspath(root)).parent.resolve(), resolved.parent]):
-                if output.is_relative_to(parent):
-                    raise ValueError(f"output folder {output_dir} is inside {parent}, the folder of input "
-                                     f"file {root}; choose an output folder outside the inputs' folders")

@@ -45,23 +45,58 @@ def test_selection_takes_only_the_held_out_split():
         select_samples(records[:5])
 
 
-def test_samples_command_writes_images_and_licence(tmp_path):
-    data = tmp_path / "data"
-    records = []
-    for i, (width, height) in enumerate([(80, 40), (48, 48)]):
-        record = _record(f"img{i}", width=width, height=height)
-        rgba = np.zeros((height, width, 4), dtype=np.uint8)
+def _write_data(data, records):
+    """Write each record's image (its width x height, semi-transparent square) and ``data/manifest.jsonl``."""
+    for record in records:
+        rgba = np.zeros((record["height"], record["width"], 4), dtype=np.uint8)
         rgba[4:-4, 4:-4] = (10, 200, 10, 128)
         (data / record["file"]).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rgba, "RGBA").save(data / record["file"])
-        records.append(record)
     (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return data / "manifest.jsonl"
+
+
+def test_samples_command_writes_images_and_licence(tmp_path):
+    data = tmp_path / "data"
+    _write_data(data, [_record(f"img{i}", width=width, height=height) for i, (width, height) in enumerate([(80, 40), (48, 48)])])
     out = tmp_path / "examples"
     assert main(["data", "samples", str(data / "manifest.jsonl"), "-o", str(out), "--long-side", "40"]) == 0
     wide = Image.open(out / "images/clipart/non-square/sub_dir_img0.png")
     assert wide.size == (40, 20) and wide.mode == "RGBA"
     licence = (out / "LICENSE.md").read_text()
     assert "`usr/share/openclipart/png/sub dir/img1.png`" in licence and "openclipart@1" in licence and "public domain" in licence
+
+
+def test_samples_licence_is_kept_or_lists_every_image_present(tmp_path, capsys):
+    manifest = _write_data(tmp_path / "data", [_record(f"img{i}", width=48, height=48) for i in range(2)])
+    out = tmp_path / "examples"
+    samples = ["data", "samples", str(manifest), "-o", str(out)]
+    assert main([*samples, "--per-group", "1"]) == 0
+    first = (out / "LICENSE.md").read_text()
+    assert main([*samples, "--per-group", "1"]) == 0  # the same choice again: nothing changes
+    assert (out / "LICENSE.md").read_text() == first
+    assert main([*samples, "--per-group", "2"]) == 1  # LICENSE.md would change: refused, nothing written
+    assert "LICENSE.md: already exists and would change" in capsys.readouterr().err
+    assert (out / "LICENSE.md").read_text() == first and len(list(out.rglob("*.png"))) == 1
+    assert main([*samples, "--per-group", "2", "--overwrite"]) == 0
+    assert main([*samples, "--per-group", "1", "--overwrite"]) == 0  # img of the run before stays, so it stays listed
+    licence = (out / "LICENSE.md").read_text()
+    assert licence.count("| `images/clipart/") == 2 and all(f"sub dir/img{i}.png" in licence for i in range(2))
+    (out / "LICENSE.md").write_text(licence + "edited by hand\n")
+    assert main([*samples, "--per-group", "1"]) == 1  # hand edits are not lost
+    assert (out / "LICENSE.md").read_text().endswith("edited by hand\n")
+
+
+def test_samples_refuse_output_in_the_manifest_folder_and_a_missing_manifest(tmp_path, capsys):
+    data = tmp_path / "data"
+    manifest = _write_data(data, [_record("img0")])
+    before = sorted(data.rglob("*"))
+    assert main(["data", "samples", str(manifest), "-o", str(data)]) == 1
+    assert "is inside input folder" in capsys.readouterr().err
+    assert sorted(data.rglob("*")) == before
+    assert main(["data", "samples", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "out")]) == 1
+    assert "nope.jsonl: manifest not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_copies_one_split_as_a_tree_and_keeps_existing(tmp_path):

@@ -45,12 +45,18 @@ def _export(args: argparse.Namespace) -> int:
     from alphavae.data.manifest import export_split
 
     try:
-        copied, skipped = export_split(args.manifest, args.split, args.output)
+        report = export_split(args.manifest, args.split, args.output)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"split {args.split}: copied {copied} image(s), kept {skipped} existing, under {args.output}")
-    return 0
+    print(f"split {args.split}: copied {len(report.copied)} image(s), kept {len(report.skipped)} existing, "
+          f"under {args.output}")
+    for where, reason in report.failed:
+        print(f"failed: {where}: {reason}", file=sys.stderr)
+    if report.failed:
+        print(f"{len(report.failed)} record(s) of split {args.split} could not be exported and were skipped",
+              file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -86,7 +92,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="choose the bundled example images from a fetched manifest by alpha statistics",
         description="Pick a reproducible set of permissive-licence samples (soft edges, shadows/glows, "
         "semi-transparency, non-square) from a manifest and write them with a LICENSE.md listing each "
-        "file's package@version, licence and original path.",
+        "file's package@version, licence and original path. LICENSE.md lists every image of the manifest "
+        "present under OUTPUT, also those of earlier runs; an existing LICENSE.md that would change is "
+        "replaced only with --overwrite (otherwise nothing is written, exit status 1). OUTPUT must not lie "
+        "in the manifest's folder.",
     )
     samples.add_argument("manifest", help="manifest.jsonl written by 'alphavae data fetch'")
     samples.add_argument("-o", "--output", required=True, help="output folder, e.g. examples (images go to OUTPUT/images)")
@@ -96,13 +105,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="manifest split to choose from (default test: held out from training)")
     samples.add_argument("--long-side", type=int, default=512,
                          help="shrink samples to at most this many pixels on the long side (default 512)")
-    samples.add_argument("--overwrite", action="store_true", help="replace sample images that already exist")
+    samples.add_argument("--overwrite", action="store_true",
+                         help="replace sample images that already exist, and an existing LICENSE.md that would "
+                         "change (hand edits to it are lost)")
     samples.set_defaults(func=_samples)
 
     export = commands.add_parser(
         "export", help="copy one split's images into a folder tree (for alphavae eval / eval-vae)",
         description="Copy the images of one manifest split to OUTPUT/<source>/..., atomically, keeping files "
-        "that already exist. OUTPUT must not lie in the manifest's folder.",
+        "that already exist. OUTPUT must not lie in the manifest's folder. Records whose file is absolute, "
+        "contains '..' or is missing/unreadable are reported (manifest line and file) and skipped; the "
+        "others are still copied. Exit status 1 if any record was skipped or the manifest is invalid.",
     )
     export.add_argument("manifest", help="manifest.jsonl written by 'alphavae data fetch'")
     export.add_argument("--split", default="test", help="split to copy: train, val or test (default test)")

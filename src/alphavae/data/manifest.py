@@ -6,6 +6,7 @@ image depends only on its pixel hash, so adding sources never moves an image bet
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Iterable
@@ -56,25 +57,85 @@ def alpha_stats(alpha: np.ndarray) -> dict[str, float]:
     }
 
 
-def read_manifest(path: str | Path) -> list[dict]:
-    """Read a ``manifest.jsonl`` into a list of records (dicts), in file order.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "file": (str,), "split": (str,), "source": (str,), "original": (str,), "package": (str,),
+    "licence": (str,), "pixel_sha256": (str,), "sha256": (str,), "archive_sha256": (str,),
+    "licence_ok_for_shipping": (bool,), "width": (int,), "height": (int,), "alpha_mean": (int, float),
+    "frac_transparent": (int, float), "frac_soft": (int, float), "frac_not_opaque": (int, float),
+}
+"""JSON types of the record fields :func:`read_manifest` checks (``file`` and ``split`` are required,
+the others only checked when present; other fields are passed through unchecked)."""
 
-    Raises FileNotFoundError if it is missing, ValueError naming the file and line for a line that
-    is not a JSON object with ``file`` and ``split``.
+
+def _field_problem(record: object) -> str | None:
+    """What is wrong with one decoded manifest line (see :data:`FIELD_TYPES`), or None."""
+    if not isinstance(record, dict):
+        return f"a record must be a JSON object, got {json.dumps(record)[:80]}"
+    for name in ("file", "split"):
+        if name not in record:
+            return f"a record needs 'file' and 'split' (no {name!r})"
+    for name, types in FIELD_TYPES.items():
+        if name not in record:
+            continue
+        value = record[name]
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            expected = "a number" if float in types else {str: "a string", bool: "a boolean", int: "an integer"}[types[0]]
+            return f"field {name!r} must be {expected}, got {json.dumps(value)}"
+    if not record["file"] or "\0" in record["file"]:
+        return f"field 'file' must be a non-empty path without NUL characters, got {json.dumps(record['file'])}"
+    for name in ("width", "height"):
+        if name in record and record[name] < 1:
+            return f"field {name!r} must be at least 1, got {record[name]}"
+    return None
+
+
+def read_manifest_lines(path: str | Path) -> list[tuple[int, dict]]:
+    """Read a ``manifest.jsonl`` into ``(line number, record)`` pairs, in file order (blank lines skipped).
+
+    Each line must be a JSON object with ``file`` (a non-empty string, relative to the manifest's
+    folder) and ``split`` (a string); the other fields of :data:`FIELD_TYPES` must have their type
+    when present (``width``/``height`` at least 1).
+
+    Raises:
+        FileNotFoundError: the manifest does not exist (names it).
+        ValueError: the manifest is a folder or not UTF-8 text, or a line is not a JSON object with
+            valid fields (names the manifest, the line and the problem).
     """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: manifest not found")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a manifest .jsonl file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a UTF-8 manifest ({error})") from None
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{number}: not JSON ({error})") from None
-        if not isinstance(record, dict) or "file" not in record or "split" not in record:
-            raise ValueError(f"{path}:{number}: a record needs 'file' and 'split'")
-        records.append(record)
+        problem = _field_problem(record)
+        if problem:
+            raise ValueError(f"{path}:{number}: {problem}")
+        records.append((number, record))
     return records
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    """Read a ``manifest.jsonl`` into a list of records (dicts), in file order.
+
+    The checks and errors are those of :func:`read_manifest_lines`.
+
+    Raises:
+        FileNotFoundError: the manifest does not exist.
+        ValueError: the manifest is a folder or not UTF-8, or a line is not a JSON object with a
+            ``file`` and ``split`` string and correctly typed known fields (names file and line).
+    """
+    return [record for _, record in read_manifest_lines(path)]
 
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
@@ -92,7 +153,53 @@ def summarise(records: Iterable[dict]) -> dict[str, dict[str, int]]:
     return {source: dict(sorted(counts[source].items())) for source in sorted(counts)}
 
 
-def export_split(manifest: str | Path, split: str, output: str | Path) -> tuple[int, int]:
+@dataclasses.dataclass
+class ExportReport:
+    """Outcome of :func:`export_split`.
+
+    Attributes:
+        copied: target paths written.
+        skipped: target paths that already existed (kept, not compared).
+        failed: ``(where, reason)`` for every record of the split that was not exported; ``where`` is
+            ``"<manifest>:<line>"``, the reason names the record's ``file``.
+    """
+
+    copied: list[Path] = dataclasses.field(default_factory=list)
+    skipped: list[Path] = dataclasses.field(default_factory=list)
+    failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        """Human-readable counts, followed by one line per failure (manifest line: reason)."""
+        lines = [f"{len(self.copied)} copied, {len(self.skipped)} skipped (exist), {len(self.failed)} failed"]
+        lines += [f"  FAILED {where}: {reason}" for where, reason in self.failed]
+        return "\n".join(lines)
+
+
+def _export_target(file: str, output: Path, root: Path) -> Path:
+    """Target of a manifest ``file`` below ``output`` (leading ``images/`` dropped).
+
+    Raises ValueError (naming ``file``) for an absolute path, a ``..`` component, a path naming no file
+    below ``images/``, or a target that resolves (through symlinks) outside ``output`` or inside the
+    manifest's folder ``root``.
+    """
+    relative = Path(file)
+    if relative.is_absolute():
+        raise ValueError(f"file {file!r} is absolute; manifest files must be relative to the manifest's folder")
+    if ".." in relative.parts:
+        raise ValueError(f"file {file!r} contains '..'; manifest files must stay inside the manifest's folder")
+    inner = Path(*relative.parts[1:]) if relative.parts[0] == "images" else relative
+    if not inner.parts:
+        raise ValueError(f"file {file!r} names no file below images/")
+    target = output / inner
+    resolved = target.resolve()
+    if not resolved.is_relative_to(output.resolve()):
+        raise ValueError(f"file {file!r}: target {target} resolves to {resolved}, outside {output}")
+    if resolved.is_relative_to(root.resolve()):
+        raise ValueError(f"file {file!r}: target {target} lies inside the manifest's folder {root}")
+    return target
+
+
+def export_split(manifest: str | Path, split: str, output: str | Path) -> ExportReport:
     """Copy the images of one split into ``output`` as ``output/<source>/...``.
 
     A manifest path ``images/<source>/<rest>`` becomes ``output/<source>/<rest>`` (the leading ``images/``
@@ -100,26 +207,54 @@ def export_split(manifest: str | Path, split: str, output: str | Path) -> tuple[
 
     Gives ``alphavae eval`` / ``eval-vae`` a dataset/category tree of exactly the held-out images.
     Files are copied atomically; existing ones are kept (not compared). ``output`` must not lie in the
-    manifest's folder. Returns ``(copied, skipped_existing)``.
+    manifest's folder. Bad records are skipped and reported, the rest are copied: a ``file`` that is
+    absolute, contains ``..`` or would land outside ``output`` or inside the manifest's folder (through
+    a symlink), a second record with the same target, and an image that cannot be read or written.
+
+    Returns:
+        An :class:`ExportReport`; the skipped bad records are in ``failed``.
 
     Raises:
-        FileNotFoundError: the manifest or one of its images is missing.
-        ValueError: no record of ``split``, or ``output`` inside the manifest's folder.
+        FileNotFoundError: the manifest is missing (checked first).
+        ValueError: the manifest is unreadable or has an invalid line (:func:`read_manifest_lines`), no
+            record is of ``split``, ``output`` lies inside the manifest's folder or is an existing
+            non-folder.
     """
-    manifest = Path(manifest)
+    manifest, output = Path(manifest), Path(output)
     root = manifest.parent
+    records = [(number, r) for number, r in read_manifest_lines(manifest) if r["split"] == split]
     io.check_output_outside_inputs(output, [root])
-    records = [r for r in read_manifest(manifest) if r["split"] == split]
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output {output} exists and is not a folder")
     if not records:
         raise ValueError(f"{manifest}: no image in split {split!r}")
-    copied = skipped = 0
-    for record in records:
-        relative = Path(record["file"])
-        target = Path(output) / Path(*relative.parts[1:]) if relative.parts[0] == "images" else Path(output) / relative
-        if target.exists():
-            skipped += 1
+    report = ExportReport()
+    claimed: dict[Path, int] = {}
+    for number, record in records:
+        where = f"{manifest}:{number}"
+        try:
+            target = _export_target(record["file"], output, root)
+        except ValueError as error:
+            report.failed.append((where, str(error)))
             continue
-        data = (root / relative).read_bytes()
-        io.atomic_write(target, lambda tmp, data=data: Path(tmp).write_bytes(data))
-        copied += 1
-    return copied, skipped
+        if target in claimed:
+            reason = f"file {record['file']!r}: target {target} is already copied from line {claimed[target]}"
+            report.failed.append((where, reason))
+            continue
+        claimed[target] = number
+        if target.exists():
+            report.skipped.append(target)
+            continue
+        source = root / record["file"]
+        try:
+            data = source.read_bytes()
+        except OSError as error:
+            report.failed.append((where, f"file {record['file']!r}: cannot read {source}: {error.strerror or error}"))
+            continue
+        try:
+            io.atomic_write(target, lambda tmp, data=data: Path(tmp).write_bytes(data))
+        except OSError as error:
+            report.failed.append((where, f"file {record['file']!r}: cannot write {target}: {error.strerror or error}"))
+            continue
+        report.copied.append(target)
+    return report

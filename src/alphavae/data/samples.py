@@ -5,7 +5,8 @@ README's demo evaluates the shipped model on images it never trained on. Each im
 its manifest statistics (:func:`category_of`); per (source, category) the images with the smallest
 pixel hashes are taken, so the choice is reproducible and not cherry-picked. Written as
 ``OUT/images/<dataset>/<category>/<name>.png`` with ``OUT/LICENSE.md`` naming each file's package,
-licence and original path.
+licence and original path. ``LICENSE.md`` always lists every image of the manifest present under ``OUT``
+(also those of earlier runs); an existing one that would change is replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alphavae import io
+from alphavae.data.manifest import read_manifest
 from alphavae.data.sources import SOURCES
 
 DATASETS = {"fluent-emoji-3d": "emoji3d", "fluentui-emoji": "fluent-svg", "openclipart": "clipart"}
@@ -61,15 +63,38 @@ def category_of(record: dict) -> str:
     return "shadows-glows" if soft_share >= 0.08 else "soft-edges"
 
 
+SAMPLE_FIELDS = ("original", "package", "licence", "pixel_sha256", "width", "height", "frac_soft",
+                 "frac_transparent")
+"""Record fields (besides ``source`` and ``file``) a sample needs: category, name, order and licence row."""
+
+
+def _missing_fields(record: dict) -> list[str]:
+    """The :data:`SAMPLE_FIELDS` a record lacks."""
+    return [name for name in SAMPLE_FIELDS if name not in record]
+
+
+def _sort_key(record: dict) -> tuple[str, str, str]:
+    """Order of chosen samples and licence rows: source, category, pixel hash."""
+    return record["source"], record["category"], record["pixel_sha256"]
+
+
 def select_samples(records: list[dict], per_group: int = 3, *, split: str = "test") -> list[dict]:
     """Choose up to ``per_group`` shippable records of ``split`` per (source, :func:`category_of`).
 
     Returns the chosen records (sorted by source, category, pixel hash), each with an added
-    ``category`` key. Raises ValueError if no record of ``split`` may be shipped.
+    ``category`` key.
+
+    Raises:
+        ValueError: no record of ``split`` may be shipped, or an eligible record lacks one of
+            :data:`SAMPLE_FIELDS` (names its ``file`` and the fields).
     """
     groups: dict[tuple[str, str], list[dict]] = {}
     for record in records:
-        if record.get("licence_ok_for_shipping") and record["source"] in DATASETS and record.get("split") == split:
+        if record.get("licence_ok_for_shipping") and record.get("source") in DATASETS and record.get("split") == split:
+            missing = _missing_fields(record)
+            if missing:
+                raise ValueError(f"record of file {record.get('file')!r} lacks {', '.join(missing)}, "
+                                 "needed to choose and attribute samples")
             groups.setdefault((record["source"], category_of(record)), []).append(record)
     if not groups:
         raise ValueError(f"no record of split {split!r} with licence_ok_for_shipping from a known permissive source")
@@ -89,30 +114,72 @@ def sample_path(record: dict) -> str:
     return f"images/{DATASETS[record['source']]}/{record['category']}/{stem}.png"
 
 
+def _present_samples(manifest: Path, output: Path) -> dict[str, dict]:
+    """Samples of ``manifest`` (any split) whose :func:`sample_path` exists under ``output``: path -> record."""
+    present = {}
+    for record in read_manifest(manifest):
+        if record.get("source") in DATASETS and not _missing_fields(record):
+            record = {**record, "category": category_of(record)}
+            if (output / sample_path(record)).exists():
+                present[sample_path(record)] = record
+    return present
+
+
 def write_samples(records: list[dict], manifest: str | Path, output: str | Path, *, long_side: int = 512,
                   overwrite: bool = False) -> list[Path]:
     """Copy chosen samples under ``output`` and write ``output/LICENSE.md``.
 
     Images are read from the manifest's folder, shrunk (alpha-correct, :func:`alphavae.io.resize_rgba`)
     to at most ``long_side`` pixels on the long side and saved as 8-bit PNG with
-    :func:`alphavae.io.save_rgba`. Existing images are kept unless ``overwrite``. Returns the image
-    paths. Raises :class:`alphavae.io.ImageLoadError` for an unreadable source image.
+    :func:`alphavae.io.save_rgba`. Existing images are kept unless ``overwrite``.
+
+    ``LICENSE.md`` lists every image under ``output`` that comes from this manifest (any record,
+    of any split, whose :func:`sample_path` exists): the chosen ones and those an earlier run left
+    there, so no image present loses its attribution. An existing ``LICENSE.md`` that would change
+    (other images, or edited by hand) is replaced only with ``overwrite``; otherwise nothing at all
+    is written and FileExistsError is raised. Re-running the same choice leaves it as it is.
+
+    Returns:
+        The chosen image paths (also those kept).
+
+    Raises:
+        FileNotFoundError: the manifest is missing.
+        ValueError: ``output`` lies inside the manifest's folder or is an existing non-folder, or the
+            manifest is invalid (:func:`alphavae.data.manifest.read_manifest`).
+        FileExistsError: ``output/LICENSE.md`` exists, differs from the one to write and not ``overwrite``.
+        alphavae.io.ImageLoadError: a source image is unreadable; the images written before it stay
+            and ``LICENSE.md`` is updated to list every image present.
     """
-    root, output = Path(manifest).parent, Path(output)
+    manifest, output = Path(manifest), Path(output)
+    root = manifest.parent
+    io.check_output_outside_inputs(output, [root])
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output {output} exists and is not a folder")
+    listed = {**_present_samples(manifest, output), **{sample_path(r): r for r in records}}
+    licence_file = output / "LICENSE.md"
+    if (licence_file.exists() and not overwrite
+            and licence_file.read_bytes() != licence_text(sorted(listed.values(), key=_sort_key)).encode()):
+        raise FileExistsError(f"{licence_file}: already exists and would change (it must list "
+                              f"{len(listed)} image(s) of this manifest under {output}, or was edited); "
+                              "pass --overwrite (overwrite=True) to regenerate it")
     paths = []
-    for record in records:
-        target = output / sample_path(record)
-        paths.append(target)
-        if target.exists() and not overwrite:
-            continue
-        pixels = io.load_rgba(root / record["file"])
-        height, width = pixels.shape[1:]
-        scale = long_side / max(height, width)
-        if scale < 1:
-            pixels = io.resize_rgba(pixels, (max(1, round(height * scale)), max(1, round(width * scale))))
-        io.save_rgba(pixels, target, overwrite=True)
-    licence = licence_text(records)
-    io.atomic_write(output / "LICENSE.md", lambda tmp: tmp.write_text(licence, encoding="utf-8"), overwrite=True)
+    try:
+        for record in records:
+            target = output / sample_path(record)
+            paths.append(target)
+            if target.exists() and not overwrite:
+                continue
+            pixels = io.load_rgba(root / record["file"])
+            height, width = pixels.shape[1:]
+            scale = long_side / max(height, width)
+            if scale < 1:
+                pixels = io.resize_rgba(pixels, (max(1, round(height * scale)), max(1, round(width * scale))))
+            io.save_rgba(pixels, target, overwrite=True)
+    finally:
+        present = sorted((r for path, r in listed.items() if (output / path).exists()), key=_sort_key)
+        licence = licence_text(present).encode()
+        if present and (not licence_file.exists() or licence_file.read_bytes() != licence):
+            io.atomic_write(licence_file, lambda tmp: tmp.write_bytes(licence), overwrite=True)
     return paths
 
 

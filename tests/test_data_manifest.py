@@ -1,0 +1,94 @@
+"""Tests for reading a manifest and ``alphavae data export`` (alphavae.data.manifest.export_split)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alphavae.cli import main
+from alphavae.data.manifest import export_split, read_manifest
+
+
+def _data(tmp_path, names=("a", "b", "c"), missing=()):
+    """``tmp_path/data`` with ``images/emoji/<name>.png`` for each name not in ``missing``; returns the folder."""
+    data = tmp_path / "data"
+    for name in names:
+        if name not in missing:
+            (data / "images" / "emoji").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((4, 4, 4), ord(name), np.uint8)).save(data / "images" / "emoji" / f"{name}.png")
+    return data
+
+
+def _manifest(data, files):
+    """Write ``data/manifest.jsonl`` with one test-split record per ``file`` value (taken as is)."""
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "manifest.jsonl").write_text("".join(json.dumps({"file": f, "split": "test"}) + "\n" for f in files))
+    return data / "manifest.jsonl"
+
+
+def _tree(folder):
+    """Every file below ``folder`` as sorted relative POSIX paths."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_export_rejects_files_outside_the_manifest_folder(tmp_path, capsys):
+    data = _data(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.png").write_bytes(b"outside")
+    manifest = _manifest(data, ["images/emoji/a.png", "../d/x.png", str(data / "images" / "emoji" / "b.png"),
+                                "images/../../d/x.png", "images", "images/emoji/c.png"])
+    out = tmp_path / "out"
+    before = _tree(tmp_path)
+    assert main(["data", "export", str(manifest), "-o", str(out)]) == 1
+    assert _tree(tmp_path) == sorted(before + ["out/emoji/a.png", "out/emoji/c.png"])  # nothing else written
+    assert (tmp_path / "d" / "x.png").read_bytes() == b"outside"
+    err = capsys.readouterr().err
+    for line, problem in [(2, "contains '..'"), (3, "is absolute"), (4, "contains '..'"), (5, "names no file")]:
+        assert f"manifest.jsonl:{line}: file " in err and problem in err
+    assert "4 record(s) of split test could not be exported" in err
+
+    linked = tmp_path / "linked"  # a symlink inside the output folder may not lead out of it either
+    (linked / "emoji").parent.mkdir()
+    (linked / "emoji").symlink_to(tmp_path / "d")
+    report = export_split(_manifest(data, ["images/emoji/a.png"]), "test", linked)
+    assert report.copied == [] and "outside" in report.failed[0][1] and _tree(tmp_path / "d") == ["x.png"]
+
+
+def test_export_skips_missing_images_and_continues(tmp_path, capsys):
+    data = _data(tmp_path, missing=("a",))
+    manifest = _manifest(data, [f"images/emoji/{name}.png" for name in "abc"] + ["emoji/c.png", "images/emoji/b.png"])
+    out = tmp_path / "out"
+    report = export_split(manifest, "test", out)
+    assert [p.name for p in report.copied] == ["b.png", "c.png"] and report.skipped == []
+    assert [where for where, _ in report.failed] == [f"{manifest}:1", f"{manifest}:4", f"{manifest}:5"]
+    assert "'images/emoji/a.png': cannot read" in report.failed[0][1] and "already copied from line 3" in report.failed[1][1]
+    assert "3 copied" not in report.summary() and "2 copied, 0 skipped (exist), 3 failed" in report.summary()
+    assert main(["data", "export", str(manifest), "-o", str(out)]) == 1  # still fails, keeps the copies
+    captured = capsys.readouterr()
+    assert "copied 0 image(s), kept 2 existing" in captured.out
+    assert f"failed: {manifest}:1: file 'images/emoji/a.png': cannot read" in captured.err
+    assert _tree(out) == ["emoji/b.png", "emoji/c.png"]
+
+
+def test_manifest_fields_are_checked_and_a_missing_manifest_is_named_first(tmp_path, capsys, monkeypatch):
+    data = _data(tmp_path)
+    manifest = _manifest(data, ["images/emoji/a.png", 5])
+    with pytest.raises(ValueError, match=r"manifest\.jsonl:2: field 'file' must be a string, got 5"):
+        read_manifest(manifest)
+    out = tmp_path / "out"
+    assert main(["data", "export", str(manifest), "-o", str(out)]) == 1
+    assert "manifest.jsonl:2: field 'file' must be a string" in capsys.readouterr().err and not out.exists()
+    for bad, problem in [({"file": "a.png", "split": "test", "width": "64"}, "field 'width' must be an integer"),
+                         ({"file": "a.png", "split": 1}, "field 'split' must be a string"),
+                         ({"file": "", "split": "test"}, "field 'file' must be a non-empty path"),
+                         ({"file": "a.png", "split": "test", "licence_ok_for_shipping": 1}, "must be a boolean"),
+                         ([1], "must be a JSON object"), ({"split": "test"}, "needs 'file' and 'split'")]:
+        manifest.write_text(json.dumps(bad) + "\n")
+        with pytest.raises(ValueError, match=problem):
+            read_manifest(manifest)
+    monkeypatch.chdir(data)  # output inside the current folder: the missing manifest is still reported first
+    assert main(["data", "export", "nope.jsonl", "-o", "exp4"]) == 1
+    assert capsys.readouterr().err.strip() == "error: nope.jsonl: manifest not found"
+    with pytest.raises(FileNotFoundError, match="manifest not found"):
+        read_manifest("nope.jsonl")

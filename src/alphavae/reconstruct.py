@@ -194,8 +194,8 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
 
     Args:
         inputs: image files and/or folders (folders are walked recursively).
-        output_dir: where outputs go; must not be inside an input folder nor inside the folder of
-            an input file.
+        output_dir: where outputs go; must not be inside an input folder (next to an input file is
+            fine; an output never replaces an input file).
         vae: the model (its dtype, device and tiling settings are used).
         batch_size: up to this many loaded images are reconstructed per model call (same-size
             images share a batch; a failed batch is retried image by image).
@@ -210,7 +210,7 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
         folder, and failed reconstructions/writes are in ``failed``; failed grids in
         ``grids_failed``; the rest continue.
     Raises:
-        ValueError: ``output_dir`` or ``grid_dir`` inside an input folder or an input file's folder,
+        ValueError: ``output_dir`` or ``grid_dir`` inside an input folder,
             ``output_dir`` an existing non-folder, or ``batch_size`` < 1.
     """
     if batch_size < 1:
@@ -242,9 +242,9 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
             continue
         if target.exists() and not overwrite:
             report.skipped.append(target)
-            if grid_dir is not None and not _grid_path(grid_dir, target, output_dir).is_file():
-                _grid_for_existing(path, target, _grid_path(grid_dir, target, output_dir), max_pixels=max_pixels,
-                                   report=report)
+            grid_path = None if grid_dir is None else _grid_path(grid_dir, target, output_dir)
+            if grid_path is not None and not grid_path.is_file():
+                _grid_for_existing(path, target, grid_path, max_pixels=max_pixels, report=report)
             continue
         try:
             batch.append((path, target, load_rgba(path, max_pixels=max_pixels)))

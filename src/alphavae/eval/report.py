@@ -233,6 +233,13 @@ REPORT_NAMES = ("report.json", "report.csv", "report.html")
 """The files :func:`write_reports` writes into the report folder."""
 
 
+def _refuse_existing_reports(folder: Path, overwrite: bool) -> None:
+    """Raise FileExistsError naming the first report file in ``folder`` unless ``overwrite``."""
+    existing = [folder / name for name in REPORT_NAMES if (folder / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]}: report exists (use --overwrite)")
+
+
 def check_report_destination(folder: str | Path, *, overwrite: bool = False) -> None:
     """Fail early, before any scoring, if :func:`write_reports` could not write into ``folder``.
 
@@ -245,10 +252,7 @@ def check_report_destination(folder: str | Path, *, overwrite: bool = False) -> 
         OSError: ``folder`` cannot be created or written to (e.g. read-only; names the folder).
     """
     folder = Path(folder)
-    if not overwrite:
-        for name in REPORT_NAMES:
-            if (folder / name).exists():
-                raise FileExistsError(f"{folder / name}: report exists (use --overwrite)")
+    _refuse_existing_reports(folder, overwrite)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder}: report folder path exists and is not a folder")
     try:
@@ -271,10 +275,8 @@ def write_reports(folder: str | Path, report: dict, worst: list[dict], *, overwr
         OSError: a file cannot be written.
     """
     folder = Path(folder)
+    _refuse_existing_reports(folder, overwrite)
     paths = [folder / name for name in REPORT_NAMES]
-    existing = [p for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]}: report exists (use --overwrite)")
     write_json(paths[0], report, overwrite=overwrite)
     write_csv(paths[1], report, overwrite=overwrite)
     write_html(paths[2], report, worst, overwrite=overwrite)

@@ -20,8 +20,10 @@ def test_fits_writes_and_reports_bad_files(tmp_path, tiny_rgba_dir, capsys):
         values = rng.integers(0, 256, (16 + 8 * index, 24, 4), dtype=np.uint8)
         Image.fromarray(values, "RGBA").save(tmp_path / f"img{index}.png")
     assert main(["latent-factors", str(vae_dir), str(tmp_path), "--limit", "3"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
     assert printed["images"] == 3 and printed["scaling_factor"] > 0
+    assert "warning: fitted on only 3 image(s)" in captured.err  # too few to represent a dataset
     assert main(["latent-factors", str(vae_dir), str(tmp_path), "--limit", "3", "--tile-size", "16"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 3
     assert RGBAVAE.from_pretrained(vae_dir).scaling_factor == 0.3611  # not written without --write

@@ -188,16 +188,19 @@ def test_longest_file_names_are_written(tmp_path, tiny_rgba_dir):
 
 
 def test_non_regular_inputs_and_empty_folders_fail(tmp_path, tiny_rgba_dir, capsys):
-    """A FIFO (never opened: that would block), a device and a folder without images are failures by name."""
+    """A FIFO (never opened: that would block; given directly or inside an input folder), a device and a
+    folder without images are failures by name."""
     good = _rgba_png(tmp_path / "in" / "good.png", 8, 8)
     fifo = tmp_path / "fifo.png"
     os.mkfifo(fifo)
+    os.mkfifo(tmp_path / "in" / "pipe.png")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here\n")
-    args = [good, fifo, os.devnull, tmp_path / "empty", "-o", tmp_path / "out", "--vae", tiny_rgba_dir]
+    args = [good.parent, fifo, os.devnull, tmp_path / "empty", "-o", tmp_path / "out", "--vae", tiny_rgba_dir]
     assert _run(*args) == 1
     err = capsys.readouterr().err
-    assert "1 written, 0 skipped (exist), 3 failed" in err
+    assert "1 written, 0 skipped (exist), 4 failed" in err
+    assert f"{tmp_path / 'in' / 'pipe.png'}: is a FIFO (named pipe)" in err
     assert f"{fifo}: input is a FIFO" in err and f"{os.devnull}: input is a character device" in err
     assert f"{tmp_path / 'empty'}: no image files in this folder" in err
     assert _run(tmp_path / "empty", "-o", tmp_path / "out2", "--vae", tiny_rgba_dir) == 1
@@ -218,3 +221,15 @@ def test_grid_failure_is_reported_apart_and_made_on_rerun(tmp_path, tiny_rgba_di
     assert _run(*args) == 0
     assert "0 written, 1 skipped (exist), 0 failed" in capsys.readouterr().out
     assert Image.open(blocker).size == (30, 12)
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [("--batch-size", "0", "0 is below 1"),
+                                                           ("--tile-size", "-64", "-64 is below 1"),
+                                                           ("--tile-overlap", "x", "'x' is not an integer")])
+def test_bad_numbers_are_refused_before_the_model_loads(tmp_path, capsys, option, value, message):
+    missing_model = tmp_path / "no-such-vae"  # loading it would fail with a different error
+    with pytest.raises(SystemExit) as exit_info:
+        _run(tmp_path / "in.png", "-o", tmp_path / "out", "--vae", missing_model, option, value)
+    assert exit_info.value.code == 2
+    assert f"argument {option}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -87,6 +87,18 @@ def test_samples_licence_is_kept_or_lists_every_image_present(tmp_path, capsys):
     assert (out / "LICENSE.md").read_text().endswith("edited by hand\n")
 
 
+def test_samples_skip_an_unreadable_image_and_write_the_rest(tmp_path, capsys):
+    manifest = _write_data(tmp_path / "data", [_record(f"img{i}", width=48, height=48) for i in range(2)])
+    (tmp_path / "data/images/openclipart/img0.png").write_bytes(b"not a png")
+    out = tmp_path / "examples"
+    assert main(["data", "samples", str(manifest), "-o", str(out), "--per-group", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "img0.png" in err and "1 sample(s) could not be read" in err
+    assert [path.name for path in out.rglob("*.png")] == ["sub_dir_img1.png"]
+    licence = (out / "LICENSE.md").read_text()
+    assert "sub dir/img1.png" in licence and "sub dir/img0.png" not in licence
+
+
 def test_samples_refuse_output_in_the_manifest_folder_and_a_missing_manifest(tmp_path, capsys):
     data = tmp_path / "data"
     manifest = _write_data(data, [_record("img0")])

@@ -200,8 +200,10 @@ def test_unwritable_report_folder_refused_before_scoring(tmp_path, monkeypatch, 
     monkeypatch.undo()
     from alphavae.eval.report import check_report_destination
 
-    check_report_destination(out)
-    assert out.is_dir() and list(out.iterdir()) == []
+    check_report_destination(out / "deeper")
+    assert not out.exists()  # nothing is created by the check, so a later failure leaves no empty folder
+    with pytest.raises(NotADirectoryError, match="file.txt is not a folder"):
+        check_report_destination(blocker)
 
 
 def test_tiny_images_scored_without_ssim(tmp_path, capsys):

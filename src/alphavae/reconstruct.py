@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from alphavae.io import (
     list_images,
     load_rgba,
     save_rgba,
+    special_file_kind,
 )
 from alphavae.vae import RGBAVAE
 
@@ -82,14 +82,6 @@ def comparison_grid(original: torch.Tensor, reconstruction: torch.Tensor) -> tor
     return torch.cat([grid, torch.ones_like(grid[:1])])
 
 
-def _kind(path: Path) -> str:
-    """What a path that is neither a regular file nor a folder is, in words."""
-    mode = path.stat().st_mode
-    kinds = [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket")]
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
-
-
 def _list_inputs(inputs: list, report: ReconstructReport) -> list[tuple[Path, Path]]:
     """``alphavae.io.list_images`` per input, recording bad inputs in ``report.failed`` instead of raising.
 
@@ -106,7 +98,8 @@ def _list_inputs(inputs: list, report: ReconstructReport) -> list[tuple[Path, Pa
             report.failed.append((root, reason))
             continue
         if not root.is_dir() and not root.is_file():
-            report.failed.append((root, f"input is {_kind(root)}, not an image file or folder"))
+            kind = special_file_kind(root) or "not a regular file"
+            report.failed.append((root, f"input is {kind}, not an image file or folder"))
             continue
         found = list_images([root])
         if not found:

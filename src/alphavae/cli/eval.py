@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from alphavae.cli import non_negative_int, positive_int
+
 PROTOCOL_HELP = (
     "reference: the AlphaVAE scripts' numerics (uint8 + JPEG composites, SSIM on luma, macro averages, "
     "alpha-blind 'rgba' group); clean: float composites, SSIM on RGB, alpha metrics (default: %(default)s)"
@@ -19,12 +21,12 @@ def _add_common(parser: argparse.ArgumentParser, *, protocol: bool = True) -> No
     parser.add_argument("--overwrite", action="store_true", help="replace existing report files")
     if protocol:
         parser.add_argument("--protocol", choices=("reference", "clean"), default="reference", help=PROTOCOL_HELP)
-        parser.add_argument("--resize", type=int, default=None, metavar="PX",
+        parser.add_argument("--resize", type=positive_int, default=None, metavar="PX",
                             help="resize the GT so its short side is PX pixels (bilinear, premultiplied) and "
                                  "centre-crop PX x PX, as the reference did with 1024 (default: no resize)")
         parser.add_argument("--checkerboard", action="store_true",
                             help="also score composites over a 16 px grey checkerboard")
-        parser.add_argument("--worst-k", type=int, default=8, metavar="K",
+        parser.add_argument("--worst-k", type=non_negative_int, default=8, metavar="K",
                             help="worst images (lowest PSNR) shown in the HTML report (default: %(default)s)")
     parser.add_argument("--lpips", default=None, metavar="PATH",
                         help="LPIPS weights: full lpips state dict or torchvision AlexNet weights; 'none' = off "
@@ -210,7 +212,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--source-vae", default=None, help="source RGB AutoencoderKL folder for the latent-drift metric")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="VAE weight dtype (the reference used bfloat16; default: %(default)s)")
-    p.add_argument("--tile-size", type=int, default=None, metavar="PX", help="VAE tile size in px for large images (default: no tiling)")
+    p.add_argument("--tile-size", type=positive_int, default=None, metavar="PX", help="VAE tile size in px for large images (default: no tiling)")
     _add_common(p)
     p.set_defaults(func=run_eval_vae)
 

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import torch
 
+from alphavae.cli import non_negative_int, positive_int
 from alphavae.io import DEFAULT_MAX_PIXELS, ImageLoadError, atomic_write, list_images, load_rgba
 from alphavae.vae import RGBAVAE, fit_latent_factors
+
+FEW_IMAGES = 16  # below this many fitted images the command warns that the factors are not representative
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,21 +25,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fit scaling_factor / shift_factor of an RGBA VAE to images (unit-variance diffusion latents)",
         description="Encode images (posterior samples) and print shift_factor = latent mean and scaling_factor "
                     "= 1 / latent std, the convention of SD3/FLUX VAE configs; with --write, store them in the "
-                    "VAE folder's config.json (atomic rewrite). Unreadable images are skipped and listed.",
+                    "VAE folder's config.json (atomic rewrite). Unreadable images are skipped and listed; a fit "
+                    f"on fewer than {FEW_IMAGES} images prints a warning (use a few hundred images of the target "
+                    "data).",
     )
     parser.add_argument("vae", metavar="VAE", help="RGBA VAE folder in diffusers format")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (recursive)")
-    parser.add_argument("--limit", type=int, default=512, metavar="N",
+    parser.add_argument("--limit", type=positive_int, default=512, metavar="N",
                         help="use at most N images, a seeded random subset (default 512)")
-    parser.add_argument("--seed", type=int, default=0, help="subset and posterior-sample seed (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="subset and posterior-sample seed (default 0)")
     parser.add_argument("--write", action="store_true", help="write the factors into VAE/config.json")
     parser.add_argument("--no-shift", action="store_true",
                         help="fit only scaling_factor = 1 / RMS with shift_factor 0 (SD1.x/SDXL-style pipelines "
                              "ignore shift_factor); default: shift = mean, scale = 1 / std")
-    parser.add_argument("--tile-size", type=int, default=None, metavar="N",
+    parser.add_argument("--tile-size", type=positive_int, default=None, metavar="N",
                         help="encode in N x N pixel tiles (exact mode, see `alphavae reconstruct --help`) to bound "
                              "memory on large images; default: whole images")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"largest accepted width*height of an input, in pixels (default {DEFAULT_MAX_PIXELS})")
     parser.set_defaults(func=run)
 
@@ -49,8 +54,6 @@ def run(args: argparse.Namespace) -> int:
     failed: list[str] = []
     paths: list = []
     try:
-        if args.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {args.limit}")
         vae = RGBAVAE.from_pretrained(args.vae, dtype="float32", tile_size=args.tile_size)
         paths = [path for path, _ in list_images(args.inputs)]
         if not paths:
@@ -66,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
 
         factors = fit_latent_factors(vae, images(), shift=not args.no_shift, generator=torch.Generator().manual_seed(args.seed))
         print(json.dumps(factors), flush=True)
+        if factors["images"] < FEW_IMAGES:
+            print(f"{prog}: warning: fitted on only {factors['images']} image(s); factors from fewer than "
+                  f"{FEW_IMAGES} images describe those images, not the data a diffusion model will see",
+                  file=sys.stderr)
         if args.write:
             config_path = Path(args.vae) / "config.json"
             config = json.loads(config_path.read_text())

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from alphavae.accel import POLICY_NAMES
+from alphavae.cli import non_negative_int, positive_int
 from alphavae.io import DEFAULT_MAX_PIXELS
 from alphavae.reconstruct import reconstruct_files
 from alphavae.vae import RGBAVAE
@@ -37,10 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "has fast bf16, else float32), float32 (exact), bfloat16, float16, mixed-bf16; "
                              "16-bit results with NaN/inf are recomputed in float32 with a warning")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
-    parser.add_argument("--tile-size", type=int, default=None, metavar="N",
+    parser.add_argument("--tile-size", type=positive_int, default=None, metavar="N",
                         help="encode/decode in overlapping N x N pixel tiles (multiple of 8 for SD/FLUX VAEs; "
                              "blended over the overlap) to bound memory on large images; default: whole images")
-    parser.add_argument("--tile-overlap", type=int, default=None, metavar="N",
+    parser.add_argument("--tile-overlap", type=non_negative_int, default=None, metavar="N",
                         help="tile overlap in pixels (multiple of 8 for SD/FLUX VAEs, below --tile-size; "
                              "default: a quarter of the tile, at least 16 latent pixels, at most half the tile)")
     parser.add_argument("--tile-mode", choices=("exact", "fast"), default="exact",
@@ -48,14 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "whole latent, close to an untiled run (measured <= 2/255 from 256 px tiles with the default overlap, "
                              "up to ~10/255 at 128 px tiles, more with smaller tiles; "
                              "~10x slower than fast); fast: every layer per tile like diffusers (seams possible)")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                         help="same-size images per model call (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--grid", type=Path, default=None, metavar="DIR",
                         help="also write comparison grids DIR/<name>.grid.png: input (top) vs reconstruction "
                              "(bottom) over checkerboard, black and white (DIR outside the inputs and their folders; "
                              "made for existing outputs too; default: none)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"largest accepted width*height of an input, in pixels (default {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -126,7 +126,7 @@ def _present_samples(manifest: Path, output: Path) -> dict[str, dict]:
 
 
 def write_samples(records: list[dict], manifest: str | Path, output: str | Path, *, long_side: int = 512,
-                  overwrite: bool = False) -> list[Path]:
+                  overwrite: bool = False) -> tuple[list[Path], list[str]]:
     """Copy chosen samples under ``output`` and write ``output/LICENSE.md``.
 
     Images are read from the manifest's folder, shrunk (alpha-correct, :func:`alphavae.io.resize_rgba`)
@@ -139,16 +139,19 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
     (other images, or edited by hand) is replaced only with ``overwrite``; otherwise nothing at all
     is written and FileExistsError is raised. Re-running the same choice leaves it as it is.
 
+    A source image that cannot be read (:class:`alphavae.io.ImageLoadError`, or an OSError while
+    writing its copy) is skipped and reported; the others are still written, and ``LICENSE.md`` lists
+    only the images present.
+
     Returns:
-        The chosen image paths (also those kept).
+        ``(written, failed)``: the chosen image paths present under ``output`` (also those kept), and
+        ``"<source image>: <reason>"`` for each chosen image that was skipped.
 
     Raises:
         FileNotFoundError: the manifest is missing.
         ValueError: ``output`` lies inside the manifest's folder or is an existing non-folder, or the
             manifest is invalid (:func:`alphavae.data.manifest.read_manifest`).
         FileExistsError: ``output/LICENSE.md`` exists, differs from the one to write and not ``overwrite``.
-        alphavae.io.ImageLoadError: a source image is unreadable; the images written before it stay
-            and ``LICENSE.md`` is updated to list every image present.
     """
     manifest, output = Path(manifest), Path(output)
     root = manifest.parent
@@ -162,25 +165,33 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
         raise FileExistsError(f"{licence_file}: already exists and would change (it must list "
                               f"{len(listed)} image(s) of this manifest under {output}, or was edited); "
                               "pass --overwrite (overwrite=True) to regenerate it")
-    paths = []
+    paths, failed = [], []
     try:
         for record in records:
             target = output / sample_path(record)
+            if overwrite or not target.exists():
+                try:
+                    _write_sample(root / record["file"], target, long_side)
+                except (io.ImageLoadError, OSError) as error:
+                    failed.append(str(error) if isinstance(error, io.ImageLoadError) else f"{target}: {error}")
+                    continue
             paths.append(target)
-            if target.exists() and not overwrite:
-                continue
-            pixels = io.load_rgba(root / record["file"])
-            height, width = pixels.shape[1:]
-            scale = long_side / max(height, width)
-            if scale < 1:
-                pixels = io.resize_rgba(pixels, (max(1, round(height * scale)), max(1, round(width * scale))))
-            io.save_rgba(pixels, target, overwrite=True)
     finally:
         present = sorted((r for path, r in listed.items() if (output / path).exists()), key=_sort_key)
         licence = licence_text(present).encode()
         if present and (not licence_file.exists() or licence_file.read_bytes() != licence):
             io.atomic_write(licence_file, lambda tmp: tmp.write_bytes(licence), overwrite=True)
-    return paths
+    return paths, failed
+
+
+def _write_sample(source: Path, target: Path, long_side: int) -> None:
+    """Save ``source`` at ``target``, shrunk alpha-correctly to at most ``long_side`` px on its long side."""
+    pixels = io.load_rgba(source)
+    height, width = pixels.shape[1:]
+    scale = long_side / max(height, width)
+    if scale < 1:
+        pixels = io.resize_rgba(pixels, (max(1, round(height * scale)), max(1, round(width * scale))))
+    io.save_rgba(pixels, target, overwrite=True)
 
 
 def _archive_path(record: dict) -> str:

@@ -243,8 +243,8 @@ def _refuse_existing_reports(folder: Path, overwrite: bool) -> None:
 def check_report_destination(folder: str | Path, *, overwrite: bool = False) -> None:
     """Fail early, before any scoring, if :func:`write_reports` could not write into ``folder``.
 
-    Creates ``folder`` (and its parents) if needed and probes it with a hidden temporary file that is
-    removed again.
+    Creates nothing: probes ``folder``, or where it does not exist yet its nearest existing parent
+    folder (where it would be created), with a hidden temporary file that is removed again.
 
     Raises:
         FileExistsError: a report file exists and ``overwrite`` is False.
@@ -253,11 +253,11 @@ def check_report_destination(folder: str | Path, *, overwrite: bool = False) -> 
     """
     folder = Path(folder)
     _refuse_existing_reports(folder, overwrite)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{folder}: report folder path exists and is not a folder")
+    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{folder}: cannot write the report there ({existing} is not a folder)")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".report-probe.", suffix=".tmp")
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".report-probe.", suffix=".tmp")
         os.close(handle)
         os.unlink(probe)
     except OSError as err:

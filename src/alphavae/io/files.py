@@ -9,6 +9,8 @@ file's sRGB-encoded values; ICC profiles and gamma chunks are not applied.
 from __future__ import annotations
 
 import os
+import re
+import stat
 import struct
 import tempfile
 import threading
@@ -132,6 +134,25 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
     return tensor.mul_(2).sub_(1)
 
 
+def special_file_kind(path: str | os.PathLike) -> str | None:
+    """Name the kind of ``path`` when it is a device, FIFO or socket (reading one could block or never end).
+
+    Args:
+        path: any path; symlinks are followed.
+
+    Returns:
+        ``"a FIFO (named pipe)"``, ``"a character device"``, ``"a block device"`` or ``"a socket"``;
+        None for a regular file, a folder, or a path that does not exist or cannot be examined.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    kinds = [(stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+    return next((name for test, name in kinds if test(mode)), None)
+
+
 def _open_guarded(path: Path, max_pixels: int | None) -> Image.Image:
     """``Image.open`` with Pillow's decompression-bomb guard set to ``max_pixels`` (None: no limit).
 
@@ -168,19 +189,25 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
         ``(4, H, W)`` float32 straight RGBA in [-1, 1] (quantisation steps 2/255 or 2/65535).
 
     Raises:
-        ImageLoadError: missing, empty, truncated, corrupt or non-image file, an image above
+        ImageLoadError: missing, empty, truncated, corrupt or non-image file, a device, FIFO or socket
+            (never opened), an image above
             ``max_pixels`` (including Pillow's DecompressionBombError/Warning), or NaN in float data.
         ValueError: ``max_pixels`` below 1 (a programming error, not a bad file).
     """
     path = Path(path)
     if max_pixels is not None and max_pixels < 1:
         raise ValueError(f"max_pixels must be >= 1 or None, got {max_pixels!r}")
+    kind = special_file_kind(path)
+    if kind:
+        raise ImageLoadError(path, f"is {kind}, not an image file (not opened)")
     try:
         image = _open_guarded(path, max_pixels)
     except FileNotFoundError as err:
         raise ImageLoadError(path, "file not found") from err
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-        raise ImageLoadError(path, f"too many pixels (limit max_pixels={max_pixels}): {err}") from err
+        size = re.search(r"Image size \((\d+) pixels\)", str(err))  # Pillow's wording; its limit may be 2x ours
+        raise ImageLoadError(path, f"{size[1] if size else 'too many'} pixels exceeds max_pixels={max_pixels} "
+                                   "(refused from the header, before decoding)") from err
     except Exception as err:
         raise ImageLoadError(path, f"not a readable image ({type(err).__name__}: {err})") from err
     with image:
@@ -380,8 +407,7 @@ def _folder_images(root: Path, suffixes: frozenset[str], recursive: bool) -> lis
         for name in files:
             if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
                 absolute = Path(folder, name)
-                if absolute.is_file() or (absolute.is_symlink() and not absolute.exists()):
-                    found.append((absolute, absolute.relative_to(root)))
+                found.append((absolute, absolute.relative_to(root)))
     return sorted(found, key=lambda item: item[1].as_posix())
 
 
@@ -397,10 +423,11 @@ def list_images(inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
     A file given directly is taken whatever its suffix (loading reports a bad one). A folder
     contributes its files whose suffix (case-insensitive) is in :func:`image_extensions`, skipping
     hidden files and folders (names starting with ``.``, e.g. temporary files of :func:`atomic_write`);
-    symlinked folders inside it are not followed; symlinked files are listed under their own name
-    (a dangling one too, so loading reports it). Inputs keep their order; each folder's files are
-    sorted by relative path; a file reached twice through overlapping inputs (same absolute path) is
-    listed once.
+    symlinked folders inside it are not followed; symlinked files are listed under their own name.
+    Entries with an image suffix that cannot be images (a dangling symlink, a FIFO, a device) are
+    listed too, so that loading reports them (:func:`load_rgba` never opens those). Inputs keep
+    their order; each folder's files are sorted by relative path; a file reached twice through
+    overlapping inputs (same absolute path) is listed once.
 
     Args:
         inputs: one path or an iterable of paths (files and/or folders).

@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python -m benchmarks.run            # full suite, < 30 min on a quiet 2-core AVX512_BF16 CPU
+    .venv/bin/python -m benchmarks.run            # full suite, over 40 min on a quiet 2-core AVX512_BF16 CPU
     .venv/bin/python -m benchmarks.run --quick    # small sizes, a few minutes: checks that everything runs
     .venv/bin/python -m benchmarks.run --only inference training
 
@@ -11,7 +11,9 @@ Benchmarks: dtypes (matmul/convolution GFLOP/s per dtype, convolution share of a
 RSS, seams), training (project vs reference-style step), scaling (time/memory vs side and batch, PNG plot),
 eval (``benchmarks/eval_throughput.py``, the evaluation pipeline against a reference-style one). Each
 writes its section of the JSON and a Markdown table; a failed benchmark is recorded and the others go on
-(exit status 1 if any failed).
+(exit status 1 if any failed). Both files are rewritten (atomically) after every benchmark, with
+``"complete": false`` in the JSON and a "partial" heading until the last one ends, so an interrupted
+run keeps the sections it finished.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 
 from alphavae.accel import POLICY_NAMES
+from alphavae.io import atomic_write
 from benchmarks import dtypes, inference, memory, scaling, training
 from benchmarks.common import IMAGE_DIRS, machine_name
 
@@ -74,12 +77,34 @@ def _eval_table(result: dict) -> str:
             f"{result['max_abs_diff']['psnr']:.2g} / {result['max_abs_diff']['ssim']:.2g} |")
 
 
+def write_results(out_dir: Path, results: dict, sections: list[str]) -> str:
+    """Write ``<stem>.json`` and ``<stem>.md`` into ``out_dir`` (created), each atomically, replacing old ones.
+
+    Args:
+        out_dir: results folder.
+        results: the suite's JSON dict (``stem`` and ``complete`` set by :func:`run_suite`).
+        sections: Markdown sections, the first the heading.
+
+    Returns:
+        The Markdown text written (a "partial" note after the heading while ``complete`` is false).
+    """
+    heading = sections[0] + ("" if results["complete"] else "\n\nPartial: the run has not finished (or was stopped).")
+    markdown = "\n\n".join([heading, *sections[1:]]) + "\n"
+    stem = results["stem"]
+    atomic_write(out_dir / f"{stem}.json", lambda tmp: tmp.write_text(json.dumps(results, indent=1) + "\n"),
+                 overwrite=True)
+    atomic_write(out_dir / f"{stem}.md", lambda tmp: tmp.write_text(markdown), overwrite=True)
+    return markdown
+
+
 def run_suite(mode: str, names: tuple[str, ...], out_dir: Path) -> tuple[dict, str, int]:
-    """Run the named benchmarks with ``SETTINGS[mode]``; return (JSON dict, Markdown text, failure count)."""
+    """Run the named benchmarks with ``SETTINGS[mode]``, rewriting the results files after each
+    (:func:`write_results`); return (JSON dict, Markdown text, failure count)."""
     settings = SETTINGS[mode]
     stem = f"{datetime.date.today().isoformat()}-{machine_name()}" + ("-quick" if mode == "quick" else "")
     results: dict = {"mode": mode, "stem": stem, "machine": machine_name(), "torch": torch.__version__,
-                     "threads": torch.get_num_threads(), "date": datetime.datetime.now(datetime.UTC).isoformat()}
+                     "threads": torch.get_num_threads(), "date": datetime.datetime.now(datetime.UTC).isoformat(),
+                     "complete": False}
     sections, failures = [f"# Benchmarks ({mode}, {results['machine']}, torch {torch.__version__}, "
                           f"{results['threads']} threads, {results['date'][:16]} UTC)"], 0
     runners = {
@@ -102,13 +127,15 @@ def run_suite(mode: str, names: tuple[str, ...], out_dir: Path) -> tuple[dict, s
             failures += 1
             results[name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
             sections.append(f"## {name}\n\nFailed: {type(err).__name__}: {err}")
-            continue
-        if name == "scaling" and "memory" in results and "cases" in results["memory"]:
-            results[name]["by_side"] += [c for c in results["memory"]["cases"] if c["mode"] == "decode"]
-        if name == "scaling":
-            results[name]["plot"] = str(scaling.plot(results[name], out_dir / f"{stem}-scaling.png"))
-        sections.append(f"## {name}\n\n{tables[name](results[name])}")
-    return results, "\n\n".join(sections) + "\n", failures
+        else:
+            if name == "scaling" and "memory" in results and "cases" in results["memory"]:
+                results[name]["by_side"] += [c for c in results["memory"]["cases"] if c["mode"] == "decode"]
+            if name == "scaling":
+                results[name]["plot"] = str(scaling.plot(results[name], out_dir / f"{stem}-scaling.png"))
+            sections.append(f"## {name}\n\n{tables[name](results[name])}")
+        write_results(out_dir, results, sections)
+    results["complete"] = True
+    return results, write_results(out_dir, results, sections), failures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,11 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     overrides = {"sides": tuple(args.sides) if args.sides else None, "repeats": args.repeats, "policy": args.policy}
     SETTINGS[mode]["inference"].update({k: v for k, v in overrides.items() if v is not None})
-    results, markdown, failures = run_suite(mode, tuple(args.only), args.out_dir)
-    stem = results["stem"]
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out_dir / f"{stem}.md").write_text(markdown)
+    _, markdown, failures = run_suite(mode, tuple(args.only), args.out_dir)
     print(markdown)
     return 1 if failures else 0
 

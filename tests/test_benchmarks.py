@@ -4,6 +4,7 @@ The benchmarks themselves run FLUX-size models and are far too slow for the test
 measurement pieces on tiny inputs. ``benchmarks`` lives at the repository root, next to ``tests``.
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import common, dtypes, scaling  # noqa: E402
+from benchmarks import common, dtypes, run, scaling, training  # noqa: E402
 
 
 def test_count_flops_counts_two_per_multiply_accumulate():
@@ -53,12 +54,37 @@ def test_scaling_table_and_plot(tmp_path):
         assert len(image.getcolors(maxcolors=2**16)) > 2  # axes, grid, text and the red curve were drawn
 
 
-def test_dtypes_conv_throughput_and_table():
-    assert dtypes.conv_gflops(8, 8, torch.float32, channels_last=True, repeats=1) > 0
+def _dtypes_result() -> dict:
+    """A made-up result of ``dtypes.run`` (fixed numbers, every shape/dtype/layout present)."""
     convs = [{"channels": c, "side": s, "dtype": d, "channels_last": cl, "gflops": 100.0 if d == "float32" else 50.0}
              for c, s in dtypes.CONV_SHAPES for d in dtypes.DTYPES for cl in (False, True)]
-    result = {"threads": 2, "matmul_gflops": {"float32": 150.0, "bfloat16": 80.0, "float16": 150.0}, "conv": convs,
-              "decode_conv_share": 0.9, "decode_side": 256, "max_16bit_speedup": 0.5, "max_float32_speedup": 1.11}
-    text = dtypes.table(result)
+    return {"threads": 2, "matmul_gflops": {"float32": 150.0, "bfloat16": 80.0, "float16": 150.0}, "conv": convs,
+            "decode_conv_share": 0.9, "decode_side": 256, "max_16bit_speedup": 0.5, "max_float32_speedup": 1.11}
+
+
+def test_dtypes_conv_throughput_and_table():
+    assert dtypes.conv_gflops(8, 8, torch.float32, channels_last=True, repeats=1) > 0
+    text = dtypes.table(_dtypes_result())
     assert "| matmul 2048² | 150 | 80 | 150 |" in text and "| conv 3x3 512 ch 32² NCHW | 100 | 50 | 50 |" in text
     assert "90.0 %" in text and "0.50x" in text and "1.11x" in text
+
+
+def test_suite_writes_finished_sections_before_an_interruption(tmp_path, monkeypatch):
+    """Results are rewritten after every benchmark, so stopping a long run keeps what finished."""
+    monkeypatch.setattr(dtypes, "run", lambda latent_side: _dtypes_result())
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run.run_suite("quick", ("dtypes", "training"), tmp_path)
+    (saved,) = tmp_path.glob("*-quick.json")
+    partial = json.loads(saved.read_text())
+    assert partial["complete"] is False and partial["dtypes"] == _dtypes_result() and "training" not in partial
+    assert "Partial: the run has not finished" in saved.with_suffix(".md").read_text()
+
+    results, markdown, failures = run.run_suite("quick", ("dtypes",), tmp_path)
+    assert failures == 0 and results["complete"] is True and "Partial" not in markdown
+    assert json.loads(saved.read_text())["complete"] is True and saved.with_suffix(".md").read_text() == markdown
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([saved.name, saved.with_suffix(".md").name])

@@ -9,12 +9,12 @@
 # Steps: STAGE1_STEPS (default 2000); stage 2 runs STAGE2_CROP_STEPS (default 1900) steps on 96 px
 # native-resolution crops, batch 8, then continues to STAGE2_STEPS (default 4100) on 256 px crops of images
 # resized to a 256 px short side, batch 2, the learning rate decaying linearly to 0 over the final
-# STAGE2_DECAY_STEPS (default 1000), then anneals a second time up to STAGE2_ANNEAL_STEPS (default 5700; same
-# data settings): the rate restarts at 5e-4 * (A - STAGE2_STEPS) / A for A = STAGE2_ANNEAL_STEPS (1.4e-4) and
-# falls linearly to 0 at step A. To train further, raise STAGE2_ANNEAL_STEPS: the run resumes from its newest
-# checkpoint on the new window's line. The two stage-2 runs (AlphaVAE
-# objective and the naive-MSE comparison) train side by side, one thread each, as on the 2-core CPU this model
-# was trained on. Set THREADS to change the threads per run (default 1).
+# STAGE2_DECAY_STEPS (default 1000), then anneals again in each window of STAGE2_ANNEALS (default "5700 7300";
+# same data settings): a window ending at step A restarts the rate at 5e-4 * (A - start) / A (1.4e-4 from step
+# 4,100 to 5,700, 1.1e-4 from 5,700 to 7,300) and lowers it linearly to 0 at step A. To train further, append a
+# window: each run resumes from its newest checkpoint and skips the windows it has finished. The two stage-2
+# runs (AlphaVAE objective and the naive-MSE comparison) train side by side, one thread each, as on the 2-core
+# CPU this model was trained on. Set THREADS to change the threads per run (default 1).
 set -euo pipefail
 
 data=${1:?usage: train.sh DATA RUNS}
@@ -23,7 +23,7 @@ stage1_steps=${STAGE1_STEPS:-2000}
 stage2_crop_steps=${STAGE2_CROP_STEPS:-1900}
 stage2_steps=${STAGE2_STEPS:-4100}
 stage2_decay_steps=${STAGE2_DECAY_STEPS:-1000}
-stage2_anneal_steps=${STAGE2_ANNEAL_STEPS:-5700}
+stage2_anneals=${STAGE2_ANNEALS:-5700 7300}
 export OMP_NUM_THREADS=${THREADS:-1}
 recipe=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$runs"
@@ -58,8 +58,13 @@ stage2() {  # config run-name
         "${train[@]}" "${whole[@]}" --set optim.max_steps="$stage2_steps" \
             --set optim.decay_steps="$stage2_decay_steps" >> "$runs/$2.log" 2>&1
     fi
-    "${train[@]}" "${whole[@]}" --set optim.max_steps="$stage2_anneal_steps" \
-        --set optim.decay_steps="$stage2_anneal_steps" >> "$runs/$2.log" 2>&1
+    local end
+    for end in $stage2_anneals; do
+        if [ "$(latest_step "$2")" -lt "$end" ]; then
+            "${train[@]}" "${whole[@]}" --set optim.max_steps="$end" --set optim.decay_steps="$end" \
+                >> "$runs/$2.log" 2>&1
+        fi
+    done
 }
 stage2 stage2_rgba.yaml stage2 &
 stage2 stage2_naive_mse.yaml stage2-naive &

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tile-mode", choices=("exact", "fast"), default="exact",
                         help="exact (default): whole-image GroupNorm statistics and the attention mid-block on the "
                              "whole latent, close to an untiled run (measured <= 2/255 from 256 px tiles with the default overlap, "
-                             "up to ~10/255 at 128 px tiles, more with smaller tiles; "
+                             "up to ~11/255 at 128 px tiles, more with smaller tiles; "
                              "~10x slower than fast); fast: every layer per tile like diffusers (seams possible)")
     parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                         help="same-size images per model call (default 1)")

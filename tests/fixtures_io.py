@@ -1,7 +1,9 @@
-"""Synthetic image fixtures for tests/test_io.py, built in code (Pillow, pypng or raw PNG bytes)."""
+"""Synthetic image fixtures for tests/test_io.py, built in code (Pillow, pypng or raw PNG bytes), and a
+file-permission check shared by the tests of everything that writes model folders."""
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -60,3 +62,13 @@ def soft_disc(size: int, *, hidden: tuple[float, float, float] = (1.0, -1.0, 1.0
     colour = torch.ones(3, size, size)
     colour[:, alpha01 == 0] = torch.tensor(hidden)[:, None]
     return torch.cat([colour, alpha01[None] * 2 - 1])
+
+
+def assert_default_permissions(folder: Path) -> None:
+    """``folder`` and everything in it have the modes of freshly created folders/files (``0o777``/``0o666``
+    less the umask), not the private ones of temporary folders or safetensors (``0o700``/``0o600``)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert path.stat().st_mode & 0o777 == expected, f"{path}: {oct(path.stat().st_mode & 0o777)}"

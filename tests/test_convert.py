@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from fixtures_io import assert_default_permissions
 from safetensors.torch import load_file
 
 from alphavae.cli import main
@@ -74,6 +75,7 @@ def test_cli_convert_roundtrip(tmp_path, tiny_rgb_dir, capsys):
     assert provenance["invariant"]["bitwise"] is True
     assert {"source", "subfolder", "date", "versions"} <= provenance.keys()
     assert (dst / "diffusion_pytorch_model.safetensors").is_file()
+    assert_default_permissions(dst)  # not the 0o700 temporary folder / 0o600 safetensors file
     reloaded = AutoencoderKL.from_pretrained(dst).eval()
     expected = convert_to_rgba(AutoencoderKL.from_pretrained(tiny_rgb_dir).eval())
     pixels = torch.rand(2, 4, 16, 24) * 2 - 1

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from fixtures_io import assert_default_permissions
 from safetensors.torch import save_file
 
 from alphavae.diffusion.lora import add_lora, lora_config, restore_lora, save_lora
@@ -42,6 +43,7 @@ def test_save_load_identical_with_alpha_not_rank(tmp_path):
     _perturb(add_lora(pipe.transformer, lora_config(rank=4, alpha=16.0)))
     trained = _run(pipe)
     save_lora(pipe.transformer, tmp_path / "lora")
+    assert_default_permissions(tmp_path / "lora")
     fresh = tiny_flux_pipeline()
     base = _run(fresh)
     fresh.load_lora_weights(tmp_path / "lora")  # diffusers' own loader accepts the folder

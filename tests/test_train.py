@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from fixtures_io import assert_default_permissions
 from safetensors.torch import load_file
 from test_losses import _one_thread  # noqa: F401  (autouse: one torch thread for tiny models)
 
@@ -190,6 +191,7 @@ def test_unreadable_image_is_left_out_and_reported(assets, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 unreadable image(s) left out" in err and "aaa_broken.png" in err
     assert (tmp_path / "run" / "final" / "config.json").is_file()
+    assert_default_permissions(tmp_path / "run" / "final")
 
 
 def test_gradient_accumulation_matches_larger_batch(assets, tmp_path):

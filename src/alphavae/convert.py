@@ -25,6 +25,7 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 import alphavae
+from alphavae.io import set_default_permissions
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROVENANCE_FILE = "alphavae_provenance.json"
@@ -362,6 +363,7 @@ def convert_pretrained(src: str | os.PathLike, dst: str | os.PathLike, *, subfol
     try:
         cast_model(rgba, torch_dtype).save_pretrained(tmp, safe_serialization=True)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(_provenance(src, subfolder, dtype, report), indent=2) + "\n")
+        set_default_permissions(tmp)
         for written in tmp.iterdir():
             with open(written, "rb") as handle:
                 os.fsync(handle.fileno())

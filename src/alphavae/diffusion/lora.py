@@ -15,6 +15,8 @@ from diffusers.utils import convert_unet_state_dict_to_peft
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+from alphavae.io import set_default_permissions
+
 ADAPTER = "default"
 """Name of the adapter trained by :mod:`alphavae.diffusion.train`."""
 
@@ -84,6 +86,7 @@ def save_lora(transformer: FluxTransformer2DModel, folder: str | Path) -> Path:
         folder, transformer_lora_layers=get_peft_model_state_dict(transformer, adapter_name=ADAPTER),
         transformer_lora_adapter_metadata=metadata,
     )
+    set_default_permissions(folder)
     return folder
 
 

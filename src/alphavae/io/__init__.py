@@ -32,6 +32,7 @@ from alphavae.io.files import (
     list_images,
     load_rgba,
     save_rgba,
+    set_default_permissions,
     special_file_kind,
     to_pil,
 )
@@ -49,5 +50,5 @@ __all__ = [
     "ImageLoadError", "alpha_to_mask", "alpha_unit", "atomic_write", "check_output_outside_inputs",
     "check_pixels", "checkerboard", "clear_hidden_colour", "composite", "crop_to", "from_pil", "from_unit", "image_extensions",
     "list_images", "load_rgba", "mask_to_alpha", "pad_to_multiple", "premultiply", "resize_rgba",
-    "resize_short_side", "save_rgba", "special_file_kind", "to_pil", "to_unit", "unpremultiply",
+    "resize_short_side", "save_rgba", "set_default_permissions", "special_file_kind", "to_pil", "to_unit", "unpremultiply",
 ]

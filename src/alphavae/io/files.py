@@ -335,6 +335,30 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def set_default_permissions(folder: str | os.PathLike) -> None:
+    """Give ``folder`` and everything under it the permissions of freshly created files and folders:
+    ``0o666 & ~umask`` for files, ``0o777 & ~umask`` for folders.
+
+    For model folders written through temporary places that are private by design
+    (``tempfile.mkdtemp`` folders are 0o700; safetensors >= 0.8 writes 0o600 files), so that the
+    published model is as readable as any other file its user writes.
+
+    Args:
+        folder: an existing folder (symlinks inside are not followed).
+
+    Raises:
+        OSError: a permission cannot be changed (e.g. files owned by another user).
+    """
+    os.chmod(folder, 0o777 & ~_UMASK)
+    for parent, folders, files in os.walk(folder):
+        for name in folders:
+            os.chmod(os.path.join(parent, name), 0o777 & ~_UMASK, follow_symlinks=False)
+        for name in files:
+            path = os.path.join(parent, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~_UMASK)
+
+
 _TEMP_STEM_BYTES = 100
 """Longest name part (bytes) in an :func:`atomic_write` temporary name: the name plus 14 bytes of
 dot, random part and ``.tmp`` must not exceed the file system's name limit (255 bytes) when the

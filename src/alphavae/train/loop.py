@@ -277,6 +277,7 @@ def _export(vae: AutoencoderKL, ema: EMAModel | None, config: TrainConfig, run_d
     temporary = run_dir / ".tmp-final"
     model.save_pretrained(temporary, safe_serialization=True)
     save_config(config, temporary / "train_config.yaml")
+    io.set_default_permissions(temporary)
     if final.exists():
         import shutil
 

@@ -12,8 +12,8 @@ RSS, seams), training (project vs reference-style step), scaling (time/memory vs
 eval (``benchmarks/eval_throughput.py``, the evaluation pipeline against a reference-style one). Each
 writes its section of the JSON and a Markdown table; a failed benchmark is recorded and the others go on
 (exit status 1 if any failed). Both files are rewritten (atomically) after every benchmark, with
-``"complete": false`` in the JSON and a "partial" heading until the last one ends, so an interrupted
-run keeps the sections it finished.
+``"complete": false`` in the JSON and a "Partial" line under the heading until the last one ends, so an
+interrupted run keeps the sections it finished.
 """
 
 from __future__ import annotations

@@ -189,9 +189,9 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
         ``(4, H, W)`` float32 straight RGBA in [-1, 1] (quantisation steps 2/255 or 2/65535).
 
     Raises:
-        ImageLoadError: missing, empty, truncated, corrupt or non-image file, a device, FIFO or socket
-            (never opened), an image above
-            ``max_pixels`` (including Pillow's DecompressionBombError/Warning), or NaN in float data.
+        ImageLoadError: missing, empty, truncated, corrupt or non-image file, a device, FIFO or
+            socket (never opened), an image above ``max_pixels`` (including Pillow's
+            DecompressionBombError/Warning), or NaN in float data.
         ValueError: ``max_pixels`` below 1 (a programming error, not a bad file).
     """
     path = Path(path)
@@ -351,12 +351,11 @@ def set_default_permissions(folder: str | os.PathLike) -> None:
     """
     os.chmod(folder, 0o777 & ~_UMASK)
     for parent, folders, files in os.walk(folder):
-        for name in folders:
-            os.chmod(os.path.join(parent, name), 0o777 & ~_UMASK, follow_symlinks=False)
-        for name in files:
-            path = os.path.join(parent, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o666 & ~_UMASK)
+        for names, mode in ((folders, 0o777), (files, 0o666)):
+            for name in names:
+                path = os.path.join(parent, name)
+                if not os.path.islink(path):
+                    os.chmod(path, mode & ~_UMASK)
 
 
 _TEMP_STEM_BYTES = 100

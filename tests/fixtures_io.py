@@ -64,11 +64,12 @@ def soft_disc(size: int, *, hidden: tuple[float, float, float] = (1.0, -1.0, 1.0
     return torch.cat([colour, alpha01[None] * 2 - 1])
 
 
-def assert_default_permissions(folder: Path) -> None:
-    """``folder`` and everything in it have the modes of freshly created folders/files (``0o777``/``0o666``
-    less the umask), not the private ones of temporary folders or safetensors (``0o700``/``0o600``)."""
+def assert_default_permissions(root: Path) -> None:
+    """``root`` (a file, or a folder and everything in it) has the modes of freshly created files/folders
+    (``0o666``/``0o777`` less the umask), not the private ones of temporary folders or safetensors
+    (``0o700``/``0o600``)."""
     umask = os.umask(0)
     os.umask(umask)
-    for path in [folder, *folder.rglob("*")]:
+    for path in [root, *(root.rglob("*") if root.is_dir() else [])]:
         expected = (0o777 if path.is_dir() else 0o666) & ~umask
         assert path.stat().st_mode & 0o777 == expected, f"{path}: {oct(path.stat().st_mode & 0o777)}"

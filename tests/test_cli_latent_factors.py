@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from alphavae.cli import main
@@ -64,3 +65,9 @@ def test_failures_are_listed_and_factors_survive_a_failed_write(tmp_path, tiny_r
     assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path / "big.png"), "--write"]) == 1
     captured = capsys.readouterr()
     assert json.loads(captured.out)["images"] == 1 and "Permission denied" in captured.err
+
+
+def test_out_of_range_seed_is_refused_before_the_model_loads(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["latent-factors", str(tmp_path / "no-such-vae"), str(tmp_path), "--seed", str(2**64)])
+    assert exit_info.value.code == 2 and f"{2**64} is above {2**64 - 1}" in capsys.readouterr().err

@@ -97,6 +97,11 @@ def test_samples_skip_an_unreadable_image_and_write_the_rest(tmp_path, capsys):
     assert [path.name for path in out.rglob("*.png")] == ["sub_dir_img1.png"]
     licence = (out / "LICENSE.md").read_text()
     assert "sub dir/img1.png" in licence and "sub dir/img0.png" not in licence
+    _write_data(tmp_path / "data", [_record(f"img{i}", width=48, height=48) for i in range(2)])  # source repaired
+    assert main(["data", "samples", str(manifest), "-o", str(out), "--per-group", "2"]) == 1  # LICENSE.md would change
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["data", "samples", str(manifest), "-o", str(out), "--per-group", "2", "--overwrite"]) == 0
+    assert "sub dir/img0.png" in (out / "LICENSE.md").read_text() and len(list(out.rglob("*.png"))) == 2
 
 
 def test_samples_refuse_output_in_the_manifest_folder_and_a_missing_manifest(tmp_path, capsys):

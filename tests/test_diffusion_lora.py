@@ -3,7 +3,7 @@ import torch
 from fixtures_io import assert_default_permissions
 from safetensors.torch import save_file
 
-from alphavae.diffusion.lora import add_lora, lora_config, restore_lora, save_lora
+from alphavae.diffusion.lora import LORA_FILE, add_lora, lora_config, restore_lora, save_lora
 from alphavae.testing_flux import tiny_flux_pipeline
 
 KW = dict(height=32, width=32, num_inference_steps=2, output_type="latent", max_sequence_length=16)
@@ -42,8 +42,10 @@ def test_save_load_identical_with_alpha_not_rank(tmp_path):
     pipe = tiny_flux_pipeline()
     _perturb(add_lora(pipe.transformer, lora_config(rank=4, alpha=16.0)))
     trained = _run(pipe)
+    (tmp_path / "lora").mkdir(mode=0o700)  # the caller's folder: its mode is left alone
     save_lora(pipe.transformer, tmp_path / "lora")
-    assert_default_permissions(tmp_path / "lora")
+    assert (tmp_path / "lora").stat().st_mode & 0o777 == 0o700
+    assert_default_permissions(tmp_path / "lora" / LORA_FILE)
     fresh = tiny_flux_pipeline()
     base = _run(fresh)
     fresh.load_lora_weights(tmp_path / "lora")  # diffusers' own loader accepts the folder

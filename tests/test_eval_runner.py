@@ -204,6 +204,9 @@ def test_unwritable_report_folder_refused_before_scoring(tmp_path, monkeypatch, 
     assert not out.exists()  # nothing is created by the check, so a later failure leaves no empty folder
     with pytest.raises(NotADirectoryError, match="file.txt is not a folder"):
         check_report_destination(blocker)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(NotADirectoryError, match="dangling symlink"):
+        check_report_destination(tmp_path / "dangling")
 
 
 def test_tiny_images_scored_without_ssim(tmp_path, capsys):

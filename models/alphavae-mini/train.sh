@@ -24,6 +24,10 @@ stage2_crop_steps=${STAGE2_CROP_STEPS:-1900}
 stage2_steps=${STAGE2_STEPS:-4100}
 stage2_decay_steps=${STAGE2_DECAY_STEPS:-1000}
 stage2_anneals=${STAGE2_ANNEALS:-5700 7300}
+if [ -n "${STAGE2_ANNEAL_STEPS:-}" ]; then
+    echo "train.sh: STAGE2_ANNEAL_STEPS is replaced by STAGE2_ANNEALS, the list of window ends (default \"5700 7300\")" >&2
+    exit 2
+fi
 export OMP_NUM_THREADS=${THREADS:-1}
 recipe=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$runs"
@@ -58,9 +62,9 @@ stage2() {  # config run-name
         "${train[@]}" "${whole[@]}" --set optim.max_steps="$stage2_steps" \
             --set optim.decay_steps="$stage2_decay_steps" >> "$runs/$2.log" 2>&1
     fi
-    local end
-    for end in $stage2_anneals; do
-        if [ "$(latest_step "$2")" -lt "$end" ]; then
+    local end last=${stage2_anneals##* }
+    for end in $stage2_anneals; do  # the last window always runs: at its end it only re-exports final/
+        if [ "$end" = "$last" ] || [ "$(latest_step "$2")" -lt "$end" ]; then
             "${train[@]}" "${whole[@]}" --set optim.max_steps="$end" --set optim.decay_steps="$end" \
                 >> "$runs/$2.log" 2>&1
         fi

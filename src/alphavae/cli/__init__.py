@@ -24,14 +24,22 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
-def _int_at_least(text: str, lowest: int) -> int:
-    """``int(text)`` if it is >= ``lowest``; else ``argparse.ArgumentTypeError`` naming the value."""
+def seed(text: str) -> int:
+    """argparse ``type`` for random seeds: an integer in [0, 2**64 - 1] (what ``torch.Generator.manual_seed``
+    accepts), else an argparse error."""
+    return _int_at_least(text, 0, highest=2**64 - 1)
+
+
+def _int_at_least(text: str, lowest: int, *, highest: int | None = None) -> int:
+    """``int(text)`` if it is in [``lowest``, ``highest``]; else ``argparse.ArgumentTypeError`` naming the value."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < lowest:
         raise argparse.ArgumentTypeError(f"{value} is below {lowest}")
+    if highest is not None and value > highest:
+        raise argparse.ArgumentTypeError(f"{value} is above {highest}")
     return value
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from alphavae.cli import non_negative_int, positive_int
 from alphavae.data.manifest import read_manifest, summarise
@@ -35,7 +36,8 @@ def _samples(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"{len(written)} samples and LICENSE.md under {args.output}")
+    licence = " and LICENSE.md" if (Path(args.output) / "LICENSE.md").is_file() else ""
+    print(f"{len(written)} samples{licence} under {args.output}")
     return _report_failures(failed, "sample(s) could not be read or written and were skipped")
 
 

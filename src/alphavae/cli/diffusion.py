@@ -11,7 +11,7 @@ import logging
 import sys
 
 from alphavae.accel import POLICY_NAMES
-from alphavae.cli import non_negative_int, positive_int
+from alphavae.cli import positive_int, seed
 from alphavae.diffusion.captions import DEFAULT_PROMPT, read_prompts
 from alphavae.diffusion.flow import WEIGHTING_SCHEMES
 from alphavae.diffusion.lora import TARGET_PRESETS
@@ -100,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--prompt", action="append", help="prompt (repeatable)")
     source.add_argument("--prompts-file", help="text file, one prompt per line ('#' comments)")
     gen.add_argument("--n", type=positive_int, default=1, help="images per prompt (default 1)")
-    gen.add_argument("--seed", type=non_negative_int, default=0, help="base seed >= 0; image k of a prompt uses seed+k (default 0)")
+    gen.add_argument("--seed", type=seed, default=0, help="base seed >= 0; image k of a prompt uses seed+k (default 0)")
     gen.add_argument("--size", default="1024x1024", help="WIDTHxHEIGHT in pixels (default 1024x1024)")
     gen.add_argument("--steps", type=positive_int, default=28, help="denoising steps (default 28)")
     gen.add_argument("--guidance", type=float, default=3.5, help="FLUX embedded guidance (default 3.5)")

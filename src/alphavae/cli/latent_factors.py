@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from alphavae.cli import non_negative_int, positive_int
+from alphavae.cli import positive_int, seed
 from alphavae.io import DEFAULT_MAX_PIXELS, ImageLoadError, atomic_write, list_images, load_rgba
 from alphavae.vae import RGBAVAE, fit_latent_factors
 
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (recursive)")
     parser.add_argument("--limit", type=positive_int, default=512, metavar="N",
                         help="use at most N images, a seeded random subset (default 512)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="subset and posterior-sample seed (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="subset and posterior-sample seed (default 0)")
     parser.add_argument("--write", action="store_true", help="write the factors into VAE/config.json")
     parser.add_argument("--no-shift", action="store_true",
                         help="fit only scaling_factor = 1 / RMS with shift_factor 0 (SD1.x/SDXL-style pipelines "

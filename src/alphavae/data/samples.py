@@ -137,14 +137,15 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
     of any split, whose :func:`sample_path` exists): the chosen ones and those an earlier run left
     there, so no image present loses its attribution. An existing ``LICENSE.md`` that would change
     (other images, or edited by hand) is replaced only with ``overwrite``; otherwise nothing at all
-    is written and FileExistsError is raised. Re-running the same choice leaves it as it is.
+    is written and FileExistsError is raised. Re-running the same choice leaves it as it is; after a
+    run that skipped images, ``LICENSE.md`` lists fewer images, so adding them later needs ``overwrite``.
 
     A source image that cannot be read (:class:`alphavae.io.ImageLoadError`, or an OSError while
     writing its copy) is skipped and reported; the others are still written, and ``LICENSE.md`` lists
-    only the images present.
+    the images present (with ``overwrite``, an older copy of a skipped image stays and stays listed).
 
     Returns:
-        ``(written, failed)``: the chosen image paths present under ``output`` (also those kept), and
+        ``(written, failed)``: the chosen images written or kept under ``output``, and
         ``"<source image>: <reason>"`` for each chosen image that was skipped.
 
     Raises:
@@ -172,8 +173,11 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
             if overwrite or not target.exists():
                 try:
                     _write_sample(root / record["file"], target, long_side)
-                except (io.ImageLoadError, OSError) as error:
-                    failed.append(str(error) if isinstance(error, io.ImageLoadError) else f"{target}: {error}")
+                except io.ImageLoadError as error:
+                    failed.append(str(error))
+                    continue
+                except OSError as error:
+                    failed.append(f"{root / record['file']}: cannot write {target} ({error.strerror or error})")
                     continue
             paths.append(target)
     finally:

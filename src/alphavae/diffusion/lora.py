@@ -17,6 +17,8 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from alphavae.io import set_default_permissions
 
+LORA_FILE = "pytorch_lora_weights.safetensors"
+"""File name diffusers' ``save_lora_weights`` / ``load_lora_weights`` use inside a LoRA folder."""
 ADAPTER = "default"
 """Name of the adapter trained by :mod:`alphavae.diffusion.train`."""
 
@@ -86,7 +88,7 @@ def save_lora(transformer: FluxTransformer2DModel, folder: str | Path) -> Path:
         folder, transformer_lora_layers=get_peft_model_state_dict(transformer, adapter_name=ADAPTER),
         transformer_lora_adapter_metadata=metadata,
     )
-    set_default_permissions(folder)
+    set_default_permissions(folder / LORA_FILE)  # only the file written here; the folder is the caller's
     return folder
 
 

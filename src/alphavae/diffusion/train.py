@@ -28,15 +28,13 @@ from alphavae import io
 from alphavae.data.datasets import RGBADataset, StepBatchSampler, item_generator
 from alphavae.diffusion.captions import DEFAULT_PROMPT, read_caption_table, resolve_captions
 from alphavae.diffusion.flow import TimestepSampling, flow_matching_loss, sample_sigmas
-from alphavae.diffusion.lora import add_lora, lora_config, restore_lora, save_lora
+from alphavae.diffusion.lora import LORA_FILE, add_lora, lora_config, restore_lora, save_lora
 from alphavae.diffusion.pipeline import contact_sheet, generate_rgba, load_flux_pipeline
 from alphavae.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from alphavae.vae import RGBAVAE
 
 log = logging.getLogger(__name__)
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
-"""File name diffusers' ``save_lora_weights`` / ``load_lora_weights`` use inside a LoRA folder."""
 _DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

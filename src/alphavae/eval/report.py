@@ -248,11 +248,13 @@ def check_report_destination(folder: str | Path, *, overwrite: bool = False) -> 
 
     Raises:
         FileExistsError: a report file exists and ``overwrite`` is False.
-        NotADirectoryError: ``folder`` (or a parent) exists and is not a folder.
+        NotADirectoryError: ``folder`` (or a parent) exists and is not a folder, or is a dangling symlink.
         OSError: ``folder`` cannot be created or written to (e.g. read-only; names the folder).
     """
     folder = Path(folder)
     _refuse_existing_reports(folder, overwrite)
+    if folder.is_symlink() and not folder.exists():
+        raise NotADirectoryError(f"{folder}: cannot write the report there (a dangling symlink)")
     existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
     if not existing.is_dir():
         raise NotADirectoryError(f"{folder}: cannot write the report there ({existing} is not a folder)")

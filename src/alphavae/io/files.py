@@ -335,22 +335,25 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def set_default_permissions(folder: str | os.PathLike) -> None:
-    """Give ``folder`` and everything under it the permissions of freshly created files and folders:
-    ``0o666 & ~umask`` for files, ``0o777 & ~umask`` for folders.
+def set_default_permissions(path: str | os.PathLike) -> None:
+    """Give a file, or a folder and everything under it, the permissions of freshly created files and
+    folders: ``0o666 & ~umask`` for files, ``0o777 & ~umask`` for folders.
 
-    For model folders written through temporary places that are private by design
-    (``tempfile.mkdtemp`` folders are 0o700; safetensors >= 0.8 writes 0o600 files), so that the
-    published model is as readable as any other file its user writes.
+    For model files written through places that are private by design (``tempfile.mkdtemp`` folders
+    are 0o700; safetensors >= 0.8 writes 0o600 files), so that the published model is as readable as
+    any other file its user writes. Apply it only to what the caller itself wrote.
 
     Args:
-        folder: an existing folder (symlinks inside are not followed).
+        path: an existing file or folder (symlinks inside a folder are not followed).
 
     Raises:
         OSError: a permission cannot be changed (e.g. files owned by another user).
     """
-    os.chmod(folder, 0o777 & ~_UMASK)
-    for parent, folders, files in os.walk(folder):
+    if not os.path.isdir(path):
+        os.chmod(path, 0o666 & ~_UMASK)
+        return
+    os.chmod(path, 0o777 & ~_UMASK)
+    for parent, folders, files in os.walk(path):
         for names, mode in ((folders, 0o777), (files, 0o666)):
             for name in names:
                 path = os.path.join(parent, name)

@@ -429,6 +429,7 @@ def test_special_files_in_a_folder_are_listed_and_loading_refuses_them_unopened(
     aio.save_rgba(random_rgba(2, 2), tmp_path / "a.png")
     os.mkfifo(tmp_path / "pipe.png")
     assert [r.as_posix() for _, r in aio.list_images(tmp_path)] == ["a.png", "pipe.png"]
+    assert aio.list_images(tmp_path / "pipe.png") == [(tmp_path / "pipe.png", Path("pipe.png"))]  # given directly
     assert aio.special_file_kind(tmp_path / "pipe.png") == "a FIFO (named pipe)"
     assert aio.special_file_kind(tmp_path / "a.png") is None and aio.special_file_kind(tmp_path / "no") is None
     with pytest.raises(aio.ImageLoadError, match=r"pipe\.png: is a FIFO \(named pipe\), not an image file"):

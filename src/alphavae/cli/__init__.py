@@ -16,21 +16,21 @@ COMMANDS: tuple[str, ...] = ("convert", "reconstruct", "latent_factors", "data",
 def positive_int(text: str) -> int:
     """argparse ``type`` for counts and sizes: an integer >= 1, else an argparse error (exit status 2)
     naming the value, before any model or data is loaded."""
-    return _int_at_least(text, 1)
+    return _int_in_range(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    """argparse ``type`` for seeds, overlaps and thresholds: an integer >= 0, else an argparse error."""
-    return _int_at_least(text, 0)
+    """argparse ``type`` for overlaps and thresholds: an integer >= 0, else an argparse error."""
+    return _int_in_range(text, 0)
 
 
 def seed(text: str) -> int:
     """argparse ``type`` for random seeds: an integer in [0, 2**64 - 1] (what ``torch.Generator.manual_seed``
     accepts), else an argparse error."""
-    return _int_at_least(text, 0, highest=2**64 - 1)
+    return _int_in_range(text, 0, highest=2**64 - 1)
 
 
-def _int_at_least(text: str, lowest: int, *, highest: int | None = None) -> int:
+def _int_in_range(text: str, lowest: int, *, highest: int | None = None) -> int:
     """``int(text)`` if it is in [``lowest``, ``highest``]; else ``argparse.ArgumentTypeError`` naming the value."""
     try:
         value = int(text)

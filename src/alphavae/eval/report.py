@@ -248,16 +248,15 @@ def check_report_destination(folder: str | Path, *, overwrite: bool = False) -> 
 
     Raises:
         FileExistsError: a report file exists and ``overwrite`` is False.
-        NotADirectoryError: ``folder`` (or a parent) exists and is not a folder, or is a dangling symlink.
+        NotADirectoryError: ``folder`` (or a parent) exists and is not a folder (or is a dangling symlink).
         OSError: ``folder`` cannot be created or written to (e.g. read-only; names the folder).
     """
     folder = Path(folder)
     _refuse_existing_reports(folder, overwrite)
-    if folder.is_symlink() and not folder.exists():
-        raise NotADirectoryError(f"{folder}: cannot write the report there (a dangling symlink)")
-    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    existing = next(path for path in (folder, *folder.absolute().parents) if os.path.lexists(path))
     if not existing.is_dir():
-        raise NotADirectoryError(f"{folder}: cannot write the report there ({existing} is not a folder)")
+        what = "a dangling symlink" if existing.is_symlink() and not existing.exists() else "not a folder"
+        raise NotADirectoryError(f"{folder}: cannot write the report there ({existing} is {what})")
     try:
         handle, probe = tempfile.mkstemp(dir=existing, prefix=".report-probe.", suffix=".tmp")
         os.close(handle)

@@ -356,9 +356,9 @@ def set_default_permissions(path: str | os.PathLike) -> None:
     for parent, folders, files in os.walk(path):
         for names, mode in ((folders, 0o777), (files, 0o666)):
             for name in names:
-                path = os.path.join(parent, name)
-                if not os.path.islink(path):
-                    os.chmod(path, mode & ~_UMASK)
+                entry = os.path.join(parent, name)
+                if not os.path.islink(entry):
+                    os.chmod(entry, mode & ~_UMASK)
 
 
 _TEMP_STEM_BYTES = 100
@@ -406,7 +406,7 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], None], *, o
         write_fn(temp)
         with open(temp, "rb+") as written:
             os.fsync(written.fileno())
-        os.chmod(temp, 0o666 & ~_UMASK)
+        set_default_permissions(temp)
         if not overwrite and path.exists():
             raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
         os.replace(temp, path)
@@ -446,7 +446,8 @@ def list_images(inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
                 recursive: bool = True) -> list[tuple[Path, Path]]:
     """Expand files and folders into the image files to process, in a deterministic order.
 
-    A file given directly is taken whatever its suffix (loading reports a bad one). A folder
+    A path given directly that is not a folder (a file, a FIFO, a device) is taken whatever its suffix
+    (loading reports a bad one). A folder
     contributes its files whose suffix (case-insensitive) is in :func:`image_extensions`, skipping
     hidden files and folders (names starting with ``.``, e.g. temporary files of :func:`atomic_write`);
     symlinked folders inside it are not followed; symlinked files are listed under their own name.
@@ -474,7 +475,7 @@ def list_images(inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
         if not root.exists():
             raise FileNotFoundError(f"{root}: input does not exist")
         root = Path(os.path.abspath(root))
-        candidates = [(root, Path(root.name))] if root.is_file() else _folder_images(root, suffixes, recursive)
+        candidates = _folder_images(root, suffixes, recursive) if root.is_dir() else [(root, Path(root.name))]
         for absolute, relative in candidates:
             if absolute not in seen:
                 seen.add(absolute)

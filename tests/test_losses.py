@@ -74,7 +74,7 @@ def test_lpips_without_backbone_is_disabled_with_warning(tmp_path, monkeypatch, 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="alphavae.losses"):
         assert losses.build_lpips() is None
-    assert "LPIPS disabled" in caplog.text
+    assert "LPIPS disabled" in caplog.text and "--set loss.lpips_backbone_path=PATH" in caplog.text
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         losses.build_lpips(tmp_path / "missing.pth")
 
@@ -132,12 +132,14 @@ class _CountingVAE(torch.nn.Module):
 def test_ref_kl_inactive_never_calls_reference():
     vae, pixels, noise = _objective_inputs()
     reference = _CountingVAE(tiny_rgb_vae("flux"))
-    for weight, force, expected_calls in ((0.0, False, 0), (1e-16, False, 0), (1e-16, True, 1), (1e-3, False, 2)):
+    # (weight, force, encodes by the reference): forced at weight 0 there is still nothing to compute
+    for weight, force, calls in ((0.0, False, 0), (1e-16, False, 0), (1e-16, True, 1), (1e-3, False, 1), (0.0, True, 0)):
         config = LossConfig(lpips_weight=0, gan_weight=0, ref_kl_weight=weight, force_ref_kl=force)
         objective = Objective(config, reference_vae=reference, lpips_metric=None)
+        before = reference.calls
         _, logs, _ = objective.generator_loss(AutoencoderForward(vae), pixels, noise, step=0)
-        assert reference.calls == expected_calls
-        assert ("ref_kl" in logs) == (expected_calls > 0)
+        assert reference.calls - before == calls
+        assert ("ref_kl" in logs) == (calls > 0)
     with pytest.raises(ValueError, match="reference RGB VAE"):
         Objective(LossConfig(ref_kl_weight=1.0), lpips_metric=None)
 
@@ -202,6 +204,11 @@ def test_gan_term_and_discriminator_step(disc_input):
     disc_loss, disc_logs = objective.discriminator_loss(disc, pixels, reconstruction, backgrounds)
     disc_loss.backward()
     assert all(p.grad is not None for p in disc.parameters()) and disc_logs["disc"] >= 0
+    with pytest.raises(ValueError, match="last_layer"):
+        objective.generator_loss(AutoencoderForward(vae), pixels, noise, step=2, backgrounds=backgrounds)
+    if disc_input == "composite":
+        with pytest.raises(ValueError, match="backgrounds"):
+            objective.discriminator_loss(disc, pixels, reconstruction)
 
 
 def test_composite_discriminator_view_hides_colour_under_zero_alpha():

@@ -68,12 +68,30 @@ def test_shipped_configs_are_the_paper_settings():
         load_config("vae_missing")
 
 
+def test_overrides_are_read_as_the_fields_types():
+    config = load_config("vae_main", ["optim.disc_lr=1e-5", "loss.background_mean=[1e-2, 0, 0]",
+                                      "optim.betas=[0.5, 0.99]", "optim.max_grad_norm=null", "optim.max_steps=1000.0",
+                                      "mixed_precision=no", "model.vae=123"])
+    assert config.optim.disc_lr == 1e-5 and isinstance(config.optim.disc_lr, float)
+    assert config.loss.background_mean == (0.01, 0.0, 0.0) and config.optim.betas == (0.5, 0.99)
+    assert config.optim.max_grad_norm is None and config.optim.max_steps == 1000 and config.mixed_precision == "no"
+    assert config.model.vae == "123"
+    refused = {"optim.disc_lr=abc": "optim.disc_lr: cannot read 'abc' as float",
+               "optim.betas=0.5": "give a list", "optim.betas=[0.5]": "expected 2 items",
+               "loss.background_mean=[a, 0, 0]": r"loss.background_mean\[0\]", "loss.force_ref_kl=3": "true or false",
+               "optim.max_steps=1.5": "as int", "optim.lr=null": "optim.lr: cannot read None", "data.source=[1]": "as str"}
+    for override, message in refused.items():
+        with pytest.raises(ValueError, match=message):
+            load_config("vae_main", [override])
+
+
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
 def test_each_paper_config_trains(assets, tmp_path, name):
-    config = load_config(name, _overrides(assets))
+    config = load_config(name, _overrides(assets, **{"loss.force_ref_kl": True}))  # computed despite 1e-16
     result = train_vae(config, tmp_path / "run")
     assert [entry["step"] for entry in result.history] == [1, 2]
     logged = set(result.history[-1])
+    assert ("ref_kl" in logged) == (name != "vae_no_ref_kl")
     assert ("lpips" in logged) == (name != "vae_no_lpips")
     assert ("kl" in logged) == (name != "vae_no_norm_kl")
     assert ("gan" in logged) == (name != "vae_no_gan")
@@ -104,6 +122,29 @@ def test_killed_run_resumed_by_cli_matches_uninterrupted_run(assets, tmp_path):
     assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)
     with pytest.raises(FileExistsError, match="--resume latest"):
         train_vae(config, tmp_path / "full")
+
+
+def test_validation_sees_the_exported_ema_weights(assets, tmp_path, monkeypatch):
+    import alphavae.train.loop as loop
+
+    validated, trained = [], []
+    validate, export = loop.validate, loop._export
+
+    def recording_validate(vae, *args):
+        validated.append(vae.decoder.conv_out.weight.detach().clone())
+        return validate(vae, *args)
+
+    def recording_export(vae, *args):
+        trained.append(vae.decoder.conv_out.weight.detach().clone())
+        return export(vae, *args)
+
+    monkeypatch.setattr(loop, "validate", recording_validate)
+    monkeypatch.setattr(loop, "_export", recording_export)
+    config = load_config("vae_no_gan", _overrides(assets, **{"optim.max_steps": 3, "ema": True, "ema_decay": 0.5}))
+    result = train_vae(config, tmp_path / "run")
+    exported = _weights(result.final_dir)["decoder.conv_out.weight"]
+    assert len(validated) == 1 and torch.equal(validated[0], exported)  # the EMA weights, as exported
+    assert not torch.equal(trained[0], exported)  # the training weights were restored after validation
 
 
 @pytest.mark.slow
@@ -212,6 +253,9 @@ def test_alphavae_mini_recipes_parse(recipe):
     config = load_config(MINI_RECIPES / f"{recipe}.yaml")
     assert config.model.in_channels == (3 if recipe == "stage1_rgb" else 4)
     assert config.loss.reconstruction == ("abmse" if recipe in ("stage2_rgba", "preliminary_rgba") else "mse")
+    # as the shipped runs trained (model card): no LPIPS (no AlexNet weights here), recorded autocast
+    assert config.loss.lpips_weight == 0
+    assert config.mixed_precision == ("no" if recipe.startswith("stage2") else "bf16")
 
 
 def test_native_resolution_crops_from_scratch(assets, tmp_path):

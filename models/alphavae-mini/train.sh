@@ -54,6 +54,11 @@ latest_step() {  # run-name -> step of its newest checkpoint (0 if none)
 stage2() {  # config run-name
     local train=(alphavae train-vae --config "$recipe/$1" --vae "$runs/stage1/final" --data "$data/manifest.jsonl"
                  -o "$runs/$2" --resume latest)
+    # Steps 1-1,700 ran with bf16 autocast (the configs' float32 is what every later step used).
+    local bf16_steps=$((stage2_crop_steps < 1700 ? stage2_crop_steps : 1700))
+    if [ "$(latest_step "$2")" -lt "$bf16_steps" ]; then
+        "${train[@]}" --set optim.max_steps="$bf16_steps" --set mixed_precision=bf16 >> "$runs/$2.log" 2>&1
+    fi
     if [ "$(latest_step "$2")" -lt "$stage2_crop_steps" ]; then
         "${train[@]}" --set optim.max_steps="$stage2_crop_steps" >> "$runs/$2.log" 2>&1
     fi

@@ -93,11 +93,39 @@ def squared_error(target: torch.Tensor, prediction: torch.Tensor) -> torch.Tenso
     return _sum_mean((target - prediction) ** 2)
 
 
-def estimate_background_moments(folder_or_files: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel ``E[b]`` and ``E[b^2]`` of background images in [-1, 1] space, for ``abmse``.
+def background_moments(images: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+    """Per-channel ``E[b]`` and ``E[b^2]`` over every pixel of ``images``, for ``abmse``'s background distribution.
 
-    Every pixel of every image counts once (images are composited over black first if they carry
-    alpha). The reference constants came from ImageNet pixel statistics the same way.
+    Images with alpha are composited over black first. The reference constants came from ImageNet pixel
+    statistics the same way (paper Sec. 4.2, ``REFERENCE_BACKGROUND_MEAN``/``_SQUARE``).
+
+    Args:
+        images: tensors ``(C, H, W)`` or ``(1, C, H, W)``, RGB or straight RGBA (C = 3 or 4) in [-1, 1];
+            any sizes (a generator is consumed once).
+
+    Returns:
+        ``((m_r, m_g, m_b), (s_r, s_g, s_b), images counted)``: means in [-1, 1], second moments in [0, 1].
+
+    Raises:
+        ValueError: if ``images`` is empty.
+    """
+    total = torch.zeros(3, dtype=torch.float64)
+    total_square = torch.zeros(3, dtype=torch.float64)
+    pixels = count = 0
+    for image in images:
+        image = image if image.dim() == 4 else image[None]
+        rgb = (io.composite(image, "black") if image.shape[1] == 4 else image)[0].double()
+        total += rgb.sum(dim=(1, 2))
+        total_square += (rgb**2).sum(dim=(1, 2))
+        pixels += rgb.shape[1] * rgb.shape[2]
+        count += 1
+    if not count:
+        raise ValueError("no background images to estimate E[b] and E[b^2] from")
+    return tuple((total / pixels).tolist()), tuple((total_square / pixels).tolist()), count
+
+
+def estimate_background_moments(folder_or_files: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``background_moments`` of the image files in a folder (or files), for ``LossConfig.background_mean``/``_square``.
 
     Args:
         folder_or_files: a folder (searched recursively, ``alphavae.io.list_images``), a file or a list of both.
@@ -107,20 +135,13 @@ def estimate_background_moments(folder_or_files: str | os.PathLike | Iterable[st
 
     Raises:
         ValueError: if no image was found. FileNotFoundError for a missing input;
-            ``alphavae.io.ImageLoadError`` for an unreadable file.
+            ``alphavae.io.ImageLoadError`` for an unreadable file (``alphavae background-moments`` skips those).
     """
     files = [path for path, _ in io.list_images(folder_or_files)]
     if not files:
         raise ValueError(f"no background images found in {folder_or_files}")
-    total = torch.zeros(3, dtype=torch.float64)
-    total_square = torch.zeros(3, dtype=torch.float64)
-    count = 0
-    for path in files:
-        rgb = io.composite(io.load_rgba(path)[None], "black")[0].double()
-        total += rgb.sum(dim=(1, 2))
-        total_square += (rgb**2).sum(dim=(1, 2))
-        count += rgb.shape[1] * rgb.shape[2]
-    return tuple((total / count).tolist()), tuple((total_square / count).tolist())
+    mean, square, _ = background_moments(io.load_rgba(path) for path in files)
+    return mean, square
 
 
 def _torchvision_alexnet_cache() -> Path:
@@ -158,8 +179,9 @@ def build_lpips(backbone_path: str | os.PathLike | None = None, *, random_backbo
     path = Path(backbone_path) if backbone_path is not None else _torchvision_alexnet_cache()
     if not random_backbone and not path.is_file():
         logger.warning(
-            "LPIPS disabled: no AlexNet backbone weights (looked for %s); pass lpips_backbone_path "
-            "(a torchvision alexnet state dict) to enable the LPIPS term", path)
+            "LPIPS disabled: no AlexNet backbone weights (looked for %s); to enable the LPIPS term, give a "
+            "torchvision alexnet state dict with --set loss.lpips_backbone_path=PATH (LossConfig.lpips_backbone_path) "
+            "or put it in that cache", path)
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torchvision's "pretrained is deprecated" from lpips
@@ -185,6 +207,11 @@ def composite_lpips(metric: nn.Module, target: torch.Tensor, prediction: torch.T
     Returns:
         Scalar: per-image LPIPS broadcast over its ``3 * H * W`` pixel values and summed (LDM reduction),
         mean over backgrounds and batch.
+
+    Raises:
+        ValueError: from ``alphavae.io.composite`` for a background it cannot read.
+        RuntimeError: from the AlexNet backbone for images smaller than about 31 px on a side (its pooling
+            stages leave no pixels).
     """
     pixels_per_sample = 3 * target.shape[-2] * target.shape[-1]
     if target.shape[1] == 3:
@@ -196,8 +223,18 @@ def composite_lpips(metric: nn.Module, target: torch.Tensor, prediction: torch.T
 def kl_divergence(posterior: DiagonalGaussianDistribution, reference: DiagonalGaussianDistribution | None = None) -> torch.Tensor:
     """KL(posterior || reference), or KL(posterior || N(0, I)) when ``reference`` is None (diffusers ``.kl``).
 
+    The normal KL of LDM/the paper (Sec. 4.2, weight 1e-6) and, with a reference, Ref-KL (Sec. 4.2).
+
+    Args:
+        posterior: diagonal Gaussian over latents ``(B, latent_channels, h, w)`` (``parameters``: mean and
+            log-variance concatenated, ``(B, 2 * latent_channels, h, w)``).
+        reference: a posterior of the same shape (the frozen source VAE's), or ``None`` for N(0, I).
+
     Returns:
-        Scalar: per-sample sum over latent elements, mean over the batch (nats).
+        Scalar >= 0: per-sample sum over latent elements, mean over the batch (nats).
+
+    Raises:
+        RuntimeError: from torch when the two posteriors' shapes do not broadcast.
     """
     return posterior.kl(reference).mean()
 
@@ -285,7 +322,7 @@ class LossConfig:
         kl_weight: weight of KL to N(0, I) (1e-6).
         ref_kl_weight: weight of Ref-KL (1e-16).
         ref_kl_inert_below: Ref-KL is skipped when its weight is <= this (see ``Objective``).
-        force_ref_kl: compute Ref-KL even when its weight is inert.
+        force_ref_kl: compute Ref-KL even when its weight is inert (never at weight 0).
         gan_weight: base discriminator weight multiplied by the adaptive weight (LDM default 0.5).
         gan_start: first optimiser step with the GAN term and discriminator updates (4000).
         disc_input: ``"rgba"`` (paper: raw 4 channels) or ``"composite"`` (alpha-aware: both images over the
@@ -360,7 +397,8 @@ class Objective(nn.Module):
 
     Inactive terms cost nothing: LPIPS is skipped at weight 0 or without backbone weights; KL at weight 0;
     the GAN before ``gan_start`` or at weight 0. **Ref-KL** (two composite encodes by the trained model and
-    two by the frozen reference) runs only when ``ref_kl_weight > ref_kl_inert_below`` or ``force_ref_kl``.
+    two by the frozen reference) runs only when ``ref_kl_weight > ref_kl_inert_below``, or ``ref_kl_weight > 0``
+    with ``force_ref_kl``.
     Why a weight of 1e-16 is treated as inert by default: a term only reaches fp32 parameters through its
     gradient, which is added to the other terms' gradient; fp32 addition drops a summand below half an ulp
     (about 6e-8 relative) of the total, and a ``1e-16``-weighted KL gradient is many orders of magnitude under
@@ -388,7 +426,8 @@ class Objective(nn.Module):
         if lpips_metric == "from_config":
             lpips_metric = build_lpips(config.lpips_backbone_path) if config.lpips_weight > 0 else None
         self.lpips = lpips_metric
-        self.use_ref_kl = in_channels == 4 and (config.force_ref_kl or config.ref_kl_weight > config.ref_kl_inert_below)
+        self.use_ref_kl = in_channels == 4 and config.ref_kl_weight > 0 and (
+            config.force_ref_kl or config.ref_kl_weight > config.ref_kl_inert_below)
         if self.use_ref_kl and reference_vae is None:
             raise ValueError("Ref-KL is active (loss.ref_kl_weight) but no reference RGB VAE was given")
         self.reference_vae = reference_vae.eval().requires_grad_(False) if self.use_ref_kl else None
@@ -412,6 +451,8 @@ class Objective(nn.Module):
         """What the discriminator sees: raw pixels, or composites over per-sample backgrounds ``(B, 3)``."""
         if self.in_channels == 3 or self.config.disc_input == "rgba":
             return pixels
+        if backgrounds is None:
+            raise ValueError("loss.disc_input 'composite' needs per-sample backgrounds (B, 3) in [-1, 1]")
         return io.composite(pixels, backgrounds.to(pixels)[:, :, None, None].expand(-1, -1, *pixels.shape[-2:]))
 
     def _ref_kl(self, model: Callable, pixels: torch.Tensor, noise: torch.Tensor):
@@ -440,8 +481,14 @@ class Objective(nn.Module):
 
         Returns:
             ``(loss scalar, {term name: float}, reconstruction (B, C, H, W))``; logged terms are unweighted.
+
+        Raises:
+            ValueError: the GAN is active at ``step`` but ``last_layer`` is ``None``, or ``disc_input`` is
+                ``"composite"`` and ``backgrounds`` is ``None``.
         """
         cfg = self.config
+        if self.gan_active(step) and last_layer is None:
+            raise ValueError(f"the GAN term is active at step {step}: pass last_layer (decoder.conv_out.weight)")
         logs: dict[str, float] = {}
         pixels = self._visible(pixels)
         if self.use_ref_kl:
@@ -485,6 +532,9 @@ class Objective(nn.Module):
 
         Returns:
             ``(loss scalar, {"disc": float, "logits_real": float, "logits_fake": float})``.
+
+        Raises:
+            ValueError: ``disc_input`` is ``"composite"`` and ``backgrounds`` is ``None``.
         """
         real = discriminator(self._disc_view(self._visible(pixels), backgrounds)).float()
         fake = discriminator(self._disc_view(reconstruction.detach(), backgrounds)).float()

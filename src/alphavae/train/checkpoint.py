@@ -49,7 +49,20 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | os.PathLike, state:
     """Save the accelerate state and ``state`` (must hold ``"step"``) as ``checkpoints/step-XXXXXXXX``.
 
     Called on every process (accelerate saves per-process RNG states); the main process renames the
-    finished folder into place and deletes all but the newest ``keep`` checkpoints. Returns the folder.
+    finished folder into place and deletes all but the newest ``keep`` checkpoints.
+
+    Args:
+        accelerator: the run's ``accelerate.Accelerator`` (models, optimisers and registered objects prepared).
+        run_dir: the run folder; the checkpoint goes to ``run_dir/checkpoints``.
+        state: JSON-serialisable trainer state with ``"step"`` (completed optimiser steps, int).
+        keep: newest checkpoints kept (0 or less keeps all).
+
+    Returns:
+        The checkpoint folder ``run_dir/checkpoints/step-XXXXXXXX``.
+
+    Raises:
+        KeyError: ``state`` has no ``"step"``. TypeError: ``state`` is not JSON-serialisable.
+        OSError: the folder cannot be written (disk full, permissions); the previous checkpoints are kept.
     """
     folder = Path(run_dir) / "checkpoints"
     final = folder / f"step-{state['step']:08d}"
@@ -71,6 +84,18 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | os.PathLike, state:
 
 
 def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> dict:
-    """Restore the accelerate state from ``checkpoint`` (on every process) and return its JSON state."""
+    """Restore the accelerate state from ``checkpoint`` (on every process) and return its JSON state.
+
+    Args:
+        accelerator: prepared with the same models, optimisers and registered objects as when saved.
+        checkpoint: a folder written by ``save_checkpoint``.
+
+    Returns:
+        The trainer state dict saved with it (``{"step": int, ...}``).
+
+    Raises:
+        FileNotFoundError: the folder or its ``trainer_state.json`` is missing (from accelerate or here).
+        RuntimeError: from torch when the saved tensors do not fit the prepared models (another architecture).
+    """
     accelerator.load_state(str(checkpoint))
     return json.loads((Path(checkpoint) / STATE_FILE).read_text(encoding="utf-8"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from importlib import resources
 from pathlib import Path
 
@@ -119,7 +120,7 @@ class TrainConfig:
         mixed_precision: ``"auto"`` (bf16 autocast on a CUDA GPU with bf16 or a CPU with AMX-BF16, float32
             elsewhere; ``alphavae.accel.autocast_precision``), ``"no"``, ``"bf16"`` or ``"fp16"`` (accelerate
             autocast; weights stay fp32).
-        ema: keep an EMA of the weights (``diffusers.training_utils.EMAModel``); exported as ``final/``.
+        ema: keep an EMA of the weights (``diffusers.training_utils.EMAModel``); validated and exported as ``final/``.
         ema_decay: EMA decay per optimiser step.
         checkpoint_every: optimiser steps between checkpoints (``checkpoints/step-XXXXXXXX``).
         keep_checkpoints: newest checkpoints kept.
@@ -204,35 +205,71 @@ def _read_layers(name_or_path: str | os.PathLike, seen: tuple[Path, ...] = ()) -
     return merged
 
 
-def _coerce(current, value, key: str):
-    """Convert ``value`` to the type of the field's current value (YAML reads ``1e-6`` as a string)."""
-    if isinstance(current, bool) or current is None or isinstance(value, type(current)):
+def _coerce(hint, value, key: str):
+    """Convert ``value`` to the field's annotated type ``hint`` (YAML reads ``1e-6`` as a string).
+
+    Handles ``float``, ``int``, ``bool``, ``str``, ``X | None`` and ``tuple[...]`` annotations.
+
+    Raises:
+        ValueError: ``value`` cannot be read as ``hint`` (names ``key``).
+    """
+    def refuse(reason: str = ""):
+        return ValueError(f"config key {key}: cannot read {value!r} as {_type_name(hint)}{reason}")
+
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        (hint,) = [arg for arg in args if arg is not type(None)]
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise refuse(" (give a list, e.g. [0.5, 0.9])")
+        if args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise refuse(f" (expected {len(args)} items)")
+            return tuple(_coerce(arg, item, f"{key}[{i}]") for i, (arg, item) in enumerate(zip(args, value)))
+        return tuple(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise refuse(" (use true or false)")
         return value
-    try:
-        if isinstance(current, float) and isinstance(value, (int, str)):
-            return float(value)
-        if isinstance(current, int) and isinstance(value, str):
-            return int(value)
-    except ValueError as err:
-        raise ValueError(f"config key {key}: cannot read {value!r} as {type(current).__name__}") from err
-    return value
+    if hint in (float, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise refuse()
+        try:
+            number = hint(value)
+        except ValueError as err:
+            raise refuse() from err
+        if hint is int and isinstance(value, float) and value != number:
+            raise refuse()
+        return number
+    if hint is str:
+        if isinstance(value, (list, dict)):
+            raise refuse()
+        # numbers become text; YAML's bare no/yes (booleans) stay for the section to read (mixed_precision)
+        return value if isinstance(value, (str, bool)) else str(value)
+    return value  # untyped ``tuple`` fields (loss.lpips_backgrounds), checked where they are used
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint).replace("typing.", "")
 
 
 def _build(cls, values: dict, prefix: str = ""):
-    """Instantiate dataclass ``cls`` from a nested dict, rejecting unknown keys."""
-    defaults = cls()
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    """Instantiate dataclass ``cls`` from a nested dict, rejecting unknown keys and mistyped values."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
             raise ValueError(f"unknown config key {prefix}{key}; valid: {', '.join(sorted(fields))}")
-        current = getattr(defaults, key)
-        if dataclasses.is_dataclass(current):
+        if dataclasses.is_dataclass(hints[key]):
             if not isinstance(value, dict):
                 raise ValueError(f"config key {prefix}{key} is a section; give a mapping")
-            kwargs[key] = _build(type(current), value, f"{prefix}{key}.")
+            kwargs[key] = _build(hints[key], value, f"{prefix}{key}.")
         else:
-            kwargs[key] = _coerce(current, value, prefix + key)
+            kwargs[key] = _coerce(hints[key], value, prefix + key)
     return cls(**kwargs)
 
 

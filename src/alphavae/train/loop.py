@@ -268,6 +268,19 @@ def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
     return loader, val_pixels, failed
 
 
+def _validate_exported(vae: AutoencoderKL, ema: EMAModel | None, pixels: torch.Tensor, step: int, run_dir: Path,
+                       accelerator: Accelerator) -> dict:
+    """``validate`` the weights ``final/`` would hold: the EMA weights when kept (the training ones restored after)."""
+    if ema is None:
+        return validate(vae, pixels, step, run_dir, accelerator)
+    ema.store(vae.parameters())
+    ema.copy_to(vae.parameters())
+    try:
+        return validate(vae, pixels, step, run_dir, accelerator)
+    finally:
+        ema.restore(vae.parameters())
+
+
 def _export(vae: AutoencoderKL, ema: EMAModel | None, config: TrainConfig, run_dir: Path) -> Path:
     """Save ``RUN_DIR/final`` (diffusers ``save_pretrained``, safetensors; EMA weights if kept) + config."""
     final = run_dir / "final"
@@ -344,6 +357,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
                                                lc.disc_layers)
     objective = Objective(lc, in_channels=config.model.in_channels, reference_vae=reference,
                           discriminator=discriminator).to(accelerator.device)
+    del reference  # the objective keeps it only while Ref-KL is active
 
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
                                   weight_decay=config.optim.weight_decay, eps=config.optim.eps)
@@ -442,7 +456,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             save_checkpoint(accelerator, run_dir, {"step": completed, "nonfinite_streak": streak}, config.keep_checkpoints)
         if val_pixels is not None and (completed == config.optim.max_steps
                                        or (config.validate_every and completed % config.validate_every == 0)):
-            accelerator.log(validate(vae, val_pixels, completed, run_dir, accelerator), step=completed)
+            accelerator.log(_validate_exported(vae, ema, val_pixels, completed, run_dir, accelerator), step=completed)
         if stop_after is not None and completed >= stop_after:
             progress.close()
             accelerator.end_training()

@@ -10,7 +10,8 @@ import argparse
 import importlib
 import sys
 
-COMMANDS: tuple[str, ...] = ("convert", "reconstruct", "latent_factors", "data", "eval", "diffusion", "train_vae")
+COMMANDS: tuple[str, ...] = ("convert", "reconstruct", "latent_factors", "data", "eval", "diffusion", "train_vae",
+                             "background_moments")
 
 
 def positive_int(text: str) -> int:

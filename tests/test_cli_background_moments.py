@@ -1,0 +1,50 @@
+"""Tests for the ``alphavae background-moments`` command and ``alphavae.losses.background_moments``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alphavae.cli import main
+from alphavae.losses import background_moments, estimate_background_moments
+from alphavae.train import load_config
+
+
+def test_moments_of_known_pixels():
+    red_half_transparent = torch.tensor([1.0, -1.0, -1.0, 0.0])[:, None, None].expand(4, 2, 2)  # alpha 0.5
+    grey = torch.zeros(1, 3, 2, 6)  # RGB, three times the pixels
+    mean, square, count = background_moments(iter([red_half_transparent, grey]))
+    # over black, 50 % red is (0, -1, -1); a quarter of the pixels are that, the rest 0
+    assert count == 2 and mean == pytest.approx((0.0, -0.25, -0.25)) and square == pytest.approx((0.0, 0.25, 0.25))
+    with pytest.raises(ValueError, match="no background images"):
+        background_moments([])
+
+
+def test_command_prints_moments_usable_by_train_vae_and_skips_bad_files(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 256, (8 + index, 12, 3), dtype=np.uint8), "RGB").save(tmp_path / f"bg{index}.png")
+    expected_mean, expected_square = estimate_background_moments(tmp_path)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+
+    assert main(["background-moments", str(tmp_path)]) == 1  # the broken file is skipped, named, and fails the run
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert printed["images"] == 3
+    assert printed["background_mean"] == pytest.approx(expected_mean)
+    assert printed["background_square"] == pytest.approx(expected_square)
+    assert f"skipped: {tmp_path / 'broken.png'}" in captured.err
+    overrides = captured.err.split("for train-vae: ")[1].splitlines()[0].split("--set ")[1:]
+    loss = load_config("vae_main", [o.strip() for o in overrides]).loss
+    assert loss.background_mean == pytest.approx(expected_mean, abs=1e-4)
+    assert loss.background_square == pytest.approx(expected_square, abs=1e-4)
+
+    (tmp_path / "broken.png").unlink()
+    assert main(["background-moments", str(tmp_path), "--limit", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 2
+    assert main(["background-moments", str(tmp_path / "missing")]) == 1
+    assert "missing: input does not exist" in capsys.readouterr().err

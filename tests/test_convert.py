@@ -118,6 +118,7 @@ def test_bad_local_sources_fail_fast_with_one_line(tmp_path, capsys, monkeypatch
     (tmp_path / "pipe").mkdir()
     (tmp_path / "pipe" / "model_index.json").write_text("{}")
     for src, words in [("missing", "does not exist"), ("./a/b/c", "does not exist"), ("unet", "UNet2DModel"),
+                       ("empty/typo", "does not exist"),  # org/name shape, but "empty" is a local folder
                        ("empty", "config.json"), ("noweights", "weights"), ("pipe", "--subfolder")]:
         assert main(["convert", src, "out"]) == 1
         err = capsys.readouterr().err.strip()

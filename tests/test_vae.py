@@ -291,3 +291,23 @@ def test_fitted_latent_factors_give_unit_variance_diffusion_latents():
     generator = torch.Generator().manual_seed(1)  # the same posterior samples as the fit
     same = torch.cat([vae.encode(x[None]).sample(generator=generator).flatten() for x in images])
     assert scale_only["scaling_factor"] == pytest.approx(1 / same.double().square().mean().sqrt().item(), rel=1e-6)
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    """The README's Python block, as written, on the shipped model (outputs go to a temporary folder)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "examples").symlink_to(root / "examples")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    source = Image.open(root / "examples/images/emoji3d/shadows-glows/1f68a.png")
+    with Image.open(tmp_path / "recon.png") as written:
+        assert written.mode == "RGBA" and written.size == source.size
+    assert namespace["over_white"].shape == (1, 3, source.height, source.width)
+    assert not namespace["recon"].requires_grad

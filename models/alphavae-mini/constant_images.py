@@ -2,8 +2,9 @@
 
     python models/alphavae-mini/constant_images.py [VAE_DIR]    # default: the shipped alphavae-mini
 
-Fully transparent 128² and 16² images, and flat opaque grey and red 128² images, are reconstructed (posterior
-mode, float32); prints the max / mean / min reconstructed alpha of each in 1/255 units (0 = transparent).
+Fully transparent 128² and 16² images, flat opaque grey and red 128² images, and flat semi-transparent red 128²
+images (alpha 180/255 and 64/255) are reconstructed (posterior mode, float32); prints the max / mean / min
+reconstructed alpha of each in 1/255 units (0 = transparent).
 """
 
 import sys
@@ -21,7 +22,9 @@ def constant_image(side: int, rgba: tuple[float, float, float, float]) -> torch.
 CASES = {"transparent 128²": constant_image(128, (-1, -1, -1, -1)),
          "transparent 16²": constant_image(16, (-1, -1, -1, -1)),
          "opaque grey 128²": constant_image(128, (0, 0, 0, 1)),
-         "opaque red 128²": constant_image(128, (0.6, -0.8, -0.8, 1))}
+         "opaque red 128²": constant_image(128, (0.6, -0.8, -0.8, 1)),
+         "red at alpha 180/255, 128²": constant_image(128, (0.6, -0.8, -0.8, 180 / 127.5 - 1)),
+         "red at alpha 64/255, 128²": constant_image(128, (0.6, -0.8, -0.8, 64 / 127.5 - 1))}
 
 if __name__ == "__main__":
     vae = RGBAVAE.from_pretrained(sys.argv[1] if len(sys.argv) > 1 else None, dtype="float32")

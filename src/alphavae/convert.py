@@ -202,9 +202,10 @@ def check_invariant(source: AutoencoderKL, rgba: AutoencoderKL, *, sizes=((64, 6
 
 
 def _looks_like_model_id(text: str) -> bool:
-    """True for ``"org/name"`` model ids: exactly one slash, not starting with ``.``, ``/`` or ``~``."""
+    """True for ``"org/name"`` model ids: exactly one slash, not starting with ``.``, ``/`` or ``~``, and no
+    local folder named ``org`` (then ``org/name`` is a mistyped path, e.g. ``models/nope``)."""
     parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~")) and not Path(parts[0]).is_dir()
 
 
 def _check_local_model(folder: Path) -> None:
@@ -231,7 +232,7 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
     """Load a float32 diffusers ``AutoencoderKL`` (eval mode) from a local folder or a model id.
 
     Wraps ``AutoencoderKL.from_pretrained``. Anything that exists locally, or does not look like an
-    ``org/name`` model id, is treated as a local folder and checked first (folder exists, has an
+    ``org/name`` model id (``org`` a local folder counts as a path), is treated as a local folder and checked first (folder exists, has an
     AutoencoderKL ``config.json`` and weights), so a mistyped path fails at once instead of waiting
     on network retries; only ``org/name`` ids that are not local folders are looked up (network access).
     Raises:

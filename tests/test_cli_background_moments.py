@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -38,8 +39,8 @@ def test_command_prints_moments_usable_by_train_vae_and_skips_bad_files(tmp_path
     assert printed["background_mean"] == pytest.approx(expected_mean)
     assert printed["background_square"] == pytest.approx(expected_square)
     assert f"skipped: {tmp_path / 'broken.png'}" in captured.err
-    overrides = captured.err.split("for train-vae: ")[1].splitlines()[0].split("--set ")[1:]
-    loss = load_config("vae_main", [o.strip() for o in overrides]).loss
+    words = shlex.split(captured.err.split("for train-vae: ")[1].splitlines()[0])  # as a shell reads the hint
+    loss = load_config("vae_main", words[1::2]).loss
     assert loss.background_mean == pytest.approx(expected_mean, abs=1e-4)
     assert loss.background_square == pytest.approx(expected_square, abs=1e-4)
 

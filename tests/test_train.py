@@ -17,7 +17,7 @@ from test_losses import _one_thread  # noqa: F401  (autouse: one torch thread fo
 from alphavae import io, losses
 from alphavae.cli import main
 from alphavae.testing import tiny_rgb_vae, tiny_vae_config
-from alphavae.train import NonFiniteLossError, load_config, shipped_configs, train_vae
+from alphavae.train import NonFiniteLossError, load_config, save_config, shipped_configs, train_vae
 
 PAPER_CONFIGS = ["vae_main", "vae_no_norm_kl", "vae_no_ref_kl", "vae_no_gan", "vae_no_lpips", "vae_naive_mse"]
 
@@ -71,15 +71,21 @@ def test_shipped_configs_are_the_paper_settings():
 def test_overrides_are_read_as_the_fields_types():
     config = load_config("vae_main", ["optim.disc_lr=1e-5", "loss.background_mean=[1e-2, 0, 0]",
                                       "optim.betas=[0.5, 0.99]", "optim.max_grad_norm=null", "optim.max_steps=1000.0",
-                                      "mixed_precision=no", "model.vae=123"])
+                                      "mixed_precision=no", "model.vae=123", "model.ref_vae=no",
+                                      "loss.lpips_backgrounds=[black, [1, 2, 3]]"])
     assert config.optim.disc_lr == 1e-5 and isinstance(config.optim.disc_lr, float)
     assert config.loss.background_mean == (0.01, 0.0, 0.0) and config.optim.betas == (0.5, 0.99)
     assert config.optim.max_grad_norm is None and config.optim.max_steps == 1000 and config.mixed_precision == "no"
-    assert config.model.vae == "123"
+    assert config.model.vae == "123" and config.model.ref_vae == "no"  # YAML 1.2: `no` is text, not False
+    assert config.loss.lpips_backgrounds == ("black", (1.0, 2.0, 3.0))
     refused = {"optim.disc_lr=abc": "optim.disc_lr: cannot read 'abc' as float",
                "optim.betas=0.5": "give a list", "optim.betas=[0.5]": "expected 2 items",
                "loss.background_mean=[a, 0, 0]": r"loss.background_mean\[0\]", "loss.force_ref_kl=3": "true or false",
-               "optim.max_steps=1.5": "as int", "optim.lr=null": "optim.lr: cannot read None", "data.source=[1]": "as str"}
+               "optim.max_steps=1.5": "as int", "optim.lr=null": "optim.lr: cannot read None", "data.source=[1]": "as str",
+               "optim.max_steps=.inf": "cannot read inf as int", "optim.lr=1" + "0" * 400: r"cannot read \d+\.\.\. as float",
+               "loss.kl_weight.x=1": "loss.kl_weight is a value, not a section", "data.crop=~": "cannot read None as str",
+               "loss.force_ref_kl=yes": "true or false", "loss.lpips_backgrounds=[]": "non-empty",
+               "loss.lpips_backgrounds=[black, [1, 2]]": r"\[1, 2\] is neither"}
     for override, message in refused.items():
         with pytest.raises(ValueError, match=message):
             load_config("vae_main", [override])
@@ -249,13 +255,15 @@ MINI_RECIPES = Path(__file__).resolve().parents[1] / "models" / "alphavae-mini"
 
 
 @pytest.mark.parametrize("recipe", ["stage1_rgb", "stage2_rgba", "stage2_naive_mse", "preliminary_rgba"])
-def test_alphavae_mini_recipes_parse(recipe):
+def test_alphavae_mini_recipes_parse(recipe, tmp_path):
     config = load_config(MINI_RECIPES / f"{recipe}.yaml")
     assert config.model.in_channels == (3 if recipe == "stage1_rgb" else 4)
     assert config.loss.reconstruction == ("abmse" if recipe in ("stage2_rgba", "preliminary_rgba") else "mse")
     # as the shipped runs trained (model card): no LPIPS (no AlexNet weights here), recorded autocast
     assert config.loss.lpips_weight == 0
     assert config.mixed_precision == ("no" if recipe.startswith("stage2") else "bf16")
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == config  # what a run writes as RUN/config.yaml loads back equal
 
 
 def test_native_resolution_crops_from_scratch(assets, tmp_path):

@@ -76,8 +76,16 @@ stage2() {  # config run-name
     done
 }
 stage2 stage2_rgba.yaml stage2 &
+abmse=$!
 stage2 stage2_naive_mse.yaml stage2-naive &
-wait
+naive=$!
+failed=0
+wait "$abmse" || failed=1
+wait "$naive" || failed=1
+if [ "$failed" != 0 ]; then
+    echo "train.sh: a stage-2 run failed; see $runs/stage2.log and $runs/stage2-naive.log (rerun to resume)" >&2
+    exit 1
+fi
 
 # Diffusion latent factors (unit-variance latents) fitted on the validation split, then the test-split
 # metrics at 256² for both stage-2 models.

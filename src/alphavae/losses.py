@@ -317,7 +317,8 @@ class LossConfig:
         reconstruction_weight: weight of the reconstruction term.
         background_mean, background_square: ABMSE moments E[b], E[b^2] per channel in [-1, 1].
         lpips_weight: weight of composite LPIPS (0.5); 0 disables it.
-        lpips_backgrounds: composite backgrounds (names or 0-255 triples); default = reference.
+        lpips_backgrounds: composite backgrounds (names or 0-255 triples); default = reference (mid-grey,
+            white).
         lpips_backbone_path: torchvision AlexNet state dict; ``None`` = torchvision cache or disabled.
         kl_weight: weight of KL to N(0, I) (1e-6).
         ref_kl_weight: weight of Ref-KL (1e-16).
@@ -330,8 +331,9 @@ class LossConfig:
         disc_channels, disc_layers: PatchGAN width and depth.
 
     Raises:
-        ValueError: if ``reconstruction`` is not ``"abmse"``/``"mse"`` or ``disc_input`` is not
-            ``"rgba"``/``"composite"``.
+        ValueError: if ``reconstruction`` is not ``"abmse"``/``"mse"``, ``disc_input`` is not
+            ``"rgba"``/``"composite"``, or ``lpips_backgrounds`` is empty or holds something other than a name
+            of ``alphavae.io.BACKGROUNDS`` or an (r, g, b) triple in 0-255 (stored as a tuple).
     """
 
     reconstruction: str = "abmse"
@@ -356,6 +358,26 @@ class LossConfig:
             raise ValueError(f"loss.reconstruction must be 'abmse' or 'mse', got {self.reconstruction!r}")
         if self.disc_input not in ("rgba", "composite"):
             raise ValueError(f"loss.disc_input must be 'rgba' or 'composite', got {self.disc_input!r}")
+        self.lpips_backgrounds = _lpips_backgrounds(self.lpips_backgrounds)
+
+
+def _lpips_backgrounds(value) -> tuple:
+    """``loss.lpips_backgrounds`` as a non-empty tuple of names of ``io.BACKGROUNDS`` and ``(r, g, b)`` float
+    triples in 0-255; raises ValueError naming the bad entry."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"loss.lpips_backgrounds must be a non-empty list of background names or [r, g, b] "
+                         f"triples in 0-255, got {value!r}")
+    checked = []
+    for entry in value:
+        if isinstance(entry, str) and entry in io.BACKGROUNDS:
+            checked.append(entry)
+        elif (isinstance(entry, (list, tuple)) and len(entry) == 3
+              and all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 255 for c in entry)):
+            checked.append(tuple(float(c) for c in entry))
+        else:
+            raise ValueError(f"loss.lpips_backgrounds: {entry!r} is neither one of {', '.join(io.BACKGROUNDS)} "
+                             "nor an [r, g, b] triple in 0-255")
+    return tuple(checked)
 
 
 class AutoencoderForward(nn.Module):

@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps({"background_mean": mean, "background_square": square, "images": count}))
     as_list = lambda values: "[" + ",".join(f"{v:.4f}" for v in values) + "]"  # noqa: E731
-    print(f"{prog}: for train-vae: --set loss.background_mean={as_list(mean)} "
-          f"--set loss.background_square={as_list(square)}", file=sys.stderr)
+    print(f"{prog}: for train-vae: --set 'loss.background_mean={as_list(mean)}' "
+          f"--set 'loss.background_square={as_list(square)}'", file=sys.stderr)
     _report(prog, failed)
     return 1 if failed else 0
 

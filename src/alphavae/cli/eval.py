@@ -167,9 +167,9 @@ def run_eval_vae(args: argparse.Namespace) -> int:
     vae = RGBAVAE.from_pretrained(args.vae, dtype=args.dtype, device=args.device, tile_size=args.tile_size)
     source = None
     if args.source_vae is not None:
-        from diffusers import AutoencoderKL
+        from alphavae.convert import load_autoencoder
 
-        source = AutoencoderKL.from_pretrained(args.source_vae).to(args.device).eval()
+        source = load_autoencoder(args.source_vae).to(args.device)
     result = evaluate_vae(vae, args.data, protocol, _networks(args), source=source, worst_k=args.worst_k, plan=plan)
     return _finish(args, result)
 

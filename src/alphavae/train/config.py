@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from importlib import resources
 from pathlib import Path
@@ -16,6 +17,22 @@ import yaml
 
 from alphavae.accel import MIXED_PRECISIONS
 from alphavae.losses import LossConfig
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2 booleans: only true/false, so ``no``, ``yes``, ``on`` and ``off`` stay text
+    (``mixed_precision: no`` means "no", and a folder named ``no`` is not read as False)."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+                                   for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _load_yaml(text):
+    """Parse YAML text or a file handle with ``_Loader``."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 @dataclasses.dataclass
@@ -129,8 +146,8 @@ class TrainConfig:
         max_nonfinite: consecutive steps with a non-finite loss after which the run aborts.
 
     Raises:
-        ValueError: ``mixed_precision`` is not one of ``alphavae.accel.MIXED_PRECISIONS`` (YAML's bare
-            ``no``, read as ``False``, is accepted as ``"no"``), or ``model.in_channels`` is not 3 or 4.
+        ValueError: ``mixed_precision`` is not one of ``alphavae.accel.MIXED_PRECISIONS`` (``False`` is accepted
+            as ``"no"``), or ``model.in_channels`` is not 3 or 4.
     """
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -148,7 +165,7 @@ class TrainConfig:
     max_nonfinite: int = 10
 
     def __post_init__(self):
-        if self.mixed_precision is False:  # YAML 1.1 reads a bare `no` as false
+        if self.mixed_precision is False:  # from Python, or YAML read elsewhere (YAML 1.1: a bare `no` is false)
             self.mixed_precision = "no"
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
@@ -192,7 +209,7 @@ def _read_layers(name_or_path: str | os.PathLike, seen: tuple[Path, ...] = ()) -
     if path in seen:
         raise ValueError(f"{path}: circular 'base:' chain")
     with open(path, encoding="utf-8") as handle:
-        raw = yaml.safe_load(handle) or {}
+        raw = _load_yaml(handle) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a config must be a YAML mapping")
     base = raw.pop("base", None)
@@ -214,7 +231,8 @@ def _coerce(hint, value, key: str):
         ValueError: ``value`` cannot be read as ``hint`` (names ``key``).
     """
     def refuse(reason: str = ""):
-        return ValueError(f"config key {key}: cannot read {value!r} as {_type_name(hint)}{reason}")
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        return ValueError(f"config key {key}: cannot read {shown} as {_type_name(hint)}{reason}")
 
     args = typing.get_args(hint)
     if type(None) in args:  # X | None
@@ -239,17 +257,16 @@ def _coerce(hint, value, key: str):
             raise refuse()
         try:
             number = hint(value)
-        except ValueError as err:
+        except (ValueError, OverflowError) as err:  # int(inf), float(10**400)
             raise refuse() from err
         if hint is int and isinstance(value, float) and value != number:
             raise refuse()
         return number
     if hint is str:
-        if isinstance(value, (list, dict)):
+        if value is None or isinstance(value, (bool, list, dict)):
             raise refuse()
-        # numbers become text; YAML's bare no/yes (booleans) stay for the section to read (mixed_precision)
-        return value if isinstance(value, (str, bool)) else str(value)
-    return value  # untyped ``tuple`` fields (loss.lpips_backgrounds), checked where they are used
+        return value if isinstance(value, str) else str(value)  # numbers become text (a folder named 2024)
+    return value  # untyped ``tuple`` fields (loss.lpips_backgrounds): checked by their section
 
 
 def _type_name(hint) -> str:
@@ -274,10 +291,11 @@ def _build(cls, values: dict, prefix: str = ""):
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict, in place; returns it.
+    """Apply ``section.key=value`` strings (values parsed as YAML 1.2: only true/false are booleans) to a nested
+    dict, in place; returns it.
 
     Raises:
-        ValueError: an override without ``=``.
+        ValueError: an override without ``=``, or a key below a plain value (``loss.kl_weight.x``).
     """
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -285,9 +303,11 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             raise ValueError(f"override {item!r} must look like section.key=value")
         *sections, leaf = key.strip().split(".")
         node = values
-        for section in sections:
+        for depth, section in enumerate(sections):
             node = node.setdefault(section, {})
-        node[leaf] = yaml.safe_load(text)
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {'.'.join(sections[:depth + 1])} is a value, not a section")
+        node[leaf] = _load_yaml(text)
     return values
 
 

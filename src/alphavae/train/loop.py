@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from alphavae import io
 from alphavae.accel import autocast_precision
-from alphavae.convert import convert_to_rgba
+from alphavae.convert import convert_to_rgba, load_autoencoder
 from alphavae.data.datasets import RGBADataset, StepBatchSampler, item_generator
 from alphavae.losses import AutoencoderForward, Objective, PatchDiscriminator
 from alphavae.train.checkpoint import (
@@ -92,6 +92,8 @@ def load_models(model: ModelConfig, *, seed: int = 0) -> tuple[AutoencoderKL, Au
 
     Raises:
         ValueError: neither or both of ``vae`` / ``init_config``, or channels that do not fit.
+        FileNotFoundError, OSError: a model folder is missing or unloadable (``alphavae.convert.load_autoencoder``:
+            mistyped local paths fail at once, without a hub look-up).
     """
     if (model.vae is None) == (model.init_config is None):
         raise ValueError("give exactly one of model.vae (a diffusers folder) or model.init_config (a config.json)")
@@ -103,7 +105,7 @@ def load_models(model: ModelConfig, *, seed: int = 0) -> tuple[AutoencoderKL, Au
             vae = AutoencoderKL.from_config({**config, "in_channels": channels, "out_channels": channels})
         reference = None
     else:
-        vae = AutoencoderKL.from_pretrained(model.vae, torch_dtype=torch.float32)
+        vae = load_autoencoder(model.vae)
         source_channels = vae.config.in_channels
         if source_channels == 3 and channels == 4:
             vae, reference = convert_to_rgba(vae), vae
@@ -112,7 +114,7 @@ def load_models(model: ModelConfig, *, seed: int = 0) -> tuple[AutoencoderKL, Au
         else:
             raise ValueError(f"{model.vae}: a {source_channels}-channel VAE cannot be trained with model.in_channels={channels}")
     if model.ref_vae is not None:
-        reference = AutoencoderKL.from_pretrained(model.ref_vae, torch_dtype=torch.float32)
+        reference = load_autoencoder(model.ref_vae)
         if reference.config.in_channels != 3:
             raise ValueError(f"{model.ref_vae}: the Ref-KL reference must be an RGB (3-channel) VAE")
     return vae.train(), reference

@@ -118,6 +118,12 @@ def test_config_from_yaml(tmp_path):
     path.write_text("model: m\nranks: 3\n")
     with pytest.raises(ValueError, match="unknown settings"):
         LoraTrainConfig.from_yaml(path)
+    path.write_text("model: m\nvae: v\ndata: d\noutput_dir: o\nlearning_rate: 1e-4\nmixed_precision: no\n")
+    config = LoraTrainConfig.from_yaml(path)  # YAML 1.2 reading: a float and the text "no"
+    assert (config.learning_rate, config.mixed_precision) == (1e-4, "no")
+    path.write_text("model: m\nvae: v\ndata: d\noutput_dir: o\nrank: many\n")
+    with pytest.raises(ValueError, match="c.yaml: config key rank: cannot read 'many' as int"):
+        LoraTrainConfig.from_yaml(path)
 
 
 def test_hidden_colour_under_zero_alpha_does_not_change_training(setup, tmp_path):

@@ -31,6 +31,7 @@ from alphavae.diffusion.flow import TimestepSampling, flow_matching_loss, sample
 from alphavae.diffusion.lora import LORA_FILE, add_lora, lora_config, restore_lora, save_lora
 from alphavae.diffusion.pipeline import contact_sheet, generate_rgba, load_flux_pipeline
 from alphavae.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from alphavae.train.config import build_dataclass, read_yaml
 from alphavae.vae import RGBAVAE
 
 log = logging.getLogger(__name__)
@@ -157,16 +158,22 @@ class LoraTrainConfig:
         Raises:
             OSError: the file cannot be read (``FileNotFoundError`` when it does not exist).
             yaml.YAMLError: the file is not valid YAML.
-            ValueError: unknown keys in the file, or a value the class rejects (see the class).
+            ValueError: unknown keys in the file, a value that cannot be read as its setting's type (YAML 1.2:
+                ``mixed_precision: no`` is the text "no", ``1e-4`` a float), a top level that is not a mapping,
+                or a value the class rejects (see the class).
             TypeError: a required setting (``model``, ``vae``, ``data``, ``output_dir``) missing from
-                both file and ``overrides``, an unknown override name, or a value of a type the checks
-                cannot compare. A top level that is not a mapping raises TypeError or ValueError.
+                both file and ``overrides``.
         """
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        values = read_yaml(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a config must be a YAML mapping of settings")
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
-        return cls(**{**values, **overrides})
+        try:
+            return build_dataclass(cls, {**values, **overrides})
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
 
 
 @dataclass

@@ -30,8 +30,12 @@ _Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if
 _Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
-def _load_yaml(text):
-    """Parse YAML text or a file handle with ``_Loader``."""
+def read_yaml(text):
+    """Parse YAML text or a file handle with YAML 1.2 booleans (only true/false; ``no`` stays the text "no").
+
+    Raises:
+        yaml.YAMLError: malformed YAML.
+    """
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
@@ -209,7 +213,7 @@ def _read_layers(name_or_path: str | os.PathLike, seen: tuple[Path, ...] = ()) -
     if path in seen:
         raise ValueError(f"{path}: circular 'base:' chain")
     with open(path, encoding="utf-8") as handle:
-        raw = _load_yaml(handle) or {}
+        raw = read_yaml(handle) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a config must be a YAML mapping")
     base = raw.pop("base", None)
@@ -225,7 +229,7 @@ def _read_layers(name_or_path: str | os.PathLike, seen: tuple[Path, ...] = ()) -
 def _coerce(hint, value, key: str):
     """Convert ``value`` to the field's annotated type ``hint`` (YAML reads ``1e-6`` as a string).
 
-    Handles ``float``, ``int``, ``bool``, ``str``, ``X | None`` and ``tuple[...]`` annotations.
+    Handles ``float``, ``int``, ``bool``, ``str``, ``X | None``, ``list[X]`` and ``tuple[...]`` annotations.
 
     Raises:
         ValueError: ``value`` cannot be read as ``hint`` (names ``key``).
@@ -240,6 +244,10 @@ def _coerce(hint, value, key: str):
             return None
         (hint,) = [arg for arg in args if arg is not type(None)]
         args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise refuse(" (give a list)")
+        return [_coerce(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)] if args else value
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, (list, tuple)):
             raise refuse(" (give a list, e.g. [0.5, 0.9])")
@@ -273,8 +281,15 @@ def _type_name(hint) -> str:
     return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint).replace("typing.", "")
 
 
-def _build(cls, values: dict, prefix: str = ""):
-    """Instantiate dataclass ``cls`` from a nested dict, rejecting unknown keys and mistyped values."""
+def build_dataclass(cls, values: dict, prefix: str = ""):
+    """Instantiate dataclass ``cls`` from a nested dict read from YAML, each value converted to its field's
+    annotated type (``1e-5`` read as text becomes a float; nested dataclass fields from nested mappings).
+
+    Raises:
+        ValueError: an unknown key, a value that cannot be read as its field's type (names ``prefix`` + key),
+            or whatever ``cls`` itself rejects.
+        TypeError: a field without a default missing from ``values``.
+    """
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -284,7 +299,7 @@ def _build(cls, values: dict, prefix: str = ""):
         if dataclasses.is_dataclass(hints[key]):
             if not isinstance(value, dict):
                 raise ValueError(f"config key {prefix}{key} is a section; give a mapping")
-            kwargs[key] = _build(hints[key], value, f"{prefix}{key}.")
+            kwargs[key] = build_dataclass(hints[key], value, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(hints[key], value, prefix + key)
     return cls(**kwargs)
@@ -307,7 +322,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             node = node.setdefault(section, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {'.'.join(sections[:depth + 1])} is a value, not a section")
-        node[leaf] = _load_yaml(text)
+        node[leaf] = read_yaml(text)
     return values
 
 
@@ -318,7 +333,7 @@ def load_config(name_or_path: str | os.PathLike = "vae_main", overrides: list[st
         FileNotFoundError: unknown name or missing file.
         ValueError: unknown key, malformed value or override, circular ``base:``.
     """
-    return _build(TrainConfig, apply_overrides(_read_layers(name_or_path), list(overrides)))
+    return build_dataclass(TrainConfig, apply_overrides(_read_layers(name_or_path), list(overrides)))
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:

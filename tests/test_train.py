@@ -85,7 +85,8 @@ def test_overrides_are_read_as_the_fields_types():
                "optim.max_steps=.inf": "cannot read inf as int", "optim.lr=1" + "0" * 400: r"cannot read \d+\.\.\. as float",
                "loss.kl_weight.x=1": "loss.kl_weight is a value, not a section", "data.crop=~": "cannot read None as str",
                "loss.force_ref_kl=yes": "true or false", "loss.lpips_backgrounds=[]": "non-empty",
-               "loss.lpips_backgrounds=[black, [1, 2]]": r"\[1, 2\] is neither"}
+               "loss.lpips_backgrounds=[black, [1, 2]]": r"\[1, 2\] is neither",
+               "optim.lr=[1,": r"override 'optim.lr=\[1,': not valid YAML \(while parsing"}
     for override, message in refused.items():
         with pytest.raises(ValueError, match=message):
             load_config("vae_main", [override])

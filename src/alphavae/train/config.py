@@ -30,13 +30,16 @@ _Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if
 _Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
-def read_yaml(text):
+def read_yaml(text, source: str = "YAML"):
     """Parse YAML text or a file handle with YAML 1.2 booleans (only true/false; ``no`` stays the text "no").
 
     Raises:
-        yaml.YAMLError: malformed YAML.
+        ValueError: malformed YAML, in one line naming ``source`` (a file or an override).
     """
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{source}: not valid YAML ({' '.join(str(err).split())})") from None
 
 
 @dataclasses.dataclass
@@ -213,7 +216,7 @@ def _read_layers(name_or_path: str | os.PathLike, seen: tuple[Path, ...] = ()) -
     if path in seen:
         raise ValueError(f"{path}: circular 'base:' chain")
     with open(path, encoding="utf-8") as handle:
-        raw = read_yaml(handle) or {}
+        raw = read_yaml(handle, str(path)) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a config must be a YAML mapping")
     base = raw.pop("base", None)
@@ -310,7 +313,8 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     dict, in place; returns it.
 
     Raises:
-        ValueError: an override without ``=``, or a key below a plain value (``loss.kl_weight.x``).
+        ValueError: an override without ``=``, with a value that is not YAML, or a key below a plain value
+            (``loss.kl_weight.x``).
     """
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -322,7 +326,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             node = node.setdefault(section, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {'.'.join(sections[:depth + 1])} is a value, not a section")
-        node[leaf] = read_yaml(text)
+        node[leaf] = read_yaml(text, f"override {item!r}")
     return values
 
 
@@ -331,7 +335,7 @@ def load_config(name_or_path: str | os.PathLike = "vae_main", overrides: list[st
 
     Raises:
         FileNotFoundError: unknown name or missing file.
-        ValueError: unknown key, malformed value or override, circular ``base:``.
+        ValueError: unknown key, malformed YAML, value or override, circular ``base:``.
     """
     return build_dataclass(TrainConfig, apply_overrides(_read_layers(name_or_path), list(overrides)))
 

@@ -23,6 +23,8 @@ def test_moments_of_known_pixels():
     assert count == 2 and mean == pytest.approx((0.0, -0.25, -0.25)) and square == pytest.approx((0.0, 0.25, 0.25))
     with pytest.raises(ValueError, match="no background images"):
         background_moments([])
+    with pytest.raises(ValueError, match=r"image 1: expected .* got \(2, 3, 2, 2\)"):
+        background_moments([torch.zeros(2, 3, 2, 2)])  # a batch: only (1, C, H, W) is one image
 
 
 def test_command_prints_moments_usable_by_train_vae_and_skips_bad_files(tmp_path, capsys):

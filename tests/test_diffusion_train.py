@@ -116,7 +116,7 @@ def test_config_from_yaml(tmp_path):
     config = LoraTrainConfig.from_yaml(path, rank=8)
     assert (config.rank, config.alpha, config.optimizer, config.instance_prompt) == (8, 64.0, "prodigy", "RGBA")
     path.write_text("model: m\nranks: 3\n")
-    with pytest.raises(ValueError, match="unknown settings"):
+    with pytest.raises(ValueError, match="c.yaml: unknown config key ranks"):
         LoraTrainConfig.from_yaml(path)
     path.write_text("model: m\nvae: v\ndata: d\noutput_dir: o\nlearning_rate: 1e-4\nmixed_precision: no\n")
     config = LoraTrainConfig.from_yaml(path)  # YAML 1.2 reading: a float and the text "no"

@@ -209,6 +209,8 @@ def test_gan_term_and_discriminator_step(disc_input):
     if disc_input == "composite":
         with pytest.raises(ValueError, match="backgrounds"):
             objective.discriminator_loss(disc, pixels, reconstruction)
+        with pytest.raises(ValueError, match="backgrounds"):  # before any forward pass
+            objective.generator_loss(AutoencoderForward(vae), pixels, noise, step=2, last_layer=vae.decoder.conv_out.weight)
 
 
 def test_composite_discriminator_view_hides_colour_under_zero_alpha():
@@ -226,6 +228,11 @@ def test_loss_config_rejects_unknown_choices():
         LossConfig(reconstruction="l1")
     with pytest.raises(ValueError, match="disc_input"):
         LossConfig(disc_input="alpha")
+    for bad in ([], "white", ["grey"], [[1, 2]], [[0, 0, 300]]):
+        with pytest.raises(ValueError, match="lpips_backgrounds"):
+            LossConfig(lpips_backgrounds=bad)
+    accepted = LossConfig(lpips_backgrounds=["checkerboard", [0, 0, 255], "white"]).lpips_backgrounds
+    assert accepted == ("checkerboard", (0.0, 0.0, 255.0), "white")  # a tuple, as io.composite takes them
 
 
 def test_objective_gives_identical_losses_for_identical_looking_inputs():

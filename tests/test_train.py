@@ -71,12 +71,15 @@ def test_shipped_configs_are_the_paper_settings():
 def test_overrides_are_read_as_the_fields_types():
     config = load_config("vae_main", ["optim.disc_lr=1e-5", "loss.background_mean=[1e-2, 0, 0]",
                                       "optim.betas=[0.5, 0.99]", "optim.max_grad_norm=null", "optim.max_steps=1000.0",
-                                      "mixed_precision=no", "model.vae=123", "model.ref_vae=no",
+                                      "mixed_precision=no", 'model.vae="123"', "model.ref_vae=no",
+                                      "ema=yes", "data.check_images=off", "data.source=12:30", "data.size=017",
                                       "loss.lpips_backgrounds=[black, [1, 2, 3]]"])
     assert config.optim.disc_lr == 1e-5 and isinstance(config.optim.disc_lr, float)
     assert config.loss.background_mean == (0.01, 0.0, 0.0) and config.optim.betas == (0.5, 0.99)
     assert config.optim.max_grad_norm is None and config.optim.max_steps == 1000 and config.mixed_precision == "no"
     assert config.model.vae == "123" and config.model.ref_vae == "no"  # YAML 1.2: `no` is text, not False
+    assert (config.ema, config.data.check_images) == (True, False)  # YAML 1.1 words still read for boolean fields
+    assert (config.data.source, config.data.size) == ("12:30", 17)  # not base-60 750 nor octal 15
     assert config.loss.lpips_backgrounds == ("black", (1.0, 2.0, 3.0))
     refused = {"optim.disc_lr=abc": "optim.disc_lr: cannot read 'abc' as float",
                "optim.betas=0.5": "give a list", "optim.betas=[0.5]": "expected 2 items",
@@ -84,9 +87,10 @@ def test_overrides_are_read_as_the_fields_types():
                "optim.max_steps=1.5": "as int", "optim.lr=null": "optim.lr: cannot read None", "data.source=[1]": "as str",
                "optim.max_steps=.inf": "cannot read inf as int", "optim.lr=1" + "0" * 400: r"cannot read \d+\.\.\. as float",
                "loss.kl_weight.x=1": "loss.kl_weight is a value, not a section", "data.crop=~": "cannot read None as str",
-               "loss.force_ref_kl=yes": "true or false", "loss.lpips_backgrounds=[]": "non-empty",
+               "loss.lpips_backgrounds=[]": "non-empty",
                "loss.lpips_backgrounds=[black, [1, 2]]": r"\[1, 2\] is neither",
-               "optim.lr=[1,": r"override 'optim.lr=\[1,': not valid YAML \(while parsing"}
+               "optim.lr=[1,": r"override 'optim.lr=\[1,': not valid YAML \(while parsing",
+               "optim.lr=.nan": "not a finite number", "model.vae=2024": "a number: quote text"}
     for override, message in refused.items():
         with pytest.raises(ValueError, match=message):
             load_config("vae_main", [override])

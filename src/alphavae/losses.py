@@ -107,13 +107,16 @@ def background_moments(images: Iterable[torch.Tensor]) -> tuple[tuple[float, ...
         ``((m_r, m_g, m_b), (s_r, s_g, s_b), images counted)``: means in [-1, 1], second moments in [0, 1].
 
     Raises:
-        ValueError: if ``images`` is empty.
+        ValueError: if ``images`` is empty, or an image is not ``(C, H, W)`` / ``(1, C, H, W)`` with C = 3 or 4.
     """
     total = torch.zeros(3, dtype=torch.float64)
     total_square = torch.zeros(3, dtype=torch.float64)
     pixels = count = 0
     for image in images:
         image = image if image.dim() == 4 else image[None]
+        if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] not in (3, 4):
+            raise ValueError(f"background image {count + 1}: expected (C, H, W) or (1, C, H, W) with C = 3 or 4, "
+                             f"got {tuple(image.shape)}")
         rgb = (io.composite(image, "black") if image.shape[1] == 4 else image)[0].double()
         total += rgb.sum(dim=(1, 2))
         total_square += (rgb**2).sum(dim=(1, 2))
@@ -333,7 +336,8 @@ class LossConfig:
     Raises:
         ValueError: if ``reconstruction`` is not ``"abmse"``/``"mse"``, ``disc_input`` is not
             ``"rgba"``/``"composite"``, or ``lpips_backgrounds`` is empty or holds something other than a name
-            of ``alphavae.io.BACKGROUNDS`` or an (r, g, b) triple in 0-255 (stored as a tuple).
+            of ``alphavae.io.BACKGROUNDS``, ``"checkerboard"``, an (r, g, b) triple in 0-255 or a tensor (stored
+            as a tuple).
     """
 
     reconstruction: str = "abmse"
@@ -362,22 +366,26 @@ class LossConfig:
 
 
 def _lpips_backgrounds(value) -> tuple:
-    """``loss.lpips_backgrounds`` as a non-empty tuple of names of ``io.BACKGROUNDS`` and ``(r, g, b)`` float
-    triples in 0-255; raises ValueError naming the bad entry."""
+    """``loss.lpips_backgrounds`` as a non-empty tuple of what ``io.composite`` takes: names of
+    ``io.BACKGROUNDS`` or ``"checkerboard"``, ``(r, g, b)`` float triples in 0-255, or (from Python) ``(3, H, W)``
+    tensors; raises ValueError naming the bad entry."""
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
         raise ValueError(f"loss.lpips_backgrounds must be a non-empty list of background names or [r, g, b] "
                          f"triples in 0-255, got {value!r}")
     checked = []
     for entry in value:
-        if isinstance(entry, str) and entry in io.BACKGROUNDS:
+        if (isinstance(entry, str) and (entry in io.BACKGROUNDS or entry == "checkerboard")) or isinstance(entry, torch.Tensor):
             checked.append(entry)
         elif (isinstance(entry, (list, tuple)) and len(entry) == 3
               and all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 255 for c in entry)):
             checked.append(tuple(float(c) for c in entry))
         else:
-            raise ValueError(f"loss.lpips_backgrounds: {entry!r} is neither one of {', '.join(io.BACKGROUNDS)} "
-                             "nor an [r, g, b] triple in 0-255")
+            raise ValueError(f"loss.lpips_backgrounds: {entry!r} is neither one of {', '.join(io.BACKGROUNDS)}, "
+                             "checkerboard nor an [r, g, b] triple in 0-255")
     return tuple(checked)
+
+
+_NEEDS_BACKGROUNDS = "loss.disc_input 'composite' needs per-sample backgrounds (B, 3) in [-1, 1]"
 
 
 class AutoencoderForward(nn.Module):
@@ -474,7 +482,7 @@ class Objective(nn.Module):
         if self.in_channels == 3 or self.config.disc_input == "rgba":
             return pixels
         if backgrounds is None:
-            raise ValueError("loss.disc_input 'composite' needs per-sample backgrounds (B, 3) in [-1, 1]")
+            raise ValueError(_NEEDS_BACKGROUNDS)
         return io.composite(pixels, backgrounds.to(pixels)[:, :, None, None].expand(-1, -1, *pixels.shape[-2:]))
 
     def _ref_kl(self, model: Callable, pixels: torch.Tensor, noise: torch.Tensor):
@@ -511,6 +519,8 @@ class Objective(nn.Module):
         cfg = self.config
         if self.gan_active(step) and last_layer is None:
             raise ValueError(f"the GAN term is active at step {step}: pass last_layer (decoder.conv_out.weight)")
+        if self.gan_active(step) and self.in_channels == 4 and cfg.disc_input == "composite" and backgrounds is None:
+            raise ValueError(_NEEDS_BACKGROUNDS)
         logs: dict[str, float] = {}
         pixels = self._visible(pixels)
         if self.use_ref_kl:

@@ -166,9 +166,6 @@ class LoraTrainConfig:
         values = read_yaml(Path(path).read_text(encoding="utf-8"), str(path)) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a config must be a YAML mapping of settings")
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
         try:
             return build_dataclass(cls, {**values, **overrides})
         except ValueError as err:

@@ -7,6 +7,7 @@ its values are loaded first and the file's own values override them, section by 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -20,18 +21,35 @@ from alphavae.losses import LossConfig
 
 
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` with YAML 1.2 booleans: only true/false, so ``no``, ``yes``, ``on`` and ``off`` stay text
-    (``mixed_precision: no`` means "no", and a folder named ``no`` is not read as False)."""
+    """``yaml.SafeLoader`` with YAML 1.2 core-schema scalars instead of YAML 1.1's: only true/false are booleans
+    (``mixed_precision: no`` is the text "no", a folder named ``no`` is not False), ``1e-5`` is a float, and
+    ``017``, ``12:30`` and ``2024-01-01`` stay text (YAML 1.1 reads octal 15, base-60 750 and a date)."""
 
 
-_BOOL = "tag:yaml.org,2002:bool"
-_Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+_YAML_1_1_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float", "timestamp")}
+_Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag not in _YAML_1_1_TAGS]
                                    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+)$"),
+                              list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+)"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+_TRUTH = {"yes": True, "on": True, "no": False, "off": False}  # YAML 1.1 words still read for boolean fields
 
 
 def read_yaml(text, source: str = "YAML"):
-    """Parse YAML text or a file handle with YAML 1.2 booleans (only true/false; ``no`` stays the text "no").
+    """Parse YAML with YAML 1.2 core-schema scalars (see ``_Loader``: only true/false are booleans).
+
+    Args:
+        text: YAML text or an open text file.
+        source: what the text is, for error messages (a path, ``"override 'a.b=c'"``).
+
+    Returns:
+        The parsed value (``None`` for empty text).
 
     Raises:
         ValueError: malformed YAML, in one line naming ``source`` (a file or an override).
@@ -153,8 +171,8 @@ class TrainConfig:
         max_nonfinite: consecutive steps with a non-finite loss after which the run aborts.
 
     Raises:
-        ValueError: ``mixed_precision`` is not one of ``alphavae.accel.MIXED_PRECISIONS`` (``False`` is accepted
-            as ``"no"``), or ``model.in_channels`` is not 3 or 4.
+        ValueError: ``mixed_precision`` is not one of ``alphavae.accel.MIXED_PRECISIONS`` (``False`` from Python
+            code is accepted as ``"no"``), or ``model.in_channels`` is not 3 or 4.
     """
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -245,8 +263,10 @@ def _coerce(hint, value, key: str):
     if type(None) in args:  # X | None
         if value is None:
             return None
-        (hint,) = [arg for arg in args if arg is not type(None)]
-        args = typing.get_args(hint)
+        others = [arg for arg in args if arg is not type(None)]
+        if len(others) != 1:
+            return value  # a union of several types: left to the section's own checks
+        hint, args = others[0], typing.get_args(others[0])
     if typing.get_origin(hint) is list:
         if not isinstance(value, list):
             raise refuse(" (give a list)")
@@ -260,6 +280,8 @@ def _coerce(hint, value, key: str):
             return tuple(_coerce(arg, item, f"{key}[{i}]") for i, (arg, item) in enumerate(zip(args, value)))
         return tuple(value)
     if hint is bool:
+        if isinstance(value, str) and value.lower() in _TRUTH:
+            return _TRUTH[value.lower()]
         if not isinstance(value, bool):
             raise refuse(" (use true or false)")
         return value
@@ -272,11 +294,15 @@ def _coerce(hint, value, key: str):
             raise refuse() from err
         if hint is int and isinstance(value, float) and value != number:
             raise refuse()
+        if hint is float and not math.isfinite(number):
+            raise refuse(" (not a finite number)")
         return number
     if hint is str:
-        if value is None or isinstance(value, (bool, list, dict)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise refuse(" (a number: quote text, e.g. --set 'model.vae=\"2024\"' or vae: \"2024\" in YAML)")
+        if not isinstance(value, str):
             raise refuse()
-        return value if isinstance(value, str) else str(value)  # numbers become text (a folder named 2024)
+        return value
     return value  # untyped ``tuple`` fields (loss.lpips_backgrounds): checked by their section
 
 
@@ -286,7 +312,15 @@ def _type_name(hint) -> str:
 
 def build_dataclass(cls, values: dict, prefix: str = ""):
     """Instantiate dataclass ``cls`` from a nested dict read from YAML, each value converted to its field's
-    annotated type (``1e-5`` read as text becomes a float; nested dataclass fields from nested mappings).
+    annotated type (``"1e-5"`` text becomes a float; nested dataclass fields from nested mappings).
+
+    Args:
+        cls: a dataclass whose fields are annotated with the types ``_coerce`` handles.
+        values: field name -> value (a mapping for nested dataclass fields); omitted fields keep defaults.
+        prefix: dotted path of ``cls`` in the whole config, for error messages (``"loss."``).
+
+    Returns:
+        ``cls(**converted values)``.
 
     Raises:
         ValueError: an unknown key, a value that cannot be read as its field's type (names ``prefix`` + key),

@@ -300,3 +300,18 @@ def test_failures_printed_as_path_reason_lines(tree, capsys):
     small = f"failed: {tree[0] / 'sub/cat_b/small.png'} vs {tree[1] / 'sub/cat_b/small.png'}: size mismatch"
     assert small in err
     assert "missing: sub/cat_b/missing: no prediction file" in err
+
+
+def test_eval_vae_defaults_to_the_shipped_model(tmp_path):
+    """Like ``alphavae reconstruct``, ``eval-vae`` without --vae scores alphavae-mini."""
+    import shutil
+    from pathlib import Path
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for image in sorted((Path(__file__).resolve().parents[1] / "examples" / "images" / "emoji3d").rglob("*.png"))[:2]:
+        shutil.copy(image, data)
+    out = tmp_path / "out"
+    assert main(["eval-vae", "--data", str(data), "-o", str(out), "--protocol", "clean", *NO_NETS]) == 0
+    micro = json.loads((out / "report.json").read_text())["tree"]["overall"]["micro"]
+    assert micro["rgb"]["psnr"] > 25  # a trained model (an untrained one leaves alpha = 1 everywhere)

@@ -207,7 +207,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "writing reconstructions; with --source-vae also report latent drift (posterior-mean distance "
                     "to the source RGB VAE on opaque composites over black and white).",
     )
-    p.add_argument("--vae", required=True, help="RGBA VAE folder (diffusers format, made by `alphavae convert`/training)")
+    p.add_argument("--vae", default=None, help="RGBA VAE folder (diffusers format, made by `alphavae convert`/training); "
+                                               "default: the shipped model, alphavae-mini")
     p.add_argument("--data", required=True, type=Path, help="folder of RGBA ground-truth images")
     p.add_argument("--source-vae", default=None, help="source RGB AutoencoderKL folder for the latent-drift metric")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),

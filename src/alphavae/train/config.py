@@ -248,7 +248,8 @@ def _read_layers(name_or_path: str | os.PathLike, seen: tuple[Path, ...] = ()) -
 
 
 def _coerce(hint, value, key: str):
-    """Convert ``value`` to the field's annotated type ``hint`` (YAML reads ``1e-6`` as a string).
+    """Convert ``value`` (from YAML, or Python) to the field's annotated type ``hint``; text such as ``"1e-6"``
+    becomes a number, YAML 1.1's yes/no/on/off a boolean for boolean fields.
 
     Handles ``float``, ``int``, ``bool``, ``str``, ``X | None``, ``list[X]`` and ``tuple[...]`` annotations.
 

@@ -51,3 +51,13 @@ def test_command_prints_moments_usable_by_train_vae_and_skips_bad_files(tmp_path
     assert json.loads(capsys.readouterr().out)["images"] == 2
     assert main(["background-moments", str(tmp_path / "missing")]) == 1
     assert "missing: input does not exist" in capsys.readouterr().err
+
+
+def test_warnings_are_one_line(tmp_path, capsys):
+    """Python warnings of any command print as one line (``alphavae.cli.main``), here an animated GIF."""
+    frames = [Image.new("RGBA", (8, 8), (60 * i, 0, 0, 128)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert main(["background-moments", str(tmp_path / "anim.gif")]) == 0
+    err = capsys.readouterr().err
+    assert "alphavae background-moments: warning:" in err and "3 frames" in err
+    assert "UserWarning" not in err and "warnings.warn" not in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 COMMANDS: tuple[str, ...] = ("convert", "reconstruct", "latent_factors", "data", "eval", "diffusion", "train_vae",
                              "background_moments")
@@ -60,13 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``alphavae`` console script; returns the process exit status."""
+    """Entry point of the ``alphavae`` console script; returns the process exit status.
+
+    Python warnings raised by the command (``UserWarning``: first frame of an animation used, 16-bit image read
+    at 8 bits, metric skipped, ...) are printed as one line each, ``alphavae <command>: warning: <message>``,
+    without Python's file and source line."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"alphavae {args.command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", UserWarning)  # each distinct warning once, even where filters hide it
+        warnings.showwarning = one_line
+        return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 from alphavae.accel import POLICY_NAMES
@@ -62,23 +61,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """``warnings.showwarning`` replacement: ``alphavae reconstruct: warning: <message>`` on stderr."""
-    print(f"alphavae reconstruct: warning: {message}", file=sys.stderr)
-
-
 def run(args: argparse.Namespace) -> int:
     """Load the VAE and run ``reconstruct_files``; print the summary; 0 if every input and grid succeeded,
-    else 1 (130 when interrupted: finished outputs are complete files, nothing partial is left). Warnings
-    (e.g. first frame of an animation used) are printed as one line each."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        warnings.showwarning = _one_line_warning
-        try:
-            return _run(args)
-        except KeyboardInterrupt:
-            print("alphavae reconstruct: interrupted; outputs written so far are complete", file=sys.stderr)
-            return 130
+    else 1 (130 when interrupted: finished outputs are complete files, nothing partial is left)."""
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("alphavae reconstruct: interrupted; outputs written so far are complete", file=sys.stderr)
+        return 130
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -45,6 +45,43 @@ def _int_in_range(text: str, lowest: int, *, highest: int | None = None) -> int:
     return value
 
 
+def choose_images(inputs: list[str], limit: int | None, seed: int) -> list:
+    """The image files of ``inputs`` (``alphavae.io.list_images``), sorted; at most ``limit`` of them, a random
+    subset drawn with ``seed`` (``None`` = all).
+
+    Raises:
+        FileNotFoundError: an input does not exist. ValueError: no image files.
+    """
+    import random
+
+    from alphavae.io import list_images
+
+    paths = [path for path, _ in list_images(inputs)]
+    if not paths:
+        raise ValueError(f"no image files in {', '.join(map(str, inputs))}")
+    return sorted(random.Random(seed).sample(paths, min(limit or len(paths), len(paths))))
+
+
+def load_skipping(paths: list, max_pixels: int, failed: list[str]):
+    """Yield ``alphavae.io.load_rgba`` of each path, ``(4, H, W)`` straight RGBA in [-1, 1]; an unreadable one
+    is skipped and its one-line error appended to ``failed``."""
+    from alphavae.io import ImageLoadError, load_rgba
+
+    for path in paths:
+        try:
+            yield load_rgba(path, max_pixels=max_pixels)
+        except ImageLoadError as err:
+            failed.append(str(err))
+
+
+def report_skipped(prog: str, failed: list[str], total: int) -> None:
+    """Print ``<prog>: skipped: <error>`` for each skipped input and a count on stderr (nothing when none)."""
+    for message in failed:
+        print(f"{prog}: skipped: {message}", file=sys.stderr)
+    if failed:
+        print(f"{prog}: {len(failed)} of {total} inputs failed", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``alphavae`` parser with every subcommand registered."""
     from alphavae import __version__

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 
-from alphavae.cli import positive_int, seed
-from alphavae.io import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_rgba
+from alphavae.cli import choose_images, load_skipping, positive_int, report_skipped, seed
+from alphavae.io import DEFAULT_MAX_PIXELS
 from alphavae.losses import background_moments
 
 
@@ -37,34 +36,17 @@ def run(args: argparse.Namespace) -> int:
     """Estimate and print the moments; 1 if any input was skipped or on error (named on stderr)."""
     prog = "alphavae background-moments"
     failed: list[str] = []
-
-    def images(paths):
-        for path in paths:
-            try:
-                yield load_rgba(path, max_pixels=args.max_pixels)
-            except ImageLoadError as err:
-                failed.append(str(err))
-
+    paths: list = []
     try:
-        paths = [path for path, _ in list_images(args.inputs)]
-        if not paths:
-            raise ValueError(f"no image files in {', '.join(map(str, args.inputs))}")
-        if args.limit is not None and args.limit < len(paths):
-            paths = sorted(random.Random(args.seed).sample(paths, args.limit))
-        mean, square, count = background_moments(images(paths))
+        paths = choose_images(args.inputs, args.limit, args.seed)
+        mean, square, count = background_moments(load_skipping(paths, args.max_pixels, failed))
     except (OSError, ValueError) as err:
-        _report(prog, failed)
+        report_skipped(prog, failed, len(paths))
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     print(json.dumps({"background_mean": mean, "background_square": square, "images": count}))
     as_list = lambda values: "[" + ",".join(f"{v:.4f}" for v in values) + "]"  # noqa: E731
     print(f"{prog}: for train-vae: --set 'loss.background_mean={as_list(mean)}' "
           f"--set 'loss.background_square={as_list(square)}'", file=sys.stderr)
-    _report(prog, failed)
+    report_skipped(prog, failed, len(paths))
     return 1 if failed else 0
-
-
-def _report(prog: str, failed: list[str]) -> None:
-    """Print each skipped input's error on stderr."""
-    for message in failed:
-        print(f"{prog}: skipped: {message}", file=sys.stderr)

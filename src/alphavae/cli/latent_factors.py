@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
 import torch
 
-from alphavae.cli import positive_int, seed
-from alphavae.io import DEFAULT_MAX_PIXELS, ImageLoadError, atomic_write, list_images, load_rgba
+from alphavae.cli import choose_images, load_skipping, positive_int, report_skipped, seed
+from alphavae.io import DEFAULT_MAX_PIXELS, atomic_write
 from alphavae.vae import RGBAVAE, fit_latent_factors
 
 FEW_IMAGES = 16  # below this many fitted images the command warns that the factors are not representative
@@ -55,19 +54,9 @@ def run(args: argparse.Namespace) -> int:
     paths: list = []
     try:
         vae = RGBAVAE.from_pretrained(args.vae, dtype="float32", tile_size=args.tile_size)
-        paths = [path for path, _ in list_images(args.inputs)]
-        if not paths:
-            raise ValueError(f"no image files in {', '.join(map(str, args.inputs))}")
-        paths = sorted(random.Random(args.seed).sample(paths, min(args.limit, len(paths))))
-
-        def images():
-            for path in paths:
-                try:
-                    yield load_rgba(path, max_pixels=args.max_pixels)
-                except ImageLoadError as err:
-                    failed.append(str(err))
-
-        factors = fit_latent_factors(vae, images(), shift=not args.no_shift, generator=torch.Generator().manual_seed(args.seed))
+        paths = choose_images(args.inputs, args.limit, args.seed)
+        factors = fit_latent_factors(vae, load_skipping(paths, args.max_pixels, failed), shift=not args.no_shift,
+                                     generator=torch.Generator().manual_seed(args.seed))
         print(json.dumps(factors), flush=True)
         if factors["images"] < FEW_IMAGES:
             print(f"{prog}: warning: fitted on only {factors['images']} image(s); factors from fewer than "
@@ -79,16 +68,8 @@ def run(args: argparse.Namespace) -> int:
             config.update(scaling_factor=factors["scaling_factor"], shift_factor=factors["shift_factor"])
             atomic_write(config_path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"), overwrite=True)
     except (OSError, ValueError) as err:
-        _report_skipped(prog, failed, len(paths))
+        report_skipped(prog, failed, len(paths))
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
-    _report_skipped(prog, failed, len(paths))
+    report_skipped(prog, failed, len(paths))
     return 1 if failed else 0
-
-
-def _report_skipped(prog: str, failed: list[str], total: int) -> None:
-    """Print each skipped input's error and a count on stderr (nothing when none failed)."""
-    for message in failed:
-        print(f"{prog}: skipped: {message}", file=sys.stderr)
-    if failed:
-        print(f"{prog}: {len(failed)} of {total} inputs failed", file=sys.stderr)

@@ -12,10 +12,10 @@
 # STAGE2_DECAY_STEPS (default 1000), then anneals again in each window of STAGE2_ANNEALS (default
 # "5700 7300 9000"; same data settings): a window ending at step A restarts the rate at 5e-4 * (A - start) / A
 # (1.4e-4 from step 4,100 to 5,700, 1.1e-4 from 5,700 to 7,300, 9.4e-5 from 7,300 to 9,000) and lowers it
-# linearly to 0 at step A. To train further, append a
-# window: each run resumes from its newest checkpoint and skips the windows it has finished. The two stage-2
-# runs (AlphaVAE objective and the naive-MSE comparison) train side by side, one thread each, as on the 2-core
-# CPU this model was trained on. Set THREADS to change the threads per run (default 1).
+# linearly to 0 at step A. To train further, append a window: each run resumes from its newest checkpoint and
+# skips the windows it has finished. The two stage-2 runs (AlphaVAE objective and the naive-MSE comparison)
+# train side by side, one thread each, as on the 2-core CPU this model was trained on. Set THREADS to change
+# the threads per run (default 1).
 set -euo pipefail
 
 data=${1:?usage: train.sh DATA RUNS}

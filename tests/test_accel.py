@@ -54,6 +54,14 @@ def test_explicit_policies_and_unknown_name():
         resolve_policy("fp8")
 
 
+def test_parse_dtype_names_and_dtypes():
+    assert accel.parse_dtype("bfloat16") is torch.bfloat16
+    assert accel.parse_dtype(torch.float16) is torch.float16
+    for bad in ("float64", torch.float64, "auto"):
+        with pytest.raises(ValueError, match="unsupported dtype"):
+            accel.parse_dtype(bad)
+
+
 def test_mixed_layout_runs_and_outputs_float32(model, pixels):
     vae = apply_policy(copy.deepcopy(model), resolve_policy("mixed-bf16", "cpu"))
     modules = dict(vae.named_modules())

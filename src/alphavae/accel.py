@@ -1,4 +1,5 @@
-"""Inference speed policy: the dtype and memory layout a VAE runs in, chosen per device.
+"""Inference speed policy: the dtype and memory layout a VAE runs in, chosen per device; the names of the
+single dtypes (:func:`parse_dtype`) and of the FLUX pipeline's CPU offload modes.
 
 The bulk of a diffusers ``AutoencoderKL`` (its resnets, attention, up/down samplers) runs in a 16-bit
 compute dtype where the hardware has fast 16-bit matrix units (CPUs with AMX-BF16, CUDA GPUs
@@ -46,7 +47,27 @@ POLICY_NAMES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16", "mixe
 MIXED_PRECISIONS: tuple[str, ...] = ("auto", "no", "bf16", "fp16")
 """Training ``mixed_precision`` settings accepted by :func:`autocast_precision`."""
 
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""Single-dtype names accepted by :func:`parse_dtype` (``alphavae convert --dtype``, pipeline dtypes)."""
+
+OFFLOAD_MODES: tuple[str, ...] = ("none", "model", "sequential")
+"""FLUX pipeline CPU offload: whole models moved to the GPU in turn ('model'), or layer by layer
+('sequential'); used by :func:`alphavae.diffusion.pipeline.load_flux_pipeline`."""
+
 _HOOK_ATTR = "_alphavae_cast_hooks"
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map "float32" / "bfloat16" / "float16" (or a torch dtype among those) to the torch dtype.
+
+    Raises:
+        ValueError: any other name or dtype.
+    """
+    if isinstance(name, torch.dtype) and name in DTYPES.values():
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {name!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,25 +25,12 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 import alphavae
+from alphavae.accel import parse_dtype
 from alphavae.io import set_default_permissions
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROVENANCE_FILE = "alphavae_provenance.json"
 # How error messages name the overwrite switch; the CLI shows its flag instead.
 OVERWRITE_HINT = "overwrite=True"
-
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """Map "float32" / "bfloat16" / "float16" (or a torch dtype among those) to the torch dtype.
-
-    Raises:
-        ValueError: any other name or dtype.
-    """
-    if isinstance(name, torch.dtype) and name in DTYPES.values():
-        return name
-    if name not in DTYPES:
-        raise ValueError(f"unsupported dtype {name!r}; choose one of {sorted(DTYPES)}")
-    return DTYPES[name]
 
 
 def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:

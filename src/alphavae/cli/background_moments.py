@@ -9,7 +9,6 @@ import sys
 
 from alphavae.cli import choose_images, load_skipping, positive_int, report_skipped, seed
 from alphavae.io import DEFAULT_MAX_PIXELS
-from alphavae.losses import background_moments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Estimate and print the moments; 1 if any input was skipped or on error (named on stderr)."""
+    from alphavae.losses import background_moments
+
     prog = "alphavae background-moments"
     failed: list[str] = []
     paths: list = []

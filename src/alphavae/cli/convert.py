@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from alphavae.convert import DTYPES, OVERWRITE_HINT, PROVENANCE_FILE, convert_pretrained
+from alphavae.accel import DTYPES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Widen a pretrained RGB diffusers AutoencoderKL to RGBA (AlphaVAE, arXiv 2507.09308, "
                     "section 4.1): alpha input weights 0, alpha output bias +1. The result reproduces the "
                     "source's latents and RGB output exactly and predicts alpha = 1 until fine-tuned; this "
-                    f"is checked before saving. Writes diffusers safetensors + {PROVENANCE_FILE}.",
+                    "is checked before saving. Writes diffusers safetensors + alphavae_provenance.json.",
     )
     parser.add_argument("src", metavar="SRC",
                         help="local diffusers folder (config.json + diffusion_pytorch_model.safetensors), "
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="dtype of the saved weights (the conversion itself runs in float32; default float32)")
     parser.add_argument("--overwrite", action="store_true",
                         help="in an existing non-empty DST, replace the files the conversion writes (config.json, "
-                             f"the weights, {PROVENANCE_FILE}); nothing else in DST is touched")
+                             "the weights, alphavae_provenance.json); nothing else in DST is touched")
     parser.set_defaults(func=run)
 
 
@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     Returns 0, or 1 on failure (one ``alphavae convert: error:`` line on stderr; messages name the
     ``--overwrite`` flag where the library says ``overwrite=True``).
     """
+    from alphavae.convert import OVERWRITE_HINT, PROVENANCE_FILE, convert_pretrained
+
     try:
         dst = convert_pretrained(args.src, args.dst, subfolder=args.subfolder, dtype=args.dtype,
                                  overwrite=args.overwrite)

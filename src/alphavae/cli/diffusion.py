@@ -10,13 +10,11 @@ import argparse
 import logging
 import sys
 
-from alphavae.accel import POLICY_NAMES
+from alphavae.accel import OFFLOAD_MODES, POLICY_NAMES
 from alphavae.cli import positive_int, seed
 from alphavae.diffusion.captions import DEFAULT_PROMPT, read_prompts
 from alphavae.diffusion.flow import WEIGHTING_SCHEMES
 from alphavae.diffusion.lora import TARGET_PRESETS
-from alphavae.diffusion.pipeline import OFFLOAD_MODES, generate_from_paths
-from alphavae.diffusion.train import LoraTrainConfig, train_lora
 
 # (flag, config field, argparse options); every default is None so that only given flags override --config.
 _TRAIN_FLAGS: tuple[tuple[str, str, dict], ...] = (
@@ -121,6 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Build the config (YAML, then flags), train; 0 on success, 1 if images were skipped, 2 on errors."""
+    from alphavae.diffusion.train import LoraTrainConfig, train_lora
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = {name: getattr(args, name) for _, name, _ in _TRAIN_FLAGS if getattr(args, name) is not None}
     try:
@@ -154,6 +154,8 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Generate the PNGs; 0 on success, 1 if some images failed, 2 on errors."""
+    from alphavae.diffusion.pipeline import generate_from_paths
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         prompts = args.prompt or read_prompts(args.prompts_file)

@@ -8,11 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from alphavae.cli import choose_images, load_skipping, positive_int, report_skipped, seed
 from alphavae.io import DEFAULT_MAX_PIXELS, atomic_write
-from alphavae.vae import RGBAVAE, fit_latent_factors
 
 FEW_IMAGES = 16  # below this many fitted images the command warns that the factors are not representative
 
@@ -49,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
     """Fit the factors; print them as JSON (and write them with --write); 1 if any input failed or on error.
     Skipped inputs are listed even when none could be used; the factors are printed before --write
     touches the config, so a failed write does not lose them."""
+    import torch
+
+    from alphavae.vae import RGBAVAE, fit_latent_factors
+
     prog = "alphavae latent-factors"
     failed: list[str] = []
     paths: list = []

@@ -9,8 +9,6 @@ from pathlib import Path
 from alphavae.accel import POLICY_NAMES
 from alphavae.cli import non_negative_int, positive_int
 from alphavae.io import DEFAULT_MAX_PIXELS
-from alphavae.reconstruct import reconstruct_files
-from alphavae.vae import RGBAVAE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The body of ``run``."""
+    from alphavae.reconstruct import reconstruct_files
+    from alphavae.vae import RGBAVAE
+
     try:
         vae = RGBAVAE.from_pretrained(args.vae, subfolder=args.subfolder, dtype=args.dtype, device=args.device,
                                       tile_size=args.tile_size, tile_overlap=args.tile_overlap,

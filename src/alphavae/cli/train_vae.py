@@ -9,7 +9,7 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train-vae`` subcommand."""
-    from alphavae.train.config import shipped_configs
+    from alphavae.configs import shipped_configs
 
     parser = subparsers.add_parser(
         "train-vae",

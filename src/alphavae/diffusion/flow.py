@@ -9,10 +9,12 @@ Latents here are the VAE's *diffusion* latents, ``(z - shift_factor) * scaling_f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+
+if TYPE_CHECKING:  # diffusers is imported where it is used, so the CLI's --help does not load it
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 """Timestep density (logit_normal, mode) or loss weighting (sigma_sqrt, cosmap); 'none' is uniform."""
@@ -55,6 +57,8 @@ def pack_latents(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     b, c, h, w = latents.shape
     if h % 2 or w % 2:
         raise ValueError(f"latent height and width must be even for 2x2 packing, got {h}x{w}")
+    from diffusers import FluxPipeline
+
     tokens = FluxPipeline._pack_latents(latents, b, c, h, w)
     ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
     return tokens, ids
@@ -66,6 +70,8 @@ def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tenso
     ``FluxPipeline._unpack_latents`` takes pixel sizes and a VAE factor; latent sizes with a factor
     of 1 give the same arrangement.
     """
+    from diffusers import FluxPipeline
+
     return FluxPipeline._unpack_latents(tokens, height, width, 1)
 
 
@@ -84,6 +90,8 @@ def sample_sigmas(
     Raises:
         IndexError: ``scheduler.sigmas`` is shorter than the training grid (``set_timesteps`` was called).
     """
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
     u = compute_density_for_timestep_sampling(
         sampling.weighting_scheme, batch, sampling.logit_mean, sampling.logit_std, sampling.mode_scale,
         generator=generator,
@@ -117,6 +125,8 @@ def flow_matching_loss(
     Raises:
         ValueError: odd latent height or width (from :func:`pack_latents`).
     """
+    from diffusers.training_utils import compute_loss_weighting_for_sd3
+
     b = latents.shape[0]
     s = sigmas.to(latents.device, latents.dtype).view(b, 1, 1, 1)
     noisy = (1.0 - s) * latents + s * noise

@@ -8,14 +8,15 @@ with the adapter metadata), loadable by ``FluxPipeline.load_lora_weights``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import FluxPipeline, FluxTransformer2DModel
-from diffusers.utils import convert_unet_state_dict_to_peft
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from alphavae.io import set_default_permissions
+
+if TYPE_CHECKING:  # diffusers and peft are imported where they are used, so the CLI's --help does not load them
+    from diffusers import FluxTransformer2DModel
+    from peft import LoraConfig
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 """File name diffusers' ``save_lora_weights`` / ``load_lora_weights`` use inside a LoRA folder."""
@@ -58,6 +59,8 @@ def lora_config(rank: int = 64, alpha: float = 64.0, targets: str = "paper", dro
         raise ValueError(f"need rank >= 1, alpha > 0 and 0 <= dropout < 1; got {rank}, {alpha}, {dropout}")
     if targets not in TARGET_PRESETS:
         raise ValueError(f"unknown LoRA target preset {targets!r}; choose one of {sorted(TARGET_PRESETS)}")
+    from peft import LoraConfig
+
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights="gaussian",
                       target_modules=TARGET_PRESETS[targets])
 
@@ -82,6 +85,9 @@ def save_lora(transformer: FluxTransformer2DModel, folder: str | Path) -> Path:
     The metadata (``transformer_lora_adapter_metadata``: rank, alpha, targets) makes a reload scale
     exactly alpha / r; without it diffusers guesses alpha = r.
     """
+    from diffusers import FluxPipeline
+    from peft.utils import get_peft_model_state_dict
+
     folder = Path(folder)
     metadata = transformer.peft_config[ADAPTER].to_dict()
     FluxPipeline.save_lora_weights(
@@ -100,6 +106,10 @@ def restore_lora(transformer: FluxTransformer2DModel, folder: str | Path) -> Non
     Raises:
         ValueError: the folder holds no transformer LoRA weights, or some do not fit the adapter.
     """
+    from diffusers import FluxPipeline
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import set_peft_model_state_dict
+
     state = FluxPipeline.lora_state_dict(folder)
     state = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
     if not state:

@@ -23,14 +23,11 @@ from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
 from alphavae import io
-from alphavae.convert import parse_dtype
+from alphavae.accel import OFFLOAD_MODES, parse_dtype
 from alphavae.diffusion.flow import unpack_latents
 from alphavae.vae import RGBAVAE
 
 log = logging.getLogger(__name__)
-
-OFFLOAD_MODES = ("none", "model", "sequential")
-"""CPU offload: whole models moved to the GPU in turn ('model'), or layer by layer ('sequential')."""
 
 
 def load_flux_pipeline(
@@ -50,7 +47,7 @@ def load_flux_pipeline(
         lora_scale: multiplier of the LoRA update (1 = as trained).
         dtype: weights dtype of the transformer and text encoders (bfloat16 on GPUs).
         device: where the pipeline runs (with offload: the accelerator it offloads to).
-        offload: one of :data:`OFFLOAD_MODES`.
+        offload: one of :data:`alphavae.accel.OFFLOAD_MODES`.
 
     Raises:
         ValueError: unknown offload mode, or the VAE's latent channels do not match the transformer.

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from alphavae.accel import MIXED_PRECISIONS
+from alphavae.configs import shipped_configs
 from alphavae.losses import LossConfig
 
 
@@ -209,11 +210,6 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def shipped_configs() -> list[str]:
-    """Names of the configs shipped in ``alphavae/configs`` (without ``.yaml``), sorted."""
-    return sorted(p.name[:-5] for p in resources.files("alphavae.configs").iterdir() if p.name.endswith(".yaml"))
 
 
 def _config_path(name_or_path: str | os.PathLike) -> Path:

@@ -1,0 +1,38 @@
+"""Tests for the ``alphavae`` command-line front end (``alphavae.cli``): the parser and its start-up cost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from alphavae.cli import build_parser, main
+from alphavae.convert import PROVENANCE_FILE
+
+HEAVY = ("diffusers", "peft", "transformers", "accelerate", "torchvision")
+
+
+def test_building_the_parser_loads_no_model_library():
+    """`alphavae --help` and argument errors stay fast: the subcommands import diffusers and the other
+    model libraries only when they run (each takes seconds to import)."""
+    code = ("import sys; from alphavae.cli import build_parser; build_parser(); "
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""
+
+
+def test_every_subcommand_has_help(capsys):
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert {"convert", "reconstruct", "train-vae", "eval-vae", "train-lora", "generate", "data"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert name in capsys.readouterr().out
+
+
+def test_convert_help_names_the_provenance_file(capsys):
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    assert PROVENANCE_FILE in capsys.readouterr().out

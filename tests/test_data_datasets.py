@@ -1,4 +1,4 @@
-"""Tests for alphavae.data.datasets: crops, blend augmentation, opaque views, determinism, sampler."""
+"""Tests for alphavae.data.datasets: crops, blend and translucency augmentation, opaque views, determinism, sampler."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alphavae.data.datasets import RGBADataset, StepBatchSampler, crop_square, item_generator
+from alphavae.data.datasets import RGBADataset, StepBatchSampler, crop_square, item_generator, scale_alpha
 from alphavae.io import ImageLoadError
 
 
@@ -76,6 +76,28 @@ def test_blend_prob_zero_keeps_alpha(files):
     assert (RGBADataset(files, size=16)[0][3] < 1).any()
 
 
+def test_scale_alpha_scales_alpha_in_unit_space_and_keeps_colour():
+    pixels = torch.tensor([0.2, -0.4, 0.9, 1.0, 0.1, 0.3, -1.0, -1.0]).view(2, 4).T.reshape(4, 1, 2)
+    scaled = scale_alpha(pixels, 0.5)
+    assert torch.equal(scaled[:3], pixels[:3])
+    assert torch.allclose((scaled[3] + 1) / 2, torch.tensor([[0.5, 0.0]]))  # opaque -> 0.5, transparent stays 0
+    assert torch.equal(pixels[3], torch.tensor([[1.0, -1.0]]))  # input untouched
+
+
+def test_alpha_scale_augmentation_makes_translucent_crops(files):
+    plain = RGBADataset(files, size=16, seed=5)
+    scaled = RGBADataset(files, size=16, seed=5, alpha_scale_prob=1.0, alpha_scale_min=0.3)
+    for i in range(len(plain)):
+        before, after = (plain[i][3] + 1) / 2, (scaled[i][3] + 1) / 2
+        assert torch.equal(scaled[i][:3], plain[i][:3])  # same crop (the augmentation draws after it)
+        factor = after.max() / before.max()
+        assert 0.3 - 1e-6 <= factor <= 1 and factor < 0.999
+        assert torch.allclose(after, before * factor, atol=1e-6)
+    # blended crops are opaque composites, never made translucent
+    blended = RGBADataset(files, size=16, seed=5, blend_prob=1.0, alpha_scale_prob=1.0)
+    assert all(torch.all(blended[i][3] == 1) for i in range(len(files)))
+
+
 @pytest.mark.parametrize("background", ["solid", "palette", "image"])
 def test_opaque_items_are_rgb(files, background):
     dataset = RGBADataset(files, size=16, opaque=True, opaque_background=background)
@@ -112,6 +134,8 @@ def test_bad_arguments():
         RGBADataset(["x.png"], crop="diagonal")
     with pytest.raises(ValueError, match="blend_prob"):
         RGBADataset(["x.png"], blend_prob=2)
+    with pytest.raises(ValueError, match="alpha_scale"):
+        RGBADataset(["x.png"], alpha_scale_min=-0.1)
 
 
 def test_crop_square_random_within_bounds():

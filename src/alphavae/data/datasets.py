@@ -51,6 +51,18 @@ def solid_colour(generator: torch.Generator) -> torch.Tensor:
     return (torch.rand(3, generator=generator) * 2.0 - 1.0).view(3, 1, 1)
 
 
+def scale_alpha(pixels: torch.Tensor, factor: float) -> torch.Tensor:
+    """Multiply the alpha of straight RGBA by ``factor`` in [0, 1], leaving the colour as it is.
+
+    ``pixels``: (4, H, W) straight RGBA in [-1, 1]. Returns a new (4, H, W) tensor whose alpha in [0, 1]
+    is ``factor`` times the input's (in [-1, 1] space: ``(a + 1) * factor - 1``): opaque regions become
+    uniformly translucent, transparent ones stay transparent.
+    """
+    scaled = pixels.clone()
+    scaled[3] = (pixels[3] + 1.0) * factor - 1.0
+    return scaled
+
+
 def flatten(pixels: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """Composite ``pixels`` over ``background`` and return opaque RGBA (alpha = 1).
 
@@ -133,6 +145,11 @@ class RGBADataset(Dataset):
             images smaller than ``size`` are padded with transparent pixels.
         blend_prob: probability in [0, 1] of the blend augmentation (AlphaVAE §4.2, paper value 0.3):
             the crop is replaced by its composite over one of the 27 colours {0, 0.5, 1}^3, alpha = 1.
+        alpha_scale_prob: probability in [0, 1] that a crop not blended has its alpha multiplied by a
+            factor drawn uniformly from [``alpha_scale_min``, 1] (:func:`scale_alpha`; this project's
+            translucency augmentation, not the paper's: icon and emoji data has few translucent regions).
+            0 (default) draws no extra random numbers, so items are those of earlier versions.
+        alpha_scale_min: lowest alpha factor in [0, 1] of that augmentation.
         opaque: return RGB ``(3, size, size)`` composites for training an RGB VAE: the crop is always
             flattened over a background chosen by ``opaque_background``; blend augmentation is skipped.
         opaque_background: ``"solid"`` (uniform colour from the RGB cube, default), ``"palette"``
@@ -158,6 +175,8 @@ class RGBADataset(Dataset):
         crop: str = "random",
         resize_short_side: bool = True,
         blend_prob: float = 0.0,
+        alpha_scale_prob: float = 0.0,
+        alpha_scale_min: float = 0.25,
         opaque: bool = False,
         opaque_background: str = "solid",
         seed: int = 0,
@@ -169,6 +188,9 @@ class RGBADataset(Dataset):
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
         if not 0.0 <= blend_prob <= 1.0:
             raise ValueError(f"blend_prob must be in [0, 1], got {blend_prob}")
+        if not (0.0 <= alpha_scale_prob <= 1.0 and 0.0 <= alpha_scale_min <= 1.0):
+            raise ValueError(f"alpha_scale_prob and alpha_scale_min must be in [0, 1], got {alpha_scale_prob} "
+                             f"and {alpha_scale_min}")
         if opaque_background not in OPAQUE_BACKGROUNDS:
             raise ValueError(f"opaque_background must be one of {OPAQUE_BACKGROUNDS}, got {opaque_background!r}")
         self.files = _resolve_files(source, split)
@@ -176,6 +198,7 @@ class RGBADataset(Dataset):
             raise ValueError(f"{source}: no images found" + (f" in split {split!r}" if split else ""))
         self.size, self.crop, self.resize_short_side = size, crop, resize_short_side
         self.blend_prob, self.opaque, self.opaque_background = blend_prob, opaque, opaque_background
+        self.alpha_scale_prob, self.alpha_scale_min = alpha_scale_prob, alpha_scale_min
         self.seed, self.max_pixels, self.epoch = seed, max_pixels, 0
 
     def __len__(self) -> int:
@@ -221,6 +244,9 @@ class RGBADataset(Dataset):
             return io.composite(pixels, background)
         if float(torch.rand((), generator=generator)) < self.blend_prob:
             pixels = flatten(pixels, palette_colour(generator))
+        elif self.alpha_scale_prob and float(torch.rand((), generator=generator)) < self.alpha_scale_prob:
+            low = self.alpha_scale_min
+            pixels = scale_alpha(pixels, low + (1.0 - low) * float(torch.rand((), generator=generator)))
         return pixels
 
 

@@ -92,6 +92,9 @@ class DataConfig:
             ``False`` takes crops at the images' native resolution.
         crop: ``"random"`` for training crops (validation always uses centre crops).
         blend_prob: blend augmentation probability in [0, 1] (paper: 0.3).
+        alpha_scale_prob, alpha_scale_min: translucency augmentation (not in the paper; default off): with this
+            probability an unblended crop's alpha is multiplied by a factor from [alpha_scale_min, 1]
+            (``alphavae.data.datasets.scale_alpha``).
         opaque_background: background of the opaque composites of the RGB stage (``solid``/``palette``/``image``).
         batch_size: images per process per micro-step (global batch = batch_size x processes x accumulation).
         num_workers: DataLoader worker processes.
@@ -104,6 +107,8 @@ class DataConfig:
     resize_short_side: bool = True
     crop: str = "random"
     blend_prob: float = 0.3
+    alpha_scale_prob: float = 0.0
+    alpha_scale_min: float = 0.25
     opaque_background: str = "solid"
     batch_size: int = 1
     num_workers: int = 2

@@ -255,7 +255,8 @@ def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
         val_files, val_failed = readable_files(val_files, show_progress=False)
         failed += val_failed
     dataset = RGBADataset(train_files, size=data.size, crop=data.crop, resize_short_side=data.resize_short_side,
-                          blend_prob=data.blend_prob, opaque=rgb,
+                          blend_prob=data.blend_prob, alpha_scale_prob=data.alpha_scale_prob,
+                          alpha_scale_min=data.alpha_scale_min, opaque=rgb,
                           opaque_background=data.opaque_background, seed=config.seed)
     sampler = StepBatchSampler(len(dataset), data.batch_size * accelerator.num_processes,
                                config.optim.max_steps * config.optim.gradient_accumulation, seed=config.seed,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from alphavae.cli import build_parser, main
+from alphavae.cli import main
 from alphavae.convert import PROVENANCE_FILE
 
 HEAVY = ("diffusers", "peft", "transformers", "accelerate", "torchvision")
@@ -22,14 +22,15 @@ def test_building_the_parser_loads_no_model_library():
     assert loaded == ""
 
 
-def test_every_subcommand_has_help(capsys):
-    commands = build_parser()._subparsers._group_actions[0].choices
-    assert {"convert", "reconstruct", "train-vae", "eval-vae", "train-lora", "generate", "data"} <= set(commands)
-    for name in commands:
-        with pytest.raises(SystemExit) as exit_info:
-            main([name, "--help"])
-        assert exit_info.value.code == 0
-        assert name in capsys.readouterr().out
+@pytest.mark.parametrize("command", ["convert", "reconstruct", "latent-factors", "background-moments", "data fetch",
+                                     "data samples", "data export", "eval", "eval-vae", "eval-t2i", "train-vae",
+                                     "train-lora", "generate"])
+def test_every_subcommand_has_help(command, capsys):
+    """Each command's --help exits 0 with its own usage line (its options build without the model libraries)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command.split(), "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: alphavae {command} ")
 
 
 def test_convert_help_names_the_provenance_file(capsys):

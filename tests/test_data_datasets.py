@@ -87,12 +87,14 @@ def test_scale_alpha_scales_alpha_in_unit_space_and_keeps_colour():
 def test_alpha_scale_augmentation_makes_translucent_crops(files):
     plain = RGBADataset(files, size=16, seed=5)
     scaled = RGBADataset(files, size=16, seed=5, alpha_scale_prob=1.0, alpha_scale_min=0.3)
+    factors = []
     for i in range(len(plain)):
         before, after = (plain[i][3] + 1) / 2, (scaled[i][3] + 1) / 2
         assert torch.equal(scaled[i][:3], plain[i][:3])  # same crop (the augmentation draws after it)
-        factor = after.max() / before.max()
-        assert 0.3 - 1e-6 <= factor <= 1 and factor < 0.999
-        assert torch.allclose(after, before * factor, atol=1e-6)
+        factors.append(float(after.max() / before.max()))
+        assert 0.3 - 1e-6 <= factors[-1] <= 1
+        assert torch.allclose(after, before * factors[-1], atol=1e-6)
+    assert len(set(factors)) == len(factors)  # one factor drawn per item
     # blended crops are opaque composites, never made translucent
     blended = RGBADataset(files, size=16, seed=5, blend_prob=1.0, alpha_scale_prob=1.0)
     assert all(torch.all(blended[i][3] == 1) for i in range(len(files)))

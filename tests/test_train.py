@@ -220,6 +220,11 @@ def test_cli_print_config_and_bad_inputs(assets, tmp_path, capsys):
     assert main(["train-vae", "-o", str(assets / "data" / "run"), "--data", str(assets / "data"),
                  "--vae", str(assets / "rgb_vae")]) == 1
     assert "inside input folder" in capsys.readouterr().err
+    missing = tmp_path / "no-such-data"
+    assert main(["train-vae", "-o", str(tmp_path / "run"), "--data", str(missing), "--vae", str(assets / "rgb_vae")]) == 1
+    assert f"data source {missing} (data.source / --data) does not exist" in capsys.readouterr().err
+    assert main(["train-vae", "-o", str(tmp_path / "run"), "--set", "data.alpha_scale_min=2", "--print-config"]) == 1
+    assert "data.alpha_scale_min must be in [0, 1], got 2" in capsys.readouterr().err
 
 
 def test_rgba_source_uses_separate_reference_for_ref_kl(assets, tmp_path, tiny_rgba_dir):

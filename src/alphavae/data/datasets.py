@@ -149,9 +149,11 @@ class RGBADataset(Dataset):
             factor drawn uniformly from [``alpha_scale_min``, 1] (:func:`scale_alpha`; this project's
             translucency augmentation, not the paper's: icon and emoji data has few translucent regions).
             0 (default) draws no extra random numbers, so items are those of earlier versions.
-        alpha_scale_min: lowest alpha factor in [0, 1] of that augmentation.
+        alpha_scale_min: lowest alpha factor in [0, 1] of that augmentation (near 0, crops become almost
+            invisible and their colour carries little signal; 0.25 by default).
         opaque: return RGB ``(3, size, size)`` composites for training an RGB VAE: the crop is always
-            flattened over a background chosen by ``opaque_background``; blend augmentation is skipped.
+            flattened over a background chosen by ``opaque_background``; blend and translucency
+            augmentation are skipped.
         opaque_background: ``"solid"`` (uniform colour from the RGB cube, default), ``"palette"``
             (one of the 27 blend colours) or ``"image"`` (another item of the same epoch, itself
             flattened over a uniform colour, then used as the background).

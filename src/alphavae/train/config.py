@@ -100,6 +100,9 @@ class DataConfig:
         num_workers: DataLoader worker processes.
         val_count: held-out images validated (manifest: first of split ``val``; folder: the last files).
         check_images: decode every image once before training and leave out unreadable ones (reported).
+
+    Raises:
+        ValueError: ``blend_prob``, ``alpha_scale_prob`` or ``alpha_scale_min`` is outside [0, 1].
     """
 
     source: str | None = None
@@ -114,6 +117,11 @@ class DataConfig:
     num_workers: int = 2
     val_count: int = 4
     check_images: bool = True
+
+    def __post_init__(self):
+        for name in ("blend_prob", "alpha_scale_prob", "alpha_scale_min"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclasses.dataclass

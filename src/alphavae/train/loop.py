@@ -327,13 +327,16 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
 
     Raises:
         FileExistsError: ``run_dir`` has checkpoints but ``resume`` is None.
-        FileNotFoundError: ``resume`` is a path that is not a checkpoint folder (``find_checkpoint``).
+        FileNotFoundError: ``config.data.source`` does not exist, or ``resume`` is a path that is not a
+            checkpoint folder (``find_checkpoint``).
         NonFiniteLossError: ``config.max_nonfinite`` consecutive steps had a non-finite loss.
         ValueError: ``run_dir`` is or lies inside the data folder (a manifest's folder for a manifest
             source), or bad config or inputs (see ``load_models`` / ``split_files``).
     """
     run_dir = Path(run_dir)
     if config.data.source is not None:
+        if not Path(config.data.source).exists():
+            raise FileNotFoundError(f"data source {config.data.source} (data.source / --data) does not exist")
         io.check_output_outside_inputs(run_dir, config.data.source if Path(config.data.source).is_dir()
                                        else Path(config.data.source).parent)
     if resume is None and list_checkpoints(run_dir):

@@ -10,9 +10,9 @@
 # native-resolution crops, batch 8, then continues to STAGE2_STEPS (default 4100) on 256 px crops of images
 # resized to a 256 px short side, batch 2, the learning rate decaying linearly to 0 over the final
 # STAGE2_DECAY_STEPS (default 1000), then anneals again in each window of STAGE2_ANNEALS (default
-# "5700 7300 9000"; same data settings): a window ending at step A restarts the rate at 5e-4 * (A - start) / A
-# (1.4e-4 from step 4,100 to 5,700, 1.1e-4 from 5,700 to 7,300, 9.4e-5 from 7,300 to 9,000) and lowers it
-# linearly to 0 at step A. To train further, append a window: each run resumes from its newest checkpoint and
+# "5700 7300 9000 10500"; same data settings): a window ending at step A restarts the rate at
+# 5e-4 * (A - start) / A (1.4e-4 from step 4,100 to 5,700, 1.1e-4 from 5,700 to 7,300, 9.4e-5 from 7,300 to
+# 9,000, 7.1e-5 from 9,000 to 10,500) and lowers it linearly to 0 at step A. To train further, append a window: each run resumes from its newest checkpoint and
 # skips the windows it has finished. The two stage-2 runs (AlphaVAE objective and the naive-MSE comparison)
 # train side by side, one thread each, as on the 2-core CPU this model was trained on. Set THREADS to change
 # the threads per run (default 1).
@@ -24,9 +24,9 @@ stage1_steps=${STAGE1_STEPS:-2000}
 stage2_crop_steps=${STAGE2_CROP_STEPS:-1900}
 stage2_steps=${STAGE2_STEPS:-4100}
 stage2_decay_steps=${STAGE2_DECAY_STEPS:-1000}
-stage2_anneals=${STAGE2_ANNEALS:-5700 7300 9000}
+stage2_anneals=${STAGE2_ANNEALS:-5700 7300 9000 10500}
 if [ -n "${STAGE2_ANNEAL_STEPS:-}" ]; then
-    echo "train.sh: STAGE2_ANNEAL_STEPS is replaced by STAGE2_ANNEALS, the list of window ends (default \"5700 7300 9000\")" >&2
+    echo "train.sh: STAGE2_ANNEAL_STEPS is replaced by STAGE2_ANNEALS, the list of window ends (default \"5700 7300 9000 10500\")" >&2
     exit 2
 fi
 export OMP_NUM_THREADS=${THREADS:-1}

@@ -51,6 +51,14 @@ def solid_colour(generator: torch.Generator) -> torch.Tensor:
     return (torch.rand(3, generator=generator) * 2.0 - 1.0).view(3, 1, 1)
 
 
+def check_probabilities(prefix: str = "", **values: float) -> None:
+    """Raise ``ValueError`` naming the first of ``values`` outside [0, 1] (as ``<prefix><name>``); used for the
+    augmentation settings by :class:`RGBADataset` and ``alphavae.train.config.DataConfig``."""
+    for name, value in values.items():
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{prefix}{name} must be in [0, 1], got {value}")
+
+
 def scale_alpha(pixels: torch.Tensor, factor: float) -> torch.Tensor:
     """Multiply the alpha of straight RGBA by ``factor`` in [0, 1], leaving the colour as it is.
 
@@ -188,11 +196,7 @@ class RGBADataset(Dataset):
             raise ValueError(f"size must be > 0, got {size}")
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
-        if not 0.0 <= blend_prob <= 1.0:
-            raise ValueError(f"blend_prob must be in [0, 1], got {blend_prob}")
-        if not (0.0 <= alpha_scale_prob <= 1.0 and 0.0 <= alpha_scale_min <= 1.0):
-            raise ValueError(f"alpha_scale_prob and alpha_scale_min must be in [0, 1], got {alpha_scale_prob} "
-                             f"and {alpha_scale_min}")
+        check_probabilities(blend_prob=blend_prob, alpha_scale_prob=alpha_scale_prob, alpha_scale_min=alpha_scale_min)
         if opaque_background not in OPAQUE_BACKGROUNDS:
             raise ValueError(f"opaque_background must be one of {OPAQUE_BACKGROUNDS}, got {opaque_background!r}")
         self.files = _resolve_files(source, split)

@@ -18,6 +18,7 @@ import yaml
 
 from alphavae.accel import MIXED_PRECISIONS
 from alphavae.configs import shipped_configs
+from alphavae.data.datasets import check_probabilities
 from alphavae.losses import LossConfig
 
 
@@ -119,9 +120,8 @@ class DataConfig:
     check_images: bool = True
 
     def __post_init__(self):
-        for name in ("blend_prob", "alpha_scale_prob", "alpha_scale_min"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
+        check_probabilities("data.", blend_prob=self.blend_prob, alpha_scale_prob=self.alpha_scale_prob,
+                            alpha_scale_min=self.alpha_scale_min)
 
 
 @dataclasses.dataclass

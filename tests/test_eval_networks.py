@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 import warnings
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from alphavae.eval import networks as nets
 
 
+@pytest.mark.filterwarnings("ignore:.*deprecated since 0.13:UserWarning")  # the reference lpips.LPIPS
 def test_lpips_equals_lpips_package(tmp_path):
     import lpips
 
@@ -25,6 +27,7 @@ def test_lpips_equals_lpips_package(tmp_path):
     torch.testing.assert_close(nets.lpips_distance(ours, x, y), expected.double(), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:.*deprecated since 0.13:UserWarning")  # the reference lpips.LPIPS
 def test_lpips_from_torchvision_alexnet_keys(tmp_path):
     import lpips
     from torchvision.models import alexnet
@@ -41,6 +44,16 @@ def test_lpips_from_torchvision_alexnet_keys(tmp_path):
              if name.split(".")[0] in dict(getattr(reference.net, f"slice{k}").named_children())})
     x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(nets.lpips_distance(ours, x, y), reference(x * 2 - 1, y * 2 - 1).flatten().double())
+
+
+def test_unusable_lpips_file_raises(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"features.0.weight": torch.zeros(1)}, path)  # AlexNet layout, layers missing
+    with pytest.raises(nets.NetworkUnavailable, match="other.pth"):
+        nets.build_lpips(path)
+    torch.save({"unrelated": torch.zeros(1)}, path)
+    with pytest.raises(nets.NetworkUnavailable, match="other.pth"):
+        nets.build_lpips(path)
 
 
 def test_missing_weights_skip_or_raise(tmp_path, monkeypatch):
@@ -154,3 +167,9 @@ def test_aesthetic_head_loads_public_layout(tmp_path):
     scorer = nets.build_aesthetic(clip_dir, tmp_path / "head.pth")
     scores = scorer(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+def test_alexnet_cache_name_is_torchvisions():
+    from torchvision.models import AlexNet_Weights
+
+    assert nets.ALEXNET_CACHE == Path(AlexNet_Weights.IMAGENET1K_V1.url).name

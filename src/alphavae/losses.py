@@ -147,13 +147,6 @@ def estimate_background_moments(folder_or_files: str | os.PathLike | Iterable[st
     return mean, square
 
 
-def _torchvision_alexnet_cache() -> Path:
-    """Where torchvision caches its ImageNet AlexNet weights (``torch.hub.get_dir()/checkpoints``)."""
-    from torchvision.models import AlexNet_Weights
-
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(AlexNet_Weights.IMAGENET1K_V1.url).name
-
-
 def build_lpips(backbone_path: str | os.PathLike | None = None, *, random_backbone: bool = False) -> nn.Module | None:
     """The canonical ``lpips`` metric (AlexNet, v0.1), frozen, or ``None`` when no backbone weights exist.
 
@@ -172,29 +165,21 @@ def build_lpips(backbone_path: str | os.PathLike | None = None, *, random_backbo
     Raises:
         FileNotFoundError: if ``backbone_path`` is given but does not exist.
         KeyError: if the state dict lacks an AlexNet feature weight.
+        RuntimeError: if the file holds neither AlexNet weights nor a full ``lpips.LPIPS`` state dict
+            (``alphavae.eval.networks.lpips_network`` builds the network).
     """
-    import warnings
-
-    import lpips
+    from alphavae.eval.networks import ALEXNET_CACHE, lpips_network
 
     if backbone_path is not None and not Path(backbone_path).is_file():
         raise FileNotFoundError(f"LPIPS backbone weights not found: {backbone_path}")
-    path = Path(backbone_path) if backbone_path is not None else _torchvision_alexnet_cache()
+    path = Path(backbone_path) if backbone_path is not None else Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_CACHE
     if not random_backbone and not path.is_file():
         logger.warning(
             "LPIPS disabled: no AlexNet backbone weights (looked for %s); to enable the LPIPS term, give a "
             "torchvision alexnet state dict with --set loss.lpips_backbone_path=PATH (LossConfig.lpips_backbone_path) "
             "or put it in that cache", path)
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torchvision's "pretrained is deprecated" from lpips
-        metric = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)
-    if not random_backbone:
-        features = torch.load(path, map_location="cpu", weights_only=True)
-        # lpips keeps torchvision's layer index N inside its slices: "sliceK.N.weight" <- "features.N.weight"
-        backbone = {name: features["features." + name.split(".", 1)[1]] for name in metric.net.state_dict()}
-        metric.net.load_state_dict(backbone)
-    return metric.eval().requires_grad_(False)
+    return lpips_network(None if random_backbone else torch.load(path, map_location="cpu", weights_only=True))
 
 
 def composite_lpips(metric: nn.Module, target: torch.Tensor, prediction: torch.Tensor, backgrounds: Sequence) -> torch.Tensor:

@@ -52,36 +52,51 @@ def _resolve(spec: str | Path | None, cache_name: str | None, metric: str) -> Pa
     return path
 
 
+def lpips_network(state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    """The canonical LPIPS network (AlexNet backbone, the ``lpips`` package's bundled v0.1 linear layers), frozen.
+
+    The one place that builds ``lpips.LPIPS``: the metric (:func:`build_lpips`) and the training objective's LPIPS
+    term (``alphavae.losses.build_lpips``) both come from here.
+
+    Args:
+        state: a full ``lpips.LPIPS`` state dict; or torchvision AlexNet weights (``features.N.*`` keys, other keys
+            ignored), which fill the backbone, where ``lpips`` keeps torchvision's layer index N inside its
+            slices (``net.sliceK.N.*``); or ``None``, a randomly initialised backbone (tests).
+    Returns:
+        ``lpips.LPIPS`` in eval mode with ``requires_grad=False`` (inputs ``(N, 3, H, W)`` RGB in [-1, 1]).
+    Raises:
+        KeyError: AlexNet weights lack a feature layer the backbone needs.
+        RuntimeError: a full state dict does not match the network.
+    Source: ``lpips`` 0.1.4 (Zhang et al. 2018).
+    """
+    import lpips
+
+    with warnings.catch_warnings():  # lpips calls torchvision's alexnet(pretrained=...), deprecated since 0.13
+        warnings.simplefilter("ignore", UserWarning)
+        net = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)
+    if state is not None and any(key.startswith("features.") for key in state):
+        net.net.load_state_dict({name: state["features." + name.split(".", 1)[1]] for name in net.net.state_dict()})
+    elif state is not None:
+        net.load_state_dict(state)
+    return net.eval().requires_grad_(False)
+
+
 def build_lpips(weights: str | Path) -> torch.nn.Module:
-    """LPIPS (AlexNet backbone, linear layers v0.1) with weights from a local file.
+    """LPIPS (AlexNet backbone, linear layers v0.1) with weights from a local file, for the metric.
 
     Args:
         weights: either a full ``lpips.LPIPS`` state dict, or torchvision AlexNet weights
-            (``features.*`` keys; the package's bundled v0.1 linear layers are used).
+            (``features.*`` keys; the package's bundled v0.1 linear layers are used); see :func:`lpips_network`.
     Returns:
         ``lpips.LPIPS`` in eval mode (inputs ``(N, 3, H, W)`` in [-1, 1]).
     Raises:
         NetworkUnavailable: the file is unreadable or its keys match neither layout.
     Source: ``lpips`` 0.1.4 (Zhang et al. 2018).
     """
-    import lpips
-
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        net = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)
-        if any(k.startswith("features.") for k in state):
-            slices = {0: 1, 1: 1, 2: 2, 3: 2, 4: 2, 5: 3, 6: 3, 7: 3, 8: 4, 9: 4, 10: 5, 11: 5}
-            state = {
-                f"net.slice{slices[int(k.split('.')[1])]}.{k.split('.', 1)[1]}": v
-                for k, v in state.items()
-                if k.startswith("features.")
-            }
-            net.load_state_dict(state, strict=False)
-        else:
-            net.load_state_dict(state)
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+        return lpips_network(torch.load(weights, map_location="cpu", weights_only=True))
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
         raise NetworkUnavailable(f"{weights}: cannot load LPIPS weights ({err})") from err
-    return net.eval().requires_grad_(False)
 
 
 LPIPS_MIN_SIZE = 31
@@ -335,7 +350,7 @@ def feature_distance_summary(sets: dict[str, tuple[FeatureSet, FeatureSet]]) -> 
 
 
 __all__ = [
-    "OFF", "NetworkUnavailable", "build_lpips", "lpips_distance", "build_inception", "inception_features",
+    "OFF", "NetworkUnavailable", "lpips_network", "build_lpips", "lpips_distance", "build_inception", "inception_features",
     "FeatureSet", "frechet_distance", "build_clip", "clip_score", "clip_image_embeddings", "clip_text_embeddings",
     "AestheticHead", "Aesthetic", "build_aesthetic", "Networks", "load_networks", "feature_distance_summary",
 ]

@@ -10,9 +10,14 @@
 # native-resolution crops, batch 8, then continues to STAGE2_STEPS (default 4100) on 256 px crops of images
 # resized to a 256 px short side, batch 2, the learning rate decaying linearly to 0 over the final
 # STAGE2_DECAY_STEPS (default 1000), then anneals again in each window of STAGE2_ANNEALS (default
-# "5700 7300 9000 10500"; same data settings): a window ending at step A restarts the rate at
+# "5700 7300 9000 10500 12000"; same data settings): a window ending at step A restarts the rate at
 # 5e-4 * (A - start) / A (1.4e-4 from step 4,100 to 5,700, 1.1e-4 from 5,700 to 7,300, 9.4e-5 from 7,300 to
-# 9,000, 7.1e-5 from 9,000 to 10,500) and lowers it linearly to 0 at step A. To train further, append a window: each run resumes from its newest checkpoint and
+# 9,000, 7.1e-5 from 9,000 to 10,500, 6.25e-5 from 10,500 to 12,000) and lowers it linearly to 0 at step A.
+# Windows ending after STAGE2_PROTOCOL_MOMENTS_AFTER (default 10500) give ABMSE the background moments of the
+# 9 evaluation backgrounds (E[b] = 0.000436, E[b^2] = 0.888891 per channel in [-1, 1]; `alphavae
+# background-moments` on the 9 solid colours prints them), so that ABMSE is the mean composite error over those
+# backgrounds; earlier windows use the reference (ImageNet) moments. The naive-MSE run gets the same settings,
+# where they are inert. To train further, append a window: each run resumes from its newest checkpoint and
 # skips the windows it has finished. The two stage-2 runs (AlphaVAE objective and the naive-MSE comparison)
 # train side by side, one thread each, as on the 2-core CPU this model was trained on. Set THREADS to change
 # the threads per run (default 1).
@@ -24,9 +29,10 @@ stage1_steps=${STAGE1_STEPS:-2000}
 stage2_crop_steps=${STAGE2_CROP_STEPS:-1900}
 stage2_steps=${STAGE2_STEPS:-4100}
 stage2_decay_steps=${STAGE2_DECAY_STEPS:-1000}
-stage2_anneals=${STAGE2_ANNEALS:-5700 7300 9000 10500}
+stage2_anneals=${STAGE2_ANNEALS:-5700 7300 9000 10500 12000}
+protocol_moments_after=${STAGE2_PROTOCOL_MOMENTS_AFTER:-10500}
 if [ -n "${STAGE2_ANNEAL_STEPS:-}" ]; then
-    echo "train.sh: STAGE2_ANNEAL_STEPS is replaced by STAGE2_ANNEALS, the list of window ends (default \"5700 7300 9000 10500\")" >&2
+    echo "train.sh: STAGE2_ANNEAL_STEPS is replaced by STAGE2_ANNEALS, the list of window ends (default \"5700 7300 9000 10500 12000\")" >&2
     exit 2
 fi
 export OMP_NUM_THREADS=${THREADS:-1}
@@ -68,11 +74,15 @@ stage2() {  # config run-name
         "${train[@]}" "${whole[@]}" --set optim.max_steps="$stage2_steps" \
             --set optim.decay_steps="$stage2_decay_steps" >> "$runs/$2.log" 2>&1
     fi
-    local end last=${stage2_anneals##* }
+    local protocol=(--set "loss.background_mean=[0.000436, 0.000436, 0.000436]"
+                    --set "loss.background_square=[0.888891, 0.888891, 0.888891]")
+    local end last=${stage2_anneals##* } moments
     for end in $stage2_anneals; do  # the last window always runs: at its end it only re-exports final/
+        moments=()
+        [ "$end" -le "$protocol_moments_after" ] || moments=("${protocol[@]}")
         if [ "$end" = "$last" ] || [ "$(latest_step "$2")" -lt "$end" ]; then
-            "${train[@]}" "${whole[@]}" --set optim.max_steps="$end" --set optim.decay_steps="$end" \
-                >> "$runs/$2.log" 2>&1
+            "${train[@]}" "${whole[@]}" ${moments[@]+"${moments[@]}"} --set optim.max_steps="$end" \
+                --set optim.decay_steps="$end" >> "$runs/$2.log" 2>&1
         fi
     done
 }

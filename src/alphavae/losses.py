@@ -168,11 +168,11 @@ def build_lpips(backbone_path: str | os.PathLike | None = None, *, random_backbo
         RuntimeError: if the file holds neither AlexNet weights nor a full ``lpips.LPIPS`` state dict
             (``alphavae.eval.networks.lpips_network`` builds the network).
     """
-    from alphavae.eval.networks import ALEXNET_CACHE, lpips_network
+    from alphavae.eval.networks import ALEXNET_CACHE, hub_checkpoint, lpips_network
 
     if backbone_path is not None and not Path(backbone_path).is_file():
         raise FileNotFoundError(f"LPIPS backbone weights not found: {backbone_path}")
-    path = Path(backbone_path) if backbone_path is not None else Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_CACHE
+    path = Path(backbone_path) if backbone_path is not None else hub_checkpoint(ALEXNET_CACHE)
     if not random_backbone and not path.is_file():
         logger.warning(
             "LPIPS disabled: no AlexNet backbone weights (looked for %s); to enable the LPIPS term, give a "

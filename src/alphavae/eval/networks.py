@@ -32,8 +32,13 @@ class NetworkUnavailable(RuntimeError):
     """An explicitly requested metric network could not be loaded (message names the path and reason)."""
 
 
+def hub_checkpoint(name: str) -> Path:
+    """Where torch hub keeps the weights file ``name`` (``torch.hub.get_dir()/checkpoints/name``; may not exist)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
 def _cached(name: str) -> Path | None:
-    path = Path(torch.hub.get_dir()) / "checkpoints" / name
+    path = hub_checkpoint(name)
     return path if path.is_file() else None
 
 
@@ -350,7 +355,8 @@ def feature_distance_summary(sets: dict[str, tuple[FeatureSet, FeatureSet]]) -> 
 
 
 __all__ = [
-    "OFF", "NetworkUnavailable", "lpips_network", "build_lpips", "lpips_distance", "build_inception", "inception_features",
+    "OFF", "NetworkUnavailable", "hub_checkpoint", "lpips_network", "build_lpips", "lpips_distance", "build_inception",
+    "inception_features",
     "FeatureSet", "frechet_distance", "build_clip", "clip_score", "clip_image_embeddings", "clip_text_embeddings",
     "AestheticHead", "Aesthetic", "build_aesthetic", "Networks", "load_networks", "feature_distance_summary",
 ]

@@ -6,11 +6,12 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from alphavae.cli import main
 from alphavae.io import load_rgba
-from alphavae.reconstruct import reconstruct_files
+from alphavae.reconstruct import comparison_grid, reconstruct_files
 from alphavae.vae import RGBAVAE
 from fixtures_io import palette_image, write_png16
 
@@ -36,8 +37,12 @@ def test_sizes_come_back_exactly(tmp_path, tiny_rgba_dir):
     for height, width in sizes:
         output = Image.open(tmp_path / "out" / "sub" / f"{height}x{width}.png")
         assert output.mode == "RGBA" and output.size == (width, height)
-        grid = Image.open(tmp_path / "grids" / "sub" / f"{height}x{width}.grid.png")
-        assert grid.size == (3 * width, 2 * height)
+        grid = load_rgba(tmp_path / "grids" / "sub" / f"{height}x{width}.grid.png")
+        expected = comparison_grid(load_rgba(tmp_path / "in" / "sub" / f"{height}x{width}.png"),
+                                   load_rgba(tmp_path / "out" / "sub" / f"{height}x{width}.png"))
+        assert grid.shape[1] >= 2 * height and grid.shape[2] >= 3 * width
+        assert grid.shape == expected.shape  # the labelled grid of the input and the written output, within
+        assert torch.allclose(grid, expected, atol=4 / 255)  # 8-bit rounding of output and grid (2 levels)
     tiled = ["--tile-size", "24", "--tile-overlap", "8", "--tile-mode", "exact"]
     (tmp_path / "in" / "sub" / "200x7.png").unlink()  # 25 tiles x one pass per GroupNorm: slow for a unit test
     assert _run(tmp_path / "in", "-o", tmp_path / "tiled", "--vae", tiny_rgba_dir, *tiled) == 0
@@ -220,7 +225,8 @@ def test_grid_failure_is_reported_apart_and_made_on_rerun(tmp_path, tiny_rgba_di
     blocker.rmdir()
     assert _run(*args) == 0
     assert "0 written, 1 skipped (exist), 0 failed" in capsys.readouterr().out
-    assert Image.open(blocker).size == (30, 12)
+    expected = comparison_grid(load_rgba(tmp_path / "in" / "a.png"), load_rgba(tmp_path / "out" / "a.png"))
+    assert torch.equal(load_rgba(blocker), expected)  # made from the input and the existing output
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [("--batch-size", "0", "0 is below 1"),

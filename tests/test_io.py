@@ -507,3 +507,40 @@ def test_clear_hidden_colour_only_touches_fully_transparent_pixels():
     cleared = aio.clear_hidden_colour(pixels)
     assert cleared[0, :, 0, 0].tolist() == [-1, -1, -1, -1]
     assert torch.equal(cleared[..., 1], pixels[..., 1])
+
+
+# ---------------------------------------------------------------- labelled preview sheets
+
+def _panels(rows: int, columns: int, height: int, width: int) -> torch.Tensor:
+    """``(R, C, 3, H, W)`` random 8-bit colours in [-1, 1]."""
+    values = torch.randint(0, 256, (rows, columns, 3, height, width), generator=torch.Generator().manual_seed(0))
+    return aio.from_unit(values / 255)
+
+
+def test_labelled_sheet_keeps_every_panel_exactly():
+    """Panels wider than their labels sit at the documented offsets (from the bottom: header height is the font's)."""
+    panels = _panels(2, 3, 40, 120)
+    sheet = aio.labelled_sheet(panels, ["", ""], ["a", "b", "c"])
+    assert sheet.shape[0] == 4 and torch.equal(sheet[3], torch.ones_like(sheet[3]))
+    assert sheet.shape[2] == aio.sheets.GUTTER + 3 * (120 + aio.sheets.GUTTER)  # no row labels: no label column
+    for row in range(2):
+        y = sheet.shape[1] - (2 - row) * (40 + aio.sheets.GUTTER)
+        for column in range(3):
+            x = aio.sheets.GUTTER + column * (120 + aio.sheets.GUTTER)
+            assert torch.allclose(sheet[:3, y:y + 40, x:x + 120], panels[row, column], atol=1e-6)
+    header = aio.to_unit(sheet[:3, :sheet.shape[1] - 2 * (40 + aio.sheets.GUTTER)])
+    for column in range(3):  # each column label is drawn (dark pixels) above its own column
+        x = aio.sheets.GUTTER + column * (120 + aio.sheets.GUTTER)
+        assert (header[:, :, x:x + 120] < 0.5).any()
+
+
+def test_labelled_sheet_widens_cells_for_labels_of_tiny_images():
+    panels = _panels(2, 3, 1, 1)
+    sheet = aio.labelled_sheet(panels, ["input", "reconstruction"], ["checkerboard", "black", "white"])
+    assert sheet.shape[1] > 2 * 12 and sheet.shape[2] > 3 * 40  # one text line per row, labels fit in the cells
+    unit = aio.to_unit(sheet[:3])
+    assert ((unit - aio.to_unit(panels[1, 2]).view(3, 1, 1)).abs() < 1e-6).all(0).any()  # the 1-px panel is there
+    with pytest.raises(ValueError, match="2 row labels and 3 column labels"):
+        aio.labelled_sheet(panels, ["input"], ["checkerboard", "black", "white"])
+    with pytest.raises(ValueError, match=r"\(R, C, 3, H, W\)"):
+        aio.labelled_sheet(panels[0], ["input"], ["checkerboard", "black", "white"])

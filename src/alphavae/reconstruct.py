@@ -23,6 +23,7 @@ from alphavae.io import (
     ImageLoadError,
     check_output_outside_inputs,
     composite,
+    labelled_sheet,
     list_images,
     load_rgba,
     save_rgba,
@@ -69,17 +70,18 @@ class ReconstructReport:
 
 
 def comparison_grid(original: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-    """Side-by-side comparison: rows original / reconstruction, columns over checkerboard, black, white.
+    """Labelled side-by-side comparison: rows input / reconstruction, columns over checkerboard, black, white.
 
     Args:
         original, reconstruction: ``(4, H, W)`` straight RGBA in [-1, 1], same size.
     Returns:
-        ``(4, 2H, 3W)`` opaque RGBA in [-1, 1] (alpha = 1).
+        ``(4, H', W')`` opaque RGBA in [-1, 1] (alpha = 1), ``H' >= 2H`` and ``W' >= 3W``: the six
+        composites under their background names, with the row names on the left
+        (``alphavae.io.sheets.labelled_sheet``).
     """
-    rows = [torch.cat([composite(image, name) for name in GRID_BACKGROUNDS], dim=-1)
-            for image in (original, reconstruction)]
-    grid = torch.cat(rows, dim=-2)
-    return torch.cat([grid, torch.ones_like(grid[:1])])
+    panels = torch.stack([torch.stack([composite(image, name) for name in GRID_BACKGROUNDS])
+                          for image in (original, reconstruction)])
+    return labelled_sheet(panels, ["input", "reconstruction"], GRID_BACKGROUNDS)
 
 
 def _list_inputs(inputs: list, report: ReconstructReport) -> list[tuple[Path, Path]]:

@@ -3,7 +3,8 @@
 Every tensor here follows docs/architecture.md: straight (non-premultiplied) alpha, float
 ``(B, 4, H, W)`` or ``(4, H, W)``, channels R, G, B, A, all in [-1, 1]. Submodules: ``files``
 (load/save, file walking, atomic writes), ``alpha`` (ranges, compositing, premultiplication, masks),
-``resample`` (alpha-correct resize, pad to a multiple, crop back). No model code lives here.
+``resample`` (alpha-correct resize, pad to a multiple, crop back), ``sheets`` (labelled preview
+sheets). No model code lives here.
 """
 
 from alphavae.io.alpha import (
@@ -44,11 +45,12 @@ from alphavae.io.resample import (
     resize_rgba,
     resize_short_side,
 )
+from alphavae.io.sheets import labelled_sheet
 
 __all__ = [
     "BACKGROUNDS", "CHECKER_DARK", "CHECKER_LIGHT", "DEFAULT_MAX_PIXELS", "PAD_MODES", "RESIZE_MODES",
     "ImageLoadError", "alpha_to_mask", "alpha_unit", "atomic_write", "check_output_outside_inputs",
     "check_pixels", "checkerboard", "clear_hidden_colour", "composite", "crop_to", "from_pil", "from_unit", "image_extensions",
-    "list_images", "load_rgba", "mask_to_alpha", "pad_to_multiple", "premultiply", "resize_rgba",
+    "labelled_sheet", "list_images", "load_rgba", "mask_to_alpha", "pad_to_multiple", "premultiply", "resize_rgba",
     "resize_short_side", "save_rgba", "set_default_permissions", "special_file_kind", "to_pil", "to_unit", "unpremultiply",
 ]

@@ -180,8 +180,8 @@ def step_randomness(seed: int, step: int, total_rows: int, rows: slice,
 def validate(vae: AutoencoderKL, pixels: torch.Tensor, step: int, run_dir: Path, accelerator: Accelerator) -> dict:
     """Reconstruct held-out images (posterior mode), save a grid PNG, log PSNR per background.
 
-    The grid (``RUN_DIR/validation/step-XXXXXXXX.png``, one row per image) shows target and reconstruction
-    composited over checkerboard, black and white (RGB models: target and reconstruction).
+    The grid (``RUN_DIR/validation/step-XXXXXXXX.png``, one row per image, labelled columns) shows target
+    and reconstruction composited over checkerboard, black and white (RGB models: target and reconstruction).
 
     Args:
         vae: the ``AutoencoderKL`` being trained (put back in its training mode afterwards).
@@ -195,8 +195,6 @@ def validate(vae: AutoencoderKL, pixels: torch.Tensor, step: int, run_dir: Path,
         ``{"val/psnr_<background>": PSNR in dB}`` (``"val/psnr_rgb"`` for RGB models), computed on
         composites in [0, 1].
     """
-    from torchvision.utils import make_grid
-
     was_training = vae.training
     vae.eval()
     pixels = pixels.to(accelerator.device)
@@ -204,16 +202,16 @@ def validate(vae: AutoencoderKL, pixels: torch.Tensor, step: int, run_dir: Path,
     vae.train(was_training)
     views = {"rgb": (pixels, reconstruction)} if pixels.shape[1] == 3 else {
         bg: (io.composite(pixels, bg), io.composite(reconstruction, bg)) for bg in VALIDATION_BACKGROUNDS}
-    metrics, columns = {}, []
+    metrics, columns, labels = {}, [], []
     for name, (target, prediction) in views.items():
         mse = ((io.to_unit(target) - io.to_unit(prediction)) ** 2).mean().clamp_min(1e-10)
         metrics[f"val/psnr_{name}"] = float(-10 * torch.log10(mse))
         columns += [target, prediction]
-    grid = make_grid(io.to_unit(torch.stack(columns, dim=1).flatten(0, 1)).cpu(), nrow=len(columns), padding=2)
-    image = torch.cat([io.from_unit(grid), torch.ones_like(grid[:1])])
+        labels += [f"{name}: target", f"{name}: recon."]
+    image = io.labelled_sheet(torch.stack(columns, dim=1).cpu(), [f"#{i + 1}" for i in range(len(pixels))], labels)
     io.save_rgba(image, run_dir / "validation" / f"step-{step:08d}.png", overwrite=True)
     tracker = accelerator.get_tracker("tensorboard", unwrap=True)
-    tracker.add_image("val/grid", grid, step)
+    tracker.add_image("val/grid", io.to_unit(image[:3]), step)
     return metrics
 
 

@@ -544,3 +544,5 @@ def test_labelled_sheet_widens_cells_for_labels_of_tiny_images():
         aio.labelled_sheet(panels, ["input"], ["checkerboard", "black", "white"])
     with pytest.raises(ValueError, match=r"\(R, C, 3, H, W\)"):
         aio.labelled_sheet(panels[0], ["input"], ["checkerboard", "black", "white"])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        aio.labelled_sheet(panels * float("nan"), ["input", "reconstruction"], ["checkerboard", "black", "white"])

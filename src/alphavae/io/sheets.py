@@ -50,10 +50,13 @@ def labelled_sheet(panels: torch.Tensor, row_labels: Sequence[str], column_label
         pixels are kept exactly up to 8-bit quantisation.
 
     Raises:
-        ValueError: ``panels`` is not 5-D with 3 channels, or the label counts are not ``R`` and ``C``.
+        ValueError: ``panels`` is not 5-D with 3 channels or holds NaN/infinite values, or the label counts
+            are not ``R`` and ``C``.
     """
     if panels.ndim != 5 or panels.shape[2] != 3:
         raise ValueError(f"panels must be shaped (R, C, 3, H, W), got {tuple(panels.shape)}")
+    if not torch.isfinite(panels).all():
+        raise ValueError("panels contain NaN or infinite values")
     rows, columns, _, height, width = panels.shape
     if len(row_labels) != rows or len(column_labels) != columns:
         raise ValueError(f"need {rows} row labels and {columns} column labels, "

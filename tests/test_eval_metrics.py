@@ -127,7 +127,7 @@ def test_jpeg_roundtrip_matches_pillow_file(tmp_path):
 
 @pytest.mark.parametrize("protocol", ["reference", "clean"])
 def test_hidden_colour_does_not_change_composite_scores(protocol):
-    """rgba-pitfalls #5: colour under alpha = 0 changes only the alpha-blind 'rgba' group."""
+    """Colour under alpha = 0 changes only the alpha-blind 'rgba' group."""
     gt = soft_rgba()
     pred = perturbed(gt)
     other = pred.clone()

@@ -1,4 +1,4 @@
-"""Tests for alphavae.io: every I/O, resize and compositing pitfall of rgba-pitfalls.md on synthetic fixtures."""
+"""Tests for alphavae.io: the known RGBA I/O, resize and compositing pitfalls on synthetic fixtures."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def unit(t: torch.Tensor) -> np.ndarray:
     return aio.to_unit(t).permute(1, 2, 0).numpy()
 
 
-# ---------------------------------------------------------------- round trips (pitfalls 4, 13)
+# ---------------------------------------------------------------- round trips
 
 @pytest.mark.parametrize("bit_depth", [8, 16])
 def test_save_load_round_trip_is_exact(tmp_path, bit_depth):
@@ -71,7 +71,7 @@ def test_to_pil_and_from_pil_match_save_and_load(tmp_path):
     assert np.array_equal(np.asarray(image), np.asarray(Image.open(aio.save_rgba(pixels, tmp_path / "a.png"))))
 
 
-# ---------------------------------------------------------------- mode handling (pitfalls 2, 3, 4)
+# ---------------------------------------------------------------- mode handling
 
 def test_palette_with_transparent_index(tmp_path):
     path = tmp_path / "p.png"
@@ -383,7 +383,7 @@ def test_pad_modes():
         aio.crop_to(pixels, (9, 2))
 
 
-# ---------------------------------------------------------------- masks and ranges (pitfalls 15, 16)
+# ---------------------------------------------------------------- masks and ranges
 
 def test_mask_conventions_invert_both_ways():
     alpha = torch.tensor([[0.0, 0.25, 1.0]])

@@ -206,7 +206,7 @@ def compute_dtype(model: nn.Module) -> torch.dtype:
 def float32_computation(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` entirely in float32 inside the block, then restore each parameter's dtype and layout.
 
-    For the loud float32 fallback when 16-bit output is not finite (rgba-pitfalls #10): unlike casting
+    For the loud float32 fallback when 16-bit output is not finite: unlike casting
     the whole model back to one dtype afterwards, this keeps a mixed policy's float32 islands and
     channels_last weights exactly as they were (16-bit -> float32 -> 16-bit is lossless). Parameters are
     swapped outside inference mode, so it also works inside ``torch.inference_mode`` blocks.

@@ -454,7 +454,7 @@ class Objective(nn.Module):
 
     def _visible(self, pixels: torch.Tensor) -> torch.Tensor:
         """RGBA with the colour under alpha = 0 set to -1 (``io.clear_hidden_colour``), as ``RGBAVAE`` encodes it:
-        inputs that look the same give the same losses (rgba-pitfalls #5). RGB pixels are returned as they are."""
+        inputs that look the same give the same losses. RGB pixels are returned as they are."""
         return io.clear_hidden_colour(pixels) if self.in_channels == 4 else pixels
 
     def _reconstruction(self, target: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:

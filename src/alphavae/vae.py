@@ -1,7 +1,7 @@
 """``RGBAVAE``: encode / decode / reconstruct straight RGBA images of any size with a 4-channel VAE.
 
 Wraps a converted diffusers ``AutoencoderKL`` (``alphavae.convert``) and owns what the bare model
-leaves to the caller: padding to the downsampling factor and cropping back (rgba-pitfalls #8),
+leaves to the caller: padding to the downsampling factor and cropping back,
 batching of same-size images, optional overlapping tiles blended with linear ramps, alpha treated
 exactly like colour (#9, #14), the dtype policy with a loud float32 fallback on non-finite output
 (#10), the diffusion latent scaling/shift, and explicit pixel/latent arguments (#1, #12).
@@ -322,7 +322,7 @@ class RGBAVAE:
 
         Tiles bound the memory of the full-resolution layers (e.g. 4096^2 images). In each overlap the
         quarter nearest a tile's inner edge serves as context only (zero weight) and the middle half
-        cross-fades linearly; every channel, alpha included, is blended alike (rgba-pitfalls #9).
+        cross-fades linearly; every channel, alpha included, is blended alike.
 
         ``tile_mode="exact"`` (default) tiles only the local, full-resolution stages: the encoder's
         ``conv_in`` + down blocks and the decoder's up blocks + output layers. Their GroupNorms use

@@ -23,7 +23,9 @@ def _add_common(parser: argparse.ArgumentParser, *, protocol: bool = True) -> No
         parser.add_argument("--protocol", choices=("reference", "clean"), default="reference", help=PROTOCOL_HELP)
         parser.add_argument("--resize", type=positive_int, default=None, metavar="PX",
                             help="resize the GT so its short side is PX pixels (bilinear, premultiplied) and "
-                                 "centre-crop PX x PX, as the reference did with 1024 (default: no resize)")
+                                 "centre-crop PX x PX, as the reference did with 1024 (default: no resize); eval "
+                                 "does not resize predictions (they must already be PX x PX), eval-vae reconstructs "
+                                 "the resized GT")
         parser.add_argument("--checkerboard", action="store_true",
                             help="also score composites over a 16 px grey checkerboard")
         parser.add_argument("--worst-k", type=non_negative_int, default=8, metavar="K",
@@ -35,7 +37,7 @@ def _add_common(parser: argparse.ArgumentParser, *, protocol: bool = True) -> No
                         help="torch-fidelity FID Inception weights; 'none' = off (default: its cache, else skipped)")
     parser.add_argument("--aesthetic", nargs=2, default=None, metavar=("CLIP_DIR", "HEAD"),
                         help="LAION aesthetic predictor: local CLIP ViT-L/14 folder and MLP head file (default: off)")
-    parser.add_argument("--device", default="cpu", help="torch device for the networks (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device for the metric networks, and the VAE in eval-vae (default: %(default)s)")
 
 
 def _networks(args: argparse.Namespace, clip: str | None = "none"):

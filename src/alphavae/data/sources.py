@@ -1,7 +1,7 @@
 """Real RGBA image sources reachable through package registries (npm, Debian apt).
 
-Facts (packages, versions, licences, archive sha256, paths) from ``docs/data-sources.md`` of the
-project, checked against the archives on 2026-11-29. Only sources with
+Facts (packages, versions, licences, archive sha256, paths) checked against the archives on
+2026-11-29. Only sources with
 ``licence_ok_for_shipping=True`` (MIT / public domain) may train weights or give images the
 project ships; the copyleft ones are for local evaluation and experiments.
 """

@@ -3,7 +3,7 @@
 The diffusers ``FluxPipeline`` runs the text encoders and the transformer only
 (``output_type="latent"``); its packed latents are unpacked here and decoded by
 :class:`alphavae.vae.RGBAVAE` into straight RGBA. No pixel tensor ever goes through diffusers'
-``VaeImageProcessor`` (which takes 4-channel tensors for latents: rgba-pitfalls.md #1), and the
+``VaeImageProcessor`` (which takes any 4-channel tensor for latents), and the
 pipeline's own RGB-only post-processing is never used. Source: AlphaVAE (arXiv 2507.09308) §5.1;
 library: diffusers ``FluxPipeline``.
 """

@@ -213,7 +213,7 @@ def latent_drift(vae, source, gt: torch.Tensor) -> dict[str, float]:
     The GT is composited over black and over white (alpha set to 1), padded like ``RGBAVAE.encode``
     does (``alphavae.io.pad_to_multiple``, replicate), and encoded by both; reported: ``mse`` (mean
     squared difference of the means) and ``rel_l2`` (``||mu_rgba - mu_src|| / ||mu_src||``), each averaged over the two backgrounds. An
-    unconverted model scores 0 exactly (opaque initialisation, method.md section 1).
+    unconverted model scores 0 exactly (opaque initialisation, paper Sec. 4.1).
 
     Args:
         vae: ``alphavae.vae.RGBAVAE``. source: diffusers ``AutoencoderKL`` with 3 input channels.

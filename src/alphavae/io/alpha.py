@@ -22,8 +22,8 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "cyan": (0, 255, 255),
     "magenta": (255, 0, 255),
 }
-"""The 9 canonical solid backgrounds of the ALPHA evaluation protocol (AlphaVAE, arXiv 2507.09308;
-docs/method.md section 5), in this order, as 0-255 sRGB triples."""
+"""The 9 canonical solid backgrounds of the ALPHA evaluation protocol (AlphaVAE, arXiv 2507.09308,
+ALPHA benchmark), in this order, as 0-255 sRGB triples."""
 
 CHECKER_LIGHT = 204
 """Light square of :func:`checkerboard`, 0-255 sRGB grey (the usual image-editor value)."""
@@ -58,7 +58,7 @@ def from_unit(x: torch.Tensor) -> torch.Tensor:
 def check_pixels(pixels: torch.Tensor, name: str = "pixels") -> None:
     """Validate an RGBA pixel tensor: float, shaped ``(4, H, W)`` or ``(B, 4, H, W)``.
 
-    Pixels and latents are never told apart by channel count (rgba-pitfalls.md #1); this only
+    Pixels and latents are never told apart by channel count (a 4-channel tensor can be either); this only
     checks that a tensor passed *as pixels* has the pixel layout.
 
     Args:
@@ -148,7 +148,7 @@ def composite(pixels: torch.Tensor, background: str | Sequence[float] | torch.Te
 
     Source: the compositing used throughout AlphaVAE (arXiv 2507.09308; docs/architecture.md,
     "Composite"), i.e. Porter-Duff *over* with an opaque backdrop. Colour under alpha = 0 is multiplied by exactly 0,
-    so hidden colour never reaches the result (rgba-pitfalls.md #5). Differentiable; nothing is clamped.
+    so hidden colour never reaches the result. Differentiable; nothing is clamped.
 
     Args:
         pixels: ``(B, 4, H, W)`` or ``(4, H, W)`` straight RGBA in [-1, 1].
@@ -177,7 +177,7 @@ def clear_hidden_colour(pixels: torch.Tensor) -> torch.Tensor:
     """Set the colour of fully transparent pixels to -1 (black); everything else is unchanged.
 
     Two files that differ only under alpha = 0 look identical, so every model input must be made
-    identical too (rgba-pitfalls.md #5): the VAE encoder would otherwise see the hidden colour.
+    identical too: the VAE encoder would otherwise see the hidden colour.
 
     Args:
         pixels: ``(B, 4, H, W)`` or ``(4, H, W)`` straight RGBA in [-1, 1].
@@ -236,7 +236,7 @@ def _check_unit(x: torch.Tensor, name: str) -> None:
 
 
 def alpha_to_mask(alpha: torch.Tensor) -> torch.Tensor:
-    """ComfyUI MASK from alpha: ``mask = 1 - alpha`` (rgba-pitfalls.md #15).
+    """ComfyUI MASK from alpha: ``mask = 1 - alpha`` (ComfyUI masks mark what is transparent).
 
     Args:
         alpha: alpha in [0, 1], any shape (e.g. ``(B, H, W)`` or ``(B, 1, H, W)``; use

@@ -171,7 +171,7 @@ def _open_guarded(path: Path, max_pixels: int | None) -> Image.Image:
 def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Load any image Pillow can open as straight RGBA.
 
-    Handles (rgba-pitfalls.md #2-4, #14): palette images with a transparent index or per-entry alpha
+    Handles: palette images with a transparent index or per-entry alpha
     (exact alpha), L / LA / grey with a transparent value (R = G = B = L), RGB / RGBX / CMYK / YCbCr
     (alpha = 1; CMYK uses Pillow's naive conversion), premultiplied RGBa / La (un-premultiplied by
     Pillow), 16-bit PNGs of every colour type at full precision (read with pypng, divided by 65535,
@@ -284,7 +284,7 @@ def to_pil(pixels: torch.Tensor) -> Image.Image:
 
 def save_rgba(pixels: torch.Tensor, path: str | os.PathLike, *, bit_depth: int = 8,
               overwrite: bool = False) -> Path:
-    """Save straight RGBA pixels as a lossless 4-channel PNG, atomically (rgba-pitfalls.md #13).
+    """Save straight RGBA pixels as a lossless 4-channel PNG, atomically.
 
     Values are clamped to [-1, 1] and quantised to ``round(unit * (2**bit_depth - 1))``. Where the
     quantised alpha is 0, the stored colour is 0 (transparent black): files are deterministic and no

@@ -44,7 +44,7 @@ def _check_size(size: tuple[int, int], what: str) -> tuple[int, int]:
 
 def resize_rgba(pixels: torch.Tensor, size: tuple[int, int], *, mode: str = "bicubic",
                 antialias: bool = True) -> torch.Tensor:
-    """Resize straight RGBA without colour bleeding (rgba-pitfalls.md #6).
+    """Resize straight RGBA without colour bleeding.
 
     Premultiplies colour by alpha, resamples all four channels with
     ``torch.nn.functional.interpolate`` (computed in float32), clamps alpha to [0, 1] (bicubic
@@ -104,7 +104,7 @@ def resize_short_side(pixels: torch.Tensor, short_side: int, *, mode: str = "bic
 
 def pad_to_multiple(pixels: torch.Tensor, multiple: int, *,
                     mode: str = "replicate") -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad bottom and right so both sides are multiples of ``multiple`` (rgba-pitfalls.md #8).
+    """Pad bottom and right so both sides are multiples of ``multiple``.
 
     Use :func:`crop_to` with the returned size to undo it; the original pixels are untouched
     (they stay at the top-left).

@@ -140,7 +140,7 @@ def test_eval_t2i(tmp_path):
     (tmp_path / "prompts.jsonl").write_text('{"key": "g0", "prompt": "a cat"}\n{"file": "g1.png", "prompt": "dog"}\n')
     out = tmp_path / "out"
     code = main(["eval-t2i", "--pred", str(pred), "--prompts", str(tmp_path / "prompts.jsonl"),
-                 "--clip", str(tiny_clip(tmp_path / "clip")), "-o", str(out), *NO_NETS])
+                 "--clip", str(tiny_clip(tmp_path / "clip")), "-o", str(out), "--inception", "none"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["tree"]["overall"]["macro"]["rgb"]) == {"clip_score"}

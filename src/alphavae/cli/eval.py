@@ -15,11 +15,13 @@ PROTOCOL_HELP = (
 )
 
 
-def _add_common(parser: argparse.ArgumentParser, *, protocol: bool = True) -> None:
+def _add_common(parser: argparse.ArgumentParser, *, paired: bool = True) -> None:
+    """Options of all three commands; ``paired`` (eval, eval-vae: GT/prediction pairs) adds the protocol
+    options and LPIPS."""
     parser.add_argument("-o", "--output", required=True, type=Path,
                         help="report folder (created): report.json, report.csv, report.html; must not lie in an input folder")
     parser.add_argument("--overwrite", action="store_true", help="replace existing report files")
-    if protocol:
+    if paired:
         parser.add_argument("--protocol", choices=("reference", "clean"), default="reference", help=PROTOCOL_HELP)
         parser.add_argument("--resize", type=positive_int, default=None, metavar="PX",
                             help="resize the GT so its short side is PX pixels (bilinear, premultiplied) and "
@@ -30,9 +32,9 @@ def _add_common(parser: argparse.ArgumentParser, *, protocol: bool = True) -> No
                             help="also score composites over a 16 px grey checkerboard")
         parser.add_argument("--worst-k", type=non_negative_int, default=8, metavar="K",
                             help="worst images (lowest PSNR) shown in the HTML report (default: %(default)s)")
-    parser.add_argument("--lpips", default=None, metavar="PATH",
-                        help="LPIPS weights: full lpips state dict or torchvision AlexNet weights; 'none' = off "
-                             "(default: torchvision's cached AlexNet, skipped with a warning if absent)")
+        parser.add_argument("--lpips", default=None, metavar="PATH",
+                            help="LPIPS weights: full lpips state dict or torchvision AlexNet weights; 'none' = off "
+                                 "(default: torchvision's cached AlexNet, skipped with a warning if absent)")
     parser.add_argument("--inception", default=None, metavar="PATH",
                         help="torch-fidelity FID Inception weights; 'none' = off (default: its cache, else skipped)")
     parser.add_argument("--aesthetic", nargs=2, default=None, metavar=("CLIP_DIR", "HEAD"),
@@ -43,7 +45,8 @@ def _add_common(parser: argparse.ArgumentParser, *, protocol: bool = True) -> No
 def _networks(args: argparse.Namespace, clip: str | None = "none"):
     from alphavae.eval.networks import load_networks
 
-    return load_networks(lpips=args.lpips, inception=args.inception, clip=clip, aesthetic=args.aesthetic).to(args.device)
+    lpips = getattr(args, "lpips", "none")  # eval-t2i scores no image pairs, so it has no LPIPS
+    return load_networks(lpips=lpips, inception=args.inception, clip=clip, aesthetic=args.aesthetic).to(args.device)
 
 
 def _protocol(args: argparse.Namespace):
@@ -230,5 +233,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="JSON {key: prompt} or JSON Lines {\"key\": ..., \"prompt\": ...}; key = relative path minus extension")
     p.add_argument("--ref", default=None, type=Path, help="reference RGBA images for FID (unpaired)")
     p.add_argument("--clip", required=True, help="local CLIP model folder (transformers CLIPModel + CLIPProcessor)")
-    _add_common(p, protocol=False)
+    _add_common(p, paired=False)
     p.set_defaults(func=run_eval_t2i)

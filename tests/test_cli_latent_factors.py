@@ -27,6 +27,8 @@ def test_fits_writes_and_reports_bad_files(tmp_path, tiny_rgba_dir, capsys):
     assert "warning: fitted on only 3 image(s)" in captured.err  # too few to represent a dataset
     assert main(["latent-factors", str(vae_dir), str(tmp_path), "--limit", "3", "--tile-size", "16"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 3
+    assert main(["latent-factors", str(vae_dir), str(tmp_path), "--limit", "3", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out) == printed  # the same seeded fit on an explicit device
     assert RGBAVAE.from_pretrained(vae_dir).scaling_factor == 0.3611  # not written without --write
 
     (tmp_path / "broken.png").write_bytes(b"not a png")
@@ -43,6 +45,11 @@ def test_fits_writes_and_reports_bad_files(tmp_path, tiny_rgba_dir, capsys):
 def test_missing_vae_is_a_clear_error(tmp_path, capsys):
     assert main(["latent-factors", str(tmp_path / "absent"), str(tmp_path)]) == 1
     assert "absent" in capsys.readouterr().err
+
+
+def test_unusable_device_is_a_clear_error(tmp_path, tiny_rgba_dir, capsys):
+    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path), "--device", "nonsense"]) == 1
+    assert "nonsense" in capsys.readouterr().err
 
 
 def test_failures_are_listed_and_factors_survive_a_failed_write(tmp_path, tiny_rgba_dir, capsys, monkeypatch):

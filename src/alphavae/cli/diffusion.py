@@ -18,12 +18,15 @@ from alphavae.diffusion.lora import TARGET_PRESETS
 
 # (flag, config field, argparse options); every default is None so that only given flags override --config.
 _TRAIN_FLAGS: tuple[tuple[str, str, dict], ...] = (
-    ("--model", "model", {"help": "local diffusers FLUX folder (model_index.json), or a hub id when online"}),
+    ("--model", "model", {"help": "local diffusers FLUX folder (model_index.json), or a hub id when online "
+                                  "(required, here or in --config)"}),
     ("--vae", "vae", {"help": "RGBA VAE folder (diffusers AutoencoderKL with 4 channels, from `alphavae convert` "
-                              "+ fine-tuning); its latent space must be the model's"}),
-    ("--data", "data", {"help": "folder of RGBA images (walked recursively) or a manifest .jsonl"}),
+                              "+ fine-tuning); its latent space must be the model's (required, here or in --config)"}),
+    ("--data", "data", {"help": "folder of RGBA images (walked recursively) or a manifest .jsonl (required, here "
+                                "or in --config)"}),
     ("-o", "output_dir", {"dest": "output_dir", "metavar": "OUT",
-                          "help": "output folder (LoRA, checkpoints, validation images); not inside --data"}),
+                          "help": "output folder (LoRA, checkpoints, validation images); not inside --data (required, "
+                                  "here or in --config)"}),
     ("--split", "split", {"help": "with a manifest --data: use only this split, e.g. train (default: all)"}),
     ("--captions", "captions", {"help": "CSV/JSONL caption table (columns file_name|file|image|path + "
                                         "caption|text|prompt); default: sidecar <image>.txt files"}),
@@ -35,7 +38,9 @@ _TRAIN_FLAGS: tuple[tuple[str, str, dict], ...] = (
                                           "help": "encode every image once before training (needs --crop center)"}),
     ("--rank", "rank", {"type": int, "help": "LoRA rank (default 64)"}),
     ("--alpha", "alpha", {"type": float, "help": "LoRA alpha; the update is scaled by alpha/rank (default 64)"}),
-    ("--targets", "targets", {"choices": sorted(TARGET_PRESETS), "help": "LoRA target layers (default paper)"}),
+    ("--targets", "targets", {"choices": sorted(TARGET_PRESETS), "help": "LoRA target layers: paper = attention projections and feed-forwards of the double- "
+                                  "and single-stream blocks (AlphaVAE Sec. 5.1); attention = the same without the "
+                                  "feed-forwards (default paper)"}),
     ("--optimizer", "optimizer", {"choices": ("prodigy", "adamw"), "help": "default prodigy"}),
     ("--lr", "learning_rate", {"type": float, "help": "learning rate (default 1.0, Prodigy's scale; ~1e-4 for adamw)"}),
     ("--lr-scheduler", "lr_scheduler", {"help": "diffusers scheduler name: constant, cosine, linear, ... "
@@ -63,7 +68,7 @@ _TRAIN_FLAGS: tuple[tuple[str, str, dict], ...] = (
                                     "folder; continues exactly where it stopped"}),
     ("--validation-prompt", "validation_prompts", {"action": "append", "help": "prompt rendered over a "
                                                    "checkerboard during training (repeatable)"}),
-    ("--validation-every", "validation_every", {"type": int, "help": "steps between validations, 0 = end only"}),
+    ("--validation-every", "validation_every", {"type": int, "help": "steps between validations, 0 = end only (default 0)"}),
     ("--validation-steps", "validation_steps", {"type": int, "help": "denoising steps of validation (default 28)"}),
     ("--report-to", "report_to", {"choices": ("tensorboard", "none"), "help": "default tensorboard (OUT/logs)"}),
 )

@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-shift", action="store_true",
                         help="fit only scaling_factor = 1 / RMS with shift_factor 0 (SD1.x/SDXL-style pipelines "
                              "ignore shift_factor); default: shift = mean, scale = 1 / std")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device for the VAE, e.g. cuda or cuda:1 (default: %(default)s)")
     parser.add_argument("--tile-size", type=positive_int, default=None, metavar="N",
                         help="encode in N x N pixel tiles (exact mode, see `alphavae reconstruct --help`) to bound "
                              "memory on large images; default: whole images")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     failed: list[str] = []
     paths: list = []
     try:
-        vae = RGBAVAE.from_pretrained(args.vae, dtype="float32", tile_size=args.tile_size)
+        vae = RGBAVAE.from_pretrained(args.vae, dtype="float32", device=args.device, tile_size=args.tile_size)
         paths = choose_images(args.inputs, args.limit, args.seed)
         factors = fit_latent_factors(vae, load_skipping(paths, args.max_pixels, failed), shift=not args.no_shift,
                                      generator=torch.Generator().manual_seed(args.seed))

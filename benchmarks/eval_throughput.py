@@ -9,8 +9,10 @@ run without LPIPS/FID networks (none can be downloaded here), on the same image 
 number is compared.
 
 Inputs: a folder of real RGBA images (e.g. ``/work/data/alphavae/images``); ``--per-category`` images
-are taken from each of its sub-folders (sorted), predictions are made by a perturbation: colour
-through a JPEG round trip at quality 40, alpha blurred with a 3x3 box filter (PNG files).
+are taken from the top level of each of its sub-folders (sorted; for ``alphavae data fetch`` output
+that is the two Fluent emoji sources: clip art lies one level deeper and is not taken), predictions
+are made by a perturbation: colour through a JPEG round trip at quality 40, alpha blurred with a 3x3
+box filter (PNG files). Needs pyiqa (in the ``[test]`` extra: ``pip install -e ".[test]"``).
 
 Timing: wall-clock and process CPU time (user + system) of each pipeline; on a shared machine the
 CPU-time ratio is the robust one.

@@ -38,9 +38,10 @@ _TRAIN_FLAGS: tuple[tuple[str, str, dict], ...] = (
                                           "help": "encode every image once before training (needs --crop center)"}),
     ("--rank", "rank", {"type": int, "help": "LoRA rank (default 64)"}),
     ("--alpha", "alpha", {"type": float, "help": "LoRA alpha; the update is scaled by alpha/rank (default 64)"}),
-    ("--targets", "targets", {"choices": sorted(TARGET_PRESETS), "help": "LoRA target layers: paper = attention projections and feed-forwards of the double- "
-                                  "and single-stream blocks (AlphaVAE Sec. 5.1); attention = the same without the "
-                                  "feed-forwards (default paper)"}),
+    ("--targets", "targets", {"choices": sorted(TARGET_PRESETS),
+                              "help": "LoRA target layers: paper = attention projections and feed-forwards of the "
+                                      "double- and single-stream blocks (AlphaVAE Sec. 5.1); attention = the same "
+                                      "without the feed-forwards (default paper)"}),
     ("--optimizer", "optimizer", {"choices": ("prodigy", "adamw"), "help": "default prodigy"}),
     ("--lr", "learning_rate", {"type": float, "help": "learning rate (default 1.0, Prodigy's scale; ~1e-4 for adamw)"}),
     ("--lr-scheduler", "lr_scheduler", {"help": "diffusers scheduler name: constant, cosine, linear, ... "

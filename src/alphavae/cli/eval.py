@@ -39,7 +39,8 @@ def _add_common(parser: argparse.ArgumentParser, *, paired: bool = True) -> None
                         help="torch-fidelity FID Inception weights; 'none' = off (default: its cache, else skipped)")
     parser.add_argument("--aesthetic", nargs=2, default=None, metavar=("CLIP_DIR", "HEAD"),
                         help="LAION aesthetic predictor: local CLIP ViT-L/14 folder and MLP head file (default: off)")
-    parser.add_argument("--device", default="cpu", help="torch device for the metric networks, and the VAE in eval-vae (default: %(default)s)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device for the metric networks, and the VAE in eval-vae (default: %(default)s)")
 
 
 def _networks(args: argparse.Namespace, clip: str | None = "none"):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from alphavae.io.alpha import from_unit, to_unit
+from alphavae.io.files import from_pil, to_pil
 
 FONT_SIZE = 12
 """Label text size in px (Pillow's bundled font, ``ImageFont.load_default``)."""
@@ -25,11 +25,9 @@ LABEL_MARGIN = 4
 """Space between a label and its cell's border, in px."""
 
 
-def _text_width(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont) -> int:
+def _text_width(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
     """Width of ``text`` in px when drawn with ``font`` (0 for an empty label)."""
-    if not text:
-        return 0
-    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+    left, _, right, _ = font.getbbox(text)
     return int(np.ceil(right - left))
 
 
@@ -52,29 +50,27 @@ def labelled_sheet(panels: torch.Tensor, row_labels: Sequence[str], column_label
     Raises:
         ValueError: ``panels`` is not 5-D with 3 channels or holds NaN/infinite values, or the label counts
             are not ``R`` and ``C``.
+        TypeError: ``panels`` is not a floating-point tensor (panels are quantised by ``alphavae.io.to_pil``).
     """
     if panels.ndim != 5 or panels.shape[2] != 3:
         raise ValueError(f"panels must be shaped (R, C, 3, H, W), got {tuple(panels.shape)}")
-    if not torch.isfinite(panels).all():
-        raise ValueError("panels contain NaN or infinite values")
     rows, columns, _, height, width = panels.shape
     if len(row_labels) != rows or len(column_labels) != columns:
         raise ValueError(f"need {rows} row labels and {columns} column labels, "
                          f"got {len(row_labels)} and {len(column_labels)}")
     font = ImageFont.load_default(size=FONT_SIZE)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    _, top, _, bottom = measure.textbbox((0, 0), "Ag", font=font)
+    _, top, _, bottom = font.getbbox("Ag")
     line = int(np.ceil(bottom - top)) + 2 * LABEL_MARGIN
-    row_widths = [_text_width(measure, text, font) for text in row_labels]
+    row_widths = [_text_width(text, font) for text in row_labels]
     label_width = max(row_widths) + 2 * LABEL_MARGIN if any(row_widths) else 0
-    cell_width = max([width] + [_text_width(measure, text, font) + 2 * LABEL_MARGIN for text in column_labels])
+    cell_width = max([width] + [_text_width(text, font) + 2 * LABEL_MARGIN for text in column_labels])
     cell_height = max(height, line)
     left = GUTTER + label_width
     header = GUTTER + line
     sheet = Image.new("RGB", (left + columns * (cell_width + GUTTER), header + rows * (cell_height + GUTTER)),
                       SHEET_GREY)
     draw = ImageDraw.Draw(sheet)
-    pixels = torch.round(to_unit(panels.detach().float().cpu()).clamp(0, 1) * 255).to(torch.uint8)
+    opaque = torch.ones(1, height, width, dtype=panels.dtype, device=panels.device)
     for column, text in enumerate(column_labels):
         x = left + column * (cell_width + GUTTER) + cell_width // 2
         draw.text((x, GUTTER + line // 2), text, fill="black", font=font, anchor="mm")
@@ -83,7 +79,6 @@ def labelled_sheet(panels: torch.Tensor, row_labels: Sequence[str], column_label
         draw.text((GUTTER + LABEL_MARGIN, y + cell_height // 2), text, fill="black", font=font, anchor="lm")
         for column in range(columns):
             x = left + column * (cell_width + GUTTER) + (cell_width - width) // 2
-            panel = Image.fromarray(pixels[row, column].permute(1, 2, 0).numpy())
+            panel = to_pil(torch.cat([panels[row, column], opaque])).convert("RGB")  # 8-bit, NaN refused
             sheet.paste(panel, (x, y + (cell_height - height) // 2))
-    unit = torch.from_numpy(np.asarray(sheet, dtype=np.float32) / 255).permute(2, 0, 1)
-    return from_unit(torch.cat([unit, torch.ones_like(unit[:1])]))
+    return from_pil(sheet)

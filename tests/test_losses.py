@@ -59,6 +59,19 @@ def test_abmse_equals_rgb_mse_for_opaque_images():
         losses.abmse(target[:, :3], prediction[:, :3])
 
 
+def test_abmse_terms_split_the_loss_into_colour_cross_and_alpha():
+    target, prediction = _rgba(seed=1), _rgba(seed=2)
+    colour, cross, alpha = losses.abmse_terms(target, prediction)
+    assert colour.shape == cross.shape == alpha.shape == (2, 3, 16, 16)
+    assert torch.equal((colour + cross + alpha).flatten(1).sum(1).mean(), losses.abmse(target, prediction))
+    same_alpha = prediction.clone()
+    same_alpha[:, 3] = target[:, 3]
+    _, cross, alpha = losses.abmse_terms(target, same_alpha)
+    assert not cross.any() and not alpha.any()  # equal alpha: only the colour term remains
+    with pytest.raises(ValueError, match="abmse"):
+        losses.abmse_terms(target[:, :3], prediction[:, :3])
+
+
 def test_estimate_background_moments(tmp_path):
     image = torch.zeros(4, 8, 8)
     image[0], image[1], image[2], image[3] = 1.0, -1.0, 0.0, 1.0

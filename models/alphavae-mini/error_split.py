@@ -5,7 +5,7 @@
 Arguments as in `probe_images.py` (N default 20). Each image, at a 256 px short side, is reconstructed (posterior
 mode, float32). With P = alpha * colour - alpha' * colour' (premultiplied difference) and D = alpha - alpha', the
 expected squared composite error over backgrounds b is P^2 - 2 E[b] P D + E[b^2] D^2 per pixel and channel (ABMSE,
-paper Sec. 4.2). Prints, per source, the mean colour (P^2), cross and alpha (E[b^2] D^2) terms and the alpha term's
+paper Sec. 4.2; the terms come from `alphavae.losses.abmse_terms`). Prints, per source, the mean colour (P^2), cross and alpha (E[b^2] D^2) terms and the alpha term's
 share, for the moments of the 9 evaluation backgrounds (`alphavae.io.BACKGROUNDS`, measured with
 `alphavae.losses.background_moments` as `alphavae background-moments` does) and for the reference ImageNet moments.
 """
@@ -14,7 +14,12 @@ import torch
 from probe_images import parse_args, source_images
 
 from alphavae.io import BACKGROUNDS
-from alphavae.losses import REFERENCE_BACKGROUND_MEAN, REFERENCE_BACKGROUND_SQUARE, background_moments
+from alphavae.losses import (
+    REFERENCE_BACKGROUND_MEAN,
+    REFERENCE_BACKGROUND_SQUARE,
+    abmse_terms,
+    background_moments,
+)
 
 if __name__ == "__main__":
     split, vae, count = parse_args(20)
@@ -28,14 +33,9 @@ if __name__ == "__main__":
             counted += 1
             with torch.inference_mode():
                 reconstruction = vae.reconstruct(pixels[None])
-            alpha, alpha_hat = (pixels[None, 3:] + 1) / 2, (reconstruction[:, 3:] + 1) / 2
-            premultiplied = pixels[None, :3] * alpha - reconstruction[:, :3] * alpha_hat  # P, (1, 3, H, W)
-            difference = alpha - alpha_hat  # D, (1, 1, H, W)
             for kind, (mean, square) in moments.items():
-                mean, square = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(square).view(1, 3, 1, 1)
-                terms[kind] += torch.stack([premultiplied.square().mean(),
-                                            (-2 * mean * premultiplied * difference).mean(),
-                                            (square * difference.square()).mean()]).double()
+                parts = abmse_terms(pixels[None], reconstruction, mean, square)
+                terms[kind] += torch.stack([part.mean() for part in parts]).double()
         for kind, total in terms.items():
             colour, cross, alpha_term = total / counted
             share = alpha_term / (colour + cross + alpha_term)

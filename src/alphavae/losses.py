@@ -42,25 +42,25 @@ def _sum_mean(per_element: torch.Tensor) -> torch.Tensor:
     return per_element.flatten(1).sum(1).mean()
 
 
-def abmse(
+def abmse_terms(
     target: torch.Tensor,
     prediction: torch.Tensor,
     background_mean: Sequence[float] = REFERENCE_BACKGROUND_MEAN,
     background_square: Sequence[float] = REFERENCE_BACKGROUND_SQUARE,
-) -> torch.Tensor:
-    """Alpha-blended MSE: expected squared composite error over a random background (paper Sec. 4.2).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three per-element terms of ``abmse``: colour ``P^2``, cross ``-2 E[b] P D`` and alpha ``E[b^2] D^2``.
 
-    With ``P = C_t*a_t - C_p*a_p`` (premultiplied colour difference) and ``D = a_t - a_p`` (alpha in
-    [0, 1]), ``E_b ||P - b*D||^2 = P^2 - 2 E[b] P D + E[b^2] D^2`` per pixel and channel, for a background
-    ``b`` with per-channel mean ``E[b]`` and second moment ``E[b^2]`` (in [-1, 1] space). Colour under
-    alpha = 0 costs nothing; for opaque images it equals the RGB squared error.
+    ``P = C_t*a_t - C_p*a_p`` is the premultiplied colour difference and ``D = a_t - a_p`` the alpha
+    difference (alpha in [0, 1]); their sum is the expected squared composite error over a background ``b``
+    with per-channel mean ``E[b]`` and second moment ``E[b^2]`` (paper Sec. 4.2). Useful on its own to see
+    how much of a model's composite error comes from alpha.
 
     Args:
         target, prediction: ``(B, 4, H, W)`` straight RGBA in [-1, 1].
         background_mean, background_square: three floats each (see ``estimate_background_moments``).
 
     Returns:
-        Scalar: per-sample sum over 3 channels and H*W pixels, mean over the batch.
+        ``(colour, cross, alpha)``, each ``(B, 3, H, W)``.
 
     Raises:
         ValueError: if either tensor does not have 4 channels or their shapes differ.
@@ -72,8 +72,34 @@ def abmse(
     alpha_diff = alpha_t - alpha_p
     mean = prediction.new_tensor(background_mean).view(1, 3, 1, 1)
     square = prediction.new_tensor(background_square).view(1, 3, 1, 1)
-    per_element = colour_diff**2 - 2 * mean * colour_diff * alpha_diff + square * alpha_diff**2
-    return _sum_mean(per_element)
+    return colour_diff**2, -2 * mean * colour_diff * alpha_diff, square * alpha_diff**2
+
+
+def abmse(
+    target: torch.Tensor,
+    prediction: torch.Tensor,
+    background_mean: Sequence[float] = REFERENCE_BACKGROUND_MEAN,
+    background_square: Sequence[float] = REFERENCE_BACKGROUND_SQUARE,
+) -> torch.Tensor:
+    """Alpha-blended MSE: expected squared composite error over a random background (paper Sec. 4.2).
+
+    With ``P = C_t*a_t - C_p*a_p`` (premultiplied colour difference) and ``D = a_t - a_p`` (alpha in
+    [0, 1]), ``E_b ||P - b*D||^2 = P^2 - 2 E[b] P D + E[b^2] D^2`` per pixel and channel, for a background
+    ``b`` with per-channel mean ``E[b]`` and second moment ``E[b^2]`` (in [-1, 1] space; the terms:
+    ``abmse_terms``). Colour under alpha = 0 costs nothing; for opaque images it equals the RGB squared error.
+
+    Args:
+        target, prediction: ``(B, 4, H, W)`` straight RGBA in [-1, 1].
+        background_mean, background_square: three floats each (see ``estimate_background_moments``).
+
+    Returns:
+        Scalar: per-sample sum over 3 channels and H*W pixels, mean over the batch.
+
+    Raises:
+        ValueError: if either tensor does not have 4 channels or their shapes differ.
+    """
+    colour, cross, alpha = abmse_terms(target, prediction, background_mean, background_square)
+    return _sum_mean(colour + cross + alpha)
 
 
 def squared_error(target: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:

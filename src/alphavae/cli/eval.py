@@ -46,8 +46,7 @@ def _add_common(parser: argparse.ArgumentParser, *, paired: bool = True) -> None
 def _networks(args: argparse.Namespace, clip: str | None = "none"):
     from alphavae.eval.networks import load_networks
 
-    lpips = getattr(args, "lpips", "none")  # eval-t2i scores no image pairs, so it has no LPIPS
-    return load_networks(lpips=lpips, inception=args.inception, clip=clip, aesthetic=args.aesthetic).to(args.device)
+    return load_networks(lpips=args.lpips, inception=args.inception, clip=clip, aesthetic=args.aesthetic).to(args.device)
 
 
 def _protocol(args: argparse.Namespace):
@@ -235,4 +234,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ref", default=None, type=Path, help="reference RGBA images for FID (unpaired)")
     p.add_argument("--clip", required=True, help="local CLIP model folder (transformers CLIPModel + CLIPProcessor)")
     _add_common(p, paired=False)
-    p.set_defaults(func=run_eval_t2i)
+    p.set_defaults(func=run_eval_t2i, lpips="none")  # it scores no image pairs, so it has no LPIPS

@@ -112,6 +112,10 @@ def test_each_paper_config_trains(assets, tmp_path, name):
     assert model.config.in_channels == model.config.out_channels == 4
     assert load_config(result.final_dir / "train_config.yaml").loss == config.loss
     assert (tmp_path / "run" / "validation" / "step-00000002.png").is_file()
+    validation = [json.loads(line) for line in (tmp_path / "run" / "validation" / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in validation] == [2]
+    assert set(validation[0]) == {"step"} | {f"val/psnr_{bg}" for bg in ("checkerboard", "black", "white")}
+    assert all(5 < validation[0][f"val/psnr_{bg}"] < 60 for bg in ("checkerboard", "black", "white"))
 
 
 def _weights(folder):

@@ -18,8 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(AlphaVAE, arXiv 2507.09308, Sec. 4-5) on accelerate: CPU, one GPU, or "
                     "'accelerate launch --num_processes N $(which alphavae) train-vae ...' (several CPU processes: "
                     "'ACCELERATE_USE_CPU=true torchrun --nproc_per_node N $(which alphavae) train-vae ...'). Writes RUN_DIR/config.yaml "
-                    "(resolved), checkpoints/, validation/ grids, TensorBoard logs, history.jsonl and final/ "
-                    "(diffusers save_pretrained, safetensors).",
+                    "(resolved), checkpoints/, validation/ (grids and metrics.jsonl: PSNR per background), TensorBoard "
+                    "logs, history.jsonl and final/ (diffusers save_pretrained, safetensors).",
     )
     parser.add_argument("--config", default="vae_main",
                         help=f"shipped config name ({', '.join(shipped_configs())}) or a YAML path (default vae_main)")

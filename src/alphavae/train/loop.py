@@ -315,8 +315,9 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         config: the resolved ``TrainConfig`` (written to ``RUN_DIR/config.yaml``).
         run_dir: output folder (checkpoints, validation grids, TensorBoard logs, ``history.jsonl``, ``final/``);
             must lie outside the data folder. ``history.jsonl`` gets one JSON line per optimiser step (mean
-            logged values over micro-steps and processes); after a resume, repeated steps are appended again
-            and the last line of a step is the one that counts.
+            logged values over micro-steps and processes), ``validation/metrics.jsonl`` one per validation
+            (``{"step": N, "val/psnr_<background>": dB, ...}``, as ``validate`` returns); after a resume,
+            repeated steps are appended again and the last line of a step is the one that counts.
         resume: ``"latest"`` (newest checkpoint of ``run_dir``; a fresh start when there is none) or a checkpoint path.
         stop_after: stop (without export) after this optimiser step, as if the run were killed; for tests.
 
@@ -460,7 +461,11 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             save_checkpoint(accelerator, run_dir, {"step": completed, "nonfinite_streak": streak}, config.keep_checkpoints)
         if val_pixels is not None and (completed == config.optim.max_steps
                                        or (config.validate_every and completed % config.validate_every == 0)):
-            accelerator.log(_validate_exported(vae, ema, val_pixels, completed, run_dir, accelerator), step=completed)
+            metrics = _validate_exported(vae, ema, val_pixels, completed, run_dir, accelerator)
+            accelerator.log(metrics, step=completed)
+            if accelerator.is_main_process:
+                with open(run_dir / "validation" / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps({"step": completed, **metrics}) + "\n")
         if stop_after is not None and completed >= stop_after:
             progress.close()
             accelerator.end_training()

@@ -300,6 +300,24 @@ def _export(vae: AutoencoderKL, ema: EMAModel | None, config: TrainConfig, run_d
     return final
 
 
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Keep the lines of a JSON-lines log whose ``"step"`` is at most ``last_step`` (atomic rewrite).
+
+    On resume from the checkpoint of step ``last_step``, the lines of later steps describe training that the
+    resume discards (and re-runs); a line cut short by a killed process is one of them.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    io.atomic_write(path, lambda temp: temp.write_text("".join(kept), encoding="utf-8"), overwrite=True)
+
+
 def _mean_logs(accelerator: Accelerator, logs: list[dict]) -> dict:
     """Mean of each logged value over micro-steps and processes."""
     keys = sorted(logs[0])
@@ -316,8 +334,8 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         run_dir: output folder (checkpoints, validation grids, TensorBoard logs, ``history.jsonl``, ``final/``);
             must lie outside the data folder. ``history.jsonl`` gets one JSON line per optimiser step (mean
             logged values over micro-steps and processes), ``validation/metrics.jsonl`` one per validation
-            (``{"step": N, "val/psnr_<background>": dB, ...}``, as ``validate`` returns); after a resume,
-            repeated steps are appended again and the last line of a step is the one that counts.
+            (``{"step": N, "val/psnr_<background>": dB, ...}``, as ``validate`` returns). A resume from the
+            checkpoint of step S first drops the lines of steps after S from both, so they hold each step once.
         resume: ``"latest"`` (newest checkpoint of ``run_dir``; a fresh start when there is none) or a checkpoint path.
         stop_after: stop (without export) after this optimiser step, as if the run were killed; for tests.
 
@@ -388,6 +406,8 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
+        for log in (run_dir / "history.jsonl", run_dir / "validation" / "metrics.jsonl"):
+            _truncate_log(log, start_step)
     accelerator.init_trackers("tensorboard")
 
     loader, val_pixels, failed = _data(config, accelerator, start_step * accum)

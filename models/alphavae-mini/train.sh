@@ -17,10 +17,14 @@
 # 9 evaluation backgrounds (E[b] = 0.000436, E[b^2] = 0.888891 per channel in [-1, 1]; `alphavae
 # background-moments` on the 9 solid colours prints them), so that ABMSE is the mean composite error over those
 # backgrounds; earlier windows use the reference (ImageNet) moments. The naive-MSE run gets the same settings,
-# where they are inert. To train further, append a window: each run resumes from its newest checkpoint and
-# skips the windows it has finished. The two stage-2 runs (AlphaVAE objective and the naive-MSE comparison)
-# train side by side, one thread each, as on the 2-core CPU this model was trained on. Set THREADS to change
-# the threads per run (default 1).
+# where they are inert. Then phase 8: STAGE2_PHASE8_STEPS (default 1500; 0 skips it) steps as a fresh run from
+# each annealed model (RUNS/stage2-phase8, RUNS/stage2-naive-phase8): new AdamW state, 50 warm-up steps, rate
+# 5.6e-5 falling linearly to 0, the last window's data and moments, Ref-KL weight 0, and PatchGAN inactive (its
+# start step, 3,000, lies past the run's end). The shipped model is RUNS/stage2-phase8/final. Every run resumes
+# from its newest checkpoint and skips the windows it has finished; a finished phase-8 run is not redone (remove
+# its folder to redo it, e.g. after appending a window to STAGE2_ANNEALS). The two stage-2 runs (AlphaVAE
+# objective and the naive-MSE comparison) train side by side, one thread each, as on the 2-core CPU this model
+# was trained on. Set THREADS to change the threads per run (default 1).
 set -euo pipefail
 
 data=${1:?usage: train.sh DATA RUNS}
@@ -31,6 +35,7 @@ stage2_steps=${STAGE2_STEPS:-4100}
 stage2_decay_steps=${STAGE2_DECAY_STEPS:-1000}
 stage2_anneals=${STAGE2_ANNEALS:-5700 7300 9000 10500 12000}
 protocol_moments_after=${STAGE2_PROTOCOL_MOMENTS_AFTER:-10500}
+phase8_steps=${STAGE2_PHASE8_STEPS:-1500}
 if [ -n "${STAGE2_ANNEAL_STEPS:-}" ]; then
     echo "train.sh: STAGE2_ANNEAL_STEPS is replaced by STAGE2_ANNEALS, the list of window ends (default \"5700 7300 9000 10500 12000\")" >&2
     exit 2
@@ -86,6 +91,11 @@ stage2() {  # config run-name
                 --set optim.decay_steps="$end" >> "$runs/$2.log" 2>&1
         fi
     done
+    [ "$phase8_steps" -gt 0 ] || return 0
+    alphavae train-vae --config "$recipe/$1" --vae "$runs/$2/final" --data "$data/manifest.jsonl" -o "$runs/$2-phase8" \
+        --resume latest "${whole[@]}" "${protocol[@]}" --set optim.lr=5.6e-5 --set optim.scheduler=constant_with_warmup \
+        --set optim.warmup_steps=50 --set optim.max_steps="$phase8_steps" --set optim.decay_steps="$phase8_steps" \
+        --set loss.ref_kl_weight=0 >> "$runs/$2-phase8.log" 2>&1
 }
 stage2 stage2_rgba.yaml stage2 &
 abmse=$!
@@ -101,8 +111,9 @@ fi
 
 # Diffusion latent factors (unit-variance latents) fitted on the validation split, then the test-split
 # metrics at 256² for both stage-2 models.
-alphavae latent-factors "$runs/stage2/final" "$runs/val-split" --limit 512 --write
-for run in stage2 stage2-naive; do
+suffix=$([ "$phase8_steps" -gt 0 ] && echo -phase8 || true)
+alphavae latent-factors "$runs/stage2$suffix/final" "$runs/val-split" --limit 512 --write
+for run in stage2$suffix stage2-naive$suffix; do
     [ -f "$runs/report-$run/report.json" ] || alphavae eval-vae --vae "$runs/$run/final" \
         --data "$runs/test-split" --protocol clean --resize 256 -o "$runs/report-$run" &
 done

@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 #: ``item_generator`` index tag of the per-micro-step noise stream (no data set has this many items).
 _NOISE_STREAM = 2**31 - 1
 VALIDATION_BACKGROUNDS = ("checkerboard", "black", "white")
+#: JSON-lines logs of a run folder, one ``{"step": N, ...}`` record per line: optimiser steps and validations.
+_LOGS = {"history": Path("history.jsonl"), "validation": Path("validation", "metrics.jsonl")}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -300,6 +302,12 @@ def _export(vae: AutoencoderKL, ema: EMAModel | None, config: TrainConfig, run_d
     return final
 
 
+def _append_log(path: Path, record: dict) -> None:
+    """Append ``record`` as one JSON line to ``path``."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
 def _truncate_log(path: Path, last_step: int) -> None:
     """Keep the lines of a JSON-lines log whose ``"step"`` is at most ``last_step`` (atomic rewrite).
 
@@ -406,8 +414,8 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
-        for log in (run_dir / "history.jsonl", run_dir / "validation" / "metrics.jsonl"):
-            _truncate_log(log, start_step)
+        for log in _LOGS.values():
+            _truncate_log(run_dir / log, start_step)
     accelerator.init_trackers("tensorboard")
 
     loader, val_pixels, failed = _data(config, accelerator, start_step * accum)
@@ -470,8 +478,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             record = {"step": completed, "lr": scheduler.get_last_lr()[0], **_mean_logs(accelerator, pending)}
             history.append(record)
             if accelerator.is_main_process:
-                with open(run_dir / "history.jsonl", "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
+                _append_log(run_dir / _LOGS["history"], record)
                 progress.set_postfix(loss=f"{record['loss']:.4g}")
             if completed % config.log_every == 0:
                 accelerator.log(record, step=completed)
@@ -484,8 +491,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             metrics = _validate_exported(vae, ema, val_pixels, completed, run_dir, accelerator)
             accelerator.log(metrics, step=completed)
             if accelerator.is_main_process:
-                with open(run_dir / "validation" / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps({"step": completed, **metrics}) + "\n")
+                _append_log(run_dir / _LOGS["validation"], {"step": completed, **metrics})
         if stop_after is not None and completed >= stop_after:
             progress.close()
             accelerator.end_training()

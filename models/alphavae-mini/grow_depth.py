@@ -47,8 +47,8 @@ def main(source_dir: str, output_dir: str) -> None:
     with torch.no_grad():
         difference = (source(pixels, sample_posterior=False).sample
                       - deeper(pixels, sample_posterior=False).sample).abs().max().item()
-    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
-    print(f"parameters {count(source):,} -> {count(deeper):,}; max output difference {difference}")
+    sizes = [sum(p.numel() for p in model.parameters()) for model in (source, deeper)]
+    print(f"parameters {sizes[0]:,} -> {sizes[1]:,}; max output difference {difference}")
     if difference != 0.0:
         raise SystemExit("the deeper model does not reproduce the source; nothing written")
     deeper.save_pretrained(output_dir)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from alphavae.io import (
     DEFAULT_MAX_PIXELS,
+    PREVIEW_BACKGROUNDS,
     ImageLoadError,
     check_output_outside_inputs,
     composite,
@@ -30,9 +31,6 @@ from alphavae.io import (
     special_file_kind,
 )
 from alphavae.vae import RGBAVAE
-
-GRID_BACKGROUNDS = ("checkerboard", "black", "white")
-"""Backgrounds of the grid columns (``alphavae.io.composite`` names)."""
 
 
 @dataclasses.dataclass
@@ -79,9 +77,9 @@ def comparison_grid(original: torch.Tensor, reconstruction: torch.Tensor) -> tor
         composites under their background names, with the row names on the left
         (``alphavae.io.sheets.labelled_sheet``).
     """
-    panels = torch.stack([torch.stack([composite(image, name) for name in GRID_BACKGROUNDS])
+    panels = torch.stack([torch.stack([composite(image, name) for name in PREVIEW_BACKGROUNDS])
                           for image in (original, reconstruction)])
-    return labelled_sheet(panels, ["input", "reconstruction"], GRID_BACKGROUNDS)
+    return labelled_sheet(panels, ["input", "reconstruction"], PREVIEW_BACKGROUNDS)
 
 
 def _list_inputs(inputs: list, report: ReconstructReport) -> list[tuple[Path, Path]]:

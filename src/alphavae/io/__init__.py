@@ -11,6 +11,7 @@ from alphavae.io.alpha import (
     BACKGROUNDS,
     CHECKER_DARK,
     CHECKER_LIGHT,
+    PREVIEW_BACKGROUNDS,
     alpha_to_mask,
     alpha_unit,
     check_pixels,
@@ -48,7 +49,8 @@ from alphavae.io.resample import (
 from alphavae.io.sheets import labelled_sheet
 
 __all__ = [
-    "BACKGROUNDS", "CHECKER_DARK", "CHECKER_LIGHT", "DEFAULT_MAX_PIXELS", "PAD_MODES", "RESIZE_MODES",
+    "BACKGROUNDS", "CHECKER_DARK", "CHECKER_LIGHT", "DEFAULT_MAX_PIXELS", "PAD_MODES", "PREVIEW_BACKGROUNDS",
+    "RESIZE_MODES",
     "ImageLoadError", "alpha_to_mask", "alpha_unit", "atomic_write", "check_output_outside_inputs",
     "check_pixels", "checkerboard", "clear_hidden_colour", "composite", "crop_to", "from_pil", "from_unit", "image_extensions",
     "labelled_sheet", "list_images", "load_rgba", "mask_to_alpha", "pad_to_multiple", "premultiply", "resize_rgba",

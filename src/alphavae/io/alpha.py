@@ -29,6 +29,9 @@ CHECKER_LIGHT = 204
 """Light square of :func:`checkerboard`, 0-255 sRGB grey (the usual image-editor value)."""
 CHECKER_DARK = 153
 """Dark square of :func:`checkerboard`, 0-255 sRGB grey."""
+PREVIEW_BACKGROUNDS = ("checkerboard", "black", "white")
+"""Backgrounds of the preview grids (reconstruction grids, training validation grids), as :func:`composite`
+names, in column order."""
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:

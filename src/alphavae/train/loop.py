@@ -50,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 #: ``item_generator`` index tag of the per-micro-step noise stream (no data set has this many items).
 _NOISE_STREAM = 2**31 - 1
-VALIDATION_BACKGROUNDS = ("checkerboard", "black", "white")
 #: JSON-lines logs of a run folder, one ``{"step": N, ...}`` record per line: optimiser steps and validations.
 _LOGS = {"history": Path("history.jsonl"), "validation": Path("validation", "metrics.jsonl")}
 
@@ -203,7 +202,7 @@ def validate(vae: AutoencoderKL, pixels: torch.Tensor, step: int, run_dir: Path,
     reconstruction = vae.decode(vae.encode(pixels).latent_dist.mode()).sample.float().clamp(-1, 1)
     vae.train(was_training)
     views = {"rgb": (pixels, reconstruction)} if pixels.shape[1] == 3 else {
-        bg: (io.composite(pixels, bg), io.composite(reconstruction, bg)) for bg in VALIDATION_BACKGROUNDS}
+        bg: (io.composite(pixels, bg), io.composite(reconstruction, bg)) for bg in io.PREVIEW_BACKGROUNDS}
     metrics, columns, labels = {}, [], []
     for name, (target, prediction) in views.items():
         mse = ((io.to_unit(target) - io.to_unit(prediction)) ** 2).mean().clamp_min(1e-10)

@@ -140,6 +140,18 @@ def test_killed_run_resumed_by_cli_matches_uninterrupted_run(assets, tmp_path):
         train_vae(config, tmp_path / "full")
 
 
+def test_resume_log_truncation_rewrites_only_when_lines_go(tmp_path):
+    from alphavae.train.loop import _truncate_log
+
+    log = tmp_path / "history.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n')
+    inode = log.stat().st_ino
+    _truncate_log(log, 2)
+    assert log.stat().st_ino == inode and log.read_text() == '{"step": 1}\n{"step": 2}\n'
+    _truncate_log(log, 1)
+    assert log.read_text() == '{"step": 1}\n'
+
+
 def test_validation_sees_the_exported_ema_weights(assets, tmp_path, monkeypatch):
     import alphavae.train.loop as loop
 

@@ -315,14 +315,15 @@ def _truncate_log(path: Path, last_step: int) -> None:
     """
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    text, kept = path.read_text(encoding="utf-8"), []
+    for line in text.splitlines():
         try:
             if json.loads(line)["step"] <= last_step:
                 kept.append(line + "\n")
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
-    io.atomic_write(path, lambda temp: temp.write_text("".join(kept), encoding="utf-8"), overwrite=True)
+    if "".join(kept) != text:  # rewritten only when some line goes
+        io.atomic_write(path, lambda temp: temp.write_text("".join(kept), encoding="utf-8"), overwrite=True)
 
 
 def _mean_logs(accelerator: Accelerator, logs: list[dict]) -> dict:

@@ -14,6 +14,7 @@ from fixtures_io import assert_default_permissions
 from safetensors.torch import load_file
 from test_losses import _one_thread  # noqa: F401  (autouse: one torch thread for tiny models)
 
+import alphavae.vae
 from alphavae import io, losses
 from alphavae.cli import main
 from alphavae.testing import tiny_rgb_vae, tiny_vae_config
@@ -291,6 +292,55 @@ def test_alphavae_mini_recipes_parse(recipe, tmp_path):
     assert config.mixed_precision == ("no" if recipe.startswith("stage2") else "bf16")
     save_config(config, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == config  # what a run writes as RUN/config.yaml loads back equal
+
+
+_FAKE_ALPHAVAE = """
+import json, os, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open(os.environ["FAKE_ALPHAVAE_CALLS"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+out = Path(args[args.index("-o") + 1]) if "-o" in args else None
+sets = dict(a.split("=", 1) for a in args if "=" in a and a.split("=", 1)[0].replace(".", "").replace("_", "").isalpha())
+if args[:2] == ["data", "fetch"]:
+    out.mkdir(parents=True)
+    (out / "manifest.jsonl").write_text("")
+elif args[0] == "train-vae":
+    (out / "checkpoints" / f"step-{int(sets['optim.max_steps']):08d}").mkdir(parents=True, exist_ok=True)
+    (out / "final").mkdir(exist_ok=True)
+elif args[0] in ("eval-vae", "data"):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text("{}")
+"""
+
+
+def test_alphavae_mini_train_script_runs_every_phase_and_the_shipped_settings(tmp_path, monkeypatch):
+    """``models/alphavae-mini/train.sh`` with a recording stand-in for ``alphavae``: the phases run in order, and
+    its last ABMSE command (phase 9) gives exactly the shipped ``train_config.yaml`` (paths aside)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "alphavae").write_text(f"#!{sys.executable}\n{_FAKE_ALPHAVAE}")
+    (bin_dir / "alphavae").chmod(0o755)
+    calls_file = tmp_path / "calls.jsonl"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_ALPHAVAE_CALLS": str(calls_file)}
+    runs = tmp_path / "runs"
+    subprocess.run(["bash", str(MINI_RECIPES / "train.sh"), str(tmp_path / "data"), str(runs)], env=env, check=True)
+    calls = [json.loads(line) for line in calls_file.read_text().splitlines()]
+    outputs = [c[c.index("-o") + 1] for c in calls if c[0] == "train-vae"]
+    abmse = [Path(o).name for o in outputs if "naive" not in o]
+    assert abmse == ["stage1"] + ["stage2"] * 8 + ["stage2-phase8", "stage2-phase9"]
+    assert [Path(o).name for o in outputs if "naive" in o][-2:] == ["stage2-naive-phase8", "stage2-naive-phase9"]
+    assert ["latent-factors", str(runs / "stage2-phase9" / "final"), str(runs / "val-split"), "--limit", "512",
+            "--write"] in calls
+    assert {c[c.index("--vae") + 1] for c in calls if c[0] == "eval-vae"} == {
+        str(runs / "stage2-phase9" / "final"), str(runs / "stage2-naive-phase9" / "final")}
+
+    phase9 = next(c for c in calls if c[0] == "train-vae" and c[c.index("-o") + 1] == str(runs / "stage2-phase9"))
+    assert phase9[phase9.index("--vae") + 1] == str(runs / "stage2-phase8" / "final")
+    sets = [phase9[i + 1] for i, a in enumerate(phase9) if a == "--set"]
+    recipe = load_config(phase9[phase9.index("--config") + 1], sets + ["model.vae=RUNS/stage2-phase8/final",
+                                                                          "data.source=DATA/manifest.jsonl"])
+    assert recipe == load_config(alphavae.vae.DEFAULT_MODEL_DIR / "train_config.yaml")
 
 
 def test_native_resolution_crops_from_scratch(assets, tmp_path):

@@ -20,8 +20,10 @@
 # where they are inert. Then phase 8: STAGE2_PHASE8_STEPS (default 1500; 0 skips it) steps as a fresh run from
 # each annealed model (RUNS/stage2-phase8, RUNS/stage2-naive-phase8): new AdamW state, 50 warm-up steps, rate
 # 5.6e-5 falling linearly to 0, the last window's data and moments, Ref-KL weight 0, and PatchGAN inactive (its
-# start step, 3,000, lies past the run's end). The shipped model is RUNS/stage2-phase8/final. Every run resumes
-# from its newest checkpoint and skips the windows it has finished; a finished phase-8 run is not redone (remove
+# start step, 3,000, lies past the run's end). Then phase 9: STAGE2_PHASE9_STEPS (default 1500; 0 skips it) more
+# steps the same way from each phase-8 model (RUNS/stage2-phase9, RUNS/stage2-naive-phase9), with new batches
+# (seed 1) and rate 1e-4. The shipped model is RUNS/stage2-phase9/final. Every run resumes from its newest
+# checkpoint and skips the windows it has finished; a finished phase-8 or phase-9 run is not redone (remove
 # its folder to redo it, e.g. after appending a window to STAGE2_ANNEALS). The two stage-2 runs (AlphaVAE
 # objective and the naive-MSE comparison) train side by side, one thread each, as on the 2-core CPU this model
 # was trained on. Set THREADS to change the threads per run (default 1).
@@ -36,6 +38,10 @@ stage2_decay_steps=${STAGE2_DECAY_STEPS:-1000}
 stage2_anneals=${STAGE2_ANNEALS:-5700 7300 9000 10500 12000}
 protocol_moments_after=${STAGE2_PROTOCOL_MOMENTS_AFTER:-10500}
 phase8_steps=${STAGE2_PHASE8_STEPS:-1500}
+phase9_steps=${STAGE2_PHASE9_STEPS:-1500}
+whole=(--set data.size=256 --set data.resize_short_side=true --set data.batch_size=2)  # phases 2-9
+protocol=(--set "loss.background_mean=[0.000436, 0.000436, 0.000436]"
+          --set "loss.background_square=[0.888891, 0.888891, 0.888891]")
 if [ -n "${STAGE2_ANNEAL_STEPS:-}" ]; then
     echo "train.sh: STAGE2_ANNEAL_STEPS is replaced by STAGE2_ANNEALS, the list of window ends (default \"5700 7300 9000 10500 12000\")" >&2
     exit 2
@@ -75,13 +81,10 @@ stage2() {  # config run-name
     if [ "$(latest_step "$2")" -lt "$stage2_crop_steps" ]; then
         "${train[@]}" --set optim.max_steps="$stage2_crop_steps" >> "$runs/$2.log" 2>&1
     fi
-    local whole=(--set data.size=256 --set data.resize_short_side=true --set data.batch_size=2)
     if [ "$(latest_step "$2")" -lt "$stage2_steps" ]; then
         "${train[@]}" "${whole[@]}" --set optim.max_steps="$stage2_steps" \
             --set optim.decay_steps="$stage2_decay_steps" >> "$runs/$2.log" 2>&1
     fi
-    local protocol=(--set "loss.background_mean=[0.000436, 0.000436, 0.000436]"
-                    --set "loss.background_square=[0.888891, 0.888891, 0.888891]")
     local end last=${stage2_anneals##* } moments
     for end in $stage2_anneals; do  # the last window always runs: at its end it only re-exports final/
         moments=()
@@ -92,10 +95,15 @@ stage2() {  # config run-name
         fi
     done
     [ "$phase8_steps" -gt 0 ] || return 0
-    alphavae train-vae --config "$recipe/$1" --vae "$runs/$2/final" --data "$data/manifest.jsonl" -o "$runs/$2-phase8" \
-        --resume latest "${whole[@]}" "${protocol[@]}" --set optim.lr=5.6e-5 --set optim.scheduler=constant_with_warmup \
-        --set optim.warmup_steps=50 --set optim.max_steps="$phase8_steps" --set optim.decay_steps="$phase8_steps" \
-        --set loss.ref_kl_weight=0 >> "$runs/$2-phase8.log" 2>&1
+    fresh "$1" "$2" "$2-phase8" "$phase8_steps" 5.6e-5 0
+    [ "$phase9_steps" -gt 0 ] || return 0
+    fresh "$1" "$2-phase8" "$2-phase9" "$phase9_steps" 1e-4 1
+}
+fresh() {  # config from-run run steps rate seed: a fresh run (new AdamW state) from from-run's final model
+    alphavae train-vae --config "$recipe/$1" --vae "$runs/$2/final" --data "$data/manifest.jsonl" -o "$runs/$3" \
+        --resume latest "${whole[@]}" "${protocol[@]}" --set optim.lr="$5" --set optim.scheduler=constant_with_warmup \
+        --set optim.warmup_steps=50 --set optim.max_steps="$4" --set optim.decay_steps="$4" \
+        --set loss.ref_kl_weight=0 --set seed="$6" >> "$runs/$3.log" 2>&1
 }
 stage2 stage2_rgba.yaml stage2 &
 abmse=$!
@@ -111,7 +119,10 @@ fi
 
 # Diffusion latent factors (unit-variance latents) fitted on the validation split, then the test-split
 # metrics at 256² for both stage-2 models.
-suffix=$([ "$phase8_steps" -gt 0 ] && echo -phase8 || true)
+suffix=
+if [ "$phase8_steps" -gt 0 ]; then
+    suffix=$([ "$phase9_steps" -gt 0 ] && echo -phase9 || echo -phase8)
+fi
 alphavae latent-factors "$runs/stage2$suffix/final" "$runs/val-split" --limit 512 --write
 for run in stage2$suffix stage2-naive$suffix; do
     [ -f "$runs/report-$run/report.json" ] || alphavae eval-vae --vae "$runs/$run/final" \

@@ -322,8 +322,9 @@ def _truncate_log(path: Path, last_step: int) -> None:
                 kept.append(line + "\n")
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
-    if "".join(kept) != text:  # rewritten only when some line goes
-        io.atomic_write(path, lambda temp: temp.write_text("".join(kept), encoding="utf-8"), overwrite=True)
+    kept_text = "".join(kept)
+    if kept_text != text:  # rewritten only when some line goes
+        io.atomic_write(path, lambda temp: temp.write_text(kept_text, encoding="utf-8"), overwrite=True)
 
 
 def _mean_logs(accelerator: Accelerator, logs: list[dict]) -> dict:

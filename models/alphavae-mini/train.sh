@@ -20,13 +20,14 @@
 # where they are inert. Then phase 8: STAGE2_PHASE8_STEPS (default 1500; 0 skips it) steps as a fresh run from
 # each annealed model (RUNS/stage2-phase8, RUNS/stage2-naive-phase8): new AdamW state, 50 warm-up steps, rate
 # 5.6e-5 falling linearly to 0, the last window's data and moments, Ref-KL weight 0, and PatchGAN inactive (its
-# start step, 3,000, lies past the run's end). Then phase 9: STAGE2_PHASE9_STEPS (default 1500; 0 skips it) more
-# steps the same way from each phase-8 model (RUNS/stage2-phase9, RUNS/stage2-naive-phase9), with new batches
-# (seed 1) and rate 1e-4. The shipped model is RUNS/stage2-phase9/final. Every run resumes from its newest
-# checkpoint and skips the windows it has finished; a finished phase-8 or phase-9 run is not redone (remove
-# its folder to redo it, e.g. after appending a window to STAGE2_ANNEALS). The two stage-2 runs (AlphaVAE
-# objective and the naive-MSE comparison) train side by side, one thread each, as on the 2-core CPU this model
-# was trained on. Set THREADS to change the threads per run (default 1).
+# start step, 3,000, lies past the run's end), seed 0. Then phases 9 and 10: STAGE2_PHASE9_STEPS and
+# STAGE2_PHASE10_STEPS (default 1500 each; 0 skips that phase and the ones after it) more steps the same way,
+# each from the previous phase's model (RUNS/stage2-phase9, RUNS/stage2-phase10 and their -naive- twins), with
+# rate 1e-4 and new batches (seed 1, then 2). The shipped model is RUNS/stage2-phase10/final. Every run resumes
+# from its newest checkpoint and skips the windows it has finished; a finished phase-8, 9 or 10 run is not
+# redone (remove its folder to redo it, e.g. after appending a window to STAGE2_ANNEALS). The two stage-2 runs
+# (AlphaVAE objective and the naive-MSE comparison) train side by side, one thread each, as on the 2-core CPU
+# this model was trained on. Set THREADS to change the threads per run (default 1).
 set -euo pipefail
 
 data=${1:?usage: train.sh DATA RUNS}
@@ -37,9 +38,9 @@ stage2_steps=${STAGE2_STEPS:-4100}
 stage2_decay_steps=${STAGE2_DECAY_STEPS:-1000}
 stage2_anneals=${STAGE2_ANNEALS:-5700 7300 9000 10500 12000}
 protocol_moments_after=${STAGE2_PROTOCOL_MOMENTS_AFTER:-10500}
-phase8_steps=${STAGE2_PHASE8_STEPS:-1500}
-phase9_steps=${STAGE2_PHASE9_STEPS:-1500}
-whole=(--set data.size=256 --set data.resize_short_side=true --set data.batch_size=2)  # phases 2-9
+fresh_steps=("${STAGE2_PHASE8_STEPS:-1500}" "${STAGE2_PHASE9_STEPS:-1500}" "${STAGE2_PHASE10_STEPS:-1500}")
+fresh_rates=(5.6e-5 1e-4 1e-4)  # phases 8, 9, 10; phase 8 + i runs with seed i
+whole=(--set data.size=256 --set data.resize_short_side=true --set data.batch_size=2)  # phases 2-10
 protocol=(--set "loss.background_mean=[0.000436, 0.000436, 0.000436]"
           --set "loss.background_square=[0.888891, 0.888891, 0.888891]")
 if [ -n "${STAGE2_ANNEAL_STEPS:-}" ]; then
@@ -94,10 +95,12 @@ stage2() {  # config run-name
                 --set optim.decay_steps="$end" >> "$runs/$2.log" 2>&1
         fi
     done
-    [ "$phase8_steps" -gt 0 ] || return 0
-    fresh "$1" "$2" "$2-phase8" "$phase8_steps" 5.6e-5 0
-    [ "$phase9_steps" -gt 0 ] || return 0
-    fresh "$1" "$2-phase8" "$2-phase9" "$phase9_steps" 1e-4 1
+    local i from=$2
+    for i in "${!fresh_steps[@]}"; do
+        [ "${fresh_steps[$i]}" -gt 0 ] || return 0
+        fresh "$1" "$from" "$2-phase$((i + 8))" "${fresh_steps[$i]}" "${fresh_rates[$i]}" "$i"
+        from=$2-phase$((i + 8))
+    done
 }
 fresh() {  # config from-run run steps rate seed: a fresh run (new AdamW state) from from-run's final model
     alphavae train-vae --config "$recipe/$1" --vae "$runs/$2/final" --data "$data/manifest.jsonl" -o "$runs/$3" \
@@ -120,9 +123,10 @@ fi
 # Diffusion latent factors (unit-variance latents) fitted on the validation split, then the test-split
 # metrics at 256² for both stage-2 models.
 suffix=
-if [ "$phase8_steps" -gt 0 ]; then
-    suffix=$([ "$phase9_steps" -gt 0 ] && echo -phase9 || echo -phase8)
-fi
+for i in "${!fresh_steps[@]}"; do  # the last phase that ran
+    [ "${fresh_steps[$i]}" -gt 0 ] || break
+    suffix=-phase$((i + 8))
+done
 alphavae latent-factors "$runs/stage2$suffix/final" "$runs/val-split" --limit 512 --write
 for run in stage2$suffix stage2-naive$suffix; do
     [ -f "$runs/report-$run/report.json" ] || alphavae eval-vae --vae "$runs/$run/final" \

@@ -318,7 +318,7 @@ elif args[0] == "eval-vae":
 
 def test_alphavae_mini_train_script_runs_every_phase_and_the_shipped_settings(tmp_path):
     """``models/alphavae-mini/train.sh`` with a recording stand-in for ``alphavae``: the phases run in order, and
-    its last ABMSE command (phase 10) gives exactly the shipped ``train_config.yaml`` (paths aside)."""
+    its last ABMSE command (phase 11) gives exactly the shipped ``train_config.yaml`` (paths aside)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "alphavae").write_text(f"#!{sys.executable}\n{_FAKE_ALPHAVAE}")
@@ -330,18 +330,19 @@ def test_alphavae_mini_train_script_runs_every_phase_and_the_shipped_settings(tm
     calls = [json.loads(line) for line in calls_file.read_text().splitlines()]
     outputs = [c[c.index("-o") + 1] for c in calls if c[0] == "train-vae"]
     abmse = [Path(o).name for o in outputs if "naive" not in o]
-    assert abmse == ["stage1"] + ["stage2"] * 8 + ["stage2-phase8", "stage2-phase9", "stage2-phase10"]
-    assert [Path(o).name for o in outputs if "naive" in o][-3:] == ["stage2-naive-phase8", "stage2-naive-phase9",
-                                                                          "stage2-naive-phase10"]
-    assert ["latent-factors", str(runs / "stage2-phase10" / "final"), str(runs / "val-split"), "--limit", "512",
+    assert abmse == ["stage1"] + ["stage2"] * 8 + ["stage2-phase8", "stage2-phase9", "stage2-phase10",
+                                                           "stage2-phase11"]
+    assert [Path(o).name for o in outputs if "naive" in o][-4:] == [
+        "stage2-naive-phase8", "stage2-naive-phase9", "stage2-naive-phase10", "stage2-naive-phase11"]
+    assert ["latent-factors", str(runs / "stage2-phase11" / "final"), str(runs / "val-split"), "--limit", "512",
             "--write"] in calls
     assert {c[c.index("--vae") + 1] for c in calls if c[0] == "eval-vae"} == {
-        str(runs / "stage2-phase10" / "final"), str(runs / "stage2-naive-phase10" / "final")}
+        str(runs / "stage2-phase11" / "final"), str(runs / "stage2-naive-phase11" / "final")}
 
-    last = next(c for c in calls if c[0] == "train-vae" and c[c.index("-o") + 1] == str(runs / "stage2-phase10"))
-    assert last[last.index("--vae") + 1] == str(runs / "stage2-phase9" / "final")
+    last = next(c for c in calls if c[0] == "train-vae" and c[c.index("-o") + 1] == str(runs / "stage2-phase11"))
+    assert last[last.index("--vae") + 1] == str(runs / "stage2-phase10" / "final")
     sets = [last[i + 1] for i, a in enumerate(last) if a == "--set"]
-    recipe = load_config(last[last.index("--config") + 1], sets + ["model.vae=RUNS/stage2-phase9/final",
+    recipe = load_config(last[last.index("--config") + 1], sets + ["model.vae=RUNS/stage2-phase10/final",
                                                                       "data.source=DATA/manifest.jsonl"])
     assert recipe == load_config(alphavae.vae.DEFAULT_MODEL_DIR / "train_config.yaml")
 

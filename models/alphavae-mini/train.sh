@@ -20,14 +20,14 @@
 # where they are inert. Then phase 8: STAGE2_PHASE8_STEPS (default 1500; 0 skips it) steps as a fresh run from
 # each annealed model (RUNS/stage2-phase8, RUNS/stage2-naive-phase8): new AdamW state, 50 warm-up steps, rate
 # 5.6e-5 falling linearly to 0, the last window's data and moments, Ref-KL weight 0, and PatchGAN inactive (its
-# start step, 3,000, lies past the run's end), seed 0. Then phases 9 and 10: STAGE2_PHASE9_STEPS and
-# STAGE2_PHASE10_STEPS (default 1500 each; 0 skips that phase and the ones after it) more steps the same way,
-# each from the previous phase's model (RUNS/stage2-phase9, RUNS/stage2-phase10 and their -naive- twins), with
-# rate 1e-4 and new batches (seed 1, then 2). The shipped model is RUNS/stage2-phase10/final. Every run resumes
-# from its newest checkpoint and skips the windows it has finished; a finished phase-8, 9 or 10 run is not
-# redone (remove its folder to redo it, e.g. after appending a window to STAGE2_ANNEALS). The two stage-2 runs
-# (AlphaVAE objective and the naive-MSE comparison) train side by side, one thread each, as on the 2-core CPU
-# this model was trained on. Set THREADS to change the threads per run (default 1).
+# start step, 3,000, lies past the run's end), seed 0. Then phases 9-11: STAGE2_PHASE9_STEPS,
+# STAGE2_PHASE10_STEPS and STAGE2_PHASE11_STEPS (default 1500 each; 0 skips that phase and the ones after it)
+# more steps the same way, each from the previous phase's model (RUNS/stage2-phase9 to RUNS/stage2-phase11 and
+# their -naive- twins), with rate 1e-4 and new batches (seed 1, 2, then 3). The shipped model is
+# RUNS/stage2-phase11/final. Every run resumes from its newest checkpoint and skips the windows it has finished;
+# a finished fresh-phase run is not redone (remove its folder to redo it, e.g. after appending a window to
+# STAGE2_ANNEALS). The two stage-2 runs (AlphaVAE objective and the naive-MSE comparison) train side by side, one
+# thread each, as on the 2-core CPU this model was trained on. Set THREADS to change the threads per run (default 1).
 set -euo pipefail
 
 data=${1:?usage: train.sh DATA RUNS}
@@ -38,9 +38,10 @@ stage2_steps=${STAGE2_STEPS:-4100}
 stage2_decay_steps=${STAGE2_DECAY_STEPS:-1000}
 stage2_anneals=${STAGE2_ANNEALS:-5700 7300 9000 10500 12000}
 protocol_moments_after=${STAGE2_PROTOCOL_MOMENTS_AFTER:-10500}
-fresh_steps=("${STAGE2_PHASE8_STEPS:-1500}" "${STAGE2_PHASE9_STEPS:-1500}" "${STAGE2_PHASE10_STEPS:-1500}")
-fresh_rates=(5.6e-5 1e-4 1e-4)  # phases 8, 9, 10; phase 8 + i runs with seed i
-whole=(--set data.size=256 --set data.resize_short_side=true --set data.batch_size=2)  # phases 2-10
+fresh_steps=("${STAGE2_PHASE8_STEPS:-1500}" "${STAGE2_PHASE9_STEPS:-1500}" "${STAGE2_PHASE10_STEPS:-1500}"
+             "${STAGE2_PHASE11_STEPS:-1500}")
+fresh_rates=(5.6e-5 1e-4 1e-4 1e-4)  # phases 8-11; phase 8 + i runs with seed i
+whole=(--set data.size=256 --set data.resize_short_side=true --set data.batch_size=2)  # phases 2-11
 protocol=(--set "loss.background_mean=[0.000436, 0.000436, 0.000436]"
           --set "loss.background_square=[0.888891, 0.888891, 0.888891]")
 if [ -n "${STAGE2_ANNEAL_STEPS:-}" ]; then

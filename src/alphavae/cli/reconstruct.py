@@ -43,8 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "default: a quarter of the tile, at least 16 latent pixels, at most half the tile)")
     parser.add_argument("--tile-mode", choices=("exact", "fast"), default="exact",
                         help="exact (default): whole-image GroupNorm statistics and the attention mid-block on the "
-                             "whole latent, close to an untiled run (alphavae-mini: max 0.43/255 with 256 px tiles and the default "
-                             "overlap, 6.8/255 with 128 px tiles, more with smaller tiles; "
+                             "whole latent, close to an untiled run (alphavae-mini: max 0.51/255 with 256 px tiles and the default "
+                             "overlap, 7.2/255 with 128 px tiles, more with smaller tiles; "
                              "~10x slower than fast); fast: every layer per tile like diffusers (seams possible)")
     parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                         help="same-size images per model call (default 1)")

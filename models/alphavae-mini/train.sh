@@ -17,17 +17,18 @@
 # 9 evaluation backgrounds (E[b] = 0.000436, E[b^2] = 0.888891 per channel in [-1, 1]; `alphavae
 # background-moments` on the 9 solid colours prints them), so that ABMSE is the mean composite error over those
 # backgrounds; earlier windows use the reference (ImageNet) moments. The naive-MSE run gets the same settings,
-# where they are inert. Then phase 8: STAGE2_PHASE8_STEPS (default 1500; 0 skips it) steps as a fresh run from
-# each annealed model (RUNS/stage2-phase8, RUNS/stage2-naive-phase8): new AdamW state, 50 warm-up steps, rate
-# 5.6e-5 falling linearly to 0, the last window's data and moments, Ref-KL weight 0, and PatchGAN inactive (its
-# start step, 3,000, lies past the run's end), seed 0. Then phases 9-11: STAGE2_PHASE9_STEPS,
-# STAGE2_PHASE10_STEPS and STAGE2_PHASE11_STEPS (default 1500 each; 0 skips that phase and the ones after it)
-# more steps the same way, each from the previous phase's model (RUNS/stage2-phase9 to RUNS/stage2-phase11 and
-# their -naive- twins), with rate 1e-4 and new batches (seed 1, 2, then 3). The shipped model is
-# RUNS/stage2-phase11/final. Every run resumes from its newest checkpoint and skips the windows it has finished;
-# a finished fresh-phase run is not redone (remove its folder to redo it, e.g. after appending a window to
+# where they are inert. Then phase 8: STAGE2_PHASE8_STEPS (default 1500; 0 skips it and phases 9-11) steps as a
+# fresh run from each annealed model (RUNS/stage2-phase8, RUNS/stage2-naive-phase8): new AdamW state, 50 warm-up
+# steps, rate 5.6e-5 falling linearly to 0, the last window's data and moments, Ref-KL weight 0, and PatchGAN
+# inactive (its start step, 3,000, lies past the run's end), seed 0. Then phases 9-11: STAGE2_PHASE9_STEPS,
+# STAGE2_PHASE10_STEPS and STAGE2_PHASE11_STEPS (default 1500 each; 0 skips that phase and the ones after it) more
+# steps the same way, each from the previous phase's model (RUNS/stage2-phase9 to RUNS/stage2-phase11 and their
+# -naive- twins), with rate 1e-4 and new batches (seed 1, 2, then 3). The shipped model is
+# RUNS/stage2-phase11/final. Every run resumes from its newest checkpoint and skips the windows it has finished; a
+# finished fresh-phase run is not redone (remove its folder to redo it, e.g. after appending a window to
 # STAGE2_ANNEALS). The two stage-2 runs (AlphaVAE objective and the naive-MSE comparison) train side by side, one
-# thread each, as on the 2-core CPU this model was trained on. Set THREADS to change the threads per run (default 1).
+# thread each, as on the 2-core CPU this model was trained on. Set THREADS to change the threads per run
+# (default 1).
 set -euo pipefail
 
 data=${1:?usage: train.sh DATA RUNS}

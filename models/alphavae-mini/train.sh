@@ -42,6 +42,10 @@ protocol_moments_after=${STAGE2_PROTOCOL_MOMENTS_AFTER:-10500}
 fresh_steps=("${STAGE2_PHASE8_STEPS:-1500}" "${STAGE2_PHASE9_STEPS:-1500}" "${STAGE2_PHASE10_STEPS:-1500}"
              "${STAGE2_PHASE11_STEPS:-1500}")
 fresh_rates=(5.6e-5 1e-4 1e-4 1e-4)  # phases 8-11; phase 8 + i runs with seed i
+fresh_count=0  # phases 8 to 7 + fresh_count run: a 0 in fresh_steps skips that phase and the ones after it
+while [ "$fresh_count" -lt "${#fresh_steps[@]}" ] && [ "${fresh_steps[$fresh_count]}" -gt 0 ]; do
+    fresh_count=$((fresh_count + 1))
+done
 whole=(--set data.size=256 --set data.resize_short_side=true --set data.batch_size=2)  # phases 2-11
 protocol=(--set "loss.background_mean=[0.000436, 0.000436, 0.000436]"
           --set "loss.background_square=[0.888891, 0.888891, 0.888891]")
@@ -98,8 +102,7 @@ stage2() {  # config run-name
         fi
     done
     local i from=$2
-    for i in "${!fresh_steps[@]}"; do
-        [ "${fresh_steps[$i]}" -gt 0 ] || return 0
+    for ((i = 0; i < fresh_count; i++)); do
         fresh "$1" "$from" "$2-phase$((i + 8))" "${fresh_steps[$i]}" "${fresh_rates[$i]}" "$i"
         from=$2-phase$((i + 8))
     done
@@ -124,11 +127,7 @@ fi
 
 # Diffusion latent factors (unit-variance latents) fitted on the validation split, then the test-split
 # metrics at 256² for both stage-2 models.
-suffix=
-for i in "${!fresh_steps[@]}"; do  # the last phase that ran
-    [ "${fresh_steps[$i]}" -gt 0 ] || break
-    suffix=-phase$((i + 8))
-done
+suffix=$([ "$fresh_count" -gt 0 ] && echo "-phase$((fresh_count + 7))" || true)  # the last phase that ran
 alphavae latent-factors "$runs/stage2$suffix/final" "$runs/val-split" --limit 512 --write
 for run in stage2$suffix stage2-naive$suffix; do
     [ -f "$runs/report-$run/report.json" ] || alphavae eval-vae --vae "$runs/$run/final" \

@@ -55,6 +55,37 @@ def test_export_rejects_files_outside_the_manifest_folder(tmp_path, capsys):
     assert report.copied == [] and "outside" in report.failed[0][1] and _tree(tmp_path / "d") == ["x.png"]
 
 
+
+def test_export_refuses_symlinks_out_of_the_manifest_folder_and_non_images(tmp_path, capsys):
+    data = _data(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("root:x:0:0\n")
+    Image.fromarray(np.zeros((4, 4, 4), np.uint8)).save(outside / "real.png")
+    emoji = data / "images" / "emoji"
+    (emoji / "t.png").write_text("hi\n")
+    (emoji / "link.png").symlink_to(outside / "secret.txt")
+    (emoji / "png-link.png").symlink_to(outside / "real.png")  # a real image, but outside the manifest's folder
+    (data / "images" / "out").symlink_to(outside, target_is_directory=True)
+    (emoji / "inside.png").symlink_to(emoji / "b.png")  # a symlink that stays inside is followed
+    manifest = _manifest(data, ["images/emoji/a.png", "images/emoji/t.png", "images/emoji/link.png",
+                                "images/emoji/png-link.png", "images/out/real.png", "images/emoji/inside.png", "."])
+    out = tmp_path / "out"
+    assert main(["data", "export", str(manifest), "-o", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert _tree(out) == ["emoji/a.png", "emoji/inside.png"]
+    assert (out / "emoji/inside.png").read_bytes() == (emoji / "b.png").read_bytes()
+    assert "copied 2 image(s)" in captured.out
+    prefix = f"alphavae data export: failed: {manifest}"
+    assert f"{prefix}:2: file 'images/emoji/t.png': cannot read" in captured.err
+    assert "not a readable image" in captured.err
+    for line in (3, 4, 5):
+        assert f"{prefix}:{line}: file " in captured.err
+    assert captured.err.count("outside the manifest's folder") == 3
+    assert f"{prefix}:7: file '.' names no file" in captured.err
+    assert "alphavae data export: 5 record(s) of split test could not be exported" in captured.err
+
+
 def test_export_skips_missing_images_and_continues(tmp_path, capsys):
     data = _data(tmp_path, missing=("a",))
     manifest = _manifest(data, [f"images/emoji/{name}.png" for name in "abc"] + ["emoji/c.png", "images/emoji/b.png"])
@@ -89,6 +120,6 @@ def test_manifest_fields_are_checked_and_a_missing_manifest_is_named_first(tmp_p
             read_manifest(manifest)
     monkeypatch.chdir(data)  # output inside the current folder: the missing manifest is still reported first
     assert main(["data", "export", "nope.jsonl", "-o", "exp4"]) == 1
-    assert capsys.readouterr().err.strip() == "error: nope.jsonl: manifest not found"
+    assert capsys.readouterr().err.strip() == "alphavae data export: error: nope.jsonl: manifest not found"
     with pytest.raises(FileNotFoundError, match="manifest not found"):
         read_manifest("nope.jsonl")

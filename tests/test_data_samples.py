@@ -93,7 +93,7 @@ def test_samples_skip_an_unreadable_image_and_write_the_rest(tmp_path, capsys):
     out = tmp_path / "examples"
     assert main(["data", "samples", str(manifest), "-o", str(out), "--per-group", "2"]) == 1
     err = capsys.readouterr().err
-    assert "img0.png" in err and "1 sample(s) could not be read" in err
+    assert "img0.png" in err and "1 chosen sample(s) were skipped" in err
     assert [path.name for path in out.rglob("*.png")] == ["sub_dir_img1.png"]
     licence = (out / "LICENSE.md").read_text()
     assert "sub dir/img1.png" in licence and "sub dir/img0.png" not in licence
@@ -104,6 +104,47 @@ def test_samples_skip_an_unreadable_image_and_write_the_rest(tmp_path, capsys):
     assert "sub dir/img0.png" in (out / "LICENSE.md").read_text() and len(list(out.rglob("*.png"))) == 2
 
 
+
+def test_samples_keep_the_first_of_two_records_with_the_same_name(tmp_path, capsys):
+    first, second = sorted((_record(name, width=48, height=48) for name in ("x", "y")), key=lambda r: r["pixel_sha256"])
+    manifest = _write_data(tmp_path / "data", [{**second, "original": "b.png"}, {**first, "original": "b.png"}])
+    out = tmp_path / "examples"
+    assert main(["data", "samples", str(manifest), "-o", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert f"1 samples and LICENSE.md under {out}" in captured.out
+    assert (f"alphavae data samples: failed: record of file {second['file']!r}: its sample "
+            f"images/clipart/soft-edges/b.png is already taken by the record of file {first['file']!r}") in captured.err
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*.png")] == ["images/clipart/soft-edges/b.png"]
+    assert (out / "LICENSE.md").read_text().count("| `images/clipart/") == 1
+
+
+def test_samples_report_a_record_without_a_name_and_write_the_rest(tmp_path, capsys):
+    manifest = _write_data(tmp_path / "data", [{**_record("img0", width=48, height=48), "original": ""},
+                                               _record("img1", width=48, height=48)])
+    out = tmp_path / "examples"
+    assert main(["data", "samples", str(manifest), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "record of file 'images/openclipart/img0.png': original '' has no file name" in err
+    assert [p.name for p in out.rglob("*.png")] == ["sub_dir_img1.png"]
+
+
+def test_samples_refuse_files_outside_the_manifest_folder(tmp_path, capsys):
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    records = [{**_record(name, width=48, height=48), "file": file} for name, file in
+               [("abs", str(outside / "abs.png")), ("up", "../outside/up.png"), ("link", "images/link.png"),
+                ("ok", "images/ok.png")]]
+    manifest = _write_data(data, records)  # writes abs.png and up.png into outside/
+    (data / "images" / "link.png").unlink()
+    (data / "images" / "link.png").symlink_to(outside / "up.png")
+    out = tmp_path / "examples"
+    assert main(["data", "samples", str(manifest), "-o", str(out), "--per-group", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "is absolute" in err and "contains '..'" in err and "'images/link.png' resolves to" in err
+    assert "alphavae data samples: 3 chosen sample(s) were skipped" in err
+    assert [p.name for p in out.rglob("*.png")] == ["sub_dir_ok.png"]
+    assert "sub dir/ok.png" in (out / "LICENSE.md").read_text()
+
+
 def test_samples_refuse_output_in_the_manifest_folder_and_a_missing_manifest(tmp_path, capsys):
     data = tmp_path / "data"
     manifest = _write_data(data, [_record("img0")])
@@ -112,7 +153,8 @@ def test_samples_refuse_output_in_the_manifest_folder_and_a_missing_manifest(tmp
     assert "is inside input folder" in capsys.readouterr().err
     assert sorted(data.rglob("*")) == before
     assert main(["data", "samples", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "out")]) == 1
-    assert "nope.jsonl: manifest not found" in capsys.readouterr().err
+    missing = f"alphavae data samples: error: {tmp_path / 'nope.jsonl'}: manifest not found"
+    assert capsys.readouterr().err.strip() == missing
     assert not (tmp_path / "out").exists()
 
 

@@ -546,3 +546,20 @@ def test_labelled_sheet_widens_cells_for_labels_of_tiny_images():
         aio.labelled_sheet(panels[0], ["input"], ["checkerboard", "black", "white"])
     with pytest.raises(ValueError, match="NaN or infinite"):
         aio.labelled_sheet(panels * float("nan"), ["input", "reconstruction"], ["checkerboard", "black", "white"])
+
+
+def test_read_text_file_and_read_jsonl_errors_name_the_file(tmp_path):
+    """Missing file, folder, non-UTF-8 bytes and a non-JSON line: one-line errors naming the file (and line)."""
+    from alphavae.io import read_jsonl, read_text_file
+    with pytest.raises(FileNotFoundError, match="nope.txt: notes not found"):
+        read_text_file(tmp_path / "nope.txt", "notes")
+    with pytest.raises(ValueError, match="is a folder, not a notes"):
+        read_text_file(tmp_path, "notes")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
+    with pytest.raises(ValueError, match=r"latin1.txt: not UTF-8 text \(unexpected end of data at byte 3\)"):
+        read_text_file(tmp_path / "latin1.txt", "notes")
+    (tmp_path / "a.jsonl").write_text('{"a": 1}\n\n[2]\n{oops\n')
+    with pytest.raises(ValueError, match=r"a.jsonl:4: not JSON"):
+        read_jsonl(tmp_path / "a.jsonl", "table")
+    (tmp_path / "b.jsonl").write_text('{"a": 1}\n\n[2]\n')
+    assert read_jsonl(tmp_path / "b.jsonl", "table") == [(1, {"a": 1}), (3, [2])]

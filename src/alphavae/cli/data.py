@@ -18,12 +18,12 @@ def _fetch(args: argparse.Namespace) -> int:
         manifest, failures = fetch_dataset(args.output, args.sources, size=args.size, min_size=args.min_size,
                                            limit=args.limit, workers=args.workers)
     except (FetchError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{_prog(args)}: error: {error}", file=sys.stderr)
         return 1
     for source, counts in summarise(read_manifest(manifest)).items():
         print(f"{source}: {sum(counts.values())} images ({', '.join(f'{k} {v}' for k, v in counts.items())})")
     print(f"manifest: {manifest}")
-    return _report_failures(failures, "image(s) could not be read and were skipped")
+    return _report_failures(_prog(args), failures, "image(s) could not be read and were skipped")
 
 
 def _samples(args: argparse.Namespace) -> int:
@@ -34,11 +34,11 @@ def _samples(args: argparse.Namespace) -> int:
         written, failed = write_samples(records, args.manifest, args.output, long_side=args.long_side,
                                         overwrite=args.overwrite)
     except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{_prog(args)}: error: {error}", file=sys.stderr)
         return 1
     licence = " and LICENSE.md" if (Path(args.output) / "LICENSE.md").is_file() else ""
     print(f"{len(written)} samples{licence} under {args.output}")
-    return _report_failures(failed, "sample(s) could not be read or written and were skipped")
+    return _report_failures(_prog(args), failed, "chosen sample(s) were skipped")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -47,20 +47,26 @@ def _export(args: argparse.Namespace) -> int:
     try:
         report = export_split(args.manifest, args.split, args.output)
     except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{_prog(args)}: error: {error}", file=sys.stderr)
         return 1
     print(f"split {args.split}: copied {len(report.copied)} image(s), kept {len(report.skipped)} existing, "
           f"under {args.output}")
-    return _report_failures([f"{where}: {reason}" for where, reason in report.failed],
+    return _report_failures(_prog(args), [f"{where}: {reason}" for where, reason in report.failed],
                             f"record(s) of split {args.split} could not be exported and were skipped")
 
 
-def _report_failures(failures: list[str], what: str) -> int:
-    """Print ``failed: <failure>`` lines and ``<count> <what>`` on stderr; the exit status (1 if any)."""
+def _prog(args: argparse.Namespace) -> str:
+    """``alphavae data <subcommand>``, the prefix of the command's error and failure lines."""
+    return f"alphavae data {args.data_command}"
+
+
+def _report_failures(prog: str, failures: list[str], what: str) -> int:
+    """Print ``<prog>: failed: <failure>`` lines and ``<prog>: <count> <what>`` on stderr; the exit status
+    (1 if any)."""
     for failure in failures:
-        print(f"failed: {failure}", file=sys.stderr)
+        print(f"{prog}: failed: {failure}", file=sys.stderr)
     if failures:
-        print(f"{len(failures)} {what}", file=sys.stderr)
+        print(f"{prog}: {len(failures)} {what}", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -100,8 +106,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "file's package@version, licence and original path. LICENSE.md lists every image of the manifest "
         "present under OUTPUT, also those of earlier runs; an existing LICENSE.md that would change is "
         "replaced only with --overwrite (otherwise nothing is written, exit status 1). OUTPUT must not lie "
-        "in the manifest's folder. Unreadable images are reported and skipped, the others still written "
-        "(exit status 1).",
+        "in the manifest's folder. Unreadable images, records whose file lies outside the manifest's folder "
+        "(also through a symlink) or whose original gives no file name, and a record whose output name an earlier one "
+        "already takes (the first is kept) are reported and skipped, the others still written (exit status 1).",
     )
     samples.add_argument("manifest", help="manifest.jsonl written by 'alphavae data fetch'")
     samples.add_argument("-o", "--output", required=True, help="output folder, e.g. examples (images go to OUTPUT/images)")
@@ -120,8 +127,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export", help="copy one split's images into a folder tree (for alphavae eval / eval-vae)",
         description="Copy the images of one manifest split to OUTPUT/<source>/..., atomically, keeping files "
         "that already exist. OUTPUT must not lie in the manifest's folder. Records whose file is absolute, "
-        "contains '..' or is missing/unreadable are reported (manifest line and file) and skipped; the "
-        "others are still copied. Exit status 1 if any record was skipped or the manifest is invalid.",
+        "contains '..', leads outside the manifest's folder through a symlink, is missing or does not decode "
+        "as an image are reported (manifest line and file) and skipped; the others are still copied. "
+        "Exit status 1 if any record was skipped or the manifest is invalid.",
     )
     export.add_argument("manifest", help="manifest.jsonl written by 'alphavae data fetch'")
     export.add_argument("--split", default="test", help="split to copy: train, val or test (default test)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -101,23 +102,8 @@ def read_manifest_lines(path: str | Path) -> list[tuple[int, dict]]:
         ValueError: the manifest is a folder or not UTF-8 text, or a line is not a JSON object with
             valid fields (names the manifest, the line and the problem).
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: manifest not found")
-    if path.is_dir():
-        raise ValueError(f"{path}: is a folder, not a manifest .jsonl file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not a UTF-8 manifest ({error})") from None
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not JSON ({error})") from None
+    for number, record in io.read_jsonl(path, "manifest"):
         problem = _field_problem(record)
         if problem:
             raise ValueError(f"{path}:{number}: {problem}")
@@ -175,18 +161,42 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def _export_target(file: str, output: Path, root: Path) -> Path:
-    """Target of a manifest ``file`` below ``output`` (leading ``images/`` dropped).
+def record_source(file: str, root: str | Path) -> Path:
+    """The image a manifest ``file`` names, resolved (symlinks followed) inside the manifest's folder ``root``.
 
-    Raises ValueError (naming ``file``) for an absolute path, a ``..`` component, a path naming no file
-    below ``images/``, or a target that resolves (through symlinks) outside ``output`` or inside the
-    manifest's folder ``root``.
+    Returns:
+        The absolute resolved path (it need not exist).
+
+    Raises:
+        ValueError (naming ``file``): ``file`` is absolute, names no path (``.``), has a ``..`` component,
+            resolves through a symlink to a place outside ``root``, or runs into a symlink loop.
     """
     relative = Path(file)
     if relative.is_absolute():
         raise ValueError(f"file {file!r} is absolute; manifest files must be relative to the manifest's folder")
+    if not relative.parts:
+        raise ValueError(f"file {file!r} names no file")
     if ".." in relative.parts:
         raise ValueError(f"file {file!r} contains '..'; manifest files must stay inside the manifest's folder")
+    base = Path(root).resolve()
+    try:
+        resolved = (base / relative).resolve()
+    except RuntimeError as error:  # a symlink loop
+        raise ValueError(f"file {file!r}: cannot resolve ({error})") from None
+    if not resolved.is_relative_to(base):
+        raise ValueError(f"file {file!r} resolves to {resolved}, outside the manifest's folder {root}; "
+                         "manifest files must stay inside it, also through symlinks")
+    return resolved
+
+
+def _export_target(file: str, output: Path, root: Path) -> Path:
+    """Target of a manifest ``file`` (already accepted by :func:`record_source`) below ``output``, leading
+    ``images/`` dropped.
+
+    Raises ValueError (naming ``file``) for a path naming no file below ``images/``, or a target that
+    resolves (through symlinks) outside ``output`` or inside the manifest's folder ``root``.
+    """
+    relative = Path(file)
     inner = Path(*relative.parts[1:]) if relative.parts[0] == "images" else relative
     if not inner.parts:
         raise ValueError(f"file {file!r} names no file below images/")
@@ -199,6 +209,28 @@ def _export_target(file: str, output: Path, root: Path) -> Path:
     return target
 
 
+def _copy_image(file: str, source: Path, target: Path) -> None:
+    """Copy ``source`` byte for byte to ``target`` (atomically) once it decodes as an image.
+
+    The check is :func:`alphavae.io.load_rgba`, with its warnings silenced (the whole file is copied,
+    so its notes on first frames or bit depth do not apply). Raises ValueError naming ``file`` when
+    ``source`` does not decode or cannot be read, or ``target`` cannot be written.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            io.load_rgba(source)
+        data = source.read_bytes()
+    except io.ImageLoadError as error:
+        raise ValueError(f"file {file!r}: cannot read {source}: {error.reason}") from None
+    except OSError as error:
+        raise ValueError(f"file {file!r}: cannot read {source}: {error.strerror or error}") from None
+    try:
+        io.atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
+    except OSError as error:
+        raise ValueError(f"file {file!r}: cannot write {target}: {error.strerror or error}") from None
+
+
 def export_split(manifest: str | Path, split: str, output: str | Path) -> ExportReport:
     """Copy the images of one split into ``output`` as ``output/<source>/...``.
 
@@ -207,9 +239,11 @@ def export_split(manifest: str | Path, split: str, output: str | Path) -> Export
 
     Gives ``alphavae eval`` / ``eval-vae`` a dataset/category tree of exactly the held-out images.
     Files are copied atomically; existing ones are kept (not compared). ``output`` must not lie in the
-    manifest's folder. Bad records are skipped and reported, the rest are copied: a ``file`` that is
-    absolute, contains ``..`` or would land outside ``output`` or inside the manifest's folder (through
-    a symlink), a second record with the same target, and an image that cannot be read or written.
+    manifest's folder. Bad records are skipped and reported, the rest are copied: a ``file`` that
+    :func:`record_source` refuses (absolute, ``..``, or outside the manifest's folder through a symlink),
+    one whose target would land outside ``output`` or inside the manifest's folder, a second record
+    with the same target, and a file that does not decode as an image (:func:`alphavae.io.load_rgba`)
+    or cannot be read or written.
 
     Returns:
         An :class:`ExportReport`; the skipped bad records are in ``failed``.
@@ -233,6 +267,7 @@ def export_split(manifest: str | Path, split: str, output: str | Path) -> Export
     for number, record in records:
         where = f"{manifest}:{number}"
         try:
+            source = record_source(record["file"], root)
             target = _export_target(record["file"], output, root)
         except ValueError as error:
             report.failed.append((where, str(error)))
@@ -245,16 +280,10 @@ def export_split(manifest: str | Path, split: str, output: str | Path) -> Export
         if target.exists():
             report.skipped.append(target)
             continue
-        source = root / record["file"]
         try:
-            data = source.read_bytes()
-        except OSError as error:
-            report.failed.append((where, f"file {record['file']!r}: cannot read {source}: {error.strerror or error}"))
-            continue
-        try:
-            io.atomic_write(target, lambda tmp, data=data: Path(tmp).write_bytes(data))
-        except OSError as error:
-            report.failed.append((where, f"file {record['file']!r}: cannot write {target}: {error.strerror or error}"))
+            _copy_image(record["file"], source, target)
+        except ValueError as error:
+            report.failed.append((where, str(error)))
             continue
         report.copied.append(target)
     return report

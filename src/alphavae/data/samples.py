@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alphavae import io
-from alphavae.data.manifest import read_manifest
+from alphavae.data.manifest import read_manifest, record_source
 from alphavae.data.sources import SOURCES
 
 DATASETS = {"fluent-emoji-3d": "emoji3d", "fluentui-emoji": "fluent-svg", "openclipart": "clipart"}
@@ -108,21 +108,60 @@ def select_samples(records: list[dict], per_group: int = 3, *, split: str = "tes
 def sample_path(record: dict) -> str:
     """Path of a chosen sample below the output folder: ``images/<dataset>/<category>/<name>.png``.
 
-    ``name`` is the original path without its suffix, with ``/`` and spaces replaced by ``_`` (unique).
+    ``name`` is the original path without its suffix, with ``/`` and spaces replaced by ``_``. Two
+    records of one source and category whose originals differ only in suffix, ``/`` or spaces share it.
+
+    Raises:
+        ValueError: ``original`` has no file name (``""``, ``.``, ``/``); names the record's ``file``.
     """
+    if not Path(record["original"]).name:
+        raise ValueError(f"record of file {record['file']!r}: original {record['original']!r} has no file name "
+                         "to name the sample after")
     stem = str(Path(record["original"]).with_suffix("")).replace("/", "_").replace(" ", "_")
     return f"images/{DATASETS[record['source']]}/{record['category']}/{stem}.png"
 
 
 def _present_samples(manifest: Path, output: Path) -> dict[str, dict]:
-    """Samples of ``manifest`` (any split) whose :func:`sample_path` exists under ``output``: path -> record."""
+    """Samples of ``manifest`` (any split) whose :func:`sample_path` exists under ``output``: path -> record.
+
+    Records without a sample name (:func:`sample_path` raises) cannot have one there and are left out.
+    """
     present = {}
     for record in read_manifest(manifest):
         if record.get("source") in DATASETS and not _missing_fields(record):
             record = {**record, "category": category_of(record)}
-            if (output / sample_path(record)).exists():
-                present[sample_path(record)] = record
+            try:
+                path = sample_path(record)
+            except ValueError:
+                continue
+            if (output / path).exists():
+                present[path] = record
     return present
+
+
+def _plan(records: list[dict], root: Path) -> tuple[dict[str, tuple[dict, Path]], list[str]]:
+    """Where each chosen record goes and comes from, and why the others are skipped.
+
+    Returns ``({sample path: (record, source image)}, reasons)``. A record is skipped (one reason
+    each, naming its ``file``) when :func:`sample_path` has no name for it, its ``file`` lies outside
+    the manifest's folder ``root`` (:func:`alphavae.data.manifest.record_source`), or an earlier record
+    of ``records`` already takes its sample path (the first keeps it: in :func:`select_samples`
+    order, the smallest pixel hash).
+    """
+    planned: dict[str, tuple[dict, Path]] = {}
+    skipped = []
+    for record in records:
+        try:
+            path, source = sample_path(record), record_source(record["file"], root)
+        except ValueError as error:
+            skipped.append(str(error))
+            continue
+        if path in planned:
+            skipped.append(f"record of file {record['file']!r}: its sample {path} is already taken by the record "
+                           f"of file {planned[path][0]['file']!r}")
+            continue
+        planned[path] = (record, source)
+    return planned, skipped
 
 
 def write_samples(records: list[dict], manifest: str | Path, output: str | Path, *, long_side: int = 512,
@@ -140,13 +179,16 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
     is written and FileExistsError is raised. Re-running the same choice leaves it as it is; after a
     run that skipped images, ``LICENSE.md`` lists fewer images, so adding them later needs ``overwrite``.
 
-    A source image that cannot be read (:class:`alphavae.io.ImageLoadError`, or an OSError while
-    writing its copy) is skipped and reported; the others are still written, and ``LICENSE.md`` lists
-    the images present (with ``overwrite``, an older copy of a skipped image stays and stays listed).
+    A chosen record is skipped and reported when it has no sample name (:func:`sample_path`), its
+    ``file`` lies outside the manifest's folder (:func:`alphavae.data.manifest.record_source`), an
+    earlier record of ``records`` already takes its sample path (the first keeps it), or its source
+    image cannot be read (:class:`alphavae.io.ImageLoadError`, or an OSError while writing its copy);
+    the others are still written, and ``LICENSE.md`` lists the images present (with ``overwrite``,
+    an older copy of a skipped image stays and stays listed).
 
     Returns:
-        ``(written, failed)``: the chosen images written or kept under ``output``, and
-        ``"<source image>: <reason>"`` for each chosen image that was skipped.
+        ``(written, failed)``: the chosen images written or kept under ``output``, and one line per
+        chosen record that was skipped, naming its source image or its ``file``.
 
     Raises:
         FileNotFoundError: the manifest is missing.
@@ -159,25 +201,26 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
     io.check_output_outside_inputs(output, [root])
     if output.exists() and not output.is_dir():
         raise ValueError(f"output {output} exists and is not a folder")
-    listed = {**_present_samples(manifest, output), **{sample_path(r): r for r in records}}
+    planned, failed = _plan(records, root)
+    listed = {**_present_samples(manifest, output), **{path: record for path, (record, _) in planned.items()}}
     licence_file = output / "LICENSE.md"
     if (licence_file.exists() and not overwrite
             and licence_file.read_bytes() != licence_text(sorted(listed.values(), key=_sort_key)).encode()):
         raise FileExistsError(f"{licence_file}: already exists and would change (it must list "
                               f"{len(listed)} image(s) of this manifest under {output}, or was edited); "
                               "pass --overwrite (overwrite=True) to regenerate it")
-    paths, failed = [], []
+    paths = []
     try:
-        for record in records:
-            target = output / sample_path(record)
+        for path, (_, source) in planned.items():
+            target = output / path
             if overwrite or not target.exists():
                 try:
-                    _write_sample(root / record["file"], target, long_side)
+                    _write_sample(source, target, long_side)
                 except io.ImageLoadError as error:
                     failed.append(str(error))
                     continue
                 except OSError as error:
-                    failed.append(f"{root / record['file']}: cannot write {target} ({error.strerror or error})")
+                    failed.append(f"{source}: cannot write {target} ({error.strerror or error})")
                     continue
             paths.append(target)
     finally:

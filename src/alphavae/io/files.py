@@ -8,6 +8,7 @@ file's sRGB-encoded values; ICC profiles and gamma chunks are not applied.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -413,6 +414,45 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], None], *, o
     finally:
         temp.unlink(missing_ok=True)
     return path
+
+
+def read_text_file(path: str | os.PathLike, what: str) -> str:
+    """The UTF-8 text of ``path``, a ``what`` (e.g. "manifest .jsonl file"), with one-line errors naming it.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is a folder, or its bytes are not UTF-8 (names the byte offset).
+        OSError: it cannot be read otherwise.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a {what}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def read_jsonl(path: str | os.PathLike, what: str) -> list[tuple[int, object]]:
+    """Parse a JSON-lines file, a ``what`` (named in errors), skipping blank lines.
+
+    Returns:
+        ``(line number, parsed JSON value)`` for each non-blank line, in file order (lines count from 1).
+
+    Raises:
+        The errors of :func:`read_text_file`, and ValueError naming the file and line for a line that
+        is not JSON.
+    """
+    values = []
+    for number, line in enumerate(read_text_file(path, what).splitlines(), start=1):
+        if line.strip():
+            try:
+                values.append((number, json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
+    return values
 
 
 def image_extensions() -> frozenset[str]:

@@ -60,3 +60,43 @@ def test_cli_errors(trained, tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "nothing"), "--vae", str(vae), "--prompt", "x",
                  "-o", str(tmp_path / "o")]) == 2
     assert "cannot load a FLUX pipeline" in capsys.readouterr().err
+
+
+def test_generate_cli_refuses_existing_file_of_another_request(trained, tmp_path, capsys):
+    _, flux, vae, _ = trained
+    out = tmp_path / "gen"
+    base = ["generate", "--model", str(flux), "--vae", str(vae), "--steps", "2", "--device", "cpu", "-o", str(out)]
+    assert main(base + ["--prompt", "a cup", "--size", "33x17"]) == 0
+    capsys.readouterr()
+    cup, records = (out / "p0000-s0.png").read_bytes(), (out / "generations.jsonl").read_text()
+    record = json.loads(records)
+    assert record["model"] == str(flux.resolve()) and record["vae"] == str(vae.resolve())
+    assert record["lora"] is None and record["dtype"] == "float32"
+    assert main(base + ["--prompt", "a dog", "--size", "16x16"]) == 1
+    captured = capsys.readouterr()
+    assert "wrote 0 image(s)" in captured.out and "1 refused" in captured.out
+    assert f"refused: {out / 'p0000-s0.png'}: exists from a different request (prompt: recorded 'a cup', " \
+           "now 'a dog'; width: recorded 33, now 16; height: recorded 17, now 16)" in captured.err
+    assert (out / "p0000-s0.png").read_bytes() == cup and (out / "generations.jsonl").read_text() == records
+    assert main(base + ["--prompt", "a cup", "--size", "33x17", "--guidance", "2"]) == 1
+    assert "guidance: recorded 3.5, now 2.0" in capsys.readouterr().err
+    assert main(base + ["--prompt", "a cup", "--size", "33x17"]) == 0
+    assert "skipped 1 existing, 0 refused" in capsys.readouterr().out
+
+
+def test_generate_cli_prompts_file_errors(trained, tmp_path, capsys):
+    _, flux, vae, _ = trained
+    base = ["generate", "--model", str(flux), "--vae", str(vae), "-o", str(tmp_path / "out"), "--prompts-file"]
+    assert main(base + [str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"alphavae generate: error: {tmp_path}: is a folder, not a prompts file\n"
+    assert main(base + [str(tmp_path / "none.txt")]) == 2
+    assert f"error: {tmp_path / 'none.txt'}: prompts file not found" in capsys.readouterr().err
+
+
+def test_train_lora_cli_names_an_empty_data_folder(trained, tmp_path, capsys):
+    _, flux, vae, _ = trained
+    (tmp_path / "empty").mkdir()
+    assert main(["train-lora", "--model", str(flux), "--vae", str(vae), "--data", str(tmp_path / "empty"),
+                 "-o", str(tmp_path / "lora"), "--resolution", "32", "--report-to", "none"]) == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]  # after the model loaders' progress bars
+    assert last_line == f"alphavae train-lora: error: {tmp_path / 'empty'}: no images found"

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pytest
 import torch
@@ -70,7 +71,8 @@ def test_generate_folder_writes_rgba_pngs_and_skips_existing(loaded, tmp_path):
     with Image.open(report.written[0]) as image:
         assert image.mode == "RGBA" and image.size == (40, 24)
     records = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
-    assert records[3] == {"file": "p0001-s6.png", "prompt": "a cup", "seed": 6, "width": 40, "height": 24}
+    assert records[3] == {"file": "p0001-s6.png", "prompt": "a cup", "seed": 6, "width": 40, "height": 24,
+                          "steps": 2, "guidance": 3.5}
     with Image.open(tmp_path / "contact_sheet.png") as sheet:
         assert sheet.mode == "RGBA" and sheet.size[0] > 3 * 40
     again = generate_folder(pipe, vae, ["a cat", "a cup"], tmp_path, **kwargs)
@@ -82,3 +84,76 @@ def test_contact_sheet_shows_checkerboard_under_transparency():
     sheet = contact_sheet(pixels, columns=2)
     assert sheet.shape == (4, 36, 70) and torch.all(sheet[3] == 1)
     assert len(torch.unique(sheet[:3, 2:34, 2:34])) == 2  # the two checkerboard greys
+
+
+def _records(folder):
+    return {r["file"]: r for r in map(json.loads, (folder / "generations.jsonl").read_text().splitlines())}
+
+
+def test_generate_folder_refuses_existing_file_of_another_request(loaded, tmp_path):
+    pipe, vae = loaded
+    kwargs = dict(height=17, width=33, steps=2, progress=False, settings={"model": "m1"})
+    assert len(generate_folder(pipe, vae, ["a cup"], tmp_path, **kwargs).written) == 1
+    cup = (tmp_path / "p0000-s0.png").read_bytes()
+    cup_record = _records(tmp_path)["p0000-s0.png"]
+    (tmp_path / "p0001-s0.png").write_bytes(cup)  # a file generations.jsonl knows nothing of
+    report = generate_folder(pipe, vae, ["a dog", "x", "a bird"], tmp_path, **kwargs | {"height": 16, "width": 16})
+    assert report.written == [str(tmp_path / "p0002-s0.png")] and not report.skipped and not report.failed
+    assert "p0000-s0.png: exists from a different request (prompt: recorded 'a cup', now 'a dog'; " \
+           "width: recorded 33, now 16; height: recorded 17, now 16)" in report.refused[0]
+    assert "p0001-s0.png: exists but generations.jsonl has no record of it" in report.refused[1]
+    assert (tmp_path / "p0000-s0.png").read_bytes() == cup == (tmp_path / "p0001-s0.png").read_bytes()
+    records = _records(tmp_path)
+    assert records.keys() == {"p0000-s0.png", "p0002-s0.png"} and records["p0000-s0.png"] == cup_record
+    assert records["p0002-s0.png"]["prompt"] == "a bird"
+    other_model = generate_folder(pipe, vae, ["a cup"], tmp_path, **kwargs | {"settings": {"model": "m2"}})
+    assert "model: recorded 'm1', now 'm2'" in other_model.refused[0]
+    same = generate_folder(pipe, vae, ["a cup"], tmp_path, **kwargs)
+    assert same.skipped == [str(tmp_path / "p0000-s0.png")] and not same.refused
+    assert _records(tmp_path) == records
+
+
+def test_generate_folder_records_each_batch_before_its_pngs(loaded, tmp_path, monkeypatch):
+    pipe, vae = loaded
+
+    class Interrupted(Exception):
+        pass
+
+    calls = []
+
+    def stop_on_second_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Interrupted
+        return generate_rgba(*args, **kwargs)
+
+    monkeypatch.setattr("alphavae.diffusion.pipeline.generate_rgba", stop_on_second_call)
+    with pytest.raises(Interrupted):
+        generate_folder(pipe, vae, ["a cat", "a cup"], tmp_path, height=16, width=16, steps=2, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["p0000-s0.png"]
+    assert _records(tmp_path)["p0000-s0.png"]["prompt"] == "a cat"
+
+
+def test_generate_folder_rejects_a_broken_record_file(loaded, tmp_path):
+    pipe, vae = loaded
+    (tmp_path / "generations.jsonl").write_text('{"file": "p0000-s0.png"}\nnot json\n')
+    with pytest.raises(ValueError, match="generations.jsonl:2: not JSON"):
+        generate_folder(pipe, vae, ["a cat"], tmp_path, height=16, width=16, steps=2, progress=False)
+    assert (tmp_path / "generations.jsonl").read_text() == '{"file": "p0000-s0.png"}\nnot json\n'
+
+
+def test_float16_on_cpu_has_no_false_cannot_run_warning(tmp_path):
+    flux, vae_dir = model_folders(tmp_path)
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("diffusers").addHandler(handler)
+    try:
+        vae = RGBAVAE.from_pretrained(vae_dir, dtype="float16")
+        pipe = load_flux_pipeline(flux, vae, dtype=torch.float16, device="cpu")
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    assert not [m for m in messages if "cannot run" in m]
+    pipe.set_progress_bar_config(disable=True)
+    pixels = generate_rgba(pipe, vae, ["a cat"], [0], height=16, width=16, **GEN)
+    assert pixels.shape == (1, 4, 16, 16) and torch.isfinite(pixels).all()

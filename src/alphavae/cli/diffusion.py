@@ -93,7 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "generate", help="generate transparent PNGs with FLUX + an RGBA VAE",
         description="Text-to-image with a FLUX pipeline whose latents are decoded by the RGBA VAE: writes "
                     "4-channel straight-alpha PNGs p<prompt>-s<seed>.png, generations.jsonl and contact_sheet.png "
-                    "(over a checkerboard). Existing files are skipped. Sizes that are not multiples of 16 are "
+                    "(over a checkerboard). An existing file is skipped when its record in generations.jsonl "
+                    "shows the same request (prompt, seed, size, steps, guidance, models, dtypes); otherwise it is "
+                    "left untouched and reported as refused (exit status 1). Sizes that are not multiples of 16 are "
                     "generated at the size rounded up and centre-cropped back to the requested size.",
     )
     gen.add_argument("--model", required=True, help="local diffusers FLUX folder, or a hub id when online")
@@ -159,7 +161,7 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    """Generate the PNGs; 0 on success, 1 if some images failed, 2 on errors."""
+    """Generate the PNGs; 0 on success, 1 if some images failed or existing files were refused, 2 on errors."""
     from alphavae.diffusion.pipeline import generate_from_paths
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -175,10 +177,12 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"alphavae generate: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {len(report.written)} image(s) to {args.output}, skipped {len(report.skipped)} existing, "
-          f"{len(report.failed)} failed")
+          f"{len(report.refused)} refused, {len(report.failed)} failed")
     if report.generated_size != report.requested_size:
         (gen_h, gen_w), (req_h, req_w) = report.generated_size, report.requested_size
         print(f"generated at {gen_w}x{gen_h} (FLUX needs multiples of 16), centre-cropped to {req_w}x{req_h}")
+    for refusal in report.refused:
+        print(f"refused: {refusal}", file=sys.stderr)
     for failure in report.failed:
         print(f"failed: {failure}", file=sys.stderr)
-    return 1 if report.failed else 0
+    return 1 if report.failed or report.refused else 0

@@ -9,6 +9,8 @@ import csv
 import json
 from pathlib import Path
 
+from alphavae import io
+
 DEFAULT_PROMPT = "RGBA"
 """Fallback instance prompt of the paper (§5.1) for images without a caption."""
 
@@ -91,11 +93,12 @@ def read_prompts(path: str | Path) -> list[str]:
     """Read generation prompts: one per line of a UTF-8 text file; blank lines and ``#`` comments skipped.
 
     Raises:
-        ValueError: the file holds no prompt (names the file).
+        FileNotFoundError: the file does not exist (names it).
+        ValueError: the path is a folder, the file is not UTF-8 text or holds no prompt (names the file).
         OSError: the file cannot be read.
     """
     path = Path(path)
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    lines = (line.strip() for line in io.read_text_file(path, "prompts file").splitlines())
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise ValueError(f"{path}: no prompts (one per line; '#' starts a comment)")

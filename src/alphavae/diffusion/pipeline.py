@@ -23,11 +23,14 @@ from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
 from alphavae import io
-from alphavae.accel import OFFLOAD_MODES, parse_dtype
+from alphavae.accel import OFFLOAD_MODES, parse_dtype, resolve_policy
 from alphavae.diffusion.flow import unpack_latents
 from alphavae.vae import RGBAVAE
 
 log = logging.getLogger(__name__)
+
+RECORDS_FILE = "generations.jsonl"
+"""Name of the per-folder record of :func:`generate_folder`: one JSON object per PNG, the request that made it."""
 
 
 def load_flux_pipeline(
@@ -74,7 +77,8 @@ def load_flux_pipeline(
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     else:
-        pipe.to(device)
+        # diffusers warns that float16 "cannot run" on the CPU; current torch runs it (slowly), so the warning misleads.
+        pipe.to(device, silence_dtype_warnings=True)
     return pipe
 
 
@@ -141,7 +145,6 @@ def generate_rgba(
     return center_crop(pixels, height, width)
 
 
-
 def generate_images(pipe: FluxPipeline, vae: RGBAVAE, prompts: list[str], seeds: list[int],
                     **options) -> list[Image.Image]:
     """:func:`generate_rgba`, returned as 8-bit Pillow ``RGBA`` images (straight alpha, :func:`alphavae.io.to_pil`).
@@ -149,6 +152,7 @@ def generate_images(pipe: FluxPipeline, vae: RGBAVAE, prompts: list[str], seeds:
     ``options`` are the keyword arguments of :func:`generate_rgba` (height, width, steps, guidance, ...).
     """
     return [io.to_pil(image) for image in generate_rgba(pipe, vae, prompts, seeds, **options).cpu()]
+
 
 def contact_sheet(pixels: torch.Tensor, columns: int = 4) -> torch.Tensor:
     """Tile images composited over a checkerboard into one opaque sheet.
@@ -168,11 +172,13 @@ def contact_sheet(pixels: torch.Tensor, columns: int = 4) -> torch.Tensor:
 
 @dataclass
 class GenerationReport:
-    """Outcome of :func:`generate_folder`: files written, skipped (already there) and failed.
+    """Outcome of :func:`generate_folder`: files written, skipped (already there), refused and failed.
 
     Attributes:
         written: paths of the PNGs written by this call.
-        skipped: paths that already existed and were not regenerated.
+        skipped: paths that already existed with a record of this very request, not regenerated.
+        refused: one message per existing file left untouched because its record is missing or
+            describes another request (names the file and the differing settings); not regenerated.
         failed: paths whose batch raised (logged); nothing was written for them.
         requested_size: ``(height, width)`` in pixels, as asked for; the size of every written image.
         generated_size: ``(height, width)`` in pixels the pipeline ran at: the request rounded up to
@@ -182,45 +188,102 @@ class GenerationReport:
 
     written: list[str]
     skipped: list[str]
+    refused: list[str]
     failed: list[str]
     requested_size: tuple[int, int]
     generated_size: tuple[int, int]
 
 
+def _read_records(path: Path) -> dict[str, dict]:
+    """``{file name: record}`` of a ``generations.jsonl`` ({} when there is none); ValueError naming the line
+    for a line that is not a JSON object with a string ``file``."""
+    if not path.exists():
+        return {}
+    records = {}
+    for number, record in io.read_jsonl(path, f"{RECORDS_FILE} file"):
+        if not isinstance(record, dict) or not isinstance(record.get("file"), str):
+            raise ValueError(f"{path}:{number}: expected a JSON object with a 'file' name")
+        records[record["file"]] = record
+    return records
+
+
+def _conflict(path: Path, record: dict | None, wanted: dict) -> str | None:
+    """Why the existing ``path`` cannot stand for the request ``wanted``; None when its record matches it."""
+    advice = "left untouched: delete it or choose another output folder"
+    if record is None:
+        return f"{path}: exists but {RECORDS_FILE} has no record of it; {advice}"
+    differences = [f"{key}: recorded {record[key]!r}, now {value!r}" if key in record else f"{key}: not recorded"
+                   for key, value in wanted.items() if key not in record or record[key] != value]
+    if not differences:
+        return None
+    return f"{path}: exists from a different request ({'; '.join(differences)}); {advice}"
+
+
+def _triage(paths: dict, wanted: dict, records: dict[str, dict], report: GenerationReport) -> list:
+    """The jobs whose file does not exist yet, in order; each existing one goes to ``report.skipped`` when
+    its record matches ``wanted``, else to ``report.refused``."""
+    todo = []
+    for job, path in paths.items():
+        if not path.exists():
+            todo.append(job)
+        elif problem := _conflict(path, records.get(path.name), wanted[job]):
+            report.refused.append(problem)
+        else:
+            report.skipped.append(str(path))
+    return todo
+
+
+def _write_records(path: Path, records: dict[str, dict]) -> None:
+    """Replace ``generations.jsonl`` atomically by ``records``, one JSON object per line."""
+    text = "".join(json.dumps(record) + "\n" for record in records.values())
+    io.atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"), overwrite=True)
+
+
 def generate_folder(
     pipe: FluxPipeline, vae: RGBAVAE, prompts: list[str], output_dir: str | Path, *, n: int = 1,
     seed: int = 0, height: int = 1024, width: int = 1024, steps: int = 28, guidance: float = 3.5,
-    batch_size: int = 1, sheet: bool = True, progress: bool = True,
+    batch_size: int = 1, sheet: bool = True, progress: bool = True, settings: dict | None = None,
 ) -> GenerationReport:
-    """Generate ``n`` RGBA PNGs per prompt into ``output_dir``; skip files that already exist.
+    """Generate ``n`` RGBA PNGs per prompt into ``output_dir``; keep files that already exist.
 
     File ``p{prompt:04d}-s{seed}.png`` holds prompt number ``prompt`` with seed ``seed + k`` for
-    its k-th image (deterministic: the same arguments give the same pixels). Also writes
-    ``generations.jsonl`` (file, prompt, seed, size per image) and, with ``sheet``,
-    ``contact_sheet.png`` (all images of this call over a checkerboard). Writes are atomic.
+    its k-th image (deterministic: the same arguments give the same pixels). ``generations.jsonl``
+    (:data:`RECORDS_FILE`) holds one record per PNG: file, prompt, seed, width, height, steps,
+    guidance and ``settings``. An existing PNG is skipped when its record equals the new request;
+    otherwise (no record, or any value differs) it is refused and left as it is, with its record.
+    Records of other existing files are kept (those of deleted files go at the next write); each batch's
+    records are written (atomically) before its PNGs, so no PNG of this call lacks a record even if
+    the run is interrupted. With ``sheet``, ``contact_sheet.png`` shows the images of this call over a
+    checkerboard. Writes are atomic.
 
     Args:
         prompts: one or more prompts; output_dir: created if missing.
         n: images per prompt (>= 1); seed: base seed (>= 0); batch_size: images per pipeline call.
         height, width, steps, guidance: see :func:`generate_rgba`.
         progress: show a tqdm bar over images.
+        settings: further JSON values that decide the pixels (model paths, dtypes, LoRA; see
+            :func:`generate_from_paths`), recorded and compared like the others.
 
     Returns:
-        A :class:`GenerationReport`; failures (e.g. out of memory on one batch) are recorded there
-        and the remaining batches still run.
+        A :class:`GenerationReport`; refused files and failures (e.g. out of memory on one batch) are
+        recorded there and the remaining images still run.
 
     Raises:
-        ValueError: no prompts, or n, batch_size or seed out of range.
+        ValueError: no prompts, n, batch_size or seed out of range, or a bad ``generations.jsonl``.
+        OSError: ``generations.jsonl`` or a PNG cannot be read or written.
     """
     if not prompts or n < 1 or batch_size < 1 or seed < 0:
         raise ValueError(f"need prompts, n >= 1, batch_size >= 1 and seed >= 0; got {len(prompts)}, {n}, "
                          f"{batch_size}, {seed}")
     output_dir = Path(output_dir)
+    records = {name: record for name, record in _read_records(output_dir / RECORDS_FILE).items()
+               if (output_dir / name).exists()}
     jobs = [(p, prompt, seed + k) for p, prompt in enumerate(prompts) for k in range(n)]
     path_of = {job: output_dir / f"p{job[0]:04d}-s{job[2]}.png" for job in jobs}
-    todo = [job for job in jobs if not path_of[job].exists()]
-    report = GenerationReport([], [str(path_of[j]) for j in jobs if j not in todo], [], (height, width),
-                              round_size(height, width, pipe.vae_scale_factor * 2))
+    wanted = {job: {"file": path_of[job].name, "prompt": job[1], "seed": job[2], "width": width, "height": height,
+                    "steps": steps, "guidance": guidance, **(settings or {})} for job in jobs}
+    report = GenerationReport([], [], [], [], (height, width), round_size(height, width, pipe.vae_scale_factor * 2))
+    todo = _triage(path_of, wanted, records, report)
     made = []
     with tqdm(total=len(todo), desc="generate", unit="img", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
@@ -232,18 +295,15 @@ def generate_folder(
                 log.error("generation failed for %s: %s", [str(path_of[j]) for j in batch], err)
                 report.failed += [str(path_of[j]) for j in batch]
             else:
+                records.update({path_of[j].name: wanted[j] for j in batch})
+                _write_records(output_dir / RECORDS_FILE, records)
                 for job, image in zip(batch, pixels.cpu(), strict=True):
                     report.written.append(str(io.save_rgba(image, path_of[job])))
                     made.append(image)
             bar.update(len(batch))
-    records = [{"file": path_of[j].name, "prompt": j[1], "seed": j[2], "width": width, "height": height}
-               for j in jobs if path_of[j].exists()]
-    io.atomic_write(output_dir / "generations.jsonl", lambda t: t.write_text(
-        "".join(json.dumps(r) + "\n" for r in records), encoding="utf-8"), overwrite=True)
     if sheet and made:
         io.save_rgba(contact_sheet(torch.stack(made)), output_dir / "contact_sheet.png", overwrite=True)
     return report
-
 
 
 def default_device() -> str:
@@ -266,6 +326,11 @@ def generate_from_paths(
         device: "cuda", "cpu", ...; None = :func:`default_device`.
         options: keyword arguments of :func:`generate_folder` (n, seed, height, width, steps, ...).
 
+    Besides the request, each record in ``generations.jsonl`` holds ``model``, ``vae`` and ``lora``
+    (local paths made absolute, hub ids as given), ``lora_scale`` (None without a LoRA), ``dtype`` and
+    ``vae_dtype`` (both resolved, never "auto"); an existing file is skipped only if these match too.
+    The device, offload and batch size are not recorded: they change pixels by rounding at most.
+
     Raises:
         OSError, ValueError: see :func:`load_flux_pipeline`, :func:`generate_folder`; ValueError
             also for an unknown dtype.
@@ -277,4 +342,12 @@ def generate_from_paths(
     pipe = load_flux_pipeline(model, rgba_vae, lora=lora, lora_scale=lora_scale, dtype=torch_dtype, device=device,
                               offload=offload)
     pipe.set_progress_bar_config(disable=True)  # generate_folder shows one bar over all images
-    return generate_folder(pipe, rgba_vae, prompts, output_dir, **options)
+    settings = {"model": _source(model), "vae": _source(vae), "lora": None if lora is None else _source(lora),
+                "lora_scale": None if lora is None else lora_scale, "dtype": str(torch_dtype).removeprefix("torch."),
+                "vae_dtype": resolve_policy(vae_dtype, device).name}
+    return generate_folder(pipe, rgba_vae, prompts, output_dir, settings=settings, **options)
+
+
+def _source(path: str | Path) -> str:
+    """A local path made absolute (a rerun from another folder compares equal); anything else (a hub id) as given."""
+    return str(Path(path).resolve()) if Path(path).exists() else str(path)

@@ -240,8 +240,7 @@ class _Trainer:
         cfg = self.cfg
         options = dict(size=cfg.resolution, crop=cfg.crop, seed=cfg.seed)
         data = Path(cfg.data)
-        source = [path for path, _ in io.list_images(data)] if data.is_dir() else data
-        good, self.failed = _scan_images(RGBADataset(source, split=cfg.split, **options))
+        good, self.failed = _scan_images(RGBADataset(data, split=cfg.split, **options))
         if not good:
             raise ValueError(f"{data}: no readable training images")
         self.dataset = RGBADataset(good, **options)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from alphavae.cli import main
+from alphavae.cli.latent_factors import FEW_IMAGES
 from alphavae.vae import RGBAVAE
 
 
@@ -24,22 +25,66 @@ def test_fits_writes_and_reports_bad_files(tmp_path, tiny_rgba_dir, capsys):
     captured = capsys.readouterr()
     printed = json.loads(captured.out)
     assert printed["images"] == 3 and printed["scaling_factor"] > 0
-    assert "warning: fitted on only 3 image(s)" in captured.err  # too few to represent a dataset
+    assert "warning: fitted on only 3 images;" in captured.err  # too few to represent a dataset
     assert main(["latent-factors", str(vae_dir), str(tmp_path), "--limit", "3", "--tile-size", "16"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 3
     assert main(["latent-factors", str(vae_dir), str(tmp_path), "--limit", "3", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out) == printed  # the same seeded fit on an explicit device
     assert RGBAVAE.from_pretrained(vae_dir).scaling_factor == 0.3611  # not written without --write
 
-    (tmp_path / "broken.png").write_bytes(b"not a png")
-    assert main(["latent-factors", str(vae_dir), str(tmp_path), "--write"]) == 1
+    assert main(["latent-factors", str(vae_dir), str(tmp_path), "--write", "--force"]) == 0
     captured = capsys.readouterr()
-    assert "broken.png" in captured.err and "1 of 5 inputs failed" in captured.err
     written = json.loads((vae_dir / "config.json").read_text())
     factors = json.loads(captured.out)
     assert factors["images"] == 4
     assert (written["scaling_factor"], written["shift_factor"]) == (factors["scaling_factor"], factors["shift_factor"])
     assert RGBAVAE.from_pretrained(vae_dir).shift_factor == factors["shift_factor"]
+    assert f"scaling_factor 0.3611 -> {factors['scaling_factor']}" in captured.err  # the old values, to restore
+
+
+def _vae_and_images(tmp_path, tiny_rgba_dir, count):
+    """A copy of the tiny RGBA VAE and ``count`` random 16 x 16 RGBA images in ``tmp_path / "images"``."""
+    vae_dir = tmp_path / "vae"
+    shutil.copytree(tiny_rgba_dir, vae_dir)
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 4), dtype=np.uint8), "RGBA").save(
+            tmp_path / "images" / f"img{index}.png")
+    return vae_dir, tmp_path / "images"
+
+
+def test_write_refused_when_an_input_failed(tmp_path, tiny_rgba_dir, capsys):
+    """Finding 3: with a failed input the config was rewritten anyway (exit 1, but the factors changed)."""
+    vae_dir, images = _vae_and_images(tmp_path, tiny_rgba_dir, FEW_IMAGES)
+    (images / "broken.png").write_bytes(b"not a png")
+    before = (vae_dir / "config.json").read_bytes()
+    assert main(["latent-factors", str(vae_dir), str(images), "--write"]) == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and f"1 of {FEW_IMAGES + 1} inputs failed" in err
+    assert f"{vae_dir / 'config.json'} was left unchanged" in err
+    assert (vae_dir / "config.json").read_bytes() == before
+
+
+def test_write_of_a_small_fit_needs_force(tmp_path, tiny_rgba_dir, capsys):
+    """Finding 3: a fit on one image overwrote the factors with only a warning."""
+    vae_dir, images = _vae_and_images(tmp_path, tiny_rgba_dir, 1)
+    before = (vae_dir / "config.json").read_bytes()
+    assert main(["latent-factors", str(vae_dir), str(images), "--write"]) == 1
+    err = capsys.readouterr().err
+    assert "fitted on only 1 image;" in err and "pass --force" in err and "was left unchanged" in err
+    assert (vae_dir / "config.json").read_bytes() == before
+    assert main(["latent-factors", str(vae_dir), str(images), "--write", "--force"]) == 0
+    assert "scaling_factor 0.3611 -> " in capsys.readouterr().err
+    assert RGBAVAE.from_pretrained(vae_dir).scaling_factor != 0.3611
+
+
+def test_enough_images_are_written_without_force(tmp_path, tiny_rgba_dir, capsys):
+    vae_dir, images = _vae_and_images(tmp_path, tiny_rgba_dir, FEW_IMAGES)
+    assert main(["latent-factors", str(vae_dir), str(images), "--write"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err and "shift_factor 0.1159 -> " in captured.err
+    assert RGBAVAE.from_pretrained(vae_dir).scaling_factor == json.loads(captured.out)["scaling_factor"]
 
 
 def test_missing_vae_is_a_clear_error(tmp_path, capsys):
@@ -69,9 +114,10 @@ def test_failures_are_listed_and_factors_survive_a_failed_write(tmp_path, tiny_r
         raise PermissionError(f"[Errno 13] Permission denied: '{path}'")
 
     monkeypatch.setattr("alphavae.cli.latent_factors.atomic_write", refuse)
-    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path / "big.png"), "--write"]) == 1
+    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path / "big.png"), "--write", "--force"]) == 1
     captured = capsys.readouterr()
     assert json.loads(captured.out)["images"] == 1 and "Permission denied" in captured.err
+    assert "config.json was left unchanged" in captured.err  # the rewrite is atomic
 
 
 def test_out_of_range_seed_is_refused_before_the_model_loads(tmp_path, capsys):

@@ -239,3 +239,11 @@ def test_bad_numbers_are_refused_before_the_model_loads(tmp_path, capsys, option
     assert exit_info.value.code == 2
     assert f"argument {option}: {message}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_tile_overlap_without_tile_size_is_refused(tmp_path, capsys):
+    """--tile-overlap alone would be ignored (no tiling without --tile-size): refused before the model loads."""
+    assert _run(tmp_path / "in.png", "-o", tmp_path / "out", "--vae", tmp_path / "no-such-vae",
+                "--tile-overlap", "64") == 2
+    assert "--tile-overlap needs --tile-size" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -123,6 +123,20 @@ def test_bad_local_sources_fail_fast_with_one_line(tmp_path, capsys, monkeypatch
     assert not (tmp_path / "out").exists()
 
 
+def _offline(*args, **kwargs):
+    raise OSError("org/nope does not appear to have a file named config.json.")
+
+
+def test_unknown_model_id_says_it_was_not_a_local_folder(tmp_path, capsys, monkeypatch):
+    """An ``org/name`` that is no local folder is looked up as a model id; when that fails the one-line error
+    says there was no such local folder (a mistyped path reads like a model id)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", _offline)
+    assert main(["convert", "org/nope", "out"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no local folder 'org/nope'" in err and "model id" in err and "\n" not in err, err
+
+
 def _tree(folder):
     """Every file under ``folder`` (hidden ones too) as {relative path: bytes}."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

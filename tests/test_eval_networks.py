@@ -173,3 +173,41 @@ def test_alexnet_cache_name_is_torchvisions():
     from torchvision.models import AlexNet_Weights
 
     assert nets.ALEXNET_CACHE == Path(AlexNet_Weights.IMAGENET1K_V1.url).name
+
+
+def _not_weights(tmp_path):
+    """Files that exist but are not torch state dicts: an image, an empty file, text, a saved list."""
+    from PIL import Image
+
+    Image.new("RGBA", (4, 4)).save(tmp_path / "image.png")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("hello\n")
+    torch.save([1, 2], tmp_path / "list.pth")
+    return [tmp_path / name for name in ("image.png", "empty.pth", "notes.txt", "list.pth")]
+
+
+def test_a_file_that_is_not_weights_is_a_one_line_error(tmp_path):
+    """Finding 4: an image given as weights raised a raw UnpicklingError (several lines, no file named)."""
+    head_ok = tmp_path / "head.pth"
+    torch.save(nets.AestheticHead(16).state_dict(), head_ok)
+    for path in _not_weights(tmp_path):
+        for build in (nets.build_lpips, nets.build_inception, lambda p: nets.build_aesthetic(tmp_path / "no-clip", p)):
+            with pytest.raises(nets.NetworkUnavailable) as caught:
+                build(path)
+            message = str(caught.value)
+            assert message.startswith(f"{path}: not a torch state dict (") and "\n" not in message
+    assert "UnpicklingError: Unsupported operand" in str(pytest.raises(
+        nets.NetworkUnavailable, nets.load_state_dict, tmp_path / "image.png", "LPIPS").value)
+    with pytest.raises(nets.NetworkUnavailable, match="it holds a list"):
+        nets.load_state_dict(tmp_path / "list.pth", "LPIPS")
+    with pytest.raises(nets.NetworkUnavailable, match=f"{tmp_path}: cannot read LPIPS weights"):
+        nets.load_state_dict(tmp_path, "LPIPS")  # a folder
+    assert list(nets.load_state_dict(head_ok, "aesthetic head")) == list(nets.AestheticHead(16).state_dict())
+
+
+def test_mismatched_weights_message_is_one_line(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"unrelated": torch.zeros(1)}, path)
+    with pytest.raises(nets.NetworkUnavailable, match=r"other.pth: cannot load LPIPS weights \(RuntimeError: ") as caught:
+        nets.build_lpips(path)
+    assert "\n" not in str(caught.value) and "Missing key(s)" in str(caught.value)

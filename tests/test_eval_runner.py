@@ -16,6 +16,7 @@ from alphavae.eval.protocols import make_protocol
 from alphavae.eval.report import CSV_COLUMNS
 from alphavae.eval.runner import _gather, _score_all, build_report, folder_loader
 from alphavae.io import save_rgba, to_pil
+from alphavae.testing import tiny_rgb_vae, tiny_rgba_vae
 from test_eval_metrics import perturbed, soft_rgba
 
 NO_NETS = ["--lpips", "none", "--inception", "none"]
@@ -115,8 +116,6 @@ def test_eval_refuses_output_inside_input(tree, capsys):
 
 
 def test_eval_vae_with_source_reports_zero_drift_for_opaque_init(tmp_path):
-    from alphavae.testing import tiny_rgb_vae, tiny_rgba_vae
-
     data = tmp_path / "data"
     for n in range(2):
         save_rgba(soft_rgba(32, 40, seed=n), data / f"im{n}.png")
@@ -220,7 +219,7 @@ def test_tiny_images_scored_without_ssim(tmp_path, capsys):
     assert scores["im2"]["black"]["ssim"] is not None
     assert report["tree"]["overall"]["micro"]["black"]["ssim"] == pytest.approx(scores["im2"]["black"]["ssim"])
     assert report["unscored"]["black"]["ssim"] == 2
-    assert any(note.startswith("ssim is null (not applicable) for 2 image(s)") for note in report["notes"])
+    assert any(note.startswith("ssim is null (not applicable) for 2 images:") for note in report["notes"])
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert all(r["ssim"] for r in rows)  # the mean over the images that have it
     assert "ssim is null" in (out / "report.html").read_text()
@@ -315,3 +314,60 @@ def test_eval_vae_defaults_to_the_shipped_model(tmp_path):
     assert main(["eval-vae", "--data", str(data), "-o", str(out), "--protocol", "clean", *NO_NETS]) == 0
     micro = json.loads((out / "report.json").read_text())["tree"]["overall"]["micro"]
     assert micro["rgb"]["psnr"] > 25  # a trained model (an untrained one leaves alpha = 1 everywhere)
+
+
+def test_weights_that_are_not_weights_files_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    """Finding 4: --lpips / --inception naming an image gave a raw UnpicklingError traceback."""
+    gt, pred = _small_tree(tmp_path)
+    _refuse_scoring(monkeypatch)
+    image = gt / "im0.png"
+    for flags in (["--lpips", str(image), "--inception", "none"], ["--lpips", "none", "--inception", str(image)]):
+        assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(tmp_path / "out"), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"alphavae eval: error: {image}: not a torch state dict (") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("source, mismatch", [
+    (lambda: tiny_rgba_vae("flux"), "input channels 4 (needs 3)"),
+    (lambda: tiny_rgb_vae("sd1"), "latent channels 4 (needs 16)"),
+])
+def test_eval_vae_refuses_a_source_vae_that_does_not_fit(tmp_path, monkeypatch, capsys, source, mismatch):
+    """Finding 4: an RGBA or 4-latent-channel --source-vae failed with a RuntimeError after all the work."""
+    data = tmp_path / "data"
+    save_rgba(soft_rgba(16, 16), data / "im0.png")
+    tiny_rgba_vae("flux").save_pretrained(tmp_path / "vae")
+    source().save_pretrained(tmp_path / "src")
+    _refuse_scoring(monkeypatch)
+    out = tmp_path / "out"
+    assert main(["eval-vae", "--vae", str(tmp_path / "vae"), "--data", str(data), "--source-vae", str(tmp_path / "src"),
+                 "-o", str(out), *NO_NETS]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"alphavae eval-vae: error: --source-vae {tmp_path / 'src'}: the latent-drift source "
+                   f"(--source-vae) must be an RGB VAE with the RGBA VAE's latent channels and downsampling; it has "
+                   f"{mismatch}\n")
+    assert not out.exists()
+
+
+def test_check_source_vae_names_every_mismatch():
+    from alphavae.eval.runner import check_source_vae
+    from alphavae.vae import RGBAVAE
+
+    vae = RGBAVAE(tiny_rgba_vae("flux"))
+    check_source_vae(vae, tiny_rgb_vae("flux"))  # the real source fits
+    shallow = tiny_rgba_vae("sd1")
+    shallow.register_to_config(block_out_channels=[8, 16])  # only the config is read
+    with pytest.raises(ValueError, match=r"^S: the latent-drift source \(--source-vae\) must be an RGB VAE with the "
+                                         r"RGBA VAE's latent channels and downsampling; it has input channels 4 "
+                                         r"\(needs 3\), latent channels 4 \(needs 16\), downsampling 2 \(needs 8\)$"):
+        check_source_vae(vae, shallow, name="S")
+    with pytest.raises(ValueError, match="must be a diffusers AutoencoderKL, got RGBAVAE"):
+        check_source_vae(vae, vae)
+
+
+def test_counts_are_singular_for_one(tmp_path, capsys):
+    """Nitpick: '1 images scored, 0 problem(s)'."""
+    gt, pred = _small_tree(tmp_path)
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(tmp_path / "out"), *NO_NETS]) == 0
+    assert "1 image scored, 0 problems\n" in capsys.readouterr().out
+    assert "<p>1 image;" in (tmp_path / "out" / "report.html").read_text()

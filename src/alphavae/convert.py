@@ -167,7 +167,7 @@ def check_invariant(source: AutoencoderKL, rgba: AutoencoderKL, *, sizes=((64, 6
     """
     param = next(rgba.parameters())
     atol = _default_atol(param.device, param.dtype) if atol is None else atol
-    multiple = 2 ** (len(rgba.config.block_out_channels) - 1)
+    multiple = downsampling_factor(rgba)
     generator = torch.Generator().manual_seed(seed)
     diffs = {"mean_diff": 0.0, "std_diff": 0.0, "rgb_diff": 0.0, "alpha_diff": 0.0}
     for height, width in sizes:
@@ -186,6 +186,36 @@ def check_invariant(source: AutoencoderKL, rgba: AutoencoderKL, *, sizes=((64, 6
     if violated:
         raise AssertionError(f"RGBA conversion invariant violated (atol {atol}): {violated}")
     return report
+
+
+def downsampling_factor(model: AutoencoderKL) -> int:
+    """Spatial downsampling factor of a diffusers ``AutoencoderKL``: 2 ** (encoder blocks - 1), 8 for SD/FLUX.
+
+    Returns:
+        Pixels per latent position along each side (int >= 1).
+    """
+    return 2 ** (len(model.config.block_out_channels) - 1)
+
+
+def check_rgb_counterpart(rgb, *, latent_channels: int, downsampling: int, name: str, role: str) -> None:
+    """Refuse a model that cannot stand beside an RGBA VAE as its RGB counterpart (the Ref-KL reference,
+    or the source VAE of latent drift): it must be a diffusers ``AutoencoderKL`` with 3 input channels and
+    the RGBA VAE's ``latent_channels`` and ``downsampling`` (pixels per latent position), so that their
+    posteriors of the same composite are comparable position by position.
+
+    Raises:
+        ValueError: one line, ``"{name}: {role} must be ...; it has ..."``, listing each mismatch (found vs
+            needed), or naming the class when ``rgb`` is no ``AutoencoderKL``.
+    """
+    if not isinstance(rgb, AutoencoderKL):
+        raise ValueError(f"{name}: {role} must be a diffusers AutoencoderKL, got {type(rgb).__name__}")
+    found = {"input channels": rgb.config.in_channels, "latent channels": rgb.config.latent_channels,
+             "downsampling": downsampling_factor(rgb)}
+    needed = {"input channels": 3, "latent channels": latent_channels, "downsampling": downsampling}
+    wrong = [f"{key} {found[key]} (needs {needed[key]})" for key in needed if found[key] != needed[key]]
+    if wrong:
+        raise ValueError(f"{name}: {role} must be an RGB VAE with the RGBA VAE's latent channels and "
+                         f"downsampling; it has {', '.join(wrong)}")
 
 
 def _looks_like_model_id(text: str) -> bool:
@@ -234,9 +264,10 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
         return AutoencoderKL.from_pretrained(path_or_id, subfolder=subfolder, torch_dtype=torch.float32).eval()
     except (OSError, ValueError) as err:
         reason = " ".join(str(err).split())
-        raise OSError(f"cannot load an AutoencoderKL from {str(path_or_id)!r} (subfolder={subfolder!r}): {reason} "
-                      "(pass a local diffusers folder holding config.json and diffusion_pytorch_model.safetensors; "
-                      "model ids need network access)") from err
+        looked_up = "" if local.exists() else f"no local folder {str(path_or_id)!r}, so it was looked up as a model id: "
+        raise OSError(f"cannot load an AutoencoderKL from {str(path_or_id)!r} (subfolder={subfolder!r}): {looked_up}"
+                      f"{reason} (pass a local diffusers folder holding config.json and "
+                      "diffusion_pytorch_model.safetensors; model ids need network access)") from err
 
 
 def _provenance(src, subfolder: str | None, dtype: str, report: InvariantReport) -> dict:

@@ -23,7 +23,7 @@ from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from alphavae.accel import apply_policy, compute_dtype, float32_computation, resolve_policy
-from alphavae.convert import load_autoencoder, require_channels
+from alphavae.convert import downsampling_factor, load_autoencoder, require_channels
 from alphavae.io import check_pixels, clear_hidden_colour, pad_to_multiple
 from alphavae.io.resample import _check_size
 
@@ -290,7 +290,7 @@ class RGBAVAE:
     @property
     def multiple(self) -> int:
         """Downsampling factor: pixel sides are padded to a multiple of it (8 for SD/FLUX VAEs)."""
-        return 2 ** (len(self.model.config.block_out_channels) - 1)
+        return downsampling_factor(self.model)
 
     @property
     def latent_channels(self) -> int:

@@ -78,7 +78,7 @@ def problem_lines(report: dict) -> list[str]:
 
 def _finish(args: argparse.Namespace, result) -> int:
     """Write the reports on the main process, print a summary, return the exit status."""
-    from alphavae.eval.report import write_reports
+    from alphavae.eval.report import counted, write_reports
 
     if result is None:  # a non-main process of a sharded run
         return 0
@@ -89,8 +89,9 @@ def _finish(args: argparse.Namespace, result) -> int:
     for line in problem_lines(report):
         print(line, file=sys.stderr)
     if report.get("extra"):
-        print(f"note: {len(report['extra'])} prediction file(s) without GT ignored (listed in report.json)", file=sys.stderr)
-    print(f"{report['tree']['overall']['images']} images scored, {problems} problem(s)")
+        print(f"note: {counted(len(report['extra']), 'prediction file')} without GT ignored (listed in report.json)",
+              file=sys.stderr)
+    print(f"{counted(report['tree']['overall']['images'], 'image')} scored, {counted(problems, 'problem')}")
     return 1 if problems else 0
 
 
@@ -157,10 +158,11 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_eval_vae(args: argparse.Namespace) -> int:
     """``alphavae eval-vae``: reconstruct a folder with an RGBA VAE and score it in one run.
 
-    The data folder and the report folder are checked before the VAE is loaded.
+    The data folder and the report folder are checked before the VAE is loaded, and ``--source-vae``
+    against ``--vae`` (:func:`alphavae.eval.runner.check_source_vae`) before any network or image.
 
     Exit status: as :func:`run_eval` (0 all scored, 1 failed/missing/ambiguous images, 2 on errors,
-    including a VAE that cannot be loaded).
+    including a VAE that cannot be loaded or a source VAE that does not fit it).
     """
     from alphavae.eval.pairs import pair_folders
     from alphavae.eval.runner import evaluate_vae
@@ -173,8 +175,11 @@ def run_eval_vae(args: argparse.Namespace) -> int:
     source = None
     if args.source_vae is not None:
         from alphavae.convert import load_autoencoder
+        from alphavae.eval.runner import check_source_vae
 
-        source = load_autoencoder(args.source_vae).to(args.device)
+        source = load_autoencoder(args.source_vae)
+        check_source_vae(vae, source, name=f"--source-vae {args.source_vae}")
+        source = source.to(args.device)
     result = evaluate_vae(vae, args.data, protocol, _networks(args), source=source, worst_k=args.worst_k, plan=plan)
     return _finish(args, result)
 

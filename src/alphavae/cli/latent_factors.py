@@ -11,7 +11,7 @@ from pathlib import Path
 from alphavae.cli import choose_images, load_skipping, positive_int, report_skipped, seed
 from alphavae.io import DEFAULT_MAX_PIXELS, atomic_write
 
-FEW_IMAGES = 16  # below this many fitted images the command warns that the factors are not representative
+FEW_IMAGES = 16  # fewer fitted images are not representative: a warning, and --write needs --force
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,16 +21,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fit scaling_factor / shift_factor of an RGBA VAE to images (unit-variance diffusion latents)",
         description="Encode images (posterior samples) and print shift_factor = latent mean and scaling_factor "
                     "= 1 / latent std, the convention of SD3/FLUX VAE configs; with --write, store them in the "
-                    "VAE folder's config.json (atomic rewrite). Unreadable images are skipped and listed; a fit "
-                    f"on fewer than {FEW_IMAGES} images prints a warning (use a few hundred images of the target "
-                    "data).",
+                    "VAE folder's config.json (atomic rewrite; the old values are printed as old -> new). "
+                    "Unreadable images are skipped and listed, and then --write leaves config.json unchanged; "
+                    f"a fit on fewer than {FEW_IMAGES} images prints a warning and is written only with --force "
+                    "(use a few hundred images of the target data).",
     )
     parser.add_argument("vae", metavar="VAE", help="RGBA VAE folder in diffusers format")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (recursive)")
     parser.add_argument("--limit", type=positive_int, default=512, metavar="N",
                         help="use at most N images, a seeded random subset (default 512)")
     parser.add_argument("--seed", type=seed, default=0, help="subset and posterior-sample seed (default 0)")
-    parser.add_argument("--write", action="store_true", help="write the factors into VAE/config.json")
+    parser.add_argument("--write", action="store_true",
+                        help="write the factors into VAE/config.json (only if every input loaded)")
+    parser.add_argument("--force", action="store_true",
+                        help=f"with --write, also write a fit on fewer than {FEW_IMAGES} images")
     parser.add_argument("--no-shift", action="store_true",
                         help="fit only scaling_factor = 1 / RMS with shift_factor 0 (SD1.x/SDXL-style pipelines "
                              "ignore shift_factor); default: shift = mean, scale = 1 / std")
@@ -45,11 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Fit the factors; print them as JSON (and write them with --write); 1 if any input failed or on error.
-    Skipped inputs are listed even when none could be used; the factors are printed before --write
-    touches the config, so a failed write does not lose them."""
+    """Fit the factors; print them as JSON (and write them with --write); 1 if any input failed, --write
+    was refused, or on error. Skipped inputs are listed even when none could be used; the factors are
+    printed before --write touches the config, so a failed write does not lose them. --write leaves
+    config.json unchanged (and says so) on any error, when any input failed, or (without --force) when fewer
+    than FEW_IMAGES were fitted."""
     import torch
 
+    from alphavae.eval.report import counted
     from alphavae.vae import RGBAVAE, fit_latent_factors
 
     prog = "alphavae latent-factors"
@@ -62,17 +69,45 @@ def run(args: argparse.Namespace) -> int:
                                      generator=torch.Generator().manual_seed(args.seed))
         print(json.dumps(factors), flush=True)
         if factors["images"] < FEW_IMAGES:
-            print(f"{prog}: warning: fitted on only {factors['images']} image(s); factors from fewer than "
+            print(f"{prog}: warning: fitted on only {counted(factors['images'], 'image')}; factors from fewer than "
                   f"{FEW_IMAGES} images describe those images, not the data a diffusion model will see",
                   file=sys.stderr)
-        if args.write:
-            config_path = Path(args.vae) / "config.json"
-            config = json.loads(config_path.read_text())
-            config.update(scaling_factor=factors["scaling_factor"], shift_factor=factors["shift_factor"])
-            atomic_write(config_path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"), overwrite=True)
+        error = _write_refusal(args, failed, factors["images"])
+        if args.write and not error:
+            _write_factors(Path(args.vae) / "config.json", factors)
     except (OSError, ValueError) as err:
-        report_skipped(prog, failed, len(paths))
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 1
+        error = str(err)
     report_skipped(prog, failed, len(paths))
-    return 1 if failed else 0
+    if error:
+        unchanged = f"; {Path(args.vae) / 'config.json'} was left unchanged" if args.write else ""
+        print(f"{prog}: error: {error}{unchanged}", file=sys.stderr)
+    return 1 if failed or error else 0
+
+
+def _write_refusal(args: argparse.Namespace, failed: list[str], fitted: int) -> str | None:
+    """Why ``--write`` must not write this fit (None: write it, or no ``--write``)."""
+    from alphavae.eval.report import counted
+
+    if not args.write:
+        return None
+    if failed:
+        return "not writing factors fitted without the inputs that failed"
+    if fitted < FEW_IMAGES and not args.force:
+        return (f"not writing factors fitted on only {counted(fitted, 'image')} (fewer than {FEW_IMAGES}); "
+                "pass --force to write them anyway")
+    return None
+
+
+def _write_factors(config_path: Path, factors: dict) -> None:
+    """Store ``factors``' scaling_factor and shift_factor in ``config_path`` (atomic rewrite), then print
+    ``old -> new`` for each on stderr, so the old values can be restored.
+
+    Raises:
+        OSError: the config cannot be read or written. ValueError: it is not valid JSON.
+    """
+    config = json.loads(config_path.read_text())
+    old = {key: config.get(key) for key in ("scaling_factor", "shift_factor")}
+    config.update({key: factors[key] for key in old})
+    atomic_write(config_path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"), overwrite=True)
+    for key, value in old.items():
+        print(f"{config_path}: {key} {value} -> {factors[key]}", file=sys.stderr)

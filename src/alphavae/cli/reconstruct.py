@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the VAE and run ``reconstruct_files``; print the summary; 0 if every input and grid succeeded,
-    else 1 (130 when interrupted: finished outputs are complete files, nothing partial is left)."""
+    2 for --tile-overlap without --tile-size, else 1 (130 when interrupted: finished outputs are complete files, nothing partial is left)."""
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -74,6 +74,10 @@ def _run(args: argparse.Namespace) -> int:
     from alphavae.reconstruct import reconstruct_files
     from alphavae.vae import RGBAVAE
 
+    if args.tile_overlap is not None and args.tile_size is None:
+        print("alphavae reconstruct: error: --tile-overlap needs --tile-size (without it whole images are encoded)",
+              file=sys.stderr)
+        return 2
     try:
         vae = RGBAVAE.from_pretrained(args.vae, subfolder=args.subfolder, dtype=args.dtype, device=args.device,
                                       tile_size=args.tile_size, tile_overlap=args.tile_overlap,

@@ -10,7 +10,10 @@ turns the metric off. Wrapped libraries: ``lpips`` 0.1.4 (LPIPS), ``torch-fideli
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +60,40 @@ def _resolve(spec: str | Path | None, cache_name: str | None, metric: str) -> Pa
     return path
 
 
+def load_state_dict(path: str | Path, what: str) -> Mapping[str, torch.Tensor]:
+    """A torch state-dict file (``torch.save`` of a dict of tensors), loaded on the CPU without running
+    pickled code (``weights_only=True``).
+
+    Args:
+        path: the file. what: the network, for messages (e.g. "LPIPS").
+    Returns:
+        The mapping of names to tensors.
+    Raises:
+        NetworkUnavailable: one line naming ``path``: it cannot be read, is not a torch save (an image, a
+            truncated or foreign file), or holds something other than a mapping.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise NetworkUnavailable(f"{path}: cannot read {what} weights ({err})") from err
+    except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, IndexError, ValueError, TypeError,
+            AttributeError) as err:
+        raise NetworkUnavailable(f"{path}: not a torch state dict ({_one_line(err)})") from err
+    if not isinstance(state, Mapping):
+        raise NetworkUnavailable(f"{path}: not a torch state dict (it holds a {type(state).__name__})")
+    return state
+
+
+def _one_line(err: Exception, limit: int = 200) -> str:
+    """``"<type>: <reason>"`` from a loading error whose message spans several lines: for a weights-only
+    refusal the unpickler's own reason, else the first sentence, whitespace collapsed, cut at ``limit``."""
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", str(err), re.DOTALL)
+    text = " ".join((unpickler.group(1) if unpickler else str(err)).split())
+    reason = re.split(r"(?<=\w)\. ", text)[0]
+    reason = reason if len(reason) <= limit else reason[:limit] + " ..."
+    return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
+
+
 def lpips_network(state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
     """The canonical LPIPS network (AlexNet backbone, the ``lpips`` package's bundled v0.1 linear layers), frozen.
 
@@ -95,13 +132,15 @@ def build_lpips(weights: str | Path) -> torch.nn.Module:
     Returns:
         ``lpips.LPIPS`` in eval mode (inputs ``(N, 3, H, W)`` in [-1, 1]).
     Raises:
-        NetworkUnavailable: the file is unreadable or its keys match neither layout.
+        NetworkUnavailable: the file is unreadable, not a torch state dict (:func:`load_state_dict`), or its
+            keys match neither layout.
     Source: ``lpips`` 0.1.4 (Zhang et al. 2018).
     """
+    state = load_state_dict(weights, "LPIPS")
     try:
-        return lpips_network(torch.load(weights, map_location="cpu", weights_only=True))
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
-        raise NetworkUnavailable(f"{weights}: cannot load LPIPS weights ({err})") from err
+        return lpips_network(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
+        raise NetworkUnavailable(f"{weights}: cannot load LPIPS weights ({_one_line(err)})") from err
 
 
 LPIPS_MIN_SIZE = 31
@@ -137,15 +176,18 @@ def build_inception(weights: str | Path) -> torch.nn.Module:
     Returns:
         The extractor: takes ``(N, 3, H, W)`` uint8 RGB, returns a tuple with ``(N, 2048)`` float32.
     Raises:
-        NetworkUnavailable: the file cannot be loaded.
+        NetworkUnavailable: the file is unreadable, not a torch state dict (checked with
+            :func:`load_state_dict` before torch-fidelity, which unpickles it without ``weights_only``,
+            sees it), or does not fit the network.
     Source: ``torch_fidelity.feature_extractor_inceptionv3`` (TF-Inception port used for FID).
     """
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
+    load_state_dict(weights, "Inception")
     try:
         return FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
     except (OSError, RuntimeError, KeyError, ValueError) as err:
-        raise NetworkUnavailable(f"{weights}: cannot load Inception weights ({err})") from err
+        raise NetworkUnavailable(f"{weights}: cannot load Inception weights ({_one_line(err)})") from err
 
 
 def inception_features(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -281,15 +323,17 @@ def build_aesthetic(clip_path: str | Path, head_path: str | Path) -> Aesthetic:
     """LAION aesthetic predictor from a local CLIP ViT-L/14 folder and the MLP head's state dict file.
 
     Raises:
-        NetworkUnavailable: either part cannot be loaded or their widths disagree.
+        NetworkUnavailable: either part cannot be loaded (the head file is not a torch state dict,
+            :func:`load_state_dict`) or their widths disagree.
     Source: LAION-AI/aesthetic-predictor v2 (``sac+logos+ava1-l14-linearMSE.pth``), as in pyiqa ``laion_aes``.
     """
+    state = load_state_dict(head_path, "aesthetic head")
     model, processor = build_clip(clip_path)
     head = AestheticHead(model.config.projection_dim)
     try:
-        head.load_state_dict(torch.load(head_path, map_location="cpu", weights_only=True))
-    except (OSError, RuntimeError) as err:
-        raise NetworkUnavailable(f"{head_path}: cannot load the aesthetic head ({err})") from err
+        head.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise NetworkUnavailable(f"{head_path}: cannot load the aesthetic head ({_one_line(err)})") from err
     return Aesthetic(model, processor, head.eval().requires_grad_(False))
 
 
@@ -355,7 +399,7 @@ def feature_distance_summary(sets: dict[str, tuple[FeatureSet, FeatureSet]]) -> 
 
 
 __all__ = [
-    "OFF", "NetworkUnavailable", "hub_checkpoint", "lpips_network", "build_lpips", "lpips_distance", "build_inception",
+    "OFF", "NetworkUnavailable", "hub_checkpoint", "load_state_dict", "lpips_network", "build_lpips", "lpips_distance", "build_inception",
     "inception_features",
     "FeatureSet", "frechet_distance", "build_clip", "clip_score", "clip_image_embeddings", "clip_text_embeddings",
     "AestheticHead", "Aesthetic", "build_aesthetic", "Networks", "load_networks", "feature_distance_summary",

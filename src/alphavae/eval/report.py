@@ -32,6 +32,11 @@ CSV_COLUMNS = ("group", "subset", "input_laion_score", "output_laion_score", "fi
 
 _CSV_METRICS = {"fid_score": "fid"}
 
+
+def counted(count: int, noun: str) -> str:
+    """``count`` and ``noun`` in the right number: ``counted(1, "image")`` -> ``"1 image"``, else ``"N images"``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
 ALPHA_BLIND_NOTE = (
     "The 'rgba' group scores the colour channels of the RGBA files with alpha dropped, as the reference "
     "loader does: it is alpha-blind (hidden colour under alpha = 0 counts, alpha errors do not)."
@@ -196,7 +201,7 @@ def render_html(report: dict, worst: list[dict]) -> str:
     metrics = [m for m in _SUMMARY_METRICS if any(m in macro[g] for g in groups)]
     parts = [
         f"<h1>ALPHA benchmark &mdash; {html.escape(report['protocol']['name'])} protocol</h1>",
-        f"<p>{overall['images']} images; failures: {len(report.get('failures', []))}; "
+        f"<p>{counted(overall['images'], 'image')}; failures: {len(report.get('failures', []))}; "
         f"missing predictions: {len(report.get('missing', []))}; extra predictions: {len(report.get('extra', []))}.</p>",
         "<h2>Summary (macro: category &rarr; subset &rarr; dataset)</h2>",
         _table(["group", *metrics], [[g, *(_fmt(macro[g].get(m)) for m in metrics)] for g in groups]),

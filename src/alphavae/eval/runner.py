@@ -21,7 +21,7 @@ from alphavae.eval.metrics import NOT_APPLICABLE, SSIM_WINDOW
 from alphavae.eval.networks import LPIPS_MIN_SIZE, FeatureSet, Networks, clip_score, inception_features
 from alphavae.eval.pairs import Pair, PairPlan, pair_folders
 from alphavae.eval.protocols import Protocol, prepare_gt, score_pair
-from alphavae.eval.report import ALPHA_BLIND_NOTE, WorstImages
+from alphavae.eval.report import ALPHA_BLIND_NOTE, WorstImages, counted
 from alphavae.io import DEFAULT_MAX_PIXELS, ImageLoadError, composite, load_rgba, pad_to_multiple
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def unscored_notes(unscored: dict[str, dict[str, int]]) -> list[str]:
     for counts in unscored.values():
         for metric, n in counts.items():
             most[metric] = max(most.get(metric, 0), n)
-    return [f"{metric} is null (not applicable) for {n} image(s): "
+    return [f"{metric} is null (not applicable) for {counted(n, 'image')}: "
             f"{UNSCORED_REASONS.get(metric, 'not applicable')}; its means are over the other images "
             f"(per group counts under 'unscored')." for metric, n in most.items()]
 
@@ -235,6 +235,20 @@ def latent_drift(vae, source, gt: torch.Tensor) -> dict[str, float]:
     return {"mse": sum(mse) / 2, "rel_l2": sum(rel) / 2}
 
 
+def check_source_vae(vae, source, *, name: str = "source VAE") -> None:
+    """Check that ``source`` can serve :func:`latent_drift` for ``vae`` (an ``alphavae.vae.RGBAVAE``): an RGB
+    diffusers ``AutoencoderKL`` with ``vae``'s latent channels and downsampling.
+
+    Raises:
+        ValueError: one line starting with ``name`` (e.g. its folder) and listing each mismatch
+            (:func:`alphavae.convert.check_rgb_counterpart`).
+    """
+    from alphavae.convert import check_rgb_counterpart
+
+    check_rgb_counterpart(source, latent_channels=vae.latent_channels, downsampling=vae.multiple, name=name,
+                          role="the latent-drift source (--source-vae)")
+
+
 def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networks, *, source=None,
                  worst_k: int = 8, plan: PairPlan | None = None) -> tuple[dict, list[dict]] | None:
     """Reconstruct every image of ``data_dir`` with an RGBA VAE and benchmark the reconstructions in one run.
@@ -250,7 +264,10 @@ def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networ
     Raises:
         FileNotFoundError, NotADirectoryError, ValueError: ``data_dir`` does not exist, is not a folder
             or holds no images.
+        ValueError: ``source`` does not fit ``vae`` (:func:`check_source_vae`), before any image is read.
     """
+    if source is not None:
+        check_source_vae(vae, source)
     plan = pair_folders(data_dir) if plan is None else plan
 
     def load(pair: Pair) -> tuple[torch.Tensor, torch.Tensor]:

@@ -92,6 +92,15 @@ def test_lpips_without_backbone_is_disabled_with_warning(tmp_path, monkeypatch, 
         losses.build_lpips(tmp_path / "missing.pth")
 
 
+def test_lpips_backbone_file_that_is_not_weights_is_a_one_line_error(tmp_path):
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.raises(ValueError, match=r"image\.png: not a torch state dict"):
+        losses.build_lpips(tmp_path / "image.png")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"other\.pth: cannot load LPIPS weights"):
+        losses.build_lpips(tmp_path / "other.pth")
+
+
 def test_lpips_loads_local_alexnet_backbone(tmp_path):
     from torchvision.models import alexnet
 

@@ -133,6 +133,7 @@ def test_killed_run_resumed_by_cli_matches_uninterrupted_run(assets, tmp_path):
         handle.write('{"step": 4, "ab')  # a line cut short by the kill
     args = ["train-vae", "--config", "vae_main", "-o", str(tmp_path / "killed"), "--resume", "latest"]
     assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    assert not list((tmp_path / "killed").glob("config-before-*"))  # resumed with the same settings
     history = [json.loads(line) for line in (tmp_path / "killed" / "history.jsonl").read_text().splitlines()]
     assert history == full.history  # step 3, run before the kill and again after the resume, is logged once
     full_weights, resumed_weights = _weights(full.final_dir), _weights(tmp_path / "killed" / "final")
@@ -384,3 +385,118 @@ def test_lr_schedule_linear_decay_over_the_final_steps():
         OptimConfig(scheduler="constant", warmup_steps=100)
     with pytest.raises(ValueError, match="decay_steps"):
         OptimConfig(max_steps=10, decay_steps=11)
+
+
+def test_config_rejects_out_of_range_numbers():
+    refused = {"optim.gradient_accumulation=0": "optim.gradient_accumulation must be >= 1, got 0",
+               "optim.max_steps=0": "optim.max_steps must be >= 1, got 0",
+               "optim.max_steps=-5": "optim.max_steps must be >= 1, got -5",  # not optim.decay_steps
+               "loss.kl_weight=-1": r"loss.kl_weight must be >= 0, got -1.0",
+               "loss.gan_weight=-0.5": "loss.gan_weight must be >= 0", "checkpoint_every=-1": "checkpoint_every must be >= 1",
+               "checkpoint_every=0": "checkpoint_every must be >= 1", "data.val_count=-1": "data.val_count must be >= 0",
+               "data.size=0": "data.size must be >= 1", "data.batch_size=0": "data.batch_size must be >= 1",
+               "optim.lr=-1": "optim.lr must be >= 0", "optim.betas=[0.5, 1]": r"optim.betas must be in \[0, 1\)",
+               "optim.max_grad_norm=-1": "optim.max_grad_norm must be >= 0", "ema_decay=2": r"ema_decay must be in \[0, 1\]",
+               "log_every=0": "log_every must be >= 1", "seed=-1": "seed must be >= 0",
+               "loss.background_square=[0.3, 0.3, -0.1]": r"loss.background_square must be in \[0, 1\]"}
+    for override, message in refused.items():
+        with pytest.raises(ValueError, match=message):
+            load_config("vae_main", [override])
+    accepted = load_config("vae_main", ["optim.max_grad_norm=null", "data.val_count=0", "validate_every=0",
+                                        "loss.kl_weight=0", "keep_checkpoints=0", "optim.warmup_steps=0"])
+    assert (accepted.optim.max_grad_norm, accepted.data.val_count, accepted.keep_checkpoints) == (None, 0, 0)
+
+
+def test_patchgan_smallest_input_is_computed_from_its_layers():
+    from alphavae.train.loop import _smallest_input
+
+    for layers in range(5):
+        disc = losses.PatchDiscriminator(4, 8, layers)
+        side = _smallest_input(disc)
+        assert disc(torch.zeros(2, 4, side, side)).shape[-1] == 1
+        with pytest.raises(RuntimeError):
+            disc(torch.zeros(2, 4, side - 1, side - 1))
+    assert _smallest_input(losses.PatchDiscriminator()) == 24
+
+
+def test_data_size_must_fit_the_vae_and_the_active_loss_terms(assets, tmp_path):
+    no_lpips = {"loss.lpips_weight": 0}
+    refused = [({"data.size": 12, **no_lpips}, "data.size=12 must be a multiple of 8, the VAE's downsampling"),
+               ({"data.size": 33, **no_lpips}, "data.size=33 must be a multiple of 8"),
+               ({"data.size": 16, **no_lpips}, "data.size=16 is too small for the PatchGAN .*at least 24"),
+               ({"data.size": 16, "loss.gan_weight": 0}, "data.size=16 is too small for the LPIPS .*at least 31")]
+    for overrides, message in refused:
+        with pytest.raises(ValueError, match=message):
+            train_vae(load_config("vae_main", _overrides(assets, **overrides)), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    late_gan = load_config("vae_main", _overrides(assets, **{"data.size": 16, "loss.gan_start": 2, **no_lpips}))
+    assert train_vae(late_gan, tmp_path / "late-gan", stop_after=1).step == 1  # the GAN never runs by step 2
+
+
+def test_reference_vae_must_fit_the_trained_vae(assets, tmp_path, tiny_rgba_dir):
+    from alphavae.train import ModelConfig, load_models
+
+    tiny_rgb_vae("sd1").save_pretrained(tmp_path / "sd1")
+    for reference, message in [(tmp_path / "sd1", r"it has latent channels 4 \(needs 16\)$"),
+                               (tiny_rgba_dir, r"it has input channels 4 \(needs 3\)$")]:
+        with pytest.raises(ValueError, match=f"{reference}: the Ref-KL reference .*{message}"):
+            load_models(ModelConfig(vae=str(tiny_rgba_dir), ref_vae=str(reference)))
+    _, fitting = load_models(ModelConfig(vae=str(tiny_rgba_dir), ref_vae=str(assets / "rgb_vae")))
+    assert fitting.config.in_channels == 3
+
+
+def test_damaged_checkpoint_is_named_with_a_way_back(assets, tmp_path, capsys):
+    overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0})
+    train_vae(load_config("vae_main", overrides), tmp_path / "run", stop_after=2)
+    weights = tmp_path / "run" / "checkpoints" / "step-00000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    args = ["train-vae", "-o", str(tmp_path / "run"), "--resume"]
+    sets = [a for o in overrides for a in ("--set", o)]
+    capsys.readouterr()
+    assert main(args + ["latest"] + sets) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"alphavae train-vae: error: {weights}: damaged checkpoint file") and err.count("\n") == 1
+    assert f"delete {weights.parent} and rerun with --resume latest to continue from step-00000001" in err
+    assert main(args + [str(weights.parent)] + sets) == 1
+    assert f"{weights}: damaged checkpoint file" in capsys.readouterr().err
+
+
+def test_ctrl_c_removes_the_partial_checkpoint_and_says_how_to_resume(assets, tmp_path, capsys, monkeypatch):
+    from accelerate import Accelerator
+
+    save_state, saves = Accelerator.save_state, []
+
+    def interrupted_save(self, folder, *args, **kwargs):
+        saves.append(folder)
+        save_state(self, folder, *args, **kwargs)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Accelerator, "save_state", interrupted_save)
+    overrides = _overrides(assets, checkpoint_every=1, **{"optim.max_steps": 3, "loss.lpips_weight": 0})
+    run = tmp_path / "run"
+    assert main(["train-vae", "-o", str(run)] + [a for o in overrides for a in ("--set", o)]) == 130
+    err = capsys.readouterr().err
+    assert (f"interrupted; the newest complete checkpoint is step 1 ({run / 'checkpoints' / 'step-00000001'}):"
+            " rerun with --resume latest") in err and "Traceback" not in err
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
+
+
+def test_run_folder_inside_the_source_vae_is_refused(assets, tmp_path, capsys):
+    shutil.copytree(assets / "rgb_vae", tmp_path / "vae")
+    args = ["train-vae", "--data", str(assets / "data"), "--vae", str(tmp_path / "vae"), "-o", str(tmp_path / "vae" / "run")]
+    assert main(args) == 1
+    assert f"is inside input folder {tmp_path / 'vae'}" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+
+
+def test_resume_with_changed_config_keeps_the_earlier_one(assets, tmp_path, caplog):
+    overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0})
+    train_vae(load_config("vae_main", overrides), tmp_path / "run", stop_after=1)
+    first = (tmp_path / "run" / "config.yaml").read_text()
+    changed = load_config("vae_main", overrides + ["loss.kl_weight=1e-5", "optim.max_steps=3"])
+    with caplog.at_level("WARNING", logger="alphavae.train.loop"):
+        train_vae(changed, tmp_path / "run", resume="latest", stop_after=2)
+    kept = tmp_path / "run" / "config-before-step-00000001.yaml"
+    assert kept.read_text() == first and load_config(tmp_path / "run" / "config.yaml") == changed
+    assert "config changed on resume (loss.kl_weight, optim.max_steps)" in caplog.text

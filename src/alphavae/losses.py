@@ -190,11 +190,12 @@ def build_lpips(backbone_path: str | os.PathLike | None = None, *, random_backbo
 
     Raises:
         FileNotFoundError: if ``backbone_path`` is given but does not exist.
-        KeyError: if the state dict lacks an AlexNet feature weight.
-        RuntimeError: if the file holds neither AlexNet weights nor a full ``lpips.LPIPS`` state dict
-            (``alphavae.eval.networks.lpips_network`` builds the network).
+        ValueError: if the file is not a torch state dict, or holds neither AlexNet weights nor a full
+            ``lpips.LPIPS`` state dict; one line naming the file (``alphavae.eval.networks.build_lpips``
+            loads it, ``lpips_network`` builds the network).
     """
-    from alphavae.eval.networks import ALEXNET_CACHE, hub_checkpoint, lpips_network
+    from alphavae.eval.networks import ALEXNET_CACHE, NetworkUnavailable, hub_checkpoint, lpips_network
+    from alphavae.eval.networks import build_lpips as load_lpips_weights
 
     if backbone_path is not None and not Path(backbone_path).is_file():
         raise FileNotFoundError(f"LPIPS backbone weights not found: {backbone_path}")
@@ -205,7 +206,12 @@ def build_lpips(backbone_path: str | os.PathLike | None = None, *, random_backbo
             "torchvision alexnet state dict with --set loss.lpips_backbone_path=PATH (LossConfig.lpips_backbone_path) "
             "or put it in that cache", path)
         return None
-    return lpips_network(None if random_backbone else torch.load(path, map_location="cpu", weights_only=True))
+    if random_backbone:
+        return lpips_network(None)
+    try:
+        return load_lpips_weights(path)
+    except NetworkUnavailable as err:
+        raise ValueError(str(err)) from None
 
 
 def composite_lpips(metric: nn.Module, target: torch.Tensor, prediction: torch.Tensor, backgrounds: Sequence) -> torch.Tensor:

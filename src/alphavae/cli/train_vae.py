@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Resolve the config, run ``train_vae``; 1 on a configuration/data error or unreadable images left out, 2 on divergence."""
+    """Resolve the config, run ``train_vae``; 1 on a configuration/data error or unreadable images left out, 2 on
+    divergence, 130 on Ctrl-C (one line saying which checkpoint to resume from)."""
     import yaml
 
     from alphavae.train import NonFiniteLossError, load_config, train_vae
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
             print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
             return 0
         result = train_vae(config, args.output, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"alphavae train-vae: {_interruption_note(args.output)}", file=sys.stderr)
+        return 130
     except NonFiniteLossError as err:
         print(f"alphavae train-vae: error: {err}", file=sys.stderr)
         return 2
@@ -72,3 +76,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def _interruption_note(run_dir: str) -> str:
+    """How to continue a run interrupted by Ctrl-C, in one line: its newest complete checkpoint."""
+    from alphavae.train import list_checkpoints
+
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        return "interrupted before the first checkpoint: rerun the same command to start again"
+    newest = checkpoints[-1]
+    return (f"interrupted; the newest complete checkpoint is step {int(newest.name.removeprefix('step-'))} "
+            f"({newest}): rerun with --resume latest to continue from it")

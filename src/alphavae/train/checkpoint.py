@@ -4,7 +4,7 @@ Layout: ``RUN_DIR/checkpoints/step-XXXXXXXX/`` holds accelerate's state (prepare
 objects registered with ``register_for_checkpointing`` such as the scheduler and EMA, RNG states of every
 process) and ``trainer_state.json`` (``{"step": completed optimiser steps, ...}``). A checkpoint is written
 under a hidden temporary name and renamed when complete, so a run killed while saving leaves no partial
-checkpoint behind.
+checkpoint behind (an exception while saving, Ctrl-C included, removes the temporary folder).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
+from safetensors import SafetensorError, safe_open
 
 _NAME = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.json"
@@ -63,10 +64,26 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | os.PathLike, state:
     Raises:
         KeyError: ``state`` has no ``"step"``. TypeError: ``state`` is not JSON-serialisable.
         OSError: the folder cannot be written (disk full, permissions); the previous checkpoints are kept.
+        Any of these, or ``KeyboardInterrupt``, leaves no temporary folder behind (main process).
     """
     folder = Path(run_dir) / "checkpoints"
     final = folder / f"step-{state['step']:08d}"
     temporary = folder / f".tmp-{final.name}"
+    try:
+        _save_into(accelerator, temporary, final, state)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    if accelerator.is_main_process:
+        for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _save_into(accelerator: Accelerator, temporary: Path, final: Path, state: dict) -> None:
+    """Write the accelerate state and ``state`` into ``temporary``, then rename it to ``final`` (main process)."""
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
@@ -77,10 +94,6 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | os.PathLike, state:
         (temporary / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
-        for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> dict:
@@ -95,7 +108,27 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> 
 
     Raises:
         FileNotFoundError: the folder or its ``trainer_state.json`` is missing (from accelerate or here).
-        RuntimeError: from torch when the saved tensors do not fit the prepared models (another architecture).
+        ValueError: a file of the checkpoint is damaged (a truncated ``*.safetensors`` file is named), or the
+            saved tensors do not fit the prepared models (another architecture); one line naming the checkpoint.
     """
-    accelerator.load_state(str(checkpoint))
-    return json.loads((Path(checkpoint) / STATE_FILE).read_text(encoding="utf-8"))
+    checkpoint = Path(checkpoint)
+    for weights in sorted(checkpoint.glob("*.safetensors")):
+        _check_safetensors(weights)
+    try:
+        accelerator.load_state(str(checkpoint))
+        return json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch.load / pickle of a damaged file can raise nearly any error
+        reason = " ".join(str(err).split())[:200]
+        raise ValueError(f"{checkpoint}: cannot restore this checkpoint, damaged or saved from another model "
+                         f"({type(err).__name__}: {reason})") from err
+
+
+def _check_safetensors(path: Path) -> None:
+    """Raise ValueError naming ``path`` when its header or size is broken (a file cut short)."""
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except SafetensorError as err:
+        raise ValueError(f"{path}: damaged checkpoint file ({err})") from err

@@ -42,6 +42,41 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 _TRUTH = {"yes": True, "on": True, "no": False, "off": False}  # YAML 1.1 words still read for boolean fields
 
+_AT_LEAST_0 = (lambda value: value >= 0, ">= 0")
+_AT_LEAST_1 = (lambda value: value >= 1, ">= 1")
+_UNIT = (lambda value: 0 <= value <= 1, "in [0, 1]")
+#: The allowed range of each numeric key, by section ("" = top level): (test, wording). ``None`` values of
+#: optional keys pass; every item of a tuple is tested. Rules between keys (decay_steps <= max_steps) stay
+#: with their section.
+_LIMITS = {
+    "data": {"size": _AT_LEAST_1, "batch_size": _AT_LEAST_1, "num_workers": _AT_LEAST_0, "val_count": _AT_LEAST_0},
+    "optim": {"lr": _AT_LEAST_0, "disc_lr": _AT_LEAST_0, "betas": (lambda value: 0 <= value < 1, "in [0, 1)"),
+              "weight_decay": _AT_LEAST_0, "eps": _AT_LEAST_0, "warmup_steps": _AT_LEAST_0,
+              "max_steps": _AT_LEAST_1, "gradient_accumulation": _AT_LEAST_1, "max_grad_norm": _AT_LEAST_0},
+    "loss": {"reconstruction_weight": _AT_LEAST_0, "lpips_weight": _AT_LEAST_0, "kl_weight": _AT_LEAST_0,
+             "ref_kl_weight": _AT_LEAST_0, "ref_kl_inert_below": _AT_LEAST_0, "gan_weight": _AT_LEAST_0,
+             "gan_start": _AT_LEAST_0, "disc_channels": _AT_LEAST_1, "disc_layers": _AT_LEAST_0,
+             "background_mean": (lambda value: -1 <= value <= 1, "in [-1, 1]"), "background_square": _UNIT},
+    "": {"seed": _AT_LEAST_0, "ema_decay": _UNIT, "checkpoint_every": _AT_LEAST_1, "keep_checkpoints": _AT_LEAST_0,
+         "validate_every": _AT_LEAST_0, "log_every": _AT_LEAST_1, "max_nonfinite": _AT_LEAST_1},
+}
+
+
+def check_limits(section: str, values) -> None:
+    """Check the numeric keys of one config section against their allowed ranges (``_LIMITS``).
+
+    Args:
+        section: ``"data"``, ``"optim"``, ``"loss"``, or ``""`` for the top-level keys of ``TrainConfig``.
+        values: that section's dataclass.
+
+    Raises:
+        ValueError: a key outside its range, in one line naming ``section.key``, the range and the value.
+    """
+    for key, (allowed, wording) in _LIMITS[section].items():
+        value = getattr(values, key)
+        if any(item is not None and not allowed(item) for item in (value if isinstance(value, tuple) else (value,))):
+            raise ValueError(f"{section + '.' if section else ''}{key} must be {wording}, got {value!r}")
+
 
 def read_yaml(text, source: str = "YAML"):
     """Parse YAML with YAML 1.2 core-schema scalars (see ``_Loader``: only true/false are booleans).
@@ -103,7 +138,8 @@ class DataConfig:
         check_images: decode every image once before training and leave out unreadable ones (reported).
 
     Raises:
-        ValueError: ``blend_prob``, ``alpha_scale_prob`` or ``alpha_scale_min`` is outside [0, 1].
+        ValueError: ``blend_prob``, ``alpha_scale_prob`` or ``alpha_scale_min`` is outside [0, 1], ``size`` or
+            ``batch_size`` is below 1, or ``num_workers`` or ``val_count`` is negative.
     """
 
     source: str | None = None
@@ -122,6 +158,7 @@ class DataConfig:
     def __post_init__(self):
         check_probabilities("data.", blend_prob=self.blend_prob, alpha_scale_prob=self.alpha_scale_prob,
                             alpha_scale_min=self.alpha_scale_min)
+        check_limits("data", self)
 
 
 @dataclasses.dataclass
@@ -139,10 +176,12 @@ class OptimConfig:
             decay_steps`` over the final ``decay_steps`` steps: a linear decay to 0 (warmup-stable-decay with
             a constant scheduler; ``alphavae.train.loop.lr_schedule``).
         gradient_accumulation: micro-steps per optimiser step.
-        max_grad_norm: gradient clipping norm, ``None`` = off.
+        max_grad_norm: gradient clipping norm, ``None`` or 0 = off.
 
     Raises:
-        ValueError: ``scheduler`` is ``"constant"`` with ``warmup_steps`` > 0 (diffusers would ignore the
+        ValueError: a value outside its range (``max_steps`` and ``gradient_accumulation`` below 1; rates,
+            ``eps``, ``weight_decay``, ``warmup_steps`` or ``max_grad_norm`` negative; ``betas`` outside
+            [0, 1)), ``scheduler`` is ``"constant"`` with ``warmup_steps`` > 0 (diffusers would ignore the
             warm-up), or ``decay_steps`` is outside ``[0, max_steps]``.
     """
 
@@ -159,6 +198,7 @@ class OptimConfig:
     max_grad_norm: float | None = 1.0
 
     def __post_init__(self):
+        check_limits("optim", self)
         if self.scheduler == "constant" and self.warmup_steps > 0:
             raise ValueError(f"optim.scheduler 'constant' ignores warmup_steps={self.warmup_steps} (diffusers); "
                              "use 'constant_with_warmup' or set warmup_steps to 0")
@@ -172,21 +212,22 @@ class TrainConfig:
 
     Attributes:
         model, data, optim, loss: the sections above and ``alphavae.losses.LossConfig``.
-        seed: base seed of data order, augmentation, posterior noise, GAN backgrounds and scratch init.
+        seed: base seed (>= 0) of data order, augmentation, posterior noise, GAN backgrounds and scratch init.
         mixed_precision: ``"auto"`` (bf16 autocast on a CUDA GPU with bf16 or a CPU with AMX-BF16, float32
             elsewhere; ``alphavae.accel.autocast_precision``), ``"no"``, ``"bf16"`` or ``"fp16"`` (accelerate
             autocast; weights stay fp32).
         ema: keep an EMA of the weights (``diffusers.training_utils.EMAModel``); validated and exported as ``final/``.
         ema_decay: EMA decay per optimiser step.
         checkpoint_every: optimiser steps between checkpoints (``checkpoints/step-XXXXXXXX``).
-        keep_checkpoints: newest checkpoints kept.
+        keep_checkpoints: newest checkpoints kept (0 keeps all).
         validate_every: optimiser steps between validations (0 = only at the end).
         log_every: optimiser steps between tracker logs.
         max_nonfinite: consecutive steps with a non-finite loss after which the run aborts.
 
     Raises:
         ValueError: ``mixed_precision`` is not one of ``alphavae.accel.MIXED_PRECISIONS`` (``False`` from Python
-            code is accepted as ``"no"``), or ``model.in_channels`` is not 3 or 4.
+            code is accepted as ``"no"``), ``model.in_channels`` is not 3 or 4, or a top-level or ``loss``
+            value is outside its range (``check_limits``: e.g. a negative loss weight, ``checkpoint_every`` 0).
     """
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -210,6 +251,8 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
         if self.model.in_channels not in (3, 4):
             raise ValueError(f"model.in_channels must be 3 or 4, got {self.model.in_channels}")
+        check_limits("", self)
+        check_limits("loss", self.loss)
 
     def to_dict(self) -> dict:
         """Plain nested dict (YAML-serialisable; tuples become lists)."""

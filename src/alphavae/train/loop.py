@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 
 from alphavae import io
 from alphavae.accel import autocast_precision
-from alphavae.convert import convert_to_rgba, load_autoencoder
+from alphavae.convert import check_rgb_counterpart, convert_to_rgba, downsampling_factor, load_autoencoder
 from alphavae.data.datasets import RGBADataset, StepBatchSampler, item_generator
+from alphavae.eval.networks import LPIPS_MIN_SIZE
 from alphavae.losses import AutoencoderForward, Objective, PatchDiscriminator
 from alphavae.train.checkpoint import (
     find_checkpoint,
@@ -44,7 +45,7 @@ from alphavae.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from alphavae.train.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, save_config
+from alphavae.train.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, read_yaml, save_config
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def load_models(model: ModelConfig, *, seed: int = 0) -> tuple[AutoencoderKL, Au
         ``(vae in float32, train mode; reference in float32 or None)``.
 
     Raises:
-        ValueError: neither or both of ``vae`` / ``init_config``, or channels that do not fit.
+        ValueError: neither or both of ``vae`` / ``init_config``, channels that do not fit, or a ``ref_vae`` that
+            is not an RGB VAE with the trained VAE's latent channels and downsampling.
         FileNotFoundError, OSError: a model folder is missing or unloadable (``alphavae.convert.load_autoencoder``:
             mistyped local paths fail at once, without a hub look-up).
     """
@@ -116,8 +118,9 @@ def load_models(model: ModelConfig, *, seed: int = 0) -> tuple[AutoencoderKL, Au
             raise ValueError(f"{model.vae}: a {source_channels}-channel VAE cannot be trained with model.in_channels={channels}")
     if model.ref_vae is not None:
         reference = load_autoencoder(model.ref_vae)
-        if reference.config.in_channels != 3:
-            raise ValueError(f"{model.ref_vae}: the Ref-KL reference must be an RGB (3-channel) VAE")
+        check_rgb_counterpart(reference, latent_channels=vae.config.latent_channels,
+                              downsampling=downsampling_factor(vae), name=model.ref_vae,
+                              role="the Ref-KL reference (model.ref_vae / --ref-vae)")
     return vae.train(), reference
 
 
@@ -327,6 +330,79 @@ def _truncate_log(path: Path, last_step: int) -> None:
         io.atomic_write(path, lambda temp: temp.write_text(kept_text, encoding="utf-8"), overwrite=True)
 
 
+def _smallest_input(network: torch.nn.Module) -> int:
+    """Smallest square input side for which every ``Conv2d`` of a sequential ``network`` (applied in module
+    order) still leaves at least one pixel, e.g. 24 for the 3-layer ``PatchDiscriminator``."""
+    side = 1
+    for conv in reversed([m for m in network.modules() if isinstance(m, torch.nn.Conv2d)]):
+        side = (side - 1) * conv.stride[0] + conv.kernel_size[0] - 2 * conv.padding[0]
+    return max(side, 1)
+
+
+def _check_crop_size(size: int, factor: int, objective: Objective, last_step: int) -> None:
+    """Refuse a ``data.size`` that is not a multiple of the VAE's downsampling ``factor``, or smaller than the
+    LPIPS network or (when it runs by step ``last_step``) the PatchGAN can take; ValueError naming data.size."""
+    if size % factor:
+        raise ValueError(f"data.size={size} must be a multiple of {factor}, the VAE's downsampling factor")
+    minimums = []
+    if objective.lpips is not None:
+        minimums.append((LPIPS_MIN_SIZE, "the LPIPS term's AlexNet (or set loss.lpips_weight=0)"))
+    if objective.gan_active(last_step):
+        layers = objective.config.disc_layers
+        minimums.append((_smallest_input(objective.discriminator),
+                         f"the PatchGAN with loss.disc_layers={layers} (or set loss.gan_weight=0)"))
+    for minimum, user in minimums:
+        if size < minimum:
+            raise ValueError(f"data.size={size} is too small for {user}: it needs at least {minimum}")
+
+
+def _restore(accelerator: Accelerator, checkpoint: Path, resume: str, run_dir: Path) -> dict:
+    """``load_checkpoint``; when ``resume`` is ``"latest"`` its ValueError also says how to fall back."""
+    try:
+        return load_checkpoint(accelerator, checkpoint)
+    except ValueError as err:
+        if resume != "latest":
+            raise
+        earlier = list_checkpoints(run_dir)[:-1]
+        fallback = f"from {earlier[-1].name} (or --resume {earlier[-1]})" if earlier else "from the start"
+        raise ValueError(f"{err}; this is the newest checkpoint of {run_dir}: delete {checkpoint} and rerun with "
+                         f"--resume latest to continue {fallback}") from err
+
+
+def _save_run_config(config: TrainConfig, path: Path, resumed_step: int | None) -> None:
+    """Write ``RUN_DIR/config.yaml``. On a resume (from step ``resumed_step``) with changed settings, the previous
+    file is first kept as ``config-before-step-N.yaml`` (unless one exists) and the changed keys are logged."""
+    if resumed_step is not None and path.is_file():
+        changed = _changed_keys(path, config.to_dict())
+        if changed:
+            kept = path.with_name(f"config-before-step-{resumed_step:08d}.yaml")
+            if not kept.exists():
+                os.replace(path, kept)
+            logger.warning("config changed on resume (%s); the earlier settings are in %s", ", ".join(changed), kept)
+    save_config(config, path)
+
+
+def _changed_keys(path: Path, values: dict) -> list[str]:
+    """Dotted keys whose value in the YAML file ``path`` differs from ``values`` (every key when unreadable)."""
+    try:
+        old = read_yaml(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, ValueError):
+        old = None
+    old, new = _flatten(old if isinstance(old, dict) else {}), _flatten(values)
+    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}, "c": 2}`` -> ``{"a.b": 1, "c": 2}``."""
+    flat = {}
+    for name, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{name}."))
+        else:
+            flat[prefix + name] = value
+    return flat
+
+
 def _mean_logs(accelerator: Accelerator, logs: list[dict]) -> dict:
     """Mean of each logged value over micro-steps and processes."""
     keys = sorted(logs[0])
@@ -357,7 +433,12 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             checkpoint folder (``find_checkpoint``).
         NonFiniteLossError: ``config.max_nonfinite`` consecutive steps had a non-finite loss.
         ValueError: ``run_dir`` is or lies inside the data folder (a manifest's folder for a manifest
-            source), or bad config or inputs (see ``load_models`` / ``split_files``).
+            source) or a local ``model.vae`` / ``model.ref_vae`` folder, ``data.size`` is not a multiple of the
+            VAE's downsampling or too small for an active loss term (``_check_crop_size``), the checkpoint
+            cannot be restored (``load_checkpoint``), or bad config or inputs (see ``load_models`` /
+            ``split_files``).
+        KeyboardInterrupt: Ctrl-C; a checkpoint being written is removed (``save_checkpoint``), the earlier
+            ones are complete and ``--resume latest`` continues from the newest.
     """
     run_dir = Path(run_dir)
     if config.data.source is not None:
@@ -365,6 +446,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             raise FileNotFoundError(f"data source {config.data.source} (data.source / --data) does not exist")
         io.check_output_outside_inputs(run_dir, config.data.source if Path(config.data.source).is_dir()
                                        else Path(config.data.source).parent)
+    io.check_output_outside_inputs(run_dir, [path for path in (config.model.vae, config.model.ref_vae) if path])
     if resume is None and list_checkpoints(run_dir):
         raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume latest or choose a new folder")
     accum = config.optim.gradient_accumulation
@@ -377,7 +459,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     vae, reference = load_models(config.model, seed=config.seed)
     if config.model.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
-    latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    latent_factor = downsampling_factor(vae)
     size = config.data.size
     latent_shape = (vae.config.latent_channels, size // latent_factor, size // latent_factor)
     lc = config.loss
@@ -390,6 +472,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     objective = Objective(lc, in_channels=config.model.in_channels, reference_vae=reference,
                           discriminator=discriminator).to(accelerator.device)
     del reference  # the objective keeps it only while Ref-KL is active
+    _check_crop_size(size, latent_factor, objective, config.optim.max_steps - 1)
 
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
                                   weight_decay=config.optim.weight_decay, eps=config.optim.eps)
@@ -409,12 +492,12 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     start_step, streak = 0, 0
     checkpoint = find_checkpoint(run_dir, resume) if resume else None
     if checkpoint is not None:
-        state = load_checkpoint(accelerator, checkpoint)
+        state = _restore(accelerator, checkpoint, resume, run_dir)
         start_step, streak = state["step"], state["nonfinite_streak"]
         logger.info("resumed from %s at step %d", checkpoint, start_step)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
+        _save_run_config(config, run_dir / "config.yaml", start_step if checkpoint is not None else None)
         for log in _LOGS.values():
             _truncate_log(run_dir / log, start_step)
     accelerator.init_trackers("tensorboard")

@@ -43,8 +43,8 @@ def test_command_prints_moments_usable_by_train_vae_and_skips_bad_files(tmp_path
     assert f"skipped: {tmp_path / 'broken.png'}" in captured.err
     words = shlex.split(captured.err.split("for train-vae: ")[1].splitlines()[0])  # as a shell reads the hint
     loss = load_config("vae_main", words[1::2]).loss
-    assert loss.background_mean == pytest.approx(expected_mean, abs=1e-4)
-    assert loss.background_square == pytest.approx(expected_square, abs=1e-4)
+    assert loss.background_mean == pytest.approx(expected_mean, rel=1e-5)  # the hint keeps 6 significant digits
+    assert loss.background_square == pytest.approx(expected_square, rel=1e-5)
 
     (tmp_path / "broken.png").unlink()
     assert main(["background-moments", str(tmp_path), "--limit", "2"]) == 0

@@ -97,6 +97,16 @@ def test_overrides_are_read_as_the_fields_types():
             load_config("vae_main", [override])
 
 
+def test_config_file_with_a_repeated_key_is_refused(tmp_path):
+    """PyYAML keeps the last of two equal keys; a config file that repeats one is refused, naming file and key."""
+    (tmp_path / "twice.yaml").write_text("data:\n  size: 64\ndata:\n  size: 128\n")
+    with pytest.raises(ValueError, match=r"twice.yaml: not valid YAML .*found duplicate key 'data'"):
+        load_config(tmp_path / "twice.yaml")
+    (tmp_path / "inner.yaml").write_text("optim:\n  lr: 1.0e-4\n  lr: 2.0e-4\n")
+    with pytest.raises(ValueError, match="found duplicate key 'lr'"):
+        load_config(tmp_path / "inner.yaml")
+
+
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
 def test_each_paper_config_trains(assets, tmp_path, name):
     config = load_config(name, _overrides(assets, **{"loss.force_ref_kl": True}))  # computed despite 1e-16

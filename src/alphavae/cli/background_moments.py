@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     print(json.dumps({"background_mean": mean, "background_square": square, "images": count}))
-    as_list = lambda values: "[" + ",".join(f"{v:.4f}" for v in values) + "]"  # noqa: E731
+    as_list = lambda values: "[" + ",".join(f"{v:.6g}" for v in values) + "]"  # noqa: E731  6 significant digits
     print(f"{prog}: for train-vae: --set 'loss.background_mean={as_list(mean)}' "
           f"--set 'loss.background_square={as_list(square)}'", file=sys.stderr)
     report_skipped(prog, failed, len(paths))

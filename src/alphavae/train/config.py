@@ -25,7 +25,19 @@ from alphavae.losses import LossConfig
 class _Loader(yaml.SafeLoader):
     """``yaml.SafeLoader`` with YAML 1.2 core-schema scalars instead of YAML 1.1's: only true/false are booleans
     (``mixed_precision: no`` is the text "no", a folder named ``no`` is not False), ``1e-5`` is a float, and
-    ``017``, ``12:30`` and ``2024-01-01`` stay text (YAML 1.1 reads octal 15, base-60 750 and a date)."""
+    ``017``, ``12:30`` and ``2024-01-01`` stay text (YAML 1.1 reads octal 15, base-60 750 and a date). A key
+    given twice in one mapping is an error (PyYAML would silently keep the last value; YAML 1.2 forbids it)."""
+
+    def construct_mapping(self, node, deep=False):
+        """The mapping of ``node``; raises ``yaml.constructor.ConstructorError`` for a repeated key."""
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                        f"found duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YAML_1_1_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float", "timestamp")}

@@ -69,8 +69,8 @@ alphavae train-vae --config "$recipe/stage1_rgb.yaml" --init-config "$recipe/aut
 # Stage 2: converted to RGBA on the fly (opaque initialisation; stage 1 is the Ref-KL reference) and
 # fine-tuned with the AlphaVAE objective, next to the same run with naive 4-channel MSE.
 # Phase 1 learns local detail from cheap 96 px crops; phase 2 sees whole images at the evaluation scale, without
-# which large transparent regions stay unlearned (after phase 1: alpha ~0.4 far from the object on a 91 %
-# transparent 384 px image, alpha MAE 0.24).
+# which large transparent regions stay unlearned (after phase 1: alpha ~0.3-0.4 far from the object on the
+# bundled 91 % transparent 272x384 clip art, alpha MAE 0.23-0.27; see the model card).
 latest_step() {  # run-name -> step of its newest checkpoint (0 if none)
     local newest
     newest=$(ls "$runs/$1/checkpoints" 2>/dev/null | grep '^step-' | tail -1 || true)

@@ -350,6 +350,8 @@ def test_alphavae_mini_train_script_runs_every_phase_and_the_shipped_settings(tm
     assert {c[c.index("--vae") + 1] for c in calls if c[0] == "eval-vae"} == {
         str(runs / "stage2-phase11" / "final"), str(runs / "stage2-naive-phase11" / "final")}
 
+    for call in (c for c in calls if c[0] == "train-vae"):  # every command's settings pass today's config checks
+        load_config(call[call.index("--config") + 1], [call[i + 1] for i, a in enumerate(call) if a == "--set"])
     last = next(c for c in calls if c[0] == "train-vae" and c[c.index("-o") + 1] == str(runs / "stage2-phase11"))
     assert last[last.index("--vae") + 1] == str(runs / "stage2-phase10" / "final")
     sets = [last[i + 1] for i, a in enumerate(last) if a == "--set"]

@@ -15,6 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from safetensors import SafetensorError, safe_open
 
@@ -117,8 +118,8 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> 
     try:
         accelerator.load_state(str(checkpoint))
         return json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise
+    except (FileNotFoundError, MemoryError, torch.OutOfMemoryError):
+        raise  # not the checkpoint's fault
     except Exception as err:  # torch.load / pickle of a damaged file can raise nearly any error
         reason = " ".join(str(err).split())[:200]
         raise ValueError(f"{checkpoint}: cannot restore this checkpoint, damaged or saved from another model "

@@ -84,6 +84,19 @@ def test_generate_cli_refuses_existing_file_of_another_request(trained, tmp_path
     assert "skipped 1 existing, 0 refused" in capsys.readouterr().out
 
 
+def test_generate_cli_ctrl_c_is_one_line(trained, tmp_path, capsys, monkeypatch):
+    _, flux, vae, _ = trained
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("alphavae.diffusion.pipeline.generate_from_paths", interrupted)
+    out = tmp_path / "gen"
+    assert main(["generate", "--model", str(flux), "--vae", str(vae), "--prompt", "a cup", "-o", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("alphavae generate: interrupted;") and err.count("\n") == 1
+
+
 def test_generate_cli_prompts_file_errors(trained, tmp_path, capsys):
     _, flux, vae, _ = trained
     base = ["generate", "--model", str(flux), "--vae", str(vae), "-o", str(tmp_path / "out"), "--prompts-file"]

@@ -134,6 +134,25 @@ def test_generate_folder_records_each_batch_before_its_pngs(loaded, tmp_path, mo
     assert _records(tmp_path)["p0000-s0.png"]["prompt"] == "a cat"
 
 
+def test_generate_folder_keeps_records_another_run_adds_meanwhile(loaded, tmp_path, monkeypatch):
+    """A second run writing into the same folder between two batches: its record survives this run's writes."""
+    pipe, vae = loaded
+    calls = []
+
+    def other_run_between_batches(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # what a concurrent run leaves: its PNG and its record
+            (tmp_path / "p0000-s100.png").write_bytes((tmp_path / "p0000-s0.png").read_bytes())
+            with open(tmp_path / "generations.jsonl", "a") as records:
+                records.write('{"file": "p0000-s100.png", "prompt": "other"}\n')
+        return generate_rgba(*args, **kwargs)
+
+    monkeypatch.setattr("alphavae.diffusion.pipeline.generate_rgba", other_run_between_batches)
+    generate_folder(pipe, vae, ["a cat", "a cup"], tmp_path, height=16, width=16, steps=2, progress=False)
+    assert sorted(_records(tmp_path)) == ["p0000-s0.png", "p0000-s100.png", "p0001-s0.png"]
+    assert _records(tmp_path)["p0000-s100.png"]["prompt"] == "other"
+
+
 def test_generate_folder_rejects_a_broken_record_file(loaded, tmp_path):
     pipe, vae = loaded
     (tmp_path / "generations.jsonl").write_text('{"file": "p0000-s0.png"}\nnot json\n')

@@ -512,3 +512,16 @@ def test_resume_with_changed_config_keeps_the_earlier_one(assets, tmp_path, capl
     kept = tmp_path / "run" / "config-before-step-00000001.yaml"
     assert kept.read_text() == first and load_config(tmp_path / "run" / "config.yaml") == changed
     assert "config changed on resume (loss.kl_weight, optim.max_steps)" in caplog.text
+    again = load_config("vae_main", overrides + ["loss.kl_weight=2e-5", "optim.max_steps=3"])
+    train_vae(again, tmp_path / "run", resume=str(tmp_path / "run" / "checkpoints" / "step-00000001"), stop_after=2)
+    second = tmp_path / "run" / "config-before-step-00000001-2.yaml"  # resumed from step 1 twice: nothing lost
+    assert kept.read_text() == first and load_config(second) == changed
+    assert load_config(tmp_path / "run" / "config.yaml") == again
+
+
+def test_yaml_merge_keys_still_work_and_eps_must_be_positive(tmp_path):
+    (tmp_path / "merge.yaml").write_text("base: &b\n  size: 64\n  batch_size: 2\ndata:\n  <<: *b\n  size: 32\n")
+    from alphavae.train.config import read_yaml
+    assert read_yaml((tmp_path / "merge.yaml").read_text())["data"] == {"size": 32, "batch_size": 2}
+    with pytest.raises(ValueError, match=r"optim.eps must be > 0, got 0"):
+        load_config("vae_main", ["optim.eps=0"])

@@ -161,7 +161,8 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    """Generate the PNGs; 0 on success, 1 if some images failed or existing files were refused, 2 on errors."""
+    """Generate the PNGs; 0 on success, 1 if some images failed or existing files were refused, 2 on errors,
+    130 on Ctrl-C (one line: what is on disk is complete)."""
     from alphavae.diffusion.pipeline import generate_from_paths
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -176,6 +177,10 @@ def run_generate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"alphavae generate: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"alphavae generate: interrupted; the PNGs in {args.output} are complete and recorded in "
+              "generations.jsonl: rerun the same command to make the rest", file=sys.stderr)
+        return 130
     print(f"wrote {len(report.written)} image(s) to {args.output}, skipped {len(report.skipped)} existing, "
           f"{len(report.refused)} refused, {len(report.failed)} failed")
     if report.generated_size != report.requested_size:

@@ -207,6 +207,13 @@ def _read_records(path: Path) -> dict[str, dict]:
     return records
 
 
+def _present_records(output_dir: Path) -> dict[str, dict]:
+    """The records of ``output_dir``'s ``generations.jsonl`` whose PNG exists, read afresh (another run may
+    have added some since)."""
+    return {name: record for name, record in _read_records(output_dir / RECORDS_FILE).items()
+            if (output_dir / name).exists()}
+
+
 def _conflict(path: Path, record: dict | None, wanted: dict) -> str | None:
     """Why the existing ``path`` cannot stand for the request ``wanted``; None when its record matches it."""
     advice = "left untouched: delete it or choose another output folder"
@@ -253,7 +260,9 @@ def generate_folder(
     otherwise (no record, or any value differs) it is refused and left as it is, with its record.
     Records of other existing files are kept (those of deleted files go at the next write); each batch's
     records are written (atomically) before its PNGs, so no PNG of this call lacks a record even if
-    the run is interrupted. With ``sheet``, ``contact_sheet.png`` shows the images of this call over a
+    the run is interrupted. The file is re-read before each write and this call's records are merged in,
+    so two runs into one folder keep each other's records (unless both write within the same few
+    milliseconds: the file is not locked). With ``sheet``, ``contact_sheet.png`` shows the images of this call over a
     checkerboard. Writes are atomic.
 
     Args:
@@ -276,8 +285,7 @@ def generate_folder(
         raise ValueError(f"need prompts, n >= 1, batch_size >= 1 and seed >= 0; got {len(prompts)}, {n}, "
                          f"{batch_size}, {seed}")
     output_dir = Path(output_dir)
-    records = {name: record for name, record in _read_records(output_dir / RECORDS_FILE).items()
-               if (output_dir / name).exists()}
+    records, written_records = _present_records(output_dir), {}
     jobs = [(p, prompt, seed + k) for p, prompt in enumerate(prompts) for k in range(n)]
     path_of = {job: output_dir / f"p{job[0]:04d}-s{job[2]}.png" for job in jobs}
     wanted = {job: {"file": path_of[job].name, "prompt": job[1], "seed": job[2], "width": width, "height": height,
@@ -295,8 +303,8 @@ def generate_folder(
                 log.error("generation failed for %s: %s", [str(path_of[j]) for j in batch], err)
                 report.failed += [str(path_of[j]) for j in batch]
             else:
-                records.update({path_of[j].name: wanted[j] for j in batch})
-                _write_records(output_dir / RECORDS_FILE, records)
+                written_records.update({path_of[j].name: wanted[j] for j in batch})
+                _write_records(output_dir / RECORDS_FILE, {**_present_records(output_dir), **written_records})
                 for job, image in zip(batch, pixels.cpu(), strict=True):
                     report.written.append(str(io.save_rgba(image, path_of[job])))
                     made.append(image)

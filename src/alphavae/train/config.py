@@ -32,6 +32,8 @@ class _Loader(yaml.SafeLoader):
         """The mapping of ``node``; raises ``yaml.constructor.ConstructorError`` for a repeated key."""
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden here
+                continue
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
@@ -56,6 +58,7 @@ _TRUTH = {"yes": True, "on": True, "no": False, "off": False}  # YAML 1.1 words 
 
 _AT_LEAST_0 = (lambda value: value >= 0, ">= 0")
 _AT_LEAST_1 = (lambda value: value >= 1, ">= 1")
+_POSITIVE = (lambda value: value > 0, "> 0")
 _UNIT = (lambda value: 0 <= value <= 1, "in [0, 1]")
 #: The allowed range of each numeric key, by section ("" = top level): (test, wording). ``None`` values of
 #: optional keys pass; every item of a tuple is tested. Rules between keys (decay_steps <= max_steps) stay
@@ -63,7 +66,7 @@ _UNIT = (lambda value: 0 <= value <= 1, "in [0, 1]")
 _LIMITS = {
     "data": {"size": _AT_LEAST_1, "batch_size": _AT_LEAST_1, "num_workers": _AT_LEAST_0, "val_count": _AT_LEAST_0},
     "optim": {"lr": _AT_LEAST_0, "disc_lr": _AT_LEAST_0, "betas": (lambda value: 0 <= value < 1, "in [0, 1)"),
-              "weight_decay": _AT_LEAST_0, "eps": _AT_LEAST_0, "warmup_steps": _AT_LEAST_0,
+              "weight_decay": _AT_LEAST_0, "eps": _POSITIVE, "warmup_steps": _AT_LEAST_0,
               "max_steps": _AT_LEAST_1, "gradient_accumulation": _AT_LEAST_1, "max_grad_norm": _AT_LEAST_0},
     "loss": {"reconstruction_weight": _AT_LEAST_0, "lpips_weight": _AT_LEAST_0, "kl_weight": _AT_LEAST_0,
              "ref_kl_weight": _AT_LEAST_0, "ref_kl_inert_below": _AT_LEAST_0, "gan_weight": _AT_LEAST_0,
@@ -192,7 +195,7 @@ class OptimConfig:
 
     Raises:
         ValueError: a value outside its range (``max_steps`` and ``gradient_accumulation`` below 1; rates,
-            ``eps``, ``weight_decay``, ``warmup_steps`` or ``max_grad_norm`` negative; ``betas`` outside
+            ``weight_decay``, ``warmup_steps`` or ``max_grad_norm`` negative; ``eps`` not positive; ``betas`` outside
             [0, 1)), ``scheduler`` is ``"constant"`` with ``warmup_steps`` > 0 (diffusers would ignore the
             warm-up), or ``decay_steps`` is outside ``[0, max_steps]``.
     """

@@ -371,15 +371,24 @@ def _restore(accelerator: Accelerator, checkpoint: Path, resume: str, run_dir: P
 
 def _save_run_config(config: TrainConfig, path: Path, resumed_step: int | None) -> None:
     """Write ``RUN_DIR/config.yaml``. On a resume (from step ``resumed_step``) with changed settings, the previous
-    file is first kept as ``config-before-step-N.yaml`` (unless one exists) and the changed keys are logged."""
+    file is first kept as ``config-before-step-N.yaml`` (``-2``, ``-3``, ... when that name is taken, e.g. after
+    resuming twice from one checkpoint) and the changed keys are logged."""
     if resumed_step is not None and path.is_file():
         changed = _changed_keys(path, config.to_dict())
         if changed:
-            kept = path.with_name(f"config-before-step-{resumed_step:08d}.yaml")
-            if not kept.exists():
-                os.replace(path, kept)
+            kept = _free_name(path.with_name(f"config-before-step-{resumed_step:08d}.yaml"))
+            os.replace(path, kept)
             logger.warning("config changed on resume (%s); the earlier settings are in %s", ", ".join(changed), kept)
     save_config(config, path)
+
+
+def _free_name(path: Path) -> Path:
+    """``path`` if nothing is there, else the first free ``<stem>-2<suffix>``, ``<stem>-3<suffix>``, ..."""
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate
 
 
 def _changed_keys(path: Path, values: dict) -> list[str]:

@@ -111,7 +111,7 @@ def test_samples_keep_the_first_of_two_records_with_the_same_name(tmp_path, caps
     out = tmp_path / "examples"
     assert main(["data", "samples", str(manifest), "-o", str(out)]) == 1
     captured = capsys.readouterr()
-    assert f"1 samples and LICENSE.md under {out}" in captured.out
+    assert f"1 sample and LICENSE.md under {out}" in captured.out
     assert (f"alphavae data samples: failed: record of file {second['file']!r}: its sample "
             f"images/clipart/soft-edges/b.png is already taken by the record of file {first['file']!r}") in captured.err
     assert [p.relative_to(out).as_posix() for p in out.rglob("*.png")] == ["images/clipart/soft-edges/b.png"]

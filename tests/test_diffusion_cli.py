@@ -47,7 +47,8 @@ def test_generate_cli_with_lora(trained, tmp_path, capsys):
             assert image.mode == "RGBA" and image.size == (30, 20)
     assert (tmp_path / "out" / "contact_sheet.png").is_file()
     assert main(args) == 0
-    assert "wrote 0 image(s)" in capsys.readouterr().out
+    rerun = capsys.readouterr().out
+    assert "wrote 0 image(s)" in rerun and "centre-cropped" not in rerun  # nothing generated, nothing cropped
 
 
 def test_cli_errors(trained, tmp_path, capsys):

@@ -37,7 +37,7 @@ def _samples(args: argparse.Namespace) -> int:
         print(f"{_prog(args)}: error: {error}", file=sys.stderr)
         return 1
     licence = " and LICENSE.md" if (Path(args.output) / "LICENSE.md").is_file() else ""
-    print(f"{len(written)} samples{licence} under {args.output}")
+    print(f"{len(written)} sample{'' if len(written) == 1 else 's'}{licence} under {args.output}")
     return _report_failures(_prog(args), failed, "chosen sample(s) were skipped")
 
 

@@ -183,7 +183,7 @@ def run_generate(args: argparse.Namespace) -> int:
         return 130
     print(f"wrote {len(report.written)} image(s) to {args.output}, skipped {len(report.skipped)} existing, "
           f"{len(report.refused)} refused, {len(report.failed)} failed")
-    if report.generated_size != report.requested_size:
+    if report.written and report.generated_size != report.requested_size:
         (gen_h, gen_w), (req_h, req_w) = report.generated_size, report.requested_size
         print(f"generated at {gen_w}x{gen_h} (FLUX needs multiples of 16), centre-cropped to {req_w}x{req_h}")
     for refusal in report.refused:

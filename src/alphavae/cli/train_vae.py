@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"alphavae train-vae: error: {err}", file=sys.stderr)
         return 1
-    print(f"trained {result.step} steps ({result.skipped_steps} skipped as non-finite); model in {result.final_dir}")
+    steps = "1 step" if result.step == 1 else f"{result.step} steps"
+    print(f"trained {steps} ({result.skipped_steps} skipped as non-finite); model in {result.final_dir}")
     if result.failed_images:
         print(f"alphavae train-vae: {len(result.failed_images)} unreadable image(s) left out:", file=sys.stderr)
         for failure in result.failed_images:

@@ -28,6 +28,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 def _samples(args: argparse.Namespace) -> int:
     from alphavae.data.samples import select_samples, write_samples
+    from alphavae.eval.report import counted
 
     try:
         records = select_samples(read_manifest(args.manifest), per_group=args.per_group, split=args.split)
@@ -37,7 +38,7 @@ def _samples(args: argparse.Namespace) -> int:
         print(f"{_prog(args)}: error: {error}", file=sys.stderr)
         return 1
     licence = " and LICENSE.md" if (Path(args.output) / "LICENSE.md").is_file() else ""
-    print(f"{len(written)} sample{'' if len(written) == 1 else 's'}{licence} under {args.output}")
+    print(f"{counted(len(written), 'sample')}{licence} under {args.output}")
     return _report_failures(_prog(args), failed, "chosen sample(s) were skipped")
 
 

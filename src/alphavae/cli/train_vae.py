@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     divergence, 130 on Ctrl-C (one line saying which checkpoint to resume from)."""
     import yaml
 
+    from alphavae.eval.report import counted
     from alphavae.train import NonFiniteLossError, load_config, train_vae
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -69,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"alphavae train-vae: error: {err}", file=sys.stderr)
         return 1
-    steps = "1 step" if result.step == 1 else f"{result.step} steps"
-    print(f"trained {steps} ({result.skipped_steps} skipped as non-finite); model in {result.final_dir}")
+    print(f"trained {counted(result.step, 'step')} ({result.skipped_steps} skipped as non-finite); "
+          f"model in {result.final_dir}")
     if result.failed_images:
         print(f"alphavae train-vae: {len(result.failed_images)} unreadable image(s) left out:", file=sys.stderr)
         for failure in result.failed_images:

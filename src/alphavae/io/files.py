@@ -417,7 +417,7 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], None], *, o
 
 
 def read_text_file(path: str | os.PathLike, what: str) -> str:
-    """The UTF-8 text of ``path``, a ``what`` (e.g. "manifest .jsonl file"), with one-line errors naming it.
+    """The UTF-8 text of ``path``, a ``what`` (e.g. "manifest"), with one-line errors naming it.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.

@@ -46,3 +46,33 @@ def test_read_prompts(tmp_path):
     path.write_text("# only a comment\n")
     with pytest.raises(ValueError, match="p.txt: no prompts"):
         read_prompts(path)
+
+
+def test_byte_order_marks_are_dropped(tmp_path):
+    """Spreadsheet CSV exports and Windows editors start files with U+FEFF; it must not end up in the header
+    (then no column would be found), the first prompt or a sidecar caption."""
+    table = tmp_path / "caps.csv"
+    table.write_bytes("\ufefffile_name,caption\na.png,a red ball\n".encode())
+    assert read_caption_table(table) == {"a.png": "a red ball"}
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes("\ufeffa cat\n".encode())
+    assert read_prompts(prompts) == ["a cat"]
+    (tmp_path / "b.txt").write_bytes("\ufeffsidecar b".encode())
+    assert resolve_captions([tmp_path / "b.png"], tmp_path) == ["sidecar b"]
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.jsonl"])
+def test_table_that_is_not_utf8_or_a_folder_is_a_caption_error(tmp_path, name):
+    (tmp_path / name).write_bytes(b"file_name,caption\n\xff\xfe.png,x\n")
+    with pytest.raises(CaptionError, match=f"{name}: not UTF-8 text"):
+        read_caption_table(tmp_path / name)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / name).mkdir()
+    with pytest.raises(CaptionError, match="is a folder"):
+        read_caption_table(tmp_path / "folder" / name)
+
+
+def test_sidecar_that_is_not_utf8_names_it(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"\xffcaption")
+    with pytest.raises(ValueError, match=r"a\.txt: not UTF-8 text"):
+        resolve_captions([tmp_path / "a.png"], tmp_path)

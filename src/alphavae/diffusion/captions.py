@@ -6,7 +6,7 @@ Paper §5.1 trains with one caption per image and the fallback prompt "RGBA" whe
 from __future__ import annotations
 
 import csv
-import json
+from io import StringIO
 from pathlib import Path
 
 from alphavae import io
@@ -35,35 +35,42 @@ def read_caption_table(path: str | Path) -> dict[str, str]:
     The image column is the first present of file_name/file/image/path/filename and the caption
     column the first of caption/text/prompt (the layout of diffusers' ``metadata.jsonl`` works).
 
+    A leading byte-order mark (spreadsheet CSV exports) is ignored.
+
     Raises:
-        CaptionError: unknown extension, bad JSON, or a row without an image or caption field
-            (the message names the file and line).
-        OSError: the file cannot be read.
+        CaptionError: unknown extension, a folder, bytes that are not UTF-8, bad JSON, or a row without
+            an image or caption field (the message names the file and line).
+        FileNotFoundError: the file does not exist. OSError: it cannot be read otherwise.
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix == ".csv":
+        text = _read(path, io.read_text_file)
+        rows = ((n + 2, row) for n, row in enumerate(csv.DictReader(StringIO(text, newline=""))))
+    elif suffix == ".jsonl":
+        rows = ((n, _json_object(path, n, value)) for n, value in _read(path, io.read_jsonl))
+    else:
+        raise CaptionError(f"{path}: caption table must be .csv or .jsonl, not {suffix or 'no extension'}")
     table: dict[str, str] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        if suffix == ".csv":
-            rows = ((n + 2, row) for n, row in enumerate(csv.DictReader(handle)))
-        elif suffix == ".jsonl":
-            rows = ((n + 1, _json_line(path, n + 1, line)) for n, line in enumerate(handle) if line.strip())
-        else:
-            raise CaptionError(f"{path}: caption table must be .csv or .jsonl, not {suffix or 'no extension'}")
-        for line, row in rows:
-            where = f"{path}:{line}"
-            table[_pick(row, _FILE_KEYS, where)] = _pick(row, _TEXT_KEYS, where).strip()
+    for line, row in rows:
+        where = f"{path}:{line}"
+        table[_pick(row, _FILE_KEYS, where)] = _pick(row, _TEXT_KEYS, where).strip()
     return table
 
 
-def _json_line(path: Path, line: int, text: str) -> dict:
+def _read(path: Path, reader):
+    """``reader(path, "caption table")`` (``io.read_text_file`` or ``io.read_jsonl``), its ValueErrors
+    (not UTF-8, a folder, a line that is not JSON) raised as CaptionError."""
     try:
-        row = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CaptionError(f"{path}:{line}: not JSON ({err.msg})") from None
-    if not isinstance(row, dict):
+        return reader(path, "caption table")
+    except ValueError as err:
+        raise CaptionError(str(err)) from None
+
+
+def _json_object(path: Path, line: int, value: object) -> dict:
+    if not isinstance(value, dict):
         raise CaptionError(f"{path}:{line}: expected a JSON object")
-    return row
+    return value
 
 
 def resolve_captions(
@@ -75,6 +82,9 @@ def resolve_captions(
     Precedence: the table entry (keyed by the path relative to ``root``, or the file name alone),
     then a sidecar ``<image stem>.txt`` next to the image (UTF-8, stripped), then ``fallback``.
     Empty captions count as missing.
+
+    Raises:
+        ValueError: a sidecar is not UTF-8 text (names it). OSError: a sidecar cannot be read.
     """
     table = table or {}
     root = Path(root)
@@ -84,7 +94,7 @@ def resolve_captions(
         caption = next((table[k] for k in keys if k and table.get(k)), "")
         sidecar = image.with_suffix(".txt")
         if not caption and sidecar.is_file():
-            caption = sidecar.read_text(encoding="utf-8").strip()
+            caption = io.read_text_file(sidecar, "caption file").strip()
         captions.append(caption or fallback)
     return captions
 

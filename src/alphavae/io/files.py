@@ -419,6 +419,8 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], None], *, o
 def read_text_file(path: str | os.PathLike, what: str) -> str:
     """The UTF-8 text of ``path``, a ``what`` (e.g. "manifest"), with one-line errors naming it.
 
+    A leading byte-order mark (U+FEFF, as Windows editors and spreadsheet exports write) is dropped.
+
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: ``path`` is a folder, or its bytes are not UTF-8 (names the byte offset).
@@ -430,7 +432,7 @@ def read_text_file(path: str | os.PathLike, what: str) -> str:
     if path.is_dir():
         raise ValueError(f"{path}: is a folder, not a {what}")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 

@@ -37,3 +37,21 @@ def test_convert_help_names_the_provenance_file(capsys):
     with pytest.raises(SystemExit):
         main(["convert", "--help"])
     assert PROVENANCE_FILE in capsys.readouterr().out
+
+
+def test_ctrl_c_while_a_command_loads_is_one_line(monkeypatch, capsys):
+    """Ctrl-C during imports or model loading (before a command's own handler) gives one line and exit 130."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("alphavae.vae.RGBAVAE.from_pretrained", interrupted)
+    assert main(["latent-factors", "vae", "images"]) == 130
+    assert capsys.readouterr().err == "alphavae latent-factors: interrupted\n"
+
+
+@pytest.mark.parametrize("argv", [["generate", "a.png", "--guidance", "nan"], ["generate", "x", "--lora-scale", "inf"],
+                                  ["train-lora", "--lr=-inf"], ["generate", "x", "--guidance", "high"]])
+def test_float_options_must_be_finite_numbers(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "is not a finite number" in (err := capsys.readouterr().err) or "'high' is not a number" in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 import warnings
 
@@ -30,6 +31,18 @@ def seed(text: str) -> int:
     """argparse ``type`` for random seeds: an integer in [0, 2**64 - 1] (what ``torch.Generator.manual_seed``
     accepts), else an argparse error."""
     return _int_in_range(text, 0, highest=2**64 - 1)
+
+
+def finite_float(text: str) -> float:
+    """argparse ``type`` for strengths and guidance values: a finite number (not nan or inf), else an
+    argparse error naming the value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def _int_in_range(text: str, lowest: int, *, highest: int | None = None) -> int:
@@ -102,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Python warnings raised by the command (``UserWarning``: first frame of an animation used, 16-bit image read
     at 8 bits, metric skipped, ...) are printed as one line each, ``alphavae <command>: warning: <message>``,
-    without Python's file and source line."""
+    without Python's file and source line. Ctrl-C (KeyboardInterrupt) ends a command with one line and exit
+    status 130; commands that write files catch it earlier and say what was kept."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -115,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("default", UserWarning)  # each distinct warning once, even where filters hide it
         warnings.showwarning = one_line
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:  # commands that write say more themselves; this covers imports and loading
+            print(f"alphavae {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

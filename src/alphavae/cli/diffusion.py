@@ -11,7 +11,7 @@ import logging
 import sys
 
 from alphavae.accel import OFFLOAD_MODES, POLICY_NAMES
-from alphavae.cli import positive_int, seed
+from alphavae.cli import finite_float, positive_int, seed
 from alphavae.diffusion.captions import DEFAULT_PROMPT, read_prompts
 from alphavae.diffusion.flow import WEIGHTING_SCHEMES
 from alphavae.diffusion.lora import TARGET_PRESETS
@@ -37,25 +37,25 @@ _TRAIN_FLAGS: tuple[tuple[str, str, dict], ...] = (
     ("--cache-latents", "cache_latents", {"action": "store_const", "const": True,
                                           "help": "encode every image once before training (needs --crop center)"}),
     ("--rank", "rank", {"type": int, "help": "LoRA rank (default 64)"}),
-    ("--alpha", "alpha", {"type": float, "help": "LoRA alpha; the update is scaled by alpha/rank (default 64)"}),
+    ("--alpha", "alpha", {"type": finite_float, "help": "LoRA alpha; the update is scaled by alpha/rank (default 64)"}),
     ("--targets", "targets", {"choices": sorted(TARGET_PRESETS),
                               "help": "LoRA target layers: paper = attention projections and feed-forwards of the "
                                       "double- and single-stream blocks (AlphaVAE Sec. 5.1); attention = the same "
                                       "without the feed-forwards (default paper)"}),
     ("--optimizer", "optimizer", {"choices": ("prodigy", "adamw"), "help": "default prodigy"}),
-    ("--lr", "learning_rate", {"type": float, "help": "learning rate (default 1.0, Prodigy's scale; ~1e-4 for adamw)"}),
+    ("--lr", "learning_rate", {"type": finite_float, "help": "learning rate (default 1.0, Prodigy's scale; ~1e-4 for adamw)"}),
     ("--lr-scheduler", "lr_scheduler", {"help": "diffusers scheduler name: constant, cosine, linear, ... "
                                                 "(default constant)"}),
     ("--lr-warmup-steps", "lr_warmup_steps", {"type": int, "help": "warm-up steps (default 0)"}),
     ("--max-steps", "max_steps", {"type": int, "help": "optimizer steps (default 20000)"}),
     ("--batch-size", "batch_size", {"type": int, "help": "images per process per micro-step (default 1)"}),
     ("--grad-accum", "gradient_accumulation_steps", {"type": int, "help": "micro-steps per optimizer step (def. 1)"}),
-    ("--max-grad-norm", "max_grad_norm", {"type": float, "help": "gradient clipping norm, 0 = off (default 1.0)"}),
-    ("--guidance", "guidance", {"type": float, "help": "embedded guidance value during training (default 1)"}),
+    ("--max-grad-norm", "max_grad_norm", {"type": finite_float, "help": "gradient clipping norm, 0 = off (default 1.0)"}),
+    ("--guidance", "guidance", {"type": finite_float, "help": "embedded guidance value during training (default 1)"}),
     ("--weighting-scheme", "weighting_scheme", {"choices": WEIGHTING_SCHEMES,
                                                 "help": "timestep density / loss weighting (default none = uniform)"}),
-    ("--logit-mean", "logit_mean", {"type": float, "help": "logit_normal mean (default 0)"}),
-    ("--logit-std", "logit_std", {"type": float, "help": "logit_normal std (default 1)"}),
+    ("--logit-mean", "logit_mean", {"type": finite_float, "help": "logit_normal mean (default 0)"}),
+    ("--logit-std", "logit_std", {"type": finite_float, "help": "logit_normal std (default 1)"}),
     ("--max-sequence-length", "max_sequence_length", {"type": int, "help": "T5 tokens, <= 512 (default 512)"}),
     ("--mixed-precision", "mixed_precision", {"choices": ("no", "bf16", "fp16"),
                                               "help": "frozen weights/compute dtype; LoRA stays float32 (default no)"}),
@@ -101,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--model", required=True, help="local diffusers FLUX folder, or a hub id when online")
     gen.add_argument("--vae", required=True, help="RGBA VAE folder (4-channel AutoencoderKL)")
     gen.add_argument("--lora", help="LoRA folder or .safetensors from train-lora (optional)")
-    gen.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1.0)")
+    gen.add_argument("--lora-scale", type=finite_float, default=1.0, help="LoRA strength (default 1.0)")
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append", help="prompt (repeatable)")
     source.add_argument("--prompts-file", help="text file, one prompt per line ('#' comments)")
@@ -109,7 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--seed", type=seed, default=0, help="base seed >= 0; image k of a prompt uses seed+k (default 0)")
     gen.add_argument("--size", default="1024x1024", help="WIDTHxHEIGHT in pixels (default 1024x1024)")
     gen.add_argument("--steps", type=positive_int, default=28, help="denoising steps (default 28)")
-    gen.add_argument("--guidance", type=float, default=3.5, help="FLUX embedded guidance (default 3.5)")
+    gen.add_argument("--guidance", type=finite_float, default=3.5, help="FLUX embedded guidance (default 3.5)")
     gen.add_argument("--batch-size", type=positive_int, default=1, help="images per pipeline call (default 1)")
     gen.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                      help="transformer/text-encoder dtype (default auto: bfloat16 on CUDA, float32 on CPU)")

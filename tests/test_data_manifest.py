@@ -123,3 +123,14 @@ def test_manifest_fields_are_checked_and_a_missing_manifest_is_named_first(tmp_p
     assert capsys.readouterr().err.strip() == "alphavae data export: error: nope.jsonl: manifest not found"
     with pytest.raises(FileNotFoundError, match="manifest not found"):
         read_manifest("nope.jsonl")
+
+
+def test_export_reports_a_record_naming_a_folder(tmp_path):
+    """A record naming a folder (here one whose target folder the export itself created) is a failure, not a
+    file kept as existing."""
+    data = _data(tmp_path)
+    manifest = _manifest(data, ["images/emoji/a.png", "images/emoji"])
+    report = export_split(manifest, "test", tmp_path / "out")
+    assert [p.name for p in report.copied] == ["a.png"] and report.skipped == []
+    assert report.failed == [(f"{manifest}:2", f"file 'images/emoji': {data.resolve() / 'images' / 'emoji'} is a "
+                                               "folder, not an image")]

@@ -118,13 +118,14 @@ def test_samples_keep_the_first_of_two_records_with_the_same_name(tmp_path, caps
     assert (out / "LICENSE.md").read_text().count("| `images/clipart/") == 1
 
 
-def test_samples_report_a_record_without_a_name_and_write_the_rest(tmp_path, capsys):
-    manifest = _write_data(tmp_path / "data", [{**_record("img0", width=48, height=48), "original": ""},
+@pytest.mark.parametrize("original", ["", "..", "a/.."])
+def test_samples_report_a_record_without_a_name_and_write_the_rest(tmp_path, capsys, original):
+    manifest = _write_data(tmp_path / "data", [{**_record("img0", width=48, height=48), "original": original},
                                                _record("img1", width=48, height=48)])
     out = tmp_path / "examples"
     assert main(["data", "samples", str(manifest), "-o", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "record of file 'images/openclipart/img0.png': original '' has no file name" in err
+    assert f"record of file 'images/openclipart/img0.png': original {original!r} has no file name" in err
     assert [p.name for p in out.rglob("*.png")] == ["sub_dir_img1.png"]
 
 

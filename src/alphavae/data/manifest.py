@@ -242,7 +242,7 @@ def export_split(manifest: str | Path, split: str, output: str | Path) -> Export
     manifest's folder. Bad records are skipped and reported, the rest are copied: a ``file`` that
     :func:`record_source` refuses (absolute, ``..``, or outside the manifest's folder through a symlink),
     one whose target would land outside ``output`` or inside the manifest's folder, a second record
-    with the same target, and a file that does not decode as an image (:func:`alphavae.io.load_rgba`)
+    with the same target, a source or target that is a folder, and a file that does not decode as an image (:func:`alphavae.io.load_rgba`)
     or cannot be read or written.
 
     Returns:
@@ -277,6 +277,10 @@ def export_split(manifest: str | Path, split: str, output: str | Path) -> Export
             report.failed.append((where, reason))
             continue
         claimed[target] = number
+        if source.is_dir() or target.is_dir():
+            report.failed.append((where, f"file {record['file']!r}: {source if source.is_dir() else target} is a "
+                                         "folder, not an image"))
+            continue
         if target.exists():
             report.skipped.append(target)
             continue

@@ -112,9 +112,9 @@ def sample_path(record: dict) -> str:
     records of one source and category whose originals differ only in suffix, ``/`` or spaces share it.
 
     Raises:
-        ValueError: ``original`` has no file name (``""``, ``.``, ``/``); names the record's ``file``.
+        ValueError: ``original`` has no file name (``""``, ``.``, ``/``, ``..``); names the record's ``file``.
     """
-    if not Path(record["original"]).name:
+    if Path(record["original"]).name in ("", ".."):
         raise ValueError(f"record of file {record['file']!r}: original {record['original']!r} has no file name "
                          "to name the sample after")
     stem = str(Path(record["original"]).with_suffix("")).replace("/", "_").replace(" ", "_")

@@ -473,6 +473,22 @@ def test_damaged_checkpoint_is_named_with_a_way_back(assets, tmp_path, capsys):
     assert f"{weights}: damaged checkpoint file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+@pytest.mark.parametrize("name", ["model_1.safetensors", "random_states_0.pkl"])
+def test_checkpoint_that_lost_or_cut_a_file_is_named(assets, tmp_path, name, damage):
+    """The file list saved with a checkpoint finds what load_state would miss or report in its own words: a
+    lost discriminator file, a cut-short RNG state (which would otherwise resume with other random numbers)."""
+    overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0})
+    train_vae(load_config("vae_main", overrides), tmp_path / "run", stop_after=1)
+    path = tmp_path / "run" / "checkpoints" / "step-00000001" / name
+    size = path.stat().st_size
+    path.unlink() if damage == "missing" else path.write_bytes(path.read_bytes()[: size - 1])
+    message = "damaged checkpoint, this file of it is missing" if damage == "missing" else \
+        rf"damaged checkpoint file \({size - 1} bytes, {size} when saved\)"
+    with pytest.raises(ValueError, match=f"{path}: {message}"):
+        train_vae(load_config("vae_main", overrides), tmp_path / "run", resume="latest")
+
+
 def test_ctrl_c_removes_the_partial_checkpoint_and_says_how_to_resume(assets, tmp_path, capsys, monkeypatch):
     from accelerate import Accelerator
 

@@ -2,7 +2,8 @@
 
 Layout: ``RUN_DIR/checkpoints/step-XXXXXXXX/`` holds accelerate's state (prepared models, optimisers,
 objects registered with ``register_for_checkpointing`` such as the scheduler and EMA, RNG states of every
-process) and ``trainer_state.json`` (``{"step": completed optimiser steps, ...}``). A checkpoint is written
+process) and ``trainer_state.json`` (``{"step": completed optimiser steps, ..., "files": {name: bytes}}``;
+the file list lets a resume find a checkpoint that lost or truncated a file since). A checkpoint is written
 under a hidden temporary name and renamed when complete, so a run killed while saving leaves no partial
 checkpoint behind (an exception while saving, Ctrl-C included, removes the temporary folder).
 """
@@ -21,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 
 _NAME = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.json"
+FILES_KEY = "files"  # in STATE_FILE: {relative path: size in bytes} of every file saved, checked on resume
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -92,7 +94,9 @@ def _save_into(accelerator: Accelerator, temporary: Path, final: Path, state: di
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (temporary / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+        files = {p.relative_to(temporary).as_posix(): p.stat().st_size for p in sorted(temporary.rglob("*"))
+                 if p.is_file()}
+        (temporary / STATE_FILE).write_text(json.dumps({**state, FILES_KEY: files}, indent=1), encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
 
@@ -108,22 +112,52 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> 
         The trainer state dict saved with it (``{"step": int, ...}``).
 
     Raises:
-        FileNotFoundError: the folder or its ``trainer_state.json`` is missing (from accelerate or here).
-        ValueError: a file of the checkpoint is damaged (a truncated ``*.safetensors`` file is named), or the
-            saved tensors do not fit the prepared models (another architecture); one line naming the checkpoint.
+        FileNotFoundError: the folder or its ``trainer_state.json`` is missing.
+        ValueError: a file of the checkpoint is damaged: missing or of another size than when saved (named),
+            a truncated ``*.safetensors`` file (named), a ``trainer_state.json`` that is not JSON; or the saved
+            tensors do not fit the prepared models (another architecture); one line naming the checkpoint.
     """
     checkpoint = Path(checkpoint)
+    state = _read_state(checkpoint)
+    _check_files(checkpoint, state.pop(FILES_KEY, {}))
     for weights in sorted(checkpoint.glob("*.safetensors")):
         _check_safetensors(weights)
     try:
         accelerator.load_state(str(checkpoint))
-        return json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+        return state
     except (FileNotFoundError, MemoryError, torch.OutOfMemoryError):
         raise  # not the checkpoint's fault
     except Exception as err:  # torch.load / pickle of a damaged file can raise nearly any error
         reason = " ".join(str(err).split())[:200]
         raise ValueError(f"{checkpoint}: cannot restore this checkpoint, damaged or saved from another model "
                          f"({type(err).__name__}: {reason})") from err
+
+
+def _read_state(checkpoint: Path) -> dict:
+    """The JSON object of ``checkpoint/trainer_state.json``.
+
+    Raises:
+        FileNotFoundError: the folder or file is missing. ValueError: the file is not a JSON object.
+    """
+    path = checkpoint / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: damaged checkpoint file ({err})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: damaged checkpoint file (not a JSON object)")
+    return state
+
+
+def _check_files(checkpoint: Path, files: dict) -> None:
+    """Raise ValueError naming the first file of ``files`` ({relative path: bytes when saved}) that is missing
+    from ``checkpoint`` or has another size (cut short). Checkpoints saved without a list pass."""
+    for name, size in files.items():
+        path = checkpoint / name
+        if not path.is_file():
+            raise ValueError(f"{path}: damaged checkpoint, this file of it is missing")
+        if path.stat().st_size != size:
+            raise ValueError(f"{path}: damaged checkpoint file ({path.stat().st_size} bytes, {size} when saved)")
 
 
 def _check_safetensors(path: Path) -> None:

@@ -124,3 +124,33 @@ def test_out_of_range_seed_is_refused_before_the_model_loads(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["latent-factors", str(tmp_path / "no-such-vae"), str(tmp_path), "--seed", str(2**64)])
     assert exit_info.value.code == 2 and f"{2**64} is above {2**64 - 1}" in capsys.readouterr().err
+
+
+def test_write_refuses_the_shipped_model_and_a_read_only_config(tmp_path, tiny_rgba_dir, capsys):
+    from alphavae.vae import DEFAULT_MODEL_DIR
+
+    Image.fromarray(np.zeros((16, 16, 4), np.uint8), "RGBA").save(tmp_path / "img.png")
+    shipped = (DEFAULT_MODEL_DIR / "config.json").read_bytes()
+    assert main(["latent-factors", str(DEFAULT_MODEL_DIR), str(tmp_path / "img.png"), "--write", "--force"]) == 1
+    assert "not writing into the model shipped with alphavae" in capsys.readouterr().err
+    assert (DEFAULT_MODEL_DIR / "config.json").read_bytes() == shipped
+
+    vae_dir = tmp_path / "vae"
+    shutil.copytree(tiny_rgba_dir, vae_dir)
+    (vae_dir / "config.json").chmod(0o444)  # root may write it anyway: the mode is what the user set
+    before = (vae_dir / "config.json").read_bytes()
+    assert main(["latent-factors", str(vae_dir), str(tmp_path / "img.png"), "--write", "--force"]) == 1
+    assert "config.json is read-only; make it writable" in capsys.readouterr().err
+    assert (vae_dir / "config.json").read_bytes() == before
+
+
+def test_write_through_a_symlinked_config_keeps_the_link(tmp_path, tiny_rgba_dir, capsys):
+    vae_dir, shared = tmp_path / "vae", tmp_path / "shared-config.json"
+    shutil.copytree(tiny_rgba_dir, vae_dir)
+    (vae_dir / "config.json").rename(shared)
+    (vae_dir / "config.json").symlink_to(shared)
+    Image.fromarray(np.zeros((16, 16, 4), np.uint8), "RGBA").save(tmp_path / "img.png")
+    assert main(["latent-factors", str(vae_dir), str(tmp_path / "img.png"), "--write", "--force"]) == 0
+    factors = json.loads(capsys.readouterr().out)
+    assert (vae_dir / "config.json").is_symlink()
+    assert json.loads(shared.read_text())["scaling_factor"] == factors["scaling_factor"]

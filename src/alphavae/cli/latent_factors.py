@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import stat
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "= 1 / latent std, the convention of SD3/FLUX VAE configs; with --write, store them in the "
                     "VAE folder's config.json (atomic rewrite; the old values are printed as old -> new). "
                     "Unreadable images are skipped and listed, and then --write leaves config.json unchanged; "
+                    "--write refuses the model shipped with alphavae (copy it first) and a read-only config.json; "
                     f"a fit on fewer than {FEW_IMAGES} images prints a warning and is written only with --force "
                     "(use a few hundred images of the target data).",
     )
@@ -88,8 +90,16 @@ def _write_refusal(args: argparse.Namespace, failed: list[str], fitted: int) -> 
     """Why ``--write`` must not write this fit (None: write it, or no ``--write``)."""
     from alphavae.eval.report import counted
 
+    from alphavae.vae import DEFAULT_MODEL_DIR
+
     if not args.write:
         return None
+    if Path(args.vae).resolve() == DEFAULT_MODEL_DIR:
+        return (f"not writing into the model shipped with alphavae ({DEFAULT_MODEL_DIR}); copy the folder and "
+                "pass the copy")
+    config = Path(args.vae) / "config.json"
+    if config.is_file() and not config.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        return f"{config} is read-only; make it writable (chmod u+w) to update its factors"
     if failed:
         return "not writing factors fitted without the inputs that failed"
     if fitted < FEW_IMAGES and not args.force:
@@ -99,12 +109,13 @@ def _write_refusal(args: argparse.Namespace, failed: list[str], fitted: int) -> 
 
 
 def _write_factors(config_path: Path, factors: dict) -> None:
-    """Store ``factors``' scaling_factor and shift_factor in ``config_path`` (atomic rewrite), then print
-    ``old -> new`` for each on stderr, so the old values can be restored.
+    """Store ``factors``' scaling_factor and shift_factor in ``config_path`` (atomic rewrite of the file a
+    symlink points to), then print ``old -> new`` for each on stderr, so the old values can be restored.
 
     Raises:
         OSError: the config cannot be read or written. ValueError: it is not valid JSON.
     """
+    config_path = config_path.resolve()  # a symlinked config.json is updated where it points, the link kept
     config = json.loads(config_path.read_text())
     old = {key: config.get(key) for key in ("scaling_factor", "shift_factor")}
     config.update({key: factors[key] for key in old})

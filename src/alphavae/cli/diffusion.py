@@ -43,14 +43,16 @@ _TRAIN_FLAGS: tuple[tuple[str, str, dict], ...] = (
                                       "double- and single-stream blocks (AlphaVAE Sec. 5.1); attention = the same "
                                       "without the feed-forwards (default paper)"}),
     ("--optimizer", "optimizer", {"choices": ("prodigy", "adamw"), "help": "default prodigy"}),
-    ("--lr", "learning_rate", {"type": finite_float, "help": "learning rate (default 1.0, Prodigy's scale; ~1e-4 for adamw)"}),
+    ("--lr", "learning_rate", {"type": finite_float,
+                               "help": "learning rate (default 1.0, Prodigy's scale; ~1e-4 for adamw)"}),
     ("--lr-scheduler", "lr_scheduler", {"help": "diffusers scheduler name: constant, cosine, linear, ... "
                                                 "(default constant)"}),
     ("--lr-warmup-steps", "lr_warmup_steps", {"type": int, "help": "warm-up steps (default 0)"}),
     ("--max-steps", "max_steps", {"type": int, "help": "optimizer steps (default 20000)"}),
     ("--batch-size", "batch_size", {"type": int, "help": "images per process per micro-step (default 1)"}),
     ("--grad-accum", "gradient_accumulation_steps", {"type": int, "help": "micro-steps per optimizer step (def. 1)"}),
-    ("--max-grad-norm", "max_grad_norm", {"type": finite_float, "help": "gradient clipping norm, 0 = off (default 1.0)"}),
+    ("--max-grad-norm", "max_grad_norm", {"type": finite_float,
+                                          "help": "gradient clipping norm, 0 = off (default 1.0)"}),
     ("--guidance", "guidance", {"type": finite_float, "help": "embedded guidance value during training (default 1)"}),
     ("--weighting-scheme", "weighting_scheme", {"choices": WEIGHTING_SCHEMES,
                                                 "help": "timestep density / loss weighting (default none = uniform)"}),

@@ -89,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
 def _write_refusal(args: argparse.Namespace, failed: list[str], fitted: int) -> str | None:
     """Why ``--write`` must not write this fit (None: write it, or no ``--write``)."""
     from alphavae.eval.report import counted
-
     from alphavae.vae import DEFAULT_MODEL_DIR
 
     if not args.write:

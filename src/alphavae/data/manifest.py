@@ -242,8 +242,8 @@ def export_split(manifest: str | Path, split: str, output: str | Path) -> Export
     manifest's folder. Bad records are skipped and reported, the rest are copied: a ``file`` that
     :func:`record_source` refuses (absolute, ``..``, or outside the manifest's folder through a symlink),
     one whose target would land outside ``output`` or inside the manifest's folder, a second record
-    with the same target, a source or target that is a folder, and a file that does not decode as an image (:func:`alphavae.io.load_rgba`)
-    or cannot be read or written.
+    with the same target, a source or target that is a folder, and a file that does not decode as an image
+    (:func:`alphavae.io.load_rgba`) or cannot be read or written.
 
     Returns:
         An :class:`ExportReport`; the skipped bad records are in ``failed``.

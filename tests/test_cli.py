@@ -46,6 +46,9 @@ def test_ctrl_c_while_a_command_loads_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr("alphavae.vae.RGBAVAE.from_pretrained", interrupted)
     assert main(["latent-factors", "vae", "images"]) == 130
     assert capsys.readouterr().err == "alphavae latent-factors: interrupted\n"
+    monkeypatch.setattr("alphavae.cli.build_parser", interrupted)  # while the command modules import torch
+    assert main(["latent-factors", "vae", "images"]) == 130
+    assert capsys.readouterr().err == "alphavae: interrupted\n"
 
 
 @pytest.mark.parametrize("argv", [["generate", "a.png", "--guidance", "nan"], ["generate", "x", "--lora-scale", "inf"],

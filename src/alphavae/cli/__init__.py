@@ -117,24 +117,25 @@ def main(argv: list[str] | None = None) -> int:
     at 8 bits, metric skipped, ...) are printed as one line each, ``alphavae <command>: warning: <message>``,
     without Python's file and source line. Ctrl-C (KeyboardInterrupt) ends a command with one line and exit
     status 130; commands that write files catch it earlier and say what was kept."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    prog = "alphavae"
+    try:
+        parser = build_parser()  # imports torch: seconds in which Ctrl-C is likely too
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        prog = f"alphavae {args.command}"
 
-    def one_line(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"alphavae {args.command}: warning: {message}", file=sys.stderr)
+        def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+            print(f"{prog}: warning: {message}", file=sys.stderr)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("default", UserWarning)  # each distinct warning once, even where filters hide it
-        warnings.showwarning = one_line
-        try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", UserWarning)  # each distinct warning once, even where filters hide it
+            warnings.showwarning = one_line
             return int(args.func(args) or 0)
-        except KeyboardInterrupt:  # commands that write say more themselves; this covers imports and loading
-            print(f"alphavae {args.command}: interrupted", file=sys.stderr)
-            return 130
-
+    except KeyboardInterrupt:  # commands that write say more themselves; this covers start-up and loading
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -132,7 +132,7 @@ def test_write_refuses_the_shipped_model_and_a_read_only_config(tmp_path, tiny_r
     Image.fromarray(np.zeros((16, 16, 4), np.uint8), "RGBA").save(tmp_path / "img.png")
     shipped = (DEFAULT_MODEL_DIR / "config.json").read_bytes()
     assert main(["latent-factors", str(DEFAULT_MODEL_DIR), str(tmp_path / "img.png"), "--write", "--force"]) == 1
-    assert "not writing into the model shipped with alphavae" in capsys.readouterr().err
+    assert "not writing factors into the model shipped with alphavae" in capsys.readouterr().err
     assert (DEFAULT_MODEL_DIR / "config.json").read_bytes() == shipped
 
     vae_dir = tmp_path / "vae"

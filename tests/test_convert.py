@@ -232,3 +232,46 @@ def test_overwrite_earlier_output_and_refusals(tmp_path, tiny_rgb_dir):
         with pytest.raises(FileExistsError, match="not a folder"):
             convert_pretrained(tiny_rgb_dir, tmp_path / "file", overwrite=overwrite)
     assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_the_shipped_model_is_never_a_destination(tmp_path, tiny_rgb_dir, capsys):
+    """Every command given no model loads alphavae-mini; convert --overwrite must not replace it (nor write
+    below it)."""
+    from alphavae.convert import DEFAULT_MODEL_DIR
+
+    before = _tree(DEFAULT_MODEL_DIR)
+    for dst in (DEFAULT_MODEL_DIR, DEFAULT_MODEL_DIR / "sub"):
+        assert main(["convert", str(tiny_rgb_dir), str(dst), "--overwrite"]) == 1
+        assert "not writing the converted model into the model shipped with alphavae" in capsys.readouterr().err
+    assert _tree(DEFAULT_MODEL_DIR) == before
+
+
+def test_pickle_weights_and_malformed_configs_are_one_line_errors(tmp_path, capsys):
+    """A folder with only a pickled .bin is refused before loading (a pickle can run code); config fields
+    that do not build an AutoencoderKL name the folder instead of a traceback."""
+    tiny_rgb_vae("sd1").save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert main(["convert", str(tmp_path / "pickled"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "holds pickle weights (diffusion_pytorch_model.bin)" in err and err.count("\n") == 1
+    for field, value in [("block_out_channels", [8, 16, 16]), ("norm_num_groups", 0), ("in_channels", "3")]:
+        broken = tmp_path / f"broken-{field}"
+        tiny_rgb_vae("sd1").save_pretrained(broken)
+        config = json.loads((broken / "config.json").read_text())
+        (broken / "config.json").write_text(json.dumps({**config, field: value}))
+        assert main(["convert", str(broken), str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err
+        assert f"{broken}: config.json and weights do not build an AutoencoderKL (" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_weights_write_is_one_line_and_leaves_nothing(tmp_path, tiny_rgb_dir, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    def disk_full(self, *args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(AutoencoderKL, "save_pretrained", disk_full)
+    assert main(["convert", str(tiny_rgb_dir), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'out'}: cannot write the converted model (" in err and "No space left" in err
+    assert list(tmp_path.iterdir()) == []

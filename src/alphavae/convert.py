@@ -22,6 +22,7 @@ from pathlib import Path
 import diffusers
 import torch
 from diffusers import AutoencoderKL
+from safetensors import SafetensorError
 from torch import nn
 
 import alphavae
@@ -29,6 +30,9 @@ from alphavae.accel import parse_dtype
 from alphavae.io import set_default_permissions
 
 PROVENANCE_FILE = "alphavae_provenance.json"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "alphavae-mini"
+"""Folder of the shipped default RGBA VAE (diffusers format), loaded when no path is given
+(``alphavae.vae.RGBAVAE.from_pretrained``); commands refuse to write into it (:func:`check_not_shipped`)."""
 # How error messages name the overwrite switch; the CLI shows its flag instead.
 OVERWRITE_HINT = "overwrite=True"
 
@@ -218,6 +222,20 @@ def check_rgb_counterpart(rgb, *, latent_channels: int, downsampling: int, name:
                          f"downsampling; it has {', '.join(wrong)}")
 
 
+def check_not_shipped(folder: str | os.PathLike, action: str) -> None:
+    """Refuse to write into the model shipped with alphavae (``DEFAULT_MODEL_DIR``) or below it: every
+    command that is given no model loads it, and its README describes these exact weights.
+
+    Raises:
+        ValueError: ``folder`` is or lies inside ``DEFAULT_MODEL_DIR`` (the message names ``action``, e.g.
+            "writing the converted model into").
+    """
+    resolved = Path(folder).expanduser().resolve()
+    if resolved == DEFAULT_MODEL_DIR or resolved.is_relative_to(DEFAULT_MODEL_DIR):
+        raise ValueError(f"{folder}: not {action} the model shipped with alphavae ({DEFAULT_MODEL_DIR}), which "
+                         "commands load by default; copy that folder and pass the copy")
+
+
 def _looks_like_model_id(text: str) -> bool:
     """True for ``"org/name"`` model ids: exactly one slash, not starting with ``.``, ``/`` or ``~``, and no
     local folder named ``org`` (then ``org/name`` is a mistyped path, e.g. ``models/nope``)."""
@@ -241,7 +259,12 @@ def _check_local_model(folder: Path) -> None:
     if class_name not in (None, "AutoencoderKL"):
         raise ValueError(f"{config}: describes a {class_name}, not an AutoencoderKL (use --subfolder vae "
                          "for a full pipeline folder)")
-    if not any(folder.glob("diffusion_pytorch_model*")):
+    if not any(folder.glob("diffusion_pytorch_model*.safetensors")):
+        pickles = sorted(p.name for p in folder.glob("diffusion_pytorch_model*.bin"))
+        if pickles:
+            raise FileNotFoundError(f"{folder}: holds pickle weights ({', '.join(pickles)}) but no "
+                                    "diffusion_pytorch_model.safetensors; only safetensors are loaded (a pickle can "
+                                    "run code): re-save the model with save_pretrained(..., safe_serialization=True)")
         raise FileNotFoundError(f"{folder}: no weights (diffusion_pytorch_model.safetensors) beside config.json")
 
 
@@ -252,16 +275,28 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
     ``org/name`` model id (``org`` a local folder counts as a path), is treated as a local folder and checked first (folder exists, has an
     AutoencoderKL ``config.json`` and weights), so a mistyped path fails at once instead of waiting
     on network retries; only ``org/name`` ids that are not local folders are looked up (network access).
+    Only safetensors weights are loaded (``use_safetensors=True``): a pickled ``.bin`` can run code.
+
     Raises:
-        FileNotFoundError: a local folder, its config.json or its weights are missing (one-line message).
-        ValueError: the local config describes another class (e.g. UNet2DModel).
+        FileNotFoundError: a local folder, its config.json or its safetensors weights are missing (one-line
+            message; pickle-only weights are named).
+        ValueError: the local config describes another class (e.g. UNet2DModel), or its fields and weights do
+            not build an AutoencoderKL (a malformed field such as a short ``block_out_channels``, weights of
+            other shapes); names the folder.
         OSError: it cannot be loaded otherwise; the one-line message names the path and says what to pass.
     """
     local = Path(path_or_id).expanduser()
     if local.exists() or not _looks_like_model_id(str(path_or_id)):
         _check_local_model(local / subfolder if subfolder else local)
     try:
-        return AutoencoderKL.from_pretrained(path_or_id, subfolder=subfolder, torch_dtype=torch.float32).eval()
+        return AutoencoderKL.from_pretrained(path_or_id, subfolder=subfolder, torch_dtype=torch.float32,
+                                             use_safetensors=True).eval()
+    except (torch.OutOfMemoryError, MemoryError):
+        raise
+    except (TypeError, IndexError, KeyError, AttributeError, ZeroDivisionError, RuntimeError) as err:
+        where = local / subfolder if subfolder else local
+        raise ValueError(f"{where}: config.json and weights do not build an AutoencoderKL "
+                         f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from err
     except (OSError, ValueError) as err:
         reason = " ".join(str(err).split())
         looked_up = "" if local.exists() else f"no local folder {str(path_or_id)!r}, so it was looked up as a model id: "
@@ -301,7 +336,8 @@ def _check_apart(src: str | os.PathLike, dst: Path) -> None:
 
 
 def _check_destination(src: str | os.PathLike, dst: Path, overwrite: bool) -> None:
-    """The checks on ``dst`` that need no model: a folder or nothing, empty unless ``overwrite``, apart from ``src``."""
+    """The checks on ``dst`` that need no model: a folder or nothing, empty unless ``overwrite``, apart from ``src``,
+    not the shipped model."""
     if os.path.lexists(dst) and not dst.is_dir():
         raise FileExistsError(f"{dst}: exists and is not a folder; choose a folder for the converted model")
     if not overwrite and dst.is_dir() and any(dst.iterdir()):
@@ -309,6 +345,7 @@ def _check_destination(src: str | os.PathLike, dst: Path, overwrite: bool) -> No
                               "the converted model's files in it; other files are kept)")
     if Path(src).expanduser().exists():
         _check_apart(src, dst)
+    check_not_shipped(dst, "writing the converted model into")
 
 
 def _move_into(built: Path, dst: Path, overwrite: bool) -> None:
@@ -331,6 +368,15 @@ def _move_into(built: Path, dst: Path, overwrite: bool) -> None:
                               "the converted model's files; other files are kept)")
     for name in names:
         os.replace(built / name, dst / name)
+
+
+def _save(model: AutoencoderKL, folder: Path, dst: Path) -> None:
+    """``model.save_pretrained(folder)`` in safetensors; a safetensors write error (e.g. no space left on the
+    device) becomes an OSError naming the output folder ``dst``."""
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    except SafetensorError as err:
+        raise OSError(f"{dst}: cannot write the converted model ({err})") from err
 
 
 def convert_pretrained(src: str | os.PathLike, dst: str | os.PathLike, *, subfolder: str | None = None,
@@ -362,9 +408,11 @@ def convert_pretrained(src: str | os.PathLike, dst: str | os.PathLike, *, subfol
         FileExistsError: ``dst`` is not a folder; is non-empty and not ``overwrite``; or holds, under a
             written file's name, something that is not a file, or other ``diffusion_pytorch_model*``
             weights files (raised before anything is written; the message names them).
-        OSError: the source cannot be loaded (message says what to pass).
-        ValueError: bad dtype; ``dst`` is, lies inside or contains the local ``src`` (names both); or
-            the source is not a 3-channel AutoencoderKL.
+        OSError: the source cannot be loaded (message says what to pass), or the model cannot be written
+            (e.g. no space left; nothing is left behind).
+        ValueError: bad dtype; ``dst`` is, lies inside or contains the local ``src`` (names both), or is the
+            model shipped with alphavae (:func:`check_not_shipped`); the source is not a 3-channel
+            AutoencoderKL, or its config does not build one (:func:`load_autoencoder`).
         AssertionError: the invariant check failed.
     """
     torch_dtype = parse_dtype(dtype)
@@ -380,7 +428,7 @@ def convert_pretrained(src: str | os.PathLike, dst: str | os.PathLike, *, subfol
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.alphavae-convert.",
                                 dir=target if existing else target.parent))
     try:
-        cast_model(rgba, torch_dtype).save_pretrained(tmp, safe_serialization=True)
+        _save(cast_model(rgba, torch_dtype), tmp, dst)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(_provenance(src, subfolder, dtype, report), indent=2) + "\n")
         set_default_permissions(tmp)
         for written in tmp.iterdir():

@@ -23,12 +23,9 @@ from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from alphavae.accel import apply_policy, compute_dtype, float32_computation, resolve_policy
-from alphavae.convert import downsampling_factor, load_autoencoder, require_channels
+from alphavae.convert import DEFAULT_MODEL_DIR, downsampling_factor, load_autoencoder, require_channels
 from alphavae.io import check_pixels, clear_hidden_colour, pad_to_multiple
 from alphavae.io.resample import _check_size
-
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "alphavae-mini"
-"""Folder of the shipped default RGBA VAE (diffusers format), used when no path is given."""
 
 _RANGE_SLACK = 1e-3
 

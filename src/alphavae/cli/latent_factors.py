@@ -88,14 +88,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_refusal(args: argparse.Namespace, failed: list[str], fitted: int) -> str | None:
     """Why ``--write`` must not write this fit (None: write it, or no ``--write``)."""
+    from alphavae.convert import check_not_shipped
     from alphavae.eval.report import counted
-    from alphavae.vae import DEFAULT_MODEL_DIR
 
     if not args.write:
         return None
-    if Path(args.vae).resolve() == DEFAULT_MODEL_DIR:
-        return (f"not writing into the model shipped with alphavae ({DEFAULT_MODEL_DIR}); copy the folder and "
-                "pass the copy")
+    try:
+        check_not_shipped(args.vae, "writing factors into")
+    except ValueError as err:
+        return str(err)
     config = Path(args.vae) / "config.json"
     if config.is_file() and not config.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
         return f"{config} is read-only; make it writable (chmod u+w) to update its factors"

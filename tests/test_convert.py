@@ -17,6 +17,7 @@ from alphavae.convert import (
     check_invariant,
     convert_pretrained,
     convert_to_rgba,
+    load_autoencoder,
 )
 from alphavae.testing import SHAPES, tiny_rgb_vae
 
@@ -275,3 +276,13 @@ def test_a_failed_weights_write_is_one_line_and_leaves_nothing(tmp_path, tiny_rg
     err = capsys.readouterr().err
     assert f"{tmp_path / 'out'}: cannot write the converted model (" in err and "No space left" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreadable_local_folder_is_not_blamed_on_the_network(tmp_path, tiny_rgb_dir, monkeypatch):
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tiny_rgb_dir / "diffusion_pytorch_model.safetensors"))
+
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", denied)
+    with pytest.raises(OSError, match="Permission denied") as error:
+        load_autoencoder(tiny_rgb_dir)
+    assert f"from the folder {str(tiny_rgb_dir)!r}" in str(error.value) and "network" not in str(error.value)

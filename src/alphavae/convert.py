@@ -272,9 +272,10 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
     """Load a float32 diffusers ``AutoencoderKL`` (eval mode) from a local folder or a model id.
 
     Wraps ``AutoencoderKL.from_pretrained``. Anything that exists locally, or does not look like an
-    ``org/name`` model id (``org`` a local folder counts as a path), is treated as a local folder and checked first (folder exists, has an
-    AutoencoderKL ``config.json`` and weights), so a mistyped path fails at once instead of waiting
-    on network retries; only ``org/name`` ids that are not local folders are looked up (network access).
+    ``org/name`` model id (``org`` a local folder counts as a path), is treated as a local folder and
+    checked first (folder exists, has an AutoencoderKL ``config.json`` and weights), so a mistyped path
+    fails at once instead of waiting on network retries; only ``org/name`` ids that are not local folders
+    are looked up (network access).
     Only safetensors weights are loaded (``use_safetensors=True``): a pickled ``.bin`` can run code.
 
     Raises:
@@ -299,10 +300,13 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
                          f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from err
     except (OSError, ValueError) as err:
         reason = " ".join(str(err).split())
-        looked_up = "" if local.exists() else f"no local folder {str(path_or_id)!r}, so it was looked up as a model id: "
-        raise OSError(f"cannot load an AutoencoderKL from {str(path_or_id)!r} (subfolder={subfolder!r}): {looked_up}"
-                      f"{reason} (pass a local diffusers folder holding config.json and "
-                      "diffusion_pytorch_model.safetensors; model ids need network access)") from err
+        if local.exists():  # checked above: a readable layout, so the files themselves failed (permissions, ...)
+            raise OSError(f"cannot load an AutoencoderKL from the folder {str(path_or_id)!r} "
+                          f"(subfolder={subfolder!r}): {reason}") from err
+        raise OSError(f"cannot load an AutoencoderKL from {str(path_or_id)!r} (subfolder={subfolder!r}): no local "
+                      f"folder {str(path_or_id)!r}, so it was looked up as a model id: {reason} (pass a local "
+                      "diffusers folder holding config.json and diffusion_pytorch_model.safetensors; model ids need "
+                      "network access)") from err
 
 
 def _provenance(src, subfolder: str | None, dtype: str, report: InvariantReport) -> dict:
@@ -361,7 +365,8 @@ def _move_into(built: Path, dst: Path, overwrite: bool) -> None:
     stale = sorted(p.name for p in dst.glob("diffusion_pytorch_model*") if p.name not in names)
     if blocked or stale:
         raise FileExistsError(f"{dst}: holds {', '.join(blocked + stale)}, which the converted model would not "
-                              "replace cleanly; move it away or choose another output folder (nothing there was changed)")
+                              "replace cleanly; move it away or choose another output folder (nothing there was "
+                              "changed)")
     clashing = [name for name in names if (dst / name).exists()]
     if clashing and not overwrite:
         raise FileExistsError(f"{dst}: already holds {', '.join(clashing)} (pass {OVERWRITE_HINT} to replace "

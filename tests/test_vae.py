@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -111,6 +113,9 @@ def test_from_pretrained(tiny_rgba_dir, tiny_rgb_dir, tmp_path, monkeypatch):
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     with pytest.raises(ValueError, match=str(tiny_rgb_dir)):
         RGBAVAE.from_pretrained(tiny_rgb_dir)
+    shutil.copytree(tiny_rgb_dir, tmp_path / "pipe" / "vae")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'pipe' / 'vae'}: "):  # the folder that was loaded
+        RGBAVAE.from_pretrained(tmp_path / "pipe", subfolder="vae")
     monkeypatch.setattr(alphavae.vae, "DEFAULT_MODEL_DIR", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="pass a VAE path"):
         RGBAVAE.from_pretrained()
@@ -193,6 +198,9 @@ def test_default_overlap():
         vae.enable_tiling(256, tile_mode="image")
     with pytest.raises(ValueError, match="tile_mode"):
         RGBAVAE(vae.model, tile_mode="tile")
+    for size, overlap in [(None, None), (256.0, None), (256, 64.0), (True, None)]:
+        with pytest.raises(ValueError, match="must be integer pixel counts"):
+            vae.enable_tiling(size, overlap)
 
 
 def test_exact_tiling_matches_untiled_on_the_shipped_model():

@@ -282,7 +282,7 @@ class RGBAVAE:
             return cls(apply_policy(model.to(device), policy), tile_size=tile_size, tile_overlap=tile_overlap,
                        tile_mode=tile_mode)
         except ValueError as err:
-            raise ValueError(f"{path_or_id}: {err}") from err
+            raise ValueError(f"{Path(path_or_id) / subfolder if subfolder else path_or_id}: {err}") from err
 
     @property
     def multiple(self) -> int:
@@ -350,8 +350,8 @@ class RGBAVAE:
         """
         if tile_mode not in ("exact", "fast"):
             raise ValueError(f"tile_mode must be 'exact' or 'fast', got {tile_mode!r}")
-        for value in (tile_size, tile_overlap):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        for value in (tile_size, tile_overlap if tile_overlap is not None else 0):
+            if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"tile size and overlap must be integer pixel counts, got {value!r}")
         if tile_overlap is None:
             overlap = min(max(tile_size // 4, 16 * self.multiple), tile_size // 2) // self.multiple * self.multiple

@@ -53,6 +53,25 @@ def test_command_prints_moments_usable_by_train_vae_and_skips_bad_files(tmp_path
     assert "missing: input does not exist" in capsys.readouterr().err
 
 
+def test_missing_inputs_and_empty_folders_are_skipped(tmp_path, capsys):
+    """A missing path or a folder without images among the inputs is listed with the other failures; the
+    moments come from the rest (exit 1). With nothing usable left: one error line."""
+    Image.new("RGB", (4, 4), (255, 255, 255)).save(tmp_path / "white.png")
+    (tmp_path / "empty").mkdir()
+    inputs = [tmp_path / "missing", tmp_path / "white.png", tmp_path / "empty"]
+    assert main(["background-moments", *map(str, inputs)]) == 1
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert printed["images"] == 1 and printed["background_mean"] == pytest.approx([1.0, 1.0, 1.0])
+    assert f"skipped: {tmp_path / 'missing'}: input does not exist" in captured.err
+    assert f"skipped: {tmp_path / 'empty'}: no image files in this folder" in captured.err
+    assert "2 of 3 inputs failed" in captured.err
+    assert main(["background-moments", str(tmp_path / "missing"), str(tmp_path / "empty")]) == 1
+    assert capsys.readouterr().err == ("alphavae background-moments: error: no images to average "
+                                       f"({tmp_path / 'missing'}: input does not exist; "
+                                       f"{tmp_path / 'empty'}: no image files in this folder)\n")
+
+
 def test_warnings_are_one_line(tmp_path, capsys):
     """Python warnings of any command print as one line (``alphavae.cli.main``), here an animated GIF."""
     frames = [Image.new("RGBA", (8, 8), (60 * i, 0, 0, 128)) for i in range(3)]

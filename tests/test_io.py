@@ -448,6 +448,20 @@ def test_output_must_be_outside_inputs(tmp_path):
     aio.check_output_outside_inputs(tmp_path / "out", [inputs, tmp_path / "file.png"])
 
 
+def test_list_images_reporting_returns_bad_inputs_instead_of_raising(tmp_path):
+    image = aio.save_rgba(random_rgba(2, 2), tmp_path / "in" / "a.png")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    os.mkfifo(tmp_path / "fifo.png")
+    given = [tmp_path / "missing", tmp_path / "in", tmp_path / "empty", tmp_path / "dangling.png",
+             tmp_path / "fifo.png", image]
+    images, failures = aio.list_images_reporting(given)
+    assert images == [(image, Path("a.png"))]  # listed once, also when reached twice
+    assert failures == [(tmp_path / "missing", "input does not exist"),
+                        (tmp_path / "empty", "no image files in this folder"),
+                        (tmp_path / "dangling.png", "input is a dangling symlink"),
+                        (tmp_path / "fifo.png", "input is a FIFO (named pipe), not an image file or folder")]
+
 
 def test_atomic_write_cleans_up_and_sets_permissions(tmp_path):
     def failing(target: Path) -> None:

@@ -25,10 +25,9 @@ from alphavae.io import (
     check_output_outside_inputs,
     composite,
     labelled_sheet,
-    list_images,
+    list_images_reporting,
     load_rgba,
     save_rgba,
-    special_file_kind,
 )
 from alphavae.vae import RGBAVAE
 
@@ -80,37 +79,6 @@ def comparison_grid(original: torch.Tensor, reconstruction: torch.Tensor) -> tor
     panels = torch.stack([torch.stack([composite(image, name) for name in PREVIEW_BACKGROUNDS])
                           for image in (original, reconstruction)])
     return labelled_sheet(panels, ["input", "reconstruction"], PREVIEW_BACKGROUNDS)
-
-
-def _list_inputs(inputs: list, report: ReconstructReport) -> list[tuple[Path, Path]]:
-    """``alphavae.io.list_images`` per input, recording bad inputs in ``report.failed`` instead of raising.
-
-    Failures: a missing input (or dangling symlink), one that is neither a regular file nor a folder
-    (device, FIFO, socket: never opened, reading one could block), and a folder without any image
-    file. A file reached twice through overlapping inputs is listed once.
-    """
-    items: list[tuple[Path, Path]] = []
-    seen: set[Path] = set()
-    for given in inputs:
-        root = Path(given)
-        if not root.exists():
-            reason = "input is a dangling symlink" if root.is_symlink() else "input does not exist"
-            report.failed.append((root, reason))
-            continue
-        if not root.is_dir() and not root.is_file():
-            kind = special_file_kind(root) or "not a regular file"
-            report.failed.append((root, f"input is {kind}, not an image file or folder"))
-            continue
-        found = list_images([root])
-        if not found:
-            readable = os.access(root, os.R_OK | os.X_OK)
-            report.failed.append((root, "no image files in this folder" if readable
-                                  else "folder cannot be read (permission denied)"))
-        for absolute, relative in found:
-            if absolute not in seen:
-                seen.add(absolute)
-                items.append((absolute, relative))
-    return items
 
 
 def _grid_path(grid_dir: Path, target: Path, output_dir: Path) -> Path:
@@ -219,7 +187,7 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
     report = ReconstructReport()
     claimed: dict[Path, Path] = {}
     batch: list[tuple[Path, Path, torch.Tensor]] = []
-    items = _list_inputs(inputs, report)
+    items, report.failed = list_images_reporting(inputs)
     sources = {path.resolve() for path, _ in items}
     for path, relative in tqdm(items, desc="reconstruct", unit="img", disable=not progress):
         target = output_dir / relative.with_suffix(".png")

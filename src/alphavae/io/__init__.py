@@ -32,6 +32,7 @@ from alphavae.io.files import (
     from_pil,
     image_extensions,
     list_images,
+    list_images_reporting,
     load_rgba,
     read_jsonl,
     read_text_file,
@@ -55,6 +56,6 @@ __all__ = [
     "RESIZE_MODES",
     "ImageLoadError", "alpha_to_mask", "alpha_unit", "atomic_write", "check_output_outside_inputs",
     "check_pixels", "checkerboard", "clear_hidden_colour", "composite", "crop_to", "from_pil", "from_unit", "image_extensions",
-    "labelled_sheet", "list_images", "load_rgba", "mask_to_alpha", "pad_to_multiple", "premultiply", "read_jsonl", "read_text_file", "resize_rgba",
+    "labelled_sheet", "list_images", "list_images_reporting", "load_rgba", "mask_to_alpha", "pad_to_multiple", "premultiply", "read_jsonl", "read_text_file", "resize_rgba",
     "resize_short_side", "save_rgba", "set_default_permissions", "special_file_kind", "to_pil", "to_unit", "unpremultiply",
 ]

@@ -525,6 +525,43 @@ def list_images(inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
     return found
 
 
+def list_images_reporting(inputs: str | os.PathLike | Iterable[str | os.PathLike]
+                          ) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+    """:func:`list_images` for batch jobs that skip bad inputs: a bad input is returned with its reason, not raised.
+
+    Bad inputs: a missing path ("input does not exist") or dangling symlink, a path that is neither a
+    regular file nor a folder (device, FIFO, socket: never opened, reading one could block), and a
+    folder without any image file (or one that cannot be read).
+
+    Args:
+        inputs: one path or an iterable of paths (files and/or folders).
+
+    Returns:
+        ``(images, failures)``: ``images`` as :func:`list_images` gives them (a file reached twice
+        through overlapping inputs is listed once); ``failures`` as ``(input path as given, reason)``,
+        in input order.
+    """
+    images: list[tuple[Path, Path]] = []
+    failures: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+    for root in _as_paths(inputs):
+        if not root.exists():
+            failures.append((root, "input is a dangling symlink" if root.is_symlink() else "input does not exist"))
+            continue
+        if not root.is_dir() and not root.is_file():
+            kind = special_file_kind(root) or "not a regular file"
+            failures.append((root, f"input is {kind}, not an image file or folder"))
+            continue
+        found = list_images([root])
+        if not found:
+            readable = os.access(root, os.R_OK | os.X_OK)
+            failures.append((root, "no image files in this folder" if readable
+                             else "folder cannot be read (permission denied)"))
+        images += [(absolute, relative) for absolute, relative in found if absolute not in seen]
+        seen.update(absolute for absolute, _ in found)
+    return images, failures
+
+
 def check_output_outside_inputs(output_dir: str | os.PathLike,
                                 inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> None:
     """Refuse to write into an input tree.

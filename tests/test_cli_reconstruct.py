@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,7 +89,26 @@ def test_name_collision_is_a_failure(tmp_path, tiny_rgba_dir):
     report = reconstruct_files(tmp_path / "in", tmp_path / "out", vae=RGBAVAE.from_pretrained(tiny_rgba_dir),
                                progress=False)
     assert len(report.written) == 1 and len(report.failed) == 1
-    assert "already produced" in report.failed[0][1]
+    assert "is also the output of" in report.failed[0][1] and "same name with another extension" in report.failed[0][1]
+
+
+def test_unreadable_input_does_not_take_the_output_name(tmp_path, tiny_rgba_dir):
+    """Three truncated a.gif/a.jpg/a.webp each report their own decode error; a readable a.png after a
+    truncated a.jpg is written (only a loaded or skipped input claims out/a.png)."""
+    good = _rgba_png(tmp_path / "good.png", 8, 8)
+    for suffix, fmt in ((".gif", "GIF"), (".jpg", "JPEG"), (".webp", "WEBP")):
+        Image.open(good).convert("RGB").save(tmp_path / "full", format=fmt)
+        (tmp_path / "trunc" / f"a{suffix}").parent.mkdir(exist_ok=True)
+        (tmp_path / "trunc" / f"a{suffix}").write_bytes((tmp_path / "full").read_bytes()[:40])
+    vae = RGBAVAE.from_pretrained(tiny_rgba_dir)
+    report = reconstruct_files(tmp_path / "trunc", tmp_path / "out", vae=vae, progress=False)
+    assert [path.name for path, _ in report.failed] == ["a.gif", "a.jpg", "a.webp"]
+    assert not any("output" in reason for _, reason in report.failed)  # each its own load error
+    (tmp_path / "trunc" / "a.gif").unlink()
+    (tmp_path / "trunc" / "a.webp").unlink()
+    good.rename(tmp_path / "trunc" / "a.png")  # sorted after a.jpg
+    report = reconstruct_files(tmp_path / "trunc", tmp_path / "out", vae=vae, progress=False)
+    assert report.written == [tmp_path / "out" / "a.png"] and [p.name for p, _ in report.failed] == ["a.jpg"]
 
 
 def test_refuses_output_inside_input(tmp_path, tiny_rgba_dir, capsys):
@@ -220,11 +240,13 @@ def test_grid_failure_is_reported_apart_and_made_on_rerun(tmp_path, tiny_rgba_di
     args = [tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--grid", tmp_path / "grids"]
     assert _run(*args) == 1
     err = capsys.readouterr().err
-    assert "1 written, 0 skipped (exist), 0 failed, 1 grid(s) failed" in err and f"GRID FAILED {blocker}" in err
+    assert "1 written, 0 skipped (exist), 0 failed; grids: 0 written, 0 skipped (exist), 1 failed" in err
+    assert f"GRID FAILED {blocker}: grid path is a directory" in err
     assert (tmp_path / "out" / "a.png").is_file()
     blocker.rmdir()
     assert _run(*args) == 0
-    assert "0 written, 1 skipped (exist), 0 failed" in capsys.readouterr().out
+    assert "0 written, 1 skipped (exist), 0 failed; grids: 1 written, 0 skipped (exist), 0 failed" in (
+        capsys.readouterr().out)
     expected = comparison_grid(load_rgba(tmp_path / "in" / "a.png"), load_rgba(tmp_path / "out" / "a.png"))
     assert torch.equal(load_rgba(blocker), expected)  # made from the input and the existing output
 
@@ -247,3 +269,90 @@ def test_tile_overlap_without_tile_size_is_refused(tmp_path, capsys):
                 "--tile-overlap", "64") == 2
     assert "--tile-overlap needs --tile-size" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_grid_never_replaces_an_input_file(tmp_path, tiny_rgba_dir, capsys):
+    """Input files a.png and a.grid.png with --grid in their own folder: the grid of a.png would be a.grid.png,
+    an input; it is refused, even with --overwrite (a.grid.png's own reconstruction is still written)."""
+    image = _rgba_png(tmp_path / "in" / "a.png", 8, 8)
+    other = _rgba_png(tmp_path / "in" / "a.grid.png", 6, 6, seed=1)
+    before = other.read_bytes()
+    assert _run(image, other, "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--grid", tmp_path / "in",
+                "--overwrite") == 1
+    err = capsys.readouterr().err
+    assert f"GRID FAILED {other}: would overwrite an input file" in err and other.read_bytes() == before
+    assert "2 written, 0 skipped (exist), 0 failed; grids: 1 written, 0 skipped (exist), 1 failed" in err
+    assert load_rgba(tmp_path / "out" / "a.grid.png").shape == (4, 6, 6)  # a reconstruction, not a grid
+
+
+@pytest.mark.parametrize("grids", [".", "grids", ".."])
+def test_grid_folder_apart_from_the_output_folder(tmp_path, tiny_rgba_dir, capsys, grids):
+    """A grid folder equal to, inside or containing OUT could replace a reconstruction: refused up front."""
+    _rgba_png(tmp_path / "in" / "a.png", 8, 8)
+    out = tmp_path / "work" / "out"
+    assert _run(tmp_path / "in", "-o", out, "--vae", tiny_rgba_dir, "--grid", out / grids) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"grid folder {out / grids} overlaps output folder {out}" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_existing_grids_are_kept_unless_overwrite(tmp_path, tiny_rgba_dir, capsys):
+    _rgba_png(tmp_path / "in" / "a.png", 8, 8)
+    precious = tmp_path / "grids" / "a.grid.png"
+    precious.parent.mkdir()
+    precious.write_bytes(b"precious")
+    args = [tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--grid", tmp_path / "grids"]
+    assert _run(*args) == 0
+    assert "1 written, 0 skipped (exist), 0 failed; grids: 0 written, 1 skipped (exist), 0 failed" in (
+        capsys.readouterr().out)
+    assert precious.read_bytes() == b"precious"
+    assert _run(*args, "--overwrite") == 0
+    assert "grids: 1 written, 0 skipped (exist), 0 failed" in capsys.readouterr().out
+    expected = comparison_grid(load_rgba(tmp_path / "in" / "a.png"), load_rgba(tmp_path / "out" / "a.png"))
+    assert torch.allclose(load_rgba(precious), expected, atol=4 / 255)
+
+
+def test_unwritable_output_folder_is_refused_before_the_model(tmp_path, monkeypatch, capsys):
+    """The write probe runs before the model loads (here a missing model that would fail otherwise)."""
+    import tempfile
+
+    _rgba_png(tmp_path / "in" / "a.png", 8, 8)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    for extra in ((), ("--grid", tmp_path / "grids")):
+        assert _run(tmp_path / "in", "-o", tmp_path / "ro", "--vae", tmp_path / "no-such-vae", *extra) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == f"alphavae reconstruct: error: {tmp_path / 'ro'}: cannot write outputs there (Permission denied)"
+    monkeypatch.undo()
+    (tmp_path / "file.txt").write_text("x")
+    assert _run(tmp_path / "in", "-o", tmp_path / "out", "--vae", tmp_path / "no-such-vae",
+                "--grid", tmp_path / "file.txt" / "grids") == 1
+    assert "cannot write grids there" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_write_failures_name_the_final_path_and_a_full_disk_stops(tmp_path, tiny_rgba_dir, monkeypatch, capsys):
+    """A failed write names out/<name>.png, not atomic_write's hidden temporary file; other errors continue,
+    the first "no space left on device" stops the run with the summary (no temporary file is left)."""
+    for name in "abcde":
+        _rgba_png(tmp_path / "in" / f"{name}.png", 8, 8)
+    real_save = Image.Image.save
+    errors = {"b": (13, "Permission denied"), "c": (28, "No space left on device")}
+
+    def failing_save(self, target, *args, **kwargs):
+        error = errors.get(Path(target).name[1])  # temporary names are .<name>.png.<random>.tmp
+        if error:
+            raise OSError(*error, str(target))
+        return real_save(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    assert _run(tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--batch-size", "2") == 1
+    err = capsys.readouterr().err
+    out = tmp_path / "out"
+    assert "1 written, 0 skipped (exist), 2 failed" in err
+    assert f"FAILED {tmp_path / 'in' / 'b.png'}: cannot write {out / 'b.png'} (Permission denied)" in err
+    assert f"FAILED {tmp_path / 'in' / 'c.png'}: cannot write {out / 'c.png'} (No space left on device)" in err
+    assert f"STOPPED: no space left on device (writing {out / 'c.png'}); 2 more input(s) not processed" in err
+    assert ".tmp" not in err and sorted(p.name for p in out.iterdir()) == ["a.png"]

@@ -463,6 +463,25 @@ def test_list_images_reporting_returns_bad_inputs_instead_of_raising(tmp_path):
                         (tmp_path / "fifo.png", "input is a FIFO (named pipe), not an image file or folder")]
 
 
+def test_check_writable_folder_probes_without_creating(tmp_path, monkeypatch):
+    aio.check_writable_folder(tmp_path / "new" / "deeper", "outputs")
+    assert list(tmp_path.iterdir()) == []  # nothing created, the probe removed
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"out: cannot write outputs there \(.*file.txt is not a folder\)"):
+        aio.check_writable_folder(tmp_path / "file.txt" / "out", "outputs")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(NotADirectoryError, match="dangling symlink"):
+        aio.check_writable_folder(tmp_path / "dangling")
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(aio.files.tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError, match=r"^.*ro: cannot write grids there \(Permission denied\)$"):
+        aio.check_writable_folder(tmp_path / "ro", "grids")
+
+
+
 def test_atomic_write_cleans_up_and_sets_permissions(tmp_path):
     def failing(target: Path) -> None:
         target.write_text("partial")

@@ -4,13 +4,16 @@ Inputs are files and folders (walked recursively by ``alphavae.io.list_images``)
 loaded as straight RGBA (``alphavae.io.load_rgba``), encoded and decoded at its exact size, and
 written as a 4-channel 8-bit PNG at the same relative path under the output folder. Bad inputs
 (missing paths, devices, folders without images, unreadable images) are recorded and skipped;
-existing outputs are kept unless ``overwrite``; writes are atomic; the output folder may not lie
-inside an input folder, and an output never replaces an input file.
+existing outputs and grids are kept unless ``overwrite``; writes are atomic; the output and grid
+folders are checked (placement, writability) before any model work; neither may lie inside an input
+folder, they may not overlap each other, and no output or grid ever replaces an input file. A full
+disk stops the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +26,7 @@ from alphavae.io import (
     PREVIEW_BACKGROUNDS,
     ImageLoadError,
     check_output_outside_inputs,
+    check_writable_folder,
     composite,
     labelled_sheet,
     list_images_reporting,
@@ -41,29 +45,56 @@ class ReconstructReport:
         skipped: output paths that already existed (left untouched).
         failed: ``(input path, reason)`` for every input (file or folder given) that could not be
             processed.
+        grids_written: comparison grid paths written.
+        grids_skipped: grid paths that already existed (left untouched).
         grids_failed: ``(grid path, reason)`` for comparison grids that could not be made; the
             reconstruction itself is in ``written`` or ``skipped``.
+        stopped: why the run stopped early (the disk or quota is full), or None.
+        not_processed: inputs never tried because the run stopped.
     """
 
     written: list[Path] = dataclasses.field(default_factory=list)
     skipped: list[Path] = dataclasses.field(default_factory=list)
     failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    grids_written: list[Path] = dataclasses.field(default_factory=list)
+    grids_skipped: list[Path] = dataclasses.field(default_factory=list)
     grids_failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    stopped: str | None = None
+    not_processed: list[Path] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True if nothing failed (neither an input nor a grid)."""
-        return not self.failed and not self.grids_failed
+        """True if nothing failed (neither an input nor a grid) and the run was not stopped."""
+        return not self.failed and not self.grids_failed and self.stopped is None
 
     def summary(self) -> str:
-        """Human-readable counts, followed by one line per failure (file: reason)."""
+        """Human-readable counts (grids counted apart when there were any), then one line per failure
+        (file: reason) and, if the run stopped early, why and how many inputs were not processed."""
         counts = f"{len(self.written)} written, {len(self.skipped)} skipped (exist), {len(self.failed)} failed"
-        if self.grids_failed:
-            counts += f", {len(self.grids_failed)} grid(s) failed"
+        if self.grids_written or self.grids_skipped or self.grids_failed:
+            counts += (f"; grids: {len(self.grids_written)} written, {len(self.grids_skipped)} skipped (exist), "
+                       f"{len(self.grids_failed)} failed")
         lines = [counts]
         lines += [f"  FAILED {path}: {reason}" for path, reason in self.failed]
         lines += [f"  GRID FAILED {path}: {reason}" for path, reason in self.grids_failed]
+        if self.stopped is not None:
+            lines.append(f"  STOPPED: {self.stopped}; {len(self.not_processed)} more input(s) not processed "
+                         "(a rerun skips the outputs written)")
         return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class _Job:
+    """Settings and bookkeeping of one ``reconstruct_files`` run."""
+
+    vae: RGBAVAE
+    output_dir: Path
+    grid_dir: Path | None
+    overwrite: bool
+    max_pixels: int | None
+    sources: set[Path]
+    report: ReconstructReport
+    claimed: dict[Path, Path] = dataclasses.field(default_factory=dict)
 
 
 def comparison_grid(original: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -81,63 +112,172 @@ def comparison_grid(original: torch.Tensor, reconstruction: torch.Tensor) -> tor
     return labelled_sheet(panels, ["input", "reconstruction"], PREVIEW_BACKGROUNDS)
 
 
-def _grid_path(grid_dir: Path, target: Path, output_dir: Path) -> Path:
+_FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _write_error(path: Path, err: Exception, report: ReconstructReport) -> str:
+    """One-line reason naming ``path`` (not the hidden temporary file of ``atomic_write``); a full disk or
+    quota also sets ``report.stopped``."""
+    reason = getattr(err, "strerror", None) or str(err)
+    if getattr(err, "errno", None) in _FULL_DISK and report.stopped is None:
+        report.stopped = f"{reason.lower()} (writing {path})"
+    return f"cannot write {path} ({reason})"
+
+
+def _grid_path(job: _Job, target: Path) -> Path:
     """Where the comparison grid of output ``target`` goes."""
-    return grid_dir / target.relative_to(output_dir).with_suffix(".grid.png")
+    return job.grid_dir / target.relative_to(job.output_dir).with_suffix(".grid.png")
 
 
-def _write_grid(original: torch.Tensor, reconstruction: torch.Tensor, grid_path: Path,
-                report: ReconstructReport) -> None:
-    """Write one comparison grid (replacing an old one); a failure goes to ``report.grids_failed``."""
+def _grid_wanted(job: _Job, grid_path: Path) -> bool:
+    """True if ``grid_path`` may be written; otherwise record why not (an input file, a folder, an existing
+    grid without ``overwrite``)."""
+    if grid_path.resolve() in job.sources:
+        job.report.grids_failed.append((grid_path, "would overwrite an input file; choose another grid folder"))
+    elif grid_path.is_dir():
+        job.report.grids_failed.append((grid_path, "grid path is a directory"))
+    elif grid_path.exists() and not job.overwrite:
+        job.report.grids_skipped.append(grid_path)
+    else:
+        return True
+    return False
+
+
+def _write_grid(job: _Job, original: torch.Tensor, reconstruction: torch.Tensor, grid_path: Path) -> None:
+    """Write one comparison grid (replacing an old one only with ``overwrite``); the outcome goes to ``job.report``."""
     try:
-        save_rgba(comparison_grid(original, reconstruction), grid_path, overwrite=True)
+        save_rgba(comparison_grid(original, reconstruction), grid_path, overwrite=job.overwrite)
     except (OSError, ValueError) as err:
-        report.grids_failed.append((grid_path, f"cannot write grid: {err}"))
+        job.report.grids_failed.append((grid_path, _write_error(grid_path, err, job.report)))
+        return
+    job.report.grids_written.append(grid_path)
 
 
-def _grid_for_existing(path: Path, target: Path, grid_path: Path, *, max_pixels: int | None,
-                       report: ReconstructReport) -> None:
-    """Make a missing grid from the input and its already existing output (no model call)."""
+def _grid_for_existing(job: _Job, path: Path, target: Path) -> None:
+    """Make the grid of an already existing output from the input and that output (no model call)."""
+    grid_path = _grid_path(job, target)
+    if not _grid_wanted(job, grid_path):
+        return
     try:
-        original = load_rgba(path, max_pixels=max_pixels)
+        original = load_rgba(path, max_pixels=job.max_pixels)
         reconstruction = load_rgba(target, max_pixels=None)
     except ImageLoadError as err:
-        report.grids_failed.append((grid_path, f"cannot make grid for existing {target}: {err}"))
+        job.report.grids_failed.append((grid_path, f"cannot make grid for existing {target}: {err}"))
         return
     if original.shape != reconstruction.shape:
         reason = (f"cannot make grid: existing {target} is {tuple(reconstruction.shape[1:])}, "
                   f"input {path} is {tuple(original.shape[1:])} (H, W)")
-        report.grids_failed.append((grid_path, reason))
+        job.report.grids_failed.append((grid_path, reason))
         return
-    _write_grid(original, reconstruction, grid_path, report)
+    _write_grid(job, original, reconstruction, grid_path)
 
 
-def _write(vae: RGBAVAE, batch: list[tuple[Path, Path, torch.Tensor]], output_dir: Path, *, overwrite: bool,
-           grid_dir: Path | None, report: ReconstructReport) -> None:
+def _write(job: _Job, batch: list[tuple[Path, Path, torch.Tensor]]) -> None:
     """Reconstruct a batch of loaded images and write them (and their grids), recording the outcome.
 
     If the batch fails as a whole, its images are retried one at a time, so one image the model
     cannot process fails alone. A grid that cannot be written is recorded in ``report.grids_failed``;
-    its reconstruction still counts as written.
+    its reconstruction still counts as written. Once the run is stopped (full disk), the images not
+    yet written go to ``report.not_processed``.
     """
+    report = job.report
+    if report.stopped is not None:
+        report.not_processed += [path for path, _, _ in batch]
+        return
     try:
-        outputs = vae.reconstruct_images([pixels for _, _, pixels in batch], batch_size=len(batch))
+        outputs = job.vae.reconstruct_images([pixels for _, _, pixels in batch], batch_size=len(batch))
     except (RuntimeError, ValueError) as err:
         if len(batch) > 1:
             for item in batch:
-                _write(vae, [item], output_dir, overwrite=overwrite, grid_dir=grid_dir, report=report)
+                _write(job, [item])
         else:
             report.failed.append((batch[0][0], f"reconstruction failed: {err}"))
         return
-    for (path, target, pixels), output in zip(batch, outputs):
+    for index, ((path, target, pixels), output) in enumerate(zip(batch, outputs)):
         try:
-            save_rgba(output.cpu(), target, overwrite=overwrite)
+            save_rgba(output.cpu(), target, overwrite=job.overwrite)
         except (OSError, ValueError) as err:
-            report.failed.append((path, f"cannot write output: {err}"))
-            continue
-        report.written.append(target)
-        if grid_dir is not None:
-            _write_grid(pixels, output.cpu(), _grid_path(grid_dir, target, output_dir), report)
+            report.failed.append((path, _write_error(target, err, report)))
+        else:
+            report.written.append(target)
+            grid_path = None if job.grid_dir is None else _grid_path(job, target)
+            if grid_path is not None and _grid_wanted(job, grid_path):
+                _write_grid(job, pixels, output.cpu(), grid_path)
+        if report.stopped is not None:
+            report.not_processed += [path for path, _, _ in batch[index + 1:]]
+            return
+
+
+def _output_refusal(job: _Job, path: Path, target: Path) -> str | None:
+    """Why input ``path`` cannot be written to ``target`` (None: it can)."""
+    if target.resolve() in job.sources:
+        return f"output {target} would overwrite its input; choose another output folder"
+    if target in job.claimed:
+        return (f"output {target} is also the output of {job.claimed[target]} "
+                "(same name with another extension); rename one of them")
+    if target.is_dir():
+        return f"output path {target} is a directory"
+    return None
+
+
+def _take(job: _Job, path: Path, target: Path) -> torch.Tensor | None:
+    """Handle one input before the model: refuse it, skip its existing output, or load it.
+
+    The output name is claimed (``job.claimed``) only by an input that is skipped or loaded, so an
+    unreadable input reports its own error and does not block a same-named one.
+
+    Returns:
+        The loaded ``(4, H, W)`` straight RGBA in [-1, 1], or None when the input needs no model call.
+    """
+    refusal = _output_refusal(job, path, target)
+    if refusal is not None:
+        job.report.failed.append((path, refusal))
+        return None
+    if target.exists() and not job.overwrite:
+        job.claimed[target] = path
+        job.report.skipped.append(target)
+        if job.grid_dir is not None:
+            _grid_for_existing(job, path, target)
+        return None
+    try:
+        pixels = load_rgba(path, max_pixels=job.max_pixels)
+    except ImageLoadError as err:
+        job.report.failed.append((path, err.reason))
+        return None
+    job.claimed[target] = path
+    return pixels
+
+
+def check_destinations(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir: str | os.PathLike,
+                       grid_dir: str | os.PathLike | None = None) -> None:
+    """Refuse, before any model work, output and grid folders that ``reconstruct_files`` must not or cannot use.
+
+    Creates nothing (the write probe is removed again; ``alphavae.io.check_writable_folder``).
+
+    Args:
+        inputs: the input files and/or folders.
+        output_dir: the output folder (need not exist).
+        grid_dir: the comparison grid folder, or None.
+    Raises:
+        ValueError: ``output_dir`` an existing non-folder; ``output_dir`` or ``grid_dir`` equal to or
+            inside an input folder; ``grid_dir`` equal to, inside or containing ``output_dir`` (a grid
+            could replace a reconstruction, and the output folder holds reconstructions only).
+        OSError: ``output_dir`` or ``grid_dir`` cannot be created or written to (names it).
+    """
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output {output_dir} exists and is not a folder")
+    check_output_outside_inputs(output_dir, inputs)
+    check_writable_folder(output_dir, "outputs")
+    if grid_dir is None:
+        return
+    check_output_outside_inputs(grid_dir, inputs)
+    outputs, grids = output_dir.resolve(), Path(grid_dir).resolve()
+    if outputs.is_relative_to(grids) or grids.is_relative_to(outputs):
+        raise ValueError(f"grid folder {grid_dir} overlaps output folder {output_dir}; "
+                         "choose a grid folder outside it (it holds reconstructions only)")
+    check_writable_folder(grid_dir, "grids")
 
 
 def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir: str | os.PathLike, *,
@@ -152,6 +292,9 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
     ``grid_dir/<rel>.grid.png`` (see ``comparison_grid``), kept apart so ``output_dir`` holds only
     reconstructions (it can be scored with ``alphavae eval`` as is). An output that already exists
     is skipped, but its missing grid is made (from the input and that output, no model call).
+    Existing grids are skipped like existing outputs unless ``overwrite``. No output or grid ever
+    replaces an input file. A full disk (or quota) stops the run at the first failed write: the
+    remaining inputs are listed in ``not_processed``, the outputs written so far are complete.
 
     Args:
         inputs: image files and/or folders (folders are walked recursively).
@@ -160,60 +303,43 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
         vae: the model (its dtype, device and tiling settings are used).
         batch_size: up to this many loaded images are reconstructed per model call (same-size
             images share a batch; a failed batch is retried image by image).
-        overwrite: replace existing outputs; otherwise they are skipped (not even loaded).
-        grid_dir: folder for comparison grids (None: no grids); same placement rule as ``output_dir``.
+        overwrite: replace existing outputs and grids; otherwise they are skipped (an output that is
+            skipped is not even loaded).
+        grid_dir: folder for comparison grids (None: no grids); same placement rule as
+            ``output_dir``, and apart from it (neither inside the other).
         progress: show a tqdm progress bar (images, with ETA) on stderr.
         max_pixels: largest accepted width * height per input (``alphavae.io.load_rgba``).
     Returns:
         A ``ReconstructReport``; missing inputs, inputs that are neither regular files nor folders
         (devices, FIFOs), folders without images, unreadable images, name collisions (``a.jpg`` and
-        ``a.png`` in one folder), outputs that would replace an input file, output paths taken by a
-        folder, and failed reconstructions/writes are in ``failed``; failed grids in
-        ``grids_failed``; the rest continue.
+        ``a.png`` in one folder: the second readable one fails), outputs that would replace an input
+        file, output paths taken by a folder, and failed reconstructions/writes (named by the final
+        path) are in ``failed``; failed grids in ``grids_failed``; the rest continue.
     Raises:
-        ValueError: ``output_dir`` or ``grid_dir`` inside an input folder,
-            ``output_dir`` an existing non-folder, or ``batch_size`` < 1.
+        ValueError, OSError: as ``check_destinations`` (checked before anything is loaded);
+            ValueError for ``batch_size`` < 1.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output {output_dir} exists and is not a folder")
-    check_output_outside_inputs(output_dir, inputs)
-    if grid_dir is not None:
-        grid_dir = Path(grid_dir)
-        check_output_outside_inputs(grid_dir, inputs)
+    check_destinations(inputs, output_dir, grid_dir)
     report = ReconstructReport()
-    claimed: dict[Path, Path] = {}
-    batch: list[tuple[Path, Path, torch.Tensor]] = []
     items, report.failed = list_images_reporting(inputs)
-    sources = {path.resolve() for path, _ in items}
-    for path, relative in tqdm(items, desc="reconstruct", unit="img", disable=not progress):
-        target = output_dir / relative.with_suffix(".png")
-        if target.resolve() in sources:
-            report.failed.append((path, f"output {target} would overwrite its input; choose another output folder"))
-            continue
-        if target in claimed:
-            report.failed.append((path, f"output {target} is already produced from {claimed[target]}"))
-            continue
-        claimed[target] = path
-        if target.is_dir():
-            report.failed.append((path, f"output path {target} is a directory"))
-            continue
-        if target.exists() and not overwrite:
-            report.skipped.append(target)
-            grid_path = None if grid_dir is None else _grid_path(grid_dir, target, output_dir)
-            if grid_path is not None and not grid_path.is_file():
-                _grid_for_existing(path, target, grid_path, max_pixels=max_pixels, report=report)
-            continue
-        try:
-            batch.append((path, target, load_rgba(path, max_pixels=max_pixels)))
-        except ImageLoadError as err:
-            report.failed.append((path, err.reason))
+    job = _Job(vae=vae, output_dir=Path(output_dir), grid_dir=None if grid_dir is None else Path(grid_dir),
+               overwrite=overwrite, max_pixels=max_pixels, sources={path.resolve() for path, _ in items},
+               report=report)
+    batch: list[tuple[Path, Path, torch.Tensor]] = []
+    for index, (path, relative) in enumerate(tqdm(items, desc="reconstruct", unit="img", disable=not progress)):
+        target = job.output_dir / relative.with_suffix(".png")
+        pixels = _take(job, path, target)
+        if pixels is not None:
+            batch.append((path, target, pixels))
         if len(batch) >= batch_size:
-            _write(vae, batch, output_dir, overwrite=overwrite, grid_dir=grid_dir, report=report)
+            _write(job, batch)
             batch = []
+        if report.stopped is not None:
+            report.not_processed += [path for path, _ in items[index + 1:]]
+            break
     if batch:
-        _write(vae, batch, output_dir, overwrite=overwrite, grid_dir=grid_dir, report=report)
+        _write(job, batch)
     return report

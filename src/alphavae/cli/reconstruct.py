@@ -18,10 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="encode and decode images with an RGBA VAE (same size, 4-channel PNG out)",
         description="Reconstruct images through an RGBA VAE (posterior mode). Folders are walked "
                     "recursively and their layout is mirrored under OUT; every output is a 4-channel 8-bit "
-                    "PNG of exactly the input size. Existing outputs are skipped unless --overwrite (a missing "
-                    "--grid image of an existing output is still made). Bad inputs (missing paths, devices, "
-                    "folders without images, unreadable images) are reported and skipped, the rest are "
-                    "processed; the exit status is 1 if any input or grid failed.",
+                    "PNG of exactly the input size. Existing outputs and --grid images are skipped unless "
+                    "--overwrite (a missing grid of an existing output is still made); no output or grid ever "
+                    "replaces an input file. OUT and DIR are checked (placement, write permission) before the "
+                    "model loads. Bad inputs (missing paths, devices, folders without images, unreadable "
+                    "images) are reported and skipped, the rest are processed; a full disk stops the run with "
+                    "the summary; the exit status is 1 if any input or grid failed or the run stopped.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -48,11 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "~10x slower than fast); fast: every layer per tile like diffusers (seams possible)")
     parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                         help="same-size images per model call (default 1)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs and grids")
     parser.add_argument("--grid", type=Path, default=None, metavar="DIR",
                         help="also write comparison grids DIR/<name>.grid.png: input (top) vs reconstruction "
-                             "(bottom) over checkerboard, black and white (DIR outside the inputs and their folders; "
-                             "made for existing outputs too; default: none)")
+                             "(bottom) over checkerboard, black and white (DIR outside the inputs' folders and apart "
+                             "from OUT, neither inside the other; made for existing outputs too; existing grids "
+                             "are kept unless --overwrite; default: none)")
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"largest accepted width*height of an input, in pixels (default {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -60,8 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the VAE and run ``reconstruct_files``; print the summary; 0 if every input and grid succeeded,
-    2 for --tile-overlap without --tile-size, else 1 (130 when interrupted: finished outputs are complete files, nothing partial is left)."""
+    """Check OUT and DIR, load the VAE and run ``reconstruct_files``; print the summary; 0 if every input and
+    grid succeeded, 2 for --tile-overlap without --tile-size, else 1 (also for an unusable OUT or DIR, named in one
+    line before the model loads, and for a run stopped by a full disk); 130 when interrupted: finished outputs are
+    complete files, nothing partial is left."""
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The body of ``run``."""
-    from alphavae.reconstruct import reconstruct_files
+    from alphavae.reconstruct import check_destinations, reconstruct_files
     from alphavae.vae import RGBAVAE
 
     if args.tile_overlap is not None and args.tile_size is None:
@@ -79,6 +84,7 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
+        check_destinations(args.inputs, args.output, args.grid)
         vae = RGBAVAE.from_pretrained(args.vae, subfolder=args.subfolder, dtype=args.dtype, device=args.device,
                                       tile_size=args.tile_size, tile_overlap=args.tile_overlap,
                                       tile_mode=args.tile_mode)

@@ -562,6 +562,36 @@ def list_images_reporting(inputs: str | os.PathLike | Iterable[str | os.PathLike
     return images, failures
 
 
+def check_writable_folder(folder: str | os.PathLike, what: str = "files") -> None:
+    """Fail early, before long work, if files could not be created in ``folder``.
+
+    Creates nothing: probes ``folder``, or where it does not exist yet its nearest existing parent
+    (where it would be created), with a hidden temporary file that is removed again. A zero-byte
+    probe does not detect a full disk.
+
+    Args:
+        folder: the destination folder (need not exist yet).
+        what: what will be written there, for the message (e.g. ``"outputs"``).
+
+    Raises:
+        NotADirectoryError: ``folder`` or a parent exists and is not a folder (or is a dangling
+            symlink); names both.
+        OSError: ``folder`` cannot be created or written to (read-only, permission denied); one
+            line, ``"<folder>: cannot write <what> there (<reason>)"``.
+    """
+    folder = Path(folder)
+    existing = next(path for path in (folder, *folder.absolute().parents) if os.path.lexists(path))
+    if not existing.is_dir():
+        kind = "a dangling symlink" if existing.is_symlink() and not existing.exists() else "not a folder"
+        raise NotADirectoryError(f"{folder}: cannot write {what} there ({existing} is {kind})")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".write-probe.", suffix=".tmp")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise OSError(f"{folder}: cannot write {what} there ({err.strerror or err})") from err
+
+
 def check_output_outside_inputs(output_dir: str | os.PathLike,
                                 inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> None:
     """Refuse to write into an input tree.

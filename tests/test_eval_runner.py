@@ -371,3 +371,46 @@ def test_counts_are_singular_for_one(tmp_path, capsys):
     assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(tmp_path / "out"), *NO_NETS]) == 0
     assert "1 image scored, 0 problems\n" in capsys.readouterr().out
     assert "<p>1 image;" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_non_utf8_file_names_are_escaped_in_every_report(tmp_path, capsys):
+    """Finding 5: a file name that is not UTF-8 crashed the HTML write after scoring and left report.json
+    and report.csv, which blocked the rerun."""
+    import os
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    folder = os.fsdecode(b"sub\xfe/cat")
+    image = soft_rgba(16, 16)
+    save_rgba(image, gt / folder / os.fsdecode(b"good\xfe.png"))
+    save_rgba(perturbed(image), pred / folder / os.fsdecode(b"good\xfe.png"))
+    out = tmp_path / "out"
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), *NO_NETS]) == 0
+    texts = {name: (out / name).read_bytes().decode("utf-8") for name in ("report.json", "report.csv", "report.html")}
+    assert json.loads(texts["report.json"])["images"][0]["key"] == "sub\\xfe/cat/good\\xfe"
+    assert "\nrgb,sub\\xfe," in texts["report.csv"]
+    assert "good\\xfe" in texts["report.html"]
+
+
+def test_a_failed_report_write_names_the_file_and_writes_no_report(tmp_path, monkeypatch, capsys):
+    """Finding 13: on a full disk the message named no file, and a failure after the first report file
+    left a partial set that made the rerun refuse ("report exists")."""
+    import os
+
+    gt, pred = _small_tree(tmp_path)
+    out = tmp_path / "out"
+    real_fsync, calls = os.fsync, []
+
+    def full_disk(fd):
+        calls.append(fd)
+        if len(calls) == 2:  # report.json fits, report.csv does not
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), *NO_NETS]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"alphavae eval: error: {out / 'report.csv'}: cannot write the report (No space left on device)\n")
+    assert not out.exists()  # no report, no temporary file, not even the folder made for them
+    monkeypatch.undo()
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), *NO_NETS]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.html", "report.json"]

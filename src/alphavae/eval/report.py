@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from alphavae.eval.aggregate import RGB_GROUP
 from alphavae.eval.backgrounds import BACKGROUND_NAMES, CHECKERBOARD, composites
 from alphavae.eval.protocols import RGBA_GROUP
-from alphavae.io import alpha_unit, atomic_write, to_pil
+from alphavae.io import alpha_unit, set_default_permissions, to_pil
 
 CSV_COLUMNS = ("group", "subset", "input_laion_score", "output_laion_score", "fid_score", "lpips", "psnr", "ssim")
 """Column order of the reference CSV report."""
@@ -67,28 +67,60 @@ def csv_rows(report: dict) -> list[dict[str, str]]:
     return rows
 
 
-def _write_text(path: Path, text: str, overwrite: bool) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=overwrite)
+def printable(value):
+    """``value`` with every string (dict keys included) made valid UTF-8 text, for the report files.
+
+    A file name that is not UTF-8 reaches the report as ``os.fsdecode`` makes it, with lone surrogates
+    (``b"good\\xfe.png"`` -> ``"good\\udcfe.png"``), which no UTF-8 file can hold; such bytes are
+    written as ``\\xfe`` (``"good\\\\xfe.png"``), any other lone surrogate as ``\\udXXX``. Dicts, lists
+    and tuples are copied (tuples become lists, as in JSON); other values are returned as they are.
+    """
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {printable(key): printable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable(item) for item in value]
+    return value
 
 
-def write_json(path: str | Path, report: dict, *, overwrite: bool = False) -> None:
-    """Write the whole report as indented, strict JSON (atomic; nothing is written on an error).
+def json_text(report: dict) -> str:
+    """The whole report as indented, strict JSON text (strings through :func:`printable`).
 
     Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
         ValueError: the report holds a NaN or infinite float (strict JSON has none: ``allow_nan=False``).
         TypeError: the report holds a value ``json`` cannot serialise.
     """
-    _write_text(Path(path), json.dumps(report, indent=1, sort_keys=False, allow_nan=False), overwrite)
+    return json.dumps(printable(report), indent=1, sort_keys=False, allow_nan=False)
 
 
-def write_csv(path: str | Path, report: dict, *, overwrite: bool = False) -> None:
-    """Write :func:`csv_rows` with header :data:`CSV_COLUMNS` (atomic). Raises FileExistsError unless ``overwrite``."""
+def csv_text(report: dict) -> str:
+    """:func:`csv_rows` as CSV text with header :data:`CSV_COLUMNS` (labels through :func:`printable`)."""
     buffer = _bytes_io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(csv_rows(report))
-    _write_text(Path(path), buffer.getvalue(), overwrite)
+    writer.writerows(csv_rows(printable(report)))
+    return buffer.getvalue()
+
+
+def write_json(path: str | Path, report: dict, *, overwrite: bool = False) -> None:
+    """Write :func:`json_text` (atomic; nothing is written on an error).
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        ValueError, TypeError: as :func:`json_text`. OSError: the file cannot be written (names it).
+    """
+    path = Path(path)
+    _write_files(path.parent, {path.name: json_text(report)}, overwrite=overwrite)
+
+
+def write_csv(path: str | Path, report: dict, *, overwrite: bool = False) -> None:
+    """Write :func:`csv_text` (atomic). Raises FileExistsError unless ``overwrite``; OSError naming the file."""
+    path = Path(path)
+    _write_files(path.parent, {path.name: csv_text(report)}, overwrite=overwrite)
 
 
 def _heat(error: torch.Tensor) -> torch.Tensor:
@@ -194,7 +226,8 @@ def _bars(scores: dict, metric: str) -> str:
 
 
 def render_html(report: dict, worst: list[dict]) -> str:
-    """The HTML report as one self-contained string (no external resources)."""
+    """The HTML report as one self-contained string (no external resources; strings through :func:`printable`)."""
+    report, worst = printable(report), printable(worst)
     overall = report["tree"]["overall"]
     macro = overall["macro"]
     groups = [g for g in (RGB_GROUP, *report["protocol"]["backgrounds"], RGBA_GROUP) if g in macro]
@@ -230,19 +263,25 @@ def render_html(report: dict, worst: list[dict]) -> str:
 
 
 def write_html(path: str | Path, report: dict, worst: list[dict], *, overwrite: bool = False) -> None:
-    """Write :func:`render_html` atomically. Raises FileExistsError unless ``overwrite``."""
-    _write_text(Path(path), render_html(report, worst), overwrite)
+    """Write :func:`render_html` atomically. Raises FileExistsError unless ``overwrite``; OSError naming the file."""
+    path = Path(path)
+    _write_files(path.parent, {path.name: render_html(report, worst)}, overwrite=overwrite)
 
 
 REPORT_NAMES = ("report.json", "report.csv", "report.html")
 """The files :func:`write_reports` writes into the report folder."""
 
 
-def _refuse_existing_reports(folder: Path, overwrite: bool) -> None:
-    """Raise FileExistsError naming the first report file in ``folder`` unless ``overwrite``."""
-    existing = [folder / name for name in REPORT_NAMES if (folder / name).exists()]
+def _refuse_existing(paths: list[Path], overwrite: bool) -> None:
+    """Raise FileExistsError naming the first of ``paths`` that exists, unless ``overwrite``."""
+    existing = [path for path in paths if path.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]}: report exists (use --overwrite)")
+
+
+def _refuse_existing_reports(folder: Path, overwrite: bool) -> None:
+    """Raise FileExistsError naming the first report file in ``folder`` unless ``overwrite``."""
+    _refuse_existing([folder / name for name in REPORT_NAMES], overwrite)
 
 
 def check_report_destination(folder: str | Path, *, overwrite: bool = False) -> None:
@@ -270,20 +309,78 @@ def check_report_destination(folder: str | Path, *, overwrite: bool = False) -> 
         raise OSError(f"{folder}: cannot write the report there ({err.strerror or err})") from err
 
 
+def _stage(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to a hidden temporary file next to ``path``, fsynced, usual permissions;
+    returns it. Raises OSError naming ``path`` (nothing left behind)."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temp = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(text.encode("utf-8"))
+            stream.flush()
+            os.fsync(stream.fileno())
+        set_default_permissions(temp)
+    except OSError as err:
+        temp.unlink(missing_ok=True)
+        raise OSError(f"{path}: cannot write the report ({err.strerror or err})") from err
+    return temp
+
+
+def _write_files(folder: Path, texts: dict[str, str], *, overwrite: bool) -> list[Path]:
+    """Write ``texts`` (file name -> text) into ``folder`` (created) all or none: every file is first
+    written to a temporary file, then all are renamed into place; on any failure the temporary files,
+    the files already renamed and a folder created here (if left empty) are removed.
+
+    Raises:
+        FileExistsError: a file exists and ``overwrite`` is False (checked again just before renaming).
+        OSError: a file cannot be written (names it and the reason, e.g. no space left on device).
+    """
+    created = not folder.exists()
+    staged: dict[Path, Path] = {}
+    moved: list[Path] = []
+    try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"{folder}: cannot write the report there ({err.strerror or err})") from err
+        for name, text in texts.items():
+            staged[folder / name] = _stage(folder / name, text)
+        _refuse_existing(list(staged), overwrite)
+        for path, temp in staged.items():
+            os.replace(temp, path)
+            moved.append(path)
+    except BaseException:
+        for path in (*staged.values(), *moved):
+            path.unlink(missing_ok=True)
+        if created:
+            _remove_if_empty(folder)
+        raise
+    return list(staged)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if it exists and is empty (a folder created for files that were not written)."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def write_reports(folder: str | Path, report: dict, worst: list[dict], *, overwrite: bool = False) -> list[Path]:
     """Write ``report.json``, ``report.csv`` and ``report.html`` into ``folder`` (created); returns the paths.
 
-    Callers check the destination with :func:`check_report_destination` before the work; the check
-    here is repeated in case a report appeared meanwhile.
+    All three or none: they are rendered in memory, written to temporary files and only then renamed
+    into place, so a failure (a full disk, an unencodable value) never leaves part of a report set that
+    would block the next run. File names that are not UTF-8 are escaped (:func:`printable`). Callers
+    check the destination with :func:`check_report_destination` before the work; the check here is
+    repeated in case a report appeared meanwhile.
 
     Raises:
         FileExistsError: a report file exists and ``overwrite`` is False (nothing is written then).
-        OSError: a file cannot be written.
+        ValueError, TypeError: the report cannot be serialised (:func:`json_text`); nothing is written.
+        OSError: a file cannot be written (names it; nothing is left behind).
     """
     folder = Path(folder)
     _refuse_existing_reports(folder, overwrite)
-    paths = [folder / name for name in REPORT_NAMES]
-    write_json(paths[0], report, overwrite=overwrite)
-    write_csv(paths[1], report, overwrite=overwrite)
-    write_html(paths[2], report, worst, overwrite=overwrite)
-    return paths
+    texts = dict(zip(REPORT_NAMES, (json_text(report), csv_text(report), render_html(report, worst))))
+    return _write_files(folder, texts, overwrite=overwrite)

@@ -235,7 +235,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pred", required=True, type=Path, help="folder of generated RGBA images")
     p.add_argument("--prompts", required=True, type=Path,
-                   help="JSON {key: prompt} or JSON Lines {\"key\": ..., \"prompt\": ...}; key = relative path minus extension")
+                   help="JSON {key: prompt} or JSON Lines {\"key\": ..., \"prompt\": ...} (a .jsonl file is "
+                        "always JSON Lines; \"file\" may replace \"key\", its image suffix is dropped); key = "
+                        "relative path minus extension, used as given (robot.v2 is robot.v2.png); a key given "
+                        "twice, an empty key and a prompt that is not a non-empty string (null, \"\") are errors")
     p.add_argument("--ref", default=None, type=Path, help="reference RGBA images for FID (unpaired)")
     p.add_argument("--clip", required=True, help="local CLIP model folder (transformers CLIPModel + CLIPProcessor)")
     _add_common(p, paired=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import torch
@@ -22,7 +22,8 @@ from alphavae.eval.networks import LPIPS_MIN_SIZE, FeatureSet, Networks, clip_sc
 from alphavae.eval.pairs import Pair, PairPlan, pair_folders
 from alphavae.eval.protocols import Protocol, prepare_gt, score_pair
 from alphavae.eval.report import ALPHA_BLIND_NOTE, WorstImages, counted
-from alphavae.io import DEFAULT_MAX_PIXELS, ImageLoadError, composite, load_rgba, pad_to_multiple
+from alphavae.io import (DEFAULT_MAX_PIXELS, ImageLoadError, composite, image_extensions, load_rgba, pad_to_multiple,
+                         read_jsonl, read_text_file)
 
 log = logging.getLogger(__name__)
 
@@ -286,36 +287,101 @@ def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networ
     return build_report(result, protocol, plan, networks, data=data_dir), result.worst.worst_first()
 
 
+PROMPTS_FORMAT = 'a JSON object {"key": "prompt", ...} or JSON Lines with {"key": ..., "prompt": ...} per line'
+"""What ``--prompts`` holds, in words (messages)."""
+
+
+class _RepeatedKey(ValueError):
+    """A JSON object names one key twice (``json`` would keep the last value silently)."""
+
+
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``object_pairs_hook`` for ``json.loads`` that refuses a key given twice in one object."""
+    found: dict[str, object] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _RepeatedKey(key)
+        found[key] = value
+    return found
+
+
+def _prompt_entry(where: str, key: object, prompt: object) -> tuple[str, str]:
+    """``(key, prompt)`` once both are checked to be non-empty strings; else ValueError starting with ``where``."""
+    if not isinstance(key, str) or not key.strip():
+        raise ValueError(f"{where}: key {json.dumps(key)} is not an image key (the image's path relative to "
+                         "the prediction folder minus extension, a non-empty string)")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"{where}: key {key!r} has no prompt (got {json.dumps(prompt)}; a prompt is a non-empty "
+                         "string)")
+    return key, prompt
+
+
+def _file_key(file: object) -> object:
+    """A JSON-Lines ``"file"`` value as a key: an image suffix (``.png``, ``.webp``, ...) is dropped, nothing else."""
+    if isinstance(file, str) and PurePosixPath(file).suffix.lower() in image_extensions():
+        return PurePosixPath(file).with_suffix("").as_posix()
+    return file
+
+
+def _object_prompts(path: Path, text: str) -> dict[str, str] | None:
+    """Prompts of a file holding one JSON object; None if the text is not one JSON value but its first
+    line is (JSON Lines)."""
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_pairs)
+    except _RepeatedKey as err:
+        raise ValueError(f"{path}: key {err.args[0]!r} is given twice") from None
+    except json.JSONDecodeError as err:
+        first = next(line for line in text.splitlines() if line.strip())
+        try:
+            json.loads(first)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}:{err.lineno}: not JSON ({err.msg}); expected {PROMPTS_FORMAT}") from None
+        return None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: holds a JSON {type(data).__name__}; expected {PROMPTS_FORMAT}")
+    return dict(_prompt_entry(str(path), key, prompt) for key, prompt in data.items())
+
+
+def _line_prompts(path: Path) -> dict[str, str]:
+    """Prompts of a JSON-Lines file (one ``{"key" or "file": ..., "prompt": ...}`` object per line)."""
+    prompts: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for number, row in read_jsonl(path, "prompts file"):
+        where = f"{path}:{number}"
+        if not isinstance(row, dict) or "prompt" not in row or not ({"key", "file"} & set(row)):
+            raise ValueError(f'{where}: expected {{"key": ..., "prompt": ...}} ({PROMPTS_FORMAT})')
+        key, prompt = _prompt_entry(where, row["key"] if "key" in row else _file_key(row["file"]), row["prompt"])
+        if key in prompts:
+            raise ValueError(f"{where}: key {key!r} is given twice (also on line {lines[key]})")
+        prompts[key], lines[key] = prompt, number
+    return prompts
+
+
 def read_prompts(path: str | Path) -> dict[str, str]:
     """Prompts for text-to-image evaluation, keyed by image path relative to the prediction folder minus extension.
 
-    Accepted formats: a JSON object ``{key: prompt}``, or JSON Lines with ``{"key": ..., "prompt": ...}``
-    per line (``"file"`` is accepted for ``"key"``; its extension is dropped).
+    Accepted formats (UTF-8, a byte-order mark is dropped): a JSON object ``{key: prompt}``, or JSON Lines
+    with ``{"key": ..., "prompt": ...}`` per line (a ``.jsonl`` file is always read as JSON Lines, other
+    files as a JSON object when the whole text is one). Keys are used as given (``robot.v2`` is the
+    image ``robot.v2.png``); a JSON-Lines row may give ``"file"`` instead of ``"key"``, whose image
+    suffix (``.png``, ``.webp``, ...) is dropped. Every prompt must be a non-empty string: a file with
+    ``null``, a number or ``""`` as a prompt is refused, not read as the text "None" or "".
 
     Raises:
-        ValueError: unreadable or malformed file (names the file and the line).
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: one line naming the file (and the line, for JSON Lines): not UTF-8, empty, not
+            JSON, a JSON list or other non-object, a key that is empty or not a string, a key given
+            twice, a prompt that is not a non-empty string.
+        OSError: the file cannot be read.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: cannot read prompts ({err})") from err
-    try:
-        data = json.loads(text)
-        if isinstance(data, dict):
-            return {str(Path(k).with_suffix("").as_posix()): str(v) for k, v in data.items()}
-    except json.JSONDecodeError:
-        pass
-    prompts = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            key = row.get("key", row.get("file"))
-            prompts[str(Path(key).with_suffix("").as_posix())] = str(row["prompt"])
-        except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}:{number}: expected {{\"key\": ..., \"prompt\": ...}} ({err})") from err
+    text = read_text_file(path, "prompts file")
+    if not text.strip():
+        raise ValueError(f"{path}: empty prompts file; expected {PROMPTS_FORMAT}")
+    prompts = None if path.suffix.lower() == ".jsonl" else _object_prompts(path, text)
+    prompts = _line_prompts(path) if prompts is None else prompts
+    if not prompts:
+        raise ValueError(f"{path}: no prompts in this file; expected {PROMPTS_FORMAT}")
     return prompts
 
 

@@ -1,0 +1,91 @@
+"""``alphavae.eval.runner.read_prompts`` (eval-t2i --prompts): keys as given, strict prompts, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alphavae.cli import main
+from alphavae.eval.runner import read_prompts
+from alphavae.io import save_rgba
+from test_eval_metrics import soft_rgba
+
+
+def _write(tmp_path, name, content):
+    path = tmp_path / name
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    return path
+
+
+def test_keys_with_dots_are_used_as_given(tmp_path):
+    """Finding 4: 'robot.v1' / 'robot.v2' were cut to 'robot' and the last prompt won silently."""
+    path = _write(tmp_path, "p.json", '{"robot": "a robot", "robot.v1": "red robot", "robot.v2": "blue robot"}')
+    assert read_prompts(path) == {"robot": "a robot", "robot.v1": "red robot", "robot.v2": "blue robot"}
+    lines = _write(tmp_path, "p.jsonl", '{"file": "robot.v2.png", "prompt": "blue"}\n{"file": "img.001", "prompt": "x"}\n'
+                                        '{"key": "v1.2", "prompt": "y"}\n')
+    assert read_prompts(lines) == {"robot.v2": "blue", "img.001": "x", "v1.2": "y"}
+
+
+def test_a_one_line_jsonl_file_is_json_lines(tmp_path):
+    path = _write(tmp_path, "p.jsonl", '{"key": "g0", "prompt": "a cat"}\n')
+    assert read_prompts(path) == {"g0": "a cat"}
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("dup.json", '{"a": "x",\n "a": "y"}', "{path}: key 'a' is given twice"),
+    ("dup.jsonl", '{"key": "a", "prompt": "x"}\n\n{"file": "a.png", "prompt": "y"}\n',
+     "{path}:3: key 'a' is given twice (also on line 1)"),
+    ("empty_key.json", '{"": "tree", "la": "x"}', '{path}: key "" is not an image key'),
+    ("empty_key.jsonl", '{"key": "", "prompt": "tree"}', '{path}:1: key "" is not an image key'),
+    ("null.json", '{"la": null}', "{path}: key 'la' has no prompt (got null;"),
+    ("number.jsonl", '{"key": "la", "prompt": 3}', "{path}:1: key 'la' has no prompt (got 3;"),
+    ("blank.json", '{"la": "  "}', "{path}: key 'la' has no prompt"),
+    ("list.json", '[{"key": "la", "prompt": "tree"}]', "{path}: holds a JSON list; expected a JSON object"),
+    ("empty.json", "", "{path}: empty prompts file"),
+    ("nothing.json", "{}", "{path}: no prompts in this file"),
+    ("row.jsonl", '{"key": "a", "prompt": "x"}\n["b", "y"]\n', '{path}:2: expected {{"key": ..., "prompt": ...}}'),
+    ("broken.json", '{\n "a": "x",\n "b": }\n', "{path}:3: not JSON (Expecting value)"),
+    ("latin1.json", b'{"la": "caf\xe9"}', "{path}: not UTF-8 text"),
+])
+def test_bad_prompt_files_are_one_line_errors_naming_the_file(tmp_path, name, content, message):
+    """Finding 12: null prompts were scored as the text 'None', an empty key gave "PosixPath('.') has an empty
+    name", a list or an empty file gave unclear or no errors."""
+    path = _write(tmp_path, name, content)
+    with pytest.raises(ValueError) as caught:
+        read_prompts(path)
+    assert str(caught.value).startswith(message.format(path=path)) and "\n" not in str(caught.value)
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    """Finding 12: a JSON object saved with a BOM was reported as a bad JSON-Lines line 1."""
+    assert read_prompts(_write(tmp_path, "bom.json", b'\xef\xbb\xbf{"la": "tree"}')) == {"la": "tree"}
+    assert read_prompts(_write(tmp_path, "bom.jsonl", b'\xef\xbb\xbf{"key": "la", "prompt": "tree"}\n')) == {"la": "tree"}
+
+
+def test_eval_t2i_scores_dotted_keys_with_their_own_prompts(tmp_path, capsys):
+    from test_eval_networks import tiny_clip
+
+    pred = tmp_path / "gen"
+    for n, name in enumerate(("robot", "robot.v1", "robot.v2")):
+        save_rgba(soft_rgba(32, 32, seed=n), pred / f"{name}.png")
+    prompts = _write(tmp_path, "p.json", '{"robot.v1": "red robot", "robot.v2": "blue robot"}')
+    out = tmp_path / "out"
+    assert main(["eval-t2i", "--pred", str(pred), "--prompts", str(prompts), "--clip", str(tiny_clip(tmp_path / "clip")),
+                 "-o", str(out), "--inception", "none"]) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert [image["key"] for image in report["images"]] == ["robot.v1", "robot.v2"]
+    assert [f["key"] for f in report["failures"]] == ["robot"]  # not scored against "blue robot"
+    assert f"failed: {pred / 'robot.png'}: no prompt for key 'robot'" in capsys.readouterr().err
+
+
+def test_eval_t2i_refuses_a_bad_prompts_file_before_loading_clip(tmp_path, capsys):
+    pred = tmp_path / "gen"
+    save_rgba(soft_rgba(16, 16), pred / "la.png")
+    prompts = _write(tmp_path, "p.json", '{"la": null}')
+    out = tmp_path / "out"
+    assert main(["eval-t2i", "--pred", str(pred), "--prompts", str(prompts), "--clip", str(tmp_path / "no-clip"),
+                 "-o", str(out)]) == 2
+    assert capsys.readouterr().err == (f"alphavae eval-t2i: error: {prompts}: key 'la' has no prompt (got null; "
+                                       "a prompt is a non-empty string)\n")
+    assert not out.exists()

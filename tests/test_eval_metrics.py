@@ -150,6 +150,17 @@ def test_reference_resize_and_crop():
     assert out.min() >= -1 and out.max() <= 1
 
 
+def test_resize_beyond_the_pixel_limit_is_refused():
+    """Finding 8: --resize 100000 allocated 160 GB and ended the run with an out-of-memory traceback."""
+    with pytest.raises(ValueError, match=r"^resize 8193 px is too large: a 8193x8193 image has more than 67108864"):
+        make_protocol("reference", resize=8193)
+    make_protocol("reference", resize=8192)
+    thin = soft_rgba(1, 9000)  # resized to a short side of 8192 it would be 8192 x 73728000 px
+    with pytest.raises(ValueError, match=r"^cannot resize 9000x1 \(width x height\) to a short side of 8192 px: "
+                                         r"73728000x8192 is more than 67108864 pixels$"):
+        prepare_gt(thin, make_protocol("reference", resize=8192))
+
+
 def test_checkerboard_group_and_alpha_group():
     gt = soft_rgba()
     score = score_pair(gt, perturbed(gt), make_protocol("clean", checkerboard=True), Networks())

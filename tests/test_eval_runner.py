@@ -414,3 +414,45 @@ def test_a_failed_report_write_names_the_file_and_writes_no_report(tmp_path, mon
     monkeypatch.undo()
     assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), *NO_NETS]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.html", "report.json"]
+
+
+def test_a_runtime_error_on_one_image_is_that_images_failure(tmp_path, monkeypatch, capsys):
+    """Finding 10: a RuntimeError of a metric (or out of memory) on one image ended the run with a traceback."""
+    from alphavae.eval import runner
+
+    real = runner.score_pair
+
+    def fail_on_second(gt, pred, protocol, networks):
+        if gt.shape[-1] == 20:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory. Error code 12\nmore detail")
+        return real(gt, pred, protocol, networks)
+
+    monkeypatch.setattr(runner, "score_pair", fail_on_second)
+    gt, pred = _small_tree(tmp_path, sizes=[(16, 16), (16, 20)])
+    out = tmp_path / "out"
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), *NO_NETS]) == 1
+    captured = capsys.readouterr()
+    assert (f"failed: {gt / 'im1.png'} vs {pred / 'im1.png'}: RuntimeError: DefaultCPUAllocator: can't allocate "
+            "memory\n") in captured.err
+    assert "1 image scored, 1 problem" in captured.out
+    assert [image["key"] for image in json.loads((out / "report.json").read_text())["images"]] == ["im0"]
+
+
+def test_eval_vae_reports_a_vae_runtime_error_per_image(tmp_path, monkeypatch, capsys):
+    """Finding 10: `eval-vae` lost the whole run to one reconstruction's RuntimeError."""
+    from alphavae.vae import RGBAVAE
+
+    data = tmp_path / "data"
+    for n in range(2):
+        save_rgba(soft_rgba(16, 16, seed=n), data / f"im{n}.png")
+    tiny_rgba_vae("sd1").save_pretrained(tmp_path / "vae")
+
+    def broken(self, pixels):
+        raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+
+    monkeypatch.setattr(RGBAVAE, "reconstruct", broken)
+    out = tmp_path / "out"
+    assert main(["eval-vae", "--vae", str(tmp_path / "vae"), "--data", str(data), "-o", str(out), *NO_NETS]) == 1
+    err = capsys.readouterr().err
+    assert f"failed: {data / 'im0.png'}: RuntimeError: Tensor.item() cannot be called on meta tensors\n" in err
+    assert len(json.loads((out / "report.json").read_text())["failures"]) == 2

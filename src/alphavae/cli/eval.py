@@ -27,7 +27,8 @@ def _add_common(parser: argparse.ArgumentParser, *, paired: bool = True) -> None
                             help="resize the GT so its short side is PX pixels (bilinear, premultiplied) and "
                                  "centre-crop PX x PX, as the reference did with 1024 (default: no resize); eval "
                                  "does not resize predictions (they must already be PX x PX), eval-vae reconstructs "
-                                 "the resized GT")
+                                 "the resized GT; PX is at most 8192 (images are loaded up to 8192 x 8192 pixels), and "
+                                 "an image with more pixels once resized (before the crop) is a failed image")
         parser.add_argument("--checkerboard", action="store_true",
                             help="also score composites over a 16 px grey checkerboard")
         parser.add_argument("--worst-k", type=non_negative_int, default=8, metavar="K",

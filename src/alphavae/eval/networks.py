@@ -78,15 +78,16 @@ def load_state_dict(path: str | Path, what: str) -> Mapping[str, torch.Tensor]:
         raise NetworkUnavailable(f"{path}: cannot read {what} weights ({err})") from err
     except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, IndexError, ValueError, TypeError,
             AttributeError) as err:
-        raise NetworkUnavailable(f"{path}: not a torch state dict ({_one_line(err)})") from err
+        raise NetworkUnavailable(f"{path}: not a torch state dict ({one_line(err)})") from err
     if not isinstance(state, Mapping):
         raise NetworkUnavailable(f"{path}: not a torch state dict (it holds a {type(state).__name__})")
     return state
 
 
-def _one_line(err: Exception, limit: int = 200) -> str:
-    """``"<type>: <reason>"`` from a loading error whose message spans several lines: for a weights-only
-    refusal the unpickler's own reason, else the first sentence, whitespace collapsed, cut at ``limit``."""
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """``"<type>: <reason>"`` from an error whose message may span several lines (loading weights, a network
+    failing on an image): for a weights-only refusal the unpickler's own reason, else the first sentence,
+    whitespace collapsed, cut at ``limit``."""
     unpickler = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", str(err), re.DOTALL)
     text = " ".join((unpickler.group(1) if unpickler else str(err)).split())
     reason = re.split(r"(?<=\w)\. ", text)[0]
@@ -140,7 +141,7 @@ def build_lpips(weights: str | Path) -> torch.nn.Module:
     try:
         return lpips_network(state)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
-        raise NetworkUnavailable(f"{weights}: cannot load LPIPS weights ({_one_line(err)})") from err
+        raise NetworkUnavailable(f"{weights}: cannot load LPIPS weights ({one_line(err)})") from err
 
 
 LPIPS_MIN_SIZE = 31
@@ -187,7 +188,7 @@ def build_inception(weights: str | Path) -> torch.nn.Module:
     try:
         return FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
     except (OSError, RuntimeError, KeyError, ValueError) as err:
-        raise NetworkUnavailable(f"{weights}: cannot load Inception weights ({_one_line(err)})") from err
+        raise NetworkUnavailable(f"{weights}: cannot load Inception weights ({one_line(err)})") from err
 
 
 def inception_features(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -333,7 +334,7 @@ def build_aesthetic(clip_path: str | Path, head_path: str | Path) -> Aesthetic:
     try:
         head.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
-        raise NetworkUnavailable(f"{head_path}: cannot load the aesthetic head ({_one_line(err)})") from err
+        raise NetworkUnavailable(f"{head_path}: cannot load the aesthetic head ({one_line(err)})") from err
     return Aesthetic(model, processor, head.eval().requires_grad_(False))
 
 
@@ -399,7 +400,8 @@ def feature_distance_summary(sets: dict[str, tuple[FeatureSet, FeatureSet]]) -> 
 
 
 __all__ = [
-    "OFF", "NetworkUnavailable", "hub_checkpoint", "load_state_dict", "lpips_network", "build_lpips", "lpips_distance", "build_inception",
+    "OFF", "NetworkUnavailable", "hub_checkpoint", "load_state_dict", "one_line", "lpips_network", "build_lpips",
+    "lpips_distance", "build_inception",
     "inception_features",
     "FeatureSet", "frechet_distance", "build_clip", "clip_score", "clip_image_embeddings", "clip_text_embeddings",
     "AestheticHead", "Aesthetic", "build_aesthetic", "Networks", "load_networks", "feature_distance_summary",

@@ -23,7 +23,7 @@ import torch
 from alphavae.eval import metrics
 from alphavae.eval.backgrounds import BACKGROUND_NAMES, CHECKERBOARD, composites, jpeg_roundtrip, quantise
 from alphavae.eval.networks import LPIPS_MIN_SIZE, Networks, inception_features, lpips_distance
-from alphavae.io import alpha_unit, from_unit, resize_short_side, to_unit
+from alphavae.io import DEFAULT_MAX_PIXELS, alpha_unit, from_unit, resize_short_side, to_unit
 
 RGBA_GROUP = "rgba"
 """Group name of the raw, alpha-blind score (colour channels of the RGBA file, alpha dropped)."""
@@ -64,13 +64,17 @@ def make_protocol(name: str, *, resize: int | None = None, checkerboard: bool = 
 
     Args:
         name: ``"reference"`` or ``"clean"``.
-        resize: optional short side (px, >= 1) for the GT resize + centre crop.
+        resize: optional short side (px, >= 1) for the GT resize + centre crop; ``resize x resize`` may
+            not exceed ``alphavae.io.DEFAULT_MAX_PIXELS`` (8192 x 8192), the largest image loaded.
         checkerboard: add the checkerboard background (``alphavae.io.checkerboard``) to the 9 colours.
     Raises:
-        ValueError: unknown name or bad ``resize``.
+        ValueError: unknown name or bad ``resize`` (below 1, or too large).
     """
     if resize is not None and resize < 1:
         raise ValueError(f"resize must be >= 1 px, got {resize}")
+    if resize is not None and resize * resize > DEFAULT_MAX_PIXELS:
+        raise ValueError(f"resize {resize} px is too large: a {resize}x{resize} image has more than "
+                         f"{DEFAULT_MAX_PIXELS} pixels (the limit for loaded images, 8192x8192)")
     backgrounds = BACKGROUND_NAMES + ((CHECKERBOARD,) if checkerboard else ())
     if name == "reference":
         return Protocol(name, True, True, True, False, backgrounds, resize)
@@ -105,9 +109,17 @@ def prepare_gt(pixels: torch.Tensor, protocol: Protocol) -> torch.Tensor:
     Returns:
         Straight RGBA in [-1, 1], ``resize x resize`` or unchanged. Resampling is premultiplied
         (``alphavae.io.resize_short_side``).
+    Raises:
+        ValueError: the image resized to that short side (before the crop) would have more than
+            ``alphavae.io.DEFAULT_MAX_PIXELS`` pixels (a very long, thin image); gives both sizes.
     """
     if protocol.resize is None:
         return pixels
+    height, width = pixels.shape[-2:]
+    scale = protocol.resize / min(height, width)
+    if round(height * scale) * round(width * scale) > DEFAULT_MAX_PIXELS:
+        raise ValueError(f"cannot resize {width}x{height} (width x height) to a short side of {protocol.resize} "
+                         f"px: {round(width * scale)}x{round(height * scale)} is more than {DEFAULT_MAX_PIXELS} pixels")
     return centre_crop(resize_short_side(pixels, protocol.resize, mode="bilinear"), protocol.resize)
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from alphavae.eval.aggregate import RGB_GROUP, ImageRecord, aggregate, count_unscored, fid_with_rgb
 from alphavae.eval.backgrounds import BACKGROUND_NAMES, composites, quantise
 from alphavae.eval.metrics import NOT_APPLICABLE, SSIM_WINDOW
-from alphavae.eval.networks import LPIPS_MIN_SIZE, FeatureSet, Networks, clip_score, inception_features
+from alphavae.eval.networks import LPIPS_MIN_SIZE, FeatureSet, Networks, clip_score, inception_features, one_line
 from alphavae.eval.pairs import Pair, PairPlan, pair_folders
 from alphavae.eval.protocols import Protocol, prepare_gt, score_pair
 from alphavae.eval.report import ALPHA_BLIND_NOTE, WorstImages, counted
@@ -55,16 +55,25 @@ class Evaluation:
     worst: WorstImages = field(default_factory=WorstImages)
 
 
+IMAGE_ERRORS = (ImageLoadError, ValueError, OSError, RuntimeError, MemoryError)
+"""Errors that fail one image (it is reported and the run goes on): unreadable files, size mismatches,
+and a VAE or metric network that fails on it (``RuntimeError``, including running out of memory on one
+large image)."""
+
+
 def describe_failure(pair: Pair, err: Exception) -> str:
     """``"<file(s)>: <reason>"`` for an image that could not be loaded or scored.
 
     An ``ImageLoadError`` already reads ``"<file>: <reason>"``; other errors are prefixed with the GT
-    path, and the prediction path when there is one (``"<gt> vs <pred>: <reason>"``).
+    path, and the prediction path when there is one (``"<gt> vs <pred>: <reason>"``). The reason of a
+    ``RuntimeError`` / ``MemoryError`` (a VAE or network failing, out of memory) is its type and first
+    sentence, on one line.
     """
     if isinstance(err, ImageLoadError):
         return str(err)
     where = str(pair.gt) if pair.pred is None else f"{pair.gt} vs {pair.pred}"
-    return f"{where}: {err}"
+    reason = err if isinstance(err, (ValueError, OSError)) else one_line(err)
+    return f"{where}: {reason}"
 
 
 def _score_all(pairs: list[Pair], load: Loader, protocol: Protocol, networks: Networks, worst_k: int,
@@ -76,7 +85,7 @@ def _score_all(pairs: list[Pair], load: Loader, protocol: Protocol, networks: Ne
             score = score_pair(gt, pred, protocol, networks)
             if extra is not None:
                 score.groups.update(extra(pair, gt))
-        except (ImageLoadError, ValueError, OSError) as err:
+        except IMAGE_ERRORS as err:
             message = describe_failure(pair, err)
             log.warning("skipped %s", message)
             result.failures.append({"key": pair.key, "error": message})
@@ -423,7 +432,7 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
             if pair.key not in prompts:
                 raise ValueError(f"no prompt for key {pair.key!r}")
             groups, views = _t2i_scores(load_rgba(pair.gt), prompts[pair.key], networks, backgrounds)
-        except (ImageLoadError, ValueError) as err:
+        except IMAGE_ERRORS as err:
             result.failures.append({"key": pair.key, "error": describe_failure(pair, err)})
             continue
         result.records.append(ImageRecord(pair.key, pair.dataset, pair.subset, pair.category, groups))
@@ -434,8 +443,8 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
         for ref in refs:
             try:
                 views = quantise(composites(load_rgba(ref.gt)[None], backgrounds)[0])
-            except ImageLoadError as err:
-                result.failures.append({"key": f"ref:{ref.key}", "error": str(err)})
+            except IMAGE_ERRORS as err:
+                result.failures.append({"key": f"ref:{ref.key}", "error": describe_failure(ref, err)})
                 continue
             for name, feats in zip(backgrounds, inception_features(networks.inception, views).split(1)):
                 fid_sets[name][0].add(feats)

@@ -456,3 +456,54 @@ def test_eval_vae_reports_a_vae_runtime_error_per_image(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert f"failed: {data / 'im0.png'}: RuntimeError: Tensor.item() cannot be called on meta tensors\n" in err
     assert len(json.loads((out / "report.json").read_text())["failures"]) == 2
+
+
+@pytest.mark.parametrize("command", ["eval", "eval-vae", "eval-t2i"])
+@pytest.mark.parametrize("device, reason", [("bogus", "Expected one of cpu"), ("meta", "it holds no data")])
+def test_unusable_devices_are_refused_before_anything_loads(tmp_path, monkeypatch, capsys, command, device, reason):
+    """Findings 10 and 11: `eval --device bogus` ran on the CPU; `--device meta` failed image by image."""
+    gt, pred = _small_tree(tmp_path)
+    _refuse_scoring(monkeypatch)
+    inputs = {"eval": ["--gt", str(gt), "--pred", str(pred)],
+              "eval-vae": ["--vae", str(tmp_path / "not-loaded"), "--data", str(gt)],
+              "eval-t2i": ["--pred", str(pred), "--prompts", str(tmp_path / "not-read.json"),
+                           "--clip", str(tmp_path / "not-loaded")]}[command]
+    out = tmp_path / "out"
+    assert main([command, *inputs, "-o", str(out), "--device", device, "--inception", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"alphavae {command}: error: device '{device}' is not usable here: ") and reason in err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+class _FakeState:
+    """Stands in for ``accelerate.PartialState``: ``processes`` processes, this one on ``device``."""
+
+    def __init__(self, processes: int, device: str):
+        self.num_processes, self.device = processes, torch.device(device)
+        self.process_index, self.is_main_process = 0, True
+
+
+def test_scoring_device_is_the_users_in_one_process_and_accelerates_in_several(monkeypatch):
+    """Finding 11: run_sharded moved the networks to accelerate's device whatever --device said."""
+    import accelerate
+
+    from alphavae.eval.runner import scoring_device
+
+    monkeypatch.setattr(accelerate, "PartialState", lambda: _FakeState(1, "cuda:3"))
+    assert scoring_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(accelerate, "PartialState", lambda: _FakeState(2, "cuda:3"))
+    assert scoring_device("cpu") == torch.device("cuda:3")  # each launched process on its own device
+    assert scoring_device("bogus") == torch.device("cuda:3")  # --device is not used then
+
+
+def test_eval_networks_run_on_the_device_given(tmp_path, monkeypatch):
+    """Finding 11: in one process the metric networks must stay on --device (here accelerate would say meta)."""
+    import accelerate
+
+    moved = []
+    monkeypatch.setattr(accelerate, "PartialState", lambda: _FakeState(1, "meta"))
+    monkeypatch.setattr(Networks, "to", lambda self, device: moved.append(torch.device(device)) or self)
+    gt, pred = _small_tree(tmp_path)
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(tmp_path / "out"), "--device", "cpu",
+                 *NO_NETS]) == 0
+    assert moved and set(moved) == {torch.device("cpu")}

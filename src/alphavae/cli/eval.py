@@ -41,13 +41,16 @@ def _add_common(parser: argparse.ArgumentParser, *, paired: bool = True) -> None
     parser.add_argument("--aesthetic", nargs=2, default=None, metavar=("CLIP_DIR", "HEAD"),
                         help="LAION aesthetic predictor: local CLIP ViT-L/14 folder and MLP head file (default: off)")
     parser.add_argument("--device", default="cpu",
-                        help="torch device for the metric networks, and the VAE in eval-vae (default: %(default)s)")
+                        help="torch device for the metric networks, and the VAE in eval-vae, e.g. cpu, cuda, cuda:1; "
+                             "checked before anything is loaded. Under `accelerate launch` with several processes "
+                             "each process uses its own device (accelerate's) instead (default: %(default)s)")
 
 
-def _networks(args: argparse.Namespace, clip: str | None = "none"):
+def _networks(args: argparse.Namespace, device, clip: str | None = "none"):
+    """The metric networks the options ask for, on ``device``."""
     from alphavae.eval.networks import load_networks
 
-    return load_networks(lpips=args.lpips, inception=args.inception, clip=clip, aesthetic=args.aesthetic).to(args.device)
+    return load_networks(lpips=args.lpips, inception=args.inception, clip=clip, aesthetic=args.aesthetic).to(device)
 
 
 def _protocol(args: argparse.Namespace):
@@ -96,18 +99,22 @@ def _finish(args: argparse.Namespace, result) -> int:
     return 1 if problems else 0
 
 
-def _guard(args: argparse.Namespace, inputs: list) -> None:
+def _guard(args: argparse.Namespace, inputs: list):
     """Checks made before any network, model or image is loaded: the inputs exist and are folders, the
-    report folder lies outside them, holds no report (unless ``--overwrite``) and is writable.
+    report folder lies outside them, holds no report (unless ``--overwrite``) and is writable, and
+    ``--device`` is usable.
 
+    Returns:
+        The ``torch.device`` to score on (:func:`alphavae.eval.runner.scoring_device`).
     Raises:
         FileNotFoundError, NotADirectoryError: an input does not exist or is not a folder.
-        ValueError: the report folder lies inside an input folder.
+        ValueError: the report folder lies inside an input folder; ``--device`` is not usable.
         FileExistsError, OSError: a report exists, or the report folder cannot be written
             (:func:`alphavae.eval.report.check_report_destination`).
     """
     from alphavae.eval.pairs import check_folder
     from alphavae.eval.report import check_report_destination
+    from alphavae.eval.runner import scoring_device
     from alphavae.io import check_output_outside_inputs
 
     inputs = [p for p in inputs if p is not None]
@@ -115,6 +122,7 @@ def _guard(args: argparse.Namespace, inputs: list) -> None:
         check_folder(folder)
     check_output_outside_inputs(args.output, inputs)
     check_report_destination(args.output, overwrite=args.overwrite)
+    return scoring_device(args.device)
 
 
 def _reporting_errors(run):
@@ -149,9 +157,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from alphavae.eval.pairs import pair_folders
     from alphavae.eval.runner import evaluate_folders
 
-    _guard(args, [args.gt, args.pred])
+    device = _guard(args, [args.gt, args.pred])
     plan = pair_folders(args.gt, args.pred)
-    protocol, networks = _protocol(args), _networks(args)
+    protocol, networks = _protocol(args), _networks(args, device)
     return _finish(args, evaluate_folders(args.gt, args.pred, protocol, networks, worst_k=args.worst_k, plan=plan))
 
 
@@ -169,10 +177,10 @@ def run_eval_vae(args: argparse.Namespace) -> int:
     from alphavae.eval.runner import evaluate_vae
     from alphavae.vae import RGBAVAE
 
-    _guard(args, [args.data])
+    device = _guard(args, [args.data])
     plan = pair_folders(args.data)
     protocol = _protocol(args)
-    vae = RGBAVAE.from_pretrained(args.vae, dtype=args.dtype, device=args.device, tile_size=args.tile_size)
+    vae = RGBAVAE.from_pretrained(args.vae, dtype=args.dtype, device=device, tile_size=args.tile_size)
     source = None
     if args.source_vae is not None:
         from alphavae.convert import load_autoencoder
@@ -180,8 +188,9 @@ def run_eval_vae(args: argparse.Namespace) -> int:
 
         source = load_autoencoder(args.source_vae)
         check_source_vae(vae, source, name=f"--source-vae {args.source_vae}")
-        source = source.to(args.device)
-    result = evaluate_vae(vae, args.data, protocol, _networks(args), source=source, worst_k=args.worst_k, plan=plan)
+        source = source.to(device)
+    result = evaluate_vae(vae, args.data, protocol, _networks(args, device), source=source, worst_k=args.worst_k,
+                          plan=plan)
     return _finish(args, result)
 
 
@@ -193,8 +202,9 @@ def run_eval_t2i(args: argparse.Namespace) -> int:
     """
     from alphavae.eval.runner import evaluate_t2i, read_prompts
 
-    _guard(args, [args.pred, args.ref])
-    report = evaluate_t2i(args.pred, read_prompts(args.prompts), _networks(args, clip=args.clip), ref_dir=args.ref)
+    device = _guard(args, [args.pred, args.ref])
+    prompts = read_prompts(args.prompts)
+    report = evaluate_t2i(args.pred, prompts, _networks(args, device, clip=args.clip), ref_dir=args.ref)
     return _finish(args, report)
 
 

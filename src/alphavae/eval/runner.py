@@ -115,6 +115,9 @@ def run_sharded(pairs: list[Pair], load: Loader, protocol: Protocol, networks: N
                 extra: Extra | None = None) -> Evaluation | None:
     """Score ``pairs`` across the processes of the current ``accelerate`` launch (one process if not launched).
 
+    In one process the networks stay on the device the caller put them on; with several processes each
+    process moves them to its own device (:func:`scoring_device`).
+
     Returns:
         The merged :class:`Evaluation` on the main process, None on the others.
     Source: ``accelerate.PartialState`` and ``accelerate.utils.gather_object``.
@@ -123,11 +126,37 @@ def run_sharded(pairs: list[Pair], load: Loader, protocol: Protocol, networks: N
     from accelerate.utils import gather_object
 
     state = PartialState()
-    networks.to(state.device)
+    if state.num_processes > 1:
+        networks.to(state.device)
     mine = pairs[state.process_index :: state.num_processes]
     shard = _score_all(mine, load, protocol, networks, worst_k, extra)
     shards = gather_object([shard]) if state.num_processes > 1 else [shard]
     return _gather(shards, worst_k) if state.is_main_process else None
+
+
+def scoring_device(requested: str | torch.device) -> torch.device:
+    """The device this process scores on: the metric networks, and the VAE of ``eval-vae``.
+
+    In a single process that is ``requested`` (the user's ``--device``). Under ``accelerate launch`` with
+    several processes each process uses accelerate's device for it (``PartialState().device``, e.g.
+    ``cuda:<local rank>``) whatever ``requested`` says, so the processes share the work.
+
+    Raises:
+        ValueError: in a single process, ``requested`` is not a device torch can allocate on here (e.g.
+            ``bogus``, ``cuda`` without a GPU; ``alphavae.vae``'s device check), or is ``meta`` (which
+            holds no data, so nothing could be scored); one line naming it.
+    """
+    from accelerate import PartialState
+
+    from alphavae.vae import _usable_device
+
+    state = PartialState()
+    if state.num_processes > 1:
+        return torch.device(state.device)
+    device = _usable_device(requested)
+    if device.type == "meta":
+        raise ValueError(f"device {str(requested)!r} is not usable here: it holds no data (use cpu or cuda)")
+    return device
 
 
 UNSCORED_REASONS = {
@@ -200,7 +229,8 @@ def evaluate_folders(gt_dir: str | Path, pred_dir: str | Path, protocol: Protoco
 
     Args:
         gt_dir, pred_dir: folders of RGBA images (any format ``alphavae.io.load_rgba`` reads).
-        protocol: from ``make_protocol``. networks: from ``load_networks``.
+        protocol: from ``make_protocol``. networks: from ``load_networks``, on the device to score on (under a
+            multi-process launch each process moves them to its own device, :func:`run_sharded`).
         worst_k: number of worst images kept for the HTML report.
         plan: ``pair_folders(gt_dir, pred_dir)`` if already made (callers pair first to fail early).
     Returns:

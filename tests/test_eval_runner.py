@@ -507,3 +507,18 @@ def test_eval_networks_run_on_the_device_given(tmp_path, monkeypatch):
     assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(tmp_path / "out"), "--device", "cpu",
                  *NO_NETS]) == 0
     assert moved and set(moved) == {torch.device("cpu")}
+
+
+@pytest.mark.parametrize("gt_name, pred_name, problem", [
+    ("gt", "gt/recon", "is inside"), ("gt/recon", "gt", "contains"), ("gt", "gt", "is the same folder as")])
+def test_overlapping_gt_and_prediction_folders_are_refused(tmp_path, monkeypatch, capsys, gt_name, pred_name, problem):
+    """Finding 17: with --pred inside --gt the predictions were read as GT too ("missing: recon/cat/la")."""
+    image = soft_rgba(16, 16)
+    for folder in ("gt/cat", "gt/recon/cat"):
+        save_rgba(image, tmp_path / folder / "la.png")
+    _refuse_scoring(monkeypatch)
+    gt, pred, out = tmp_path / gt_name, tmp_path / pred_name, tmp_path / "out"
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), *NO_NETS]) == 2
+    assert capsys.readouterr().err == (f"alphavae eval: error: prediction folder {pred} {problem} GT folder {gt}; "
+                                       "give folders that do not overlap (both are read with their sub-folders)\n")
+    assert not out.exists()

@@ -150,9 +150,11 @@ def run_eval(args: argparse.Namespace) -> int:
     ``"<label>: <file or key>: <reason>"`` line each on stderr.
 
     Exit status: 0 if every image was scored, 1 if the report lists failed, missing or ambiguous images,
-    2 on errors (a missing, non-folder or image-less input folder, an existing report without
-    ``--overwrite``, an unwritable report folder, an unloadable network, any other
-    ``ValueError``/``OSError``: one line on stderr). Non-main processes of a sharded run return 0.
+    2 on errors (a missing, non-folder or image-less input folder, GT and prediction folders that overlap,
+    an existing report without ``--overwrite``, an unwritable report folder, an unusable ``--device``, a
+    ``--resize`` above 8192, an unloadable network, any other ``ValueError``/``OSError``: one line on
+    stderr). An image that cannot be read or scored (including a VAE or network error on it, e.g. out of
+    memory) is a failed image, not an error. Non-main processes of a sharded run return 0.
     """
     from alphavae.eval.pairs import pair_folders
     from alphavae.eval.runner import evaluate_folders
@@ -218,7 +220,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "trees dataset/subset/category/* or flat folders. Exit status 1 if any file failed or was missing.",
     )
     p.add_argument("--gt", required=True, type=Path, help="ground-truth RGBA folder")
-    p.add_argument("--pred", required=True, type=Path, help="prediction folder (same relative paths, any extension)")
+    p.add_argument("--pred", required=True, type=Path,
+                   help="prediction folder (same relative paths, any extension); it may not be, contain or lie in --gt")
     _add_common(p)
     p.set_defaults(func=run_eval)
 

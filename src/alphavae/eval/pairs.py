@@ -73,6 +73,24 @@ def check_folder(folder: str | Path) -> None:
         raise NotADirectoryError(f"{folder}: not a folder")
 
 
+def check_apart(gt_dir: str | Path, pred_dir: str | Path) -> None:
+    """Check that the GT and prediction folders do not overlap (neither equals nor contains the other).
+
+    The folders are walked recursively, so overlapping ones would read the predictions as ground truth
+    too (or the reverse). Compared after resolving symlinks, like ``alphavae.io.check_output_outside_inputs``.
+
+    Raises:
+        ValueError: one line naming both folders.
+    """
+    gt, pred = Path(gt_dir).resolve(), Path(pred_dir).resolve()
+    overlaps = {"is the same folder as": pred == gt, "is inside": pred.is_relative_to(gt),
+                "contains": gt.is_relative_to(pred)}
+    problem = next((words for words, holds in overlaps.items() if holds), None)
+    if problem is not None:
+        raise ValueError(f"prediction folder {pred_dir} {problem} GT folder {gt_dir}; give folders that do not "
+                         "overlap (both are read with their sub-folders)")
+
+
 def _index(folder: Path) -> tuple[dict[str, Path], list[str]]:
     """Key -> absolute path for every image under ``folder``, plus keys seen more than once."""
     index: dict[str, Path] = {}
@@ -95,11 +113,14 @@ def pair_folders(gt_dir: str | Path, pred_dir: str | Path | None = None) -> Pair
         A :class:`PairPlan`; ambiguous keys are excluded from ``pairs``.
     Raises:
         FileNotFoundError: a folder does not exist. NotADirectoryError: a path is a file, not a folder.
-        ValueError: a folder holds no images (an empty benchmark is an error, not an empty report).
+        ValueError: a folder holds no images (an empty benchmark is an error, not an empty report), or
+            the folders overlap (:func:`check_apart`).
     """
     for folder in (gt_dir, pred_dir):
         if folder is not None:
             check_folder(folder)
+    if pred_dir is not None:
+        check_apart(gt_dir, pred_dir)
     gt, gt_repeated = _index(Path(gt_dir))
     pred, pred_repeated = _index(Path(pred_dir)) if pred_dir is not None else ({}, [])
     for folder, index in ((gt_dir, gt), (pred_dir, pred)):

@@ -130,3 +130,13 @@ def test_from_pretrained_defaults_to_the_auto_policy(model, tmp_path, monkeypatc
     assert vae.model.decoder.conv_out.weight.dtype == torch.float32
     out = vae.reconstruct(torch.rand(1, 4, 16, 16) * 2 - 1)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("device, reason", [("bogus", "Expected one of"), ("meta", "it holds no data"),
+                                            ("cpu:", "Invalid device string")])
+def test_usable_device_refuses_with_one_line(device, reason):
+    from alphavae.accel import usable_device
+
+    with pytest.raises(ValueError, match=f"device '{device}' is not usable here: .*{reason}"):
+        usable_device(device)
+    assert usable_device("cpu") == torch.device("cpu")

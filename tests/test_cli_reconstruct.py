@@ -285,14 +285,14 @@ def test_grid_never_replaces_an_input_file(tmp_path, tiny_rgba_dir, capsys):
     assert load_rgba(tmp_path / "out" / "a.grid.png").shape == (4, 6, 6)  # a reconstruction, not a grid
 
 
-@pytest.mark.parametrize("grids", [".", "grids", ".."])
-def test_grid_folder_apart_from_the_output_folder(tmp_path, tiny_rgba_dir, capsys, grids):
+@pytest.mark.parametrize("grids, relation", [(".", "is the same folder as"), ("grids", "is inside"), ("..", "contains")])
+def test_grid_folder_apart_from_the_output_folder(tmp_path, tiny_rgba_dir, capsys, grids, relation):
     """A grid folder equal to, inside or containing OUT could replace a reconstruction: refused up front."""
     _rgba_png(tmp_path / "in" / "a.png", 8, 8)
     out = tmp_path / "work" / "out"
     assert _run(tmp_path / "in", "-o", out, "--vae", tiny_rgba_dir, "--grid", out / grids) == 1
     err = capsys.readouterr().err.strip()
-    assert f"grid folder {out / grids} overlaps output folder {out}" in err and "\n" not in err
+    assert f"grid folder {out / grids} {relation} the output folder {out}" in err and "\n" not in err
     assert not out.exists()
 
 

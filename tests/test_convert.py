@@ -182,8 +182,9 @@ def test_source_inside_equal_or_around_output_is_refused(tmp_path, tiny_rgb_dir,
     assert main(["convert", "danger/rgbvae", "danger", "--overwrite"]) == 1
     err = capsys.readouterr().err
     assert "contains the source folder" in err and "danger/rgbvae" in err and "danger " in err
-    for dst, words in [("danger/rgbvae", "is the source folder"), ("danger/rgbvae/sub", "inside the source"),
-                       ("danger/rgbvae/./", "is the source folder")]:
+    for dst, words in [("danger/rgbvae", "is the same folder as the source folder"),
+                       ("danger/rgbvae/sub", "is inside the source folder"),
+                       ("danger/rgbvae/./", "is the same folder as the source folder")]:
         with pytest.raises(ValueError, match=words):
             convert_pretrained("danger/rgbvae", dst, overwrite=True)
     assert _tree(tmp_path) == before

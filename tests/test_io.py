@@ -596,3 +596,14 @@ def test_read_text_file_and_read_jsonl_errors_name_the_file(tmp_path):
         read_jsonl(tmp_path / "a.jsonl", "table")
     (tmp_path / "b.jsonl").write_text('{"a": 1}\n\n[2]\n')
     assert read_jsonl(tmp_path / "b.jsonl", "table") == [(1, {"a": 1}), (3, [2])]
+
+
+def test_folder_relation_resolves_symlinks(tmp_path):
+    from alphavae.io import folder_relation
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "a", target_is_directory=True)
+    assert folder_relation(tmp_path / "a", tmp_path / "link") == "is the same folder as"
+    assert folder_relation(tmp_path / "link" / "b" / "new", tmp_path / "a") == "is inside"  # need not exist
+    assert folder_relation(tmp_path, tmp_path / "link" / "b") == "contains"
+    assert folder_relation(tmp_path / "a" / "b", tmp_path / "ab") is None

@@ -87,6 +87,25 @@ class SpeedPolicy:
     channels_last: bool = False
 
 
+def usable_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)`` once a tensor could be allocated there (e.g. ``"cpu"``, ``"cuda:1"``).
+
+    Raises:
+        ValueError: one line naming ``device``: torch does not know it (``"bogus"``), cannot allocate there
+            (``"cuda"`` without a GPU, a missing index), or it is ``meta`` (holds no data, so nothing could be
+            computed).
+    """
+    try:
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"device {str(device)!r} is not usable here: {reason}") from err
+    if device.type == "meta":
+        raise ValueError(f"device {str(device)!r} is not usable here: it holds no data (use cpu or cuda)")
+    return device
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU has AMX-BF16 tile units (``amx_bf16`` in ``/proc/cpuinfo``), where bf16 pays off.
 

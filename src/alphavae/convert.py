@@ -27,7 +27,7 @@ from torch import nn
 
 import alphavae
 from alphavae.accel import parse_dtype
-from alphavae.io import set_default_permissions
+from alphavae.io import folder_relation, set_default_permissions
 
 PROVENANCE_FILE = "alphavae_provenance.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "alphavae-mini"
@@ -326,17 +326,10 @@ def _provenance(src, subfolder: str | None, dtype: str, report: InvariantReport)
 
 def _check_apart(src: str | os.PathLike, dst: Path) -> None:
     """Refuse an output folder that is, lies inside, or contains a local source folder (names both)."""
-    source, output = Path(src).expanduser().resolve(), dst.resolve()
-    if output == source:
-        relation = "is the source folder"
-    elif output.is_relative_to(source):
-        relation = "is inside the source folder"
-    elif source.is_relative_to(output):
-        relation = "contains the source folder"
-    else:
-        return
-    raise ValueError(f"output folder {dst} {relation} {src}; choose an output folder apart from the source "
-                     "(the source is never written to)")
+    relation = folder_relation(dst, src)
+    if relation is not None:
+        raise ValueError(f"output folder {dst} {relation} the source folder {src}; choose an output folder apart "
+                         "from the source (the source is never written to)")
 
 
 def _check_destination(src: str | os.PathLike, dst: Path, overwrite: bool) -> None:

@@ -28,6 +28,7 @@ from alphavae.io import (
     check_output_outside_inputs,
     check_writable_folder,
     composite,
+    folder_relation,
     labelled_sheet,
     list_images_reporting,
     load_rgba,
@@ -273,10 +274,10 @@ def check_destinations(inputs: str | os.PathLike | Iterable[str | os.PathLike], 
     if grid_dir is None:
         return
     check_output_outside_inputs(grid_dir, inputs)
-    outputs, grids = output_dir.resolve(), Path(grid_dir).resolve()
-    if outputs.is_relative_to(grids) or grids.is_relative_to(outputs):
-        raise ValueError(f"grid folder {grid_dir} overlaps output folder {output_dir}; "
-                         "choose a grid folder outside it (it holds reconstructions only)")
+    relation = folder_relation(grid_dir, output_dir)
+    if relation is not None:
+        raise ValueError(f"grid folder {grid_dir} {relation} the output folder {output_dir}; "
+                         "choose a grid folder apart from it (it holds reconstructions only)")
     check_writable_folder(grid_dir, "grids")
 
 

@@ -22,7 +22,7 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from alphavae.accel import apply_policy, compute_dtype, float32_computation, resolve_policy
+from alphavae.accel import apply_policy, compute_dtype, float32_computation, resolve_policy, usable_device
 from alphavae.convert import DEFAULT_MODEL_DIR, downsampling_factor, load_autoencoder, require_channels
 from alphavae.io import check_pixels, clear_hidden_colour, pad_to_multiple
 from alphavae.io.resample import _check_size
@@ -201,17 +201,6 @@ def _blend(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tops: li
     return out / weight
 
 
-def _usable_device(device: str | torch.device) -> torch.device:
-    """``torch.device(device)`` after allocating a tensor there; ValueError naming it if that fails."""
-    try:
-        device = torch.device(device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError, TypeError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"device {str(device)!r} is not usable here: {reason}") from err
-    return device
-
-
 class RGBAVAE:
     """A 4-channel (RGBA) diffusers ``AutoencoderKL`` that encodes and decodes images of any size.
 
@@ -270,7 +259,7 @@ class RGBAVAE:
             ValueError: bad dtype, an unknown or unusable device (e.g. "cuda" without a GPU), or the
                 model is not a 4-channel AutoencoderKL.
         """
-        device = _usable_device(device)
+        device = usable_device(device)
         policy = resolve_policy(dtype, device)
         if path_or_id is None:
             if not (DEFAULT_MODEL_DIR / "config.json").is_file():

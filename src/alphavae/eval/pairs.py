@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from alphavae.io import list_images
+from alphavae.io import folder_relation, list_images
 
 ROOT = "."
 """Name of a tree level that the folder layout does not have (e.g. the category of a flat folder)."""
@@ -77,15 +77,12 @@ def check_apart(gt_dir: str | Path, pred_dir: str | Path) -> None:
     """Check that the GT and prediction folders do not overlap (neither equals nor contains the other).
 
     The folders are walked recursively, so overlapping ones would read the predictions as ground truth
-    too (or the reverse). Compared after resolving symlinks, like ``alphavae.io.check_output_outside_inputs``.
+    too (or the reverse). Compared after resolving symlinks (``alphavae.io.folder_relation``).
 
     Raises:
         ValueError: one line naming both folders.
     """
-    gt, pred = Path(gt_dir).resolve(), Path(pred_dir).resolve()
-    overlaps = {"is the same folder as": pred == gt, "is inside": pred.is_relative_to(gt),
-                "contains": gt.is_relative_to(pred)}
-    problem = next((words for words, holds in overlaps.items() if holds), None)
+    problem = folder_relation(pred_dir, gt_dir)
     if problem is not None:
         raise ValueError(f"prediction folder {pred_dir} {problem} GT folder {gt_dir}; give folders that do not "
                          "overlap (both are read with their sub-folders)")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from alphavae.eval.aggregate import RGB_GROUP
 from alphavae.eval.backgrounds import BACKGROUND_NAMES, CHECKERBOARD, composites
 from alphavae.eval.protocols import RGBA_GROUP
-from alphavae.io import alpha_unit, set_default_permissions, to_pil
+from alphavae.io import alpha_unit, check_writable_folder, set_default_permissions, to_pil
 
 CSV_COLUMNS = ("group", "subset", "input_laion_score", "output_laion_score", "fid_score", "lpips", "psnr", "ssim")
 """Column order of the reference CSV report."""
@@ -287,26 +287,15 @@ def _refuse_existing_reports(folder: Path, overwrite: bool) -> None:
 def check_report_destination(folder: str | Path, *, overwrite: bool = False) -> None:
     """Fail early, before any scoring, if :func:`write_reports` could not write into ``folder``.
 
-    Creates nothing: probes ``folder``, or where it does not exist yet its nearest existing parent
-    folder (where it would be created), with a hidden temporary file that is removed again.
+    Creates nothing (:func:`alphavae.io.check_writable_folder` probes ``folder`` or its nearest existing parent).
 
     Raises:
         FileExistsError: a report file exists and ``overwrite`` is False.
         NotADirectoryError: ``folder`` (or a parent) exists and is not a folder (or is a dangling symlink).
         OSError: ``folder`` cannot be created or written to (e.g. read-only; names the folder).
     """
-    folder = Path(folder)
-    _refuse_existing_reports(folder, overwrite)
-    existing = next(path for path in (folder, *folder.absolute().parents) if os.path.lexists(path))
-    if not existing.is_dir():
-        what = "a dangling symlink" if existing.is_symlink() and not existing.exists() else "not a folder"
-        raise NotADirectoryError(f"{folder}: cannot write the report there ({existing} is {what})")
-    try:
-        handle, probe = tempfile.mkstemp(dir=existing, prefix=".report-probe.", suffix=".tmp")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as err:
-        raise OSError(f"{folder}: cannot write the report there ({err.strerror or err})") from err
+    _refuse_existing_reports(Path(folder), overwrite)
+    check_writable_folder(folder, "the report")
 
 
 def _stage(path: Path, text: str) -> Path:

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from alphavae.accel import usable_device
 from alphavae.eval.aggregate import RGB_GROUP, ImageRecord, aggregate, count_unscored, fid_with_rgb
 from alphavae.eval.backgrounds import BACKGROUND_NAMES, composites, quantise
 from alphavae.eval.metrics import NOT_APPLICABLE, SSIM_WINDOW
@@ -143,20 +144,14 @@ def scoring_device(requested: str | torch.device) -> torch.device:
 
     Raises:
         ValueError: in a single process, ``requested`` is not a device torch can allocate on here (e.g.
-            ``bogus``, ``cuda`` without a GPU; ``alphavae.vae``'s device check), or is ``meta`` (which
-            holds no data, so nothing could be scored); one line naming it.
+            ``bogus``, ``cuda`` without a GPU, ``meta``; :func:`alphavae.accel.usable_device`); one line naming it.
     """
     from accelerate import PartialState
-
-    from alphavae.vae import _usable_device
 
     state = PartialState()
     if state.num_processes > 1:
         return torch.device(state.device)
-    device = _usable_device(requested)
-    if device.type == "meta":
-        raise ValueError(f"device {str(requested)!r} is not usable here: it holds no data (use cpu or cuda)")
-    return device
+    return usable_device(requested)
 
 
 UNSCORED_REASONS = {

@@ -592,6 +592,23 @@ def check_writable_folder(folder: str | os.PathLike, what: str = "files") -> Non
         raise OSError(f"{folder}: cannot write {what} there ({err.strerror or err})") from err
 
 
+def folder_relation(folder: str | os.PathLike, other: str | os.PathLike) -> str | None:
+    """How ``folder`` lies with respect to ``other``, compared after resolving symlinks (neither need exist).
+
+    Returns:
+        ``"is the same folder as"``, ``"is inside"`` or ``"contains"`` (reads as ``f"{folder} {relation}
+        {other}"``), or None when the two are apart.
+    """
+    path, reference = Path(folder).expanduser().resolve(), Path(other).expanduser().resolve()
+    if path == reference:
+        return "is the same folder as"
+    if path.is_relative_to(reference):
+        return "is inside"
+    if reference.is_relative_to(path):
+        return "contains"
+    return None
+
+
 def check_output_outside_inputs(output_dir: str | os.PathLike,
                                 inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> None:
     """Refuse to write into an input tree.

@@ -67,7 +67,7 @@ def test_missing_inputs_and_empty_folders_are_skipped(tmp_path, capsys):
     assert f"skipped: {tmp_path / 'empty'}: no image files in this folder" in captured.err
     assert "2 of 3 inputs failed" in captured.err
     assert main(["background-moments", str(tmp_path / "missing"), str(tmp_path / "empty")]) == 1
-    assert capsys.readouterr().err == ("alphavae background-moments: error: no images to average "
+    assert capsys.readouterr().err == ("alphavae background-moments: error: no images "
                                        f"({tmp_path / 'missing'}: input does not exist; "
                                        f"{tmp_path / 'empty'}: no image files in this folder)\n")
 

@@ -154,3 +154,12 @@ def test_write_through_a_symlinked_config_keeps_the_link(tmp_path, tiny_rgba_dir
     factors = json.loads(capsys.readouterr().out)
     assert (vae_dir / "config.json").is_symlink()
     assert json.loads(shared.read_text())["scaling_factor"] == factors["scaling_factor"]
+
+
+def test_a_missing_input_among_several_is_skipped(tmp_path, tiny_rgba_dir, capsys):
+    Image.fromarray(np.zeros((16, 16, 4), np.uint8), "RGBA").save(tmp_path / "img.png")
+    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path / "missing"), str(tmp_path / "img.png")]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["images"] == 1
+    assert f"skipped: {tmp_path / 'missing'}: input does not exist" in captured.err
+    assert "1 of 2 inputs failed" in captured.err

@@ -58,20 +58,24 @@ def _int_in_range(text: str, lowest: int, *, highest: int | None = None) -> int:
     return value
 
 
-def choose_images(inputs: list[str], limit: int | None, seed: int) -> list:
-    """The image files of ``inputs`` (``alphavae.io.list_images``), sorted; at most ``limit`` of them, a random
-    subset drawn with ``seed`` (``None`` = all).
+def choose_images(inputs: list[str], limit: int | None, seed: int, failed: list[str]) -> list:
+    """The image files of ``inputs`` (``alphavae.io.list_images_reporting``), sorted; at most ``limit`` of them, a
+    random subset drawn with ``seed`` (``None`` = all). A bad input (missing path, folder without images, device
+    or FIFO) is skipped and its one-line ``"<path>: <reason>"`` appended to ``failed``.
 
     Raises:
-        FileNotFoundError: an input does not exist. ValueError: no image files.
+        ValueError: no image file in any input (names each bad input; ``failed`` is left as it was).
     """
     import random
 
-    from alphavae.io import list_images
+    from alphavae.io import list_images_reporting
 
-    paths = [path for path, _ in list_images(inputs)]
-    if not paths:
-        raise ValueError(f"no image files in {', '.join(map(str, inputs))}")
+    images, bad_inputs = list_images_reporting(inputs)
+    reasons = [f"{path}: {reason}" for path, reason in bad_inputs]
+    if not images:
+        raise ValueError(f"no images ({'; '.join(reasons)})" if reasons else "no images")
+    failed += reasons
+    paths = [path for path, _ in images]
     return sorted(random.Random(seed).sample(paths, min(limit or len(paths), len(paths))))
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from alphavae.cli import choose_images, load_skipping, positive_int, report_skipped, seed
 from alphavae.io import DEFAULT_MAX_PIXELS
@@ -35,27 +34,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Estimate and print the moments; 1 if any input was skipped (listed on stderr) or on error (one line, e.g.
     when no input gives a readable image)."""
-    from alphavae.io import list_images_reporting
     from alphavae.losses import background_moments
 
     prog = "alphavae background-moments"
-    images, bad_inputs = list_images_reporting(args.inputs)
-    failed = [f"{path}: {reason}" for path, reason in bad_inputs]
-    if not images:
-        print(f"{prog}: error: no images to average ({'; '.join(failed)})", file=sys.stderr)
-        return 1
-    unusable = {path for path, _ in bad_inputs}
-    paths: list = []
+    failed: list[str] = []
+    inputs = 0
     try:
-        paths = choose_images([given for given in args.inputs if Path(given) not in unusable], args.limit, args.seed)
+        paths = choose_images(args.inputs, args.limit, args.seed, failed)
+        inputs = len(paths) + len(failed)  # failed holds the bad inputs only, so far
         mean, square, count = background_moments(load_skipping(paths, args.max_pixels, failed))
     except (OSError, ValueError) as err:
-        report_skipped(prog, failed, len(paths) + len(bad_inputs))
+        report_skipped(prog, failed, inputs)
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     print(json.dumps({"background_mean": mean, "background_square": square, "images": count}))
     as_list = lambda values: "[" + ",".join(f"{v:.6g}" for v in values) + "]"  # noqa: E731  6 significant digits
     print(f"{prog}: for train-vae: --set 'loss.background_mean={as_list(mean)}' "
           f"--set 'loss.background_square={as_list(square)}'", file=sys.stderr)
-    report_skipped(prog, failed, len(paths) + len(bad_inputs))
+    report_skipped(prog, failed, inputs)
     return 1 if failed else 0

@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Encode images (posterior samples) and print shift_factor = latent mean and scaling_factor "
                     "= 1 / latent std, the convention of SD3/FLUX VAE configs; with --write, store them in the "
                     "VAE folder's config.json (atomic rewrite; the old values are printed as old -> new). "
-                    "Unreadable images are skipped and listed, and then --write leaves config.json unchanged; "
+                    "Unreadable images, missing inputs and folders without images are skipped and listed, and "
+                    "then --write leaves config.json unchanged; "
                     "--write refuses the model shipped with alphavae (copy it first) and a read-only config.json; "
                     f"a fit on fewer than {FEW_IMAGES} images prints a warning and is written only with --force "
                     "(use a few hundred images of the target data).",
@@ -63,10 +64,11 @@ def run(args: argparse.Namespace) -> int:
 
     prog = "alphavae latent-factors"
     failed: list[str] = []
-    paths: list = []
+    inputs = 0
     try:
         vae = RGBAVAE.from_pretrained(args.vae, dtype="float32", device=args.device, tile_size=args.tile_size)
-        paths = choose_images(args.inputs, args.limit, args.seed)
+        paths = choose_images(args.inputs, args.limit, args.seed, failed)
+        inputs = len(paths) + len(failed)  # failed holds the bad inputs only, so far
         factors = fit_latent_factors(vae, load_skipping(paths, args.max_pixels, failed), shift=not args.no_shift,
                                      generator=torch.Generator().manual_seed(args.seed))
         print(json.dumps(factors), flush=True)
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             _write_factors(Path(args.vae) / "config.json", factors)
     except (OSError, ValueError) as err:
         error = str(err)
-    report_skipped(prog, failed, len(paths))
+    report_skipped(prog, failed, inputs)
     if error:
         unchanged = f"; {Path(args.vae) / 'config.json'} was left unchanged" if args.write else ""
         print(f"{prog}: error: {error}{unchanged}", file=sys.stderr)

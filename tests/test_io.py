@@ -233,6 +233,8 @@ def test_bad_files_raise_image_load_error_naming_the_file(tmp_path):
         with pytest.raises(aio.ImageLoadError) as info:
             aio.load_rgba(tmp_path / name)
         assert name in str(info.value) and info.value.path == tmp_path / name and info.value.reason
+    with pytest.raises(aio.ImageLoadError, match=r"empty\.png: empty file \(0 bytes\)$"):
+        aio.load_rgba(tmp_path / "empty.png")
     copy = pickle.loads(pickle.dumps(info.value))
     assert (copy.path, copy.reason, str(copy)) == (info.value.path, info.value.reason, str(info.value))
 

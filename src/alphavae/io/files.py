@@ -210,6 +210,8 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
         raise ImageLoadError(path, f"{size[1] if size else 'too many'} pixels exceeds max_pixels={max_pixels} "
                                    "(refused from the header, before decoding)") from err
     except Exception as err:
+        if path.is_file() and path.stat().st_size == 0:
+            raise ImageLoadError(path, "empty file (0 bytes)") from err
         raise ImageLoadError(path, f"not a readable image ({type(err).__name__}: {err})") from err
     with image:
         width, height = image.size

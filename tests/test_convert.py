@@ -234,6 +234,9 @@ def test_overwrite_earlier_output_and_refusals(tmp_path, tiny_rgb_dir):
         with pytest.raises(FileExistsError, match="not a folder"):
             convert_pretrained(tiny_rgb_dir, tmp_path / "file", overwrite=overwrite)
     assert (tmp_path / "file").read_text() == "not a folder"
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileExistsError, match="dangling: exists and is a dangling symlink"):
+        convert_pretrained(tiny_rgb_dir, tmp_path / "dangling")
 
 
 def test_the_shipped_model_is_never_a_destination(tmp_path, tiny_rgb_dir, capsys):

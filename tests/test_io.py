@@ -499,6 +499,9 @@ def test_atomic_write_cleans_up_and_sets_permissions(tmp_path):
     assert written.stat().st_mode & 0o777 == 0o666 & ~umask
     with pytest.raises(FileExistsError):
         aio.atomic_write(written, lambda p: p.write_text("again"))
+    with pytest.raises(IsADirectoryError, match=r"deep: is a folder; a file cannot replace it$"):
+        aio.atomic_write(tmp_path / "deep", lambda p: p.write_text("x"), overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["x.txt"]  # no temporary file left
 
 
 @pytest.mark.parametrize("name", ["n" * 251 + ".txt", "\u00e9" * 125 + ".txt"])

@@ -336,7 +336,8 @@ def _check_destination(src: str | os.PathLike, dst: Path, overwrite: bool) -> No
     """The checks on ``dst`` that need no model: a folder or nothing, empty unless ``overwrite``, apart from ``src``,
     not the shipped model."""
     if os.path.lexists(dst) and not dst.is_dir():
-        raise FileExistsError(f"{dst}: exists and is not a folder; choose a folder for the converted model")
+        kind = "a dangling symlink" if not dst.exists() else "not a folder"
+        raise FileExistsError(f"{dst}: exists and is {kind}; choose a folder for the converted model")
     if not overwrite and dst.is_dir() and any(dst.iterdir()):
         raise FileExistsError(f"{dst}: output folder exists and is not empty (pass {OVERWRITE_HINT} to replace "
                               "the converted model's files in it; other files are kept)")

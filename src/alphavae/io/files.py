@@ -395,10 +395,13 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], None], *, o
         ``path`` as a ``pathlib.Path``.
 
     Raises:
+        IsADirectoryError: ``path`` is a folder (also with ``overwrite``).
         FileExistsError: ``path`` exists and ``overwrite`` is False.
         Any exception of ``write_fn`` (after removing the temporary file).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; a file cannot replace it")
     if not overwrite and path.exists():
         raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)

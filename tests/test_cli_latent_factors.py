@@ -134,6 +134,13 @@ def test_write_refuses_the_shipped_model_and_a_read_only_config(tmp_path, tiny_r
     assert main(["latent-factors", str(DEFAULT_MODEL_DIR), str(tmp_path / "img.png"), "--write", "--force"]) == 1
     assert "not writing factors into the model shipped with alphavae" in capsys.readouterr().err
     assert (DEFAULT_MODEL_DIR / "config.json").read_bytes() == shipped
+    linked = tmp_path / "linked"  # a copy whose config.json is a symlink to the shipped one
+    linked.mkdir()
+    shutil.copy(DEFAULT_MODEL_DIR / "diffusion_pytorch_model.safetensors", linked)
+    (linked / "config.json").symlink_to(DEFAULT_MODEL_DIR / "config.json")
+    assert main(["latent-factors", str(linked), str(tmp_path / "img.png"), "--write", "--force"]) == 1
+    assert "through the symlink" in capsys.readouterr().err
+    assert (DEFAULT_MODEL_DIR / "config.json").read_bytes() == shipped
 
     vae_dir = tmp_path / "vae"
     shutil.copytree(tiny_rgba_dir, vae_dir)

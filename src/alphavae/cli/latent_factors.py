@@ -95,11 +95,12 @@ def _write_refusal(args: argparse.Namespace, failed: list[str], fitted: int) -> 
 
     if not args.write:
         return None
-    try:
+    config = Path(args.vae) / "config.json"
+    try:  # the folder, and where a symlinked config.json leads
         check_not_shipped(args.vae, "writing factors into")
+        check_not_shipped(config.resolve().parent, f"writing factors (through the symlink {config}) into")
     except ValueError as err:
         return str(err)
-    config = Path(args.vae) / "config.json"
     if config.is_file() and not config.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
         return f"{config} is read-only; make it writable (chmod u+w) to update its factors"
     if failed:

@@ -285,7 +285,8 @@ def test_grid_never_replaces_an_input_file(tmp_path, tiny_rgba_dir, capsys):
     assert load_rgba(tmp_path / "out" / "a.grid.png").shape == (4, 6, 6)  # a reconstruction, not a grid
 
 
-@pytest.mark.parametrize("grids, relation", [(".", "is the same folder as"), ("grids", "is inside"), ("..", "contains")])
+@pytest.mark.parametrize("grids, relation",
+                         [(".", "is the same folder as"), ("grids", "is inside"), ("..", "contains")])
 def test_grid_folder_apart_from_the_output_folder(tmp_path, tiny_rgba_dir, capsys, grids, relation):
     """A grid folder equal to, inside or containing OUT could replace a reconstruction: refused up front."""
     _rgba_png(tmp_path / "in" / "a.png", 8, 8)
@@ -356,3 +357,21 @@ def test_write_failures_name_the_final_path_and_a_full_disk_stops(tmp_path, tiny
     assert f"FAILED {tmp_path / 'in' / 'c.png'}: cannot write {out / 'c.png'} (No space left on device)" in err
     assert f"STOPPED: no space left on device (writing {out / 'c.png'}); 2 more input(s) not processed" in err
     assert ".tmp" not in err and sorted(p.name for p in out.iterdir()) == ["a.png"]
+
+
+def test_outputs_and_grids_never_land_inside_an_input_folder(tmp_path, tiny_rgba_dir, capsys):
+    """An output (or grid) folder that contains an input folder: P/in/in/a.png read from P/in would be written
+    as P/in/a.png, inside the input tree (a later run over P/in would read it as an input)."""
+    inputs = tmp_path / "P" / "in"
+    _rgba_png(inputs / "in" / "a.png", 8, 8)
+    _rgba_png(inputs / "b.png", 8, 8, seed=1)
+    before = sorted(p.relative_to(inputs) for p in inputs.rglob("*"))
+    assert _run(inputs, "-o", tmp_path / "P", "--vae", tiny_rgba_dir) == 1
+    err = capsys.readouterr().err
+    assert f"FAILED {inputs / 'in' / 'a.png'}: output {inputs / 'a.png'} would land inside input folder {inputs}" in err
+    assert (tmp_path / "P" / "b.png").is_file() and sorted(p.relative_to(inputs) for p in inputs.rglob("*")) == before
+    assert _run(inputs, "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--grid", tmp_path / "P") == 1
+    err = capsys.readouterr().err
+    assert f"GRID FAILED {inputs / 'a.grid.png'}: would land inside input folder {inputs}" in err
+    assert (tmp_path / "P" / "b.grid.png").is_file()
+    assert sorted(p.relative_to(inputs) for p in inputs.rglob("*")) == before

@@ -6,8 +6,8 @@ written as a 4-channel 8-bit PNG at the same relative path under the output fold
 (missing paths, devices, folders without images, unreadable images) are recorded and skipped;
 existing outputs and grids are kept unless ``overwrite``; writes are atomic; the output and grid
 folders are checked (placement, writability) before any model work; neither may lie inside an input
-folder, they may not overlap each other, and no output or grid ever replaces an input file. A full
-disk stops the run.
+folder, they may not overlap each other, and no output or grid ever replaces an input file or lands
+inside an input folder (e.g. when the output folder contains an input folder). A full disk stops the run.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ class _Job:
     overwrite: bool
     max_pixels: int | None
     sources: set[Path]
+    input_dirs: list[Path]
     report: ReconstructReport
     claimed: dict[Path, Path] = dataclasses.field(default_factory=dict)
 
@@ -135,6 +136,9 @@ def _grid_wanted(job: _Job, grid_path: Path) -> bool:
     grid without ``overwrite``)."""
     if grid_path.resolve() in job.sources:
         job.report.grids_failed.append((grid_path, "would overwrite an input file; choose another grid folder"))
+    elif (folder := _input_dir_holding(job, grid_path)) is not None:
+        job.report.grids_failed.append((grid_path, f"would land inside input folder {folder}; choose a grid folder "
+                                                   "apart from the inputs"))
     elif grid_path.is_dir():
         job.report.grids_failed.append((grid_path, "grid path is a directory"))
     elif grid_path.exists() and not job.overwrite:
@@ -209,10 +213,19 @@ def _write(job: _Job, batch: list[tuple[Path, Path, torch.Tensor]]) -> None:
             return
 
 
+def _input_dir_holding(job: _Job, path: Path) -> Path | None:
+    """The input folder that ``path`` would land in (after resolving symlinks; e.g. an output folder that
+    contains an input folder), or None."""
+    resolved = path.resolve()
+    return next((folder for folder in job.input_dirs if resolved.is_relative_to(folder)), None)
+
+
 def _output_refusal(job: _Job, path: Path, target: Path) -> str | None:
     """Why input ``path`` cannot be written to ``target`` (None: it can)."""
     if target.resolve() in job.sources:
         return f"output {target} would overwrite its input; choose another output folder"
+    if (folder := _input_dir_holding(job, target)) is not None:
+        return f"output {target} would land inside input folder {folder}; choose an output folder apart from them"
     if target in job.claimed:
         return (f"output {target} is also the output of {job.claimed[target]} "
                 "(same name with another extension); rename one of them")
@@ -314,8 +327,9 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
         A ``ReconstructReport``; missing inputs, inputs that are neither regular files nor folders
         (devices, FIFOs), folders without images, unreadable images, name collisions (``a.jpg`` and
         ``a.png`` in one folder: the second readable one fails), outputs that would replace an input
-        file, output paths taken by a folder, and failed reconstructions/writes (named by the final
-        path) are in ``failed``; failed grids in ``grids_failed``; the rest continue.
+        file or land inside an input folder, output paths taken by a folder, and failed
+        reconstructions/writes (named by the final path) are in ``failed``; failed grids in
+        ``grids_failed``; the rest continue.
     Raises:
         ValueError, OSError: as ``check_destinations`` (checked before anything is loaded);
             ValueError for ``batch_size`` < 1.
@@ -328,7 +342,7 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
     items, report.failed = list_images_reporting(inputs)
     job = _Job(vae=vae, output_dir=Path(output_dir), grid_dir=None if grid_dir is None else Path(grid_dir),
                overwrite=overwrite, max_pixels=max_pixels, sources={path.resolve() for path, _ in items},
-               report=report)
+               input_dirs=[Path(given).resolve() for given in inputs if Path(given).is_dir()], report=report)
     batch: list[tuple[Path, Path, torch.Tensor]] = []
     for index, (path, relative) in enumerate(tqdm(items, desc="reconstruct", unit="img", disable=not progress)):
         target = job.output_dir / relative.with_suffix(".png")

@@ -541,3 +541,27 @@ def test_yaml_merge_keys_still_work_and_eps_must_be_positive(tmp_path):
     assert read_yaml((tmp_path / "merge.yaml").read_text())["data"] == {"size": 32, "batch_size": 2}
     with pytest.raises(ValueError, match=r"optim.eps must be > 0, got 0"):
         load_config("vae_main", ["optim.eps=0"])
+
+
+@pytest.mark.parametrize("state, problem", [({"step": 1, "files": None}, "'files' is not a map"),
+                                            ({"step": 1, "files": {"model.safetensors": "9"}}, "'files' is not a map"),
+                                            ({"nonfinite_streak": 0}, "no whole-number 'step'"),
+                                            ({"step": "abc"}, "no whole-number 'step'")])
+def test_checkpoint_state_with_bad_fields_is_named(assets, tmp_path, state, problem):
+    overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0})
+    train_vae(load_config("vae_main", overrides), tmp_path / "run", stop_after=1)
+    path = tmp_path / "run" / "checkpoints" / "step-00000001" / "trainer_state.json"
+    path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=f"{path}: damaged checkpoint file \\({problem}"):
+        train_vae(load_config("vae_main", overrides), tmp_path / "run", resume="latest")
+
+
+def test_latest_does_not_skip_a_newest_checkpoint_that_lost_its_state(assets, tmp_path):
+    """Checkpoints are renamed into place complete: a step-* folder without trainer_state.json is damage, and
+    --resume latest must say so instead of silently redoing that interval from an older checkpoint."""
+    overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0})
+    train_vae(load_config("vae_main", overrides), tmp_path / "run", stop_after=2)
+    newest = tmp_path / "run" / "checkpoints" / "step-00000002"
+    (newest / "trainer_state.json").unlink()
+    with pytest.raises(ValueError, match=f"{newest}: damaged checkpoint, .*continue from step-00000001"):
+        train_vae(load_config("vae_main", overrides), tmp_path / "run", resume="latest")

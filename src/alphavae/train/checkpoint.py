@@ -39,10 +39,21 @@ def find_checkpoint(run_dir: str | os.PathLike, resume: str) -> Path | None:
 
     Raises:
         FileNotFoundError: ``resume`` is a path that is not a complete checkpoint folder.
+        ValueError: with ``"latest"``, a ``step-*`` folder newer than the newest complete checkpoint lacks its
+            ``trainer_state.json`` (checkpoints are renamed into place complete, so it was damaged since); the
+            message says which folder to delete.
     """
     if resume == "latest":
         checkpoints = list_checkpoints(run_dir)
-        return checkpoints[-1] if checkpoints else None
+        newest = checkpoints[-1] if checkpoints else None
+        folder = Path(run_dir) / "checkpoints"
+        stateless = sorted(p for p in folder.glob("step-*") if _NAME.match(p.name) and p not in checkpoints)
+        damaged = [p for p in stateless if newest is None or p.name > newest.name]
+        if damaged:
+            fallback = f"from {newest.name}" if newest else "from the start"
+            raise ValueError(f"{damaged[-1]}: damaged checkpoint, it has no {STATE_FILE} (a finished checkpoint always "
+                             f"has one); delete it and rerun with --resume latest to continue {fallback}")
+        return newest
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"{path}: not a checkpoint folder (no {STATE_FILE})")
@@ -137,16 +148,27 @@ def _read_state(checkpoint: Path) -> dict:
     """The JSON object of ``checkpoint/trainer_state.json``.
 
     Raises:
-        FileNotFoundError: the folder or file is missing. ValueError: the file is not a JSON object.
+        FileNotFoundError: the folder or file is missing. ValueError: the file is not a JSON object with a
+            whole-number ``step`` >= 0 (and, when present, a ``files`` map of names to byte counts).
     """
     path = checkpoint / STATE_FILE
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: damaged checkpoint file ({err})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: damaged checkpoint file (not a JSON object)")
+    files = state.get(FILES_KEY, {}) if isinstance(state, dict) else None
+    problem = ("not a JSON object" if not isinstance(state, dict)
+               else "no whole-number 'step' >= 0" if not _count(state.get("step"))
+               else f"'{FILES_KEY}' is not a map of file names to sizes in bytes"
+               if not isinstance(files, dict) or not all(_count(size) for size in files.values()) else None)
+    if problem:
+        raise ValueError(f"{path}: damaged checkpoint file ({problem})")
     return state
+
+
+def _count(value: object) -> bool:
+    """True for an int >= 0 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _check_files(checkpoint: Path, files: dict) -> None:

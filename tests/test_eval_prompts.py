@@ -47,6 +47,7 @@ def test_a_one_line_jsonl_file_is_json_lines(tmp_path):
     ("row.jsonl", '{"key": "a", "prompt": "x"}\n["b", "y"]\n', '{path}:2: expected {{"key": ..., "prompt": ...}}'),
     ("broken.json", '{\n "a": "x",\n "b": }\n', "{path}:3: not JSON (Expecting value)"),
     ("latin1.json", b'{"la": "caf\xe9"}', "{path}: not UTF-8 text"),
+    ("surrogate.json", '{"la": "\\ud800"}', "{path}: key 'la' has a prompt that is not valid text"),
 ])
 def test_bad_prompt_files_are_one_line_errors_naming_the_file(tmp_path, name, content, message):
     """Finding 12: null prompts were scored as the text 'None', an empty key gave "PosixPath('.') has an empty

@@ -340,13 +340,19 @@ def _unique_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 
 def _prompt_entry(where: str, key: object, prompt: object) -> tuple[str, str]:
-    """``(key, prompt)`` once both are checked to be non-empty strings; else ValueError starting with ``where``."""
+    """``(key, prompt)`` once both are checked to be non-empty strings (the prompt valid Unicode text); else
+    ValueError starting with ``where``."""
     if not isinstance(key, str) or not key.strip():
         raise ValueError(f"{where}: key {json.dumps(key)} is not an image key (the image's path relative to "
                          "the prediction folder minus extension, a non-empty string)")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"{where}: key {key!r} has no prompt (got {json.dumps(prompt)}; a prompt is a non-empty "
                          "string)")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # JSON escapes such as "\ud800" give lone surrogates, which no tokenizer takes
+        raise ValueError(f"{where}: key {key!r} has a prompt that is not valid text (a lone UTF-16 surrogate "
+                         f"{json.dumps(prompt)})") from None
     return key, prompt
 
 

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -20,10 +21,22 @@ def test_csv_and_jsonl_tables(tmp_path):
     ("t.jsonl", "not json\n", "t.jsonl:1: not JSON"),
     ("t.csv", "caption\nhello\n", "t.csv:2: needs one of the columns file_name"),
     ("t.txt", "a", "must be .csv or .jsonl"),
+    ("list.jsonl", '{"file_name": "a.png", "caption": ["a cat", "a dog"]}\n',
+     "list.jsonl:1: column 'caption' must be text"),
+    ("bool.jsonl", '{"file_name": "a.png", "caption": true}\n',
+     "bool.jsonl:1: column 'caption' must be text, got True"),
+    ("dup.csv", "file_name,caption\na.png,a cat\na.png,a dog\n",
+     "dup.csv:3: image 'a.png' is given twice (also on line 2)"),
+    ("blank.csv", "file_name,caption\na.png,  \n", "blank.csv:2: column 'caption' is empty"),
+    ("quoted.csv", 'file_name,caption\na.png,"two\nlines"\nb.png,\n', "quoted.csv:4: column 'caption' is empty"),
+    ("header.csv", "file_name,caption\n", "header.csv: no rows"),
+    ("empty.jsonl", "\n", "empty.jsonl: no rows"),
 ])
 def test_table_errors_name_file_and_line(tmp_path, name, text, message):
+    """Also what would train on wrong captions: lists or booleans turned into text, a repeated image whose
+    last caption won, a table without rows."""
     (tmp_path / name).write_text(text)
-    with pytest.raises(CaptionError, match=message):
+    with pytest.raises(CaptionError, match=re.escape(message)):
         read_caption_table(tmp_path / name)
 
 
@@ -76,3 +89,10 @@ def test_sidecar_that_is_not_utf8_names_it(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"\xffcaption")
     with pytest.raises(ValueError, match=r"a\.txt: not UTF-8 text"):
         resolve_captions([tmp_path / "a.png"], tmp_path)
+
+
+def test_table_rows_that_name_no_image_are_warned_about(tmp_path):
+    images = [tmp_path / "data" / "a.png"]
+    with pytest.warns(UserWarning, match=r"1 of 2 caption table rows name no training image \(e.g. 'images/b.png'\)"):
+        captions = resolve_captions(images, tmp_path / "data", {"a.png": "cat", "images/b.png": "dog"})
+    assert captions == ["cat"]

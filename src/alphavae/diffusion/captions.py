@@ -6,6 +6,7 @@ Paper §5.1 trains with one caption per image and the fallback prompt "RGBA" whe
 from __future__ import annotations
 
 import csv
+import warnings
 from io import StringIO
 from pathlib import Path
 
@@ -23,9 +24,16 @@ class CaptionError(ValueError):
 
 
 def _pick(row: dict, keys: tuple[str, ...], where: str) -> str:
-    for key in keys:
-        if row.get(key) not in (None, ""):
-            return str(row[key])
+    """The first non-blank text among ``row``'s ``keys`` columns; CaptionError starting with ``where`` when the
+    value is not text (a JSON list, number, ...), only blank ones are present, or none is."""
+    present = [key for key in keys if row.get(key) is not None]
+    for key in present:
+        if not isinstance(row[key], str):
+            raise CaptionError(f"{where}: column {key!r} must be text, got {row[key]!r}")
+        if row[key].strip():
+            return row[key]
+    if present:
+        raise CaptionError(f"{where}: column {present[0]!r} is empty")
     raise CaptionError(f"{where}: needs one of the columns {', '.join(keys)}")
 
 
@@ -38,23 +46,30 @@ def read_caption_table(path: str | Path) -> dict[str, str]:
     A leading byte-order mark (spreadsheet CSV exports) is ignored.
 
     Raises:
-        CaptionError: unknown extension, a folder, bytes that are not UTF-8, bad JSON, or a row without
-            an image or caption field (the message names the file and line).
+        CaptionError: unknown extension, a folder, bytes that are not UTF-8, bad JSON, no rows, an image
+            given twice, or a row without an image or caption field, or with a blank or non-text one (a JSON
+            list, number, ...); the message names the file and line.
         FileNotFoundError: the file does not exist. OSError: it cannot be read otherwise.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        text = _read(path, io.read_text_file)
-        rows = ((n + 2, row) for n, row in enumerate(csv.DictReader(StringIO(text, newline=""))))
+        reader = csv.DictReader(StringIO(_read(path, io.read_text_file), newline=""))
+        rows = ((reader.line_num, row) for row in reader)  # line_num: the row's last line (quoted newlines)
     elif suffix == ".jsonl":
         rows = ((n, _json_object(path, n, value)) for n, value in _read(path, io.read_jsonl))
     else:
         raise CaptionError(f"{path}: caption table must be .csv or .jsonl, not {suffix or 'no extension'}")
     table: dict[str, str] = {}
+    lines: dict[str, int] = {}
     for line, row in rows:
         where = f"{path}:{line}"
-        table[_pick(row, _FILE_KEYS, where)] = _pick(row, _TEXT_KEYS, where).strip()
+        image = _pick(row, _FILE_KEYS, where)
+        if image in lines:
+            raise CaptionError(f"{where}: image {image!r} is given twice (also on line {lines[image]})")
+        table[image], lines[image] = _pick(row, _TEXT_KEYS, where).strip(), line
+    if not table:
+        raise CaptionError(f"{path}: no rows (a header and one row per image: file_name,caption)")
     return table
 
 
@@ -83,19 +98,29 @@ def resolve_captions(
     then a sidecar ``<image stem>.txt`` next to the image (UTF-8, stripped), then ``fallback``.
     Empty captions count as missing.
 
+    Warns:
+        UserWarning: rows of ``table`` name no image of ``images`` (a wrong prefix would otherwise train
+            every image on ``fallback`` without a word).
+
     Raises:
         ValueError: a sidecar is not UTF-8 text (names it). OSError: a sidecar cannot be read.
     """
     table = table or {}
     root = Path(root)
-    captions = []
+    captions, used = [], set()
     for image in images:
         keys = (image.relative_to(root).as_posix() if image.is_relative_to(root) else None, image.name)
-        caption = next((table[k] for k in keys if k and table.get(k)), "")
+        matched = [key for key in keys if key and key in table]
+        used.update(matched)
+        caption = next((table[key] for key in matched if table[key]), "")
         sidecar = image.with_suffix(".txt")
         if not caption and sidecar.is_file():
             caption = io.read_text_file(sidecar, "caption file").strip()
         captions.append(caption or fallback)
+    unused = [key for key in table if key not in used]
+    if unused:
+        warnings.warn(f"{len(unused)} of {len(table)} caption table rows name no training image (e.g. "
+                      f"{unused[0]!r}); keys are image paths relative to {root}, or file names", stacklevel=2)
     return captions
 
 

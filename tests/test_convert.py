@@ -258,14 +258,20 @@ def test_pickle_weights_and_malformed_configs_are_one_line_errors(tmp_path, caps
     assert main(["convert", str(tmp_path / "pickled"), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "holds pickle weights (diffusion_pytorch_model.bin)" in err and err.count("\n") == 1
-    for field, value in [("block_out_channels", [8, 16, 16]), ("norm_num_groups", 0), ("in_channels", "3")]:
-        broken = tmp_path / f"broken-{field}"
+    for index, (field, value, words) in enumerate([
+            ("block_out_channels", [8, 16, 16], "config.json and weights do not build an AutoencoderKL ("),
+            ("norm_num_groups", 0, "config.json and weights do not build an AutoencoderKL ("),
+            ("in_channels", "3", "config.json and weights do not build an AutoencoderKL ("),
+            ("scaling_factor", 0, "config.json scaling_factor must be a finite non-zero number, got 0"),
+            ("scaling_factor", "x", "config.json scaling_factor must be a finite non-zero number, got 'x'"),
+            ("shift_factor", "abc", "config.json shift_factor must be a finite number or null, got 'abc'")]):
+        broken = tmp_path / f"broken-{index}"
         tiny_rgb_vae("sd1").save_pretrained(broken)
         config = json.loads((broken / "config.json").read_text())
         (broken / "config.json").write_text(json.dumps({**config, field: value}))
         assert main(["convert", str(broken), str(tmp_path / "out")]) == 1
         err = capsys.readouterr().err
-        assert f"{broken}: config.json and weights do not build an AutoencoderKL (" in err and err.count("\n") == 1
+        assert f"{broken}: {words}" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 

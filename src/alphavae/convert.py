@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
@@ -283,19 +284,20 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
             message; pickle-only weights are named).
         ValueError: the local config describes another class (e.g. UNet2DModel), or its fields and weights do
             not build an AutoencoderKL (a malformed field such as a short ``block_out_channels``, weights of
-            other shapes); names the folder.
+            other shapes), or its latent factors are unusable (``scaling_factor`` 0, NaN or not a number,
+            ``shift_factor`` not a number or null); names the folder.
         OSError: it cannot be loaded otherwise; the one-line message names the path and says what to pass.
     """
     local = Path(path_or_id).expanduser()
+    where = local / subfolder if subfolder else local
     if local.exists() or not _looks_like_model_id(str(path_or_id)):
-        _check_local_model(local / subfolder if subfolder else local)
+        _check_local_model(where)
     try:
-        return AutoencoderKL.from_pretrained(path_or_id, subfolder=subfolder, torch_dtype=torch.float32,
-                                             use_safetensors=True).eval()
+        model = AutoencoderKL.from_pretrained(path_or_id, subfolder=subfolder, torch_dtype=torch.float32,
+                                              use_safetensors=True).eval()
     except (torch.OutOfMemoryError, MemoryError):
         raise
     except (TypeError, IndexError, KeyError, AttributeError, ZeroDivisionError, RuntimeError) as err:
-        where = local / subfolder if subfolder else local
         raise ValueError(f"{where}: config.json and weights do not build an AutoencoderKL "
                          f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from err
     except (OSError, ValueError) as err:
@@ -307,6 +309,22 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
                       f"folder {str(path_or_id)!r}, so it was looked up as a model id: {reason} (pass a local "
                       "diffusers folder holding config.json and diffusion_pytorch_model.safetensors; model ids need "
                       "network access)") from err
+    _check_latent_factors(model.config, where)
+    return model
+
+
+def _check_latent_factors(config, where: Path) -> None:
+    """Raise ValueError naming ``where`` unless ``scaling_factor`` is a finite non-zero number and
+    ``shift_factor`` a finite number or null (a 0 or NaN scale would silently give zero or NaN diffusion latents)."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not number(config.scaling_factor) or config.scaling_factor == 0:
+        raise ValueError(f"{where}: config.json scaling_factor must be a finite non-zero number, "
+                         f"got {config.scaling_factor!r}")
+    if config.shift_factor is not None and not number(config.shift_factor):
+        raise ValueError(f"{where}: config.json shift_factor must be a finite number or null, "
+                         f"got {config.shift_factor!r}")
 
 
 def _provenance(src, subfolder: str | None, dtype: str, report: InvariantReport) -> dict:

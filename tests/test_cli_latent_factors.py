@@ -147,8 +147,14 @@ def test_write_refuses_the_shipped_model_and_a_read_only_config(tmp_path, tiny_r
     (vae_dir / "config.json").chmod(0o444)  # root may write it anyway: the mode is what the user set
     before = (vae_dir / "config.json").read_bytes()
     assert main(["latent-factors", str(vae_dir), str(tmp_path / "img.png"), "--write", "--force"]) == 1
-    assert "config.json is read-only; make it writable" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "config.json is read-only; make it writable" in captured.err
+    assert captured.out == ""  # refused before the fit
     assert (vae_dir / "config.json").read_bytes() == before
+    (vae_dir / "config.json").chmod(0o600)  # a private config stays private after the rewrite
+    assert main(["latent-factors", str(vae_dir), str(tmp_path / "img.png"), "--write", "--force"]) == 0
+    assert (vae_dir / "config.json").stat().st_mode & 0o777 == 0o600
+    assert (vae_dir / "config.json").read_bytes() != before
 
 
 def test_write_through_a_symlinked_config_keeps_the_link(tmp_path, tiny_rgba_dir, capsys):

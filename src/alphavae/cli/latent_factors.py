@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     failed: list[str] = []
     inputs = 0
     try:
+        if args.write:
+            _check_config_writable(Path(args.vae) / "config.json", args.vae)
         vae = RGBAVAE.from_pretrained(args.vae, dtype="float32", device=args.device, tile_size=args.tile_size)
         paths = choose_images(args.inputs, args.limit, args.seed, failed)
         inputs = len(paths) + len(failed)  # failed holds the bad inputs only, so far
@@ -88,21 +90,29 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed or error else 0
 
 
+def _check_config_writable(config: Path, vae: str) -> None:
+    """Refuse ``--write`` before any work: into the shipped model (also through a symlinked config.json),
+    a read-only config.json, or a folder where no file can be created (read-only file system).
+
+    Raises:
+        ValueError, OSError: one line naming the file or folder.
+    """
+    from alphavae.convert import check_not_shipped
+    from alphavae.io import check_writable_folder
+
+    check_not_shipped(vae, "writing factors into")
+    check_not_shipped(config.resolve().parent, f"writing factors (through the symlink {config}) into")
+    if config.is_file() and not config.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        raise ValueError(f"{config} is read-only; make it writable (chmod u+w) to update its factors")
+    check_writable_folder(config.resolve().parent, "config.json")
+
+
 def _write_refusal(args: argparse.Namespace, failed: list[str], fitted: int) -> str | None:
     """Why ``--write`` must not write this fit (None: write it, or no ``--write``)."""
-    from alphavae.convert import check_not_shipped
     from alphavae.eval.report import counted
 
     if not args.write:
         return None
-    config = Path(args.vae) / "config.json"
-    try:  # the folder, and where a symlinked config.json leads
-        check_not_shipped(args.vae, "writing factors into")
-        check_not_shipped(config.resolve().parent, f"writing factors (through the symlink {config}) into")
-    except ValueError as err:
-        return str(err)
-    if config.is_file() and not config.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
-        return f"{config} is read-only; make it writable (chmod u+w) to update its factors"
     if failed:
         return "not writing factors fitted without the inputs that failed"
     if fitted < FEW_IMAGES and not args.force:
@@ -113,7 +123,8 @@ def _write_refusal(args: argparse.Namespace, failed: list[str], fitted: int) -> 
 
 def _write_factors(config_path: Path, factors: dict) -> None:
     """Store ``factors``' scaling_factor and shift_factor in ``config_path`` (atomic rewrite of the file a
-    symlink points to), then print ``old -> new`` for each on stderr, so the old values can be restored.
+    symlink points to, its permissions kept), then print ``old -> new`` for each on stderr, so the old values
+    can be restored.
 
     Raises:
         OSError: the config cannot be read or written. ValueError: it is not valid JSON.
@@ -122,6 +133,11 @@ def _write_factors(config_path: Path, factors: dict) -> None:
     config = json.loads(config_path.read_text())
     old = {key: config.get(key) for key in ("scaling_factor", "shift_factor")}
     config.update({key: factors[key] for key in old})
-    atomic_write(config_path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"), overwrite=True)
+    mode = stat.S_IMODE(config_path.stat().st_mode)
+    try:
+        atomic_write(config_path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"), overwrite=True)
+    except OSError as err:
+        raise OSError(f"{config_path}: cannot write ({err.strerror or err})") from err
+    config_path.chmod(mode)  # keep the file's permissions (atomic_write gives new files the default ones)
     for key, value in old.items():
         print(f"{config_path}: {key} {value} -> {factors[key]}", file=sys.stderr)

@@ -30,6 +30,9 @@ def test_keys_with_dots_are_used_as_given(tmp_path):
 def test_a_one_line_jsonl_file_is_json_lines(tmp_path):
     path = _write(tmp_path, "p.jsonl", '{"key": "g0", "prompt": "a cat"}\n')
     assert read_prompts(path) == {"g0": "a cat"}
+    for name in ("one-row.json", "one-row.txt"):  # not named .jsonl: still one row, not the key map {key, prompt}
+        path = _write(tmp_path, name, '{"key": "g0", "prompt": "a cat"}\n')
+        assert read_prompts(path) == {"g0": "a cat"}
 
 
 @pytest.mark.parametrize("name, content, message", [

@@ -364,8 +364,8 @@ def _file_key(file: object) -> object:
 
 
 def _object_prompts(path: Path, text: str) -> dict[str, str] | None:
-    """Prompts of a file holding one JSON object; None if the text is not one JSON value but its first
-    line is (JSON Lines)."""
+    """Prompts of a file holding one JSON object; None if the text is JSON Lines: not one JSON value but
+    its first line is, or one object with only ``key``/``file`` and ``prompt`` fields (a one-row file)."""
     try:
         data = json.loads(text, object_pairs_hook=_unique_pairs)
     except _RepeatedKey as err:
@@ -379,6 +379,8 @@ def _object_prompts(path: Path, text: str) -> dict[str, str] | None:
         return None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: holds a JSON {type(data).__name__}; expected {PROMPTS_FORMAT}")
+    if "prompt" in data and set(data) <= {"key", "file", "prompt"}:
+        return None  # a JSON-Lines file of one row, not named .jsonl
     return dict(_prompt_entry(str(path), key, prompt) for key, prompt in data.items())
 
 

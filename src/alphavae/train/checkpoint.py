@@ -50,14 +50,20 @@ def find_checkpoint(run_dir: str | os.PathLike, resume: str) -> Path | None:
         stateless = sorted(p for p in folder.glob("step-*") if _NAME.match(p.name) and p not in checkpoints)
         damaged = [p for p in stateless if newest is None or p.name > newest.name]
         if damaged:
-            fallback = f"from {newest.name}" if newest else "from the start"
             raise ValueError(f"{damaged[-1]}: damaged checkpoint, it has no {STATE_FILE} (a finished checkpoint always "
-                             f"has one); delete it and rerun with --resume latest to continue {fallback}")
+                             f"has one); {way_back(damaged[-1], newest)}")
         return newest
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"{path}: not a checkpoint folder (no {STATE_FILE})")
     return path
+
+
+def way_back(damaged: Path, earlier: Path | None) -> str:
+    """How to go on past ``damaged``, a run's newest checkpoint: delete it and resume from ``earlier`` (the
+    newest sound checkpoint before it; None: from the start)."""
+    fallback = f"from {earlier.name} (or --resume {earlier})" if earlier else "from the start"
+    return f"delete {damaged} and rerun with --resume latest to continue {fallback}"
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: str | os.PathLike, state: dict, keep: int) -> Path:
@@ -156,14 +162,22 @@ def _read_state(checkpoint: Path) -> dict:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: damaged checkpoint file ({err})") from None
-    files = state.get(FILES_KEY, {}) if isinstance(state, dict) else None
-    problem = ("not a JSON object" if not isinstance(state, dict)
-               else "no whole-number 'step' >= 0" if not _count(state.get("step"))
-               else f"'{FILES_KEY}' is not a map of file names to sizes in bytes"
-               if not isinstance(files, dict) or not all(_count(size) for size in files.values()) else None)
+    problem = _state_problem(state)
     if problem:
         raise ValueError(f"{path}: damaged checkpoint file ({problem})")
     return state
+
+
+def _state_problem(state: object) -> str | None:
+    """What is wrong with a parsed ``trainer_state.json`` (None: nothing)."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    if not _count(state.get("step")):
+        return "no whole-number 'step' >= 0"
+    files = state.get(FILES_KEY, {})
+    if not isinstance(files, dict) or not all(_count(size) for size in files.values()):
+        return f"'{FILES_KEY}' is not a map of file names to sizes in bytes"
+    return None
 
 
 def _count(value: object) -> bool:

@@ -44,6 +44,7 @@ from alphavae.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    way_back,
 )
 from alphavae.train.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, read_yaml, save_config
 
@@ -364,9 +365,8 @@ def _restore(accelerator: Accelerator, checkpoint: Path, resume: str, run_dir: P
         if resume != "latest":
             raise
         earlier = list_checkpoints(run_dir)[:-1]
-        fallback = f"from {earlier[-1].name} (or --resume {earlier[-1]})" if earlier else "from the start"
-        raise ValueError(f"{err}; this is the newest checkpoint of {run_dir}: delete {checkpoint} and rerun with "
-                         f"--resume latest to continue {fallback}") from err
+        raise ValueError(f"{err}; this is the newest checkpoint of {run_dir}: "
+                         f"{way_back(checkpoint, earlier[-1] if earlier else None)}") from err
 
 
 def _save_run_config(config: TrainConfig, path: Path, resumed_step: int | None) -> None:

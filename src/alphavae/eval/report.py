@@ -15,7 +15,6 @@ import html
 import io as _bytes_io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from alphavae.eval.aggregate import RGB_GROUP
 from alphavae.eval.backgrounds import BACKGROUND_NAMES, CHECKERBOARD, composites
 from alphavae.eval.protocols import RGBA_GROUP
-from alphavae.io import alpha_unit, check_writable_folder, set_default_permissions, to_pil
+from alphavae.io import alpha_unit, check_writable_folder, stage_file, to_pil
 
 CSV_COLUMNS = ("group", "subset", "input_laion_score", "output_laion_score", "fid_score", "lpips", "psnr", "ssim")
 """Column order of the reference CSV report."""
@@ -299,20 +298,12 @@ def check_report_destination(folder: str | Path, *, overwrite: bool = False) -> 
 
 
 def _stage(path: Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to a hidden temporary file next to ``path``, fsynced, usual permissions;
-    returns it. Raises OSError naming ``path`` (nothing left behind)."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    temp = Path(name)
+    """``alphavae.io.stage_file`` of ``text`` (UTF-8) beside ``path``; returns the temporary file. Raises OSError
+    naming ``path`` (nothing left behind)."""
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(text.encode("utf-8"))
-            stream.flush()
-            os.fsync(stream.fileno())
-        set_default_permissions(temp)
+        return stage_file(path, lambda temp: temp.write_bytes(text.encode("utf-8")))
     except OSError as err:
-        temp.unlink(missing_ok=True)
         raise OSError(f"{path}: cannot write the report ({err.strerror or err})") from err
-    return temp
 
 
 def _write_files(folder: Path, texts: dict[str, str], *, overwrite: bool) -> list[Path]:

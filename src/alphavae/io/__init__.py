@@ -41,6 +41,7 @@ from alphavae.io.files import (
     save_rgba,
     set_default_permissions,
     special_file_kind,
+    stage_file,
     to_pil,
 )
 from alphavae.io.resample import (
@@ -60,5 +61,5 @@ __all__ = [
     "folder_relation", "from_pil", "from_unit", "image_extensions", "labelled_sheet", "list_images",
     "list_images_reporting", "load_rgba", "mask_to_alpha", "pad_to_multiple", "premultiply", "read_jsonl",
     "read_text_file", "resize_rgba", "resize_short_side", "save_rgba", "set_default_permissions", "special_file_kind",
-    "to_pil", "to_unit", "unpremultiply",
+    "stage_file", "to_pil", "to_unit", "unpremultiply",
 ]

@@ -405,6 +405,29 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], None], *, o
     if not overwrite and path.exists():
         raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    temp = stage_file(path, write_fn)
+    try:
+        if not overwrite and path.exists():
+            raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def stage_file(path: str | os.PathLike, write_fn: Callable[[Path], None]) -> Path:
+    """The first half of :func:`atomic_write`: ``write_fn`` fills a hidden temporary file beside ``path``
+    (``.<name>.<random>.tmp``, in ``path``'s existing folder), which is fsynced and given the usual
+    ``0o666 & ~umask`` permissions. The caller renames it into place (``os.replace``) or removes it, e.g.
+    to put several files in place only once all of them are written.
+
+    Returns:
+        The temporary file.
+
+    Raises:
+        Any exception of ``write_fn`` or of the fsync (after removing the temporary file).
+    """
+    path = Path(path)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{_temp_stem(path.name)}.", suffix=".tmp")
     os.close(handle)
     temp = Path(temp_name)
@@ -413,12 +436,10 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], None], *, o
         with open(temp, "rb+") as written:
             os.fsync(written.fileno())
         set_default_permissions(temp)
-        if not overwrite and path.exists():
-            raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
-        os.replace(temp, path)
-    finally:
+    except BaseException:
         temp.unlink(missing_ok=True)
-    return path
+        raise
+    return temp
 
 
 def read_text_file(path: str | os.PathLike, what: str) -> str:

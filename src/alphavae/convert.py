@@ -231,8 +231,7 @@ def check_not_shipped(folder: str | os.PathLike, action: str) -> None:
         ValueError: ``folder`` is or lies inside ``DEFAULT_MODEL_DIR`` (the message names ``action``, e.g.
             "writing the converted model into").
     """
-    resolved = Path(folder).expanduser().resolve()
-    if resolved == DEFAULT_MODEL_DIR or resolved.is_relative_to(DEFAULT_MODEL_DIR):
+    if Path(folder).expanduser().resolve().is_relative_to(DEFAULT_MODEL_DIR):  # the folder itself included
         raise ValueError(f"{folder}: not {action} the model shipped with alphavae ({DEFAULT_MODEL_DIR}), which "
                          "commands load by default; copy that folder and pass the copy")
 

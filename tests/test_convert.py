@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging.handlers
 import shutil
 
 import pytest
@@ -273,6 +274,27 @@ def test_pickle_weights_and_malformed_configs_are_one_line_errors(tmp_path, caps
         err = capsys.readouterr().err
         assert f"{broken}: {words}" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("layers, problem", [(-1, "file weights fit no layer (first: decoder."),
+                                             (2, "layers have no weights in the file (first: decoder.")])
+def test_a_config_edited_away_from_its_weights_is_refused(tmp_path, layers, problem):
+    """diffusers only warns when weights are missing (left random) or unused (dropped); a model built that way
+    is not the saved one, so loading refuses it, naming the folder (in one line: diffusers' warning is held)."""
+    folder = tmp_path / "edited"
+    tiny_rgb_vae("sd1").save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "layers_per_block": layers}))
+    warnings = logging.handlers.BufferingHandler(capacity=100)
+    logging.getLogger("diffusers.models.modeling_utils").addHandler(warnings)
+    try:
+        with pytest.raises(ValueError, match="do not match") as error:
+            load_autoencoder(folder)
+    finally:
+        logging.getLogger("diffusers.models.modeling_utils").removeHandler(warnings)
+    assert str(error.value).startswith(f"{folder}: config.json and weights do not match: ")
+    assert problem in str(error.value) and "layers_per_block" in str(error.value)
+    assert warnings.buffer == []
 
 
 def test_a_failed_weights_write_is_one_line_and_leaves_nothing(tmp_path, tiny_rgb_dir, capsys, monkeypatch):

@@ -9,10 +9,12 @@ The latent shape is unchanged, so a diffusion model trained on the RGB VAE's lat
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime
 import json
+import logging
 import math
 import os
 import platform
@@ -283,7 +285,8 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
             message; pickle-only weights are named).
         ValueError: the local config describes another class (e.g. UNet2DModel), or its fields and weights do
             not build an AutoencoderKL (a malformed field such as a short ``block_out_channels``, weights of
-            other shapes), or its latent factors are unusable (``scaling_factor`` 0, NaN or not a number,
+            other shapes), or the weights and the config's layers differ (weights missing or unused, e.g. an edited
+            ``layers_per_block``), or its latent factors are unusable (``scaling_factor`` 0, NaN or not a number,
             ``shift_factor`` not a number or null); names the folder.
         OSError: it cannot be loaded otherwise; the one-line message names the path and says what to pass.
     """
@@ -292,8 +295,9 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
     if local.exists() or not _looks_like_model_id(str(path_or_id)):
         _check_local_model(where)
     try:
-        model = AutoencoderKL.from_pretrained(path_or_id, subfolder=subfolder, torch_dtype=torch.float32,
-                                              use_safetensors=True).eval()
+        with _quiet_loading_warnings():  # weights that do not match are refused below, in one line
+            model, loading = AutoencoderKL.from_pretrained(path_or_id, subfolder=subfolder, torch_dtype=torch.float32,
+                                                           use_safetensors=True, output_loading_info=True)
     except (torch.OutOfMemoryError, MemoryError):
         raise
     except (TypeError, IndexError, KeyError, AttributeError, ZeroDivisionError, RuntimeError) as err:
@@ -308,8 +312,35 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
                       f"folder {str(path_or_id)!r}, so it was looked up as a model id: {reason} (pass a local "
                       "diffusers folder holding config.json and diffusion_pytorch_model.safetensors; model ids need "
                       "network access)") from err
+    _check_weights_match(loading, where)
     _check_latent_factors(model.config, where)
-    return model
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _quiet_loading_warnings():
+    """Hold diffusers' model-loading logger at ERROR inside the block (its missing/unused-weights warnings)."""
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_weights_match(loading: dict, where: Path) -> None:
+    """Raise ValueError naming ``where`` when the checkpoint's weights and the config's layers differ.
+
+    ``loading`` is ``from_pretrained``'s loading info: weights the config builds but the file lacks would be
+    randomly initialised, and file weights no layer uses would be dropped (diffusers only warns), e.g. after
+    editing ``layers_per_block``; either way the model is not the one that was saved."""
+    missing, unused = sorted(loading["missing_keys"]), sorted(loading["unexpected_keys"])
+    if missing or unused:
+        parts = [f"{len(keys)} {what} (first: {keys[0]})" for keys, what in
+                 ((missing, "layers have no weights in the file"), (unused, "file weights fit no layer")) if keys]
+        raise ValueError(f"{where}: config.json and weights do not match: {'; '.join(parts)}; the config must be "
+                         "the one the weights were saved with (check layers_per_block and block_out_channels)")
 
 
 def _check_latent_factors(config, where: Path) -> None:

@@ -100,10 +100,17 @@ def test_refuses_rgb_models_pixels_and_bad_inputs(flux_vae):
         flux_vae.encode(torch.full((1, 4, 8, 8), 255.0))
     with pytest.raises(ValueError, match="latents must be"):
         flux_vae.decode(torch.zeros(1, 4, 2, 2))
+    with pytest.raises(ValueError, match=r"pixels must be a batch \(B, 4, H, W\) with B >= 1, got \(0, 4, 16, 16\)"):
+        flux_vae.encode(torch.zeros(0, 4, 16, 16))
+    with pytest.raises(ValueError, match=r"with B >= 1, got \(0, 16, 2, 2\)"):
+        flux_vae.decode(torch.zeros(0, 16, 2, 2))
     with pytest.raises(ValueError, match="larger"):
         flux_vae.decode(torch.zeros(1, 16, 2, 2), size=(17, 16))
-    with pytest.raises(ValueError, match="multiples of 8"):
+    with pytest.raises(ValueError, match=r"^tile size 60 px must be a positive multiple of 8$"):
         flux_vae.enable_tiling(60)
+    with pytest.raises(ValueError, match=r"^tile overlap 64 px must be a multiple of 8 with 0 <= overlap < tile "
+                                         r"size \(64 px\)$"):
+        flux_vae.enable_tiling(64, 64)
 
 
 def test_from_pretrained(tiny_rgba_dir, tiny_rgb_dir, tmp_path, monkeypatch):

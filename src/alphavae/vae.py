@@ -342,14 +342,15 @@ class RGBAVAE:
         for value in (tile_size, tile_overlap if tile_overlap is not None else 0):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"tile size and overlap must be integer pixel counts, got {value!r}")
+        if tile_size <= 0 or tile_size % self.multiple:
+            raise ValueError(f"tile size {tile_size} px must be a positive multiple of {self.multiple}")
         if tile_overlap is None:
             overlap = min(max(tile_size // 4, 16 * self.multiple), tile_size // 2) // self.multiple * self.multiple
         else:
             overlap = tile_overlap
-        if tile_size <= 0 or tile_size % self.multiple or overlap < 0 or overlap % self.multiple \
-                or overlap >= tile_size:
-            raise ValueError(f"tile size {tile_size} / overlap {overlap} must be multiples of {self.multiple} "
-                             "with 0 <= overlap < tile size")
+        if overlap < 0 or overlap % self.multiple or overlap >= tile_size:
+            raise ValueError(f"tile overlap {overlap} px must be a multiple of {self.multiple} with "
+                             f"0 <= overlap < tile size ({tile_size} px)")
         self.tile_size, self.tile_overlap, self.tile_mode = tile_size, overlap, tile_mode
 
     def disable_tiling(self) -> None:
@@ -450,11 +451,11 @@ class RGBAVAE:
             ``.mean``, ``.std``, ``.kl()``), raw VAE latent space (not scaled/shifted).
         Raises:
             TypeError, ValueError: not float, not 4-D with 4 channels (3-channel RGB pixels are
-                refused: add an alpha channel), or values outside [-1, 1].
+                refused: add an alpha channel), an empty batch (B = 0), or values outside [-1, 1].
         """
         check_pixels(pixels)
-        if pixels.ndim != 4:
-            raise ValueError(f"pixels must be batched (B, 4, H, W), got {tuple(pixels.shape)}")
+        if pixels.ndim != 4 or pixels.shape[0] == 0:
+            raise ValueError(f"pixels must be a batch (B, 4, H, W) with B >= 1, got {tuple(pixels.shape)}")
         _check_range(pixels)
         padded, _ = pad_to_multiple(clear_hidden_colour(pixels), self.multiple, mode="replicate")
         return DiagonalGaussianDistribution(self._run("encode", padded))
@@ -470,11 +471,12 @@ class RGBAVAE:
         Returns:
             ``(B, 4, H, W)`` float32 straight RGBA clamped to [-1, 1].
         Raises:
-            ValueError: latents not 4-D with ``latent_channels`` channels, NaN/inf latents, or ``size``
+            ValueError: latents not 4-D with ``latent_channels`` channels, an empty batch, NaN/inf latents, or ``size``
                 not two positive integers or larger than the decoded image.
         """
-        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
-            raise ValueError(f"latents must be (B, {self.latent_channels}, h, w), got {tuple(latents.shape)}")
+        if latents.ndim != 4 or latents.shape[1] != self.latent_channels or latents.shape[0] == 0:
+            raise ValueError(f"latents must be (B, {self.latent_channels}, h, w) with B >= 1, "
+                             f"got {tuple(latents.shape)}")
         _check_finite(latents, "latents")
         full = (latents.shape[-2] * self.multiple, latents.shape[-1] * self.multiple)
         if size is not None:

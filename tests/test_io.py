@@ -235,6 +235,11 @@ def test_bad_files_raise_image_load_error_naming_the_file(tmp_path):
         assert name in str(info.value) and info.value.path == tmp_path / name and info.value.reason
     with pytest.raises(aio.ImageLoadError, match=r"empty\.png: empty file \(0 bytes\)$"):
         aio.load_rgba(tmp_path / "empty.png")
+    webp = tmp_path / "truncated.webp"
+    aio.to_pil(random_rgba(32, 32)).save(webp, "WEBP", lossless=True)
+    webp.write_bytes(webp.read_bytes()[:-40])
+    with pytest.raises(aio.ImageLoadError, match=r"truncated\.webp: corrupt or truncated image file \(OSError: "):
+        aio.load_rgba(webp)
     copy = pickle.loads(pickle.dumps(info.value))
     assert (copy.path, copy.reason, str(copy)) == (info.value.path, info.value.reason, str(info.value))
 

@@ -212,6 +212,8 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
     except Exception as err:
         if path.is_file() and path.stat().st_size == 0:
             raise ImageLoadError(path, "empty file (0 bytes)") from err
+        if type(err) is OSError and err.errno is None:  # Pillow knew the format, then its header or data failed
+            raise ImageLoadError(path, f"corrupt or truncated image file (OSError: {err})") from err
         raise ImageLoadError(path, f"not a readable image ({type(err).__name__}: {err})") from err
     with image:
         width, height = image.size

@@ -88,7 +88,7 @@ def _score_all(pairs: list[Pair], load: Loader, protocol: Protocol, networks: Ne
                 score.groups.update(extra(pair, gt))
         except IMAGE_ERRORS as err:
             message = describe_failure(pair, err)
-            log.warning("skipped %s", message)
+            log.info("skipped %s", message)  # reported once, in the result (the CLI prints its failures)
             result.failures.append({"key": pair.key, "error": message})
             continue
         result.records.append(ImageRecord(pair.key, pair.dataset, pair.subset, pair.category, score.groups))

@@ -7,8 +7,10 @@ saved-to-disk copies for CLI tests.
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
+import torch
 
 from alphavae.testing import tiny_rgb_vae, tiny_rgba_vae
 
@@ -26,4 +28,22 @@ def tiny_rgba_dir(tmp_path_factory) -> Path:
     """A tiny converted RGBA FLUX-shaped ``AutoencoderKL`` (random alpha weights) saved in diffusers format."""
     path = tmp_path_factory.mktemp("tiny_rgba_vae")
     tiny_rgba_vae("flux", random_alpha=True).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_inception(tmp_path_factory) -> Path:
+    """torch-fidelity's FID Inception with random (Kaiming-initialised) weights, saved as a state-dict file; stands
+    in for the real weights, which cannot be downloaded here."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    torch.manual_seed(0)
+    with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None), \
+            mock.patch("torch.load", lambda *a, **k: {}):
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
+    for module in net.modules():  # keep activations alive through ~20 random layers
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("inception") / "inception.pth"
+    torch.save(net.state_dict(), path)
     return path

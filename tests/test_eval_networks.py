@@ -5,7 +5,6 @@ from __future__ import annotations
 import string
 import warnings
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
@@ -79,22 +78,6 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.images[i]
-
-
-@pytest.fixture(scope="module")
-def random_inception(tmp_path_factory):
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    torch.manual_seed(0)
-    with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None), \
-            mock.patch("torch.load", lambda *a, **k: {}):
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
-    for module in net.modules():  # keep activations alive through ~20 random layers
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    path = tmp_path_factory.mktemp("inception") / "inception.pth"
-    torch.save(net.state_dict(), path)
-    return path
 
 
 def test_frechet_distance_equals_scipy_sqrtm_formula():

@@ -5,9 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from test_eval_metrics import perturbed, soft_rgba
 
 from alphavae.cli import main
 from alphavae.eval.aggregate import ImageRecord, aggregate
@@ -18,7 +24,6 @@ from alphavae.eval.report import CSV_COLUMNS
 from alphavae.eval.runner import _gather, _score_all, build_report, folder_loader
 from alphavae.io import save_rgba, to_pil
 from alphavae.testing import tiny_rgb_vae, tiny_rgba_vae
-from test_eval_metrics import perturbed, soft_rgba
 
 NO_NETS = ["--lpips", "none", "--inception", "none"]
 
@@ -145,6 +150,38 @@ def test_eval_t2i(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert set(report["tree"]["overall"]["macro"]["rgb"]) == {"clip_score"}
     assert report["clip_score_clamped"] >= 0
+
+
+@pytest.mark.slow
+def test_eval_t2i_under_two_processes_writes_the_one_process_report(tmp_path, random_inception):
+    """Under a 2-process launch each process scores half of the generated and reference images; the main
+    process alone writes the report, equal to a one-process run (FID included). Before, every process
+    scored everything and each wrote the report."""
+    from test_eval_networks import tiny_clip
+
+    pred, ref = tmp_path / "gen", tmp_path / "ref"
+    for n in range(3):
+        save_rgba(soft_rgba(32, 32, seed=n), pred / f"g{n}.png")
+        save_rgba(soft_rgba(32, 32, seed=10 + n), ref / f"r{n}.png")
+    (tmp_path / "prompts.json").write_text(json.dumps({"g0": "a cat", "g1": "a dog"}))  # g2: no prompt
+    args = ["eval-t2i", "--pred", str(pred), "--prompts", str(tmp_path / "prompts.json"), "--ref", str(ref),
+            "--clip", str(tiny_clip(tmp_path / "clip")), "--inception", str(random_inception)]
+    bin_dir = str(Path(sys.executable).parent)
+    command = [shutil.which("torchrun", path=bin_dir), "--nproc_per_node", "2", shutil.which("alphavae", path=bin_dir),
+               *args, "-o", str(tmp_path / "two")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
+    assert completed.returncode == 1, completed.stderr[-3000:]  # g2 has no prompt
+    assert completed.stdout.count("wrote ") == 3  # the main process's three reports only
+    assert main([*args, "-o", str(tmp_path / "one")]) == 1
+    one, two = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "two"))
+    assert two["failures"] == one["failures"] and len(one["failures"]) == 1
+    overall = [report["tree"]["overall"] for report in (one, two)]
+    assert overall[0]["images"] == overall[1]["images"] == 2
+    for name, group in overall[0]["micro"].items():
+        assert overall[1]["micro"][name] == pytest.approx(group, rel=1e-5)
+    for name, fid in overall[0]["fid_pooled"].items():
+        assert overall[1]["fid_pooled"][name] == pytest.approx(fid, rel=1e-5)
 
 
 def _refuse_scoring(monkeypatch):

@@ -439,9 +439,13 @@ def _t2i_scores(pixels: torch.Tensor, prompt: str, networks: Networks, names: tu
 
 
 def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networks, *, ref_dir: str | Path | None = None,
-                 backgrounds: tuple[str, ...] = BACKGROUND_NAMES) -> dict:
+                 backgrounds: tuple[str, ...] = BACKGROUND_NAMES) -> dict | None:
     """Benchmark generated RGBA images: CLIP score against their prompts and aesthetic score on each background
     composite, and FID per background against reference RGBA images composited the same way.
+
+    With several processes (``accelerate launch``) the generated and the reference images are sharded by
+    index, each process scoring on its own device, and the shards are gathered in key order on the main
+    process, as :func:`run_sharded` does.
 
     Args:
         pred_dir: generated images (tree layout as for :func:`evaluate_folders`).
@@ -451,16 +455,44 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
     Returns:
         Report dict like :func:`build_report` (``clip_score`` is the per-image ``100 * cos``; the
         torchmetrics convention clamps the mean at 0, reported as ``clip_score_clamped``), FID under
-        ``tree.overall.fid_pooled``.
+        ``tree.overall.fid_pooled``; None on the non-main processes of a multi-process launch.
     Raises:
         FileNotFoundError, NotADirectoryError, ValueError: a folder does not exist, is not a folder or
             holds no images (both folders are checked before any scoring).
+    Source: ``accelerate.PartialState`` and ``accelerate.utils.gather_object`` for the sharding.
     """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
     plan = pair_folders(pred_dir)
     refs = pair_folders(ref_dir).pairs if ref_dir is not None else []
+    state = PartialState()
+    if state.num_processes > 1:
+        networks.to(state.device)
+    mine = slice(state.process_index, None, state.num_processes)
+    fid = ref_dir is not None and networks.inception is not None
+    shard = _t2i_shard(plan.pairs[mine], refs[mine], prompts, networks, backgrounds, fid=fid)
+    shards = gather_object([shard]) if state.num_processes > 1 else [shard]
+    if not state.is_main_process:
+        return None
+    result = _gather([evaluation for evaluation, _ in shards], 0)
+    protocol = Protocol("t2i", jpeg=False, ssim_y=False, raw_group=False, alpha_metrics=False, backgrounds=backgrounds)
+    report = build_report(result, protocol, plan, networks, pred=pred_dir, ref=ref_dir)
+    if fid:
+        report["tree"]["overall"]["fid_pooled"] = fid_with_rgb(_fid_sets_by_key([f for _, f in shards], backgrounds))
+    clip_mean = report["tree"]["overall"]["micro"].get(RGB_GROUP, {}).get("clip_score")
+    report["clip_score_clamped"] = None if clip_mean is None else max(clip_mean, 0.0)
+    return report
+
+
+def _t2i_shard(pairs: list[Pair], refs: list[Pair], prompts: dict[str, str], networks: Networks,
+               backgrounds: tuple[str, ...], *, fid: bool) -> tuple[Evaluation, dict[tuple[int, str], torch.Tensor]]:
+    """Score one process's share of eval-t2i: the :class:`Evaluation` of its generated images, and (with
+    ``fid``, which needs ``networks.inception``) ``(side, key) -> (K, 2048)`` Inception features of each
+    image's K background composites, side 0 for a reference image and 1 for a generated one (the FID sides)."""
     result = Evaluation(worst=WorstImages(0))
-    fid_sets = {name: (FeatureSet(), FeatureSet()) for name in backgrounds}
-    for pair in tqdm(plan.pairs, desc="eval-t2i", unit="img"):
+    features: dict[tuple[int, str], torch.Tensor] = {}
+    for pair in tqdm(pairs, desc="eval-t2i", unit="img"):
         try:
             if pair.key not in prompts:
                 raise ValueError(f"no prompt for key {pair.key!r}")
@@ -469,22 +501,25 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
             result.failures.append({"key": pair.key, "error": describe_failure(pair, err)})
             continue
         result.records.append(ImageRecord(pair.key, pair.dataset, pair.subset, pair.category, groups))
-        if networks.inception is not None and ref_dir is not None:
-            for name, feats in zip(backgrounds, inception_features(networks.inception, views).split(1)):
-                fid_sets[name][1].add(feats)
-    if networks.inception is not None and ref_dir is not None:
-        for ref in refs:
-            try:
-                views = quantise(composites(load_rgba(ref.gt)[None], backgrounds)[0])
-            except IMAGE_ERRORS as err:
-                result.failures.append({"key": f"ref:{ref.key}", "error": describe_failure(ref, err)})
-                continue
-            for name, feats in zip(backgrounds, inception_features(networks.inception, views).split(1)):
-                fid_sets[name][0].add(feats)
-    protocol = Protocol("t2i", jpeg=False, ssim_y=False, raw_group=False, alpha_metrics=False, backgrounds=backgrounds)
-    report = build_report(result, protocol, plan, networks, pred=pred_dir, ref=ref_dir)
-    if ref_dir is not None and networks.inception is not None:
-        report["tree"]["overall"]["fid_pooled"] = fid_with_rgb(fid_sets)
-    clip_mean = report["tree"]["overall"]["micro"].get(RGB_GROUP, {}).get("clip_score")
-    report["clip_score_clamped"] = None if clip_mean is None else max(clip_mean, 0.0)
-    return report
+        if fid:
+            features[1, pair.key] = inception_features(networks.inception, views).cpu()
+    for ref in refs if fid else []:
+        try:
+            views = quantise(composites(load_rgba(ref.gt)[None], backgrounds)[0])
+        except IMAGE_ERRORS as err:
+            result.failures.append({"key": f"ref:{ref.key}", "error": describe_failure(ref, err)})
+            continue
+        features[0, ref.key] = inception_features(networks.inception, views).cpu()
+    return result, features
+
+
+def _fid_sets_by_key(shards: list[dict[tuple[int, str], torch.Tensor]],
+                     backgrounds: tuple[str, ...]) -> dict[str, tuple[FeatureSet, FeatureSet]]:
+    """Merge the shards' Inception features in key order into background -> (reference, generated) feature
+    sets (the same sets whatever the sharding)."""
+    merged = {item: feats for shard in shards for item, feats in shard.items()}
+    fid_sets = {name: (FeatureSet(), FeatureSet()) for name in backgrounds}
+    for (side, _), feats in sorted(merged.items()):
+        for name, row in zip(backgrounds, feats.split(1)):
+            fid_sets[name][side].add(row)
+    return fid_sets

@@ -47,6 +47,7 @@ def test_a_one_line_jsonl_file_is_json_lines(tmp_path):
     ("list.json", '[{"key": "la", "prompt": "tree"}]', "{path}: holds a JSON list; expected a JSON object"),
     ("empty.json", "", "{path}: empty prompts file"),
     ("nothing.json", "{}", "{path}: no prompts in this file"),
+    ("both.jsonl", '{"key": "a", "file": "b.png", "prompt": "x"}', '{path}:1: gives both "key" and "file"; give one'),
     ("row.jsonl", '{"key": "a", "prompt": "x"}\n["b", "y"]\n', '{path}:2: expected {{"key": ..., "prompt": ...}}'),
     ("broken.json", '{\n "a": "x",\n "b": }\n', "{path}:3: not JSON (Expecting value)"),
     ("latin1.json", b'{"la": "caf\xe9"}', "{path}: not UTF-8 text"),

@@ -392,6 +392,8 @@ def _line_prompts(path: Path) -> dict[str, str]:
         where = f"{path}:{number}"
         if not isinstance(row, dict) or "prompt" not in row or not ({"key", "file"} & set(row)):
             raise ValueError(f'{where}: expected {{"key": ..., "prompt": ...}} ({PROMPTS_FORMAT})')
+        if {"key", "file"} <= set(row):
+            raise ValueError(f'{where}: gives both "key" and "file"; give one of them')
         key, prompt = _prompt_entry(where, row["key"] if "key" in row else _file_key(row["file"]), row["prompt"])
         if key in prompts:
             raise ValueError(f"{where}: key {key!r} is given twice (also on line {lines[key]})")
@@ -413,7 +415,7 @@ def read_prompts(path: str | Path) -> dict[str, str]:
         FileNotFoundError: ``path`` does not exist.
         ValueError: one line naming the file (and the line, for JSON Lines): not UTF-8, empty, not
             JSON, a JSON list or other non-object, a key that is empty or not a string, a key given
-            twice, a prompt that is not a non-empty string.
+            twice, a JSON-Lines row giving both ``key`` and ``file``, a prompt that is not a non-empty string.
         OSError: the file cannot be read.
     """
     path = Path(path)

@@ -473,20 +473,47 @@ def test_damaged_checkpoint_is_named_with_a_way_back(assets, tmp_path, capsys):
     assert f"{weights}: damaged checkpoint file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def _damage(path: Path, damage: str) -> str:
+    """Lose, cut or change (one byte flipped, same size) ``path``; the resume error expected for it."""
+    data = path.read_bytes()
+    if damage == "missing":
+        path.unlink()
+        return "damaged checkpoint, this file of it is missing"
+    if damage == "truncated":
+        path.write_bytes(data[:-1])
+        return rf"damaged checkpoint file \({len(data) - 1} bytes, {len(data)} when saved\)"
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    return r"damaged checkpoint file \(its bytes changed since it was saved: another sha256\)"
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "changed"])
 @pytest.mark.parametrize("name", ["model_1.safetensors", "random_states_0.pkl"])
-def test_checkpoint_that_lost_or_cut_a_file_is_named(assets, tmp_path, name, damage):
+def test_checkpoint_that_lost_cut_or_changed_a_file_is_named(assets, tmp_path, name, damage):
     """The file list saved with a checkpoint finds what load_state would miss or report in its own words: a
-    lost discriminator file, a cut-short RNG state (which would otherwise resume with other random numbers)."""
+    lost discriminator file, a cut-short RNG state (which would otherwise resume with other random numbers),
+    a byte changed in place (same size: only the sha256 sees it)."""
     overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0})
     train_vae(load_config("vae_main", overrides), tmp_path / "run", stop_after=1)
     path = tmp_path / "run" / "checkpoints" / "step-00000001" / name
-    size = path.stat().st_size
-    path.unlink() if damage == "missing" else path.write_bytes(path.read_bytes()[: size - 1])
-    message = "damaged checkpoint, this file of it is missing" if damage == "missing" else \
-        rf"damaged checkpoint file \({size - 1} bytes, {size} when saved\)"
+    message = _damage(path, damage)
     with pytest.raises(ValueError, match=f"{path}: {message}"):
         train_vae(load_config("vae_main", overrides), tmp_path / "run", resume="latest")
+
+
+def test_checkpoint_listing_sizes_only_still_resumes_and_checks_sizes(assets, tmp_path):
+    """Checkpoints saved before the sha256 digests list plain sizes: they resume, and a cut file is named."""
+    overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0, "optim.max_steps": 2})
+    train_vae(load_config("vae_main", overrides), tmp_path / "run", stop_after=1)
+    state_file = tmp_path / "run" / "checkpoints" / "step-00000001" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "files": {k: v["bytes"] for k, v in state["files"].items()}}))
+    path = state_file.parent / "random_states_0.pkl"
+    data = path.read_bytes()
+    path.write_bytes(data[:-1])
+    with pytest.raises(ValueError, match=f"{path}: damaged checkpoint file"):
+        train_vae(load_config("vae_main", overrides), tmp_path / "run", resume="latest")
+    path.write_bytes(data)
+    assert train_vae(load_config("vae_main", overrides), tmp_path / "run", resume="latest").final_dir.is_dir()
 
 
 def test_ctrl_c_removes_the_partial_checkpoint_and_says_how_to_resume(assets, tmp_path, capsys, monkeypatch):
@@ -545,6 +572,8 @@ def test_yaml_merge_keys_still_work_and_eps_must_be_positive(tmp_path):
 
 @pytest.mark.parametrize("state, problem", [({"step": 1, "files": None}, "'files' is not a map"),
                                             ({"step": 1, "files": {"model.safetensors": "9"}}, "'files' is not a map"),
+                                            ({"step": 1, "files": {"model.safetensors": {"bytes": 9, "sha256": "x"}}},
+                                             "'files' is not a map"),
                                             ({"nonfinite_streak": 0}, "no whole-number 'step'"),
                                             ({"step": "abc"}, "no whole-number 'step'")])
 def test_checkpoint_state_with_bad_fields_is_named(assets, tmp_path, state, problem):

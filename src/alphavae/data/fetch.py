@@ -58,15 +58,6 @@ def run_client(args: list[str], cwd: Path) -> None:
         raise FetchError(f"{' '.join(args)} failed ({result.returncode}): {result.stderr.strip()[-500:]}")
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def archive_name(source: Source) -> str:
     """File name the registry client gives the archive of ``source`` (npm scope and Debian epoch encoded)."""
     if source.registry == "npm":
@@ -82,7 +73,7 @@ def download(source: Source, downloads: Path) -> Path:
     """
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / archive_name(source)
-    if archive.exists() and sha256_file(archive) == source.sha256:
+    if archive.exists() and io.sha256_file(archive) == source.sha256:
         return archive
     archive.unlink(missing_ok=True)
     if source.registry == "npm":
@@ -91,7 +82,7 @@ def download(source: Source, downloads: Path) -> Path:
         run_client(["apt-get", "download", f"{source.package}={source.version}"], downloads)
     if not archive.exists():
         raise FetchError(f"{archive}: the {source.registry} client did not produce this file")
-    observed = sha256_file(archive)
+    observed = io.sha256_file(archive)
     if observed != source.sha256:
         archive.unlink()
         raise FetchError(f"{archive}: sha256 {observed} does not match the expected {source.sha256}")
@@ -286,7 +277,7 @@ def _still_valid(decision: dict | None, output_dir: Path) -> bool:
     if "rejected" in decision:
         return True
     path = output_dir / decision["file"]
-    return path.exists() and sha256_file(path) == decision["sha256"]
+    return path.exists() and io.sha256_file(path) == decision["sha256"]
 
 
 def fetch_source(

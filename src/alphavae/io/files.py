@@ -8,6 +8,7 @@ file's sRGB-encoded values; ICC profiles and gamma chunks are not applied.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -442,6 +443,19 @@ def stage_file(path: str | os.PathLike, write_fn: Callable[[Path], None]) -> Pat
         temp.unlink(missing_ok=True)
         raise
     return temp
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 (64 characters) of a file's bytes, read in 1 MiB blocks.
+
+    Raises:
+        OSError: the file cannot be read (FileNotFoundError, IsADirectoryError, PermissionError, ...).
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_text_file(path: str | os.PathLike, what: str) -> str:

@@ -2,8 +2,8 @@
 
 Layout: ``RUN_DIR/checkpoints/step-XXXXXXXX/`` holds accelerate's state (prepared models, optimisers,
 objects registered with ``register_for_checkpointing`` such as the scheduler and EMA, RNG states of every
-process) and ``trainer_state.json`` (``{"step": completed optimiser steps, ..., "files": {name: bytes}}``;
-the file list lets a resume find a checkpoint that lost or truncated a file since). A checkpoint is written
+process) and ``trainer_state.json`` (``{"step": completed optimiser steps, ..., "files": {name: {"bytes": size,
+"sha256": hex digest}}}``; the file list lets a resume find a checkpoint that lost, cut or changed a file since). A checkpoint is written
 under a hidden temporary name and renamed when complete, so a run killed while saving leaves no partial
 checkpoint behind (an exception while saving, Ctrl-C included, removes the temporary folder).
 """
@@ -20,9 +20,11 @@ import torch
 from accelerate import Accelerator
 from safetensors import SafetensorError, safe_open
 
+from alphavae.io import sha256_file
+
 _NAME = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.json"
-FILES_KEY = "files"  # in STATE_FILE: {relative path: size in bytes} of every file saved, checked on resume
+FILES_KEY = "files"  # in STATE_FILE: {relative path: {"bytes", "sha256"}} of every file saved, checked on resume
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -111,8 +113,8 @@ def _save_into(accelerator: Accelerator, temporary: Path, final: Path, state: di
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        files = {p.relative_to(temporary).as_posix(): p.stat().st_size for p in sorted(temporary.rglob("*"))
-                 if p.is_file()}
+        files = {p.relative_to(temporary).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                 for p in sorted(temporary.rglob("*")) if p.is_file()}
         (temporary / STATE_FILE).write_text(json.dumps({**state, FILES_KEY: files}, indent=1), encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
@@ -130,8 +132,8 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> 
 
     Raises:
         FileNotFoundError: the folder or its ``trainer_state.json`` is missing.
-        ValueError: a file of the checkpoint is damaged: missing or of another size than when saved (named),
-            a truncated ``*.safetensors`` file (named), a ``trainer_state.json`` that is not JSON; or the saved
+        ValueError: a file of the checkpoint is damaged: missing, or of another size or sha256 than when saved
+            (named), a truncated ``*.safetensors`` file (named), a ``trainer_state.json`` that is not JSON; or the saved
             tensors do not fit the prepared models (another architecture); one line naming the checkpoint.
     """
     checkpoint = Path(checkpoint)
@@ -155,7 +157,7 @@ def _read_state(checkpoint: Path) -> dict:
 
     Raises:
         FileNotFoundError: the folder or file is missing. ValueError: the file is not a JSON object with a
-            whole-number ``step`` >= 0 (and, when present, a ``files`` map of names to byte counts).
+            whole-number ``step`` >= 0 (and, when present, a ``files`` map of names to sizes and digests).
     """
     path = checkpoint / STATE_FILE
     try:
@@ -175,9 +177,15 @@ def _state_problem(state: object) -> str | None:
     if not _count(state.get("step")):
         return "no whole-number 'step' >= 0"
     files = state.get(FILES_KEY, {})
-    if not isinstance(files, dict) or not all(_count(size) for size in files.values()):
-        return f"'{FILES_KEY}' is not a map of file names to sizes in bytes"
+    if not isinstance(files, dict) or not all(_count(saved) or _saved_file(saved) for saved in files.values()):
+        return f"'{FILES_KEY}' is not a map of file names to sizes in bytes and sha256 digests"
     return None
+
+
+def _saved_file(value: object) -> bool:
+    """True for ``{"bytes": int >= 0, "sha256": 64 lowercase hex digits}``."""
+    return isinstance(value, dict) and set(value) == {"bytes", "sha256"} and _count(value["bytes"]) \
+        and isinstance(value["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", value["sha256"]) is not None
 
 
 def _count(value: object) -> bool:
@@ -186,14 +194,18 @@ def _count(value: object) -> bool:
 
 
 def _check_files(checkpoint: Path, files: dict) -> None:
-    """Raise ValueError naming the first file of ``files`` ({relative path: bytes when saved}) that is missing
-    from ``checkpoint`` or has another size (cut short). Checkpoints saved without a list pass."""
-    for name, size in files.items():
+    """Raise ValueError naming the first file of ``files`` ({relative path: {"bytes", "sha256"} when saved}) that
+    is missing from ``checkpoint``, has another size (cut short) or another sha256 (changed in place).
+    Checkpoints saved without a list pass; those saved with sizes only (plain ints) get the size check."""
+    for name, saved in files.items():
         path = checkpoint / name
+        size, digest = (saved["bytes"], saved["sha256"]) if isinstance(saved, dict) else (saved, None)
         if not path.is_file():
             raise ValueError(f"{path}: damaged checkpoint, this file of it is missing")
         if path.stat().st_size != size:
             raise ValueError(f"{path}: damaged checkpoint file ({path.stat().st_size} bytes, {size} when saved)")
+        if digest is not None and sha256_file(path) != digest:
+            raise ValueError(f"{path}: damaged checkpoint file (its bytes changed since it was saved: another sha256)")
 
 
 def _check_safetensors(path: Path) -> None:

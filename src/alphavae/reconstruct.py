@@ -227,8 +227,9 @@ def _output_refusal(job: _Job, path: Path, target: Path) -> str | None:
     if (folder := _input_dir_holding(job, target)) is not None:
         return f"output {target} would land inside input folder {folder}; choose an output folder apart from them"
     if target in job.claimed:
-        return (f"output {target} is also the output of {job.claimed[target]} "
-                "(same name with another extension); rename one of them")
+        same = "same name with another extension" if job.claimed[target].name != path.name else \
+            "same path inside another input folder"
+        return f"output {target} is also the output of {job.claimed[target]} ({same}); rename one of them"
     if target.is_dir():
         return f"output path {target} is a directory"
     return None

@@ -93,8 +93,9 @@ def test_name_collision_is_a_failure(tmp_path, tiny_rgba_dir):
     _rgba_png(tmp_path / "other" / "a.png", 8, 8)
     report = reconstruct_files([tmp_path / "in" / "a.png", tmp_path / "other"], tmp_path / "out2",
                                vae=RGBAVAE.from_pretrained(tiny_rgba_dir), progress=False)
-    assert report.failed == [(tmp_path / "other" / "a.png", f"output {tmp_path / 'out2' / 'a.png'} is also the output "
-                              f"of {tmp_path / 'in' / 'a.png'} (same path inside another input folder); rename one of them")]
+    reason = (f"output {tmp_path / 'out2' / 'a.png'} is also the output of {tmp_path / 'in' / 'a.png'} "
+              "(same path inside another input folder); rename one of them")
+    assert report.failed == [(tmp_path / "other" / "a.png", reason)]
 
 
 def test_unreadable_input_does_not_take_the_output_name(tmp_path, tiny_rgba_dir):

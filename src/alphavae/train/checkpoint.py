@@ -3,9 +3,9 @@
 Layout: ``RUN_DIR/checkpoints/step-XXXXXXXX/`` holds accelerate's state (prepared models, optimisers,
 objects registered with ``register_for_checkpointing`` such as the scheduler and EMA, RNG states of every
 process) and ``trainer_state.json`` (``{"step": completed optimiser steps, ..., "files": {name: {"bytes": size,
-"sha256": hex digest}}}``; the file list lets a resume find a checkpoint that lost, cut or changed a file since). A checkpoint is written
-under a hidden temporary name and renamed when complete, so a run killed while saving leaves no partial
-checkpoint behind (an exception while saving, Ctrl-C included, removes the temporary folder).
+"sha256": hex digest}}}``; the file list lets a resume find a checkpoint that lost, cut or changed a file since).
+A checkpoint is written under a hidden temporary name and renamed when complete, so a run killed while saving
+leaves no partial checkpoint behind (an exception while saving, Ctrl-C included, removes the temporary folder).
 """
 
 from __future__ import annotations

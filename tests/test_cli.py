@@ -58,3 +58,11 @@ def test_float_options_must_be_finite_numbers(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert "is not a finite number" in (err := capsys.readouterr().err) or "'high' is not a number" in err
+
+
+def test_a_mistyped_option_names_the_command(tmp_path, capsys):
+    """argparse reported an unknown option under the top-level usage line; the command's help is named instead."""
+    assert main(["reconstruct", str(tmp_path), "-o", str(tmp_path / "out"), "--overwirte"]) == 2
+    assert capsys.readouterr().err == ("alphavae reconstruct: error: unrecognized arguments: --overwirte "
+                                       "(see alphavae reconstruct --help)\n")
+    assert not (tmp_path / "out").exists()

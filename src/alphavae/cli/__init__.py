@@ -124,11 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     prog = "alphavae"
     try:
         parser = build_parser()  # imports torch: seconds in which Ctrl-C is likely too
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
         prog = f"alphavae {args.command}"
+        if unknown:  # argparse would show the top-level usage; name the command's help instead
+            print(f"{prog}: error: unrecognized arguments: {' '.join(unknown)} (see {prog} --help)", file=sys.stderr)
+            return 2
 
         def one_line(message, category, filename, lineno, file=None, line=None) -> None:
             print(f"{prog}: warning: {message}", file=sys.stderr)

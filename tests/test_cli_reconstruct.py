@@ -303,6 +303,15 @@ def test_grid_folder_apart_from_the_output_folder(tmp_path, tiny_rgba_dir, capsy
     assert not out.exists()
 
 
+def test_grid_folder_inside_an_input_folder_is_called_the_grid_folder(tmp_path, tiny_rgba_dir, capsys):
+    _rgba_png(tmp_path / "in" / "a.png", 8, 8)
+    grids = tmp_path / "in" / "grids"
+    assert _run(tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--grid", grids) == 1
+    assert capsys.readouterr().err == (f"alphavae reconstruct: error: grid folder {grids} is inside input folder "
+                                       f"{tmp_path / 'in'}; choose one outside the inputs\n")
+    assert not grids.exists() and not (tmp_path / "out").exists()
+
+
 def test_existing_grids_are_kept_unless_overwrite(tmp_path, tiny_rgba_dir, capsys):
     _rgba_png(tmp_path / "in" / "a.png", 8, 8)
     precious = tmp_path / "grids" / "a.grid.png"

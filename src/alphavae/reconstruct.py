@@ -287,7 +287,7 @@ def check_destinations(inputs: str | os.PathLike | Iterable[str | os.PathLike], 
     check_writable_folder(output_dir, "outputs")
     if grid_dir is None:
         return
-    check_output_outside_inputs(grid_dir, inputs)
+    check_output_outside_inputs(grid_dir, inputs, what="grid folder")
     relation = folder_relation(grid_dir, output_dir)
     if relation is not None:
         raise ValueError(f"grid folder {grid_dir} {relation} the output folder {output_dir}; "

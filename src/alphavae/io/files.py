@@ -652,12 +652,14 @@ def folder_relation(folder: str | os.PathLike, other: str | os.PathLike) -> str 
 
 
 def check_output_outside_inputs(output_dir: str | os.PathLike,
-                                inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> None:
+                                inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
+                                what: str = "output folder") -> None:
     """Refuse to write into an input tree.
 
     Args:
         output_dir: folder outputs will be written to (need not exist yet).
         inputs: the input files/folders of the job (as given to :func:`list_images`).
+        what: what ``output_dir`` is, for the message (e.g. "grid folder").
 
     Raises:
         ValueError: ``output_dir`` equals or lies inside an input folder, after resolving symlinks
@@ -668,5 +670,4 @@ def check_output_outside_inputs(output_dir: str | os.PathLike,
     for root in _as_paths(inputs):
         resolved = root.resolve()
         if resolved.is_dir() and output.is_relative_to(resolved):
-            raise ValueError(f"output folder {output_dir} is inside input folder {root}; "
-                             "choose an output folder outside the inputs")
+            raise ValueError(f"{what} {output_dir} is inside input folder {root}; choose one outside the inputs")

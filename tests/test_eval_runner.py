@@ -98,9 +98,15 @@ def test_eval_command_writes_reports_and_flags_problems(tree, tmp_path, protocol
     out = tmp_path / "report"
     code = main(["eval", "--gt", str(tree[0]), "--pred", str(tree[1]), "-o", str(out), "--protocol", protocol, *NO_NETS])
     assert code == 1  # a missing prediction, an unreadable file and a size mismatch
-    err = capsys.readouterr().err
+    printed = capsys.readouterr()
+    err = printed.err
     assert "missing" in err and "bad" in err and "size mismatch" in err
+    assert "1 prediction file without GT ignored (listed in report.json) (images are paired by path relative" in err
     report = json.loads((out / "report.json").read_text())
+    overall = report["tree"]["overall"]
+    psnr = [overall[kind]["rgb"]["psnr"] for kind in ("micro", "macro")]
+    assert f"9-background PSNR {psnr[0]:.2f} / {psnr[1]:.2f} dB, SSIM " in printed.out  # the numbers, on the terminal
+    assert ("alpha MAE " in printed.out) == (protocol == "clean") and printed.out.endswith(" (micro / macro)\n")
     assert report["tree"]["overall"]["images"] == 3 and len(report["failures"]) == 2
     assert report["extra"] == ["sub/cat_b/extra"]
     rows = list(csv.DictReader((out / "report.csv").open()))
@@ -109,6 +115,7 @@ def test_eval_command_writes_reports_and_flags_problems(tree, tmp_path, protocol
     assert ("rgba" in {r["group"] for r in rows}) == (protocol == "reference")
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "http" not in html.replace("http-equiv", "")
+    assert "Summary (micro: every image weighs the same)" in html and f"{psnr[0]:.4f}" in html
     if protocol == "clean":
         assert all(0 <= report["tree"]["overall"]["macro"]["alpha"][m] for m in ("alpha_mae", "alpha_iou"))
     assert main(["eval", "--gt", str(tree[0]), "--pred", str(tree[1]), "-o", str(out), *NO_NETS]) == 2

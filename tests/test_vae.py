@@ -323,7 +323,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     source = Image.open(root / "examples/images/emoji3d/shadows-glows/1f68a.png")
-    with Image.open(tmp_path / "recon.png") as written:
+    with Image.open(tmp_path / "outputs" / "recon.png") as written:
         assert written.mode == "RGBA" and written.size == source.size
     assert namespace["over_white"].shape == (1, 3, source.height, source.width)
     assert not namespace["recon"].requires_grad

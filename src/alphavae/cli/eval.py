@@ -82,7 +82,7 @@ def problem_lines(report: dict) -> list[str]:
 
 def _finish(args: argparse.Namespace, result) -> int:
     """Write the reports on the main process, print a summary, return the exit status."""
-    from alphavae.eval.report import counted, write_reports
+    from alphavae.eval.report import counted, headline, write_reports
 
     if result is None:  # a non-main process of a sharded run
         return 0
@@ -93,9 +93,14 @@ def _finish(args: argparse.Namespace, result) -> int:
     for line in problem_lines(report):
         print(line, file=sys.stderr)
     if report.get("extra"):
-        print(f"note: {counted(len(report['extra']), 'prediction file')} without GT ignored (listed in report.json)",
-              file=sys.stderr)
+        layout = (" (images are paired by path relative to each folder, extension aside: do --gt and --pred have the "
+                  "same layout of subfolders?)") if report.get("missing") else ""
+        print(f"note: {counted(len(report['extra']), 'prediction file')} without GT ignored (listed in report.json)"
+              f"{layout}", file=sys.stderr)
     print(f"{counted(report['tree']['overall']['images'], 'image')} scored, {counted(problems, 'problem')}")
+    numbers = headline(report)
+    if numbers:
+        print(numbers)
     return 1 if problems else 0
 
 

@@ -224,6 +224,24 @@ def _bars(scores: dict, metric: str) -> str:
     return _table(["background", metric], rows)
 
 
+HEADLINE = ((RGB_GROUP, "psnr", "9-background PSNR", 2, " dB"), (RGB_GROUP, "ssim", "SSIM", 4, ""),
+            (RGB_GROUP, "lpips", "LPIPS", 4, ""), (RGB_GROUP, "clip_score", "CLIP score", 2, ""),
+            ("alpha", "alpha_mae", "alpha MAE", 4, ""))
+"""(group, metric, label, decimals, unit) of the numbers :func:`headline` prints, when the report has them."""
+
+
+def headline(report: dict) -> str | None:
+    """One line with the main overall numbers, micro / macro, e.g. ``"9-background PSNR 30.85 / 31.43 dB, SSIM
+    0.9012 / 0.9100, alpha MAE 0.0125 / 0.0115 (micro / macro)"``; None when none of them was scored."""
+    overall = report["tree"]["overall"]
+    parts = []
+    for group, metric, label, decimals, unit in HEADLINE:
+        micro, macro = (overall.get(kind, {}).get(group, {}).get(metric) for kind in ("micro", "macro"))
+        if micro is not None and macro is not None:
+            parts.append(f"{label} {micro:.{decimals}f} / {macro:.{decimals}f}{unit}")
+    return f"{', '.join(parts)} (micro / macro)" if parts else None
+
+
 def render_html(report: dict, worst: list[dict]) -> str:
     """The HTML report as one self-contained string (no external resources; strings through :func:`printable`)."""
     report, worst = printable(report), printable(worst)
@@ -231,19 +249,22 @@ def render_html(report: dict, worst: list[dict]) -> str:
     macro = overall["macro"]
     groups = [g for g in (RGB_GROUP, *report["protocol"]["backgrounds"], RGBA_GROUP) if g in macro]
     metrics = [m for m in _SUMMARY_METRICS if any(m in macro[g] for g in groups)]
+    micro = overall.get("micro", {})
     parts = [
         f"<h1>ALPHA benchmark &mdash; {html.escape(report['protocol']['name'])} protocol</h1>",
         f"<p>{counted(overall['images'], 'image')}; failures: {len(report.get('failures', []))}; "
         f"missing predictions: {len(report.get('missing', []))}; extra predictions: {len(report.get('extra', []))}.</p>",
         "<h2>Summary (macro: category &rarr; subset &rarr; dataset)</h2>",
         _table(["group", *metrics], [[g, *(_fmt(macro[g].get(m)) for m in metrics)] for g in groups]),
+        "<h2>Summary (micro: every image weighs the same)</h2>",
+        _table(["group", *metrics], [[g, *(_fmt(micro.get(g, {}).get(m)) for m in metrics)] for g in groups]),
     ]
     if RGBA_GROUP in macro:
         parts.append(f'<p class="note">{html.escape(ALPHA_BLIND_NOTE)}</p>')
     parts += [f'<p class="note">{html.escape(note)}</p>' for note in report.get("notes", []) if note != ALPHA_BLIND_NOTE]
     for group in (g for g in macro if g not in groups):  # alpha metrics, latent drift, ...
-        parts += [f"<h2>{html.escape(group)}</h2>",
-                  _table(["metric", "value"], [[html.escape(m), _fmt(v)] for m, v in macro[group].items()])]
+        rows = [[html.escape(m), _fmt(v), _fmt(micro.get(group, {}).get(m))] for m, v in macro[group].items()]
+        parts += [f"<h2>{html.escape(group)}</h2>", _table(["metric", "macro", "micro"], rows)]
     parts += ["<h2>Per background</h2>", *(_bars(macro, m) for m in ("psnr", "ssim") if m in metrics)]
     cat_rows = []
     for ds, node in report["tree"]["datasets"].items():

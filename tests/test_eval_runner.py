@@ -361,6 +361,11 @@ def test_eval_vae_defaults_to_the_shipped_model(tmp_path):
     assert main(["eval-vae", "--data", str(data), "-o", str(out), "--protocol", "clean", *NO_NETS]) == 0
     micro = json.loads((out / "report.json").read_text())["tree"]["overall"]["micro"]
     assert micro["rgb"]["psnr"] > 25  # a trained model (an untrained one leaves alpha = 1 everywhere)
+    mixed = tmp_path / "mixed"  # the speed/precision policies of reconstruct are accepted too
+    assert main(["eval-vae", "--data", str(data), "-o", str(mixed), "--protocol", "clean", "--dtype", "mixed-bf16",
+                 *NO_NETS]) == 0
+    psnr = json.loads((mixed / "report.json").read_text())["tree"]["overall"]["micro"]["rgb"]["psnr"]
+    assert psnr == pytest.approx(micro["rgb"]["psnr"], abs=0.5)
 
 
 def test_weights_that_are_not_weights_files_are_one_line_errors(tmp_path, monkeypatch, capsys):

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from alphavae.accel import POLICY_NAMES
 from alphavae.cli import non_negative_int, positive_int
 
 PROTOCOL_HELP = (
@@ -240,8 +241,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "default: the shipped model, alphavae-mini")
     p.add_argument("--data", required=True, type=Path, help="folder of RGBA ground-truth images")
     p.add_argument("--source-vae", default=None, help="source RGB AutoencoderKL folder for the latent-drift metric")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="VAE weight dtype (the reference used bfloat16; default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=POLICY_NAMES,
+                   help="VAE speed/precision policy, as for reconstruct: float32 (exact; default, so scores do not "
+                        "depend on the hardware), auto, bfloat16 (the reference's), float16, mixed-bf16")
     p.add_argument("--tile-size", type=positive_int, default=None, metavar="PX", help="VAE tile size in px for large images (default: no tiling)")
     _add_common(p)
     p.set_defaults(func=run_eval_vae)

@@ -114,3 +114,27 @@ def test_train_lora_cli_names_an_empty_data_folder(trained, tmp_path, capsys):
                  "-o", str(tmp_path / "lora"), "--resolution", "32", "--report-to", "none"]) == 2
     last_line = capsys.readouterr().err.splitlines()[-1]  # after the model loaders' progress bars
     assert last_line == f"alphavae train-lora: error: {tmp_path / 'empty'}: no images found"
+
+
+def test_generate_refuses_a_bad_lora_before_loading_flux_and_notices_a_retrained_one(trained, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    root, flux, vae, _ = trained
+    missing = tmp_path / "runs" / "nonexistent"
+    (tmp_path / "runs").mkdir()
+    args = ["generate", "--vae", str(vae), "--prompt", "a cup", "--steps", "2", "--size", "16x16"]
+    assert main([*args, "--model", str(tmp_path / "no-flux"), "--lora", str(missing), "-o", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == f"alphavae generate: error: {missing}: LoRA file or folder not found\n"
+    lora = shutil.copytree(root / "lora", tmp_path / "lora", ignore=shutil.ignore_patterns("validation"))
+    base = [*args, "--model", str(flux), "--lora", str(lora), "-o", str(tmp_path / "gen")]
+    assert main(base) == 0
+    record = json.loads((tmp_path / "gen" / "generations.jsonl").read_text())
+    weights = lora / "pytorch_lora_weights.safetensors"
+    assert record["lora"] == str(lora.resolve()) and len(record["lora_sha256"]) == 64
+    capsys.readouterr()
+    state = load_file(weights)
+    save_file({k: v * 2 for k, v in state.items()}, weights, metadata={"format": "pt"})  # retrained in place
+    assert main(base) == 1
+    assert "exists from a different request (lora_sha256: recorded" in capsys.readouterr().err

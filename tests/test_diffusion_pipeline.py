@@ -176,3 +176,49 @@ def test_float16_on_cpu_has_no_false_cannot_run_warning(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     pixels = generate_rgba(pipe, vae, ["a cat"], [0], height=16, width=16, **GEN)
     assert pixels.shape == (1, 4, 16, 16) and torch.isfinite(pixels).all()
+
+
+def _lora_for(tmp_path, name: str, **shape):
+    """Save a rank-4 LoRA of the tiny FLUX transformer with ``shape`` config changes (another FLUX model)."""
+    from diffusers import FluxTransformer2DModel
+
+    from alphavae.diffusion.lora import add_lora, lora_config, save_lora
+    from alphavae.testing_flux import tiny_flux_pipeline
+
+    config = {**tiny_flux_pipeline().transformer.config, **shape}
+    transformer = FluxTransformer2DModel.from_config(config)
+    add_lora(transformer, lora_config(rank=4, alpha=4))
+    return save_lora(transformer, tmp_path / name)
+
+
+def test_a_lora_for_another_transformer_is_refused_in_one_line(loaded, tmp_path):
+    """diffusers only logged LoRA tensors that match no layer (a LoRA of a deeper FLUX was half applied, exit 0)
+    and raised a bare RuntimeError for other shapes."""
+    from alphavae.diffusion.pipeline import apply_lora, read_lora
+
+    pipe, _ = loaded
+    deeper = _lora_for(tmp_path, "deeper", num_layers=2, num_single_layers=2)
+    with pytest.raises(ValueError, match=rf"^{deeper}: 34 of 68 LoRA tensors match no layer of this FLUX model "
+                                         r"\(first: transformer\.single_transformer_blocks\.1\."):
+        apply_lora(pipe, read_lora(deeper), 1.0, name=str(deeper))
+    pipe.delete_adapters("rgba")
+    wider = _lora_for(tmp_path, "wider", num_attention_heads=4)
+    with pytest.raises(ValueError, match=rf"^{wider}: LoRA does not fit this FLUX transformer \(\w*Error: "):
+        apply_lora(pipe, read_lora(wider), 1.0, name=str(wider))
+
+
+def test_read_lora_names_a_missing_path_and_weights_that_are_no_lora(tmp_path):
+    from safetensors.torch import save_file
+
+    from alphavae.diffusion.pipeline import read_lora
+
+    (tmp_path / "runs").mkdir()
+    for missing in (tmp_path / "runs" / "nonexistent", tmp_path / "lora.safetensors"):
+        with pytest.raises(FileNotFoundError, match=rf"^{missing}: LoRA file or folder not found$"):
+            read_lora(missing)
+    save_file({"transformer.x_embedder.weight": torch.zeros(2, 2)}, tmp_path / "full.safetensors")
+    with pytest.raises(ValueError, match=r"full\.safetensors: holds no LoRA weights \(no lora_A / lora_B tensors"):
+        read_lora(tmp_path / "full.safetensors")
+    (tmp_path / "garbage.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(OSError, match=r"garbage\.safetensors: cannot read LoRA weights: "):
+        read_lora(tmp_path / "garbage.safetensors")

@@ -238,7 +238,7 @@ def check_not_shipped(folder: str | os.PathLike, action: str) -> None:
                          "commands load by default; copy that folder and pass the copy")
 
 
-def _looks_like_model_id(text: str) -> bool:
+def looks_like_model_id(text: str) -> bool:
     """True for ``"org/name"`` model ids: exactly one slash, not starting with ``.``, ``/`` or ``~``, and no
     local folder named ``org`` (then ``org/name`` is a mistyped path, e.g. ``models/nope``)."""
     parts = text.split("/")
@@ -292,10 +292,10 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
     """
     local = Path(path_or_id).expanduser()
     where = local / subfolder if subfolder else local
-    if local.exists() or not _looks_like_model_id(str(path_or_id)):
+    if local.exists() or not looks_like_model_id(str(path_or_id)):
         _check_local_model(where)
     try:
-        with _quiet_loading_warnings():  # weights that do not match are refused below, in one line
+        with quiet_loggers("diffusers.models.modeling_utils"):  # unmatched weights are refused below, in one line
             model, loading = AutoencoderKL.from_pretrained(path_or_id, subfolder=subfolder, torch_dtype=torch.float32,
                                                            use_safetensors=True, output_loading_info=True)
     except (torch.OutOfMemoryError, MemoryError):
@@ -318,15 +318,18 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
 
 
 @contextlib.contextmanager
-def _quiet_loading_warnings():
-    """Hold diffusers' model-loading logger at ERROR inside the block (its missing/unused-weights warnings)."""
-    logger = logging.getLogger("diffusers.models.modeling_utils")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def quiet_loggers(*names: str):
+    """Hold the named loggers (and their children) at ERROR inside the block: library warnings about weights
+    that did not load, which the caller checks and reports itself in one line."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _check_weights_match(loading: dict, where: Path) -> None:

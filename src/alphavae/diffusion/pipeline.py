@@ -10,9 +10,11 @@ library: diffusers ``FluxPipeline``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,18 +48,22 @@ def load_flux_pipeline(
             with the pipeline and is excluded from CPU offload (it is called directly, not through
             the pipeline).
         lora: a LoRA folder or ``.safetensors`` file (:func:`alphavae.diffusion.lora.save_lora`, or
-            any diffusers FLUX LoRA), loaded with ``FluxPipeline.load_lora_weights``.
+            any diffusers FLUX LoRA), or a hub id when online; read first (:func:`read_lora`, so a bad
+            LoRA costs no model loading), then loaded with ``FluxPipeline.load_lora_weights``.
         lora_scale: multiplier of the LoRA update (1 = as trained).
         dtype: weights dtype of the transformer and text encoders (bfloat16 on GPUs).
         device: where the pipeline runs (with offload: the accelerator it offloads to).
         offload: one of :data:`alphavae.accel.OFFLOAD_MODES`.
 
     Raises:
-        ValueError: unknown offload mode, or the VAE's latent channels do not match the transformer.
+        ValueError: unknown offload mode, the VAE's latent channels do not match the transformer, or the
+            LoRA holds no LoRA weights or does not fit the transformer (:func:`apply_lora`).
+        FileNotFoundError: a local LoRA path that does not exist.
         OSError: the model or LoRA cannot be loaded (message names the path).
     """
     if offload not in OFFLOAD_MODES:
         raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
+    lora_state = None if lora is None else read_lora(lora)
     try:
         pipe = FluxPipeline.from_pretrained(model, vae=vae.model, dtype=dtype)
     except (OSError, ValueError) as err:
@@ -65,12 +71,8 @@ def load_flux_pipeline(
     if pipe.transformer.config.in_channels != 4 * vae.latent_channels:
         raise ValueError(f"{model}: transformer expects {pipe.transformer.config.in_channels // 4} latent channels, "
                          f"the RGBA VAE has {vae.latent_channels}")
-    if lora is not None:
-        try:
-            pipe.load_lora_weights(lora, adapter_name="rgba")
-        except (OSError, ValueError) as err:
-            raise OSError(f"cannot load LoRA weights from {str(lora)!r}: {err}") from err
-        pipe.set_adapters(["rgba"], [lora_scale])
+    if lora_state is not None:
+        apply_lora(pipe, lora_state, lora_scale, name=str(lora))
     pipe._exclude_from_cpu_offload = ["vae"]
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
@@ -80,6 +82,74 @@ def load_flux_pipeline(
         # diffusers warns that float16 "cannot run" on the CPU; current torch runs it (slowly), so the warning misleads.
         pipe.to(device, silence_dtype_warnings=True)
     return pipe
+
+
+GENERATION_ADAPTER = "rgba"
+"""Adapter name under which :func:`apply_lora` loads a LoRA into a pipeline."""
+
+
+def _lora_tensors(state: dict) -> list[str]:
+    """The keys of ``state`` that are LoRA matrices (``...lora_A.weight`` / ``...lora_B.weight`` and biases)."""
+    return [key for key in state if re.search(r"\.lora_[AB]\.", key)]
+
+
+def read_lora(lora: str | Path) -> dict[str, torch.Tensor]:
+    """Read a FLUX LoRA's weights in diffusers' format (``FluxPipeline.lora_state_dict``), before any model loads.
+
+    Args:
+        lora: a LoRA folder (holding ``pytorch_lora_weights.safetensors``), a ``.safetensors`` file, or an
+            ``org/name`` hub id (looked up only when no such local path exists; network access).
+    Returns:
+        ``{"transformer.<module>.lora_A.weight": tensor, ...}`` (kohya/other formats converted by diffusers).
+    Raises:
+        FileNotFoundError: a local path that does not exist (anything that is not an ``org/name`` id).
+        ValueError: the weights hold no LoRA matrices (e.g. a full transformer file).
+        OSError: the file cannot be read or the id cannot be looked up; one line naming it.
+    """
+    from alphavae.convert import looks_like_model_id
+    from alphavae.eval.networks import one_line
+
+    if not Path(lora).exists() and not looks_like_model_id(str(lora)):
+        raise FileNotFoundError(f"{lora}: LoRA file or folder not found")
+    try:
+        state = FluxPipeline.lora_state_dict(str(lora))
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as err:  # safetensors, diffusers and the hub client (network errors are not OSErrors)
+        looked_up = "" if Path(lora).exists() else " (no such local path, so it was looked up as a hub id)"
+        raise OSError(f"{lora}: cannot read LoRA weights{looked_up}: {one_line(err)}") from err
+    if not _lora_tensors(state):
+        raise ValueError(f"{lora}: holds no LoRA weights (no lora_A / lora_B tensors among {len(state)} tensors)")
+    return state
+
+
+def apply_lora(pipe: FluxPipeline, state: dict[str, torch.Tensor], scale: float, *, name: str) -> None:
+    """Load LoRA weights (:func:`read_lora`) into ``pipe`` as adapter :data:`GENERATION_ADAPTER` at ``scale``.
+
+    diffusers only logs LoRA tensors that match no layer (a LoRA trained for a deeper FLUX would be applied in
+    part); here every LoRA tensor must land in the transformer or a text encoder.
+
+    Raises:
+        ValueError: a LoRA tensor has another shape than its layer, or matches no layer; one line naming
+            ``name`` (the LoRA's path) and the first such tensor.
+    Source: ``FluxPipeline.load_lora_weights`` / ``set_adapters`` (diffusers, peft).
+    """
+    from alphavae.convert import quiet_loggers
+    from alphavae.eval.networks import one_line
+
+    try:
+        with quiet_loggers("diffusers.loaders", "diffusers.utils.peft_utils"):  # checked below, in one line
+            pipe.load_lora_weights(dict(state), adapter_name=GENERATION_ADAPTER)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ValueError(f"{name}: LoRA does not fit this FLUX transformer ({one_line(err)})") from err
+    loaded = {f"{part}.{param}" for part in ("transformer", "text_encoder", "text_encoder_2")
+              if getattr(pipe, part, None) is not None for param, _ in getattr(pipe, part).named_parameters()}
+    tensors = _lora_tensors(state)
+    unmatched = [key for key in tensors if re.sub(r"\.(lora_[AB])\.", rf".\1.{GENERATION_ADAPTER}.", key) not in loaded]
+    if unmatched:
+        raise ValueError(f"{name}: {len(unmatched)} of {len(tensors)} LoRA tensors match no layer of this FLUX model "
+                         f"(first: {unmatched[0]}); it was trained for another transformer")
+    pipe.set_adapters([GENERATION_ADAPTER], [scale])
 
 
 def round_size(height: int, width: int, multiple: int = 16) -> tuple[int, int]:
@@ -335,8 +405,9 @@ def generate_from_paths(
         options: keyword arguments of :func:`generate_folder` (n, seed, height, width, steps, ...).
 
     Besides the request, each record in ``generations.jsonl`` holds ``model``, ``vae`` and ``lora``
-    (local paths made absolute, hub ids as given), ``lora_scale`` (None without a LoRA), ``dtype`` and
-    ``vae_dtype`` (both resolved, never "auto"); an existing file is skipped only if these match too.
+    (local paths made absolute, hub ids as given), ``lora_sha256`` (of a local LoRA's weights, so a LoRA
+    retrained in place does not match), ``lora_scale`` (None without a LoRA), ``dtype`` and ``vae_dtype``
+    (both resolved, never "auto"); an existing file is skipped only if these match too.
     The device, offload and batch size are not recorded: they change pixels by rounding at most.
 
     Raises:
@@ -351,9 +422,22 @@ def generate_from_paths(
                               offload=offload)
     pipe.set_progress_bar_config(disable=True)  # generate_folder shows one bar over all images
     settings = {"model": _source(model), "vae": _source(vae), "lora": None if lora is None else _source(lora),
+                "lora_sha256": None if lora is None else _lora_digest(lora),
                 "lora_scale": None if lora is None else lora_scale, "dtype": str(torch_dtype).removeprefix("torch."),
                 "vae_dtype": resolve_policy(vae_dtype, device).name}
     return generate_folder(pipe, rgba_vae, prompts, output_dir, settings=settings, **options)
+
+
+def _lora_digest(lora: str | Path) -> str | None:
+    """sha256 of a local LoRA's weights: the file itself, or of a folder the digests of its ``*.safetensors``
+    files in name order; None for a hub id."""
+    path = Path(lora)
+    if path.is_file():
+        return io.sha256_file(path)
+    if path.is_dir():
+        digests = " ".join(io.sha256_file(file) for file in sorted(path.glob("*.safetensors")))
+        return hashlib.sha256(digests.encode()).hexdigest()
+    return None
 
 
 def _source(path: str | Path) -> str:

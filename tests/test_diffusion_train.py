@@ -104,10 +104,35 @@ def test_refuses_to_overwrite_or_write_into_data(setup):
     (dict(resolution=40), "multiple of 16"), (dict(cache_latents=True, crop="random"), "cache_latents"),
     (dict(optimizer="sgd"), "optimizer"), (dict(weighting_scheme="x"), "weighting_scheme"),
     (dict(max_steps=0), "max_steps"),
+    # found only after the whole run (validation_steps), at the first step (max_sequence_length, logit_std), or
+    # after the models loaded (seed, lr_scheduler); a zero learning rate trained a no-op LoRA
+    (dict(validation_steps=0), r"^validation_steps must be >= 1, got 0$"),
+    (dict(max_sequence_length=100000), r"^max_sequence_length must be in \[1, 512\] \(FLUX's T5 length\), got 100000$"),
+    (dict(max_sequence_length=0), r"^max_sequence_length must be in \[1, 512\]"),
+    (dict(weighting_scheme="logit_normal", logit_std=-1.0), r"^logit_std must be > 0, got -1.0$"),
+    (dict(learning_rate=0.0), r"^learning_rate must be > 0, got 0.0$"),
+    (dict(lr_warmup_steps=-5), r"^lr_warmup_steps must be >= 0, got -5$"),
+    (dict(seed=-1), r"^seed must be in \[0, 2\*\*32\), got -1$"), (dict(seed=2**32), r"^seed must be in"),
+    (dict(lr_scheduler="bogus"), r"^lr_scheduler must be one of \[.*'constant'.*\]$"),
 ])
 def test_config_validation(setup, bad, message):
     with pytest.raises(ValueError, match=message):
         _config(setup, "x", **bad)
+
+
+def test_the_lora_is_saved_before_the_final_validation(setup, monkeypatch):
+    """A final validation that fails (out of memory at full size, say) used to lose the whole run's LoRA."""
+    from alphavae.diffusion import train as lora_train
+
+    def out_of_memory(self, step):
+        raise torch.OutOfMemoryError("validation at full size")
+
+    monkeypatch.setattr(lora_train._Trainer, "validate", out_of_memory)
+    config = _config(setup, "final-validation", max_steps=1, validation_prompts=["a cup"])
+    with pytest.raises(torch.OutOfMemoryError):
+        train_lora(config)
+    out = setup[0] / "final-validation"
+    assert (out / LORA_FILE).is_file() and (out / "train_config.yaml").is_file()
 
 
 def test_config_from_yaml(tmp_path):

@@ -30,7 +30,7 @@ class TimestepSampling:
         mode_scale: scale of the 'mode' density.
 
     Raises:
-        ValueError: ``weighting_scheme`` is not in :data:`WEIGHTING_SCHEMES`.
+        ValueError: ``weighting_scheme`` is not in :data:`WEIGHTING_SCHEMES`, or ``logit_std`` is not > 0.
     """
 
     weighting_scheme: str = "none"
@@ -41,6 +41,8 @@ class TimestepSampling:
     def __post_init__(self) -> None:
         if self.weighting_scheme not in WEIGHTING_SCHEMES:
             raise ValueError(f"weighting_scheme must be one of {WEIGHTING_SCHEMES}, got {self.weighting_scheme!r}")
+        if not self.logit_std > 0:
+            raise ValueError(f"logit_std must be > 0, got {self.logit_std!r}")
 
 
 def pack_latents(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

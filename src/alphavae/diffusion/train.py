@@ -21,7 +21,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import SchedulerType, get_scheduler
 from tqdm.auto import tqdm
 
 from alphavae import io
@@ -31,12 +31,13 @@ from alphavae.diffusion.flow import TimestepSampling, flow_matching_loss, sample
 from alphavae.diffusion.lora import LORA_FILE, add_lora, lora_config, restore_lora, save_lora
 from alphavae.diffusion.pipeline import contact_sheet, generate_rgba, load_flux_pipeline
 from alphavae.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from alphavae.train.config import build_dataclass, read_yaml
+from alphavae.train.config import build_dataclass, check_limits, read_yaml
 from alphavae.vae import RGBAVAE
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_SCHEDULERS = frozenset(kind.value for kind in SchedulerType)  # diffusers' get_scheduler names
 
 
 @dataclass
@@ -140,15 +141,13 @@ class LoraTrainConfig:
                 not (self.cache_latents and self.crop == "random"),
             "optimizer must be 'prodigy' or 'adamw'": self.optimizer in ("prodigy", "adamw"),
             "mixed_precision must be 'no', 'bf16' or 'fp16'": self.mixed_precision in _DTYPES,
-            "max_steps, batch_size and gradient_accumulation_steps must be >= 1":
-                min(self.max_steps, self.batch_size, self.gradient_accumulation_steps) >= 1,
-            "checkpoint_every, validation_every must be >= 0 and keep_checkpoints >= 1":
-                min(self.checkpoint_every, self.validation_every) >= 0 and self.keep_checkpoints >= 1,
             "report_to must be 'tensorboard' or 'none'": self.report_to in ("tensorboard", "none"),
+            f"lr_scheduler must be one of {sorted(_SCHEDULERS)}": self.lr_scheduler in _SCHEDULERS,
         }
         bad = [message for message, ok in checks.items() if not ok]
         if bad:
             raise ValueError("; ".join(bad))
+        check_limits("lora", self, prefix="")
         TimestepSampling(self.weighting_scheme, self.logit_mean, self.logit_std, self.mode_scale)
 
     @classmethod
@@ -353,13 +352,13 @@ class _Trainer:
             if cfg.validation_every and (step + 1) % cfg.validation_every == 0:
                 self.validate(step + 1)
         self.checkpoint(cfg.max_steps)
-        if not cfg.validation_every or cfg.max_steps % cfg.validation_every:
-            self.validate(cfg.max_steps)
-        if acc.is_main_process:
+        if acc.is_main_process:  # before the final validation, which can fail (e.g. out of memory at full size)
             save_lora(acc.unwrap_model(self.transformer), self.out)
             config_text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
             io.atomic_write(self.out / "train_config.yaml", lambda t: t.write_text(config_text, encoding="utf-8"),
                             overwrite=True)
+        if not cfg.validation_every or cfg.max_steps % cfg.validation_every:
+            self.validate(cfg.max_steps)
         acc.end_training()
         return LoraTrainResult(losses, self.out, self.failed)
 

@@ -60,12 +60,13 @@ _AT_LEAST_0 = (lambda value: value >= 0, ">= 0")
 _AT_LEAST_1 = (lambda value: value >= 1, ">= 1")
 _POSITIVE = (lambda value: value > 0, "> 0")
 _UNIT = (lambda value: 0 <= value <= 1, "in [0, 1]")
+_FRACTION = (lambda value: 0 <= value < 1, "in [0, 1)")
 #: The allowed range of each numeric key, by section ("" = top level): (test, wording). ``None`` values of
 #: optional keys pass; every item of a tuple is tested. Rules between keys (decay_steps <= max_steps) stay
 #: with their section.
 _LIMITS = {
     "data": {"size": _AT_LEAST_1, "batch_size": _AT_LEAST_1, "num_workers": _AT_LEAST_0, "val_count": _AT_LEAST_0},
-    "optim": {"lr": _AT_LEAST_0, "disc_lr": _AT_LEAST_0, "betas": (lambda value: 0 <= value < 1, "in [0, 1)"),
+    "optim": {"lr": _AT_LEAST_0, "disc_lr": _AT_LEAST_0, "betas": _FRACTION,
               "weight_decay": _AT_LEAST_0, "eps": _POSITIVE, "warmup_steps": _AT_LEAST_0,
               "max_steps": _AT_LEAST_1, "gradient_accumulation": _AT_LEAST_1, "max_grad_norm": _AT_LEAST_0},
     "loss": {"reconstruction_weight": _AT_LEAST_0, "lpips_weight": _AT_LEAST_0, "kl_weight": _AT_LEAST_0,
@@ -74,23 +75,35 @@ _LIMITS = {
              "background_mean": (lambda value: -1 <= value <= 1, "in [-1, 1]"), "background_square": _UNIT},
     "": {"seed": _AT_LEAST_0, "ema_decay": _UNIT, "checkpoint_every": _AT_LEAST_1, "keep_checkpoints": _AT_LEAST_0,
          "validate_every": _AT_LEAST_0, "log_every": _AT_LEAST_1, "max_nonfinite": _AT_LEAST_1},
+    "lora": {"rank": _AT_LEAST_1, "alpha": _POSITIVE, "dropout": _FRACTION, "learning_rate": _POSITIVE,
+             "adam_beta1": _FRACTION, "adam_beta2": _FRACTION, "prodigy_beta3": _FRACTION, "weight_decay": _AT_LEAST_0,
+             "adam_epsilon": _POSITIVE, "lr_warmup_steps": _AT_LEAST_0, "max_steps": _AT_LEAST_1,
+             "batch_size": _AT_LEAST_1, "gradient_accumulation_steps": _AT_LEAST_1, "max_grad_norm": _AT_LEAST_0,
+             "guidance": _AT_LEAST_0, "logit_std": _POSITIVE, "mode_scale": _AT_LEAST_0,
+             "max_sequence_length": (lambda value: 1 <= value <= 512, "in [1, 512] (FLUX's T5 length)"),
+             "seed": (lambda value: 0 <= value < 2**32, "in [0, 2**32)"), "checkpoint_every": _AT_LEAST_0,
+             "keep_checkpoints": _AT_LEAST_1, "validation_every": _AT_LEAST_0, "validation_steps": _AT_LEAST_1,
+             "validation_guidance": _AT_LEAST_0},
 }
 
 
-def check_limits(section: str, values) -> None:
+def check_limits(section: str, values, *, prefix: str | None = None) -> None:
     """Check the numeric keys of one config section against their allowed ranges (``_LIMITS``).
 
     Args:
-        section: ``"data"``, ``"optim"``, ``"loss"``, or ``""`` for the top-level keys of ``TrainConfig``.
+        section: ``"data"``, ``"optim"``, ``"loss"``, ``""`` for the top-level keys of ``TrainConfig``, or
+            ``"lora"`` for ``alphavae.diffusion.train.LoraTrainConfig``.
         values: that section's dataclass.
+        prefix: what precedes a key in messages; default ``section + "."`` (nothing for ``""``).
 
     Raises:
-        ValueError: a key outside its range, in one line naming ``section.key``, the range and the value.
+        ValueError: a key outside its range, in one line naming ``<prefix>key``, the range and the value.
     """
+    prefix = (f"{section}." if section else "") if prefix is None else prefix
     for key, (allowed, wording) in _LIMITS[section].items():
         value = getattr(values, key)
         if any(item is not None and not allowed(item) for item in (value if isinstance(value, tuple) else (value,))):
-            raise ValueError(f"{section + '.' if section else ''}{key} must be {wording}, got {value!r}")
+            raise ValueError(f"{prefix}{key} must be {wording}, got {value!r}")
 
 
 def read_yaml(text, source: str = "YAML"):

@@ -93,6 +93,29 @@ def test_sidecar_that_is_not_utf8_names_it(tmp_path):
 
 def test_table_rows_that_name_no_image_are_warned_about(tmp_path):
     images = [tmp_path / "data" / "a.png"]
-    with pytest.warns(UserWarning, match=r"1 of 2 caption table rows name no training image \(e.g. 'images/b.png'\)"):
+    with pytest.warns(UserWarning, match=r"^caption table: 1 of 2 rows name no training image \(e.g. 'images/b.png'\)"):
         captions = resolve_captions(images, tmp_path / "data", {"a.png": "cat", "images/b.png": "dog"})
     assert captions == ["cat"]
+
+
+def test_a_table_naming_no_training_image_is_an_error(tmp_path):
+    """Every image would silently train on the fallback prompt (a warning that scrolled away under the bars)."""
+    with pytest.raises(CaptionError, match=r"^caps.jsonl: none of its 2 rows names a training image \(e.g. 'x.png'\)"):
+        resolve_captions([tmp_path / "a.png"], tmp_path, {"x.png": "cat", "y.png": "dog"}, source="caps.jsonl")
+
+
+def test_keys_that_lead_to_the_image_from_the_working_folder_match(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    images = [data / "a.png", data / "sub" / "b.png", data / "c.png"]
+    for image in images:
+        image.parent.mkdir(parents=True, exist_ok=True)
+        image.write_bytes(b"png")
+    monkeypatch.chdir(tmp_path)
+    table = {"data/a.png": "from the working folder", str(data / "sub" / "b.png"): "absolute", "./c.png": "dotted"}
+    assert resolve_captions(images, data, table) == ["from the working folder", "absolute", "dotted"]
+
+
+def test_a_file_name_row_captioning_several_images_is_warned_about(tmp_path):
+    images = [tmp_path / "set1" / "0001.png", tmp_path / "set2" / "0001.png"]
+    with pytest.warns(UserWarning, match=r"the file-name row '0001.png' captions 2 images \(.*set1/0001.png, "):
+        assert resolve_captions(images, tmp_path, {"0001.png": "cat"}) == ["cat", "cat"]

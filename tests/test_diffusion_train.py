@@ -98,6 +98,19 @@ def test_refuses_to_overwrite_or_write_into_data(setup):
         train_lora(_config(setup, "data/out"))
     with pytest.raises(FileNotFoundError, match="not a checkpoint"):
         train_lora(_config(setup, "fresh", resume=str(root)))
+    for inside in ("flux/lora", "vae/lora"):  # the models' folders are inputs too
+        with pytest.raises(ValueError, match=f"output folder {root / inside} is inside input folder"):
+            train_lora(_config(setup, inside))
+
+
+def test_captions_are_checked_before_the_models_load(setup, monkeypatch):
+    from alphavae.diffusion.captions import CaptionError
+
+    root = setup[0]
+    (root / "none-match.jsonl").write_text('{"file_name": "elsewhere/s0.png", "text": "a cup"}\n')
+    monkeypatch.setattr(RGBAVAE, "from_pretrained", lambda *a, **k: pytest.fail("models loaded before the captions"))
+    with pytest.raises(CaptionError, match=r"none-match\.jsonl: none of its 1 rows names a training image"):
+        train_lora(_config(setup, "captions", captions=str(root / "none-match.jsonl")))
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -114,6 +127,7 @@ def test_refuses_to_overwrite_or_write_into_data(setup):
     (dict(lr_warmup_steps=-5), r"^lr_warmup_steps must be >= 0, got -5$"),
     (dict(seed=-1), r"^seed must be in \[0, 2\*\*32\), got -1$"), (dict(seed=2**32), r"^seed must be in"),
     (dict(lr_scheduler="bogus"), r"^lr_scheduler must be one of \[.*'constant'.*\]$"),
+    (dict(lr_scheduler="piecewise_constant"), r"^lr_scheduler must be one of"),  # needs step_rules
 ])
 def test_config_validation(setup, bad, message):
     with pytest.raises(ValueError, match=message):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import warnings
 from io import StringIO
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from alphavae import io
 
@@ -90,38 +90,67 @@ def _json_object(path: Path, line: int, value: object) -> dict:
 
 def resolve_captions(
     images: list[Path], root: str | Path, table: dict[str, str] | None = None,
-    fallback: str = DEFAULT_PROMPT,
+    fallback: str = DEFAULT_PROMPT, *, source: str = "caption table",
 ) -> list[str]:
     """Return one caption per image, in order.
 
-    Precedence: the table entry (keyed by the path relative to ``root``, or the file name alone),
-    then a sidecar ``<image stem>.txt`` next to the image (UTF-8, stripped), then ``fallback``.
-    Empty captions count as missing.
+    Precedence: the table entry, then a sidecar ``<image stem>.txt`` next to the image (UTF-8, stripped), then
+    ``fallback``. A table row names an image by its path relative to ``root``, its file name alone (which then
+    captions every image of that name, with a warning when there are several), or a path that leads to it from
+    the working folder or an absolute one (``data/a.png``, ``/data/a.png``, ``./a.png``). Empty captions count
+    as missing.
 
+    Args:
+        source: what ``table`` is, for messages (its path).
     Warns:
-        UserWarning: rows of ``table`` name no image of ``images`` (a wrong prefix would otherwise train
-            every image on ``fallback`` without a word).
-
+        UserWarning: some rows of ``table`` name no image of ``images``, or a file-name row names several.
     Raises:
+        CaptionError: no row of a non-empty ``table`` names any image (every image would train on ``fallback``).
         ValueError: a sidecar is not UTF-8 text (names it). OSError: a sidecar cannot be read.
     """
     table = table or {}
     root = Path(root)
-    captions, used = [], set()
+    index = _key_index(table)
+    captions, used, by_name = [], set(), {}
     for image in images:
-        keys = (image.relative_to(root).as_posix() if image.is_relative_to(root) else None, image.name)
-        matched = [key for key in keys if key and key in table]
+        names = (image.relative_to(root).as_posix() if image.is_relative_to(root) else None, image.name,
+                 str(image.resolve()))
+        matched = list(dict.fromkeys(index[name] for name in names if name in index))
         used.update(matched)
+        if image.name in index:
+            by_name.setdefault(image.name, []).append(image)
         caption = next((table[key] for key in matched if table[key]), "")
         sidecar = image.with_suffix(".txt")
         if not caption and sidecar.is_file():
             caption = io.read_text_file(sidecar, "caption file").strip()
         captions.append(caption or fallback)
     unused = [key for key in table if key not in used]
+    explain = f"keys are image paths relative to {root} (or from the working folder), or file names"
+    if table and len(unused) == len(table):
+        raise CaptionError(f"{source}: none of its {len(table)} rows names a training image (e.g. {unused[0]!r}); "
+                           f"{explain}")
     if unused:
-        warnings.warn(f"{len(unused)} of {len(table)} caption table rows name no training image (e.g. "
-                      f"{unused[0]!r}); keys are image paths relative to {root}, or file names", stacklevel=2)
+        warnings.warn(f"{source}: {len(unused)} of {len(table)} rows name no training image (e.g. {unused[0]!r}); "
+                      f"{explain}", stacklevel=2)
+    shared = {name: found_images for name, found_images in by_name.items() if len(found_images) > 1}
+    if shared:
+        name, several = next(iter(shared.items()))
+        warnings.warn(f"{source}: the file-name row {name!r} captions {len(several)} images "
+                      f"({', '.join(str(p) for p in several[:3])}{', ...' if len(several) > 3 else ''}); give "
+                      "paths relative to the data folder to caption them apart", stacklevel=2)
     return captions
+
+
+def _key_index(table: dict[str, str]) -> dict[str, str]:
+    """Each row key under the names an image can match it by: the key with ``./`` and doubled slashes removed,
+    and the resolved path of the file it leads to from the working folder (or as an absolute path)."""
+    index: dict[str, str] = {}
+    for key in table:
+        index.setdefault(PurePosixPath(key).as_posix(), key)
+        path = Path(key).expanduser()
+        if path.is_file():
+            index.setdefault(str(path.resolve()), key)
+    return index
 
 
 def read_prompts(path: str | Path) -> list[str]:

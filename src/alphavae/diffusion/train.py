@@ -37,7 +37,8 @@ from alphavae.vae import RGBAVAE
 log = logging.getLogger(__name__)
 
 _DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_SCHEDULERS = frozenset(kind.value for kind in SchedulerType)  # diffusers' get_scheduler names
+# diffusers' get_scheduler names, less piecewise_constant (its step_rules have no setting here)
+_SCHEDULERS = frozenset(kind.value for kind in SchedulerType) - {"piecewise_constant"}
 
 
 @dataclass
@@ -216,6 +217,7 @@ class _Trainer:
             log_with=None if cfg.report_to == "none" else cfg.report_to,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
         )
+        self._read_data()  # before the models: a data or caption problem costs no model loading
         dtype = _DTYPES[cfg.mixed_precision]
         self.vae = RGBAVAE.from_pretrained(cfg.vae, dtype="mixed-bf16" if dtype == torch.bfloat16 else "float32",
                                            device=self.acc.device)
@@ -233,10 +235,14 @@ class _Trainer:
         if cfg.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self.sampling = TimestepSampling(cfg.weighting_scheme, cfg.logit_mean, cfg.logit_std, cfg.mode_scale)
-        self._build_data()
+        self.cache = [self._encode([self.dataset.load(i, item_generator(cfg.seed, 0, i))])
+                      for i in tqdm(range(len(self.dataset)), desc="cache latents", unit="img")] \
+            if cfg.cache_latents else None
 
-    def _build_data(self) -> None:
+    def _read_data(self) -> None:
+        """The readable training images (``self.dataset``; unreadable ones in ``self.failed``) and their captions."""
         cfg = self.cfg
+        table = read_caption_table(cfg.captions) if cfg.captions else None
         options = dict(size=cfg.resolution, crop=cfg.crop, seed=cfg.seed)
         data = Path(cfg.data)
         good, self.failed = _scan_images(RGBADataset(data, split=cfg.split, **options))
@@ -244,10 +250,7 @@ class _Trainer:
             raise ValueError(f"{data}: no readable training images")
         self.dataset = RGBADataset(good, **options)
         root = data if data.is_dir() else data.parent
-        table = read_caption_table(cfg.captions) if cfg.captions else None
-        self.captions = resolve_captions(good, root, table, cfg.instance_prompt)
-        self.cache = [self._encode([self.dataset.load(i, item_generator(cfg.seed, 0, i))])
-                      for i in tqdm(range(len(good)), desc="cache latents", unit="img")] if cfg.cache_latents else None
+        self.captions = resolve_captions(good, root, table, cfg.instance_prompt, source=str(cfg.captions))
 
     @torch.no_grad()
     def _encode(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -375,12 +378,12 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
     Raises:
         FileExistsError: the output already holds a LoRA and ``resume`` is not set.
         FileNotFoundError: ``resume`` names a folder that is not a checkpoint.
-        ValueError: output inside the data folder, no readable images, fewer images than one
-            global batch, or bad settings.
+        ValueError: output inside the data, FLUX model or VAE folder, no readable images, fewer images than one
+            global batch, bad settings, or a caption table none of whose rows names a training image.
         OSError: model or VAE cannot be loaded.
     """
     out = Path(cfg.output_dir)
-    io.check_output_outside_inputs(out, cfg.data)
+    io.check_output_outside_inputs(out, [cfg.data, cfg.model, cfg.vae])  # a hub id is no folder: not checked
     if (out / LORA_FILE).exists() and cfg.resume is None:
         raise FileExistsError(f"{out / LORA_FILE} already exists: resume it (--resume latest) or choose another output")
     return _Trainer(cfg).run()

@@ -98,6 +98,19 @@ def test_generate_cli_ctrl_c_is_one_line(trained, tmp_path, capsys, monkeypatch)
     assert err.startswith("alphavae generate: interrupted;") and err.count("\n") == 1
 
 
+def test_train_lora_cli_ctrl_c_says_how_to_resume(trained, tmp_path, capsys, monkeypatch):
+    _, flux, vae, _ = trained
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("alphavae.diffusion.train.train_lora", interrupted)
+    assert main(["train-lora", "--model", str(flux), "--vae", str(vae), "--data", str(tmp_path), "-o",
+                 str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err == ("alphavae train-lora: interrupted before the first checkpoint: rerun the same "
+                                       "command to start again\n")
+
+
 def test_generate_cli_prompts_file_errors(trained, tmp_path, capsys):
     _, flux, vae, _ = trained
     base = ["generate", "--model", str(flux), "--vae", str(vae), "-o", str(tmp_path / "out"), "--prompts-file"]

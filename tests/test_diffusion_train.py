@@ -77,6 +77,32 @@ def test_resume_reproduces_uninterrupted_run(setup):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_refusals_keep_earlier_work(setup):
+    """Each of these succeeded silently: a fresh start over an interrupted run's checkpoints (replaced them), a
+    resume beyond max_steps (saved step 2's weights as step 1), a resume with another alpha or optimiser (kept
+    the saved scale, optimiser state and learning rate, while train_config.yaml said otherwise), and --resume
+    latest on a finished run without checkpoints (trained again from scratch over the LoRA)."""
+    import shutil
+
+    out = train_lora(_config(setup, "guarded", max_steps=2, checkpoint_every=1, keep_checkpoints=5)).lora_dir
+    lora = (out / LORA_FILE).read_bytes()
+    (out / LORA_FILE).unlink()  # as if interrupted after its checkpoints
+    with pytest.raises(FileExistsError, match="already has checkpoints; pass --resume latest or choose a new folder"):
+        train_lora(_config(setup, "guarded", max_steps=2))
+    with pytest.raises(ValueError, match=r"step-00000002 is at step 2, beyond max_steps 1; resume with max_steps >= 2"):
+        train_lora(_config(setup, "guarded", max_steps=1, resume="latest"))
+    with pytest.raises(ValueError, match=r"saved with other settings than this run's \(alpha 8.0 -> 2.0; "
+                                         r"optimizer 'prodigy' -> 'adamw'\)"):
+        train_lora(_config(setup, "guarded", max_steps=3, resume="latest", alpha=2.0, optimizer="adamw"))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
+    (out / LORA_FILE).write_bytes(lora)
+    shutil.rmtree(out / "checkpoints")
+    with pytest.raises(FileExistsError, match=r"nothing to resume: .* holds a finished pytorch_lora_weights"
+                                              r"\.safetensors but no checkpoint"):
+        train_lora(_config(setup, "guarded", max_steps=3, resume="latest"))
+    assert (out / LORA_FILE).read_bytes() == lora
+
+
 def test_validation_during_training_does_not_change_training(setup):
     """A mid-run validation renders through pipe.scheduler; training must keep sampling the full sigma grid."""
     options = dict(max_steps=3, validation_prompts=["a red sticker"])

@@ -537,6 +537,21 @@ def test_ctrl_c_removes_the_partial_checkpoint_and_says_how_to_resume(assets, tm
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
 
 
+def test_resume_keeps_a_finished_model_and_refuses_a_checkpoint_beyond_max_steps(assets, tmp_path):
+    """--resume latest after the checkpoints were deleted trained from scratch over final/; a checkpoint beyond
+    optim.max_steps was exported as the result of fewer steps."""
+    overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0, "optim.max_steps": 2})
+    run = tmp_path / "run"
+    final = train_vae(load_config("vae_no_gan", overrides), run).final_dir
+    with pytest.raises(ValueError, match=r"step-00000002 is at step 2, beyond max_steps 1; resume with max_steps"):
+        train_vae(load_config("vae_no_gan", overrides + ["optim.max_steps=1"]), run, resume="latest")
+    weights = (final / "diffusion_pytorch_model.safetensors").read_bytes()
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(FileExistsError, match=rf"nothing to resume: {run} holds a finished final but no checkpoint"):
+        train_vae(load_config("vae_no_gan", overrides), run, resume="latest")
+    assert (final / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+
+
 def test_run_folder_inside_the_source_vae_is_refused(assets, tmp_path, capsys):
     shutil.copytree(assets / "rgb_vae", tmp_path / "vae")
     args = ["train-vae", "--data", str(assets / "data"), "--vae", str(tmp_path / "vae"), "-o", str(tmp_path / "vae" / "run")]

@@ -91,6 +91,18 @@ def load_skipping(paths: list, max_pixels: int, failed: list[str]):
             failed.append(str(err))
 
 
+def interruption_note(run_dir: str) -> str:
+    """How to continue a run interrupted by Ctrl-C, in one line: its newest complete checkpoint."""
+    from alphavae.train import list_checkpoints
+
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        return "interrupted before the first checkpoint: rerun the same command to start again"
+    newest = checkpoints[-1]
+    return (f"interrupted; the newest complete checkpoint is step {int(newest.name.removeprefix('step-'))} "
+            f"({newest}): rerun with --resume latest to continue from it")
+
+
 def report_skipped(prog: str, failed: list[str], total: int) -> None:
     """Print ``<prog>: skipped: <error>`` for each skipped input and a count on stderr (nothing when none)."""
     for message in failed:

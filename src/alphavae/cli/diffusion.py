@@ -11,7 +11,7 @@ import logging
 import sys
 
 from alphavae.accel import OFFLOAD_MODES, POLICY_NAMES
-from alphavae.cli import finite_float, positive_int, seed
+from alphavae.cli import finite_float, interruption_note, positive_int, seed
 from alphavae.diffusion.captions import DEFAULT_PROMPT, read_prompts
 from alphavae.diffusion.flow import WEIGHTING_SCHEMES
 from alphavae.diffusion.lora import TARGET_PRESETS
@@ -128,7 +128,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Build the config (YAML, then flags), train; 0 on success, 1 if images were skipped, 2 on errors."""
+    """Build the config (YAML, then flags), train; 0 on success, 1 if images were skipped, 2 on errors, 130 on
+    Ctrl-C (one line saying which checkpoint to resume from)."""
     from alphavae.diffusion.train import LoraTrainConfig, train_lora
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -147,6 +148,9 @@ def run_train(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"alphavae train-lora: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"alphavae train-lora: {interruption_note(config.output_dir)}", file=sys.stderr)
+        return 130
     print(f"wrote LoRA to {result.lora_dir}; final loss {result.losses.get(max(result.losses, default=0), 'n/a')}")
     for failure in result.failed_images:
         print(f"skipped: {failure}", file=sys.stderr)

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     divergence, 130 on Ctrl-C (one line saying which checkpoint to resume from)."""
     import yaml
 
+    from alphavae.cli import interruption_note
     from alphavae.eval.report import counted
     from alphavae.train import NonFiniteLossError, load_config, train_vae
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         result = train_vae(config, args.output, resume=args.resume)
     except KeyboardInterrupt:
-        print(f"alphavae train-vae: {_interruption_note(args.output)}", file=sys.stderr)
+        print(f"alphavae train-vae: {interruption_note(args.output)}", file=sys.stderr)
         return 130
     except NonFiniteLossError as err:
         print(f"alphavae train-vae: error: {err}", file=sys.stderr)
@@ -78,15 +79,3 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {failure}", file=sys.stderr)
         return 1
     return 0
-
-
-def _interruption_note(run_dir: str) -> str:
-    """How to continue a run interrupted by Ctrl-C, in one line: its newest complete checkpoint."""
-    from alphavae.train import list_checkpoints
-
-    checkpoints = list_checkpoints(run_dir)
-    if not checkpoints:
-        return "interrupted before the first checkpoint: rerun the same command to start again"
-    newest = checkpoints[-1]
-    return (f"interrupted; the newest complete checkpoint is step {int(newest.name.removeprefix('step-'))} "
-            f"({newest}): rerun with --resume latest to continue from it")

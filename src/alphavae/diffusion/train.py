@@ -30,7 +30,7 @@ from alphavae.diffusion.captions import DEFAULT_PROMPT, read_caption_table, reso
 from alphavae.diffusion.flow import TimestepSampling, flow_matching_loss, sample_sigmas
 from alphavae.diffusion.lora import LORA_FILE, add_lora, lora_config, restore_lora, save_lora
 from alphavae.diffusion.pipeline import contact_sheet, generate_rgba, load_flux_pipeline
-from alphavae.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from alphavae.train.checkpoint import check_start, check_within, find_checkpoint, load_checkpoint, save_checkpoint
 from alphavae.train.config import build_dataclass, check_limits, read_yaml
 from alphavae.vae import RGBAVAE
 
@@ -194,6 +194,26 @@ def _scan_images(dataset: RGBADataset) -> tuple[list[Path], list[str]]:
     return good, failed
 
 
+RESUME_FIXED = ("rank", "alpha", "targets", "dropout", "optimizer", "learning_rate", "adam_beta1", "adam_beta2",
+                "prodigy_beta3", "weight_decay", "adam_epsilon", "lr_scheduler", "lr_warmup_steps", "batch_size",
+                "gradient_accumulation_steps", "resolution", "crop", "seed", "mixed_precision", "weighting_scheme",
+                "logit_mean", "logit_std", "mode_scale", "guidance")
+"""Settings a checkpoint records and a resume must repeat: the adapter's shape and scale, the optimiser and its
+schedule (a resume keeps the saved optimiser state and learning rate whatever is asked), and what decides the
+batches and noise. ``max_steps``, checkpointing, validation and logging may change."""
+
+
+def _check_same_settings(checkpoint: Path, saved: dict | None, cfg: LoraTrainConfig) -> None:
+    """Raise ValueError naming the settings of ``cfg`` that differ from those ``checkpoint`` was saved with
+    (:data:`RESUME_FIXED`; checkpoints saved before settings were recorded pass)."""
+    changed = [f"{key} {saved[key]!r} -> {getattr(cfg, key)!r}" for key in RESUME_FIXED
+               if saved is not None and key in saved and saved[key] != getattr(cfg, key)]
+    if changed:
+        raise ValueError(f"{checkpoint}: saved with other settings than this run's ({'; '.join(changed)}); a resume "
+                         "keeps the saved adapter, optimiser and schedule, so repeat the saved settings, or start a "
+                         "new output folder")
+
+
 def _make_optimizer(cfg: LoraTrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """AdamW (torch) or Prodigy (prodigyopt, Mishchenko & Defazio 2023) over the LoRA parameters."""
     betas = (cfg.adam_beta1, cfg.adam_beta2)
@@ -310,8 +330,10 @@ class _Trainer:
         io.save_rgba(contact_sheet(pixels), folder / "checkerboard.png", overwrite=True)
 
     def checkpoint(self, step: int) -> None:
-        """Save ``checkpoints/step-N`` (accelerate state, LoRA); keep the newest ``keep_checkpoints``."""
-        save_checkpoint(self.acc, self.out, {"step": step}, self.cfg.keep_checkpoints)
+        """Save ``checkpoints/step-N`` (accelerate state, LoRA, and the settings a resume must keep);
+        keep the newest ``keep_checkpoints``."""
+        settings = {key: getattr(self.cfg, key) for key in RESUME_FIXED}
+        save_checkpoint(self.acc, self.out, {"step": step, "settings": settings}, self.cfg.keep_checkpoints)
 
     def run(self) -> LoraTrainResult:
         """Train from the start or the resume checkpoint to ``max_steps``; save the LoRA and config."""
@@ -323,8 +345,12 @@ class _Trainer:
         acc.register_save_state_pre_hook(self.save_hook)
         acc.register_load_state_pre_hook(self.load_hook)
         resume = find_checkpoint(self.out, cfg.resume) if cfg.resume else None
-        start = load_checkpoint(acc, resume)["step"] if resume else 0
+        start = 0
         if resume:
+            state = load_checkpoint(acc, resume)
+            start = state["step"]
+            check_within(resume, start, cfg.max_steps)
+            _check_same_settings(resume, state.get("settings"), cfg)
             log.info("resumed from %s at step %d", resume, start)
         if acc.is_main_process and cfg.report_to != "none":
             acc.init_trackers("alphavae-lora")
@@ -376,9 +402,11 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
     Unreadable images are skipped (listed in the result); the run goes on with the rest.
 
     Raises:
-        FileExistsError: the output already holds a LoRA and ``resume`` is not set.
+        FileExistsError: the output already holds a LoRA or checkpoints and ``resume`` is not set, or a LoRA but no
+            checkpoint and ``resume`` is "latest".
         FileNotFoundError: ``resume`` names a folder that is not a checkpoint.
-        ValueError: output inside the data, FLUX model or VAE folder, no readable images, fewer images than one
+        ValueError: a resumed checkpoint beyond ``max_steps`` or saved with other :data:`RESUME_FIXED` settings,
+            output inside the data, FLUX model or VAE folder, no readable images, fewer images than one
             global batch, bad settings, or a caption table none of whose rows names a training image.
         OSError: model or VAE cannot be loaded.
     """
@@ -386,4 +414,5 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
     io.check_output_outside_inputs(out, [cfg.data, cfg.model, cfg.vae])  # a hub id is no folder: not checked
     if (out / LORA_FILE).exists() and cfg.resume is None:
         raise FileExistsError(f"{out / LORA_FILE} already exists: resume it (--resume latest) or choose another output")
+    check_start(out, cfg.resume, out / LORA_FILE)
     return _Trainer(cfg).run()

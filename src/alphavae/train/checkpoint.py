@@ -61,6 +61,34 @@ def find_checkpoint(run_dir: str | os.PathLike, resume: str) -> Path | None:
     return path
 
 
+def check_start(run_dir: str | os.PathLike, resume: str | None, finished: Path) -> None:
+    """Refuse a start that would overwrite a run's work (before anything loads).
+
+    Args:
+        run_dir: the run's output folder.
+        resume: ``--resume`` as given (None: a fresh start).
+        finished: what a finished run leaves (train-vae's ``final/``, train-lora's LoRA file).
+    Raises:
+        FileExistsError: ``run_dir`` has checkpoints and ``resume`` is None (a fresh start would replace them);
+            or ``resume`` is ``"latest"``, there is no checkpoint and ``finished`` exists (a fresh start would
+            replace it); the message says what to do.
+    """
+    checkpoints = list_checkpoints(run_dir)
+    if resume is None and checkpoints:
+        raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume latest or choose a new folder")
+    if resume == "latest" and not checkpoints and finished.exists():
+        raise FileExistsError(f"nothing to resume: {run_dir} holds a finished {finished.name} but no checkpoint; "
+                              f"choose a new folder (or move {finished} away to train again from scratch)")
+
+
+def check_within(checkpoint: Path, step: int, max_steps: int) -> None:
+    """Raise ValueError when the resumed ``checkpoint`` (at ``step``) lies beyond ``max_steps``: resuming would save
+    its weights under an earlier step's name and call them the result of ``max_steps`` steps."""
+    if step > max_steps:
+        raise ValueError(f"{checkpoint} is at step {step}, beyond max_steps {max_steps}; resume with max_steps >= "
+                         f"{step}, or pass an earlier checkpoint folder to --resume")
+
+
 def way_back(damaged: Path, earlier: Path | None) -> str:
     """How to go on past ``damaged``, a run's newest checkpoint: delete it and resume from ``earlier`` (the
     newest sound checkpoint before it; None: from the start)."""

@@ -40,6 +40,8 @@ from alphavae.data.datasets import RGBADataset, StepBatchSampler, item_generator
 from alphavae.eval.networks import LPIPS_MIN_SIZE
 from alphavae.losses import AutoencoderForward, Objective, PatchDiscriminator
 from alphavae.train.checkpoint import (
+    check_start,
+    check_within,
     find_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -437,15 +439,16 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         ``TrainResult``.
 
     Raises:
-        FileExistsError: ``run_dir`` has checkpoints but ``resume`` is None.
+        FileExistsError: ``run_dir`` has checkpoints but ``resume`` is None, or ``resume`` is "latest", there is
+            no checkpoint and ``run_dir/final`` exists (:func:`alphavae.train.checkpoint.check_start`).
         FileNotFoundError: ``config.data.source`` does not exist, or ``resume`` is a path that is not a
             checkpoint folder (``find_checkpoint``).
         NonFiniteLossError: ``config.max_nonfinite`` consecutive steps had a non-finite loss.
         ValueError: ``run_dir`` is or lies inside the data folder (a manifest's folder for a manifest
             source) or a local ``model.vae`` / ``model.ref_vae`` folder, ``data.size`` is not a multiple of the
             VAE's downsampling or too small for an active loss term (``_check_crop_size``), the checkpoint
-            cannot be restored (``load_checkpoint``), or bad config or inputs (see ``load_models`` /
-            ``split_files``).
+            cannot be restored (``load_checkpoint``) or lies beyond ``optim.max_steps``, or bad config or inputs
+            (see ``load_models`` / ``split_files``).
         KeyboardInterrupt: Ctrl-C; a checkpoint being written is removed (``save_checkpoint``), the earlier
             ones are complete and ``--resume latest`` continues from the newest.
     """
@@ -456,8 +459,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         io.check_output_outside_inputs(run_dir, config.data.source if Path(config.data.source).is_dir()
                                        else Path(config.data.source).parent)
     io.check_output_outside_inputs(run_dir, [path for path in (config.model.vae, config.model.ref_vae) if path])
-    if resume is None and list_checkpoints(run_dir):
-        raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume latest or choose a new folder")
+    check_start(run_dir, resume, run_dir / "final")
     accum = config.optim.gradient_accumulation
     AcceleratorState._reset_state()  # a fresh mixed-precision setting per run; keeps the process group
     cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
@@ -503,6 +505,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     if checkpoint is not None:
         state = _restore(accelerator, checkpoint, resume, run_dir)
         start_step, streak = state["step"], state["nonfinite_streak"]
+        check_within(checkpoint, start_step, config.optim.max_steps)
         logger.info("resumed from %s at step %d", checkpoint, start_step)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)

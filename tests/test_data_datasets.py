@@ -131,6 +131,17 @@ def test_bad_file_names_the_file(tmp_path):
         RGBADataset([bad], size=8)[0]
 
 
+def test_a_strip_too_thin_to_resize_is_an_unreadable_image_not_a_crash(tmp_path):
+    """A 2000x1 PNG resized to a short side of 512 would take 512x1,024,000 pixels (gigabytes): skipped as
+    unreadable, as the training commands skip any bad image, instead of crashing the run."""
+    strip = tmp_path / "strip.png"
+    Image.new("RGBA", (2000, 1), (255, 0, 0, 255)).save(strip)
+    with pytest.raises(ImageLoadError, match=r"strip\.png: 2000x1 px resized to a short side of 512 would be "
+                                             r"524288000 pixels, above max_pixels=67108864"):
+        RGBADataset([strip], size=512)[0]
+    assert RGBADataset([strip], size=8)[0].shape == (4, 8, 8)  # 16000x8: within the limit
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="crop"):
         RGBADataset(["x.png"], crop="diagonal")

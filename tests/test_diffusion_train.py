@@ -103,6 +103,17 @@ def test_resume_refusals_keep_earlier_work(setup):
     assert (out / LORA_FILE).read_bytes() == lora
 
 
+def test_a_checkpoint_without_recorded_settings_resumes_with_a_warning(setup, caplog):
+    out = train_lora(_config(setup, "older", max_steps=1)).lora_dir
+    state_file = out / "checkpoints" / "step-00000001" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["settings"]  # as written before checkpoints recorded their settings
+    state_file.write_text(json.dumps(state))
+    with caplog.at_level("WARNING", logger="alphavae.diffusion.train"):
+        train_lora(_config(setup, "older", max_steps=2, resume="latest", alpha=2.0))
+    assert "was saved before checkpoints recorded their settings" in caplog.text
+
+
 def test_validation_during_training_does_not_change_training(setup):
     """A mid-run validation renders through pipe.scheduler; training must keep sampling the full sigma grid."""
     options = dict(max_steps=3, validation_prompts=["a red sticker"])
@@ -127,6 +138,13 @@ def test_refuses_to_overwrite_or_write_into_data(setup):
     for inside in ("flux/lora", "vae/lora"):  # the models' folders are inputs too
         with pytest.raises(ValueError, match=f"output folder {root / inside} is inside input folder"):
             train_lora(_config(setup, inside))
+    manifest = setup[3] / "listed.jsonl"  # a manifest's images lie in its folder
+    manifest.write_text(json.dumps({"file": "s0.png"}) + "\n")
+    with pytest.raises(ValueError, match=f"output folder {setup[3] / 'out'} is inside input folder {setup[3]}"):
+        train_lora(_config(setup, "data/out", data=str(manifest)))
+    (root / "leftover" / "checkpoints" / "step-00000010").mkdir(parents=True)  # damaged: no trainer_state.json
+    with pytest.raises(FileExistsError, match="already has checkpoints; pass --resume latest"):
+        train_lora(_config(setup, "leftover"))
 
 
 def test_captions_are_checked_before_the_models_load(setup, monkeypatch):
@@ -154,6 +172,7 @@ def test_captions_are_checked_before_the_models_load(setup, monkeypatch):
     (dict(seed=-1), r"^seed must be in \[0, 2\*\*32\), got -1$"), (dict(seed=2**32), r"^seed must be in"),
     (dict(lr_scheduler="bogus"), r"^lr_scheduler must be one of \[.*'constant'.*\]$"),
     (dict(lr_scheduler="piecewise_constant"), r"^lr_scheduler must be one of"),  # needs step_rules
+    (dict(instance_prompt=" "), r"^instance_prompt must not be blank$"),
 ])
 def test_config_validation(setup, bad, message):
     with pytest.raises(ValueError, match=message):

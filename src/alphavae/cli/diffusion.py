@@ -103,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--model", required=True, help="local diffusers FLUX folder, or a hub id when online")
     gen.add_argument("--vae", required=True, help="RGBA VAE folder (4-channel AutoencoderKL)")
     gen.add_argument("--lora", help="LoRA folder or .safetensors from train-lora (optional)")
-    gen.add_argument("--lora-scale", type=finite_float, default=1.0, help="LoRA strength (default 1.0)")
+    gen.add_argument("--lora-scale", type=finite_float, default=None, help="LoRA strength (default 1.0; needs --lora)")
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append", help="prompt (repeatable)")
     source.add_argument("--prompts-file", help="text file, one prompt per line ('#' comments)")
@@ -173,10 +173,13 @@ def run_generate(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.lora_scale is not None and args.lora is None:
+            raise ValueError("--lora-scale needs --lora (there is no LoRA to scale)")
         prompts = args.prompt or read_prompts(args.prompts_file)
         height, width = _parse_size(args.size)
         report = generate_from_paths(
-            args.model, args.vae, prompts, args.output, lora=args.lora, lora_scale=args.lora_scale, dtype=args.dtype,
+            args.model, args.vae, prompts, args.output, lora=args.lora,
+            lora_scale=1.0 if args.lora_scale is None else args.lora_scale, dtype=args.dtype,
             vae_dtype=args.vae_dtype, device=args.device, offload=args.offload, n=args.n, seed=args.seed,
             height=height, width=width, steps=args.steps, guidance=args.guidance, batch_size=args.batch_size,
             sheet=not args.no_sheet)

@@ -219,10 +219,21 @@ class RGBADataset(Dataset):
         path = self.files[index]
         pixels = io.load_rgba(path, max_pixels=self.max_pixels)
         if self.resize_short_side and min(pixels.shape[1:]) != self.size:
+            self._check_resized_size(path, *pixels.shape[1:])
             pixels = io.resize_short_side(pixels, self.size)
         if self.crop == "none":
             return pixels
         return crop_square(pixels, self.size, self.crop, generator)
+
+    def _check_resized_size(self, path: Path, height: int, width: int) -> None:
+        """Raise ImageLoadError when resizing the short side to ``size`` would exceed ``max_pixels`` (a 2000x1 strip
+        becomes 512x1,024,000 at size 512: gigabytes, for one image)."""
+        scale = self.size / min(height, width)
+        pixels = max(1, round(height * scale)) * max(1, round(width * scale))
+        if self.max_pixels is not None and pixels > self.max_pixels:
+            raise io.ImageLoadError(path, f"{width}x{height} px resized to a short side of {self.size} would be "
+                                          f"{pixels} pixels, above max_pixels={self.max_pixels} (aspect ratio too "
+                                          "extreme for square crops)")
 
     def _background_image(self, epoch: int, index: int, shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
         """RGB (3, *shape) background made from another item, flattened over a uniform colour."""

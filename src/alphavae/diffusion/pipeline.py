@@ -102,7 +102,8 @@ def read_lora(lora: str | Path) -> dict[str, torch.Tensor]:
     Returns:
         ``{"transformer.<module>.lora_A.weight": tensor, ...}`` (kohya/other formats converted by diffusers).
     Raises:
-        FileNotFoundError: a local path that does not exist (anything that is not an ``org/name`` id).
+        FileNotFoundError: a local path that does not exist (anything that is not an ``org/name`` id), or a
+            folder without ``.safetensors`` weights.
         ValueError: the weights hold no LoRA matrices (e.g. a full transformer file).
         OSError: the file cannot be read or the id cannot be looked up; one line naming it.
     """
@@ -111,6 +112,9 @@ def read_lora(lora: str | Path) -> dict[str, torch.Tensor]:
 
     if not Path(lora).exists() and not looks_like_model_id(str(lora)):
         raise FileNotFoundError(f"{lora}: LoRA file or folder not found")
+    if Path(lora).is_dir() and not any(Path(lora).glob("*.safetensors")):
+        raise FileNotFoundError(f"{lora}: no .safetensors LoRA weights in this folder (an unfinished train-lora run "
+                                "keeps them in checkpoints/step-N/: pass one of those folders)")
     try:
         state = FluxPipeline.lora_state_dict(str(lora))
     except (MemoryError, torch.OutOfMemoryError):

@@ -144,6 +144,7 @@ class LoraTrainConfig:
             "mixed_precision must be 'no', 'bf16' or 'fp16'": self.mixed_precision in _DTYPES,
             "report_to must be 'tensorboard' or 'none'": self.report_to in ("tensorboard", "none"),
             f"lr_scheduler must be one of {sorted(_SCHEDULERS)}": self.lr_scheduler in _SCHEDULERS,
+            "instance_prompt must not be blank": bool(self.instance_prompt.strip()),
         }
         bad = [message for message, ok in checks.items() if not ok]
         if bad:
@@ -205,9 +206,13 @@ batches and noise. ``max_steps``, checkpointing, validation and logging may chan
 
 def _check_same_settings(checkpoint: Path, saved: dict | None, cfg: LoraTrainConfig) -> None:
     """Raise ValueError naming the settings of ``cfg`` that differ from those ``checkpoint`` was saved with
-    (:data:`RESUME_FIXED`; checkpoints saved before settings were recorded pass)."""
+    (:data:`RESUME_FIXED`; checkpoints saved before settings were recorded pass, with a warning)."""
+    if saved is None:
+        log.warning("%s was saved before checkpoints recorded their settings: a resume with other settings (alpha, "
+                    "optimiser, learning rate, ...) cannot be detected; repeat the run's settings", checkpoint)
+        return
     changed = [f"{key} {saved[key]!r} -> {getattr(cfg, key)!r}" for key in RESUME_FIXED
-               if saved is not None and key in saved and saved[key] != getattr(cfg, key)]
+               if key in saved and saved[key] != getattr(cfg, key)]
     if changed:
         raise ValueError(f"{checkpoint}: saved with other settings than this run's ({'; '.join(changed)}); a resume "
                          "keeps the saved adapter, optimiser and schedule, so repeat the saved settings, or start a "
@@ -411,7 +416,8 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
         OSError: model or VAE cannot be loaded.
     """
     out = Path(cfg.output_dir)
-    io.check_output_outside_inputs(out, [cfg.data, cfg.model, cfg.vae])  # a hub id is no folder: not checked
+    data = Path(cfg.data)  # a manifest's images lie in its folder
+    io.check_output_outside_inputs(out, [data if data.is_dir() else data.parent, cfg.model, cfg.vae])  # ids: no folder
     if (out / LORA_FILE).exists() and cfg.resume is None:
         raise FileExistsError(f"{out / LORA_FILE} already exists: resume it (--resume latest) or choose another output")
     check_start(out, cfg.resume, out / LORA_FILE)

@@ -74,7 +74,7 @@ def check_start(run_dir: str | os.PathLike, resume: str | None, finished: Path) 
             replace it); the message says what to do.
     """
     checkpoints = list_checkpoints(run_dir)
-    if resume is None and checkpoints:
+    if resume is None and (checkpoints or any(_NAME.match(p.name) for p in (Path(run_dir) / "checkpoints").glob("*"))):
         raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume latest or choose a new folder")
     if resume == "latest" and not checkpoints and finished.exists():
         raise FileExistsError(f"nothing to resume: {run_dir} holds a finished {finished.name} but no checkpoint; "

@@ -73,10 +73,9 @@ def check_start(run_dir: str | os.PathLike, resume: str | None, finished: Path) 
             or ``resume`` is ``"latest"``, there is no checkpoint and ``finished`` exists (a fresh start would
             replace it); the message says what to do.
     """
-    checkpoints = list_checkpoints(run_dir)
-    if resume is None and (checkpoints or any(_NAME.match(p.name) for p in (Path(run_dir) / "checkpoints").glob("*"))):
+    if resume is None and any(_NAME.match(p.name) for p in (Path(run_dir) / "checkpoints").glob("*")):  # damaged too
         raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume latest or choose a new folder")
-    if resume == "latest" and not checkpoints and finished.exists():
+    if resume == "latest" and not list_checkpoints(run_dir) and finished.exists():
         raise FileExistsError(f"nothing to resume: {run_dir} holds a finished {finished.name} but no checkpoint; "
                               f"choose a new folder (or move {finished} away to train again from scratch)")
 

@@ -7,7 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from alphavae.data.datasets import RGBADataset, StepBatchSampler, crop_square, item_generator, scale_alpha
+from alphavae.data.datasets import (
+    RGBADataset,
+    StepBatchSampler,
+    SubstituteUnreadable,
+    crop_square,
+    item_generator,
+    scale_alpha,
+)
 from alphavae.io import ImageLoadError
 
 
@@ -186,3 +193,23 @@ def test_dataloader_with_workers_matches_direct_access(files):
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=2)
     for step, batch in enumerate(loader):
         assert torch.equal(batch, torch.stack([dataset[key] for key in sampler.batch(step)]))
+
+
+def test_an_image_unreadable_mid_run_is_replaced_by_the_next_across_workers(files):
+    """torch re-raised a worker's ImageLoadError as a RuntimeError holding the worker's traceback; the item is
+    now the next readable image's (with that image's randomness) and the failure comes with the batch."""
+    dataset = RGBADataset(files, size=8, seed=7)
+    files[1].write_bytes(b"damaged since the start")
+    wrapped = SubstituteUnreadable(dataset)
+    sampler = StepBatchSampler(len(dataset), 2, 2, seed=7)
+    loader = torch.utils.data.DataLoader(wrapped, batch_sampler=sampler, num_workers=1,
+                                         collate_fn=SubstituteUnreadable.collate)
+    failures = []
+    for step, (batch, unreadable) in enumerate(loader):
+        keys = [(epoch, index + (index == 1)) for epoch, index in sampler.batch(step)]
+        assert torch.equal(batch, torch.stack([dataset[key] for key in keys]))
+        failures += unreadable
+    assert failures == [f"{files[1]}: not a readable image (Pillow recognises no image format in it)"]  # 4 items: img1 once
+    for path in files:
+        path.unlink()
+    assert SubstituteUnreadable.collate([wrapped[(0, 0)]]) == (None, [f"{p}: file not found" for p in files])

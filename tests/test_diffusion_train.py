@@ -157,6 +157,17 @@ def test_captions_are_checked_before_the_models_load(setup, monkeypatch):
         train_lora(_config(setup, "captions", captions=str(root / "none-match.jsonl")))
 
 
+def test_a_warmup_longer_than_the_run_is_warned(setup, monkeypatch):
+    from alphavae.diffusion.captions import CaptionError
+
+    root = setup[0]
+    (root / "no-match.jsonl").write_text('{"file_name": "elsewhere/s0.png", "text": "a cup"}\n')
+    config = _config(setup, "warm-up", lr_warmup_steps=10, captions=str(root / "no-match.jsonl"))
+    with pytest.warns(UserWarning, match=r"^lr_warmup_steps 10 exceeds max_steps 4: the learning rate stays in its "
+                                         r"warm-up for the whole run"), pytest.raises(CaptionError):
+        train_lora(config)  # warned before anything loads (the caption table then stops the run)
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(resolution=40), "multiple of 16"), (dict(cache_latents=True, crop="random"), "cache_latents"),
     (dict(optimizer="sgd"), "optimizer"), (dict(weighting_scheme="x"), "weighting_scheme"),

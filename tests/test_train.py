@@ -537,6 +537,54 @@ def test_ctrl_c_removes_the_partial_checkpoint_and_says_how_to_resume(assets, tm
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
 
 
+def test_a_temporary_checkpoint_left_by_a_kill_is_removed_by_the_next_save(assets, tmp_path):
+    leftover = tmp_path / "run" / "checkpoints" / ".tmp-step-00000007"  # a kill while saving step 7
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"partial")
+    overrides = _overrides(assets, checkpoint_every=1, **{"optim.max_steps": 1, "loss.lpips_weight": 0})
+    train_vae(load_config("vae_no_gan", overrides), tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-00000001"]
+
+
+def test_a_failing_final_validation_keeps_the_exported_model(assets, tmp_path, monkeypatch):
+    """The last validation ran before the export: a grid that could not be written lost the run's model."""
+    import alphavae.train.loop
+
+    def unwritable(*args, **kwargs):
+        raise OSError("validation grid: No space left on device")
+
+    monkeypatch.setattr(alphavae.train.loop, "validate", unwritable)
+    overrides = _overrides(assets, **{"optim.max_steps": 1, "loss.lpips_weight": 0})
+    with pytest.raises(OSError, match="No space left"):
+        train_vae(load_config("vae_no_gan", overrides), tmp_path / "run")
+    assert AutoencoderKL.from_pretrained(tmp_path / "run" / "final").config.in_channels == 4
+
+
+def test_a_warmup_longer_than_the_run_is_one_warning_line(assets, tmp_path, capsys):
+    overrides = _overrides(assets, **{"optim.max_steps": 1, "optim.warmup_steps": 5, "loss.lpips_weight": 0})
+    assert main(["train-vae", "--config", "vae_no_gan", "-o", str(tmp_path / "run")]
+                + [a for o in overrides for a in ("--set", o)]) == 0
+    assert ("alphavae train-vae: warning: optim.warmup_steps 5 exceeds optim.max_steps 1: the learning rate stays in "
+            "its warm-up for the whole run and never reaches its set value\n") in capsys.readouterr().err
+
+
+def test_an_image_that_turns_unreadable_mid_run_is_skipped_and_reported(assets, tmp_path, capsys):
+    """With DataLoader workers, an image deleted or damaged after the start-up check ended the run with torch's
+    RuntimeError holding the worker's traceback. (The check is switched off here to meet the file mid-run.)"""
+    data = tmp_path / "data"
+    shutil.copytree(assets / "data", data)
+    (data / "img3.png").write_bytes(b"damaged after the check")
+    overrides = _overrides(assets, **{"data.source": str(data), "data.num_workers": 1, "data.check_images": False,
+                                      "data.val_count": 0, "optim.max_steps": 4, "loss.lpips_weight": 0})
+    assert main(["train-vae", "--config", "vae_no_gan", "-o", str(tmp_path / "run")]
+                + [a for o in overrides for a in ("--set", o)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "RuntimeError" not in err
+    assert err.endswith("alphavae train-vae: 1 unreadable image(s) left out:\n"
+                        f"  {data / 'img3.png'}: not a readable image (Pillow recognises no image format in it)\n")
+    assert (tmp_path / "run" / "final" / "diffusion_pytorch_model.safetensors").is_file()
+
+
 def test_resume_keeps_a_finished_model_and_refuses_a_checkpoint_beyond_max_steps(assets, tmp_path):
     """--resume latest after the checkpoints were deleted trained from scratch over final/; a checkpoint beyond
     optim.max_steps was exported as the result of fewer steps."""

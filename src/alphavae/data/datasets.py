@@ -267,6 +267,44 @@ class RGBADataset(Dataset):
         return pixels
 
 
+class SubstituteUnreadable(Dataset):
+    """An :class:`RGBADataset` whose items survive an image that becomes unreadable during a run (deleted, or
+    replaced by a damaged file): the item is taken from the next readable image of the file list instead, with
+    that image's own randomness (deterministic, so a resumed run replays the same substitution), and the failure
+    travels with the item as data.
+
+    Items are ``(pixels, failures)``: ``pixels`` as ``RGBADataset`` gives them (``(C, size, size)``, [-1, 1],
+    straight alpha; None when no image of the list is readable any more) and ``failures`` the ``"path: reason"``
+    of each image tried in vain. Use :meth:`collate` as the DataLoader's ``collate_fn``. Errors must not be
+    raised inside a DataLoader worker: torch re-raises a worker's ``ImageLoadError`` as a ``RuntimeError`` whose
+    message is the worker's whole traceback.
+    """
+
+    def __init__(self, dataset: RGBADataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | None, list[str]]:
+        epoch, index = key
+        failures: list[str] = []
+        for offset in range(len(self.dataset)):
+            try:
+                return self.dataset[(epoch, (index + offset) % len(self.dataset))], failures
+            except io.ImageLoadError as err:
+                failures.append(str(err))
+        return None, failures
+
+    @staticmethod
+    def collate(items: list[tuple[torch.Tensor | None, list[str]]]) -> tuple[torch.Tensor | None, list[str]]:
+        """Stack items into ``((B, C, size, size) or None when any item found no readable image, failures)``."""
+        failures = [failure for _, found in items for failure in found]
+        if any(pixels is None for pixels, _ in items):
+            return None, failures
+        return torch.stack([pixels for pixels, _ in items]), failures
+
+
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     """Deterministic, resumable, shardable batch sampler over training steps.
 

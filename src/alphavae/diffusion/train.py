@@ -31,7 +31,7 @@ from alphavae.diffusion.flow import TimestepSampling, flow_matching_loss, sample
 from alphavae.diffusion.lora import LORA_FILE, add_lora, lora_config, restore_lora, save_lora
 from alphavae.diffusion.pipeline import contact_sheet, generate_rgba, load_flux_pipeline
 from alphavae.train.checkpoint import check_start, check_within, find_checkpoint, load_checkpoint, save_checkpoint
-from alphavae.train.config import build_dataclass, check_limits, read_yaml
+from alphavae.train.config import build_dataclass, check_limits, read_yaml, warn_long_warmup
 from alphavae.vae import RGBAVAE
 
 log = logging.getLogger(__name__)
@@ -421,4 +421,5 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
     if (out / LORA_FILE).exists() and cfg.resume is None:
         raise FileExistsError(f"{out / LORA_FILE} already exists: resume it (--resume latest) or choose another output")
     check_start(out, cfg.resume, out / LORA_FILE)
+    warn_long_warmup(cfg.lr_warmup_steps, cfg.max_steps, ("lr_warmup_steps", "max_steps"))
     return _Trainer(cfg).run()

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import png
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from alphavae.io.alpha import check_pixels, to_unit
 
@@ -215,6 +215,8 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
             raise ImageLoadError(path, "empty file (0 bytes)") from err
         if type(err) is OSError and err.errno is None:  # Pillow knew the format, then its header or data failed
             raise ImageLoadError(path, f"corrupt or truncated image file (OSError: {err})") from err
+        if isinstance(err, UnidentifiedImageError):  # its message repeats the path
+            raise ImageLoadError(path, "not a readable image (Pillow recognises no image format in it)") from err
         raise ImageLoadError(path, f"not a readable image ({type(err).__name__}: {err})") from err
     with image:
         width, height = image.size

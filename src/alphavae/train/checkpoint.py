@@ -5,7 +5,8 @@ objects registered with ``register_for_checkpointing`` such as the scheduler and
 process) and ``trainer_state.json`` (``{"step": completed optimiser steps, ..., "files": {name: {"bytes": size,
 "sha256": hex digest}}}``; the file list lets a resume find a checkpoint that lost, cut or changed a file since).
 A checkpoint is written under a hidden temporary name and renamed when complete, so a run killed while saving
-leaves no partial checkpoint behind (an exception while saving, Ctrl-C included, removes the temporary folder).
+leaves no partial checkpoint behind (an exception while saving, Ctrl-C included, removes the temporary folder;
+one left by a kill is removed by the run's next save).
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | os.PathLike, state:
 def _save_into(accelerator: Accelerator, temporary: Path, final: Path, state: dict) -> None:
     """Write the accelerate state and ``state`` into ``temporary``, then rename it to ``final`` (main process)."""
     if accelerator.is_main_process:
-        shutil.rmtree(temporary, ignore_errors=True)
+        for leftover in temporary.parent.glob(".tmp-step-*"):  # this one, or another step's left by a kill
+            shutil.rmtree(leftover, ignore_errors=True)
         temporary.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))

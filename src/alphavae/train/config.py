@@ -11,6 +11,7 @@ import math
 import os
 import re
 import typing
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -85,6 +86,15 @@ _LIMITS = {
              "keep_checkpoints": _AT_LEAST_1, "validation_every": _AT_LEAST_0, "validation_steps": _AT_LEAST_1,
              "validation_guidance": _AT_LEAST_0},
 }
+
+
+def warn_long_warmup(warmup_steps: int, max_steps: int, names: tuple[str, str]) -> None:
+    """Warn (``UserWarning``) when a learning-rate warm-up of ``warmup_steps`` outlasts a run of ``max_steps``
+    optimiser steps: the rate never reaches its set value (fine for a smoke run, a mistake otherwise).
+    ``names`` are the two settings as the user writes them, e.g. ``("optim.warmup_steps", "optim.max_steps")``."""
+    if warmup_steps > max_steps:
+        warnings.warn(f"{names[0]} {warmup_steps} exceeds {names[1]} {max_steps}: the learning rate stays in its "
+                      "warm-up for the whole run and never reaches its set value", stacklevel=2)
 
 
 def check_limits(section: str, values, *, prefix: str | None = None) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import parse_flag_from_env
+from accelerate.utils import gather_object, parse_flag_from_env
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from alphavae import io
 from alphavae.accel import autocast_precision
 from alphavae.convert import check_rgb_counterpart, convert_to_rgba, downsampling_factor, load_autoencoder
-from alphavae.data.datasets import RGBADataset, StepBatchSampler, item_generator
+from alphavae.data.datasets import RGBADataset, StepBatchSampler, SubstituteUnreadable, item_generator
 from alphavae.eval.networks import LPIPS_MIN_SIZE
 from alphavae.losses import AutoencoderForward, Objective, PatchDiscriminator
 from alphavae.train.checkpoint import (
@@ -48,7 +48,15 @@ from alphavae.train.checkpoint import (
     save_checkpoint,
     way_back,
 )
-from alphavae.train.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, read_yaml, save_config
+from alphavae.train.config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    read_yaml,
+    save_config,
+    warn_long_warmup,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +82,9 @@ class TrainResult:
             plus ``step`` and ``lr``).
         final_dir: the exported ``RUN_DIR/final`` folder, or None when stopped early.
         skipped_steps: steps dropped here for a non-finite loss.
-        failed_images: unreadable files ("path: reason") that were left out.
+        failed_images: unreadable files ("path: reason") that were left out: by the check before training
+            (``data.check_images``), or when met during the run (deleted or damaged since; the item is taken from
+            the next image of the list, ``alphavae.data.datasets.SubstituteUnreadable``), from every process.
     """
 
     step: int
@@ -250,7 +260,8 @@ def _decayed(shape, max_steps: int, decay_steps: int, step: int) -> float:
 def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
     """This process's training loader from ``start_micro_step``, validation pixels (main process) and failures.
 
-    Returns ``(DataLoader of (batch_size, C, size, size) batches, (N, C, size, size) tensor or None, ["path: reason"])``.
+    Returns ``(DataLoader, (N, C, size, size) tensor or None, ["path: reason"])``; the loader yields
+    ``SubstituteUnreadable`` batches, ``((batch_size, C, size, size) or None, ["path: reason"])``.
     """
     data, rgb = config.data, config.model.in_channels == 3
     train_files, val_files = split_files(data)
@@ -267,7 +278,8 @@ def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
                                config.optim.max_steps * config.optim.gradient_accumulation, seed=config.seed,
                                start_step=start_micro_step, rank=accelerator.process_index,
                                world_size=accelerator.num_processes)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers)
+    loader = DataLoader(SubstituteUnreadable(dataset), batch_sampler=sampler, num_workers=data.num_workers,
+                        collate_fn=SubstituteUnreadable.collate)
     val_pixels = None
     if val_files and accelerator.is_main_process:
         val_set = RGBADataset(val_files, size=data.size, crop="center", resize_short_side=data.resize_short_side,
@@ -287,6 +299,22 @@ def _validate_exported(vae: AutoencoderKL, ema: EMAModel | None, pixels: torch.T
         return validate(vae, pixels, step, run_dir, accelerator)
     finally:
         ema.restore(vae.parameters())
+
+
+def _note_unreadable(unreadable: list[str], failed: list[str], step: int) -> None:
+    """Add images that became unreadable during the run (``"path: reason"``) to ``failed``, warning once each."""
+    for failure in unreadable:
+        if failure not in failed:
+            failed.append(failure)
+            logger.warning("step %d: %s; skipped, the next image of the list takes its place", step, failure)
+
+
+def _log_validation(vae: AutoencoderKL, ema: EMAModel | None, pixels: torch.Tensor, step: int, run_dir: Path,
+                    accelerator: Accelerator) -> None:
+    """``_validate_exported`` at ``step`` and log the metrics (TensorBoard and ``validation/metrics.jsonl``)."""
+    metrics = _validate_exported(vae, ema, pixels, step, run_dir, accelerator)
+    accelerator.log(metrics, step=step)
+    _append_log(run_dir / _LOGS["validation"], {"step": step, **metrics})
 
 
 def _export(vae: AutoencoderKL, ema: EMAModel | None, config: TrainConfig, run_dir: Path) -> Path:
@@ -460,6 +488,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
                                        else Path(config.data.source).parent)
     io.check_output_outside_inputs(run_dir, [path for path in (config.model.vae, config.model.ref_vae) if path])
     check_start(run_dir, resume, run_dir / "final")
+    warn_long_warmup(config.optim.warmup_steps, config.optim.max_steps, ("optim.warmup_steps", "optim.max_steps"))
     accum = config.optim.gradient_accumulation
     AcceleratorState._reset_state()  # a fresh mixed-precision setting per run; keeps the process group
     cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
@@ -522,8 +551,11 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     progress = tqdm(total=config.optim.max_steps, initial=start_step, disable=not accelerator.is_main_process,
                     desc="train-vae")
     step = start_step
-    for micro_step, batch in enumerate(loader, start=start_step * accum):
+    for micro_step, (batch, unreadable) in enumerate(loader, start=start_step * accum):
         step, sync = micro_step // accum, (micro_step + 1) % accum == 0
+        _note_unreadable(unreadable, failed, step)
+        if batch is None:
+            raise ValueError(f"no training image is readable any more (step {step}): {unreadable[-1]}")
         pixels = batch.to(accelerator.device)
         first_row = (micro_step % accum * world + rank) * share
         noise, backgrounds = step_randomness(config.seed, step, accum * world * share,
@@ -582,12 +614,9 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         progress.update(1)
         if completed % config.checkpoint_every == 0 or completed == config.optim.max_steps:
             save_checkpoint(accelerator, run_dir, {"step": completed, "nonfinite_streak": streak}, config.keep_checkpoints)
-        if val_pixels is not None and (completed == config.optim.max_steps
-                                       or (config.validate_every and completed % config.validate_every == 0)):
-            metrics = _validate_exported(vae, ema, val_pixels, completed, run_dir, accelerator)
-            accelerator.log(metrics, step=completed)
-            if accelerator.is_main_process:
-                _append_log(run_dir / _LOGS["validation"], {"step": completed, **metrics})
+        if (val_pixels is not None and completed < config.optim.max_steps  # the last one follows the export
+                and config.validate_every and completed % config.validate_every == 0):
+            _log_validation(vae, ema, val_pixels, completed, run_dir, accelerator)
         if stop_after is not None and completed >= stop_after:
             progress.close()
             accelerator.end_training()
@@ -595,7 +624,11 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         step = completed
     progress.close()
     accelerator.wait_for_everyone()
+    if world > 1:  # images that became unreadable on other processes
+        failed = list(dict.fromkeys(gather_object(failed)))
     final = _export(vae, ema, config, run_dir) if accelerator.is_main_process else run_dir / "final"
+    if val_pixels is not None:  # after the export: a failing validation cannot cost the run its model
+        _log_validation(vae, ema, val_pixels, step, run_dir, accelerator)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(step, history, final, skipped, failed)

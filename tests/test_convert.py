@@ -137,6 +137,7 @@ def test_unknown_model_id_says_it_was_not_a_local_folder(tmp_path, capsys, monke
     assert main(["convert", "org/nope", "out"]) == 1
     err = capsys.readouterr().err.strip()
     assert "no local folder 'org/nope'" in err and "model id" in err and "\n" not in err, err
+    assert err.endswith("offline, HF_HUB_OFFLINE=1 loads ids already in the hub cache without the hub client's retries)")
 
 
 def _tree(folder):

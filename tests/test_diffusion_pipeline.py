@@ -1,5 +1,6 @@
 import json
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -205,6 +206,28 @@ def test_a_lora_for_another_transformer_is_refused_in_one_line(loaded, tmp_path)
     wider = _lora_for(tmp_path, "wider", num_attention_heads=4)
     with pytest.raises(ValueError, match=rf"^{wider}: LoRA does not fit this FLUX transformer \(\w*Error: "):
         apply_lora(pipe, read_lora(wider), 1.0, name=str(wider))
+
+
+def test_hub_ids_that_cannot_be_looked_up_say_how_to_work_offline(tmp_path, monkeypatch):
+    """Without a network the hub client retries for ~40 s, even for an id already in its cache; the one-line
+    error now says that HF_HUB_OFFLINE=1 uses the cache without retries."""
+    from diffusers import FluxPipeline
+
+    from alphavae.diffusion.pipeline import load_flux_pipeline, read_lora
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to the hub.\nCheck your connection.")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(FluxPipeline, "lora_state_dict", offline)
+    monkeypatch.setattr(FluxPipeline, "from_pretrained", offline)
+    hint = r"\(model ids need network access; offline, HF_HUB_OFFLINE=1 loads ids already in the hub cache"
+    with pytest.raises(OSError, match=r"^org/lora: cannot read LoRA weights \(no such local path, so it was looked "
+                                      rf"up as a hub id\): OSError: We couldn't connect to the hub {hint}"):
+        read_lora("org/lora")
+    with pytest.raises(OSError, match=rf"^cannot load a FLUX pipeline from 'org/flux': OSError: We couldn't connect "
+                                      rf"to the hub {hint}"):
+        load_flux_pipeline("org/flux", vae=SimpleNamespace(model=None))
 
 
 def test_read_lora_names_a_missing_path_and_weights_that_are_no_lora(tmp_path):

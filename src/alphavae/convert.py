@@ -238,6 +238,11 @@ def check_not_shipped(folder: str | os.PathLike, action: str) -> None:
                          "commands load by default; copy that folder and pass the copy")
 
 
+#: Said whenever a model id could not be looked up: how ids work without a network.
+OFFLINE_HINT = ("model ids need network access; offline, HF_HUB_OFFLINE=1 loads ids already in the hub cache "
+                "without the hub client's retries")
+
+
 def looks_like_model_id(text: str) -> bool:
     """True for ``"org/name"`` model ids: exactly one slash, not starting with ``.``, ``/`` or ``~``, and no
     local folder named ``org`` (then ``org/name`` is a mistyped path, e.g. ``models/nope``)."""
@@ -310,8 +315,8 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
                           f"(subfolder={subfolder!r}): {reason}") from err
         raise OSError(f"cannot load an AutoencoderKL from {str(path_or_id)!r} (subfolder={subfolder!r}): no local "
                       f"folder {str(path_or_id)!r}, so it was looked up as a model id: {reason} (pass a local "
-                      "diffusers folder holding config.json and diffusion_pytorch_model.safetensors; model ids need "
-                      "network access)") from err
+                      "diffusers folder holding config.json and diffusion_pytorch_model.safetensors; "
+                      f"{OFFLINE_HINT})") from err
     _check_weights_match(loading, where)
     _check_latent_factors(model.config, where)
     return model.eval()

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from alphavae import io
 from alphavae.accel import OFFLOAD_MODES, parse_dtype, resolve_policy
+from alphavae.convert import OFFLINE_HINT
 from alphavae.diffusion.flow import unpack_latents
 from alphavae.vae import RGBAVAE
 
@@ -61,13 +62,16 @@ def load_flux_pipeline(
         FileNotFoundError: a local LoRA path that does not exist.
         OSError: the model or LoRA cannot be loaded (message names the path).
     """
+    from alphavae.eval.networks import one_line
+
     if offload not in OFFLOAD_MODES:
         raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
     lora_state = None if lora is None else read_lora(lora)
     try:
         pipe = FluxPipeline.from_pretrained(model, vae=vae.model, dtype=dtype)
     except (OSError, ValueError) as err:
-        raise OSError(f"cannot load a FLUX pipeline from {str(model)!r}: {err}") from err
+        hint = "" if Path(model).exists() else f" ({OFFLINE_HINT})"
+        raise OSError(f"cannot load a FLUX pipeline from {str(model)!r}: {one_line(err)}{hint}") from err
     if pipe.transformer.config.in_channels != 4 * vae.latent_channels:
         raise ValueError(f"{model}: transformer expects {pipe.transformer.config.in_channels // 4} latent channels, "
                          f"the RGBA VAE has {vae.latent_channels}")
@@ -120,8 +124,10 @@ def read_lora(lora: str | Path) -> dict[str, torch.Tensor]:
     except (MemoryError, torch.OutOfMemoryError):
         raise
     except Exception as err:  # safetensors, diffusers and the hub client (network errors are not OSErrors)
-        looked_up = "" if Path(lora).exists() else " (no such local path, so it was looked up as a hub id)"
-        raise OSError(f"{lora}: cannot read LoRA weights{looked_up}: {one_line(err)}") from err
+        if Path(lora).exists():
+            raise OSError(f"{lora}: cannot read LoRA weights: {one_line(err)}") from err
+        raise OSError(f"{lora}: cannot read LoRA weights (no such local path, so it was looked up as a hub id): "
+                      f"{one_line(err)} ({OFFLINE_HINT})") from err
     if not _lora_tensors(state):
         raise ValueError(f"{lora}: holds no LoRA weights (no lora_A / lora_B tensors among {len(state)} tensors)")
     return state

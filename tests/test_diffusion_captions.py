@@ -85,10 +85,16 @@ def test_table_that_is_not_utf8_or_a_folder_is_a_caption_error(tmp_path, name):
         read_caption_table(tmp_path / "folder" / name)
 
 
-def test_sidecar_that_is_not_utf8_names_it(tmp_path):
-    (tmp_path / "a.txt").write_bytes(b"\xffcaption")
-    with pytest.raises(ValueError, match=r"a\.txt: not UTF-8 text"):
-        resolve_captions([tmp_path / "a.png"], tmp_path)
+def test_sidecars_that_are_not_utf8_are_all_named_at_once(tmp_path):
+    """The first bad sidecar stopped the run: fixing seven files took seven runs."""
+    for name in "abcdefg":
+        (tmp_path / f"{name}.txt").write_bytes(b"\xffcaption")
+    (tmp_path / "z.txt").write_text("fine")
+    with pytest.raises(ValueError, match=rf"^7 caption file\(s\) cannot be read: {tmp_path / 'a.txt'}: not UTF-8 text "
+                                         rf"\(invalid start byte at byte 0\); {tmp_path / 'b.txt'}: .*; "
+                                         rf"{tmp_path / 'e.txt'}: not UTF-8 text \(invalid start byte at byte 0\); and "
+                                         "2 more$"):
+        resolve_captions([tmp_path / f"{name}.png" for name in "zabcdefg"], tmp_path)
 
 
 def test_table_rows_that_name_no_image_are_warned_about(tmp_path):

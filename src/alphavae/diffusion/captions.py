@@ -106,12 +106,12 @@ def resolve_captions(
         UserWarning: some rows of ``table`` name no image of ``images``, or a file-name row names several.
     Raises:
         CaptionError: no row of a non-empty ``table`` names any image (every image would train on ``fallback``).
-        ValueError: a sidecar is not UTF-8 text (names it). OSError: a sidecar cannot be read.
+        ValueError: sidecars that are not UTF-8 text or cannot be read (names every one, up to 5, and counts).
     """
     table = table or {}
     root = Path(root)
     index = _key_index(table)
-    captions, used, by_name = [], set(), {}
+    captions, used, by_name, unreadable = [], set(), {}, []
     for image in images:
         names = (image.relative_to(root).as_posix() if image.is_relative_to(root) else None, image.name,
                  str(image.resolve()))
@@ -122,8 +122,14 @@ def resolve_captions(
         caption = next((table[key] for key in matched if table[key]), "")
         sidecar = image.with_suffix(".txt")
         if not caption and sidecar.is_file():
-            caption = io.read_text_file(sidecar, "caption file").strip()
+            try:
+                caption = io.read_text_file(sidecar, "caption file").strip()
+            except (ValueError, OSError) as err:
+                unreadable.append(str(err))
         captions.append(caption or fallback)
+    if unreadable:  # all of them at once: fixing one file per run is slow
+        shown = "; ".join(unreadable[:5]) + (f"; and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
+        raise ValueError(f"{len(unreadable)} caption file(s) cannot be read: {shown}")
     unused = [key for key in table if key not in used]
     explain = f"keys are image paths relative to {root} (or from the working folder), or file names"
     if table and len(unused) == len(table):

@@ -111,6 +111,11 @@ def report_skipped(prog: str, failed: list[str], total: int) -> None:
         print(f"{prog}: {len(failed)} of {total} inputs failed", file=sys.stderr)
 
 
+#: huggingface_hub warns on every model-id download that diffusers passes arguments it has deprecated; nothing a
+#: user can act on, so not shown.
+_HUB_DEPRECATIONS = r"The `(local_dir_use_symlinks|resume_download|force_filename)` argument is deprecated and ignored"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``alphavae`` parser with every subcommand registered."""
     from alphavae import __version__
@@ -150,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with warnings.catch_warnings():
             warnings.simplefilter("default", UserWarning)  # each distinct warning once, even where filters hide it
+            warnings.filterwarnings("ignore", message=_HUB_DEPRECATIONS)
             warnings.showwarning = one_line
             return int(args.func(args) or 0)
     except KeyboardInterrupt:  # commands that write say more themselves; this covers start-up and loading

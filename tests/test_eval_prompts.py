@@ -94,3 +94,23 @@ def test_eval_t2i_refuses_a_bad_prompts_file_before_loading_clip(tmp_path, capsy
     assert capsys.readouterr().err == (f"alphavae eval-t2i: error: {prompts}: key 'la' has no prompt (got null; "
                                        "a prompt is a non-empty string)\n")
     assert not out.exists()
+
+
+def test_eval_t2i_reports_prompts_without_a_generated_image(tmp_path, capsys):
+    """Two of four prompts had no image (a generate run that stopped early): scored as a complete benchmark of
+    the two, exit 0, and the two appeared nowhere in the report."""
+    from test_eval_networks import tiny_clip
+
+    pred = tmp_path / "gen"
+    for n in range(2):
+        save_rgba(soft_rgba(32, 32, seed=n), pred / f"g{n}.png")
+    prompts = _write(tmp_path, "p.json", json.dumps({f"g{n}": f"prompt {n}" for n in range(4)}))
+    out = tmp_path / "out"
+    assert main(["eval-t2i", "--pred", str(pred), "--prompts", str(prompts), "--clip", str(tiny_clip(tmp_path / "clip")),
+                 "-o", str(out), "--inception", "none"]) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["missing"] == ["g2", "g3"] and [image["key"] for image in report["images"]] == ["g0", "g1"]
+    assert report["inputs"] == {"pred": str(pred), "ref": None, "prompts": str(prompts)}
+    captured = capsys.readouterr()
+    assert "missing: g2: no generated image for this prompt key (any extension)\n" in captured.err
+    assert "2 images scored, 2 problems" in captured.out

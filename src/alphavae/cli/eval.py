@@ -67,9 +67,11 @@ PRINTED_PROBLEMS = 20
 def problem_lines(report: dict) -> list[str]:
     """One ``"<label>: <file or key>: <reason>"`` line per failed, missing or ambiguous image (at most
     :data:`PRINTED_PROBLEMS` of each kind, then a count)."""
+    absent = ("no generated image for this prompt key (any extension)" if report["protocol"]["name"] == "t2i"
+              else "no prediction file with this name (any extension)")
     kinds = {
         "failed": [entry["error"] for entry in report.get("failures", [])],  # "<file(s)>: <reason>"
-        "missing": [f"{key}: no prediction file with this name (any extension)" for key in report.get("missing", [])],
+        "missing": [f"{key}: {absent}" for key in report.get("missing", [])],
         "ambiguous": [f"{key}: several files with this name and different extensions; not scored"
                       for key in report.get("ambiguous", [])],
     }
@@ -206,13 +208,16 @@ def run_eval_vae(args: argparse.Namespace) -> int:
 def run_eval_t2i(args: argparse.Namespace) -> int:
     """``alphavae eval-t2i``: CLIP score, aesthetic and FID of generated RGBA images.
 
-    Exit status: as :func:`run_eval` (0 all scored, 1 failed images, e.g. without a prompt, 2 on errors).
+    Exit status: as :func:`run_eval` (0 all scored, 1 failed images, e.g. without a prompt, or prompts without
+    an image, 2 on errors).
     """
     from alphavae.eval.runner import evaluate_t2i, read_prompts
 
     device = _guard(args, [args.pred, args.ref])
     prompts = read_prompts(args.prompts)
     report = evaluate_t2i(args.pred, prompts, _networks(args, device, clip=args.clip), ref_dir=args.ref)
+    if report is not None:  # the main process
+        report["inputs"]["prompts"] = str(args.prompts)
     return _finish(args, report)
 
 

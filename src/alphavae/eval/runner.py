@@ -176,7 +176,8 @@ def unscored_notes(unscored: dict[str, dict[str, int]]) -> list[str]:
 def build_report(evaluation: Evaluation, protocol: Protocol, plan: PairPlan, networks: Networks, **info) -> dict:
     """The JSON-ready report: protocol, aggregated tree, every image's scores, failures and pairing problems.
 
-    ``info`` entries (e.g. ``gt``, ``pred``, ``vae`` paths) are stored under ``"inputs"``. Scores that
+    ``info`` entries (e.g. ``gt``, ``pred``, ``vae`` paths; None for an input not given) are stored under
+    ``"inputs"``. Scores that
     do not apply to an image are null in ``"images"`` and skipped by every mean; ``"unscored"`` counts
     them (group -> metric -> number of images; the images that contributed to a metric's micro mean
     are ``tree.overall.images`` minus that), and ``"notes"`` explains each such metric.
@@ -185,7 +186,7 @@ def build_report(evaluation: Evaluation, protocol: Protocol, plan: PairPlan, net
     unscored = count_unscored(evaluation.records)
     return {
         "protocol": protocol.as_dict(),
-        "inputs": {k: str(v) for k, v in info.items()},
+        "inputs": {k: None if v is None else str(v) for k, v in info.items()},
         "networks": loaded,
         "notes": ([ALPHA_BLIND_NOTE] if protocol.raw_group else []) + unscored_notes(unscored),
         "unscored": unscored,
@@ -451,7 +452,8 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
 
     Args:
         pred_dir: generated images (tree layout as for :func:`evaluate_folders`).
-        prompts: key -> prompt (:func:`read_prompts`); images without a prompt are reported as failures.
+        prompts: key -> prompt (:func:`read_prompts`); images without a prompt are reported as failures, prompts
+            without an image as ``"missing"``.
         networks: CLIP (``clip``), ``aesthetic`` and ``inception`` (for FID, with ``ref_dir``) are used.
         ref_dir: optional folder of reference RGBA images (unpaired).
     Returns:
@@ -467,6 +469,8 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
     from accelerate.utils import gather_object
 
     plan = pair_folders(pred_dir)
+    found = {pair.key for pair in plan.pairs} | set(plan.ambiguous)
+    plan.missing = sorted(key for key in prompts if key not in found)  # e.g. a generate run that stopped early
     refs = pair_folders(ref_dir).pairs if ref_dir is not None else []
     state = PartialState()
     if state.num_processes > 1:

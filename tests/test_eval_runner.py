@@ -138,9 +138,13 @@ def test_eval_vae_with_source_reports_zero_drift_for_opaque_init(tmp_path):
     code = main(["eval-vae", "--vae", str(tmp_path / "vae"), "--data", str(data), "--source-vae", str(tmp_path / "src"),
                  "-o", str(out), "--protocol", "clean", *NO_NETS])
     assert code == 0
-    macro = json.loads((out / "report.json").read_text())["tree"]["overall"]["macro"]
+    report = json.loads((out / "report.json").read_text())
+    macro = report["tree"]["overall"]["macro"]
     assert macro["latent_drift"]["mse"] == pytest.approx(0.0, abs=1e-10)
     assert macro["alpha"]["alpha_leakage"] == pytest.approx(1.0)  # untrained: alpha = 1 everywhere
+    assert report["inputs"] == {"data": str(data), "vae": str(tmp_path / "vae"), "dtype": "float32",
+                                "dtype_policy": "float32", "tile_size": None, "tile_overlap": None,
+                                "tile_mode": None, "source_vae": str(tmp_path / "src")}
 
 
 def test_eval_t2i(tmp_path):
@@ -251,6 +255,9 @@ def test_unwritable_report_folder_refused_before_scoring(tmp_path, monkeypatch, 
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(NotADirectoryError, match="dangling symlink"):
         check_report_destination(tmp_path / "dangling")
+    (tmp_path / "taken" / "report.json").mkdir(parents=True)  # found only after scoring, naming a temporary file
+    with pytest.raises(IsADirectoryError, match=r"taken/report\.json: is a folder, where the report file goes"):
+        check_report_destination(tmp_path / "taken", overwrite=True)
 
 
 def test_tiny_images_scored_without_ssim(tmp_path, capsys):
@@ -364,8 +371,14 @@ def test_eval_vae_defaults_to_the_shipped_model(tmp_path):
     mixed = tmp_path / "mixed"  # the speed/precision policies of reconstruct are accepted too
     assert main(["eval-vae", "--data", str(data), "-o", str(mixed), "--protocol", "clean", "--dtype", "mixed-bf16",
                  *NO_NETS]) == 0
-    psnr = json.loads((mixed / "report.json").read_text())["tree"]["overall"]["micro"]["rgb"]["psnr"]
-    assert psnr == pytest.approx(micro["rgb"]["psnr"], abs=0.5)
+    report = json.loads((mixed / "report.json").read_text())
+    assert report["tree"]["overall"]["micro"]["rgb"]["psnr"] == pytest.approx(micro["rgb"]["psnr"], abs=0.5)
+    from alphavae.vae import DEFAULT_MODEL_DIR
+
+    # two reports of one data folder say which model, dtype and tiling made them (they were indistinguishable)
+    assert {k: report["inputs"][k] for k in ("vae", "dtype", "dtype_policy")} == {
+        "vae": str(DEFAULT_MODEL_DIR), "dtype": "bfloat16", "dtype_policy": "mixed-bf16"}
+    assert "<td>dtype_policy</td><td>mixed-bf16</td>" in (mixed / "report.html").read_text()
 
 
 def test_weights_that_are_not_weights_files_are_one_line_errors(tmp_path, monkeypatch, capsys):

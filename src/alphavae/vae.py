@@ -219,6 +219,9 @@ class RGBAVAE:
         ValueError: not an ``AutoencoderKL``, not 4 channels in and out (a 3-channel RGB VAE must be
             converted first: ``alphavae convert``), a bad tile size/overlap, or an unknown ``tile_mode``.
 
+    Attributes: ``model``, ``tile_size``/``tile_overlap``/``tile_mode`` (None when untiled), ``dtype_policy`` (the
+    ``alphavae.accel`` policy name, e.g. "mixed-bf16", when loaded by ``from_pretrained``; None otherwise).
+
     encode/decode keep autograd (usable in training); ``reconstruct``/``reconstruct_images`` run
     under ``torch.inference_mode``. Exact tiling puts temporary hooks on the model's GroupNorms: do not
     share one instance between threads while tiling is on. Source: AlphaVAE (arXiv 2507.09308) sections 3-4; wraps
@@ -230,6 +233,7 @@ class RGBAVAE:
         require_channels(model, 4, user="RGBAVAE",
                          hint="convert an RGB VAE first (alphavae convert SRC DST / alphavae.convert.convert_to_rgba)")
         self.model = model.eval()
+        self.dtype_policy: str | None = None  # the policy name when loaded by from_pretrained (for reports)
         self.tile_size = self.tile_overlap = None
         if tile_mode not in ("exact", "fast"):
             raise ValueError(f"tile_mode must be 'exact' or 'fast', got {tile_mode!r}")
@@ -268,10 +272,12 @@ class RGBAVAE:
             path_or_id = DEFAULT_MODEL_DIR
         model = load_autoencoder(path_or_id, subfolder=subfolder)
         try:
-            return cls(apply_policy(model.to(device), policy), tile_size=tile_size, tile_overlap=tile_overlap,
-                       tile_mode=tile_mode)
+            vae = cls(apply_policy(model.to(device), policy), tile_size=tile_size, tile_overlap=tile_overlap,
+                      tile_mode=tile_mode)
         except ValueError as err:
             raise ValueError(f"{Path(path_or_id) / subfolder if subfolder else path_or_id}: {err}") from err
+        vae.dtype_policy = policy.name
+        return vae
 
     @property
     def multiple(self) -> int:

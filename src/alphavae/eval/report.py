@@ -254,6 +254,9 @@ def render_html(report: dict, worst: list[dict]) -> str:
         f"<h1>ALPHA benchmark &mdash; {html.escape(report['protocol']['name'])} protocol</h1>",
         f"<p>{counted(overall['images'], 'image')}; failures: {len(report.get('failures', []))}; "
         f"missing predictions: {len(report.get('missing', []))}; extra predictions: {len(report.get('extra', []))}.</p>",
+        "<h2>Inputs</h2>",
+        _table(["input", "value"], [[html.escape(k), "&ndash;" if v is None else html.escape(str(v))]
+                                    for k, v in report.get("inputs", {}).items()]),
         "<h2>Summary (macro: category &rarr; subset &rarr; dataset)</h2>",
         _table(["group", *metrics], [[g, *(_fmt(macro[g].get(m)) for m in metrics)] for g in groups]),
         "<h2>Summary (micro: every image weighs the same)</h2>",
@@ -293,7 +296,11 @@ REPORT_NAMES = ("report.json", "report.csv", "report.html")
 
 
 def _refuse_existing(paths: list[Path], overwrite: bool) -> None:
-    """Raise FileExistsError naming the first of ``paths`` that exists, unless ``overwrite``."""
+    """Raise FileExistsError naming the first of ``paths`` that exists, unless ``overwrite``; IsADirectoryError
+    naming the first that is a folder (no overwrite replaces a folder with a report)."""
+    folders = [path for path in paths if path.is_dir()]
+    if folders:
+        raise IsADirectoryError(f"{folders[0]}: is a folder, where the report file goes (move it away)")
     existing = [path for path in paths if path.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]}: report exists (use --overwrite)")
@@ -311,6 +318,7 @@ def check_report_destination(folder: str | Path, *, overwrite: bool = False) -> 
 
     Raises:
         FileExistsError: a report file exists and ``overwrite`` is False.
+        IsADirectoryError: a report file's name (``report.json``, ...) is taken by a folder.
         NotADirectoryError: ``folder`` (or a parent) exists and is not a folder (or is a dangling symlink).
         OSError: ``folder`` cannot be created or written to (e.g. read-only; names the folder).
     """

@@ -176,8 +176,8 @@ def unscored_notes(unscored: dict[str, dict[str, int]]) -> list[str]:
 def build_report(evaluation: Evaluation, protocol: Protocol, plan: PairPlan, networks: Networks, **info) -> dict:
     """The JSON-ready report: protocol, aggregated tree, every image's scores, failures and pairing problems.
 
-    ``info`` entries (e.g. ``gt``, ``pred``, ``vae`` paths; None for an input not given) are stored under
-    ``"inputs"``. Scores that
+    ``info`` entries (e.g. ``gt``, ``pred``, ``vae`` paths; None for an input not given; numbers kept, anything
+    else as text) are stored under ``"inputs"``. Scores that
     do not apply to an image are null in ``"images"`` and skipped by every mean; ``"unscored"`` counts
     them (group -> metric -> number of images; the images that contributed to a metric's micro mean
     are ``tree.overall.images`` minus that), and ``"notes"`` explains each such metric.
@@ -186,7 +186,7 @@ def build_report(evaluation: Evaluation, protocol: Protocol, plan: PairPlan, net
     unscored = count_unscored(evaluation.records)
     return {
         "protocol": protocol.as_dict(),
-        "inputs": {k: None if v is None else str(v) for k, v in info.items()},
+        "inputs": {k: v if v is None or isinstance(v, (bool, int, float)) else str(v) for k, v in info.items()},
         "networks": loaded,
         "notes": ([ALPHA_BLIND_NOTE] if protocol.raw_group else []) + unscored_notes(unscored),
         "unscored": unscored,
@@ -296,7 +296,9 @@ def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networ
         source: optional source RGB ``AutoencoderKL``; adds the ``latent_drift`` group (:func:`latent_drift`).
         plan: ``pair_folders(data_dir)`` if already made.
     Returns:
-        ``(report, worst)`` on the main process, None on others.
+        ``(report, worst)`` on the main process, None on others. ``report["inputs"]`` says what produced the
+        scores: ``data``, ``vae`` (the folder or id it was loaded from), ``dtype`` (of most weights),
+        ``dtype_policy``, ``tile_size`` / ``tile_overlap`` / ``tile_mode`` (null untiled) and ``source_vae``.
     Raises:
         FileNotFoundError, NotADirectoryError, ValueError: ``data_dir`` does not exist, is not a folder
             or holds no images.
@@ -319,7 +321,11 @@ def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networ
     result = run_sharded(plan.pairs, load, protocol, networks, worst_k=worst_k, extra=drift if source is not None else None)
     if result is None:
         return None
-    return build_report(result, protocol, plan, networks, data=data_dir), result.worst.worst_first()
+    model = {"vae": vae.model.config.get("_name_or_path"), "dtype": str(vae.dtype).removeprefix("torch."),
+             "dtype_policy": vae.dtype_policy, "tile_size": vae.tile_size, "tile_overlap": vae.tile_overlap,
+             "tile_mode": vae.tile_mode if vae.tile_size else None,
+             "source_vae": None if source is None else source.config.get("_name_or_path")}
+    return build_report(result, protocol, plan, networks, data=data_dir, **model), result.worst.worst_first()
 
 
 PROMPTS_FORMAT = 'a JSON object {"key": "prompt", ...} or JSON Lines with {"key": ..., "prompt": ...} per line'

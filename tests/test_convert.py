@@ -115,11 +115,16 @@ def test_bad_local_sources_fail_fast_with_one_line(tmp_path, capsys, monkeypatch
     (tmp_path / "empty").mkdir()
     (tmp_path / "noweights").mkdir()
     (tmp_path / "noweights" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
-    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "vae").mkdir(parents=True)
     (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    (tmp_path / "pipe" / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    (tmp_path / "pipe" / "transformer").mkdir()
+    (tmp_path / "pipe" / "transformer" / "config.json").write_text('{"_class_name": "FluxTransformer2DModel"}')
+    where = "pipe is a pipeline folder: its VAE is pipe/vae; commands with --subfolder also take"
     for src, words in [("missing", "does not exist"), ("./a/b/c", "does not exist"), ("unet", "UNet2DModel"),
                        ("empty/typo", "does not exist"),  # org/name shape, but "empty" is a local folder
-                       ("empty", "config.json"), ("noweights", "weights"), ("pipe", "--subfolder")]:
+                       ("empty", "config.json"), ("noweights", "weights"), ("pipe", where),
+                       ("pipe/transformer", f"describes a FluxTransformer2DModel, not an AutoencoderKL ({where}")]:
         assert main(["convert", src, "out"]) == 1
         err = capsys.readouterr().err.strip()
         assert words in err and src.strip("./") in err and "\n" not in err, err

@@ -250,6 +250,15 @@ def looks_like_model_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~")) and not Path(parts[0]).is_dir()
 
 
+def _pipeline_hint(folder: Path) -> str:
+    """Where the VAE is when ``folder`` is a diffusers pipeline folder or one of its components ("" otherwise)."""
+    for pipeline in (folder, folder.parent):
+        if (pipeline / "model_index.json").is_file() and (pipeline / "vae" / "config.json").is_file():
+            return (f" ({pipeline} is a pipeline folder: its VAE is {pipeline / 'vae'}; commands with --subfolder "
+                    "also take the pipeline folder with --subfolder vae)")
+    return ""
+
+
 def _check_local_model(folder: Path) -> None:
     """Raise a one-line error unless ``folder`` holds an AutoencoderKL ``config.json`` and weights."""
     if not folder.is_dir():
@@ -257,15 +266,13 @@ def _check_local_model(folder: Path) -> None:
                                 else f"{folder}: not a folder (pass the diffusers model folder)")
     config = folder / "config.json"
     if not config.is_file():
-        raise FileNotFoundError(f"{folder}: no config.json, not a diffusers model folder "
-                                "(for a full pipeline folder add --subfolder vae)")
+        raise FileNotFoundError(f"{folder}: no config.json, not a diffusers model folder{_pipeline_hint(folder)}")
     try:
         class_name = json.loads(config.read_text()).get("_class_name")
     except (OSError, ValueError, AttributeError) as err:
         raise OSError(f"{config}: unreadable model config ({type(err).__name__}: {err})") from err
     if class_name not in (None, "AutoencoderKL"):
-        raise ValueError(f"{config}: describes a {class_name}, not an AutoencoderKL (use --subfolder vae "
-                         "for a full pipeline folder)")
+        raise ValueError(f"{config}: describes a {class_name}, not an AutoencoderKL{_pipeline_hint(folder)}")
     if not any(folder.glob("diffusion_pytorch_model*.safetensors")):
         pickles = sorted(p.name for p in folder.glob("diffusion_pytorch_model*.bin"))
         if pickles:

@@ -77,11 +77,28 @@ def test_eval_t2i_scores_dotted_keys_with_their_own_prompts(tmp_path, capsys):
     prompts = _write(tmp_path, "p.json", '{"robot.v1": "red robot", "robot.v2": "blue robot"}')
     out = tmp_path / "out"
     assert main(["eval-t2i", "--pred", str(pred), "--prompts", str(prompts), "--clip", str(tiny_clip(tmp_path / "clip")),
-                 "-o", str(out), "--inception", "none"]) == 1
+                 "-o", str(out), "--inception", "none"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert [image["key"] for image in report["images"]] == ["robot.v1", "robot.v2"]
-    assert [f["key"] for f in report["failures"]] == ["robot"]  # not scored against "blue robot"
-    assert f"failed: {pred / 'robot.png'}: no prompt for key 'robot'" in capsys.readouterr().err
+    assert report["extra"] == ["robot"] and not report["failures"]  # not scored against "blue robot"
+    assert "note: 1 image without a prompt ignored (listed in report.json)" in capsys.readouterr().err
+
+
+def test_eval_t2i_scores_a_generate_folder_with_its_records(tmp_path, capsys):
+    """generate's folder holds contact_sheet.png, which has no prompt: it failed every such benchmark (exit 1)."""
+    from test_eval_networks import tiny_clip
+
+    pred = tmp_path / "gen"
+    for n in range(2):
+        save_rgba(soft_rgba(32, 32, seed=n), pred / f"{n:05d}.png")
+    save_rgba(soft_rgba(64, 32, seed=5), pred / "contact_sheet.png")
+    records = _write(tmp_path, "gen/generations.jsonl", "".join(
+        json.dumps({"file": f"{n:05d}.png", "prompt": f"prompt {n}", "seed": n}) + "\n" for n in range(2)))
+    out = tmp_path / "out"
+    assert main(["eval-t2i", "--pred", str(pred), "--prompts", str(records), "--clip", str(tiny_clip(tmp_path / "clip")),
+                 "-o", str(out), "--inception", "none"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [image["key"] for image in report["images"]] == ["00000", "00001"] and report["extra"] == ["contact_sheet"]
 
 
 def test_eval_t2i_refuses_a_bad_prompts_file_before_loading_clip(tmp_path, capsys):

@@ -95,7 +95,10 @@ def _finish(args: argparse.Namespace, result) -> int:
     problems = sum(len(report.get(label, [])) for label in ("failures", "missing", "ambiguous"))
     for line in problem_lines(report):
         print(line, file=sys.stderr)
-    if report.get("extra"):
+    if report.get("extra") and report["protocol"]["name"] == "t2i":
+        print(f"note: {counted(len(report['extra']), 'image')} without a prompt ignored (listed in report.json)",
+              file=sys.stderr)
+    elif report.get("extra"):
         layout = (" (images are paired by path relative to each folder, extension aside: do --gt and --pred have the "
                   "same layout of subfolders?)") if report.get("missing") else ""
         print(f"note: {counted(len(report['extra']), 'prediction file')} without GT ignored (listed in report.json)"
@@ -208,8 +211,8 @@ def run_eval_vae(args: argparse.Namespace) -> int:
 def run_eval_t2i(args: argparse.Namespace) -> int:
     """``alphavae eval-t2i``: CLIP score, aesthetic and FID of generated RGBA images.
 
-    Exit status: as :func:`run_eval` (0 all scored, 1 failed images, e.g. without a prompt, or prompts without
-    an image, 2 on errors).
+    Exit status: as :func:`run_eval` (0 all scored, 1 failed images or prompts without an image, 2 on errors);
+    images without a prompt are not scored (listed as extra, a note).
     """
     from alphavae.eval.runner import evaluate_t2i, read_prompts
 
@@ -264,7 +267,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="JSON {key: prompt} or JSON Lines {\"key\": ..., \"prompt\": ...} (a .jsonl file is "
                         "always JSON Lines; \"file\" may replace \"key\", its image suffix is dropped); key = "
                         "relative path minus extension, used as given (robot.v2 is robot.v2.png); a key given "
-                        "twice, an empty key and a prompt that is not a non-empty string (null, \"\") are errors")
+                        "twice, an empty key and a prompt that is not a non-empty string (null, \"\") are errors. "
+                        "generate's generations.jsonl works as it is. Only images with a prompt are scored (others "
+                        "are listed as extra); a prompt without an image is a problem (exit 1)")
     p.add_argument("--ref", default=None, type=Path, help="reference RGBA images for FID (unpaired)")
     p.add_argument("--clip", required=True, help="local CLIP model folder (transformers CLIPModel + CLIPProcessor)")
     _add_common(p, paired=False)

@@ -458,8 +458,9 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
 
     Args:
         pred_dir: generated images (tree layout as for :func:`evaluate_folders`).
-        prompts: key -> prompt (:func:`read_prompts`); images without a prompt are reported as failures, prompts
-            without an image as ``"missing"``.
+        prompts: key -> prompt (:func:`read_prompts`); only images with a prompt are scored: the others are
+            listed as ``"extra"`` (as predictions without GT in :func:`evaluate_folders`), prompts without an
+            image as ``"missing"``.
         networks: CLIP (``clip``), ``aesthetic`` and ``inception`` (for FID, with ``ref_dir``) are used.
         ref_dir: optional folder of reference RGBA images (unpaired).
     Returns:
@@ -477,6 +478,8 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
     plan = pair_folders(pred_dir)
     found = {pair.key for pair in plan.pairs} | set(plan.ambiguous)
     plan.missing = sorted(key for key in prompts if key not in found)  # e.g. a generate run that stopped early
+    plan.extra = [pair.key for pair in plan.pairs if pair.key not in prompts]  # e.g. generate's contact_sheet.png
+    plan.pairs = [pair for pair in plan.pairs if pair.key in prompts]
     refs = pair_folders(ref_dir).pairs if ref_dir is not None else []
     state = PartialState()
     if state.num_processes > 1:
@@ -506,8 +509,6 @@ def _t2i_shard(pairs: list[Pair], refs: list[Pair], prompts: dict[str, str], net
     features: dict[tuple[int, str], torch.Tensor] = {}
     for pair in tqdm(pairs, desc="eval-t2i", unit="img"):
         try:
-            if pair.key not in prompts:
-                raise ValueError(f"no prompt for key {pair.key!r}")
             groups, views = _t2i_scores(load_rgba(pair.gt), prompts[pair.key], networks, backgrounds)
         except IMAGE_ERRORS as err:
             result.failures.append({"key": pair.key, "error": describe_failure(pair, err)})

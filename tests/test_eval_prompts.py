@@ -131,3 +131,29 @@ def test_eval_t2i_reports_prompts_without_a_generated_image(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "missing: g2: no generated image for this prompt key (any extension)\n" in captured.err
     assert "2 images scored, 2 problems" in captured.out
+
+
+def test_eval_t2i_refuses_overlapping_generated_and_reference_folders(tmp_path, capsys):
+    """--ref equal to --pred gave the FID of a set against itself, and each bad file failed twice, unlabelled."""
+    pred = tmp_path / "images" / "gen"
+    save_rgba(soft_rgba(16, 16), pred / "la.png")
+    prompts = _write(tmp_path, "p.json", '{"la": "a tree"}')
+    for ref in (pred, pred.parent):
+        assert main(["eval-t2i", "--pred", str(pred), "--ref", str(ref), "--prompts", str(prompts),
+                     "--clip", str(tmp_path / "no-clip"), "-o", str(tmp_path / "out")]) == 2
+        assert capsys.readouterr().err.startswith(f"alphavae eval-t2i: error: generated-image folder {pred} ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_t2i_labels_a_reference_image_that_fails(tmp_path, random_inception, capsys):
+    from test_eval_networks import tiny_clip
+
+    pred, ref = tmp_path / "gen", tmp_path / "ref"
+    for n in range(2):
+        save_rgba(soft_rgba(32, 32, seed=n), pred / f"g{n}.png")
+        save_rgba(soft_rgba(32, 32, seed=n + 5), ref / f"r{n}.png")
+    (ref / "bad.png").write_bytes(b"not a png")
+    prompts = _write(tmp_path, "p.json", '{"g0": "a cat", "g1": "a dog"}')
+    assert main(["eval-t2i", "--pred", str(pred), "--ref", str(ref), "--prompts", str(prompts), "--clip",
+                 str(tiny_clip(tmp_path / "clip")), "--inception", str(random_inception), "-o", str(tmp_path / "out")]) == 1
+    assert f"failed: reference image {ref / 'bad.png'}: not a readable image" in capsys.readouterr().err

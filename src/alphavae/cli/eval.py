@@ -214,9 +214,12 @@ def run_eval_t2i(args: argparse.Namespace) -> int:
     Exit status: as :func:`run_eval` (0 all scored, 1 failed images or prompts without an image, 2 on errors);
     images without a prompt are not scored (listed as extra, a note).
     """
+    from alphavae.eval.pairs import check_apart
     from alphavae.eval.runner import evaluate_t2i, read_prompts
 
     device = _guard(args, [args.pred, args.ref])
+    if args.ref is not None:  # before the networks load (evaluate_t2i checks it too)
+        check_apart(args.ref, args.pred, names=("reference folder", "generated-image folder"))
     prompts = read_prompts(args.prompts)
     report = evaluate_t2i(args.pred, prompts, _networks(args, device, clip=args.clip), ref_dir=args.ref)
     if report is not None:  # the main process

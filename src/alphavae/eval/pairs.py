@@ -73,18 +73,20 @@ def check_folder(folder: str | Path) -> None:
         raise NotADirectoryError(f"{folder}: not a folder")
 
 
-def check_apart(gt_dir: str | Path, pred_dir: str | Path) -> None:
+def check_apart(gt_dir: str | Path, pred_dir: str | Path, *,
+                names: tuple[str, str] = ("GT folder", "prediction folder")) -> None:
     """Check that the GT and prediction folders do not overlap (neither equals nor contains the other).
 
     The folders are walked recursively, so overlapping ones would read the predictions as ground truth
-    too (or the reverse). Compared after resolving symlinks (``alphavae.io.folder_relation``).
+    too (or the reverse). Compared after resolving symlinks (``alphavae.io.folder_relation``). ``names`` are
+    the two folders' roles in the message (eval-t2i: the reference and the generated images).
 
     Raises:
         ValueError: one line naming both folders.
     """
     problem = folder_relation(pred_dir, gt_dir)
     if problem is not None:
-        raise ValueError(f"prediction folder {pred_dir} {problem} GT folder {gt_dir}; give folders that do not "
+        raise ValueError(f"{names[1]} {pred_dir} {problem} {names[0]} {gt_dir}; give folders that do not "
                          "overlap (both are read with their sub-folders)")
 
 

@@ -20,7 +20,7 @@ from alphavae.eval.aggregate import RGB_GROUP, ImageRecord, aggregate, count_uns
 from alphavae.eval.backgrounds import BACKGROUND_NAMES, composites, quantise
 from alphavae.eval.metrics import NOT_APPLICABLE, SSIM_WINDOW
 from alphavae.eval.networks import LPIPS_MIN_SIZE, FeatureSet, Networks, clip_score, inception_features, one_line
-from alphavae.eval.pairs import Pair, PairPlan, pair_folders
+from alphavae.eval.pairs import Pair, PairPlan, check_apart, pair_folders
 from alphavae.eval.protocols import Protocol, prepare_gt, score_pair
 from alphavae.eval.report import ALPHA_BLIND_NOTE, WorstImages, counted
 from alphavae.io import (DEFAULT_MAX_PIXELS, ImageLoadError, composite, image_extensions, load_rgba, pad_to_multiple,
@@ -469,12 +469,14 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
         ``tree.overall.fid_pooled``; None on the non-main processes of a multi-process launch.
     Raises:
         FileNotFoundError, NotADirectoryError, ValueError: a folder does not exist, is not a folder or
-            holds no images (both folders are checked before any scoring).
+            holds no images (both folders are checked before any scoring); ValueError: the folders overlap.
     Source: ``accelerate.PartialState`` and ``accelerate.utils.gather_object`` for the sharding.
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
+    if ref_dir is not None:  # FID of a set against itself (or a part of it) means nothing
+        check_apart(ref_dir, pred_dir, names=("reference folder", "generated-image folder"))
     plan = pair_folders(pred_dir)
     found = {pair.key for pair in plan.pairs} | set(plan.ambiguous)
     plan.missing = sorted(key for key in prompts if key not in found)  # e.g. a generate run that stopped early
@@ -520,7 +522,7 @@ def _t2i_shard(pairs: list[Pair], refs: list[Pair], prompts: dict[str, str], net
         try:
             views = quantise(composites(load_rgba(ref.gt)[None], backgrounds)[0])
         except IMAGE_ERRORS as err:
-            result.failures.append({"key": f"ref:{ref.key}", "error": describe_failure(ref, err)})
+            result.failures.append({"key": f"ref:{ref.key}", "error": f"reference image {describe_failure(ref, err)}"})
             continue
         features[0, ref.key] = inception_features(networks.inception, views).cpu()
     return result, features

@@ -145,7 +145,7 @@ def test_eval_t2i_refuses_overlapping_generated_and_reference_folders(tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
-def test_eval_t2i_labels_a_reference_image_that_fails(tmp_path, random_inception, capsys):
+def test_eval_t2i_labels_a_failing_reference_image_and_explains_its_fid(tmp_path, random_inception, capsys):
     from test_eval_networks import tiny_clip
 
     pred, ref = tmp_path / "gen", tmp_path / "ref"
@@ -156,4 +156,14 @@ def test_eval_t2i_labels_a_reference_image_that_fails(tmp_path, random_inception
     prompts = _write(tmp_path, "p.json", '{"g0": "a cat", "g1": "a dog"}')
     assert main(["eval-t2i", "--pred", str(pred), "--ref", str(ref), "--prompts", str(prompts), "--clip",
                  str(tiny_clip(tmp_path / "clip")), "--inception", str(random_inception), "-o", str(tmp_path / "out")]) == 1
-    assert f"failed: reference image {ref / 'bad.png'}: not a readable image" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"failed: reference image {ref / 'bad.png'}: not a readable image" in err
+    assert "note: FID from 2 reference and 2 generated images: below 2,048 per side it is biased upward" in err
+    (ref / "r1.png").unlink()  # one readable reference image left: FID cannot be computed (it was null, unexplained)
+    assert main(["eval-t2i", "--pred", str(pred), "--ref", str(ref), "--prompts", str(prompts), "--clip",
+                 str(tmp_path / "clip"), "--inception", str(random_inception), "-o", str(tmp_path / "out"),
+                 "--overwrite"]) == 1
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["tree"]["overall"]["fid_pooled"].values()) == {None}
+    assert ("FID is null (not computed): it needs at least 2 images on each side, got 1 reference and 2 generated."
+            in report["notes"])

@@ -174,6 +174,7 @@ def test_eval_t2i_under_two_processes_writes_the_one_process_report(tmp_path, ra
     for n in range(3):
         save_rgba(soft_rgba(32, 32, seed=n), pred / f"g{n}.png")
         save_rgba(soft_rgba(32, 32, seed=10 + n), ref / f"r{n}.png")
+    (ref / "bad.png").write_bytes(b"not a png")
     (tmp_path / "prompts.json").write_text(json.dumps({"g0": "a cat", "g1": "a dog"}))  # g2: no prompt
     args = ["eval-t2i", "--pred", str(pred), "--prompts", str(tmp_path / "prompts.json"), "--ref", str(ref),
             "--clip", str(tiny_clip(tmp_path / "clip")), "--inception", str(random_inception)]
@@ -182,11 +183,12 @@ def test_eval_t2i_under_two_processes_writes_the_one_process_report(tmp_path, ra
                *args, "-o", str(tmp_path / "two")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
-    assert completed.returncode == 1, completed.stderr[-3000:]  # g2 has no prompt
+    assert completed.returncode == 1, completed.stderr[-3000:]  # bad.png failed
     assert completed.stdout.count("wrote ") == 3  # the main process's three reports only
     assert main([*args, "-o", str(tmp_path / "one")]) == 1
     one, two = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "two"))
-    assert two["failures"] == one["failures"] and len(one["failures"]) == 1
+    assert two["failures"] == one["failures"] and [f["key"] for f in one["failures"]] == ["ref:bad"]
+    assert two["extra"] == one["extra"] == ["g2"]
     overall = [report["tree"]["overall"] for report in (one, two)]
     assert overall[0]["images"] == overall[1]["images"] == 2
     for name, group in overall[0]["micro"].items():

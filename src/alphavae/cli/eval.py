@@ -85,7 +85,7 @@ def problem_lines(report: dict) -> list[str]:
 
 def _finish(args: argparse.Namespace, result) -> int:
     """Write the reports on the main process, print a summary, return the exit status."""
-    from alphavae.eval.report import counted, headline, write_reports
+    from alphavae.eval.report import ALPHA_BLIND_NOTE, counted, headline, write_reports
 
     if result is None:  # a non-main process of a sharded run
         return 0
@@ -95,6 +95,9 @@ def _finish(args: argparse.Namespace, result) -> int:
     problems = sum(len(report.get(label, [])) for label in ("failures", "missing", "ambiguous"))
     for line in problem_lines(report):
         print(line, file=sys.stderr)
+    for note in report.get("notes", []):
+        if note != ALPHA_BLIND_NOTE:  # the reference protocol's standing caveat: in the reports only
+            print(f"note: {note}", file=sys.stderr)
     if report.get("extra") and report["protocol"]["name"] == "t2i":
         print(f"note: {counted(len(report['extra']), 'image')} without a prompt ignored (listed in report.json)",
               file=sys.stderr)

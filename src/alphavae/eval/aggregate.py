@@ -96,6 +96,20 @@ def fid_with_rgb(sets: dict[str, tuple[FeatureSet, FeatureSet]]) -> dict[str, fl
     return fids
 
 
+def fid_notes(reference: int, generated: int) -> list[str]:
+    """Report notes on a pooled FID from ``reference`` and ``generated`` images (counts per side): not computed
+    below 2 images on a side; biased upward below 2,048 (the Inception feature size: the covariance estimate
+    is rank-deficient), so comparable only between runs with the same counts. ``[]`` when neither applies."""
+    fewest = min(reference, generated)
+    if fewest < 2:
+        return [f"FID is null (not computed): it needs at least 2 images on each side, got {reference} reference "
+                f"and {generated} generated."]
+    if fewest < 2048:
+        return [f"FID from {reference} reference and {generated} generated images: below 2,048 per side it is biased "
+                "upward; compare it only with runs over the same numbers of images."]
+    return []
+
+
 def aggregate(records: list[ImageRecord], features: dict[str, dict] | None = None) -> dict:
     """Build the report tree from per-image records.
 

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from alphavae.accel import usable_device
-from alphavae.eval.aggregate import RGB_GROUP, ImageRecord, aggregate, count_unscored, fid_with_rgb
+from alphavae.eval.aggregate import RGB_GROUP, ImageRecord, aggregate, count_unscored, fid_notes, fid_with_rgb
 from alphavae.eval.backgrounds import BACKGROUND_NAMES, composites, quantise
 from alphavae.eval.metrics import NOT_APPLICABLE, SSIM_WINDOW
 from alphavae.eval.networks import LPIPS_MIN_SIZE, FeatureSet, Networks, clip_score, inception_features, one_line
@@ -188,7 +188,8 @@ def build_report(evaluation: Evaluation, protocol: Protocol, plan: PairPlan, net
         "protocol": protocol.as_dict(),
         "inputs": {k: v if v is None or isinstance(v, (bool, int, float)) else str(v) for k, v in info.items()},
         "networks": loaded,
-        "notes": ([ALPHA_BLIND_NOTE] if protocol.raw_group else []) + unscored_notes(unscored),
+        "notes": (([ALPHA_BLIND_NOTE] if protocol.raw_group else []) + unscored_notes(unscored)
+                  + (fid_notes(len(evaluation.features), len(evaluation.features)) if evaluation.features else [])),
         "unscored": unscored,
         "tree": aggregate(evaluation.records, evaluation.features),
         "images": [{"key": r.key, "dataset": r.dataset, "subset": r.subset, "category": r.category,
@@ -496,7 +497,9 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
     protocol = Protocol("t2i", jpeg=False, ssim_y=False, raw_group=False, alpha_metrics=False, backgrounds=backgrounds)
     report = build_report(result, protocol, plan, networks, pred=pred_dir, ref=ref_dir)
     if fid:
-        report["tree"]["overall"]["fid_pooled"] = fid_with_rgb(_fid_sets_by_key([f for _, f in shards], backgrounds))
+        sets = _fid_sets_by_key([f for _, f in shards], backgrounds)
+        report["tree"]["overall"]["fid_pooled"] = fid_with_rgb(sets)
+        report["notes"] += fid_notes(*map(len, sets[backgrounds[0]]))
     clip_mean = report["tree"]["overall"]["micro"].get(RGB_GROUP, {}).get("clip_score")
     report["clip_score_clamped"] = None if clip_mean is None else max(clip_mean, 0.0)
     return report

@@ -264,6 +264,9 @@ def test_non_finite_and_malformed_arguments_are_refused(flux_vae):
         flux_vae.encode(torch.full((1, 4, 8, 8), float("nan")))
     with pytest.raises(ValueError, match="NaN or infinite"):
         flux_vae.decode(torch.full((1, 16, 2, 2), float("inf")))
+    with pytest.raises(ValueError, match=r"^VAE decode gave non-finite values in float32 for inputs of magnitude up "
+                                         r"to 1e\+30: far outside"):  # finite, but the decoder overflows: was NaN
+        flux_vae.decode(torch.full((1, 16, 2, 2), 1e30))
     for size in [(0, 5), (5,), (4.5, 4)]:
         with pytest.raises(ValueError, match="size"):
             flux_vae.decode(torch.zeros(1, 16, 2, 2), size=size)

@@ -365,7 +365,12 @@ class RGBAVAE:
 
     def _run(self, stage: str, x: torch.Tensor) -> torch.Tensor:
         """Run the encoder (``stage="encode"``: pixels -> moments) or decoder ("decode": latents -> pixels),
-        tiled if enabled, in the model dtype; redo in float32 if 16-bit output is not finite."""
+        tiled if enabled, in the model dtype; redo in float32 if 16-bit output is not finite.
+
+        Raises:
+            ValueError: the output is not finite in float32 either (inputs far outside the VAE's range, e.g.
+                latents of magnitude 1e20): never NaN pixels or latents.
+        """
         def call() -> torch.Tensor:
             inputs = x.to(self.device, next(self.model.parameters()).dtype)  # the input layer's dtype
             encode = stage == "encode"
@@ -391,6 +396,9 @@ class RGBAVAE:
             warnings.warn(f"VAE output is not finite in {dtype}; recomputing this call in float32", stacklevel=3)
             with float32_computation(self.model):
                 out = call()
+        if not torch.isfinite(out).all():
+            raise ValueError(f"VAE {stage} gave non-finite values in float32 for inputs of magnitude up to "
+                             f"{float(x.abs().max()):.3g}: far outside what the VAE works with")
         return out
 
     # The encoder and decoder split at the latent resolution (diffusers ``Encoder`` / ``Decoder``
@@ -477,8 +485,9 @@ class RGBAVAE:
         Returns:
             ``(B, 4, H, W)`` float32 straight RGBA clamped to [-1, 1].
         Raises:
-            ValueError: latents not 4-D with ``latent_channels`` channels, an empty batch, NaN/inf latents, or ``size``
-                not two positive integers or larger than the decoded image.
+            ValueError: latents not 4-D with ``latent_channels`` channels, an empty batch, NaN/inf latents, latents
+                so large that the decoder overflows even in float32 (~1e20), or ``size`` not two positive integers
+                or larger than the decoded image.
         """
         if latents.ndim != 4 or latents.shape[1] != self.latent_channels or latents.shape[0] == 0:
             raise ValueError(f"latents must be (B, {self.latent_channels}, h, w) with B >= 1, "

@@ -356,6 +356,19 @@ def test_resize_commutes_with_compositing_so_no_fringes():
     assert fringe > 0.05  # the naive straight-alpha resize this test guards against
 
 
+def test_resize_leaves_no_colour_under_round_off_alpha():
+    """Bilinear 16 -> 7 px of an opaque square on transparency left alpha ~3e-8 (float round-off) with a saturated
+    colour (noise / noise) that reached the encoder; such alpha is now 0 with colour -1."""
+    square = torch.full((4, 16, 16), -1.0)
+    square[1] = 1.0  # hidden green
+    square[:, 4:12, 4:12] = torch.tensor([1.0, -1.0, -1.0, 1.0])[:, None, None]  # opaque red
+    out = aio.resize_rgba(square, (7, 7), mode="bilinear")
+    faint = (aio.to_unit(out[3]) > 0) & (aio.to_unit(out[3]) < aio.ROUND_OFF_ALPHA)
+    assert not faint.any()
+    hidden = aio.to_unit(out[3]) == 0
+    assert hidden.any() and torch.equal(out[:3][:, hidden], torch.full((3, int(hidden.sum())), -1.0))
+
+
 def test_resize_short_side_keeps_aspect():
     assert aio.resize_short_side(random_rgba(10, 30), 5).shape == (4, 5, 15)
     assert aio.resize_short_side(random_rgba(30, 10)[None], 20).shape == (1, 4, 60, 20)

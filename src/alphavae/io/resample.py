@@ -18,6 +18,9 @@ RESIZE_MODES = ("nearest", "bilinear", "bicubic", "area")
 """Interpolation modes of :func:`resize_rgba` (``torch.nn.functional.interpolate`` names)."""
 PAD_MODES = ("replicate", "reflect", "transparent")
 """Padding modes of :func:`pad_to_multiple`."""
+ROUND_OFF_ALPHA = 0.5 / 65535
+"""Unit alpha below half a 16-bit step after resampling is float round-off of a transparent area (e.g. 3e-8):
+:func:`resize_rgba` snaps it to 0, else its colour (noise divided by noise) would be arbitrary."""
 
 
 def _batched(pixels: torch.Tensor) -> torch.Tensor:
@@ -48,7 +51,7 @@ def resize_rgba(pixels: torch.Tensor, size: tuple[int, int], *, mode: str = "bic
 
     Premultiplies colour by alpha, resamples all four channels with
     ``torch.nn.functional.interpolate`` (computed in float32), clamps alpha to [0, 1] (bicubic
-    overshoot), un-premultiplies (:func:`~alphavae.io.alpha.unpremultiply`: colour clamped to
+    overshoot), snaps alpha below :data:`ROUND_OFF_ALPHA` to 0, un-premultiplies (:func:`~alphavae.io.alpha.unpremultiply`: colour clamped to
     [0, 1], colour -1 where the new alpha is 0) and returns straight RGBA. Hidden colour under
     alpha = 0 therefore never smears into edges.
 
@@ -74,6 +77,8 @@ def resize_rgba(pixels: torch.Tensor, size: tuple[int, int], *, mode: str = "bic
     extra = {"antialias": antialias, "align_corners": False} if mode in ("bilinear", "bicubic") else {}
     resized = F.interpolate(premultiply(_batched(pixels).float()), size=(height, width), mode=mode, **extra)
     resized = resized.clamp(-1, 1)
+    round_off = resized[:, 3:4] < ROUND_OFF_ALPHA * 2 - 1
+    resized = torch.where(round_off, -1.0, resized)  # transparent, colour -1 (as unpremultiply sets for alpha 0)
     return _like_input(unpremultiply(resized), pixels)
 
 

@@ -276,6 +276,9 @@ def test_pickle_weights_and_malformed_configs_are_one_line_errors(tmp_path, caps
             ("block_out_channels", [8, 16, 16], "config.json and weights do not build an AutoencoderKL ("),
             ("norm_num_groups", 0, "config.json and weights do not build an AutoencoderKL ("),
             ("in_channels", "3", "config.json and weights do not build an AutoencoderKL ("),
+            # diffusers' message advised ignore_mismatched_sizes=True, a random re-initialisation
+            ("latent_channels", 8, "config.json and weights do not match: decoder.conv_in.weight is [16, 4, 3, 3] "
+                                   "in the weights, but the config builds [16, 8, 3, 3] (an edited config.json?)"),
             ("scaling_factor", 0, "config.json scaling_factor must be a finite non-zero number, got 0"),
             ("scaling_factor", "x", "config.json scaling_factor must be a finite non-zero number, got 'x'"),
             ("shift_factor", "abc", "config.json shift_factor must be a finite number or null, got 'abc'")]):

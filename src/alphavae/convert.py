@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -250,6 +251,10 @@ def looks_like_model_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~")) and not Path(parts[0]).is_dir()
 
 
+#: diffusers' wording for a weight whose shape differs from the layer the config builds.
+_SHAPE_MISMATCH = re.compile(r"(\S+) expected shape torch\.Size\(\[([^\]]*)\]\), but got torch\.Size\(\[([^\]]*)\]\)")
+
+
 def _pipeline_hint(folder: Path) -> str:
     """Where the VAE is when ``folder`` is a diffusers pipeline folder or one of its components ("" otherwise)."""
     for pipeline in (folder, folder.parent):
@@ -297,7 +302,7 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
             message; pickle-only weights are named).
         ValueError: the local config describes another class (e.g. UNet2DModel), or its fields and weights do
             not build an AutoencoderKL (a malformed field such as a short ``block_out_channels``, weights of
-            other shapes), or the weights and the config's layers differ (weights missing or unused, e.g. an edited
+            other shapes than the config's layers: the first is named), or the weights and the config's layers differ (weights missing or unused, e.g. an edited
             ``layers_per_block``), or its latent factors are unusable (``scaling_factor`` 0, NaN or not a number,
             ``shift_factor`` not a number or null); names the folder.
         OSError: it cannot be loaded otherwise; the one-line message names the path and says what to pass.
@@ -317,6 +322,11 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
                          f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from err
     except (OSError, ValueError) as err:
         reason = " ".join(str(err).split())
+        mismatch = _SHAPE_MISMATCH.search(reason)
+        if mismatch:  # diffusers' message goes on to advise random re-initialisation
+            name, config_shape, weights_shape = mismatch.groups()
+            raise ValueError(f"{where}: config.json and weights do not match: {name} is [{weights_shape}] in the "
+                             f"weights, but the config builds [{config_shape}] (an edited config.json?)") from err
         if local.exists():  # checked above: a readable layout, so the files themselves failed (permissions, ...)
             raise OSError(f"cannot load an AutoencoderKL from the folder {str(path_or_id)!r} "
                           f"(subfolder={subfolder!r}): {reason}") from err

@@ -142,6 +142,22 @@ def test_clip_score_equals_clip_model_cosine(tmp_path):
     torch.testing.assert_close(nets.clip_score(model, processor, images, prompts), expected.double(), atol=1e-4, rtol=1e-5)
 
 
+def test_clip_reads_tiny_images_as_channels_first_without_a_warning_per_image(tmp_path):
+    """A 1x1 or 3x1 image made transformers guess the channel axis and log it, nine lines per image."""
+    import logging.handlers
+
+    model, processor = nets.build_clip(tiny_clip(tmp_path / "clip"))
+    records = logging.handlers.BufferingHandler(capacity=1000)
+    logging.getLogger("transformers").addHandler(records)  # its loggers do not propagate to the root
+    try:
+        for size in ((1, 1), (3, 1)):
+            images = torch.randint(0, 256, (2, 3, *size), dtype=torch.uint8)
+            assert torch.isfinite(nets.clip_score(model, processor, images, ["a cat", "dog"])).all()
+    finally:
+        logging.getLogger("transformers").removeHandler(records)
+    assert not [record for record in records.buffer if "ambiguous" in record.getMessage()]
+
+
 def test_aesthetic_head_loads_public_layout(tmp_path):
     clip_dir = tiny_clip(tmp_path / "clip")
     head = nets.AestheticHead(16)

@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
         def one_line(message, category, filename, lineno, file=None, line=None) -> None:
-            print(f"{prog}: warning: {message}", file=sys.stderr)
+            from tqdm import tqdm
+
+            tqdm.write(f"{prog}: warning: {message}", file=sys.stderr)  # on its own line, above any progress bar
 
         with warnings.catch_warnings():
             warnings.simplefilter("default", UserWarning)  # each distinct warning once, even where filters hide it

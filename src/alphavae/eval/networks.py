@@ -255,7 +255,7 @@ def build_clip(path: str | Path):
 
 def clip_image_embeddings(model, processor, images: torch.Tensor) -> torch.Tensor:
     """Unit-norm CLIP image embeddings of ``(N, 3, H, W)`` uint8 RGB -> ``(N, D)`` float32."""
-    inputs = processor(images=list(images.cpu()), return_tensors="pt")
+    inputs = processor(images=list(images.cpu()), return_tensors="pt", input_data_format="channels_first")
     with torch.no_grad():
         emb = model.get_image_features(pixel_values=inputs["pixel_values"].to(model.device)).pooler_output
     return torch.nn.functional.normalize(emb.float(), dim=-1).cpu()

@@ -66,3 +66,34 @@ def test_a_mistyped_option_names_the_command(tmp_path, capsys):
     assert capsys.readouterr().err == ("alphavae reconstruct: error: unrecognized arguments: --overwirte "
                                        "(see alphavae reconstruct --help)\n")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["convert", "train-vae", "train-lora", "generate"])
+def test_an_output_below_a_file_is_refused_before_any_model_loads(command, tmp_path, capsys, monkeypatch):
+    """-o under a regular file gave a raw '[Errno 20] Not a directory', in train-vae and generate only after the
+    models had loaded; reconstruct and eval already said it up front."""
+    import alphavae.convert
+    import alphavae.diffusion.train
+    import alphavae.train.loop
+    from alphavae.vae import RGBAVAE
+
+    def loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output folder was checked")
+
+    for target, name in ((alphavae.convert, "load_autoencoder"), (alphavae.train.loop, "load_models"),
+                         (alphavae.diffusion.train._Trainer, "run"), (RGBAVAE, "from_pretrained")):
+        monkeypatch.setattr(target, name, loading)
+    for folder in ("src", "data"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "file.png").write_bytes(b"x")
+    out = tmp_path / "file.png" / "sub"
+    models = ["--vae", str(tmp_path / "src")] + (["--model", str(tmp_path / "src")] if command != "train-vae" else [])
+    args = {"convert": [str(tmp_path / "src"), str(out)],
+            "train-vae": ["--config", "vae_main", "--data", str(tmp_path / "data"), *models, "-o", str(out)],
+            "train-lora": ["--data", str(tmp_path / "data"), *models, "-o", str(out)],
+            "generate": ["--prompt", "a cup", *models, "-o", str(out)]}[command]
+    what = {"convert": "the converted model", "generate": "images"}.get(command, "the run")
+    assert main([command, *args]) in (1, 2)
+    err = capsys.readouterr().err
+    assert err.endswith(f"{out}: cannot write {what} there ({tmp_path / 'file.png'} is not a folder)\n"), err
+    assert err.count("\n") == 1, err

@@ -31,7 +31,7 @@ from torch import nn
 
 import alphavae
 from alphavae.accel import parse_dtype
-from alphavae.io import folder_relation, set_default_permissions
+from alphavae.io import check_writable_folder, folder_relation, set_default_permissions
 
 PROVENANCE_FILE = "alphavae_provenance.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "alphavae-mini"
@@ -417,6 +417,7 @@ def _check_destination(src: str | os.PathLike, dst: Path, overwrite: bool) -> No
     if Path(src).expanduser().exists():
         _check_apart(src, dst)
     check_not_shipped(dst, "writing the converted model into")
+    check_writable_folder(dst, "the converted model")  # before the source model loads
 
 
 def _move_into(built: Path, dst: Path, overwrite: bool) -> None:

@@ -424,6 +424,7 @@ def generate_from_paths(
         OSError, ValueError: see :func:`load_flux_pipeline`, :func:`generate_folder`; ValueError
             also for an unknown dtype.
     """
+    io.check_writable_folder(output_dir, "images")  # before any model loads
     device = device or default_device()
     torch_dtype = parse_dtype("bfloat16" if device.startswith("cuda") else "float32") if dtype == "auto" \
         else parse_dtype(dtype)

@@ -420,6 +420,7 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
     io.check_output_outside_inputs(out, [data if data.is_dir() else data.parent, cfg.model, cfg.vae])  # ids: no folder
     if (out / LORA_FILE).exists() and cfg.resume is None:
         raise FileExistsError(f"{out / LORA_FILE} already exists: resume it (--resume latest) or choose another output")
+    io.check_writable_folder(out, "the run")  # before the models load
     check_start(out, cfg.resume, out / LORA_FILE)
     warn_long_warmup(cfg.lr_warmup_steps, cfg.max_steps, ("lr_warmup_steps", "max_steps"))
     return _Trainer(cfg).run()

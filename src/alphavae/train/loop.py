@@ -487,6 +487,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         io.check_output_outside_inputs(run_dir, config.data.source if Path(config.data.source).is_dir()
                                        else Path(config.data.source).parent)
     io.check_output_outside_inputs(run_dir, [path for path in (config.model.vae, config.model.ref_vae) if path])
+    io.check_writable_folder(run_dir, "the run")  # before the models load
     check_start(run_dir, resume, run_dir / "final")
     warn_long_warmup(config.optim.warmup_steps, config.optim.max_steps, ("optim.warmup_steps", "optim.max_steps"))
     accum = config.optim.gradient_accumulation

@@ -142,6 +142,8 @@ def test_eval_vae_with_source_reports_zero_drift_for_opaque_init(tmp_path):
     macro = report["tree"]["overall"]["macro"]
     assert macro["latent_drift"]["mse"] == pytest.approx(0.0, abs=1e-10)
     assert macro["alpha"]["alpha_leakage"] == pytest.approx(1.0)  # untrained: alpha = 1 everywhere
+    assert report["opaque_predictions"] == ["im0", "im1"] and report["notes"][-1].startswith(
+        "2 predictions fully opaque (alpha 1 everywhere) where the GT has transparency: the VAE decodes no transparency")
     assert report["inputs"] == {"data": str(data), "vae": str(tmp_path / "vae"), "dtype": "float32",
                                 "dtype_policy": "float32", "tile_size": None, "tile_overlap": None,
                                 "tile_mode": None, "source_vae": str(tmp_path / "src")}
@@ -589,3 +591,20 @@ def test_overlapping_gt_and_prediction_folders_are_refused(tmp_path, monkeypatch
     assert capsys.readouterr().err == (f"alphavae eval: error: prediction folder {pred} {problem} GT folder {gt}; "
                                        "give folders that do not overlap (both are read with their sub-folders)\n")
     assert not out.exists()
+
+
+def test_a_prediction_saved_without_alpha_is_named_in_a_note(tmp_path, capsys):
+    """A prediction saved as RGB (alpha lost in the user's pipeline) scored 7 dB with no word on why."""
+    from PIL import Image
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for n in range(2):
+        save_rgba(soft_rgba(24, 24, seed=n), gt / f"im{n}.png")
+    save_rgba(perturbed(soft_rgba(24, 24, seed=0)), pred / "im0.png")
+    Image.open(gt / "im1.png").convert("RGB").save(pred / "im1.png")
+    out = tmp_path / "out"
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), *NO_NETS]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["opaque_predictions"] == ["im1"]
+    assert ("note: 1 prediction fully opaque (alpha 1 everywhere) where the GT has transparency: an RGB file, or "
+            "alpha dropped when saved? Scored as opaque; keys under 'opaque_predictions'.") in capsys.readouterr().err

@@ -48,12 +48,15 @@ class Evaluation:
         failures: ``{"key", "error"}`` of every image that could not be loaded or scored (sorted by key
             once merged); ``error`` is ``"<file(s)>: <reason>"`` (:func:`describe_failure`).
         worst: the worst-K images by mean PSNR over the backgrounds (dB), for the HTML report.
+        opaque: keys of scored images whose prediction is fully opaque (alpha 1 everywhere) while the GT has
+            transparency: an RGB file, or alpha dropped when it was saved (sorted once merged).
     """
 
     records: list[ImageRecord] = field(default_factory=list)
     features: dict[str, dict] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
     worst: WorstImages = field(default_factory=WorstImages)
+    opaque: list[str] = field(default_factory=list)
 
 
 IMAGE_ERRORS = (ImageLoadError, ValueError, OSError, RuntimeError, MemoryError)
@@ -92,6 +95,8 @@ def _score_all(pairs: list[Pair], load: Loader, protocol: Protocol, networks: Ne
             result.failures.append({"key": pair.key, "error": message})
             continue
         result.records.append(ImageRecord(pair.key, pair.dataset, pair.subset, pair.category, score.groups))
+        if bool((pred[3] == 1).all()) and bool((gt[3] < 1).any()):
+            result.opaque.append(pair.key)
         if score.features:
             result.features[pair.key] = score.features
         psnr = [v["psnr"] for g, v in score.groups.items() if g in protocol.backgrounds]
@@ -107,6 +112,8 @@ def _gather(shards: list[Evaluation], worst_k: int) -> Evaluation:
         merged.features.update(shard.features)
         merged.failures += shard.failures
         merged.worst.merge(shard.worst)
+        merged.opaque += shard.opaque
+    merged.opaque.sort()
     merged.records.sort(key=lambda r: r.key)
     merged.failures.sort(key=lambda f: f["key"])
     return merged
@@ -180,16 +187,22 @@ def build_report(evaluation: Evaluation, protocol: Protocol, plan: PairPlan, net
     else as text) are stored under ``"inputs"``. Scores that
     do not apply to an image are null in ``"images"`` and skipped by every mean; ``"unscored"`` counts
     them (group -> metric -> number of images; the images that contributed to a metric's micro mean
-    are ``tree.overall.images`` minus that), and ``"notes"`` explains each such metric.
+    are ``tree.overall.images`` minus that), and ``"notes"`` explains each such metric, FID's counts and
+    ``"opaque_predictions"`` (fully opaque predictions of GT images with transparency).
     """
     loaded = {name: getattr(networks, name) is not None for name in ("lpips", "inception", "clip", "aesthetic")}
     unscored = count_unscored(evaluation.records)
+    cause = ("an RGB file, or alpha dropped when saved?" if "pred" in info
+             else "the VAE decodes no transparency (not trained for alpha?)")
+    opaque = ([f"{counted(len(evaluation.opaque), 'prediction')} fully opaque (alpha 1 everywhere) where the GT has "
+               f"transparency: {cause} Scored as opaque; keys under 'opaque_predictions'."] if evaluation.opaque else [])
     return {
         "protocol": protocol.as_dict(),
         "inputs": {k: v if v is None or isinstance(v, (bool, int, float)) else str(v) for k, v in info.items()},
         "networks": loaded,
         "notes": (([ALPHA_BLIND_NOTE] if protocol.raw_group else []) + unscored_notes(unscored)
-                  + (fid_notes(len(evaluation.features), len(evaluation.features)) if evaluation.features else [])),
+                  + (fid_notes(len(evaluation.features), len(evaluation.features)) if evaluation.features else [])
+                  + opaque),
         "unscored": unscored,
         "tree": aggregate(evaluation.records, evaluation.features),
         "images": [{"key": r.key, "dataset": r.dataset, "subset": r.subset, "category": r.category,
@@ -198,6 +211,7 @@ def build_report(evaluation: Evaluation, protocol: Protocol, plan: PairPlan, net
         "missing": plan.missing,
         "extra": plan.extra,
         "ambiguous": plan.ambiguous,
+        "opaque_predictions": evaluation.opaque,
     }
 
 

@@ -159,6 +159,19 @@ def test_sixteen_bit_tiff_reduced_by_pillow_is_warned(tmp_path):
     assert np.allclose(unit(pixels) * 255, 0x12, atol=1e-4)  # Pillow keeps the high byte
 
 
+def test_a_32_bit_bmp_whose_fourth_byte_is_padding_is_warned(tmp_path):
+    """Pillow reads a plain (BI_RGB) 32-bit BMP as RGB; the fourth byte some tools use as alpha was dropped
+    silently. A 24-bit BMP has no such byte and loads without a warning."""
+    Image.new("RGBA", (4, 3), (255, 0, 0, 100)).save(tmp_path / "a.bmp")  # Pillow writes the alpha bytes
+    with pytest.warns(UserWarning, match=r"a\.bmp: 32-bit BMP without an alpha mask: its 4th byte is padding"):
+        pixels = aio.load_rgba(tmp_path / "a.bmp")
+    assert torch.equal(pixels[3], torch.ones(3, 4))
+    Image.new("RGB", (4, 3), (255, 0, 0)).save(tmp_path / "b.bmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        aio.load_rgba(tmp_path / "b.bmp")
+
+
 def test_unreadable_exif_is_ignored_with_warning(tmp_path, monkeypatch):
     path = aio.save_rgba(random_rgba(3, 2), tmp_path / "a.png")
     def broken_exif(self):

@@ -108,7 +108,7 @@ def _pil_unit_array(image: Image.Image) -> np.ndarray:
     Alpha comes from an alpha band (RGBA, LA, PA, RGBa, La), an RGBA palette or
     ``info["transparency"]`` (palette tRNS, single transparent index, grey/RGB transparent value),
     as ``Image.has_transparency_data`` reports; everything else is opaque. Modes I;16* and I are
-    16-bit grey (0-65535), F is grey in [0, 1] (clamped).
+    16-bit grey (0-65535; I values outside it are clipped), F is grey in [0, 1] (clamped).
     """
     if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
         grey = np.asarray(image, dtype=np.float32)
@@ -121,6 +121,14 @@ def _pil_unit_array(image: Image.Image) -> np.ndarray:
         return np.asarray(source.convert("RGBA"), dtype=np.float32) / 255
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
     return np.dstack([rgb, np.ones(rgb.shape[:2], dtype=np.float32)])
+
+
+def _warn_bmp_padding(image: Image.Image, name: str) -> None:
+    """Warn when a 32-bit BMP's fourth byte is read as padding (plain BI_RGB: Pillow decodes it as opaque RGB,
+    while some tools store alpha there). Needs the unloaded image (its tile)."""
+    if image.format == "BMP" and any(tile.args and tile.args[0] == "BGRX" for tile in image.tile):
+        warnings.warn(f"{name}: 32-bit BMP without an alpha mask: its 4th byte is padding by the format and is "
+                      "ignored (loaded as opaque); if it holds alpha, save the image as PNG", stacklevel=3)
 
 
 def _warn_first_frame(image: Image.Image, name: str) -> None:
@@ -177,7 +185,9 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
     (exact alpha), L / LA / grey with a transparent value (R = G = B = L), RGB / RGBX / CMYK / YCbCr
     (alpha = 1; CMYK uses Pillow's naive conversion), premultiplied RGBa / La (un-premultiplied by
     Pillow), 16-bit PNGs of every colour type at full precision (read with pypng, divided by 65535,
-    tRNS honoured), I;16 / I grey as 16-bit (value / 65535), F grey as [0, 1] (clamped); other 16-bit
+    tRNS honoured), I;16 / I grey as 16-bit (value / 65535; 32-bit I values outside 0-65535 are clipped), F grey
+    as [0, 1] (clamped); a 32-bit BMP without an alpha mask as opaque RGB (warned: its 4th byte is padding by the
+    format, though some tools store alpha there); other 16-bit
     sources Pillow reduces to 8 bits (16-bit RGB/RGBA TIFF) load with a warning. Multi-frame
     files (GIF, APNG, TIFF) give their first frame with a warning. EXIF orientation is applied (an
     unreadable EXIF block is ignored with a warning).
@@ -225,6 +235,7 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
                                        f"max_pixels={max_pixels}")
         try:
             _warn_first_frame(image, str(path))
+            _warn_bmp_padding(image, str(path))
             if image.format == "PNG" and _sixteen_bit_source(image):
                 array = _read_png16(path)
             else:

@@ -302,8 +302,8 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
             message; pickle-only weights are named).
         ValueError: the local config describes another class (e.g. UNet2DModel), or its fields and weights do
             not build an AutoencoderKL (a malformed field such as a short ``block_out_channels``, weights of
-            other shapes than the config's layers: the first is named), or the weights and the config's layers differ (weights missing or unused, e.g. an edited
-            ``layers_per_block``), or its latent factors are unusable (``scaling_factor`` 0, NaN or not a number,
+            other shapes than the config's layers: the first is named), or the weights and the config's layers
+            differ (weights missing or unused, e.g. an edited ``layers_per_block``), or its latent factors are unusable (``scaling_factor`` 0, NaN or not a number,
             ``shift_factor`` not a number or null); names the folder.
         OSError: it cannot be loaded otherwise; the one-line message names the path and says what to pass.
     """

@@ -194,8 +194,8 @@ def build_report(evaluation: Evaluation, protocol: Protocol, plan: PairPlan, net
     unscored = count_unscored(evaluation.records)
     cause = ("an RGB file, or alpha dropped when saved?" if "pred" in info
              else "the VAE decodes no transparency (not trained for alpha?)")
-    opaque = ([f"{counted(len(evaluation.opaque), 'prediction')} fully opaque (alpha 1 everywhere) where the GT has "
-               f"transparency: {cause} Scored as opaque; keys under 'opaque_predictions'."] if evaluation.opaque else [])
+    opaque = [f"{counted(len(evaluation.opaque), 'prediction')} fully opaque (alpha 1 everywhere) where the GT has "
+              f"transparency: {cause} Scored as opaque; keys under 'opaque_predictions'."] if evaluation.opaque else []
     return {
         "protocol": protocol.as_dict(),
         "inputs": {k: v if v is None or isinstance(v, (bool, int, float)) else str(v) for k, v in info.items()},

@@ -1,4 +1,9 @@
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,6 +80,28 @@ def test_resume_reproduces_uninterrupted_run(setup):
     assert second.losses == {3: whole.losses[3]}
     a, b = load_file(whole.lora_dir / LORA_FILE), load_file(second.lora_dir / LORA_FILE)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_process_run_resumes_bit_exactly(setup, tmp_path):
+    """A data-parallel run on two CPU processes (torchrun), stopped after 2 steps and resumed, ends with the
+    LoRA of an uninterrupted two-process run, bit for bit (~1 min: three launches)."""
+    _, flux, vae, _, images = setup
+    (tmp_path / "data").mkdir()
+    for image in images:
+        shutil.copy(image, tmp_path / "data" / image.name)
+    bin_dir = Path(sys.executable).parent
+    command = [shutil.which("torchrun", path=bin_dir), "--nproc_per_node", "2", shutil.which("alphavae", path=bin_dir),
+               "train-lora", "--model", str(flux), "--vae", str(vae), "--data", str(tmp_path / "data"), "--resolution", "32",
+               "--rank", "4", "--alpha", "8", "--batch-size", "1", "--checkpoint-every", "1", "--report-to", "none",
+               "--max-sequence-length", "16", "--optimizer", "adamw", "--lr", "1e-3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    for out, steps, resume in (("whole", 3, []), ("split", 2, []), ("split", 3, ["--resume", "latest"])):
+        done = subprocess.run([*command, "-o", str(tmp_path / out), "--max-steps", str(steps), *resume], check=False,
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    whole, split = (load_file(tmp_path / out / LORA_FILE) for out in ("whole", "split"))
+    assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
 
 
 def test_resume_refusals_keep_earlier_work(setup):

@@ -100,6 +100,7 @@ def test_two_process_run_resumes_bit_exactly(setup, tmp_path):
         done = subprocess.run([*command, "-o", str(tmp_path / out), "--max-steps", str(steps), *resume], check=False,
                               capture_output=True, text=True, timeout=300, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("wrote LoRA to") == 1  # the main process's summary only
     whole, split = (load_file(tmp_path / out / LORA_FILE) for out in ("whole", "split"))
     assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
 

@@ -197,6 +197,7 @@ def test_two_processes_match_one_process_at_same_global_batch(assets, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
     assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.count("trained 2 steps") == 1  # the main process's summary only
     single = train_vae(load_config("vae_no_gan", _overrides(assets, **{"optim.max_steps": 2})), tmp_path / "one")
     two = [json.loads(line) for line in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
     for a, b in zip(single.history, two, strict=True):

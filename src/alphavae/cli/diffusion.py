@@ -151,6 +151,10 @@ def run_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"alphavae train-lora: {interruption_note(config.output_dir)}", file=sys.stderr)
         return 130
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # the summary once, not once per process
+        return 1 if result.failed_images else 0
     print(f"wrote LoRA to {result.lora_dir}; final loss {result.losses.get(max(result.losses, default=0), 'n/a')}")
     for failure in result.failed_images:
         print(f"skipped: {failure}", file=sys.stderr)

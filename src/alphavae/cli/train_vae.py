@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     """Resolve the config, run ``train_vae``; 1 on a configuration/data error or unreadable images left out, 2 on
     divergence, 130 on Ctrl-C (one line saying which checkpoint to resume from)."""
     import yaml
+    from accelerate import PartialState
 
     from alphavae.cli import interruption_note
     from alphavae.eval.report import counted
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"alphavae train-vae: error: {err}", file=sys.stderr)
         return 1
+    if not PartialState().is_main_process:  # the summary once, not once per process
+        return 1 if result.failed_images else 0
     print(f"trained {counted(result.step, 'step')} ({result.skipped_steps} skipped as non-finite); "
           f"model in {result.final_dir}")
     if result.failed_images:

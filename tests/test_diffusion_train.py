@@ -105,16 +105,16 @@ def test_two_process_run_resumes_bit_exactly(setup, tmp_path):
     assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
 
 
-def test_resume_refusals_keep_earlier_work(setup):
+def test_resume_refusals_keep_earlier_work(setup, monkeypatch):
     """Each of these succeeded silently: a fresh start over an interrupted run's checkpoints (replaced them), a
     resume beyond max_steps (saved step 2's weights as step 1), a resume with another alpha or optimiser (kept
     the saved scale, optimiser state and learning rate, while train_config.yaml said otherwise), and --resume
-    latest on a finished run without checkpoints (trained again from scratch over the LoRA)."""
-    import shutil
-
+    latest on a finished run without checkpoints (trained again from scratch over the LoRA). The refusals come
+    before any model loads (a changed rank failed the restore as a damaged checkpoint)."""
     out = train_lora(_config(setup, "guarded", max_steps=2, checkpoint_every=1, keep_checkpoints=5)).lora_dir
     lora = (out / LORA_FILE).read_bytes()
     (out / LORA_FILE).unlink()  # as if interrupted after its checkpoints
+    monkeypatch.setattr(RGBAVAE, "from_pretrained", lambda *a, **k: pytest.fail("models loaded before the refusal"))
     with pytest.raises(FileExistsError, match="already has checkpoints; pass --resume latest or choose a new folder"):
         train_lora(_config(setup, "guarded", max_steps=2))
     with pytest.raises(ValueError, match=r"step-00000002 is at step 2, beyond max_steps 1; resume with max_steps >= 2"):
@@ -122,6 +122,10 @@ def test_resume_refusals_keep_earlier_work(setup):
     with pytest.raises(ValueError, match=r"saved with other settings than this run's \(alpha 8.0 -> 2.0; "
                                          r"optimizer 'prodigy' -> 'adamw'\)"):
         train_lora(_config(setup, "guarded", max_steps=3, resume="latest", alpha=2.0, optimizer="adamw"))
+    with pytest.raises(ValueError, match=r"saved with other settings than this run's \(rank 4 -> 8; targets "
+                                         r"'paper' -> 'attention'\)"):
+        train_lora(_config(setup, "guarded", max_steps=3, resume="latest", rank=8, targets="attention"))
+    monkeypatch.undo()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
     (out / LORA_FILE).write_bytes(lora)
     shutil.rmtree(out / "checkpoints")

@@ -30,7 +30,14 @@ from alphavae.diffusion.captions import DEFAULT_PROMPT, read_caption_table, reso
 from alphavae.diffusion.flow import TimestepSampling, flow_matching_loss, sample_sigmas
 from alphavae.diffusion.lora import LORA_FILE, add_lora, lora_config, restore_lora, save_lora
 from alphavae.diffusion.pipeline import contact_sheet, generate_rgba, load_flux_pipeline
-from alphavae.train.checkpoint import check_start, check_within, find_checkpoint, load_checkpoint, save_checkpoint
+from alphavae.train.checkpoint import (
+    check_start,
+    check_within,
+    find_checkpoint,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+)
 from alphavae.train.config import build_dataclass, check_limits, read_yaml, warn_long_warmup
 from alphavae.vae import RGBAVAE
 
@@ -340,8 +347,9 @@ class _Trainer:
         settings = {key: getattr(self.cfg, key) for key in RESUME_FIXED}
         save_checkpoint(self.acc, self.out, {"step": step, "settings": settings}, self.cfg.keep_checkpoints)
 
-    def run(self) -> LoraTrainResult:
-        """Train from the start or the resume checkpoint to ``max_steps``; save the LoRA and config."""
+    def run(self, resume: Path | None) -> LoraTrainResult:
+        """Train from the start (``resume`` None) or the checkpoint ``resume`` to ``max_steps``; save the LoRA and
+        config."""
         cfg, acc = self.cfg, self.acc
         optimizer = _make_optimizer(cfg, self.params)
         scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
@@ -349,13 +357,9 @@ class _Trainer:
         self.model, optimizer, scheduler = acc.prepare(self.transformer, optimizer, scheduler)
         acc.register_save_state_pre_hook(self.save_hook)
         acc.register_load_state_pre_hook(self.load_hook)
-        resume = find_checkpoint(self.out, cfg.resume) if cfg.resume else None
         start = 0
         if resume:
-            state = load_checkpoint(acc, resume)
-            start = state["step"]
-            check_within(resume, start, cfg.max_steps)
-            _check_same_settings(resume, state.get("settings"), cfg)
+            start = load_checkpoint(acc, resume)["step"]
             log.info("resumed from %s at step %d", resume, start)
         if acc.is_main_process and cfg.report_to != "none":
             acc.init_trackers("alphavae-lora")
@@ -423,4 +427,9 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
     io.check_writable_folder(out, "the run")  # before the models load
     check_start(out, cfg.resume, out / LORA_FILE)
     warn_long_warmup(cfg.lr_warmup_steps, cfg.max_steps, ("lr_warmup_steps", "max_steps"))
-    return _Trainer(cfg).run()
+    resume = find_checkpoint(out, cfg.resume) if cfg.resume else None
+    if resume:  # before the models load; a changed rank or targets would fail the restore as a misfit checkpoint
+        saved = read_state(resume)
+        check_within(resume, saved["step"], cfg.max_steps)
+        _check_same_settings(resume, saved.get("settings"), cfg)
+    return _Trainer(cfg).run(resume)

@@ -166,7 +166,7 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> 
             tensors do not fit the prepared models (another architecture); one line naming the checkpoint.
     """
     checkpoint = Path(checkpoint)
-    state = _read_state(checkpoint)
+    state = read_state(checkpoint)
     _check_files(checkpoint, state.pop(FILES_KEY, {}))
     for weights in sorted(checkpoint.glob("*.safetensors")):
         _check_safetensors(weights)
@@ -181,14 +181,15 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> 
                          f"({type(err).__name__}: {reason})") from err
 
 
-def _read_state(checkpoint: Path) -> dict:
-    """The JSON object of ``checkpoint/trainer_state.json``.
+def read_state(checkpoint: str | os.PathLike) -> dict:
+    """The JSON object of ``checkpoint/trainer_state.json`` (``{"step": int, ...}``), read without restoring
+    anything: what a resume can check before any model loads.
 
     Raises:
         FileNotFoundError: the folder or file is missing. ValueError: the file is not a JSON object with a
             whole-number ``step`` >= 0 (and, when present, a ``files`` map of names to sizes and digests).
     """
-    path = checkpoint / STATE_FILE
+    path = Path(checkpoint) / STATE_FILE
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -1,6 +1,6 @@
 """Tiled vs untiled reconstruction with a trained RGBA VAE on real images: max error per channel and time.
 
-    python -m benchmarks.tiling_accuracy [--vae DIR] [--tiles 128 256] IMAGE...
+    python -m benchmarks.tiling_accuracy [IMAGE...] [--vae DIR] [--tiles 128 256]
 
 Default VAE: the shipped alphavae-mini; default images: three bundled 384² samples. For each image and tile
 size, reconstructs untiled and tiled in both ``tile_mode``s (default overlap), float32, and prints a Markdown

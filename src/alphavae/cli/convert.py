@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("src", metavar="SRC",
                         help="local diffusers folder (config.json + diffusion_pytorch_model.safetensors), "
-                             "or a model id (needs network access)")
+                             "or a model id (network access, or HF_HUB_OFFLINE=1 for one in the hub cache)")
     parser.add_argument("dst", metavar="DST",
                         help="output folder: new or empty unless --overwrite; not SRC, not inside SRC, not "
                              "containing SRC")

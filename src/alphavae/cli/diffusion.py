@@ -18,8 +18,8 @@ from alphavae.diffusion.lora import TARGET_PRESETS
 
 # (flag, config field, argparse options); every default is None so that only given flags override --config.
 _TRAIN_FLAGS: tuple[tuple[str, str, dict], ...] = (
-    ("--model", "model", {"help": "local diffusers FLUX folder (model_index.json), or a hub id when online "
-                                  "(required, here or in --config)"}),
+    ("--model", "model", {"help": "local diffusers FLUX folder (model_index.json), or a hub id (online, or offline "
+                                  "with HF_HUB_OFFLINE=1 when cached) (required, here or in --config)"}),
     ("--vae", "vae", {"help": "RGBA VAE folder (diffusers AutoencoderKL with 4 channels, from `alphavae convert` "
                               "+ fine-tuning); its latent space must be the model's (required, here or in --config)"}),
     ("--data", "data", {"help": "folder of RGBA images (walked recursively) or a manifest .jsonl (required, here "
@@ -67,8 +67,8 @@ _TRAIN_FLAGS: tuple[tuple[str, str, dict], ...] = (
     ("--checkpoint-every", "checkpoint_every", {"type": int, "help": "steps between checkpoints, 0 = end only "
                                                                      "(default 500)"}),
     ("--keep-checkpoints", "keep_checkpoints", {"type": int, "help": "newest checkpoints kept (default 3)"}),
-    ("--resume", "resume", {"help": "'latest' (newest checkpoint in OUT; fresh start if none) or a checkpoint "
-                                    "folder; continues exactly where it stopped"}),
+    ("--resume", "resume", {"help": "'latest' (newest checkpoint in OUT; a fresh start if OUT has none and no "
+                                    "finished LoRA) or a checkpoint folder; continues exactly where it stopped"}),
     ("--validation-prompt", "validation_prompts", {"action": "append", "help": "prompt rendered over a "
                                                    "checkerboard during training (repeatable)"}),
     ("--validation-every", "validation_every", {"type": int, "help": "steps between validations, 0 = end only (default 0)"}),
@@ -94,13 +94,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen = subparsers.add_parser(
         "generate", help="generate transparent PNGs with FLUX + an RGBA VAE",
         description="Text-to-image with a FLUX pipeline whose latents are decoded by the RGBA VAE: writes "
-                    "4-channel straight-alpha PNGs p<prompt>-s<seed>.png, generations.jsonl and contact_sheet.png "
+                    "4-channel straight-alpha PNGs p<prompt index>-s<seed>.png (e.g. p0000-s0.png), generations.jsonl and contact_sheet.png "
                     "(over a checkerboard). An existing file is skipped when its record in generations.jsonl "
                     "shows the same request (prompt, seed, size, steps, guidance, models, dtypes); otherwise it is "
                     "left untouched and reported as refused (exit status 1). Sizes that are not multiples of 16 are "
                     "generated at the size rounded up and centre-cropped back to the requested size.",
     )
-    gen.add_argument("--model", required=True, help="local diffusers FLUX folder, or a hub id when online")
+    gen.add_argument("--model", required=True, help="local diffusers FLUX folder, or a hub id (online, or offline "
+                                                    "with HF_HUB_OFFLINE=1 when cached)")
     gen.add_argument("--vae", required=True, help="RGBA VAE folder (4-channel AutoencoderKL)")
     gen.add_argument("--lora", help="LoRA folder or .safetensors from train-lora (optional)")
     gen.add_argument("--lora-scale", type=finite_float, default=None, help="LoRA strength (default 1.0; needs --lora)")

@@ -274,9 +274,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "always JSON Lines; \"file\" may replace \"key\", its image suffix is dropped); key = "
                         "relative path minus extension, used as given (robot.v2 is robot.v2.png); a key given "
                         "twice, an empty key and a prompt that is not a non-empty string (null, \"\") are errors. "
-                        "generate's generations.jsonl works as it is. Only images with a prompt are scored (others "
-                        "are listed as extra); a prompt without an image is a problem (exit 1)")
-    p.add_argument("--ref", default=None, type=Path, help="reference RGBA images for FID (unpaired)")
+                        "generate's generations.jsonl works as it is (its contact_sheet.png is then an image without a "
+                        "prompt). Only images with a prompt are scored (others are listed as extra, with a note); a "
+                        "prompt without an image is a problem (exit 1)")
+    p.add_argument("--ref", default=None, type=Path,
+                   help="reference RGBA images for FID (unpaired); may not be, contain or lie in --pred")
     p.add_argument("--clip", required=True, help="local CLIP model folder (transformers CLIPModel + CLIPProcessor)")
     _add_common(p, paired=False)
     p.set_defaults(func=run_eval_t2i, lpips="none")  # it scores no image pairs, so it has no LPIPS

@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ref-vae", help="RGB VAE folder for Ref-KL when --vae is already RGBA (sets model.ref_vae)")
     parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder (outside the data folder)")
     parser.add_argument("--resume", metavar="latest|CHECKPOINT",
-                        help="continue from the newest checkpoint of RUN_DIR ('latest'; fresh start if none) "
+                        help="continue from the newest checkpoint of RUN_DIR ('latest'; a fresh start if it has none and no "
+                             "final/) "
                              "or from a checkpoint folder; restores model, optimisers, scheduler, "
                              "discriminator, EMA, RNG states, step and data position")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -16,15 +16,15 @@ from alphavae.diffusion.captions import DEFAULT_PROMPT, read_prompts
 from alphavae.diffusion.flow import WEIGHTING_SCHEMES
 from alphavae.diffusion.lora import TARGET_PRESETS
 
-# (flag, config field, argparse options); every default is None so that only given flags override --config.
-_TRAIN_FLAGS: tuple[tuple[str, str, dict], ...] = (
+# (flags, config field, argparse options); every default is None so that only given flags override --config.
+_TRAIN_FLAGS: tuple[tuple[str | tuple[str, ...], str, dict], ...] = (
     ("--model", "model", {"help": "local diffusers FLUX folder (model_index.json), or a hub id (online, or offline "
                                   "with HF_HUB_OFFLINE=1 when cached) (required, here or in --config)"}),
     ("--vae", "vae", {"help": "RGBA VAE folder (diffusers AutoencoderKL with 4 channels, from `alphavae convert` "
                               "+ fine-tuning); its latent space must be the model's (required, here or in --config)"}),
-    ("--data", "data", {"help": "folder of RGBA images (walked recursively) or a manifest .jsonl (required, here "
-                                "or in --config)"}),
-    ("-o", "output_dir", {"dest": "output_dir", "metavar": "OUT",
+    ("--data", "data", {"help": "folder of RGBA images (walked recursively) or a manifest .jsonl, all its splits "
+                                "unless --split (required, here or in --config)"}),
+    (("-o", "--output"), "output_dir", {"dest": "output_dir", "metavar": "OUT",
                           "help": "output folder (LoRA, checkpoints, validation images); not inside --data (required, "
                                   "here or in --config)"}),
     ("--split", "split", {"help": "with a manifest --data: use only this split, e.g. train (default: all)"}),
@@ -87,8 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Settings come from --config (YAML of LoraTrainConfig fields) overridden by flags.",
     )
     train.add_argument("--config", help="YAML file of settings (field names of LoraTrainConfig)")
-    for flag, name, options in _TRAIN_FLAGS:
-        train.add_argument(flag, **({"dest": name} | options), default=None)
+    for flags, name, options in _TRAIN_FLAGS:
+        train.add_argument(*(flags if isinstance(flags, tuple) else (flags,)), **({"dest": name} | options),
+                           default=None)
     train.set_defaults(func=run_train)
 
     gen = subparsers.add_parser(
@@ -124,7 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="CPU offload for large models: model (whole models in turn) or sequential (layer by "
                           "layer; slowest, least memory); default none")
     gen.add_argument("--no-sheet", action="store_true", help="do not write contact_sheet.png")
-    gen.add_argument("-o", dest="output", required=True, metavar="OUT", help="output folder")
+    gen.add_argument("-o", "--output", dest="output", required=True, metavar="OUT", help="output folder")
     gen.set_defaults(func=run_generate)
 
 

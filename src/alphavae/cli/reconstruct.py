@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "PNG of exactly the input size. Existing outputs and --grid images are skipped unless "
                     "--overwrite (a missing grid of an existing output is still made); no output or grid ever "
                     "replaces an input file. OUT and DIR are checked (placement, write permission) before the "
-                    "model loads. Bad inputs (missing paths, devices, folders without images, unreadable "
+                    "model loads. Bad inputs (missing paths, device files, folders without images, unreadable "
                     "images) are reported and skipped, the rest are processed; a full disk stops the run with "
                     "the summary; the exit status is 1 if any input or grid failed or the run stopped.",
     )

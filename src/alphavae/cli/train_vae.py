@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(AlphaVAE, arXiv 2507.09308, Sec. 4-5) on accelerate: CPU, one GPU, or "
                     "'accelerate launch --num_processes N $(which alphavae) train-vae ...' (several CPU processes: "
                     "'ACCELERATE_USE_CPU=true torchrun --nproc_per_node N $(which alphavae) train-vae ...'). Writes RUN_DIR/config.yaml "
-                    "(resolved), checkpoints/, validation/ (grids and metrics.jsonl: PSNR per background), TensorBoard "
+                    "(resolved), checkpoints/, validation/ (grids and metrics.jsonl: PSNR over checkerboard, black and white), TensorBoard "
                     "logs, history.jsonl and final/ (diffusers save_pretrained, safetensors).",
     )
     parser.add_argument("--config", default="vae_main",

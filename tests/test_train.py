@@ -586,14 +586,18 @@ def test_an_image_that_turns_unreadable_mid_run_is_skipped_and_reported(assets, 
     assert (tmp_path / "run" / "final" / "diffusion_pytorch_model.safetensors").is_file()
 
 
-def test_resume_keeps_a_finished_model_and_refuses_a_checkpoint_beyond_max_steps(assets, tmp_path):
+def test_resume_keeps_a_finished_model_and_refuses_a_checkpoint_beyond_max_steps(assets, tmp_path, monkeypatch):
     """--resume latest after the checkpoints were deleted trained from scratch over final/; a checkpoint beyond
-    optim.max_steps was exported as the result of fewer steps."""
+    optim.max_steps was exported as the result of fewer steps (refused before the models load)."""
+    import alphavae.train.loop
+
     overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0, "optim.max_steps": 2})
     run = tmp_path / "run"
     final = train_vae(load_config("vae_no_gan", overrides), run).final_dir
+    monkeypatch.setattr(alphavae.train.loop, "load_models", lambda *a, **k: pytest.fail("models loaded first"))
     with pytest.raises(ValueError, match=r"step-00000002 is at step 2, beyond max_steps 1; resume with max_steps"):
         train_vae(load_config("vae_no_gan", overrides + ["optim.max_steps=1"]), run, resume="latest")
+    monkeypatch.undo()
     weights = (final / "diffusion_pytorch_model.safetensors").read_bytes()
     shutil.rmtree(run / "checkpoints")
     with pytest.raises(FileExistsError, match=rf"nothing to resume: {run} holds a finished final but no checkpoint"):

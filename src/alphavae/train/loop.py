@@ -45,6 +45,7 @@ from alphavae.train.checkpoint import (
     find_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    read_state,
     save_checkpoint,
     way_back,
 )
@@ -387,10 +388,12 @@ def _check_crop_size(size: int, factor: int, objective: Objective, last_step: in
             raise ValueError(f"data.size={size} is too small for {user}: it needs at least {minimum}")
 
 
-def _restore(accelerator: Accelerator, checkpoint: Path, resume: str, run_dir: Path) -> dict:
-    """``load_checkpoint``; when ``resume`` is ``"latest"`` its ValueError also says how to fall back."""
+@contextlib.contextmanager
+def _way_back_on_error(checkpoint: Path, resume: str, run_dir: Path):
+    """Reading or restoring ``checkpoint``: when ``resume`` is ``"latest"``, a ValueError (a damaged checkpoint)
+    also says how to fall back to the one before."""
     try:
-        return load_checkpoint(accelerator, checkpoint)
+        yield
     except ValueError as err:
         if resume != "latest":
             raise
@@ -490,6 +493,11 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     io.check_writable_folder(run_dir, "the run")  # before the models load
     check_start(run_dir, resume, run_dir / "final")
     warn_long_warmup(config.optim.warmup_steps, config.optim.max_steps, ("optim.warmup_steps", "optim.max_steps"))
+    checkpoint = find_checkpoint(run_dir, resume) if resume else None
+    if checkpoint is not None:  # before the models load (train-lora checks its resume the same way)
+        with _way_back_on_error(checkpoint, resume, run_dir):
+            saved = read_state(checkpoint)
+        check_within(checkpoint, saved["step"], config.optim.max_steps)
     accum = config.optim.gradient_accumulation
     AcceleratorState._reset_state()  # a fresh mixed-precision setting per run; keeps the process group
     cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
@@ -531,11 +539,10 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         accelerator.register_for_checkpointing(ema)
 
     start_step, streak = 0, 0
-    checkpoint = find_checkpoint(run_dir, resume) if resume else None
     if checkpoint is not None:
-        state = _restore(accelerator, checkpoint, resume, run_dir)
+        with _way_back_on_error(checkpoint, resume, run_dir):
+            state = load_checkpoint(accelerator, checkpoint)
         start_step, streak = state["step"], state["nonfinite_streak"]
-        check_within(checkpoint, start_step, config.optim.max_steps)
         logger.info("resumed from %s at step %d", checkpoint, start_step)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)

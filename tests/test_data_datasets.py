@@ -13,6 +13,7 @@ from alphavae.data.datasets import (
     SubstituteUnreadable,
     crop_square,
     item_generator,
+    readable_files,
     scale_alpha,
 )
 from alphavae.io import ImageLoadError
@@ -213,3 +214,14 @@ def test_an_image_unreadable_mid_run_is_replaced_by_the_next_across_workers(file
     for path in files:
         path.unlink()
     assert SubstituteUnreadable.collate([wrapped[(0, 0)]]) == (None, [f"{p}: file not found" for p in files])
+
+
+def test_readable_files_checks_images_as_items_load_them(tmp_path, files):
+    """One scan for both trainers: an image too thin to resize (found by train-vae's decode-only scan only when
+    training met it) and an undecodable file are left out, named."""
+    strip = tmp_path / "strip.png"
+    Image.new("RGBA", (2000, 1), (255, 0, 0, 255)).save(strip)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    good, failed = readable_files(RGBADataset([*files, strip, tmp_path / "broken.png"], size=512), show_progress=False)
+    assert good == files
+    assert [message.split(":")[0] for message in failed] == [str(strip), str(tmp_path / "broken.png")]

@@ -14,15 +14,19 @@ move each batch to ``accelerator.device`` yourself.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+from tqdm.auto import tqdm
 
 from alphavae import io
 from alphavae.data.manifest import read_manifest
+
+logger = logging.getLogger(__name__)
 
 CROPS = ("random", "center", "none")
 OPAQUE_BACKGROUNDS = ("solid", "palette", "image")
@@ -265,6 +269,25 @@ class RGBADataset(Dataset):
             low = self.alpha_scale_min
             pixels = scale_alpha(pixels, low + (1.0 - low) * float(torch.rand((), generator=generator)))
         return pixels
+
+
+def readable_files(dataset: RGBADataset, *, show_progress: bool = True) -> tuple[list[Path], list[str]]:
+    """Load every image of ``dataset`` once as its items do (``RGBADataset.load``: decode, size limits, resize,
+    crop); return the files that load and ``"path: reason"`` for each other one (logged).
+
+    The training commands leave the others out before training, so a bad file cannot stop a run mid-way; every
+    process gets the same list, which keeps the data order identical across processes and resumes.
+    """
+    readable, failed = [], []
+    for index, path in enumerate(tqdm(dataset.files, desc="check images", unit="img", disable=not show_progress)):
+        try:
+            dataset.load(index, item_generator(dataset.seed, 0, index))
+        except io.ImageLoadError as err:
+            logger.error("skipping unreadable image: %s", err)
+            failed.append(str(err))
+            continue
+        readable.append(path)
+    return readable, failed
 
 
 class SubstituteUnreadable(Dataset):

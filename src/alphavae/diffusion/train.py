@@ -25,7 +25,7 @@ from diffusers.optimization import SchedulerType, get_scheduler
 from tqdm.auto import tqdm
 
 from alphavae import io
-from alphavae.data.datasets import RGBADataset, StepBatchSampler, item_generator
+from alphavae.data.datasets import RGBADataset, StepBatchSampler, item_generator, readable_files
 from alphavae.diffusion.captions import DEFAULT_PROMPT, read_caption_table, resolve_captions
 from alphavae.diffusion.flow import TimestepSampling, flow_matching_loss, sample_sigmas
 from alphavae.diffusion.lora import LORA_FILE, add_lora, lora_config, restore_lora, save_lora
@@ -189,19 +189,6 @@ class LoraTrainResult:
     failed_images: list[str]
 
 
-def _scan_images(dataset: RGBADataset) -> tuple[list[Path], list[str]]:
-    """Load every image once; return the readable files and 'path: reason' for the others."""
-    good, failed = [], []
-    for index, path in enumerate(tqdm(dataset.files, desc="check images", unit="img")):
-        try:
-            dataset.load(index, item_generator(dataset.seed, 0, index))
-            good.append(path)
-        except io.ImageLoadError as err:
-            failed.append(str(err))
-            log.error("skipping %s", err)
-    return good, failed
-
-
 RESUME_FIXED = ("rank", "alpha", "targets", "dropout", "optimizer", "learning_rate", "adam_beta1", "adam_beta2",
                 "prodigy_beta3", "weight_decay", "adam_epsilon", "lr_scheduler", "lr_warmup_steps", "batch_size",
                 "gradient_accumulation_steps", "resolution", "crop", "seed", "mixed_precision", "weighting_scheme",
@@ -277,7 +264,7 @@ class _Trainer:
         table = read_caption_table(cfg.captions) if cfg.captions else None
         options = dict(size=cfg.resolution, crop=cfg.crop, seed=cfg.seed)
         data = Path(cfg.data)
-        good, self.failed = _scan_images(RGBADataset(data, split=cfg.split, **options))
+        good, self.failed = readable_files(RGBADataset(data, split=cfg.split, **options))
         if not good:
             raise ValueError(f"{data}: no readable training images")
         self.dataset = RGBADataset(good, **options)

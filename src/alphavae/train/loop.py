@@ -36,7 +36,13 @@ from tqdm.auto import tqdm
 from alphavae import io
 from alphavae.accel import autocast_precision
 from alphavae.convert import check_rgb_counterpart, convert_to_rgba, downsampling_factor, load_autoencoder
-from alphavae.data.datasets import RGBADataset, StepBatchSampler, SubstituteUnreadable, item_generator
+from alphavae.data.datasets import (
+    RGBADataset,
+    StepBatchSampler,
+    SubstituteUnreadable,
+    item_generator,
+    readable_files,
+)
 from alphavae.eval.networks import LPIPS_MIN_SIZE
 from alphavae.losses import AutoencoderForward, Objective, PatchDiscriminator
 from alphavae.train.checkpoint import (
@@ -162,24 +168,6 @@ def split_files(data: DataConfig) -> tuple[list[Path], list[Path]]:
     return files[:cut], files[cut:]
 
 
-def readable_files(files: list[Path], *, show_progress: bool = True) -> tuple[list[Path], list[str]]:
-    """Decode every file once (``alphavae.io.load_rgba``); return the readable ones and an error per other one.
-
-    Unreadable files are logged and left out, so a bad file cannot stop a run mid-way; every process gets
-    the same list, which keeps the data order identical across processes and resumes.
-    """
-    readable, failed = [], []
-    for path in tqdm(files, desc="check images", unit="img", disable=not show_progress):
-        try:
-            io.load_rgba(path)
-        except io.ImageLoadError as err:
-            logger.error("skipping unreadable image: %s", err)
-            failed.append(str(err))
-            continue
-        readable.append(path)
-    return readable, failed
-
-
 def step_randomness(seed: int, step: int, total_rows: int, rows: slice,
                     latent_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior noise ``(rows, *latent_shape)`` and GAN backgrounds ``(rows, 3)`` in [-1, 1] for one micro-batch.
@@ -266,15 +254,20 @@ def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
     """
     data, rgb = config.data, config.model.in_channels == 3
     train_files, val_files = split_files(data)
+    train_options = dict(size=data.size, crop=data.crop, resize_short_side=data.resize_short_side,
+                         blend_prob=data.blend_prob, alpha_scale_prob=data.alpha_scale_prob,
+                         alpha_scale_min=data.alpha_scale_min, opaque=rgb, opaque_background=data.opaque_background,
+                         seed=config.seed)
+    val_options = dict(size=data.size, crop="center", resize_short_side=data.resize_short_side, opaque=rgb,
+                       seed=config.seed)
     failed: list[str] = []
     if data.check_images:
-        train_files, failed = readable_files(train_files, show_progress=accelerator.is_main_process)
-        val_files, val_failed = readable_files(val_files, show_progress=False)
-        failed += val_failed
-    dataset = RGBADataset(train_files, size=data.size, crop=data.crop, resize_short_side=data.resize_short_side,
-                          blend_prob=data.blend_prob, alpha_scale_prob=data.alpha_scale_prob,
-                          alpha_scale_min=data.alpha_scale_min, opaque=rgb,
-                          opaque_background=data.opaque_background, seed=config.seed)
+        train_files, failed = readable_files(RGBADataset(train_files, **train_options),
+                                             show_progress=accelerator.is_main_process)
+        if val_files:
+            val_files, val_failed = readable_files(RGBADataset(val_files, **val_options), show_progress=False)
+            failed += val_failed
+    dataset = RGBADataset(train_files, **train_options)
     sampler = StepBatchSampler(len(dataset), data.batch_size * accelerator.num_processes,
                                config.optim.max_steps * config.optim.gradient_accumulation, seed=config.seed,
                                start_step=start_micro_step, rank=accelerator.process_index,
@@ -283,8 +276,7 @@ def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
                         collate_fn=SubstituteUnreadable.collate)
     val_pixels = None
     if val_files and accelerator.is_main_process:
-        val_set = RGBADataset(val_files, size=data.size, crop="center", resize_short_side=data.resize_short_side,
-                              opaque=rgb, seed=config.seed)
+        val_set = RGBADataset(val_files, **val_options)
         val_pixels = torch.stack([val_set[i] for i in range(len(val_set))])
     return loader, val_pixels, failed
 

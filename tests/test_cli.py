@@ -68,6 +68,43 @@ def test_a_mistyped_option_names_the_command(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("argv", [["reconstruct", "in", "-o", "out", "--over"], ["data", "fetch", "-o", "out", "--sou", "x"],
+                                  ["eval", "--gt", "g", "--pred", "p", "-o", "out", "--prot", "clean"]])
+def test_option_abbreviations_are_refused(argv, tmp_path, monkeypatch, capsys):
+    """argparse took `--over` for `--overwrite`: an abbreviation can come to mean another option when options
+    are added, so options are spelled out; the error names the (sub)command."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    command = " ".join(argv[:2] if argv[0] == "data" else argv[:1])
+    assert capsys.readouterr().err.startswith(f"alphavae {command}: error: unrecognized arguments: --")
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_states_the_exit_statuses(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 done; 1 done, but some inputs failed" in out and "130 interrupted" in out
+
+
+@pytest.mark.parametrize("argv", [["convert", "{tmp}/missing", "{tmp}/out"],
+                                  ["reconstruct", "{tmp}/missing", "-o", "{tmp}/out"],
+                                  ["train-vae", "--config", "{tmp}/missing.yaml", "-o", "{tmp}/out"],
+                                  ["background-moments", "{tmp}/missing"],
+                                  ["latent-factors", "{tmp}/missing", "{tmp}"],
+                                  ["data", "export", "{tmp}/missing.jsonl", "--split", "test", "-o", "{tmp}/out"],
+                                  ["eval", "--gt", "{tmp}/missing", "--pred", "{tmp}", "-o", "{tmp}/out"],
+                                  ["generate", "--prompt", "a cup", "--model", "{tmp}/missing", "--vae", "{tmp}/missing",
+                                   "-o", "{tmp}/out"]])
+def test_an_error_that_ends_a_command_is_exit_status_2(argv, tmp_path, capsys):
+    """The same exit statuses in every command (`alphavae --help`): convert, reconstruct, train-vae, data,
+    latent-factors and background-moments ended errors with 1, the status of 'done, some inputs failed'."""
+    assert main([arg.format(tmp=tmp_path) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"alphavae {argv[0]}" in err and ": error: " in err and "missing" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("command", ["convert", "train-vae", "train-lora", "generate"])
 def test_an_output_below_a_file_is_refused_before_any_model_loads(command, tmp_path, capsys, monkeypatch):
     """-o under a regular file gave a raw '[Errno 20] Not a directory', in train-vae and generate only after the
@@ -93,7 +130,7 @@ def test_an_output_below_a_file_is_refused_before_any_model_loads(command, tmp_p
             "train-lora": ["--data", str(tmp_path / "data"), *models, "-o", str(out)],
             "generate": ["--prompt", "a cup", *models, "-o", str(out)]}[command]
     what = {"convert": "the converted model", "generate": "images"}.get(command, "the run")
-    assert main([command, *args]) in (1, 2)
+    assert main([command, *args]) == 2  # every command: an error that ends it is exit status 2
     err = capsys.readouterr().err
     assert err.endswith(f"{out}: cannot write {what} there ({tmp_path / 'file.png'} is not a folder)\n"), err
     assert err.count("\n") == 1, err

@@ -49,7 +49,7 @@ def test_command_prints_moments_usable_by_train_vae_and_skips_bad_files(tmp_path
     (tmp_path / "broken.png").unlink()
     assert main(["background-moments", str(tmp_path), "--limit", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 2
-    assert main(["background-moments", str(tmp_path / "missing")]) == 1
+    assert main(["background-moments", str(tmp_path / "missing")]) == 2
     assert "missing: input does not exist" in capsys.readouterr().err
 
 
@@ -66,7 +66,7 @@ def test_missing_inputs_and_empty_folders_are_skipped(tmp_path, capsys):
     assert f"skipped: {tmp_path / 'missing'}: input does not exist" in captured.err
     assert f"skipped: {tmp_path / 'empty'}: no image files in this folder" in captured.err
     assert "2 of 3 inputs failed" in captured.err
-    assert main(["background-moments", str(tmp_path / "missing"), str(tmp_path / "empty")]) == 1
+    assert main(["background-moments", str(tmp_path / "missing"), str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err == ("alphavae background-moments: error: no images "
                                        f"({tmp_path / 'missing'}: input does not exist; "
                                        f"{tmp_path / 'empty'}: no image files in this folder)\n")

@@ -88,12 +88,12 @@ def test_enough_images_are_written_without_force(tmp_path, tiny_rgba_dir, capsys
 
 
 def test_missing_vae_is_a_clear_error(tmp_path, capsys):
-    assert main(["latent-factors", str(tmp_path / "absent"), str(tmp_path)]) == 1
+    assert main(["latent-factors", str(tmp_path / "absent"), str(tmp_path)]) == 2
     assert "absent" in capsys.readouterr().err
 
 
 def test_unusable_device_is_a_clear_error(tmp_path, tiny_rgba_dir, capsys):
-    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path), "--device", "nonsense"]) == 1
+    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path), "--device", "nonsense"]) == 2
     assert "nonsense" in capsys.readouterr().err
 
 
@@ -102,19 +102,19 @@ def test_failures_are_listed_and_factors_survive_a_failed_write(tmp_path, tiny_r
     a failing --write (e.g. read-only folder) still prints the fitted factors before the error."""
     (tmp_path / "broken.png").write_bytes(b"not a png")
     Image.fromarray(np.zeros((40, 40, 4), np.uint8), "RGBA").save(tmp_path / "big.png")
-    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path), "--max-pixels", "1000"]) == 1
+    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path), "--max-pixels", "1000"]) == 2
     err = capsys.readouterr().err
     assert "broken.png" in err and "big.png" in err and "2 of 2 inputs failed" in err
 
     (tmp_path / "empty").mkdir()
-    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path / "empty")]) == 1
+    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path / "empty")]) == 2
     assert "no image files in" in capsys.readouterr().err
 
     def refuse(path, *args, **kwargs):
         raise PermissionError(f"[Errno 13] Permission denied: '{path}'")
 
     monkeypatch.setattr("alphavae.cli.latent_factors.atomic_write", refuse)
-    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path / "big.png"), "--write", "--force"]) == 1
+    assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path / "big.png"), "--write", "--force"]) == 2
     captured = capsys.readouterr()
     assert json.loads(captured.out)["images"] == 1 and "Permission denied" in captured.err
     assert "config.json was left unchanged" in captured.err  # the rewrite is atomic
@@ -131,14 +131,14 @@ def test_write_refuses_the_shipped_model_and_a_read_only_config(tmp_path, tiny_r
 
     Image.fromarray(np.zeros((16, 16, 4), np.uint8), "RGBA").save(tmp_path / "img.png")
     shipped = (DEFAULT_MODEL_DIR / "config.json").read_bytes()
-    assert main(["latent-factors", str(DEFAULT_MODEL_DIR), str(tmp_path / "img.png"), "--write", "--force"]) == 1
+    assert main(["latent-factors", str(DEFAULT_MODEL_DIR), str(tmp_path / "img.png"), "--write", "--force"]) == 2
     assert "not writing factors into the model shipped with alphavae" in capsys.readouterr().err
     assert (DEFAULT_MODEL_DIR / "config.json").read_bytes() == shipped
     linked = tmp_path / "linked"  # a copy whose config.json is a symlink to the shipped one
     linked.mkdir()
     shutil.copy(DEFAULT_MODEL_DIR / "diffusion_pytorch_model.safetensors", linked)
     (linked / "config.json").symlink_to(DEFAULT_MODEL_DIR / "config.json")
-    assert main(["latent-factors", str(linked), str(tmp_path / "img.png"), "--write", "--force"]) == 1
+    assert main(["latent-factors", str(linked), str(tmp_path / "img.png"), "--write", "--force"]) == 2
     assert "through the symlink" in capsys.readouterr().err
     assert (DEFAULT_MODEL_DIR / "config.json").read_bytes() == shipped
 
@@ -146,7 +146,7 @@ def test_write_refuses_the_shipped_model_and_a_read_only_config(tmp_path, tiny_r
     shutil.copytree(tiny_rgba_dir, vae_dir)
     (vae_dir / "config.json").chmod(0o444)  # root may write it anyway: the mode is what the user set
     before = (vae_dir / "config.json").read_bytes()
-    assert main(["latent-factors", str(vae_dir), str(tmp_path / "img.png"), "--write", "--force"]) == 1
+    assert main(["latent-factors", str(vae_dir), str(tmp_path / "img.png"), "--write", "--force"]) == 2
     captured = capsys.readouterr()
     assert "config.json is read-only; make it writable" in captured.err
     assert captured.out == ""  # refused before the fit

@@ -34,7 +34,7 @@ def test_sizes_come_back_exactly(tmp_path, tiny_rgba_dir):
         _rgba_png(tmp_path / "in" / "sub" / f"{height}x{width}.png", height, width)
     assert _run(tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--grid", tmp_path / "grids") == 0
     assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == sorted(["sub"] + [f"{h}x{w}.png" for h, w in sizes])
-    assert _run(tmp_path / "in", "-o", tmp_path / "out2", "--vae", tiny_rgba_dir, "--grid", tmp_path / "in" / "g") == 1
+    assert _run(tmp_path / "in", "-o", tmp_path / "out2", "--vae", tiny_rgba_dir, "--grid", tmp_path / "in" / "g") == 2
     for height, width in sizes:
         output = Image.open(tmp_path / "out" / "sub" / f"{height}x{width}.png")
         assert output.mode == "RGBA" and output.size == (width, height)
@@ -119,7 +119,7 @@ def test_unreadable_input_does_not_take_the_output_name(tmp_path, tiny_rgba_dir)
 
 def test_refuses_output_inside_input(tmp_path, tiny_rgba_dir, capsys):
     _rgba_png(tmp_path / "in" / "a.png", 8, 8)
-    assert _run(tmp_path / "in", "-o", tmp_path / "in" / "out", "--vae", tiny_rgba_dir) == 1
+    assert _run(tmp_path / "in", "-o", tmp_path / "in" / "out", "--vae", tiny_rgba_dir) == 2
     assert "error" in capsys.readouterr().err
     assert not (tmp_path / "in" / "out").exists()
     with pytest.raises(ValueError):
@@ -131,7 +131,7 @@ def test_missing_default_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(alphavae.vae, "DEFAULT_MODEL_DIR", tmp_path / "absent")
     _rgba_png(tmp_path / "in" / "a.png", 8, 8)
-    assert _run(tmp_path / "in", "-o", tmp_path / "out") == 1
+    assert _run(tmp_path / "in", "-o", tmp_path / "out") == 2
     assert "pass a VAE path" in capsys.readouterr().err
 
 
@@ -141,7 +141,7 @@ def test_never_overwrites_an_input_file(tmp_path, tiny_rgba_dir, capsys):
     before = image.read_bytes()
     assert _run(image, "-o", tmp_path, "--vae", tiny_rgba_dir, "--overwrite") == 1
     assert "overwrite its input" in capsys.readouterr().err and image.read_bytes() == before
-    assert _run(image, "-o", image, "--vae", tiny_rgba_dir) == 1
+    assert _run(image, "-o", image, "--vae", tiny_rgba_dir) == 2
     assert "not a folder" in capsys.readouterr().err
 
 
@@ -158,7 +158,7 @@ def test_symlinked_files_keep_their_own_names(tmp_path, tiny_rgba_dir):
 
 def test_unusable_device_is_one_line(tmp_path, tiny_rgba_dir, capsys):
     _rgba_png(tmp_path / "a.png", 8, 8)
-    assert _run(tmp_path / "a.png", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--device", "cuda:7") == 1
+    assert _run(tmp_path / "a.png", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--device", "cuda:7") == 2
     err = capsys.readouterr().err.strip()
     assert "device" in err and "\n" not in err and "Traceback" not in err
 
@@ -234,7 +234,7 @@ def test_non_regular_inputs_and_empty_folders_fail(tmp_path, tiny_rgba_dir, caps
     assert f"{tmp_path / 'in' / 'pipe.png'}: is a FIFO (named pipe)" in err
     assert f"{fifo}: input is a FIFO" in err and f"{os.devnull}: input is a character device" in err
     assert f"{tmp_path / 'empty'}: no image files in this folder" in err
-    assert _run(tmp_path / "empty", "-o", tmp_path / "out2", "--vae", tiny_rgba_dir) == 1
+    assert _run(tmp_path / "empty", "-o", tmp_path / "out2", "--vae", tiny_rgba_dir) == 2
     assert "no image files" in capsys.readouterr().err
 
 
@@ -297,7 +297,7 @@ def test_grid_folder_apart_from_the_output_folder(tmp_path, tiny_rgba_dir, capsy
     """A grid folder equal to, inside or containing OUT could replace a reconstruction: refused up front."""
     _rgba_png(tmp_path / "in" / "a.png", 8, 8)
     out = tmp_path / "work" / "out"
-    assert _run(tmp_path / "in", "-o", out, "--vae", tiny_rgba_dir, "--grid", out / grids) == 1
+    assert _run(tmp_path / "in", "-o", out, "--vae", tiny_rgba_dir, "--grid", out / grids) == 2
     err = capsys.readouterr().err.strip()
     assert f"grid folder {out / grids} {relation} the output folder {out}" in err and "\n" not in err
     assert not out.exists()
@@ -306,7 +306,7 @@ def test_grid_folder_apart_from_the_output_folder(tmp_path, tiny_rgba_dir, capsy
 def test_grid_folder_inside_an_input_folder_is_called_the_grid_folder(tmp_path, tiny_rgba_dir, capsys):
     _rgba_png(tmp_path / "in" / "a.png", 8, 8)
     grids = tmp_path / "in" / "grids"
-    assert _run(tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--grid", grids) == 1
+    assert _run(tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--grid", grids) == 2
     assert capsys.readouterr().err == (f"alphavae reconstruct: error: grid folder {grids} is inside input folder "
                                        f"{tmp_path / 'in'}; choose one outside the inputs\n")
     assert not grids.exists() and not (tmp_path / "out").exists()
@@ -339,13 +339,13 @@ def test_unwritable_output_folder_is_refused_before_the_model(tmp_path, monkeypa
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     for extra in ((), ("--grid", tmp_path / "grids")):
-        assert _run(tmp_path / "in", "-o", tmp_path / "ro", "--vae", tmp_path / "no-such-vae", *extra) == 1
+        assert _run(tmp_path / "in", "-o", tmp_path / "ro", "--vae", tmp_path / "no-such-vae", *extra) == 2
         err = capsys.readouterr().err.strip()
         assert err == f"alphavae reconstruct: error: {tmp_path / 'ro'}: cannot write outputs there (Permission denied)"
     monkeypatch.undo()
     (tmp_path / "file.txt").write_text("x")
     assert _run(tmp_path / "in", "-o", tmp_path / "out", "--vae", tmp_path / "no-such-vae",
-                "--grid", tmp_path / "file.txt" / "grids") == 1
+                "--grid", tmp_path / "file.txt" / "grids") == 2
     assert "cannot write grids there" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 

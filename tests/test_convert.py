@@ -81,7 +81,7 @@ def test_cli_convert_roundtrip(tmp_path, tiny_rgb_dir, capsys):
     pixels = torch.rand(2, 4, 16, 24) * 2 - 1
     with torch.no_grad():
         assert torch.equal(reloaded(pixels).sample, expected(pixels).sample)
-    assert main(["convert", str(tiny_rgb_dir), str(dst)]) == 1
+    assert main(["convert", str(tiny_rgb_dir), str(dst)]) == 2
     assert "exists" in capsys.readouterr().err
     assert main(["convert", str(tiny_rgb_dir), str(dst), "--overwrite", "--dtype", "bfloat16"]) == 0
     weights = load_file(dst / "diffusion_pytorch_model.safetensors")
@@ -95,10 +95,10 @@ def test_convert_pretrained_subfolder_and_errors(tmp_path, tiny_rgb_dir, capsys)
     assert json.loads((out / PROVENANCE_FILE).read_text())["subfolder"] == "vae"
     with pytest.raises(ValueError):
         convert_pretrained(pipeline, pipeline / "inside", subfolder="vae")
-    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 1
+    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
     assert "missing" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
-    assert main(["convert", str(out), str(tmp_path / "y")]) == 1
+    assert main(["convert", str(out), str(tmp_path / "y")]) == 2
     assert "already converted" in capsys.readouterr().err
 
 
@@ -125,7 +125,7 @@ def test_bad_local_sources_fail_fast_with_one_line(tmp_path, capsys, monkeypatch
                        ("empty/typo", "does not exist"),  # org/name shape, but "empty" is a local folder
                        ("empty", "config.json"), ("noweights", "weights"), ("pipe", where),
                        ("pipe/transformer", f"describes a FluxTransformer2DModel, not an AutoencoderKL ({where}")]:
-        assert main(["convert", src, "out"]) == 1
+        assert main(["convert", src, "out"]) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and src.strip("./") in err and "\n" not in err, err
     assert not (tmp_path / "out").exists()
@@ -146,7 +146,7 @@ def test_unknown_model_id_says_it_was_not_a_local_folder(tmp_path, capsys, monke
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(AutoencoderKL, "from_pretrained", offline)
-    assert main(["convert", "org/nope", "out"]) == 1
+    assert main(["convert", "org/nope", "out"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no local folder 'org/nope'" in err and "model id" in err and "\n" not in err, err
     assert err.endswith("offline, HF_HUB_OFFLINE=1 loads ids already in the hub cache without the hub client's retries)")
@@ -177,7 +177,7 @@ def test_overwrite_replaces_only_model_files(tmp_path, tiny_rgb_dir, capsys):
     (dst / "readme.md").write_text("mine")
     (dst / "config.json").write_text("{}")
     others = {k: v for k, v in _tree(dst).items() if k != "config.json"}
-    assert main(["convert", str(tiny_rgb_dir), str(dst)]) == 1
+    assert main(["convert", str(tiny_rgb_dir), str(dst)]) == 2
     err = capsys.readouterr().err
     assert "--overwrite" in err and "overwrite=True" not in err and "not empty" in err
     assert main(["convert", str(tiny_rgb_dir), str(dst), "--overwrite"]) == 0
@@ -193,7 +193,7 @@ def test_source_inside_equal_or_around_output_is_refused(tmp_path, tiny_rgb_dir,
     shutil.copytree(tiny_rgb_dir, tmp_path / "danger" / "rgbvae")
     (tmp_path / "danger" / "unrelated.txt").write_text("keep me")
     before = _tree(tmp_path)
-    assert main(["convert", "danger/rgbvae", "danger", "--overwrite"]) == 1
+    assert main(["convert", "danger/rgbvae", "danger", "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "contains the source folder" in err and "danger/rgbvae" in err and "danger " in err
     for dst, words in [("danger/rgbvae", "is the same folder as the source folder"),
@@ -211,7 +211,7 @@ def test_convert_into_current_folder(tmp_path, tiny_rgb_dir, capsys, monkeypatch
     work.mkdir()
     (work / "keep.txt").write_text("keep me")
     monkeypatch.chdir(work)
-    assert main(["convert", "../rgbvae", "."]) == 1
+    assert main(["convert", "../rgbvae", "."]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert _tree(work) == {"keep.txt": b"keep me"}
     assert main(["convert", "../rgbvae", ".", "--overwrite"]) == 0
@@ -260,7 +260,7 @@ def test_the_shipped_model_is_never_a_destination(tmp_path, tiny_rgb_dir, capsys
 
     before = _tree(DEFAULT_MODEL_DIR)
     for dst in (DEFAULT_MODEL_DIR, DEFAULT_MODEL_DIR / "sub"):
-        assert main(["convert", str(tiny_rgb_dir), str(dst), "--overwrite"]) == 1
+        assert main(["convert", str(tiny_rgb_dir), str(dst), "--overwrite"]) == 2
         assert "not writing the converted model into the model shipped with alphavae" in capsys.readouterr().err
     assert _tree(DEFAULT_MODEL_DIR) == before
 
@@ -269,7 +269,7 @@ def test_pickle_weights_and_malformed_configs_are_one_line_errors(tmp_path, caps
     """A folder with only a pickled .bin is refused before loading (a pickle can run code); config fields
     that do not build an AutoencoderKL name the folder instead of a traceback."""
     tiny_rgb_vae("sd1").save_pretrained(tmp_path / "pickled", safe_serialization=False)
-    assert main(["convert", str(tmp_path / "pickled"), str(tmp_path / "out")]) == 1
+    assert main(["convert", str(tmp_path / "pickled"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "holds pickle weights (diffusion_pytorch_model.bin)" in err and err.count("\n") == 1
     for index, (field, value, words) in enumerate([
@@ -286,7 +286,7 @@ def test_pickle_weights_and_malformed_configs_are_one_line_errors(tmp_path, caps
         tiny_rgb_vae("sd1").save_pretrained(broken)
         config = json.loads((broken / "config.json").read_text())
         (broken / "config.json").write_text(json.dumps({**config, field: value}))
-        assert main(["convert", str(broken), str(tmp_path / "out")]) == 1
+        assert main(["convert", str(broken), str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
         assert f"{broken}: {words}" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
@@ -320,7 +320,7 @@ def test_a_failed_weights_write_is_one_line_and_leaves_nothing(tmp_path, tiny_rg
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(AutoencoderKL, "save_pretrained", disk_full)
-    assert main(["convert", str(tiny_rgb_dir), str(tmp_path / "out")]) == 1
+    assert main(["convert", str(tiny_rgb_dir), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'out'}: cannot write the converted model (" in err and "No space left" in err
     assert list(tmp_path.iterdir()) == []

@@ -108,7 +108,7 @@ def test_manifest_fields_are_checked_and_a_missing_manifest_is_named_first(tmp_p
     with pytest.raises(ValueError, match=r"manifest\.jsonl:2: field 'file' must be a string, got 5"):
         read_manifest(manifest)
     out = tmp_path / "out"
-    assert main(["data", "export", str(manifest), "-o", str(out)]) == 1
+    assert main(["data", "export", str(manifest), "-o", str(out)]) == 2
     assert "manifest.jsonl:2: field 'file' must be a string" in capsys.readouterr().err and not out.exists()
     for bad, problem in [({"file": "a.png", "split": "test", "width": "64"}, "field 'width' must be an integer"),
                          ({"file": "a.png", "split": 1}, "field 'split' must be a string"),
@@ -119,7 +119,7 @@ def test_manifest_fields_are_checked_and_a_missing_manifest_is_named_first(tmp_p
         with pytest.raises(ValueError, match=problem):
             read_manifest(manifest)
     monkeypatch.chdir(data)  # output inside the current folder: the missing manifest is still reported first
-    assert main(["data", "export", "nope.jsonl", "-o", "exp4"]) == 1
+    assert main(["data", "export", "nope.jsonl", "-o", "exp4"]) == 2
     assert capsys.readouterr().err.strip() == "alphavae data export: error: nope.jsonl: manifest not found"
     with pytest.raises(FileNotFoundError, match="manifest not found"):
         read_manifest("nope.jsonl")

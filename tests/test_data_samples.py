@@ -75,7 +75,7 @@ def test_samples_licence_is_kept_or_lists_every_image_present(tmp_path, capsys):
     first = (out / "LICENSE.md").read_text()
     assert main([*samples, "--per-group", "1"]) == 0  # the same choice again: nothing changes
     assert (out / "LICENSE.md").read_text() == first
-    assert main([*samples, "--per-group", "2"]) == 1  # LICENSE.md would change: refused, nothing written
+    assert main([*samples, "--per-group", "2"]) == 2  # LICENSE.md would change: refused, nothing written
     assert "LICENSE.md: already exists and would change" in capsys.readouterr().err
     assert (out / "LICENSE.md").read_text() == first and len(list(out.rglob("*.png"))) == 1
     assert main([*samples, "--per-group", "2", "--overwrite"]) == 0
@@ -83,7 +83,7 @@ def test_samples_licence_is_kept_or_lists_every_image_present(tmp_path, capsys):
     licence = (out / "LICENSE.md").read_text()
     assert licence.count("| `images/clipart/") == 2 and all(f"sub dir/img{i}.png" in licence for i in range(2))
     (out / "LICENSE.md").write_text(licence + "edited by hand\n")
-    assert main([*samples, "--per-group", "1"]) == 1  # hand edits are not lost
+    assert main([*samples, "--per-group", "1"]) == 2  # hand edits are not lost
     assert (out / "LICENSE.md").read_text().endswith("edited by hand\n")
 
 
@@ -98,7 +98,7 @@ def test_samples_skip_an_unreadable_image_and_write_the_rest(tmp_path, capsys):
     licence = (out / "LICENSE.md").read_text()
     assert "sub dir/img1.png" in licence and "sub dir/img0.png" not in licence
     _write_data(tmp_path / "data", [_record(f"img{i}", width=48, height=48) for i in range(2)])  # source repaired
-    assert main(["data", "samples", str(manifest), "-o", str(out), "--per-group", "2"]) == 1  # LICENSE.md would change
+    assert main(["data", "samples", str(manifest), "-o", str(out), "--per-group", "2"]) == 2  # LICENSE.md would change
     assert "pass --overwrite" in capsys.readouterr().err
     assert main(["data", "samples", str(manifest), "-o", str(out), "--per-group", "2", "--overwrite"]) == 0
     assert "sub dir/img0.png" in (out / "LICENSE.md").read_text() and len(list(out.rglob("*.png"))) == 2
@@ -150,10 +150,10 @@ def test_samples_refuse_output_in_the_manifest_folder_and_a_missing_manifest(tmp
     data = tmp_path / "data"
     manifest = _write_data(data, [_record("img0")])
     before = sorted(data.rglob("*"))
-    assert main(["data", "samples", str(manifest), "-o", str(data)]) == 1
+    assert main(["data", "samples", str(manifest), "-o", str(data)]) == 2
     assert "is inside input folder" in capsys.readouterr().err
     assert sorted(data.rglob("*")) == before
-    assert main(["data", "samples", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "out")]) == 1
+    assert main(["data", "samples", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "out")]) == 2
     missing = f"alphavae data samples: error: {tmp_path / 'nope.jsonl'}: manifest not found"
     assert capsys.readouterr().err.strip() == missing
     assert not (tmp_path / "out").exists()
@@ -175,5 +175,5 @@ def test_export_copies_one_split_as_a_tree_and_keeps_existing(tmp_path):
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["emoji/a.png", "emoji/c.png"]
     assert (out / "emoji" / "a.png").read_bytes() == (data / "images" / "emoji" / "a.png").read_bytes()
     assert main(["data", "export", str(data / "manifest.jsonl"), "-o", str(out)]) == 0  # kept, no error
-    assert main(["data", "export", str(data / "manifest.jsonl"), "-o", str(data / "inside")]) == 1
-    assert main(["data", "export", str(data / "manifest.jsonl"), "--split", "nope", "-o", str(out)]) == 1
+    assert main(["data", "export", str(data / "manifest.jsonl"), "-o", str(data / "inside")]) == 2
+    assert main(["data", "export", str(data / "manifest.jsonl"), "--split", "nope", "-o", str(out)]) == 2

@@ -248,12 +248,12 @@ def test_cli_print_config_and_bad_inputs(assets, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "kl_weight: 1.0e-05" in printed and f"source: {assets / 'data'}" in printed
     assert main(["train-vae", "-o", str(assets / "data" / "run"), "--data", str(assets / "data"),
-                 "--vae", str(assets / "rgb_vae")]) == 1
+                 "--vae", str(assets / "rgb_vae")]) == 2
     assert "inside input folder" in capsys.readouterr().err
     missing = tmp_path / "no-such-data"
-    assert main(["train-vae", "-o", str(tmp_path / "run"), "--data", str(missing), "--vae", str(assets / "rgb_vae")]) == 1
+    assert main(["train-vae", "-o", str(tmp_path / "run"), "--data", str(missing), "--vae", str(assets / "rgb_vae")]) == 2
     assert f"data source {missing} (data.source / --data) does not exist" in capsys.readouterr().err
-    assert main(["train-vae", "-o", str(tmp_path / "run"), "--set", "data.alpha_scale_min=2", "--print-config"]) == 1
+    assert main(["train-vae", "-o", str(tmp_path / "run"), "--set", "data.alpha_scale_min=2", "--print-config"]) == 2
     assert "data.alpha_scale_min must be in [0, 1], got 2" in capsys.readouterr().err
 
 
@@ -466,11 +466,11 @@ def test_damaged_checkpoint_is_named_with_a_way_back(assets, tmp_path, capsys):
     args = ["train-vae", "-o", str(tmp_path / "run"), "--resume"]
     sets = [a for o in overrides for a in ("--set", o)]
     capsys.readouterr()
-    assert main(args + ["latest"] + sets) == 1
+    assert main(args + ["latest"] + sets) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"alphavae train-vae: error: {weights}: damaged checkpoint file") and err.count("\n") == 1
     assert f"delete {weights.parent} and rerun with --resume latest to continue from step-00000001" in err
-    assert main(args + [str(weights.parent)] + sets) == 1
+    assert main(args + [str(weights.parent)] + sets) == 2
     assert f"{weights}: damaged checkpoint file" in capsys.readouterr().err
 
 
@@ -608,7 +608,7 @@ def test_resume_keeps_a_finished_model_and_refuses_a_checkpoint_beyond_max_steps
 def test_run_folder_inside_the_source_vae_is_refused(assets, tmp_path, capsys):
     shutil.copytree(assets / "rgb_vae", tmp_path / "vae")
     args = ["train-vae", "--data", str(assets / "data"), "--vae", str(tmp_path / "vae"), "-o", str(tmp_path / "vae" / "run")]
-    assert main(args) == 1
+    assert main(args) == 2
     assert f"is inside input folder {tmp_path / 'vae'}" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
 

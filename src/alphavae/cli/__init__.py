@@ -1,7 +1,8 @@
 """Command-line interface: argument parsing only; every subcommand calls one public API function.
 
 Each module named in ``COMMANDS`` defines ``register(subparsers)``, which adds its subcommand(s)
-and sets ``func`` (a callable taking the parsed namespace and returning an exit status).
+and sets ``func`` (a callable taking the parsed namespace and returning an exit status, ``EXIT_STATUS``).
+Options must be spelled out: argparse's prefix matching (``--over`` for ``--overwrite``) is off.
 """
 
 from __future__ import annotations
@@ -14,6 +15,24 @@ import warnings
 
 COMMANDS: tuple[str, ...] = ("convert", "reconstruct", "latent_factors", "data", "eval", "diffusion", "train_vae",
                              "background_moments")
+
+
+#: The exit statuses every subcommand keeps to (shown by ``alphavae --help``).
+EXIT_STATUS = ("exit status: 0 done; 1 done, but some inputs failed, were skipped or refused (each listed on "
+               "stderr), or a run stopped early on a full disk; 2 an error ended the command (one 'error:' line: a "
+               "bad argument or setting, no usable input, an existing output without --overwrite, a "
+               "model that does not load, a training run aborted on non-finite losses); 130 interrupted (Ctrl-C). "
+               "Files already written are complete and kept in every case.")
+
+
+class _Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` without prefix matching of long options (``--over`` is not ``--overwrite``:
+    an abbreviation that means one option today could mean another after an option is added). Subcommand parsers
+    are of the same class."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 def positive_int(text: str) -> int:
@@ -58,16 +77,14 @@ def _int_in_range(text: str, lowest: int, *, highest: int | None = None) -> int:
     return value
 
 
-def choose_images(inputs: list[str], limit: int | None, seed: int, failed: list[str]) -> list:
-    """The image files of ``inputs`` (``alphavae.io.list_images_reporting``), sorted; at most ``limit`` of them, a
-    random subset drawn with ``seed`` (``None`` = all). A bad input (missing path, folder without images, device
-    or FIFO) is skipped and its one-line ``"<path>: <reason>"`` appended to ``failed``.
+def find_images(inputs: list[str], failed: list[str]) -> list:
+    """The image files of ``inputs`` (``alphavae.io.list_images_reporting``), as ``(path, relative path)`` pairs.
+    A bad input (missing path, folder without images, device or FIFO) is skipped and its one-line
+    ``"<path>: <reason>"`` appended to ``failed``.
 
     Raises:
         ValueError: no image file in any input (names each bad input; ``failed`` is left as it was).
     """
-    import random
-
     from alphavae.io import list_images_reporting
 
     images, bad_inputs = list_images_reporting(inputs)
@@ -75,7 +92,19 @@ def choose_images(inputs: list[str], limit: int | None, seed: int, failed: list[
     if not images:
         raise ValueError(f"no images ({'; '.join(reasons)})" if reasons else "no images")
     failed += reasons
-    paths = [path for path, _ in images]
+    return images
+
+
+def choose_images(inputs: list[str], limit: int | None, seed: int, failed: list[str]) -> list:
+    """The image files of ``inputs`` (``find_images``), sorted; at most ``limit`` of them, a random subset drawn
+    with ``seed`` (``None`` = all).
+
+    Raises:
+        ValueError: as ``find_images``.
+    """
+    import random
+
+    paths = [path for path, _ in find_images(inputs, failed)]
     return sorted(random.Random(seed).sample(paths, min(limit or len(paths), len(paths))))
 
 
@@ -120,9 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the ``alphavae`` parser with every subcommand registered."""
     from alphavae import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="alphavae",
         description="Transparent (RGBA) latent diffusion toolkit (AlphaVAE, arXiv 2507.09308).",
+        epilog=EXIT_STATUS,
     )
     parser.add_argument("--version", action="version", version=f"alphavae {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -145,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        prog = f"alphavae {args.command}"
+        prog = " ".join(["alphavae", args.command] + ([args.data_command] if "data_command" in args else []))
         if unknown:  # argparse would show the top-level usage; name the command's help instead
             print(f"{prog}: error: unrecognized arguments: {' '.join(unknown)} (see {prog} --help)", file=sys.stderr)
             return 2

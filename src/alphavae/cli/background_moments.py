@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Estimate and print the moments; 1 if any input was skipped (listed on stderr) or on error (one line, e.g.
+    """Estimate and print the moments; 1 if any input was skipped (listed on stderr), 2 on error (one line, e.g.
     when no input gives a readable image)."""
     from alphavae.losses import background_moments
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         report_skipped(prog, failed, inputs)
         print(f"{prog}: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(json.dumps({"background_mean": mean, "background_square": square, "images": count}))
     as_list = lambda values: "[" + ",".join(f"{v:.6g}" for v in values) + "]"  # noqa: E731  6 significant digits
     print(f"{prog}: for train-vae: --set 'loss.background_mean={as_list(mean)}' "

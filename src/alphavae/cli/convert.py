@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``convert_pretrained``; print the destination and invariant report.
 
-    Returns 0, or 1 on failure (one ``alphavae convert: error:`` line on stderr; messages name the
+    Returns 0, or 2 on failure (one ``alphavae convert: error:`` line on stderr; messages name the
     ``--overwrite`` flag where the library says ``overwrite=True``).
     """
     from alphavae.convert import OVERWRITE_HINT, PROVENANCE_FILE, convert_pretrained
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                                  overwrite=args.overwrite)
     except (OSError, ValueError, AssertionError) as err:
         print(f"alphavae convert: error: {str(err).replace(OVERWRITE_HINT, '--overwrite')}", file=sys.stderr)
-        return 1
+        return 2
     provenance = json.loads((dst / PROVENANCE_FILE).read_text())
     print(f"wrote RGBA VAE to {dst}")
     print(f"invariant: {json.dumps(provenance['invariant'])}")

@@ -19,7 +19,7 @@ def _fetch(args: argparse.Namespace) -> int:
                                            limit=args.limit, workers=args.workers)
     except (FetchError, ValueError) as error:
         print(f"{_prog(args)}: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     for source, counts in summarise(read_manifest(manifest)).items():
         print(f"{source}: {sum(counts.values())} images ({', '.join(f'{k} {v}' for k, v in counts.items())})")
     print(f"manifest: {manifest}")
@@ -36,7 +36,7 @@ def _samples(args: argparse.Namespace) -> int:
                                         overwrite=args.overwrite)
     except (OSError, ValueError) as error:
         print(f"{_prog(args)}: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     licence = " and LICENSE.md" if (Path(args.output) / "LICENSE.md").is_file() else ""
     print(f"{counted(len(written), 'sample')}{licence} under {args.output}")
     return _report_failures(_prog(args), failed, "chosen sample(s) were skipped")
@@ -49,7 +49,7 @@ def _export(args: argparse.Namespace) -> int:
         report = export_split(args.manifest, args.split, args.output)
     except (OSError, ValueError) as error:
         print(f"{_prog(args)}: error: {error}", file=sys.stderr)
-        return 1
+        return 2
     print(f"split {args.split}: copied {len(report.copied)} image(s), kept {len(report.skipped)} existing, "
           f"under {args.output}")
     return _report_failures(_prog(args), [f"{where}: {reason}" for where, reason in report.failed],
@@ -106,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "semi-transparency, non-square) from a manifest and write them with a LICENSE.md listing each "
         "file's package@version, licence and original path. LICENSE.md lists every image of the manifest "
         "present under OUTPUT, also those of earlier runs; an existing LICENSE.md that would change is "
-        "replaced only with --overwrite (otherwise nothing is written, exit status 1). OUTPUT must not lie "
+        "replaced only with --overwrite (otherwise nothing is written, exit status 2). OUTPUT must not lie "
         "in the manifest's folder. Unreadable images, records whose file lies outside the manifest's folder "
         "(also through a symlink) or whose original gives no file name, and a record whose output name an earlier one "
         "already takes (the first is kept) are reported and skipped, the others still written (exit status 1).",

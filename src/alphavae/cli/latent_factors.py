@@ -52,9 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Fit the factors; print them as JSON (and write them with --write); 1 if any input failed, --write
-    was refused, or on error. Skipped inputs are listed even when none could be used; the factors are
-    printed before --write touches the config, so a failed write does not lose them. --write leaves
+    """Fit the factors; print them as JSON (and write them with --write); 1 if any input failed or --write
+    was refused, 2 on an error that ended the command. Skipped inputs are listed even when none could be used; the
+    factors are printed before --write touches the config, so a failed write does not lose them. --write leaves
     config.json unchanged (and says so) on any error, when any input failed, or (without --force) when fewer
     than FEW_IMAGES were fitted."""
     import torch
@@ -78,16 +78,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"{prog}: warning: fitted on only {counted(factors['images'], 'image')}; factors from fewer than "
                   f"{FEW_IMAGES} images describe those images, not the data a diffusion model will see",
                   file=sys.stderr)
-        error = _write_refusal(args, failed, factors["images"])
+        error, status = _write_refusal(args, failed, factors["images"]), 1  # refused: the fit itself worked
         if args.write and not error:
             _write_factors(Path(args.vae) / "config.json", factors)
     except (OSError, ValueError) as err:
-        error = str(err)
+        error, status = str(err), 2
     report_skipped(prog, failed, inputs)
     if error:
         unchanged = f"; {Path(args.vae) / 'config.json'} was left unchanged" if args.write else ""
         print(f"{prog}: error: {error}{unchanged}", file=sys.stderr)
-    return 1 if failed or error else 0
+        return status
+    return 1 if failed else 0
 
 
 def _check_config_writable(config: Path, vae: str) -> None:

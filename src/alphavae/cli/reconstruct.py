@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from alphavae.accel import POLICY_NAMES
-from alphavae.cli import non_negative_int, positive_int
+from alphavae.cli import find_images, non_negative_int, positive_int
 from alphavae.io import DEFAULT_MAX_PIXELS
 
 
@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "replaces an input file. OUT and DIR are checked (placement, write permission) before the "
                     "model loads. Bad inputs (missing paths, device files, folders without images, unreadable "
                     "images) are reported and skipped, the rest are processed; a full disk stops the run with "
-                    "the summary; the exit status is 1 if any input or grid failed or the run stopped.",
+                    "the summary; the exit status is 1 if any input or grid failed or the run stopped, 2 if no "
+                    "input holds an image (said before the model loads).",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -85,6 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         check_destinations(args.inputs, args.output, args.grid)
+        find_images(args.inputs, [])  # no usable input is an error before the model loads; bad ones are reported
         vae = RGBAVAE.from_pretrained(args.vae, subfolder=args.subfolder, dtype=args.dtype, device=args.device,
                                       tile_size=args.tile_size, tile_overlap=args.tile_overlap,
                                       tile_mode=args.tile_mode)
@@ -93,6 +95,6 @@ def _run(args: argparse.Namespace) -> int:
                                    max_pixels=args.max_pixels)
     except (OSError, ValueError) as err:
         print(f"alphavae reconstruct: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 1

@@ -44,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Resolve the config, run ``train_vae``; 1 on a configuration/data error or unreadable images left out, 2 on
-    divergence, 130 on Ctrl-C (one line saying which checkpoint to resume from)."""
+    """Resolve the config, run ``train_vae``; 1 if unreadable images were left out, 2 on a configuration/data
+    error or divergence, 130 on Ctrl-C (one line saying which checkpoint to resume from)."""
     import yaml
     from accelerate import PartialState
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except (OSError, ValueError) as err:
         print(f"alphavae train-vae: error: {err}", file=sys.stderr)
-        return 1
+        return 2
     if not PartialState().is_main_process:  # the summary once, not once per process
         return 1 if result.failed_images else 0
     print(f"trained {counted(result.step, 'step')} ({result.skipped_steps} skipped as non-finite); "

@@ -22,7 +22,7 @@ from diffusers import AutoencoderKL
 
 from alphavae.convert import convert_to_rgba
 from alphavae.io import list_images, load_rgba, resize_rgba
-from alphavae.testing import flux_vae_config
+from alphavae.testing import real_vae_config
 
 IMAGE_DIRS = (Path(__file__).resolve().parents[1] / "examples" / "images", Path("/work/data/alphavae/images"))
 """Folders searched (in order) for real RGBA images used by the accuracy checks."""
@@ -103,7 +103,7 @@ def flux_rgba_vae(*, seed: int = 0) -> AutoencoderKL:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = convert_to_rgba(AutoencoderKL.from_config(flux_vae_config())).eval()
+        model = convert_to_rgba(AutoencoderKL.from_config(real_vae_config("flux"))).eval()
         with torch.no_grad():
             conv_in, conv_out = model.encoder.conv_in.weight, model.decoder.conv_out.weight
             conv_in[:, 3].copy_(torch.randn_like(conv_in[:, 3]) * conv_in[:, :3].std())

@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from alphavae.losses import AutoencoderForward, LossConfig, Objective, PatchDiscriminator, build_lpips
-from alphavae.testing import flux_vae_config
+from alphavae.testing import real_vae_config
 from benchmarks.common import alternate, count_flops, flux_rgba_vae, fresh_copy, real_images
 
 TARGET_SPEEDUP = 1.8
@@ -54,7 +54,7 @@ def run(side: int, batch: int, repeats: int, *, device: str = "cpu", autocast: t
     model = flux_rgba_vae().to(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
-        reference_vae = AutoencoderKL.from_config(flux_vae_config()).eval().to(device)
+        reference_vae = AutoencoderKL.from_config(real_vae_config("flux")).eval().to(device)
         discriminator = PatchDiscriminator().to(device)
     lpips_metric = build_lpips(random_backbone=True).to(device) if lpips else None
     pixels = real_images(batch, side).to(device)

@@ -58,14 +58,6 @@ def real_vae_config(shape: str) -> dict:
     return {**_COMMON, **_SPECIFIC[shape]}
 
 
-def flux_vae_config() -> dict:
-    """Return the real FLUX.1 VAE config (83.8 M parameters, latent 16, scaling 0.3611, shift 0.1159).
-
-    For speed/memory benchmarks with random weights. Source: FLUX.1-dev ``vae/config.json``.
-    """
-    return real_vae_config("flux")
-
-
 def tiny_vae_config(shape: str) -> dict:
     """Return a tiny config with the structure of a real VAE (see ``real_vae_config``).
 

@@ -367,10 +367,6 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         return max(0, self.num_steps - self.start_step)
 
-    def epoch_of(self, step: int) -> int:
-        """Epoch (>= 0) that global step ``step`` belongs to."""
-        return step // self.steps_per_epoch
-
     def batch(self, step: int) -> list[tuple[int, int]]:
         """This process's ``(epoch, index)`` keys for global step ``step``."""
         epoch, position = divmod(step, self.steps_per_epoch)

@@ -105,23 +105,6 @@ def csv_text(report: dict) -> str:
     return buffer.getvalue()
 
 
-def write_json(path: str | Path, report: dict, *, overwrite: bool = False) -> None:
-    """Write :func:`json_text` (atomic; nothing is written on an error).
-
-    Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
-        ValueError, TypeError: as :func:`json_text`. OSError: the file cannot be written (names it).
-    """
-    path = Path(path)
-    _write_files(path.parent, {path.name: json_text(report)}, overwrite=overwrite)
-
-
-def write_csv(path: str | Path, report: dict, *, overwrite: bool = False) -> None:
-    """Write :func:`csv_text` (atomic). Raises FileExistsError unless ``overwrite``; OSError naming the file."""
-    path = Path(path)
-    _write_files(path.parent, {path.name: csv_text(report)}, overwrite=overwrite)
-
-
 def _heat(error: torch.Tensor) -> torch.Tensor:
     """``(1, H, W)`` error in [0, 1] -> ``(3, H, W)`` black-red-yellow-white heat map in [-1, 1]."""
     e = error.clamp(0, 1)
@@ -283,12 +266,6 @@ def render_html(report: dict, worst: list[dict]) -> str:
                   f'<img alt="{html.escape(c["key"])}" src="{c["uri"]}"></div>' for c in worst]
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ALPHA benchmark</title>"
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
-
-
-def write_html(path: str | Path, report: dict, worst: list[dict], *, overwrite: bool = False) -> None:
-    """Write :func:`render_html` atomically. Raises FileExistsError unless ``overwrite``; OSError naming the file."""
-    path = Path(path)
-    _write_files(path.parent, {path.name: render_html(report, worst)}, overwrite=overwrite)
 
 
 REPORT_NAMES = ("report.json", "report.csv", "report.html")

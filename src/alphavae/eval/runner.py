@@ -246,7 +246,7 @@ def evaluate_folders(gt_dir: str | Path, pred_dir: str | Path, protocol: Protoco
         plan: ``pair_folders(gt_dir, pred_dir)`` if already made (callers pair first to fail early).
     Returns:
         ``(report, worst)`` on the main process (see :func:`build_report`; ``worst`` for
-        ``write_html``), None on other processes.
+        :func:`~alphavae.eval.report.write_reports`), None on other processes.
     Raises:
         FileNotFoundError, NotADirectoryError, ValueError: a folder does not exist, is not a folder or
             holds no images (:func:`~alphavae.eval.pairs.pair_folders`).

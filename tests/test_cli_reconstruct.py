@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from alphavae.cli import main
-from alphavae.io import load_rgba
+from alphavae.io import composite, load_rgba
 from alphavae.reconstruct import comparison_grid, reconstruct_files
 from alphavae.vae import RGBAVAE
 from fixtures_io import palette_image, write_png16
@@ -26,6 +26,25 @@ def _rgba_png(path, height, width, seed=0):
 
 def _run(*args) -> int:
     return main(["reconstruct", *map(str, args), "--quiet"])
+
+
+def test_min_side_reconstructs_small_images_on_a_canvas_at_their_own_size(tmp_path, tiny_rgba_dir):
+    """--min-side 32: the 17x33 image runs on a 32x33 transparent canvas (RGBAVAE.reconstruct(min_side=32)) and is
+    written at 17x33; the 1x1 one on 32x32."""
+    for height, width in [(17, 33), (1, 1)]:
+        _rgba_png(tmp_path / "in" / f"{height}x{width}.png", height, width)
+    assert _run(tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir, "--min-side", "32") == 0
+    vae = RGBAVAE.from_pretrained(tiny_rgba_dir)
+    for height, width in [(17, 33), (1, 1)]:
+        pixels = load_rgba(tmp_path / "in" / f"{height}x{width}.png")
+        written = load_rgba(tmp_path / "out" / f"{height}x{width}.png")
+        assert written.shape == pixels.shape
+        expected = vae.reconstruct(pixels[None], min_side=32)[0]
+        for background in ("black", "white"):  # composites: colour under alpha 0 is stored as 0 in the PNG
+            assert torch.allclose(composite(written, background), composite(expected, background), atol=3 / 127.5)
+    with pytest.raises(SystemExit) as exit_info:  # an argparse error
+        main(["reconstruct", str(tmp_path / "in"), "-o", str(tmp_path / "x"), "--min-side", "0"])
+    assert exit_info.value.code == 2
 
 
 def test_sizes_come_back_exactly(tmp_path, tiny_rgba_dir):

@@ -146,7 +146,10 @@ def test_eval_vae_with_source_reports_zero_drift_for_opaque_init(tmp_path):
         "2 predictions fully opaque (alpha 1 everywhere) where the GT has transparency: the VAE decodes no transparency")
     assert report["inputs"] == {"data": str(data), "vae": str(tmp_path / "vae"), "dtype": "float32",
                                 "dtype_policy": "float32", "tile_size": None, "tile_overlap": None,
-                                "tile_mode": None, "source_vae": str(tmp_path / "src")}
+                                "tile_mode": None, "min_side": None, "source_vae": str(tmp_path / "src")}
+    assert main(["eval-vae", "--vae", str(tmp_path / "vae"), "--data", str(data), "-o", str(tmp_path / "canvas"),
+                 "--protocol", "clean", "--min-side", "64", *NO_NETS]) == 0
+    assert json.loads((tmp_path / "canvas" / "report.json").read_text())["inputs"]["min_side"] == 64
 
 
 def test_eval_t2i(tmp_path):
@@ -516,7 +519,7 @@ def test_eval_vae_reports_a_vae_runtime_error_per_image(tmp_path, monkeypatch, c
         save_rgba(soft_rgba(16, 16, seed=n), data / f"im{n}.png")
     tiny_rgba_vae("sd1").save_pretrained(tmp_path / "vae")
 
-    def broken(self, pixels):
+    def broken(self, pixels, **options):
         raise RuntimeError("Tensor.item() cannot be called on meta tensors")
 
     monkeypatch.setattr(RGBAVAE, "reconstruct", broken)

@@ -416,6 +416,24 @@ def test_pad_modes():
         aio.crop_to(pixels, (9, 2))
 
 
+@pytest.mark.parametrize("shape", [(5, 6), (1, 9), (12, 3), (10, 10)])
+def test_pad_to_canvas_centres_the_image_on_transparent_margins(shape):
+    pixels = random_rgba(*shape)
+    padded, (top, left) = aio.pad_to_canvas(pixels, 10)
+    height, width = shape
+    assert padded.shape == (4, max(height, 10), max(width, 10))
+    assert (top, left) == ((max(10 - height, 0)) // 2, (max(10 - width, 0)) // 2)
+    assert torch.equal(padded[:, top: top + height, left: left + width], pixels)
+    margin = torch.ones(padded.shape[-2:], dtype=torch.bool)
+    margin[top: top + height, left: left + width] = False
+    assert torch.all(padded[:, margin] == -1)  # transparent black, all four channels
+    batched, _ = aio.pad_to_canvas(pixels[None], 10)
+    assert torch.equal(batched[0], padded)
+    assert aio.pad_to_canvas(pixels, 1)[0] is pixels  # nothing to pad: the input itself
+    with pytest.raises(ValueError, match="min_side must be an integer >= 1, got 0"):
+        aio.pad_to_canvas(pixels, 0)
+
+
 # ---------------------------------------------------------------- masks and ranges
 
 def test_mask_conventions_invert_both_ways():

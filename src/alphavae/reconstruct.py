@@ -93,6 +93,7 @@ class _Job:
     grid_dir: Path | None
     overwrite: bool
     max_pixels: int | None
+    min_side: int | None
     sources: set[Path]
     input_dirs: list[Path]
     report: ReconstructReport
@@ -190,7 +191,8 @@ def _write(job: _Job, batch: list[tuple[Path, Path, torch.Tensor]]) -> None:
         report.not_processed += [path for path, _, _ in batch]
         return
     try:
-        outputs = job.vae.reconstruct_images([pixels for _, _, pixels in batch], batch_size=len(batch))
+        outputs = job.vae.reconstruct_images([pixels for _, _, pixels in batch], batch_size=len(batch),
+                                             min_side=job.min_side)
     except (RuntimeError, ValueError) as err:
         if len(batch) > 1:
             for item in batch:
@@ -298,7 +300,8 @@ def check_destinations(inputs: str | os.PathLike | Iterable[str | os.PathLike], 
 def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir: str | os.PathLike, *,
                       vae: RGBAVAE, batch_size: int = 1, overwrite: bool = False,
                       grid_dir: str | os.PathLike | None = None,
-                      progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ReconstructReport:
+                      progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                      min_side: int | None = None) -> ReconstructReport:
     """Reconstruct every image of ``inputs`` through ``vae`` into ``output_dir``.
 
     Each input ``<folder>/<rel>.<ext>`` becomes ``output_dir/<rel>.png`` (a file given directly:
@@ -324,6 +327,8 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
             ``output_dir``, and apart from it (neither inside the other).
         progress: show a tqdm progress bar (images, with ETA) on stderr.
         max_pixels: largest accepted width * height per input (``alphavae.io.load_rgba``).
+        min_side: reconstruct sides shorter than this on a transparent canvas this long
+            (``RGBAVAE.reconstruct``); None: as they are.
     Returns:
         A ``ReconstructReport``; missing inputs, inputs that are neither regular files nor folders
         (devices, FIFOs), folders without images, unreadable images, name collisions (``a.jpg`` and
@@ -342,7 +347,7 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
     report = ReconstructReport()
     items, report.failed = list_images_reporting(inputs)
     job = _Job(vae=vae, output_dir=Path(output_dir), grid_dir=None if grid_dir is None else Path(grid_dir),
-               overwrite=overwrite, max_pixels=max_pixels, sources={path.resolve() for path, _ in items},
+               overwrite=overwrite, max_pixels=max_pixels, min_side=min_side, sources={path.resolve() for path, _ in items},
                input_dirs=[Path(given).resolve() for given in inputs if Path(given).is_dir()], report=report)
     batch: list[tuple[Path, Path, torch.Tensor]] = []
     for index, (path, relative) in enumerate(tqdm(items, desc="reconstruct", unit="img", disable=not progress)):

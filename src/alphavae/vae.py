@@ -24,7 +24,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from alphavae.accel import apply_policy, compute_dtype, float32_computation, resolve_policy, usable_device
 from alphavae.convert import DEFAULT_MODEL_DIR, downsampling_factor, load_autoencoder, require_channels
-from alphavae.io import check_pixels, clear_hidden_colour, pad_to_multiple
+from alphavae.io import check_pixels, clear_hidden_colour, pad_to_canvas, pad_to_multiple
 from alphavae.io.resample import _check_size
 
 _RANGE_SLACK = 1e-3
@@ -502,30 +502,39 @@ class RGBAVAE:
         return pixels if size is None else pixels[..., : size[0], : size[1]]
 
     @torch.inference_mode()
-    def reconstruct(self, pixels: torch.Tensor, *, sample: bool = False,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+    def reconstruct(self, pixels: torch.Tensor, *, sample: bool = False, generator: torch.Generator | None = None,
+                    min_side: int | None = None) -> torch.Tensor:
         """Encode and decode pixels; the output has exactly the input size (pad, run, crop; never resized).
 
         Args:
             pixels: ``(B, 4, H, W)`` straight RGBA in [-1, 1].
             sample: draw latents from the posterior (with ``generator``) instead of its mode.
+            min_side: run a side shorter than this many pixels centred on a transparent canvas that long
+                (``alphavae.io.pad_to_canvas``) and crop the result back. For models trained at one image size
+                that fail on much smaller images: alphavae-mini, trained at 256 px, leaves a 128 px image's
+                transparent background at alpha ~40/255 and is accurate with ``min_side=256`` (its card).
+                None: no canvas.
         Returns:
             ``(B, 4, H, W)`` float32 straight RGBA in [-1, 1], on the model's device.
         Raises:
-            See ``encode``.
+            ValueError: ``min_side`` not an integer >= 1; see ``encode``.
         """
+        height, width = pixels.shape[-2:]
+        top, left = 0, 0
+        if min_side is not None:
+            pixels, (top, left) = pad_to_canvas(pixels, min_side)
         posterior = self.encode(pixels)
         latents = posterior.sample(generator=generator) if sample else posterior.mode()
-        return self.decode(latents, size=tuple(pixels.shape[-2:]))
+        return self.decode(latents, size=tuple(pixels.shape[-2:]))[..., top: top + height, left: left + width]
 
     def reconstruct_images(self, images: Sequence[torch.Tensor], *, batch_size: int = 8, sample: bool = False,
-                           generator: torch.Generator | None = None) -> list[torch.Tensor]:
+                           generator: torch.Generator | None = None, min_side: int | None = None) -> list[torch.Tensor]:
         """Reconstruct a list of single images, batching same-size ones together.
 
         Args:
             images: ``(4, H, W)`` straight RGBA tensors in [-1, 1], sizes may differ.
             batch_size: at most this many same-size images per model call.
-            sample, generator: see ``reconstruct``.
+            sample, generator, min_side: see ``reconstruct``.
         Returns:
             ``(4, H, W)`` float32 reconstructions, in input order, each the size of its input.
         Raises:
@@ -543,7 +552,8 @@ class RGBAVAE:
         for indices in by_size.values():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start: start + batch_size]
-                out = self.reconstruct(torch.stack([images[i] for i in chunk]), sample=sample, generator=generator)
+                out = self.reconstruct(torch.stack([images[i] for i in chunk]), sample=sample, generator=generator,
+                                       min_side=min_side)
                 for i, image in zip(chunk, out):
                     results[i] = image
         return results

@@ -206,7 +206,7 @@ def run_eval_vae(args: argparse.Namespace) -> int:
         check_source_vae(vae, source, name=f"--source-vae {args.source_vae}")
         source = source.to(device)
     result = evaluate_vae(vae, args.data, protocol, _networks(args, device), source=source, worst_k=args.worst_k,
-                          plan=plan)
+                          plan=plan, min_side=args.min_side)
     return _finish(args, result)
 
 
@@ -259,6 +259,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="VAE speed/precision policy, as for reconstruct: float32 (exact; default, so scores do not "
                         "depend on the hardware), auto, bfloat16 (the reference's), float16, mixed-bf16")
     p.add_argument("--tile-size", type=positive_int, default=None, metavar="PX", help="VAE tile size in px for large images (default: no tiling)")
+    p.add_argument("--min-side", type=positive_int, default=None, metavar="PX",
+                   help="reconstruct images with a side shorter than PX on a transparent PX canvas, as "
+                        "`alphavae reconstruct --min-side` (recorded in the report; default: as they are)")
     _add_common(p)
     p.set_defaults(func=run_eval_vae)
 

@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "whole latent, close to an untiled run (alphavae-mini: max 0.51/255 with 256 px tiles and the default "
                              "overlap, 7.2/255 with 128 px tiles, more with smaller tiles; "
                              "~10x slower than fast); fast: every layer per tile like diffusers (seams possible)")
+    parser.add_argument("--min-side", type=positive_int, default=None, metavar="N",
+                        help="reconstruct images with a side shorter than N px centred on a transparent N px canvas "
+                             "and crop back (never resized; for models trained at one size: use 256 with the shipped "
+                             "alphavae-mini for images under 256 px, see its card); default: as they are")
     parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                         help="same-size images per model call (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs and grids")
@@ -64,10 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check OUT and DIR, load the VAE and run ``reconstruct_files``; print the summary; 0 if every input and
-    grid succeeded, 2 for --tile-overlap without --tile-size, else 1 (also for an unusable OUT or DIR, named in one
-    line before the model loads, and for a run stopped by a full disk); 130 when interrupted: finished outputs are
-    complete files, nothing partial is left."""
+    """Check OUT, DIR and the inputs, load the VAE and run ``reconstruct_files``; print the summary; 0 if every
+    input and grid succeeded, 1 if some failed or a full disk stopped the run, 2 on an error (--tile-overlap
+    without --tile-size, an unusable OUT or DIR or no image in any input, named in one line before the model
+    loads; a VAE that does not load); 130 when interrupted: finished outputs are complete files, nothing partial
+    is left."""
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -92,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
                                       tile_mode=args.tile_mode)
         report = reconstruct_files(args.inputs, args.output, vae=vae, batch_size=args.batch_size,
                                    overwrite=args.overwrite, grid_dir=args.grid, progress=not args.quiet,
-                                   max_pixels=args.max_pixels)
+                                   max_pixels=args.max_pixels, min_side=args.min_side)
     except (OSError, ValueError) as err:
         print(f"alphavae reconstruct: error: {err}", file=sys.stderr)
         return 2

@@ -301,7 +301,8 @@ def check_source_vae(vae, source, *, name: str = "source VAE") -> None:
 
 
 def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networks, *, source=None,
-                 worst_k: int = 8, plan: PairPlan | None = None) -> tuple[dict, list[dict]] | None:
+                 worst_k: int = 8, plan: PairPlan | None = None,
+                 min_side: int | None = None) -> tuple[dict, list[dict]] | None:
     """Reconstruct every image of ``data_dir`` with an RGBA VAE and benchmark the reconstructions in one run.
 
     Args:
@@ -310,10 +311,13 @@ def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networ
         protocol, networks, worst_k: as for :func:`evaluate_folders`.
         source: optional source RGB ``AutoencoderKL``; adds the ``latent_drift`` group (:func:`latent_drift`).
         plan: ``pair_folders(data_dir)`` if already made.
+        min_side: reconstruct images (after the protocol's resize) with a side shorter than this on a transparent
+            canvas (``RGBAVAE.reconstruct``); None: as they are.
     Returns:
         ``(report, worst)`` on the main process, None on others. ``report["inputs"]`` says what produced the
         scores: ``data``, ``vae`` (the folder or id it was loaded from), ``dtype`` (of most weights),
-        ``dtype_policy``, ``tile_size`` / ``tile_overlap`` / ``tile_mode`` (null untiled) and ``source_vae``.
+        ``dtype_policy``, ``tile_size`` / ``tile_overlap`` / ``tile_mode`` (null untiled), ``min_side`` and
+        ``source_vae``.
     Raises:
         FileNotFoundError, NotADirectoryError, ValueError: ``data_dir`` does not exist, is not a folder
             or holds no images.
@@ -326,7 +330,7 @@ def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networ
     def load(pair: Pair) -> tuple[torch.Tensor, torch.Tensor]:
         gt = prepare_gt(load_rgba(pair.gt), protocol)
         with torch.inference_mode():
-            pred = vae.reconstruct(gt[None].to(vae.device, vae.dtype))[0].float().cpu()
+            pred = vae.reconstruct(gt[None].to(vae.device, vae.dtype), min_side=min_side)[0].float().cpu()
         return gt, pred
 
     def drift(pair: Pair, gt: torch.Tensor) -> dict[str, dict[str, float]]:
@@ -338,7 +342,7 @@ def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networ
         return None
     model = {"vae": vae.model.config.get("_name_or_path"), "dtype": str(vae.dtype).removeprefix("torch."),
              "dtype_policy": vae.dtype_policy, "tile_size": vae.tile_size, "tile_overlap": vae.tile_overlap,
-             "tile_mode": vae.tile_mode if vae.tile_size else None,
+             "tile_mode": vae.tile_mode if vae.tile_size else None, "min_side": min_side,
              "source_vae": None if source is None else source.config.get("_name_or_path")}
     return build_report(result, protocol, plan, networks, data=data_dir, **model), result.worst.worst_first()
 

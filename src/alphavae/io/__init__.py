@@ -50,6 +50,7 @@ from alphavae.io.resample import (
     RESIZE_MODES,
     ROUND_OFF_ALPHA,
     crop_to,
+    pad_to_canvas,
     pad_to_multiple,
     resize_rgba,
     resize_short_side,
@@ -61,7 +62,7 @@ __all__ = [
     "RESIZE_MODES", "ROUND_OFF_ALPHA", "ImageLoadError", "alpha_to_mask", "alpha_unit", "atomic_write",
     "check_output_outside_inputs", "check_pixels", "check_writable_folder", "checkerboard", "clear_hidden_colour",
     "composite", "crop_to", "folder_relation", "from_pil", "from_unit", "image_extensions", "labelled_sheet", "list_images",
-    "list_images_reporting", "load_rgba", "mask_to_alpha", "pad_to_multiple", "premultiply", "read_jsonl",
+    "list_images_reporting", "load_rgba", "mask_to_alpha", "pad_to_canvas", "pad_to_multiple", "premultiply", "read_jsonl",
     "read_text_file", "resize_rgba", "resize_short_side", "save_rgba", "set_default_permissions", "sha256_file",
     "special_file_kind", "stage_file", "to_pil", "to_unit", "unpremultiply",
 ]

@@ -148,6 +148,34 @@ def pad_to_multiple(pixels: torch.Tensor, multiple: int, *,
     return _like_input(padded, pixels), (height, width)
 
 
+def pad_to_canvas(pixels: torch.Tensor, min_side: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Centre an image on a transparent canvas at least ``min_side`` pixels high and wide (sides already that
+    long are not padded); the content is not resized. Undo with ``padded[..., top:top + H, left:left + W]``.
+
+    Args:
+        pixels: ``(B, 4, H, W)`` or ``(4, H, W)`` straight RGBA in [-1, 1].
+        min_side: smallest canvas side in pixels, >= 1.
+
+    Returns:
+        ``(padded, (top, left))``: ``(..., 4, max(H, min_side), max(W, min_side))`` straight RGBA in [-1, 1],
+        the margins transparent black (all four channels -1; the input itself when nothing is padded), and the
+        offset of the original pixels in it (the smaller half of each margin goes above / to the left).
+
+    Raises:
+        TypeError, ValueError: bad pixels, or ``min_side`` not an integer >= 1.
+    """
+    check_pixels(pixels)
+    if not isinstance(min_side, int) or min_side < 1:
+        raise ValueError(f"min_side must be an integer >= 1, got {min_side!r}")
+    height, width = pixels.shape[-2:]
+    pad_h, pad_w = max(min_side - height, 0), max(min_side - width, 0)
+    if pad_h == 0 and pad_w == 0:
+        return pixels, (0, 0)
+    top, left = pad_h // 2, pad_w // 2
+    padded = F.pad(_batched(pixels), (left, pad_w - left, top, pad_h - top), mode="constant", value=-1.0)
+    return _like_input(padded, pixels), (top, left)
+
+
 def crop_to(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Crop the top-left ``(H, W)`` region: the inverse of :func:`pad_to_multiple`.
 

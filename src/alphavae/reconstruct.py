@@ -347,7 +347,8 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
     report = ReconstructReport()
     items, report.failed = list_images_reporting(inputs)
     job = _Job(vae=vae, output_dir=Path(output_dir), grid_dir=None if grid_dir is None else Path(grid_dir),
-               overwrite=overwrite, max_pixels=max_pixels, min_side=min_side, sources={path.resolve() for path, _ in items},
+               overwrite=overwrite, max_pixels=max_pixels, min_side=min_side,
+               sources={path.resolve() for path, _ in items},
                input_dirs=[Path(given).resolve() for given in inputs if Path(given).is_dir()], report=report)
     batch: list[tuple[Path, Path, torch.Tensor]] = []
     for index, (path, relative) in enumerate(tqdm(items, desc="reconstruct", unit="img", disable=not progress)):

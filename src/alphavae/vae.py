@@ -512,7 +512,7 @@ class RGBAVAE:
             min_side: run a side shorter than this many pixels centred on a transparent canvas that long
                 (``alphavae.io.pad_to_canvas``) and crop the result back. For models trained at one image size
                 that fail on much smaller images: alphavae-mini, trained at 256 px, leaves a 128 px image's
-                transparent background at alpha ~40/255 and is accurate with ``min_side=256`` (its card).
+                transparent background at alpha ~45/255 and is accurate with ``min_side=256`` (its card).
                 None: no canvas.
         Returns:
             ``(B, 4, H, W)`` float32 straight RGBA in [-1, 1], on the model's device.

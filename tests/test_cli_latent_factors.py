@@ -72,7 +72,8 @@ def test_write_of_a_small_fit_needs_force(tmp_path, tiny_rgba_dir, capsys):
     before = (vae_dir / "config.json").read_bytes()
     assert main(["latent-factors", str(vae_dir), str(images), "--write"]) == 1
     err = capsys.readouterr().err
-    assert "fitted on only 1 image;" in err and "pass --force" in err and "was left unchanged" in err
+    assert "refused: not writing factors fitted on only 1 image (fewer than 16)" in err and "pass --force" in err
+    assert "was left unchanged" in err
     assert (vae_dir / "config.json").read_bytes() == before
     assert main(["latent-factors", str(vae_dir), str(images), "--write", "--force"]) == 0
     assert "scaling_factor 0.3611 -> " in capsys.readouterr().err

@@ -336,7 +336,7 @@ def test_fitted_latent_factors_give_unit_variance_diffusion_latents():
                          for x in images])
     scaled = vae.to_diffusion_latents(latents)
     assert abs(scaled.mean().item()) < 0.05 and abs(scaled.std().item() - 1) < 0.05
-    with pytest.raises(ValueError, match="at least one image"):
+    with pytest.raises(ValueError, match="no images to fit the factors on"):
         alphavae.vae.fit_latent_factors(vae, [])
     scale_only = alphavae.vae.fit_latent_factors(vae, images, shift=False, generator=torch.Generator().manual_seed(1))
     assert scale_only["shift_factor"] == 0.0

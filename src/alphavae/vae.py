@@ -611,7 +611,7 @@ def fit_latent_factors(vae: RGBAVAE, images: Iterable[torch.Tensor], *, shift: b
             elements += latents.numel()
             count += 1
     if count == 0:
-        raise ValueError("fit_latent_factors needs at least one image")
+        raise ValueError("no images to fit the factors on")
     mean = total / elements
     std = max(squares / elements - mean * mean, 0.0) ** 0.5
     spread = std if shift else (squares / elements) ** 0.5

@@ -18,11 +18,12 @@ COMMANDS: tuple[str, ...] = ("convert", "reconstruct", "latent_factors", "data",
 
 
 #: The exit statuses every subcommand keeps to (shown by ``alphavae --help``).
-EXIT_STATUS = ("exit status: 0 done; 1 done, but some inputs failed, were skipped or refused (each listed on "
-               "stderr), or a run stopped early on a full disk; 2 an error ended the command (one 'error:' line: a "
-               "bad argument or setting, no usable input, an existing output without --overwrite, a "
-               "model that does not load, a training run aborted on non-finite losses); 130 interrupted (Ctrl-C). "
-               "Files already written are complete and kept in every case.")
+EXIT_STATUS = ("exit status: 0 done (outputs that already exist are skipped where a command's --help says so); "
+               "1 done, but some inputs failed or were refused (each listed on stderr), or a run stopped early on a "
+               "full disk; 2 an error ended the command (one 'error:' line: a bad argument or setting, no image "
+               "file in any input, an output a command will not replace without --overwrite, a model that does not "
+               "load, a training run aborted on non-finite losses); 130 interrupted (Ctrl-C). Files already "
+               "written are complete and kept in every case.")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     report_skipped(prog, failed, inputs)
     if error:
         unchanged = f"; {Path(args.vae) / 'config.json'} was left unchanged" if args.write else ""
-        print(f"{prog}: error: {error}{unchanged}", file=sys.stderr)
+        print(f"{prog}: {'refused' if status == 1 else 'error'}: {error}{unchanged}", file=sys.stderr)
         return status
     return 1 if failed else 0
 

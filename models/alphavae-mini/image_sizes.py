@@ -5,7 +5,8 @@
 Arguments as in `probe_images.py` (N default 10). Each image is resized (alpha-correct) to each short side of
 `CASES` and reconstructed whole (posterior mode, float32, no tiling), as it is or on a transparent canvas
 (`RGBAVAE.reconstruct(min_side=...)`, `alphavae reconstruct --min-side`); prints per source and case the mean
-9-background PSNR (dB, composites clamped to [0, 1] as `alphavae eval` scores them), the mean absolute alpha error,
+9-background PSNR (dB, over `alphavae.eval.backgrounds.composites`, as `alphavae eval` scores them), the mean
+absolute alpha error,
 and the mean reconstructed alpha where the input is transparent (alpha 0) and where it is opaque (alpha 1), in
 1/255 units.
 """
@@ -13,8 +14,9 @@ and the mean reconstructed alpha where the input is transparent (alpha 0) and wh
 import torch
 from probe_images import parse_args, source_images
 
+from alphavae.eval.backgrounds import composites
 from alphavae.eval.metrics import psnr
-from alphavae.io import BACKGROUNDS, composite, to_unit
+from alphavae.io import alpha_unit
 
 CASES = ((128, None), (128, 256), (256, None), (512, None), (1024, None))
 """(short side in px, ``min_side`` or None)."""
@@ -23,9 +25,8 @@ CASES = ((128, None), (128, 256), (256, None), (512, None), (1024, None))
 def scores(pixels: torch.Tensor, reconstruction: torch.Tensor) -> dict[str, float]:
     """PSNR (dB), alpha error and the alpha over transparent / opaque input pixels (1/255) of one
     ``(1, 4, H, W)`` image in [-1, 1] and its reconstruction."""
-    composites = [(to_unit(composite(x, name)).clamp(0, 1) for x in (pixels, reconstruction)) for name in BACKGROUNDS]
-    alpha, recon_alpha = to_unit(pixels[:, 3]), to_unit(reconstruction[:, 3])
-    return {"psnr": sum(psnr(*pair).item() for pair in composites) / len(BACKGROUNDS),
+    alpha, recon_alpha = alpha_unit(pixels), alpha_unit(reconstruction)
+    return {"psnr": psnr(composites(pixels)[0], composites(reconstruction)[0]).mean().item(),  # one per background
             "alpha error": (recon_alpha - alpha).abs().mean().item() * 255,
             "alpha where transparent": recon_alpha[alpha == 0].mean().item() * 255,
             "alpha where opaque": recon_alpha[alpha == 1].mean().item() * 255}

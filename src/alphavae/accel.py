@@ -134,6 +134,8 @@ def resolve_policy(name: str = "auto", device: str | torch.device = "cpu") -> Sp
         The resolved policy (never named "auto").
     Raises:
         ValueError: unknown name.
+        RuntimeError: ``device`` is a string ``torch.device`` cannot parse (e.g. "bogus"); use
+            :func:`usable_device` first for a one-line ValueError.
     """
     if name not in POLICY_NAMES:
         raise ValueError(f"unknown dtype policy {name!r}; choose one of {POLICY_NAMES}")
@@ -162,6 +164,7 @@ def autocast_precision(name: str, device: str | torch.device) -> str:
         "no", "bf16" or "fp16" (never "auto").
     Raises:
         ValueError: unknown name.
+        RuntimeError: with "auto", a ``device`` string ``torch.device`` cannot parse (:func:`resolve_policy`).
     """
     if name not in MIXED_PRECISIONS:
         raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {name!r}")

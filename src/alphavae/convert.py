@@ -481,8 +481,10 @@ def convert_pretrained(src: str | os.PathLike, dst: str | os.PathLike, *, subfol
         FileExistsError: ``dst`` is not a folder; is non-empty and not ``overwrite``; or holds, under a
             written file's name, something that is not a file, or other ``diffusion_pytorch_model*``
             weights files (raised before anything is written; the message names them).
-        OSError: the source cannot be loaded (message says what to pass), or the model cannot be written
-            (e.g. no space left; nothing is left behind).
+        OSError: the source cannot be loaded (message says what to pass; FileNotFoundError for a missing
+            local folder, config or weights), ``dst`` cannot be created or written to (checked before the
+            source loads, :func:`alphavae.io.check_writable_folder`; NotADirectoryError when a parent is a
+            file), or the model cannot be written (e.g. no space left; nothing is left behind).
         ValueError: bad dtype; ``dst`` is, lies inside or contains the local ``src`` (names both), or is the
             model shipped with alphavae (:func:`check_not_shipped`); the source is not a 3-channel
             AutoencoderKL, or its config does not build one (:func:`load_autoencoder`).

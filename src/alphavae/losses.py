@@ -286,7 +286,8 @@ class PatchDiscriminator(nn.Sequential):
         channels: width of the first layer.
         layers: number of conv+norm blocks (3 in the paper).
 
-    Input ``(B, in_channels, H, W)`` in [-1, 1] with H, W >= 32; output ``(B, 1, h, w)`` logits.
+    Input ``(B, in_channels, H, W)`` in [-1, 1]; output ``(B, 1, h, w)`` logits (h, w about H/8 - 2 with 3
+    layers). Smaller inputs leave no output pixel and raise RuntimeError: H, W >= 24 with the default 3 layers.
     """
 
     def __init__(self, in_channels: int = 4, channels: int = 64, layers: int = 3):
@@ -463,6 +464,9 @@ class Objective(nn.Module):
 
     Raises:
         ValueError: if Ref-KL is active but no reference model is given.
+        FileNotFoundError, ValueError: ``lpips_metric`` is omitted, ``lpips_weight > 0`` and
+            ``config.lpips_backbone_path`` names a file that does not exist or cannot be loaded
+            (:func:`build_lpips`; no path and no cached AlexNet only disables LPIPS, with a warning).
     """
 
     def __init__(self, config: LossConfig, *, in_channels: int = 4, reference_vae: nn.Module | None = None,
@@ -527,11 +531,12 @@ class Objective(nn.Module):
             backgrounds: ``(B, 3)`` in [-1, 1], solid backgrounds for ``disc_input="composite"``.
 
         Returns:
-            ``(loss scalar, {term name: float}, reconstruction (B, C, H, W))``; logged terms are unweighted.
+            ``(loss scalar, {term name: float}, reconstruction (B, C, H, W) float32, unclamped)``; logged terms
+            are unweighted (``lpips`` per image, without the ``3 * H * W`` factor), ``loss`` is the weighted total.
 
         Raises:
-            ValueError: the GAN is active at ``step`` but ``last_layer`` is ``None``, or ``disc_input`` is
-                ``"composite"`` and ``backgrounds`` is ``None``.
+            ValueError: the GAN is active at ``step`` and ``last_layer`` is ``None``, or (RGBA) it is active,
+                ``disc_input`` is ``"composite"`` and ``backgrounds`` is ``None``.
         """
         cfg = self.config
         if self.gan_active(step) and last_layer is None:
@@ -583,7 +588,7 @@ class Objective(nn.Module):
             ``(loss scalar, {"disc": float, "logits_real": float, "logits_fake": float})``.
 
         Raises:
-            ValueError: ``disc_input`` is ``"composite"`` and ``backgrounds`` is ``None``.
+            ValueError: (RGBA) ``disc_input`` is ``"composite"`` and ``backgrounds`` is ``None``.
         """
         real = discriminator(self._disc_view(self._visible(pixels), backgrounds)).float()
         fake = discriminator(self._disc_view(reconstruction.detach(), backgrounds)).float()

@@ -74,7 +74,9 @@ def tiny_rgb_vae(shape: str, *, seed: int = 0) -> AutoencoderKL:
 
     Args:
         shape: one of ``SHAPES``.
-        seed: torch seed for the weight initialisation (same seed, same weights).
+        seed: torch seed for the weight initialisation (same seed, same weights; the global RNG is untouched).
+    Raises:
+        ValueError: unknown shape.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -91,6 +93,8 @@ def tiny_rgba_vae(shape: str, *, seed: int = 0, random_alpha: bool = False) -> A
             for every input, ``alphavae.convert``); if True the alpha input weights of
             ``encoder.conv_in`` and the alpha output row of ``decoder.conv_out`` are random, as
             after training, so alpha output depends on the content (for tiling/metric tests).
+    Raises:
+        ValueError: unknown shape.
     """
     model = convert_to_rgba(tiny_rgb_vae(shape, seed=seed))
     if random_alpha:

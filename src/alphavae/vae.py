@@ -211,7 +211,7 @@ class RGBAVAE:
         tile_size: if set, encode/decode in overlapping tiles of this many pixels per side
             (a multiple of ``multiple``); bounds memory for huge images. None = whole image.
         tile_overlap: overlap between tiles in pixels (a multiple of ``multiple``, less than
-            ``tile_size``); None = the default of ``enable_tiling``.
+            ``tile_size``); None = the default of ``enable_tiling``. Ignored when ``tile_size`` is None.
         tile_mode: "exact" (default: whole-image GroupNorm statistics and a whole-latent mid-block; close
             to an untiled run, with small differences that shrink with the overlap) or "fast" (every layer
             per tile, like diffusers). ``enable_tiling`` documents both modes, their costs and measured errors.
@@ -258,10 +258,14 @@ class RGBAVAE:
             device: torch device for the weights (e.g. "cpu", "cuda", "cuda:1"); checked to be usable.
             tile_size, tile_overlap, tile_mode: see the class.
         Raises:
-            FileNotFoundError: ``path_or_id`` is None and the default model is not installed.
-            OSError: the model cannot be loaded (message names the path).
-            ValueError: bad dtype, an unknown or unusable device (e.g. "cuda" without a GPU), or the
-                model is not a 4-channel AutoencoderKL.
+            FileNotFoundError: ``path_or_id`` is None and the default model is not installed, or a local
+                folder, its config.json or its safetensors weights are missing
+                (``alphavae.convert.load_autoencoder``).
+            OSError: the model cannot be loaded otherwise (message names the path).
+            ValueError: bad dtype, an unknown or unusable device (e.g. "cuda" without a GPU), a config and
+                weights that do not build or match an AutoencoderKL or unusable latent factors
+                (``load_autoencoder``), a model that is not a 4-channel AutoencoderKL, or bad tile settings
+                (message prefixed with the path).
         """
         device = usable_device(device)
         policy = resolve_policy(dtype, device)
@@ -465,7 +469,9 @@ class RGBAVAE:
             ``.mean``, ``.std``, ``.kl()``), raw VAE latent space (not scaled/shifted).
         Raises:
             TypeError, ValueError: not float, not 4-D with 4 channels (3-channel RGB pixels are
-                refused: add an alpha channel), an empty batch (B = 0), or values outside [-1, 1].
+                refused: add an alpha channel), an empty batch (B = 0), NaN/inf values, or values outside
+                [-1, 1] (by more than 1e-3).
+            ValueError: the encoder output is not finite in float32 (16-bit models recompute in float32 first).
         """
         check_pixels(pixels)
         if pixels.ndim != 4 or pixels.shape[0] == 0:

@@ -79,8 +79,9 @@ def flatten(pixels: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """Composite ``pixels`` over ``background`` and return opaque RGBA (alpha = 1).
 
     ``pixels``: (4, H, W) straight RGBA in [-1, 1]; ``background``: (3, 1, 1) colour or (3, H, W) image in
-    [-1, 1]. Returns (4, H, W) float32 in [-1, 1] with the alpha channel equal to 1. Uses
-    :func:`alphavae.io.composite` (``C * a + b * (1 - a)``).
+    [-1, 1]. Returns (4, H, W) in [-1, 1], dtype of ``pixels``, with the alpha channel equal to 1. Uses
+    :func:`alphavae.io.composite` (``C * a + b * (1 - a)``), whose TypeError/ValueError it raises for bad
+    pixels or a background that does not broadcast.
     """
     rgb = io.composite(pixels, background)
     return torch.cat([rgb, torch.ones_like(rgb[:1])], dim=0)
@@ -176,8 +177,9 @@ class RGBADataset(Dataset):
     Items: ``dataset[i]`` uses the epoch set by :meth:`set_epoch` (default 0); ``dataset[(e, i)]``
     names the epoch explicitly (what :class:`StepBatchSampler` yields). Each item is a float32 tensor
     ``(4, size, size)`` straight RGBA in [-1, 1] (or ``(3, size, size)`` with ``opaque=True``).
-    Raises :class:`alphavae.io.ImageLoadError` naming the file when it cannot be read, ValueError for
-    bad arguments, IndexError for an index out of range.
+    Raises :class:`alphavae.io.ImageLoadError` naming the file when it cannot be read (or its resized size
+    would exceed ``max_pixels``), ValueError for bad arguments, a bad manifest or no images found,
+    FileNotFoundError for a missing manifest, IndexError for an index out of range.
     """
 
     def __init__(
@@ -219,7 +221,12 @@ class RGBADataset(Dataset):
         self.epoch = epoch
 
     def load(self, index: int, generator: torch.Generator) -> torch.Tensor:
-        """Load file ``index`` and return its resized, cropped straight RGBA (4, h, w) in [-1, 1]."""
+        """Load file ``index`` and return its resized, cropped straight RGBA (4, h, w) float32 in [-1, 1]
+        (``(4, size, size)`` unless ``crop="none"``); ``generator`` draws the random crop offsets.
+
+        Raises :class:`alphavae.io.ImageLoadError` when the file cannot be read or its short-side resize
+        would exceed ``max_pixels``.
+        """
         path = self.files[index]
         pixels = io.load_rgba(path, max_pixels=self.max_pixels)
         if self.resize_short_side and min(pixels.shape[1:]) != self.size:

@@ -101,6 +101,7 @@ def read_manifest_lines(path: str | Path) -> list[tuple[int, dict]]:
         FileNotFoundError: the manifest does not exist (names it).
         ValueError: the manifest is a folder or not UTF-8 text, or a line is not a JSON object with
             valid fields (names the manifest, the line and the problem).
+        OSError: the manifest cannot be read otherwise (e.g. permission denied).
     """
     records = []
     for number, record in io.read_jsonl(path, "manifest"):
@@ -125,14 +126,20 @@ def read_manifest(path: str | Path) -> list[dict]:
 
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
-    """Atomically write records as JSON lines (sorted keys) to ``path``, replacing it; returns the path."""
+    """Atomically write records as JSON lines (sorted keys) to ``path``, replacing it; returns the path.
+
+    Raises IsADirectoryError when ``path`` is a folder, TypeError for a record ``json`` cannot serialise.
+    """
     text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
     io.atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=True)
     return Path(path)
 
 
 def summarise(records: Iterable[dict]) -> dict[str, dict[str, int]]:
-    """Count images per source and split: ``{source: {split: n}}`` (sorted by source name)."""
+    """Count images per source and split: ``{source: {split: n}}`` (sorted by source name, then split).
+
+    Every record needs ``source`` and ``split`` (KeyError otherwise).
+    """
     counts: dict[str, Counter] = {}
     for record in records:
         counts.setdefault(record["source"], Counter())[record["split"]] += 1

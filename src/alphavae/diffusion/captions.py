@@ -101,6 +101,10 @@ def resolve_captions(
     as missing.
 
     Args:
+        images: the training image paths, in dataset order.
+        root: the data folder that table keys are relative to.
+        table: ``{key: caption}`` from :func:`read_caption_table`, or None (sidecars and ``fallback`` only).
+        fallback: caption of an image with neither a table entry nor a sidecar (paper: "RGBA").
         source: what ``table`` is, for messages (its path).
     Warns:
         UserWarning: some rows of ``table`` name no image of ``images``, or a file-name row names several.

@@ -421,8 +421,10 @@ def generate_from_paths(
     The device, offload and batch size are not recorded: they change pixels by rounding at most.
 
     Raises:
-        OSError, ValueError: see :func:`load_flux_pipeline`, :func:`generate_folder`; ValueError
-            also for an unknown dtype.
+        OSError, ValueError: see :func:`load_flux_pipeline`, :func:`generate_folder` and
+            :meth:`alphavae.vae.RGBAVAE.from_pretrained` (the VAE loads first); ValueError also for an
+            unknown dtype; OSError (NotADirectoryError) when ``output_dir`` cannot be written, checked before
+            any model loads (:func:`alphavae.io.check_writable_folder`).
     """
     io.check_writable_folder(output_dir, "images")  # before any model loads
     device = device or default_device()

@@ -85,12 +85,17 @@ class LoraTrainConfig:
     ``report_to`` ("tensorboard" or "none").
 
     Raises:
-        ValueError: naming every failed check: ``resolution`` not a positive multiple of 16; ``crop`` not
-            "center"/"random"; ``cache_latents`` with crop "random"; ``optimizer`` not "prodigy"/"adamw";
-            ``mixed_precision`` not "no"/"bf16"/"fp16"; ``max_steps``, ``batch_size`` or
-            ``gradient_accumulation_steps`` below 1; ``checkpoint_every`` or ``validation_every`` negative
-            or ``keep_checkpoints`` below 1; ``report_to`` not "tensorboard"/"none". Also an unknown
-            ``weighting_scheme`` (:class:`~alphavae.diffusion.flow.TimestepSampling`).
+        ValueError: first, naming every failed one of: ``resolution`` not a positive multiple of 16; ``crop``
+            not "center"/"random"; ``cache_latents`` with crop "random"; ``optimizer`` not "prodigy"/"adamw";
+            ``mixed_precision`` not "no"/"bf16"/"fp16"; ``report_to`` not "tensorboard"/"none"; ``lr_scheduler``
+            not a diffusers scheduler name (``piecewise_constant`` excluded); a blank ``instance_prompt``.
+            Then, one at a time, a number outside its range (``alphavae.train.config.check_limits``, section
+            "lora": e.g. ``rank``, ``max_steps``, ``batch_size``, ``gradient_accumulation_steps``,
+            ``keep_checkpoints``, ``validation_steps`` below 1; ``alpha``, ``learning_rate``, ``adam_epsilon``,
+            ``logit_std`` not > 0; ``dropout`` and the betas outside [0, 1); ``checkpoint_every``,
+            ``validation_every``, ``lr_warmup_steps`` negative; ``max_sequence_length`` outside [1, 512];
+            ``seed`` outside [0, 2**32)). Last, an unknown ``weighting_scheme``
+            (:class:`~alphavae.diffusion.flow.TimestepSampling`).
         TypeError: a checked setting of a type that cannot be compared (e.g. a string ``resolution``).
     """
 

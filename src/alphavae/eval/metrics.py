@@ -114,7 +114,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, y_channel: bool) -> torch.Tensor:
     ``y_channel=True`` reproduces pyiqa's default ``ssim`` metric: luma rounded to 0..255
     (:func:`luma255`), data range 255, 'valid' window, the contrast-structure term clamped
     at 0, mean over the map. ``y_channel=False`` is SSIM on the three RGB channels in [0, 1]
-    (data range 1, no rounding), averaged over channels and pixels (the clean protocol).
+    (data range 1, no rounding; same window and clamp), averaged over channels and pixels (the clean
+    protocol).
     Images smaller than :data:`SSIM_WINDOW` (11) px on a side raise (``score_pair`` leaves SSIM out for them).
 
     Args:
@@ -154,13 +155,21 @@ def _check_alpha(gt: torch.Tensor, pred: torch.Tensor) -> None:
 
 
 def alpha_mae(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """Mean absolute alpha error per image, ``(B,)`` float64 in [0, 1]; inputs ``(B, 1, H, W)`` in [0, 1]."""
+    """Mean absolute alpha error per image, ``(B,)`` float64 in [0, 1]; inputs ``(B, 1, H, W)`` in [0, 1].
+
+    Raises:
+        ValueError: shapes differ or are not ``(B, 1, H, W)``.
+    """
     _check_alpha(gt, pred)
     return (gt.double() - pred.double()).abs().mean(dim=(1, 2, 3))
 
 
 def alpha_mse(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """Mean squared alpha error per image, ``(B,)`` float64 in [0, 1]; inputs ``(B, 1, H, W)`` in [0, 1]."""
+    """Mean squared alpha error per image, ``(B,)`` float64 in [0, 1]; inputs ``(B, 1, H, W)`` in [0, 1].
+
+    Raises:
+        ValueError: shapes differ or are not ``(B, 1, H, W)``.
+    """
     _check_alpha(gt, pred)
     return ((gt.double() - pred.double()) ** 2).mean(dim=(1, 2, 3))
 
@@ -171,6 +180,9 @@ def alpha_sad(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     The /1000 follows the matting literature's reporting convention (Rhemann et al. 2009; Deep Image
     Matting), with alpha in [0, 1]; unlike MAE it grows with the image area.
     Inputs ``(B, 1, H, W)`` in [0, 1].
+
+    Raises:
+        ValueError: shapes differ or are not ``(B, 1, H, W)``.
     """
     _check_alpha(gt, pred)
     return (gt.double() - pred.double()).abs().sum(dim=(1, 2, 3)) / 1000.0
@@ -203,6 +215,8 @@ def alpha_gradient_error(gt: torch.Tensor, pred: torch.Tensor, sigma: float = GR
         sigma: derivative scale in pixels.
     Returns:
         ``(B,)`` float64, >= 0.
+    Raises:
+        ValueError: shapes differ or are not ``(B, 1, H, W)``.
     Source: Rhemann et al., CVPR 2009 (alphamatting.com); Deep Image Matting evaluation code.
     """
     _check_alpha(gt, pred)
@@ -216,6 +230,9 @@ def soft_iou(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
 
     Two all-transparent mattes (empty union) score 1.0 (perfect agreement), never NaN.
     Inputs ``(B, 1, H, W)`` alpha in [0, 1].
+
+    Raises:
+        ValueError: shapes differ or are not ``(B, 1, H, W)``.
     """
     _check_alpha(gt, pred)
     gt, pred = gt.double(), pred.double()
@@ -249,7 +266,9 @@ def edge_band(gt: torch.Tensor, low: float = 0.05, high: float = 0.95, radius: i
     """Edge band of a matte: pixels with ``low < alpha < high``, dilated by ``radius`` px (square).
 
     Args:
-        gt: ``(B, 1, H, W)`` alpha in [0, 1].
+        gt: ``(B, 1, H, W)`` float alpha in [0, 1] (not shape-checked).
+        low, high: open interval of alpha values that count as soft.
+        radius: dilation radius in px (``2 * radius + 1`` square max-pool); <= 0 means no dilation.
     Returns:
         ``(B, 1, H, W)`` float64 mask of 0/1.
     """

@@ -363,6 +363,7 @@ def write_reports(folder: str | Path, report: dict, worst: list[dict], *, overwr
 
     Raises:
         FileExistsError: a report file exists and ``overwrite`` is False (nothing is written then).
+        IsADirectoryError: a report file's name is taken by a folder (also with ``overwrite``).
         ValueError, TypeError: the report cannot be serialised (:func:`json_text`); nothing is written.
         OSError: a file cannot be written (names it; nothing is left behind).
     """

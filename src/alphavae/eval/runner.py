@@ -249,7 +249,8 @@ def evaluate_folders(gt_dir: str | Path, pred_dir: str | Path, protocol: Protoco
         :func:`~alphavae.eval.report.write_reports`), None on other processes.
     Raises:
         FileNotFoundError, NotADirectoryError, ValueError: a folder does not exist, is not a folder or
-            holds no images (:func:`~alphavae.eval.pairs.pair_folders`).
+            holds no images, or the two folders overlap (:func:`~alphavae.eval.pairs.pair_folders`; only
+            when ``plan`` is None).
     """
     plan = pair_folders(gt_dir, pred_dir) if plan is None else plan
     result = run_sharded(plan.pairs, folder_loader(protocol), protocol, networks, worst_k=worst_k)
@@ -263,8 +264,9 @@ def latent_drift(vae, source, gt: torch.Tensor) -> dict[str, float]:
 
     The GT is composited over black and over white (alpha set to 1), padded like ``RGBAVAE.encode``
     does (``alphavae.io.pad_to_multiple``, replicate), and encoded by both; reported: ``mse`` (mean
-    squared difference of the means) and ``rel_l2`` (``||mu_rgba - mu_src|| / ||mu_src||``), each averaged over the two backgrounds. An
-    unconverted model scores 0 exactly (opaque initialisation, paper Sec. 4.1).
+    squared difference of the means) and ``rel_l2`` (``||mu_rgba - mu_src|| / ||mu_src||``), each averaged
+    over the two backgrounds. A freshly converted, untrained model scores 0 (opaque initialisation, paper
+    Sec. 4.1): exactly 0 in float32 on the CPU without tiling (tiling or a 16-bit policy need not give 0).
 
     Args:
         vae: ``alphavae.vae.RGBAVAE``. source: diffusers ``AutoencoderKL`` with 3 input channels.
@@ -320,7 +322,7 @@ def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networ
         ``source_vae``.
     Raises:
         FileNotFoundError, NotADirectoryError, ValueError: ``data_dir`` does not exist, is not a folder
-            or holds no images.
+            or holds no images (only when ``plan`` is None).
         ValueError: ``source`` does not fit ``vae`` (:func:`check_source_vae`), before any image is read.
     """
     if source is not None:

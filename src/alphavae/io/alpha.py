@@ -186,7 +186,8 @@ def clear_hidden_colour(pixels: torch.Tensor) -> torch.Tensor:
         pixels: ``(B, 4, H, W)`` or ``(4, H, W)`` straight RGBA in [-1, 1].
 
     Returns:
-        Same shape, dtype and device; colour -1 wherever alpha == -1 (alpha 0 in [0, 1] space).
+        Same shape, dtype and device; colour -1 wherever alpha <= -1 (alpha 0 in [0, 1] space; values
+        below -1 count as transparent too).
 
     Raises:
         TypeError, ValueError: bad ``pixels`` (see :func:`check_pixels`).

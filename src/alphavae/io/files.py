@@ -324,6 +324,7 @@ def save_rgba(pixels: torch.Tensor, path: str | os.PathLike, *, bit_depth: int =
         ValueError: bad suffix, bit depth, shape, or NaN/inf values.
         TypeError: not a float tensor.
         FileExistsError: ``path`` exists and ``overwrite`` is False.
+        IsADirectoryError: ``path`` is a folder (also with ``overwrite``; :func:`atomic_write`).
     """
     path = Path(path)
     if path.suffix.lower() != ".png":

@@ -62,8 +62,8 @@ def resize_rgba(pixels: torch.Tensor, size: tuple[int, int], *, mode: str = "bic
         antialias: low-pass when downscaling (only used by ``bilinear`` and ``bicubic``).
 
     Returns:
-        ``(B, 4, height, width)`` (or unbatched) straight RGBA in [-1, 1], dtype of ``pixels``. The
-        input itself (a copy) when the size is unchanged.
+        ``(B, 4, height, width)`` (or unbatched) straight RGBA in [-1, 1], dtype of ``pixels``. A copy
+        of the input (values untouched, not clamped) when the size is unchanged.
 
     Raises:
         TypeError, ValueError: bad pixels, size or mode.

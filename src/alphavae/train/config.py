@@ -466,7 +466,10 @@ def load_config(name_or_path: str | os.PathLike = "vae_main", overrides: list[st
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:
-    """Write the resolved config as YAML (atomically, overwriting); returns the path."""
+    """Write the resolved config as YAML (atomically, overwriting; parent folders created); returns the path.
+
+    Raises IsADirectoryError when ``path`` is a folder, OSError when it cannot be written.
+    """
     from alphavae.io import atomic_write
 
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)

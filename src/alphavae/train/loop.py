@@ -85,8 +85,8 @@ class TrainResult:
         step: optimiser steps completed when the run returned, counted from the start of the training run
             (steps before a resume and skipped non-finite steps included): ``optim.max_steps`` after a full
             run, ``stop_after``'s step when stopped early.
-        history: one dict of mean logged values per optimiser step run here (keys as ``Objective`` logs
-            plus ``step`` and ``lr``).
+        history: one dict of mean logged values per optimiser step run here, except steps skipped for a
+            non-finite loss (keys as ``Objective`` logs plus ``step`` and ``lr``).
         final_dir: the exported ``RUN_DIR/final`` folder, or None when stopped early.
         skipped_steps: steps dropped here for a non-finite loss.
         failed_images: unreadable files ("path: reason") that were left out: by the check before training
@@ -199,7 +199,8 @@ def validate(vae: AutoencoderKL, pixels: torch.Tensor, step: int, run_dir: Path,
 
     Returns:
         ``{"val/psnr_<background>": PSNR in dB}`` (``"val/psnr_rgb"`` for RGB models), computed on
-        composites in [0, 1].
+        composites in [0, 1] from the squared error pooled over all N images (not a mean of per-image PSNR),
+        capped at 100 dB. The grid also goes to the TensorBoard tracker as ``val/grid``.
     """
     was_training = vae.training
     vae.eval()
@@ -470,8 +471,11 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         ValueError: ``run_dir`` is or lies inside the data folder (a manifest's folder for a manifest
             source) or a local ``model.vae`` / ``model.ref_vae`` folder, ``data.size`` is not a multiple of the
             VAE's downsampling or too small for an active loss term (``_check_crop_size``), the checkpoint
-            cannot be restored (``load_checkpoint``) or lies beyond ``optim.max_steps``, or bad config or inputs
-            (see ``load_models`` / ``split_files``).
+            cannot be restored (``load_checkpoint``) or lies beyond ``optim.max_steps``, the newest checkpoint
+            is damaged (``find_checkpoint``), bad config or inputs (see ``load_models`` / ``split_files``), or,
+            during the run, no training image is readable any more.
+        OSError: ``run_dir`` cannot be created or written to (NotADirectoryError when a parent is a file;
+            ``alphavae.io.check_writable_folder``), checked before the models load.
         KeyboardInterrupt: Ctrl-C; a checkpoint being written is removed (``save_checkpoint``), the earlier
             ones are complete and ``--resume latest`` continues from the newest.
     """

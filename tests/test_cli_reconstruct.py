@@ -409,3 +409,23 @@ def test_outputs_and_grids_never_land_inside_an_input_folder(tmp_path, tiny_rgba
     assert f"GRID FAILED {inputs / 'a.grid.png'}: would land inside input folder {inputs}" in err
     assert (tmp_path / "P" / "b.grid.png").is_file()
     assert sorted(p.relative_to(inputs) for p in inputs.rglob("*")) == before
+
+
+def test_readme_main_job_prints_the_documented_numbers(tmp_path, monkeypatch, capsys):
+    """The README's first command (reconstruct + eval on the bundled samples with the shipped model), run as
+    written from a folder holding ``examples``, prints the headline numbers the README quotes, digit for digit:
+    a change in numerics (model, resampling, metrics) fails here until the documentation is updated."""
+    import re
+    import shlex
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    command = readme.split("```bash\n", 1)[1].split("\n", 1)[0]
+    jobs = [shlex.split(part) for part in command.split("&&") if "bin/alphavae " in part]
+    assert [job[1] for job in jobs] == ["reconstruct", "eval"]
+    quoted = re.search(r"`(9-background PSNR [^`]+ \(micro / macro\))`", readme).group(1)
+    (tmp_path / "examples").symlink_to(root / "examples")
+    monkeypatch.chdir(tmp_path)
+    for job in jobs:
+        assert main([*job[1:], "--quiet"] if job[1] == "reconstruct" else job[1:]) == 0
+    assert quoted in capsys.readouterr().out.splitlines()

@@ -31,6 +31,9 @@ def test_csv_and_jsonl_tables(tmp_path):
     ("quoted.csv", 'file_name,caption\na.png,"two\nlines"\nb.png,\n', "quoted.csv:4: column 'caption' is empty"),
     ("header.csv", "file_name,caption\n", "header.csv: no rows"),
     ("empty.jsonl", "\n", "empty.jsonl: no rows"),
+    # a lone surrogate reached the tokenizer at the image's first draw: a TypeError traceback mid-run
+    ("surrogate.jsonl", '{"file_name": "a.png", "text": "ok"}\n{"file_name": "b.png", "text": "a cat \\ud83d"}\n',
+     'surrogate.jsonl:2: caption of \'b.png\' is not valid text (a lone UTF-16 surrogate "a cat \\ud83d")'),
 ])
 def test_table_errors_name_file_and_line(tmp_path, name, text, message):
     """Also what would train on wrong captions: lists or booleans turned into text, a repeated image whose

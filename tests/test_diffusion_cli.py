@@ -111,6 +111,22 @@ def test_train_lora_cli_ctrl_c_says_how_to_resume(trained, tmp_path, capsys, mon
                                        "command to start again\n")
 
 
+def test_train_lora_cli_ends_non_finite_runs_with_one_error_line(trained, tmp_path, capsys, monkeypatch):
+    """NonFiniteLossError (a RuntimeError) escaped the CLI as a traceback; now exit 2 with one line."""
+    from alphavae.train import NonFiniteLossError
+
+    _, flux, vae, _ = trained
+
+    def diverged(config):
+        raise NonFiniteLossError("10 consecutive steps with a non-finite loss (last: step 12); lower the learning rate")
+
+    monkeypatch.setattr("alphavae.diffusion.train.train_lora", diverged)
+    assert main(["train-lora", "--model", str(flux), "--vae", str(vae), "--data", str(tmp_path), "-o",
+                 str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == ("alphavae train-lora: error: 10 consecutive steps with a non-finite loss "
+                                       "(last: step 12); lower the learning rate\n")
+
+
 def test_generate_cli_prompts_file_errors(trained, tmp_path, capsys):
     _, flux, vae, _ = trained
     base = ["generate", "--model", str(flux), "--vae", str(vae), "-o", str(tmp_path / "out"), "--prompts-file"]
@@ -155,3 +171,35 @@ def test_generate_refuses_a_bad_lora_before_loading_flux_and_notices_a_retrained
     save_file({k: v * 2 for k, v in state.items()}, weights, metadata={"format": "pt"})  # retrained in place
     assert main(base) == 1
     assert "exists from a different request (lora_sha256: recorded" in capsys.readouterr().err
+
+
+def test_generate_cli_refuses_unfinishable_requests_in_one_line_before_loading(tmp_path, capsys):
+    """--seed 2**64-1 --n 2 failed at the second image (torch overflow, exit 1); a prompt with a lone surrogate
+    (non-UTF-8 argv bytes) crashed in the tokenizer. Both now stop before any model loads (the model is missing)."""
+    base = ["generate", "--model", str(tmp_path / "no-model"), "--vae", str(tmp_path / "no-vae"), "-o",
+            str(tmp_path / "out")]
+    assert main(base + ["--prompt", "x", "--seed", str(2**64 - 1), "--n", "2"]) == 2
+    assert capsys.readouterr().err == (
+        f"alphavae generate: error: seed {2**64 - 1} with n 2: the last image's seed (seed + n - 1 = {2**64}) is "
+        f"above {2**64 - 1}, the largest seed torch takes; lower the seed or n\n")
+    assert main(base + ["--prompt", "ok", "--prompt", "caf\udce9"]) == 2
+    assert capsys.readouterr().err == ('alphavae generate: error: prompt 2 of 2 is not valid text (a lone UTF-16 '
+                                       'surrogate "caf\\udce9")\n')
+
+
+def test_generate_cli_leaves_an_existing_contact_sheet_and_reports_it(trained, tmp_path, capsys):
+    """A second run that made images replaced contact_sheet.png silently (exit 0)."""
+    _, flux, vae, _ = trained
+    out = tmp_path / "gen"
+    base = ["generate", "--model", str(flux), "--vae", str(vae), "--steps", "1", "--size", "16x16", "--device", "cpu",
+            "--prompt", "a cup", "-o", str(out)]
+    assert main(base) == 0
+    sheet = (out / "contact_sheet.png").read_bytes()
+    capsys.readouterr()
+    assert main(base + ["--n", "2"]) == 1
+    captured = capsys.readouterr()
+    assert "wrote 1 image(s)" in captured.out and "1 refused" in captured.out
+    assert f"refused: {out / 'contact_sheet.png'}: exists; left untouched" in captured.err
+    assert (out / "contact_sheet.png").read_bytes() == sheet and (out / "p0000-s1.png").is_file()
+    assert main(base + ["--n", "3", "--no-sheet"]) == 0
+    assert (out / "contact_sheet.png").read_bytes() == sheet

@@ -245,3 +245,90 @@ def test_read_lora_names_a_missing_path_and_weights_that_are_no_lora(tmp_path):
     (tmp_path / "garbage.safetensors").write_bytes(b"not safetensors at all")
     with pytest.raises(OSError, match=r"garbage\.safetensors: cannot read LoRA weights: "):
         read_lora(tmp_path / "garbage.safetensors")
+
+
+def _fake_generation(monkeypatch):
+    """Replace the FLUX call by random pixels of the requested size; returns a fake pipeline for generate_folder."""
+    from alphavae.diffusion import pipeline
+
+    def fake(pipe, vae, prompts, seeds, *, height, width, **options):
+        return torch.rand(len(prompts), 4, height, width) * 2 - 1
+
+    monkeypatch.setattr(pipeline, "generate_rgba", fake)
+    return SimpleNamespace(vae_scale_factor=8)
+
+
+def test_contact_sheet_holds_a_bounded_number_of_small_tiles(tmp_path, monkeypatch):
+    """The sheet kept every generated image at full size (1000 images of 1024 px: ~48 GB) in 4 columns; now it
+    keeps the first SHEET_LIMIT images shrunk to at most SHEET_TILE px, SHEET_COLUMNS per row."""
+    from alphavae.diffusion import pipeline
+
+    fake = _fake_generation(monkeypatch)
+    stacked = []
+    real_sheet = pipeline.contact_sheet
+    monkeypatch.setattr(pipeline, "contact_sheet", lambda pixels, **kw: stacked.append(pixels) or real_sheet(pixels, **kw))
+    report = generate_folder(fake, None, ["a", "b"], tmp_path, n=40, height=20, width=300, batch_size=7,
+                             progress=False)
+    assert len(report.written) == 80 and not report.refused
+    (pixels,) = stacked
+    assert pixels.shape == (64, 4, 17, 256)  # SHEET_LIMIT tiles of at most SHEET_TILE px
+    with Image.open(tmp_path / "contact_sheet.png") as sheet:
+        assert sheet.size == (8 * (256 + 2) + 2, 8 * (17 + 2) + 2)
+    batch = torch.rand(3, 4, 20, 30) * 2 - 1
+    tile = pipeline.sheet_tile(batch[1])  # small: kept as is, but as a copy that does not hold the whole batch
+    assert torch.equal(tile, batch[1]) and tile.untyped_storage().nbytes() == 4 * 20 * 30 * 4
+
+
+def test_an_existing_contact_sheet_is_refused_not_overwritten(tmp_path, monkeypatch):
+    """contact_sheet.png was replaced silently although existing files are left untouched and refused."""
+    fake = _fake_generation(monkeypatch)
+    (tmp_path / "contact_sheet.png").write_bytes(b"someone's sheet")
+    kwargs = {"height": 16, "width": 16, "progress": False}
+    report = generate_folder(fake, None, ["a cup"], tmp_path, **kwargs)
+    assert report.written == [str(tmp_path / "p0000-s0.png")]
+    assert report.refused == [(f"{tmp_path / 'contact_sheet.png'}: exists; left untouched: delete it, pass "
+                               "--no-sheet (sheet=False) or choose another output folder")]
+    assert (tmp_path / "contact_sheet.png").read_bytes() == b"someone's sheet"
+    assert not generate_folder(fake, None, ["a cup"], tmp_path, **kwargs).refused  # nothing made: no sheet to write
+    assert not generate_folder(fake, None, ["a cup"], tmp_path, n=2, sheet=False, **kwargs).refused
+
+
+def test_requests_that_cannot_finish_are_refused_before_generating(tmp_path, monkeypatch):
+    """seed + n - 1 above 2**64 - 1 failed at the image past the limit; a lone surrogate crashed the tokenizer."""
+    fake, MAX_SEED = _fake_generation(monkeypatch), 2**64 - 1
+    with pytest.raises(ValueError, match=rf"^seed {MAX_SEED} with n 2: the last image's seed \(seed \+ n - 1 = "
+                                         rf"{MAX_SEED + 1}\) is above {MAX_SEED}"):
+        generate_folder(fake, None, ["a"], tmp_path, seed=MAX_SEED, n=2, progress=False)
+    with pytest.raises(ValueError, match=r'^prompt 2 of 2 is not valid text \(a lone UTF-16 surrogate "caf\\udce9"\)$'):
+        generate_folder(fake, None, ["a", "caf\udce9"], tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())
+    from alphavae.diffusion.pipeline import check_request
+
+    check_request(["", "ok"], n=2, seed=MAX_SEED - 1)  # the last seed is MAX_SEED; an empty prompt stays allowed
+
+
+def test_identical_lora_weights_save_to_identical_bytes(tmp_path):
+    """safetensors wrote its metadata in a random (Rust HashMap) order, so generate's lora_sha256 of an
+    identical LoRA saved twice could differ and its outputs were refused."""
+    import safetensors
+    from diffusers import FluxTransformer2DModel
+
+    from alphavae.diffusion.lora import LORA_FILE, add_lora, lora_config, save_lora
+    from alphavae.diffusion.pipeline import _lora_digest, read_lora
+    from alphavae.testing_flux import tiny_flux_pipeline
+
+    transformer = FluxTransformer2DModel.from_config(tiny_flux_pipeline().transformer.config)
+    add_lora(transformer, lora_config(rank=4, alpha=2))
+    folders = [save_lora(transformer, tmp_path / f"run{k}") for k in range(8)]
+    assert len({(folder / LORA_FILE).read_bytes() for folder in folders}) == 1
+    assert len({_lora_digest(folder) for folder in folders}) == 1
+    data = (folders[0] / LORA_FILE).read_bytes()
+    header = json.loads(data[8: 8 + int.from_bytes(data[:8], "little")])
+    assert list(header["__metadata__"]) == ["format", "lora_adapter_metadata"]  # sorted, in the bytes
+    with safetensors.safe_open(folders[0] / LORA_FILE, "pt") as file:
+        assert file.metadata() == header["__metadata__"]
+    assert json.loads(header["__metadata__"]["lora_adapter_metadata"])["transformer.lora_alpha"] == 2
+    state = read_lora(folders[0])
+    for key, layer in (("transformer_blocks.0.attn.to_q", transformer.transformer_blocks[0].attn.to_q),
+                       ("single_transformer_blocks.0.proj_out", transformer.single_transformer_blocks[0].proj_out)):
+        assert torch.equal(state[f"transformer.{key}.lora_A.weight"], layer.lora_A["default"].weight)  # data intact

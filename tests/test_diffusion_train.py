@@ -216,6 +216,10 @@ def test_a_warmup_longer_than_the_run_is_warned(setup, monkeypatch):
     (dict(lr_scheduler="bogus"), r"^lr_scheduler must be one of \[.*'constant'.*\]$"),
     (dict(lr_scheduler="piecewise_constant"), r"^lr_scheduler must be one of"),  # needs step_rules
     (dict(instance_prompt=" "), r"^instance_prompt must not be blank$"),
+    # lone surrogates (a JSON/YAML "\ud83d" escape) crashed the tokenizer mid-run or, in validation, at the end
+    (dict(instance_prompt="a \ud83d"), r'^instance_prompt is not valid text \(a lone UTF-16 surrogate "a \\ud83d"\)$'),
+    (dict(validation_prompts=["a cup", "b \udc00"]), r"^validation_prompts\[1\] is not valid text"),
+    (dict(max_nonfinite=0), r"^max_nonfinite must be >= 1, got 0$"),
 ])
 def test_config_validation(setup, bad, message):
     with pytest.raises(ValueError, match=message):
@@ -266,3 +270,57 @@ def test_hidden_colour_under_zero_alpha_does_not_change_training(setup, tmp_path
         config = _config(setup, f"hidden{k}", data=str(folder), batch_size=1, max_steps=1, cache_latents=True)
         losses.append(train_lora(config).losses)
     assert losses[0] == losses[1]
+
+
+def _nan_from(monkeypatch, bad_micro_steps):
+    """Make the loss NaN (still back-propagated through the LoRA) at the given micro-steps."""
+    from alphavae.diffusion import train as lora_train
+
+    original = lora_train._Trainer.loss
+
+    def loss(self, keys, micro_step):
+        value = original(self, keys, micro_step)
+        return value * float("nan") if micro_step in bad_micro_steps else value
+
+    monkeypatch.setattr(lora_train._Trainer, "loss", loss)
+
+
+def test_a_non_finite_step_is_skipped(setup, monkeypatch):
+    """A NaN loss used to be stepped: NaN LoRA weights, NaN checkpoints rotating out good ones, "final loss nan"."""
+    _nan_from(monkeypatch, {1})
+    result = train_lora(_config(setup, "nan-once", optimizer="adamw", learning_rate=1e-2, checkpoint_every=1,
+                                keep_checkpoints=5))
+    assert sorted(result.losses) == [1, 3, 4] and result.nonfinite_steps == 1
+    weights = {step: load_file(result.lora_dir / "checkpoints" / f"step-{step:08d}" / LORA_FILE) for step in (1, 2, 3)}
+    final = load_file(result.lora_dir / LORA_FILE)
+    assert all(torch.isfinite(value).all() for value in final.values())
+    assert all(torch.equal(weights[1][k], weights[2][k]) for k in final)  # no optimiser step at step 2
+    assert not all(torch.equal(weights[2][k], weights[3][k]) for k in final)
+
+
+def test_consecutive_non_finite_steps_end_the_run(setup, monkeypatch):
+    from alphavae.train import NonFiniteLossError
+
+    _nan_from(monkeypatch, {1, 2, 3})
+    with pytest.raises(NonFiniteLossError, match=r"^2 consecutive steps with a non-finite loss \(last: step 3\); "
+                                                 r"lower the learning rate"):
+        train_lora(_config(setup, "nan-always", max_nonfinite=2))
+    assert not (setup[0] / "nan-always" / LORA_FILE).exists()
+
+
+def test_a_resume_that_changes_max_steps_under_a_decaying_schedule_is_refused(setup, monkeypatch):
+    """A resume to a larger max_steps restarted a linear decay: lr 0 at the old end, then back up."""
+    train_lora(_config(setup, "decay", max_steps=2, lr_scheduler="linear", optimizer="adamw", learning_rate=1e-3))
+    monkeypatch.setattr(RGBAVAE, "from_pretrained", lambda *a, **k: pytest.fail("models loaded before the refusal"))
+    with pytest.raises(ValueError, match=r"step-00000002: saved by a run of max_steps 2, this resume asks for "
+                                         r"max_steps 5; lr_scheduler 'linear' .* keep --max-steps 2, or train with a "
+                                         r"constant lr_scheduler"):
+        train_lora(_config(setup, "decay", max_steps=5, resume="latest", lr_scheduler="linear", optimizer="adamw",
+                           learning_rate=1e-3))
+
+
+def test_a_missing_data_path_is_named(setup):
+    """A misspelled --data was reported as "output folder ... is inside input folder <its parent>"."""
+    missing = setup[0] / "dta"
+    with pytest.raises(FileNotFoundError, match=f"^{missing}: training data not found"):
+        train_lora(_config(setup, "typo", data=str(missing)))

@@ -96,9 +96,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "generate", help="generate transparent PNGs with FLUX + an RGBA VAE",
         description="Text-to-image with a FLUX pipeline whose latents are decoded by the RGBA VAE: writes "
                     "4-channel straight-alpha PNGs p<prompt index>-s<seed>.png (e.g. p0000-s0.png), generations.jsonl and contact_sheet.png "
-                    "(over a checkerboard). An existing file is skipped when its record in generations.jsonl "
-                    "shows the same request (prompt, seed, size, steps, guidance, models, dtypes); otherwise it is "
-                    "left untouched and reported as refused (exit status 1). Sizes that are not multiples of 16 are "
+                    # pipeline.SHEET_LIMIT, SHEET_TILE, SHEET_COLUMNS (not imported: --help loads no diffusers)
+                    "(the first 64 images this run makes, shrunk to at most 256 px, "
+                    "8 per row, over a checkerboard). An existing file is skipped when its record in "
+                    "generations.jsonl shows the same request (prompt, seed, size, steps, guidance, models, dtypes); "
+                    "otherwise it is left untouched and reported as refused (exit status 1). An existing "
+                    "contact_sheet.png is likewise left untouched and refused when this run makes images (use "
+                    "--no-sheet to leave it). Sizes that are not multiples of 16 are "
                     "generated at the size rounded up and centre-cropped back to the requested size.",
     )
     gen.add_argument("--model", required=True, help="local diffusers FLUX folder, or a hub id (online, or offline "
@@ -110,7 +114,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--prompt", action="append", help="prompt (repeatable)")
     source.add_argument("--prompts-file", help="text file, one prompt per line ('#' comments)")
     gen.add_argument("--n", type=positive_int, default=1, help="images per prompt (default 1)")
-    gen.add_argument("--seed", type=seed, default=0, help="base seed >= 0; image k of a prompt uses seed+k (default 0)")
+    gen.add_argument("--seed", type=seed, default=0,
+                     help="base seed >= 0; image k of a prompt uses seed+k, at most 2**64 - 1 (default 0)")
     gen.add_argument("--size", default="1024x1024", help="WIDTHxHEIGHT in pixels (default 1024x1024)")
     gen.add_argument("--steps", type=positive_int, default=28, help="denoising steps (default 28)")
     gen.add_argument("--guidance", type=finite_float, default=3.5, help="FLUX embedded guidance (default 3.5)")
@@ -124,7 +129,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
                      help="CPU offload for large models: model (whole models in turn) or sequential (layer by "
                           "layer; slowest, least memory); default none")
-    gen.add_argument("--no-sheet", action="store_true", help="do not write contact_sheet.png")
+    gen.add_argument("--no-sheet", action="store_true",
+                     help="do not write contact_sheet.png (nor refuse an existing one)")
     gen.add_argument("-o", "--output", dest="output", required=True, metavar="OUT", help="output folder")
     gen.set_defaults(func=run_generate)
 
@@ -133,6 +139,7 @@ def run_train(args: argparse.Namespace) -> int:
     """Build the config (YAML, then flags), train; 0 on success, 1 if images were skipped, 2 on errors, 130 on
     Ctrl-C (one line saying which checkpoint to resume from)."""
     from alphavae.diffusion.train import LoraTrainConfig, train_lora
+    from alphavae.train import NonFiniteLossError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = {name: getattr(args, name) for _, name, _ in _TRAIN_FLAGS if getattr(args, name) is not None}
@@ -147,7 +154,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     try:
         result = train_lora(config)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, NonFiniteLossError) as err:
         print(f"alphavae train-lora: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -158,6 +165,9 @@ def run_train(args: argparse.Namespace) -> int:
     if not PartialState().is_main_process:  # the summary once, not once per process
         return 1 if result.failed_images else 0
     print(f"wrote LoRA to {result.lora_dir}; final loss {result.losses.get(max(result.losses, default=0), 'n/a')}")
+    if result.nonfinite_steps:
+        print(f"alphavae train-lora: warning: {result.nonfinite_steps} step(s) skipped for a non-finite loss",
+              file=sys.stderr)
     for failure in result.failed_images:
         print(f"skipped: {failure}", file=sys.stderr)
     return 1 if result.failed_images else 0

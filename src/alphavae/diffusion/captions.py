@@ -48,7 +48,8 @@ def read_caption_table(path: str | Path) -> dict[str, str]:
     Raises:
         CaptionError: unknown extension, a folder, bytes that are not UTF-8, bad JSON, no rows, an image
             given twice, or a row without an image or caption field, or with a blank or non-text one (a JSON
-            list, number, ...); the message names the file and line.
+            list, number, ...), or a caption that is not valid text (a lone UTF-16 surrogate, e.g. JSON
+            ``"\\ud83d"``, which no tokenizer takes); the message names the file and line.
         FileNotFoundError: the file does not exist. OSError: it cannot be read otherwise.
     """
     path = Path(path)
@@ -67,10 +68,18 @@ def read_caption_table(path: str | Path) -> dict[str, str]:
         image = _pick(row, _FILE_KEYS, where)
         if image in lines:
             raise CaptionError(f"{where}: image {image!r} is given twice (also on line {lines[image]})")
-        table[image], lines[image] = _pick(row, _TEXT_KEYS, where).strip(), line
+        table[image], lines[image] = _text(_pick(row, _TEXT_KEYS, where), f"{where}: caption of {image!r}"), line
     if not table:
         raise CaptionError(f"{path}: no rows (a header and one row per image: file_name,caption)")
     return table
+
+
+def _text(caption: str, where: str) -> str:
+    """``caption`` stripped; CaptionError starting with ``where`` when it is not valid text (``io.check_text``)."""
+    try:
+        return io.check_text(caption, where).strip()
+    except ValueError as err:
+        raise CaptionError(str(err)) from None
 
 
 def _read(path: Path, reader):

@@ -7,12 +7,13 @@ with the adapter metadata), loadable by ``FluxPipeline.load_lora_weights``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from alphavae.io import set_default_permissions
+from alphavae.io import atomic_write, set_default_permissions
 
 if TYPE_CHECKING:  # diffusers and peft are imported where they are used, so the CLI's --help does not load them
     from diffusers import FluxTransformer2DModel
@@ -83,7 +84,9 @@ def save_lora(transformer: FluxTransformer2DModel, folder: str | Path) -> Path:
     """Write the adapter as a diffusers LoRA folder with its peft metadata; returns the folder.
 
     The metadata (``transformer_lora_adapter_metadata``: rank, alpha, targets) makes a reload scale
-    exactly alpha / r; without it diffusers guesses alpha = r.
+    exactly alpha / r; without it diffusers guesses alpha = r. The file's bytes depend only on the weights and
+    the config (:func:`canonical_safetensors`), so a digest of the file (``generate``'s ``lora_sha256``) matches
+    for identical LoRAs saved by different runs.
     """
     from diffusers import FluxPipeline
     from peft.utils import get_peft_model_state_dict
@@ -94,8 +97,37 @@ def save_lora(transformer: FluxTransformer2DModel, folder: str | Path) -> Path:
         folder, transformer_lora_layers=get_peft_model_state_dict(transformer, adapter_name=ADAPTER),
         transformer_lora_adapter_metadata=metadata,
     )
+    canonical_safetensors(folder / LORA_FILE)
     set_default_permissions(folder / LORA_FILE)  # only the file written here; the folder is the caller's
     return folder
+
+
+def canonical_safetensors(path: str | Path) -> None:
+    """Rewrite a ``.safetensors`` file (atomically) so that equal contents give equal bytes.
+
+    safetensors writes its ``__metadata__`` strings in the order of a Rust ``HashMap``, which changes from call
+    to call; here the header is rewritten with ``__metadata__`` first, its keys sorted, then the tensor entries in
+    the order of their data (``data_offsets``), as compact JSON padded with spaces to a multiple of 8 bytes. The
+    tensor data is copied unchanged (offsets count from the end of the header, so they stay valid).
+
+    Raises:
+        OSError: the file cannot be read or replaced.
+        ValueError: the file is not safetensors (header length or JSON broken).
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8: 8 + length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a safetensors file (bad header: {err})") from None
+    metadata = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(metadata.items()))} if metadata is not None else {}
+    ordered |= dict(sorted(header.items(), key=lambda item: (item[1]["data_offsets"], item[0])))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    rewritten = len(text).to_bytes(8, "little") + text + data[8 + length:]
+    atomic_write(path, lambda temp: temp.write_bytes(rewritten), overwrite=True)
 
 
 def restore_lora(transformer: FluxTransformer2DModel, folder: str | Path) -> None:

@@ -39,6 +39,7 @@ from alphavae.train.checkpoint import (
     save_checkpoint,
 )
 from alphavae.train.config import build_dataclass, check_limits, read_yaml, warn_long_warmup
+from alphavae.train.loop import NonFiniteLossError
 from alphavae.vae import RGBAVAE
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 _DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # diffusers' get_scheduler names, less piecewise_constant (its step_rules have no setting here)
 _SCHEDULERS = frozenset(kind.value for kind in SchedulerType) - {"piecewise_constant"}
+# schedulers whose learning rate does not depend on max_steps (a resume may change max_steps with these)
+_STEP_FREE_SCHEDULERS = frozenset({"constant", "constant_with_warmup"})
 
 
 @dataclass
@@ -82,18 +85,23 @@ class LoraTrainConfig:
     ``keep_checkpoints`` (newest kept), ``resume`` (None, "latest" or a checkpoint folder),
     ``validation_prompts`` rendered over a checkerboard every ``validation_every`` steps (0 = only
     at the end) with ``validation_steps`` denoising steps and ``validation_guidance``,
-    ``report_to`` ("tensorboard" or "none").
+    ``report_to`` ("tensorboard" or "none"), ``max_nonfinite``: a step whose loss is NaN/inf on any process
+    is skipped on all (no optimiser or scheduler step, logged as a warning, left out of the losses), and this
+    many skipped in a row end the run with :class:`~alphavae.train.NonFiniteLossError` (as ``train-vae``).
 
     Raises:
         ValueError: first, naming every failed one of: ``resolution`` not a positive multiple of 16; ``crop``
             not "center"/"random"; ``cache_latents`` with crop "random"; ``optimizer`` not "prodigy"/"adamw";
             ``mixed_precision`` not "no"/"bf16"/"fp16"; ``report_to`` not "tensorboard"/"none"; ``lr_scheduler``
             not a diffusers scheduler name (``piecewise_constant`` excluded); a blank ``instance_prompt``.
+            Then an ``instance_prompt`` or ``validation_prompts`` entry that is not valid text (a lone UTF-16
+            surrogate, e.g. from a JSON or YAML ``"\\ud83d"`` escape; named as ``validation_prompts[k]``).
             Then, one at a time, a number outside its range (``alphavae.train.config.check_limits``, section
             "lora": e.g. ``rank``, ``max_steps``, ``batch_size``, ``gradient_accumulation_steps``,
             ``keep_checkpoints``, ``validation_steps`` below 1; ``alpha``, ``learning_rate``, ``adam_epsilon``,
             ``logit_std`` not > 0; ``dropout`` and the betas outside [0, 1); ``checkpoint_every``,
-            ``validation_every``, ``lr_warmup_steps`` negative; ``max_sequence_length`` outside [1, 512];
+            ``validation_every``, ``lr_warmup_steps`` negative; ``max_nonfinite`` below 1; ``max_sequence_length``
+            outside [1, 512];
             ``seed`` outside [0, 2**32)). Last, an unknown ``weighting_scheme``
             (:class:`~alphavae.diffusion.flow.TimestepSampling`).
         TypeError: a checked setting of a type that cannot be compared (e.g. a string ``resolution``).
@@ -145,6 +153,7 @@ class LoraTrainConfig:
     validation_steps: int = 28
     validation_guidance: float = 3.5
     report_to: str = "tensorboard"
+    max_nonfinite: int = 10
 
     def __post_init__(self) -> None:
         checks = {
@@ -161,6 +170,9 @@ class LoraTrainConfig:
         bad = [message for message, ok in checks.items() if not ok]
         if bad:
             raise ValueError("; ".join(bad))
+        io.check_text(self.instance_prompt, "instance_prompt")
+        for k, prompt in enumerate(self.validation_prompts):
+            io.check_text(prompt, f"validation_prompts[{k}]")
         check_limits("lora", self, prefix="")
         TimestepSampling(self.weighting_scheme, self.logit_mean, self.logit_std, self.mode_scale)
 
@@ -187,11 +199,13 @@ class LoraTrainConfig:
 
 @dataclass
 class LoraTrainResult:
-    """What :func:`train_lora` did: loss per optimizer step (1-based), output LoRA folder, skipped images."""
+    """What :func:`train_lora` did: loss per optimizer step (1-based; steps skipped for a non-finite loss left
+    out), output LoRA folder, skipped images, and the number of steps skipped for a non-finite loss."""
 
     losses: dict[int, float]
     lora_dir: Path
     failed_images: list[str]
+    nonfinite_steps: int = 0
 
 
 RESUME_FIXED = ("rank", "alpha", "targets", "dropout", "optimizer", "learning_rate", "adam_beta1", "adam_beta2",
@@ -200,7 +214,8 @@ RESUME_FIXED = ("rank", "alpha", "targets", "dropout", "optimizer", "learning_ra
                 "logit_mean", "logit_std", "mode_scale", "guidance")
 """Settings a checkpoint records and a resume must repeat: the adapter's shape and scale, the optimiser and its
 schedule (a resume keeps the saved optimiser state and learning rate whatever is asked), and what decides the
-batches and noise. ``max_steps``, checkpointing, validation and logging may change."""
+batches and noise. Checkpointing, validation and logging may change, and ``max_steps`` with a constant learning
+rate (:func:`_check_same_schedule`)."""
 
 
 def _check_same_settings(checkpoint: Path, saved: dict | None, cfg: LoraTrainConfig) -> None:
@@ -216,6 +231,40 @@ def _check_same_settings(checkpoint: Path, saved: dict | None, cfg: LoraTrainCon
         raise ValueError(f"{checkpoint}: saved with other settings than this run's ({'; '.join(changed)}); a resume "
                          "keeps the saved adapter, optimiser and schedule, so repeat the saved settings, or start a "
                          "new output folder")
+
+
+def _check_same_schedule(checkpoint: Path, saved_max_steps: int | None, cfg: LoraTrainConfig) -> None:
+    """Raise ValueError when a resume changes ``max_steps`` (from ``saved_max_steps``, the run's that saved
+    ``checkpoint``) under a learning-rate schedule that depends on it (every ``lr_scheduler`` but "constant" and
+    "constant_with_warmup"): the restored schedule would jump, e.g. from a decayed 0 back up. Checkpoints that
+    did not record ``max_steps`` pass with a warning."""
+    if cfg.lr_scheduler in _STEP_FREE_SCHEDULERS or saved_max_steps == cfg.max_steps:
+        return
+    if saved_max_steps is None:
+        log.warning("%s does not record its run's max_steps: if this resume changes it, the %s learning-rate "
+                    "schedule jumps; keep --max-steps unchanged", checkpoint, cfg.lr_scheduler)
+        return
+    raise ValueError(f"{checkpoint}: saved by a run of max_steps {saved_max_steps}, this resume asks for max_steps "
+                     f"{cfg.max_steps}; lr_scheduler {cfg.lr_scheduler!r} is laid out over max_steps, so its learning "
+                     f"rate would jump; keep --max-steps {saved_max_steps}, or train with a constant lr_scheduler "
+                     "(constant, constant_with_warmup) to be able to extend a run")
+
+
+def _next_streak(streak: int, loss: float | None, step: int, limit: int) -> int:
+    """The count of consecutive non-finite steps once step ``step`` (1-based) had ``loss`` (None: non-finite,
+    skipped; logged as a warning).
+
+    Raises:
+        NonFiniteLossError: the count reaches ``limit`` (``max_nonfinite``), naming the step.
+    """
+    if loss is not None:
+        return 0
+    streak += 1
+    log.warning("step %d: non-finite loss, step skipped (%d in a row)", step, streak)
+    if streak >= limit:
+        raise NonFiniteLossError(f"{streak} consecutive steps with a non-finite loss (last: step {step}); lower the "
+                                 "learning rate, use bf16 instead of fp16, or check the data")
+    return streak
 
 
 def _make_optimizer(cfg: LoraTrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -235,7 +284,7 @@ class _Trainer:
     """One run's state: models, data, caches and the step function (see :func:`train_lora`)."""
 
     def __init__(self, cfg: LoraTrainConfig) -> None:
-        self.cfg, self.out = cfg, Path(cfg.output_dir)
+        self.cfg, self.out, self.streak = cfg, Path(cfg.output_dir), 0
         self.acc = Accelerator(
             mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             log_with=None if cfg.report_to == "none" else cfg.report_to,
@@ -334,10 +383,33 @@ class _Trainer:
         io.save_rgba(contact_sheet(pixels), folder / "checkerboard.png", overwrite=True)
 
     def checkpoint(self, step: int) -> None:
-        """Save ``checkpoints/step-N`` (accelerate state, LoRA, and the settings a resume must keep);
-        keep the newest ``keep_checkpoints``."""
+        """Save ``checkpoints/step-N`` (accelerate state, LoRA, the settings a resume must keep, ``max_steps`` and
+        the non-finite streak); keep the newest ``keep_checkpoints``."""
         settings = {key: getattr(self.cfg, key) for key in RESUME_FIXED}
-        save_checkpoint(self.acc, self.out, {"step": step, "settings": settings}, self.cfg.keep_checkpoints)
+        state = {"step": step, "settings": settings, "max_steps": self.cfg.max_steps, "nonfinite_streak": self.streak}
+        save_checkpoint(self.acc, self.out, state, self.cfg.keep_checkpoints)
+
+    def train_step(self, step: int, sampler: StepBatchSampler, optimizer, scheduler) -> float | None:
+        """Optimizer step ``step`` (0-based) over ``gradient_accumulation_steps`` micro-batches: the loss averaged
+        over micro-batches and processes, or None when it was NaN/inf on some process in some micro-batch. The
+        processes decide that together (``accelerator.reduce``), and then none steps the optimizer or scheduler:
+        the step's gradients are dropped and a non-finite micro-batch is not back-propagated."""
+        acc, accum, finite, total = self.acc, self.cfg.gradient_accumulation_steps, True, 0.0
+        for micro in range(step * accum, (step + 1) * accum):
+            with acc.accumulate(self.model):
+                loss = self.loss(sampler.batch(micro), micro)
+                micro_finite = bool(acc.reduce(torch.isfinite(loss.detach()).float(), "sum") == acc.num_processes)
+                finite &= micro_finite
+                if micro_finite:
+                    acc.backward(loss)
+                if finite:
+                    if acc.sync_gradients and self.cfg.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                optimizer.zero_grad()
+            total += acc.gather(loss.detach()).mean().item() / accum
+        return total if finite else None
 
     def run(self, resume: Path | None) -> LoraTrainResult:
         """Train from the start (``resume`` None) or the checkpoint ``resume`` to ``max_steps``; save the LoRA and
@@ -351,7 +423,8 @@ class _Trainer:
         acc.register_load_state_pre_hook(self.load_hook)
         start = 0
         if resume:
-            start = load_checkpoint(acc, resume)["step"]
+            state = load_checkpoint(acc, resume)
+            start, self.streak = state["step"], state.get("nonfinite_streak", 0)
             log.info("resumed from %s at step %d", resume, start)
         if acc.is_main_process and cfg.report_to != "none":
             acc.init_trackers("alphavae-lora")
@@ -363,20 +436,12 @@ class _Trainer:
         bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train-lora",
                    disable=not acc.is_local_main_process)
         for step in bar:
-            total = 0.0
-            for micro in range(step * accum, (step + 1) * accum):
-                with acc.accumulate(self.model):
-                    loss = self.loss(sampler.batch(micro), micro)
-                    acc.backward(loss)
-                    if acc.sync_gradients and cfg.max_grad_norm > 0:
-                        acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                total += acc.gather(loss.detach()).mean().item() / accum
-            losses[step + 1] = total
-            bar.set_postfix(loss=f"{total:.4f}")
-            acc.log({"loss": total, "lr": scheduler.get_last_lr()[0]}, step=step + 1)
+            total = self.train_step(step, sampler, optimizer, scheduler)
+            self.streak = _next_streak(self.streak, total, step + 1, cfg.max_nonfinite)
+            if total is not None:
+                losses[step + 1] = total
+                bar.set_postfix(loss=f"{total:.4f}")
+                acc.log({"loss": total, "lr": scheduler.get_last_lr()[0]}, step=step + 1)
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
                 self.checkpoint(step + 1)
             if cfg.validation_every and (step + 1) % cfg.validation_every == 0:
@@ -390,7 +455,7 @@ class _Trainer:
         if not cfg.validation_every or cfg.max_steps % cfg.validation_every:
             self.validate(cfg.max_steps)
         acc.end_training()
-        return LoraTrainResult(losses, self.out, self.failed)
+        return LoraTrainResult(losses, self.out, self.failed, cfg.max_steps - start - len(losses))
 
 
 def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
@@ -405,14 +470,18 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
     Raises:
         FileExistsError: the output already holds a LoRA or checkpoints and ``resume`` is not set, or a LoRA but no
             checkpoint and ``resume`` is "latest".
-        FileNotFoundError: ``resume`` names a folder that is not a checkpoint.
-        ValueError: a resumed checkpoint beyond ``max_steps`` or saved with other :data:`RESUME_FIXED` settings,
+        FileNotFoundError: ``data`` does not exist, or ``resume`` names a folder that is not a checkpoint.
+        ValueError: a resumed checkpoint beyond ``max_steps`` or saved with other :data:`RESUME_FIXED` settings, or
+            by a run of another ``max_steps`` under a schedule that depends on it (all but constant ones),
             output inside the data, FLUX model or VAE folder, no readable images, fewer images than one
             global batch, bad settings, or a caption table none of whose rows names a training image.
         OSError: model or VAE cannot be loaded.
+        NonFiniteLossError: ``max_nonfinite`` consecutive steps had a NaN/inf loss (a RuntimeError).
     """
     out = Path(cfg.output_dir)
     data = Path(cfg.data)  # a manifest's images lie in its folder
+    if not data.exists():  # before the folder checks, which would blame its parent
+        raise FileNotFoundError(f"{data}: training data not found (give an image folder or a manifest .jsonl)")
     io.check_output_outside_inputs(out, [data if data.is_dir() else data.parent, cfg.model, cfg.vae])  # ids: no folder
     if (out / LORA_FILE).exists() and cfg.resume is None:
         raise FileExistsError(f"{out / LORA_FILE} already exists: resume it (--resume latest) or choose another output")
@@ -424,4 +493,5 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
         saved = read_state(resume)
         check_within(resume, saved["step"], cfg.max_steps)
         _check_same_settings(resume, saved.get("settings"), cfg)
+        _check_same_schedule(resume, saved.get("max_steps"), cfg)
     return _Trainer(cfg).run(resume)

@@ -23,8 +23,8 @@ from alphavae.eval.networks import LPIPS_MIN_SIZE, FeatureSet, Networks, clip_sc
 from alphavae.eval.pairs import Pair, PairPlan, check_apart, pair_folders
 from alphavae.eval.protocols import Protocol, prepare_gt, score_pair
 from alphavae.eval.report import ALPHA_BLIND_NOTE, WorstImages, counted
-from alphavae.io import (DEFAULT_MAX_PIXELS, ImageLoadError, composite, image_extensions, load_rgba, pad_to_multiple,
-                         read_jsonl, read_text_file)
+from alphavae.io import (DEFAULT_MAX_PIXELS, ImageLoadError, check_text, composite, image_extensions, load_rgba,
+                         pad_to_multiple, read_jsonl, read_text_file)
 
 log = logging.getLogger(__name__)
 
@@ -376,12 +376,7 @@ def _prompt_entry(where: str, key: object, prompt: object) -> tuple[str, str]:
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"{where}: key {key!r} has no prompt (got {json.dumps(prompt)}; a prompt is a non-empty "
                          "string)")
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError:  # JSON escapes such as "\ud800" give lone surrogates, which no tokenizer takes
-        raise ValueError(f"{where}: key {key!r} has a prompt that is not valid text (a lone UTF-16 surrogate "
-                         f"{json.dumps(prompt)})") from None
-    return key, prompt
+    return key, check_text(prompt, f"{where}: key {key!r} has a prompt that")
 
 
 def _file_key(file: object) -> object:

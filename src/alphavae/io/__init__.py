@@ -29,6 +29,7 @@ from alphavae.io.files import (
     ImageLoadError,
     atomic_write,
     check_output_outside_inputs,
+    check_text,
     check_writable_folder,
     folder_relation,
     from_pil,
@@ -60,9 +61,9 @@ from alphavae.io.sheets import labelled_sheet
 __all__ = [
     "BACKGROUNDS", "CHECKER_DARK", "CHECKER_LIGHT", "DEFAULT_MAX_PIXELS", "PAD_MODES", "PREVIEW_BACKGROUNDS",
     "RESIZE_MODES", "ROUND_OFF_ALPHA", "ImageLoadError", "alpha_to_mask", "alpha_unit", "atomic_write",
-    "check_output_outside_inputs", "check_pixels", "check_writable_folder", "checkerboard", "clear_hidden_colour",
-    "composite", "crop_to", "folder_relation", "from_pil", "from_unit", "image_extensions", "labelled_sheet", "list_images",
-    "list_images_reporting", "load_rgba", "mask_to_alpha", "pad_to_canvas", "pad_to_multiple", "premultiply", "read_jsonl",
-    "read_text_file", "resize_rgba", "resize_short_side", "save_rgba", "set_default_permissions", "sha256_file",
-    "special_file_kind", "stage_file", "to_pil", "to_unit", "unpremultiply",
+    "check_output_outside_inputs", "check_pixels", "check_text", "check_writable_folder", "checkerboard",
+    "clear_hidden_colour", "composite", "crop_to", "folder_relation", "from_pil", "from_unit", "image_extensions",
+    "labelled_sheet", "list_images", "list_images_reporting", "load_rgba", "mask_to_alpha", "pad_to_canvas",
+    "pad_to_multiple", "premultiply", "read_jsonl", "read_text_file", "resize_rgba", "resize_short_side", "save_rgba",
+    "set_default_permissions", "sha256_file", "special_file_kind", "stage_file", "to_pil", "to_unit", "unpremultiply",
 ]

@@ -493,6 +493,20 @@ def read_text_file(path: str | os.PathLike, what: str) -> str:
         raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
+def check_text(text: str, what: str) -> str:
+    """Return ``text`` when it is valid Unicode text; ValueError ``"<what> is not valid text (a lone UTF-16
+    surrogate "...")"`` otherwise.
+
+    JSON escapes such as ``"\\ud83d"`` decode to lone surrogates, which cannot be encoded as UTF-8 and which no
+    tokenizer takes. ``what`` starts the message, e.g. ``"captions.jsonl:3: caption"``.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid text (a lone UTF-16 surrogate {json.dumps(text)})") from None
+    return text
+
+
 def read_jsonl(path: str | os.PathLike, what: str) -> list[tuple[int, object]]:
     """Parse a JSON-lines file, a ``what`` (named in errors), skipping blank lines.
 

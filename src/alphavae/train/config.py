@@ -84,7 +84,7 @@ _LIMITS = {
              "max_sequence_length": (lambda value: 1 <= value <= 512, "in [1, 512] (FLUX's T5 length)"),
              "seed": (lambda value: 0 <= value < 2**32, "in [0, 2**32)"), "checkpoint_every": _AT_LEAST_0,
              "keep_checkpoints": _AT_LEAST_1, "validation_every": _AT_LEAST_0, "validation_steps": _AT_LEAST_1,
-             "validation_guidance": _AT_LEAST_0},
+             "validation_guidance": _AT_LEAST_0, "max_nonfinite": _AT_LEAST_1},
 }
 
 

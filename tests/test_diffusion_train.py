@@ -241,6 +241,13 @@ def test_the_lora_is_saved_before_the_final_validation(setup, monkeypatch):
     assert (out / LORA_FILE).is_file() and (out / "train_config.yaml").is_file()
 
 
+def test_a_config_file_that_is_not_text_is_named(tmp_path):
+    """A Latin-1 --config gave "error: 'utf-8' codec can't decode byte 0xe9 ..." without the file."""
+    (tmp_path / "latin1.yaml").write_bytes(b"rank: 4\ncaf\xe9: 1\n")
+    with pytest.raises(ValueError, match=r"latin1.yaml: not UTF-8 text"):
+        LoraTrainConfig.from_yaml(tmp_path / "latin1.yaml")
+
+
 def test_config_from_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: m\nvae: v\ndata: d\noutput_dir: o\nrank: 16\n")

@@ -97,6 +97,16 @@ def test_overrides_are_read_as_the_fields_types():
             load_config("vae_main", [override])
 
 
+def test_config_files_that_are_not_text_are_named(tmp_path):
+    """A Latin-1 config file gave Python's bare "'utf-8' codec can't decode byte 0xe9" (no file); a folder too."""
+    (tmp_path / "latin1.yaml").write_bytes(b"optim:\n  caf\xe9: 1\n")
+    with pytest.raises(ValueError, match=r"latin1.yaml: not UTF-8 text \(invalid continuation byte at byte 12\)"):
+        load_config(tmp_path / "latin1.yaml")
+    (tmp_path / "folder.yaml").mkdir()
+    with pytest.raises(ValueError, match=r"folder.yaml: is a folder, not a config"):
+        load_config(tmp_path / "folder.yaml")
+
+
 def test_config_file_with_a_repeated_key_is_refused(tmp_path):
     """PyYAML keeps the last of two equal keys; a config file that repeats one is refused, naming file and key."""
     (tmp_path / "twice.yaml").write_text("data:\n  size: 64\ndata:\n  size: 128\n")

@@ -182,13 +182,13 @@ class LoraTrainConfig:
 
         Raises:
             OSError: the file cannot be read (``FileNotFoundError`` when it does not exist).
-            ValueError: the file is not valid YAML, unknown keys in the file, a value that cannot be read as its setting's type (YAML 1.2:
+            ValueError: the file is a folder, not UTF-8 or not valid YAML (naming it), unknown keys in the file, a value that cannot be read as its setting's type (YAML 1.2:
                 ``mixed_precision: no`` is the text "no", ``1e-4`` a float), a top level that is not a mapping,
                 or a value the class rejects (see the class).
             TypeError: a required setting (``model``, ``vae``, ``data``, ``output_dir``) missing from
                 both file and ``overrides``.
         """
-        values = read_yaml(Path(path).read_text(encoding="utf-8"), str(path)) or {}
+        values = read_yaml(io.read_text_file(path, "config"), str(path)) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a config must be a YAML mapping of settings")
         try:

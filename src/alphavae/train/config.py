@@ -309,7 +309,7 @@ def _plain(value):
 def _config_path(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
+        if not path.exists():  # a folder or an unreadable file is named by read_text_file
             raise FileNotFoundError(f"config file not found: {path}")
         return path
     shipped = resources.files("alphavae.configs") / f"{name_or_path}.yaml"
@@ -323,8 +323,9 @@ def _read_layers(name_or_path: str | os.PathLike, seen: tuple[Path, ...] = ()) -
     path = _config_path(name_or_path).resolve()
     if path in seen:
         raise ValueError(f"{path}: circular 'base:' chain")
-    with open(path, encoding="utf-8") as handle:
-        raw = read_yaml(handle, str(path)) or {}
+    from alphavae.io import read_text_file
+
+    raw = read_yaml(read_text_file(path, "config"), str(path)) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a config must be a YAML mapping")
     base = raw.pop("base", None)

@@ -326,6 +326,21 @@ def test_a_resume_that_changes_max_steps_under_a_decaying_schedule_is_refused(se
                            learning_rate=1e-3))
 
 
+def test_a_damaged_checkpoint_is_refused_before_the_models_load(setup, monkeypatch):
+    """A cut-short optimizer state was found only by the restore, after FLUX had loaded, and the message did not
+    name the sound checkpoint before it."""
+    out = train_lora(_config(setup, "cut", max_steps=2, checkpoint_every=1, keep_checkpoints=5)).lora_dir
+    (out / LORA_FILE).unlink()  # as if interrupted after its checkpoints
+    damaged = out / "checkpoints" / "step-00000002"
+    optimizer = damaged / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    monkeypatch.setattr(RGBAVAE, "from_pretrained", lambda *a, **k: pytest.fail("models loaded before the refusal"))
+    with pytest.raises(ValueError, match=rf"^{optimizer}: damaged checkpoint file .*; this is the newest checkpoint "
+                                         rf"of {out}: delete {damaged} and rerun with --resume latest to continue "
+                                         r"from step-00000001"):
+        train_lora(_config(setup, "cut", max_steps=2, resume="latest"))
+
+
 def test_a_missing_data_path_is_named(setup):
     """A misspelled --data was reported as "output folder ... is inside input folder <its parent>"."""
     missing = setup[0] / "dta"

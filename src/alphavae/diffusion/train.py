@@ -35,8 +35,9 @@ from alphavae.train.checkpoint import (
     check_within,
     find_checkpoint,
     load_checkpoint,
-    read_state,
     save_checkpoint,
+    verify_checkpoint,
+    way_back_on_error,
 )
 from alphavae.train.config import build_dataclass, check_limits, read_yaml, warn_long_warmup
 from alphavae.train.loop import NonFiniteLossError
@@ -423,7 +424,8 @@ class _Trainer:
         acc.register_load_state_pre_hook(self.load_hook)
         start = 0
         if resume:
-            state = load_checkpoint(acc, resume)
+            with way_back_on_error(resume, cfg.resume, self.out):
+                state = load_checkpoint(acc, resume)
             start, self.streak = state["step"], state.get("nonfinite_streak", 0)
             log.info("resumed from %s at step %d", resume, start)
         if acc.is_main_process and cfg.report_to != "none":
@@ -474,7 +476,10 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
         ValueError: a resumed checkpoint beyond ``max_steps`` or saved with other :data:`RESUME_FIXED` settings, or
             by a run of another ``max_steps`` under a schedule that depends on it (all but constant ones),
             output inside the data, FLUX model or VAE folder, no readable images, fewer images than one
-            global batch, bad settings, or a caption table none of whose rows names a training image.
+            global batch, bad settings, or a caption table none of whose rows names a training image. Also a
+            damaged checkpoint (a file missing, cut short or changed since it was saved), found before the
+            models load (:func:`~alphavae.train.checkpoint.verify_checkpoint`); with ``resume="latest"`` the
+            message says to delete it and resume from the one before.
         OSError: model or VAE cannot be loaded.
         NonFiniteLossError: ``max_nonfinite`` consecutive steps had a NaN/inf loss (a RuntimeError).
     """
@@ -490,7 +495,8 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
     warn_long_warmup(cfg.lr_warmup_steps, cfg.max_steps, ("lr_warmup_steps", "max_steps"))
     resume = find_checkpoint(out, cfg.resume) if cfg.resume else None
     if resume:  # before the models load; a changed rank or targets would fail the restore as a misfit checkpoint
-        saved = read_state(resume)
+        with way_back_on_error(resume, cfg.resume, out):
+            saved = verify_checkpoint(resume)
         check_within(resume, saved["step"], cfg.max_steps)
         _check_same_settings(resume, saved.get("settings"), cfg)
         _check_same_schedule(resume, saved.get("max_steps"), cfg)

@@ -11,10 +11,12 @@ one left by a kill is removed by the run's next save).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -166,10 +168,7 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> 
             tensors do not fit the prepared models (another architecture); one line naming the checkpoint.
     """
     checkpoint = Path(checkpoint)
-    state = read_state(checkpoint)
-    _check_files(checkpoint, state.pop(FILES_KEY, {}))
-    for weights in sorted(checkpoint.glob("*.safetensors")):
-        _check_safetensors(weights)
+    state = verify_checkpoint(checkpoint)
     try:
         accelerator.load_state(str(checkpoint))
         return state
@@ -179,6 +178,39 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> 
         reason = " ".join(str(err).split())[:200]
         raise ValueError(f"{checkpoint}: cannot restore this checkpoint, damaged or saved from another model "
                          f"({type(err).__name__}: {reason})") from err
+
+
+def verify_checkpoint(checkpoint: str | os.PathLike) -> dict:
+    """Check that every file ``checkpoint`` recorded is there, whole and unchanged, without restoring anything (what
+    a resume does before its models load, so a damaged checkpoint costs no model loading); returns the trainer
+    state (``read_state``, less the file list).
+
+    Raises:
+        FileNotFoundError: the folder or its ``trainer_state.json`` is missing.
+        ValueError: ``trainer_state.json`` is damaged (``read_state``), or a recorded file is missing or has another
+            size or sha256 than when saved, or a ``*.safetensors`` file is truncated; the message names the file.
+    """
+    checkpoint = Path(checkpoint)
+    state = read_state(checkpoint)
+    _check_files(checkpoint, state.pop(FILES_KEY, {}))
+    for weights in sorted(checkpoint.glob("*.safetensors")):
+        _check_safetensors(weights)
+    return state
+
+
+@contextlib.contextmanager
+def way_back_on_error(checkpoint: Path, resume: str, run_dir: Path) -> Iterator[None]:
+    """Context for reading or restoring ``checkpoint``: when ``resume`` is ``"latest"``, a ValueError raised inside
+    (a damaged checkpoint) is re-raised with :func:`way_back`'s advice appended (delete it, fall back to the
+    checkpoint before it in ``run_dir``)."""
+    try:
+        yield
+    except ValueError as err:
+        if resume != "latest":
+            raise
+        earlier = list_checkpoints(run_dir)[:-1]
+        raise ValueError(f"{err}; this is the newest checkpoint of {run_dir}: "
+                         f"{way_back(checkpoint, earlier[-1] if earlier else None)}") from err
 
 
 def read_state(checkpoint: str | os.PathLike) -> dict:

@@ -49,11 +49,10 @@ from alphavae.train.checkpoint import (
     check_start,
     check_within,
     find_checkpoint,
-    list_checkpoints,
     load_checkpoint,
-    read_state,
     save_checkpoint,
-    way_back,
+    verify_checkpoint,
+    way_back_on_error,
 )
 from alphavae.train.config import (
     DataConfig,
@@ -381,20 +380,6 @@ def _check_crop_size(size: int, factor: int, objective: Objective, last_step: in
             raise ValueError(f"data.size={size} is too small for {user}: it needs at least {minimum}")
 
 
-@contextlib.contextmanager
-def _way_back_on_error(checkpoint: Path, resume: str, run_dir: Path):
-    """Reading or restoring ``checkpoint``: when ``resume`` is ``"latest"``, a ValueError (a damaged checkpoint)
-    also says how to fall back to the one before."""
-    try:
-        yield
-    except ValueError as err:
-        if resume != "latest":
-            raise
-        earlier = list_checkpoints(run_dir)[:-1]
-        raise ValueError(f"{err}; this is the newest checkpoint of {run_dir}: "
-                         f"{way_back(checkpoint, earlier[-1] if earlier else None)}") from err
-
-
 def _save_run_config(config: TrainConfig, path: Path, resumed_step: int | None) -> None:
     """Write ``RUN_DIR/config.yaml``. On a resume (from step ``resumed_step``) with changed settings, the previous
     file is first kept as ``config-before-step-N.yaml`` (``-2``, ``-3``, ... when that name is taken, e.g. after
@@ -491,8 +476,8 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     warn_long_warmup(config.optim.warmup_steps, config.optim.max_steps, ("optim.warmup_steps", "optim.max_steps"))
     checkpoint = find_checkpoint(run_dir, resume) if resume else None
     if checkpoint is not None:  # before the models load (train-lora checks its resume the same way)
-        with _way_back_on_error(checkpoint, resume, run_dir):
-            saved = read_state(checkpoint)
+        with way_back_on_error(checkpoint, resume, run_dir):
+            saved = verify_checkpoint(checkpoint)
         check_within(checkpoint, saved["step"], config.optim.max_steps)
     accum = config.optim.gradient_accumulation
     AcceleratorState._reset_state()  # a fresh mixed-precision setting per run; keeps the process group
@@ -536,7 +521,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
 
     start_step, streak = 0, 0
     if checkpoint is not None:
-        with _way_back_on_error(checkpoint, resume, run_dir):
+        with way_back_on_error(checkpoint, resume, run_dir):
             state = load_checkpoint(accelerator, checkpoint)
         start_step, streak = state["step"], state["nonfinite_streak"]
         logger.info("resumed from %s at step %d", checkpoint, start_step)

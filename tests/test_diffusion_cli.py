@@ -203,3 +203,16 @@ def test_generate_cli_leaves_an_existing_contact_sheet_and_reports_it(trained, t
     assert (out / "contact_sheet.png").read_bytes() == sheet and (out / "p0000-s1.png").is_file()
     assert main(base + ["--n", "3", "--no-sheet"]) == 0
     assert (out / "contact_sheet.png").read_bytes() == sheet
+
+
+def test_generate_help_states_the_contact_sheet_limits_the_pipeline_uses(capsys):
+    """--help types the sheet limits by hand (importing the pipeline would load diffusers): they must agree."""
+    import re
+
+    from alphavae.diffusion.pipeline import SHEET_COLUMNS, SHEET_LIMIT, SHEET_TILE
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert re.search(rf"the first {SHEET_LIMIT} images this run makes, shrunk to at most {SHEET_TILE} px, "
+                     rf"{SHEET_COLUMNS} per row", text)

@@ -494,11 +494,18 @@ def read_text_file(path: str | os.PathLike, what: str) -> str:
 
 
 def check_text(text: str, what: str) -> str:
-    """Return ``text`` when it is valid Unicode text; ValueError ``"<what> is not valid text (a lone UTF-16
-    surrogate "...")"`` otherwise.
+    """Check that ``text`` is valid Unicode text, which a tokenizer takes.
 
-    JSON escapes such as ``"\\ud83d"`` decode to lone surrogates, which cannot be encoded as UTF-8 and which no
-    tokenizer takes. ``what`` starts the message, e.g. ``"captions.jsonl:3: caption"``.
+    JSON escapes such as ``"\\ud83d"`` and command-line arguments that are not UTF-8 (surrogate-escaped by
+    Python) give lone UTF-16 surrogates, which cannot be encoded as UTF-8.
+
+    Args:
+        text: the caption or prompt.
+        what: starts the error message, e.g. ``"captions.jsonl:3: caption"``.
+    Returns:
+        ``text`` unchanged.
+    Raises:
+        ValueError: ``"<what> is not valid text (a lone UTF-16 surrogate "...")"``.
     """
     try:
         text.encode("utf-8")

@@ -134,3 +134,39 @@ def test_an_output_below_a_file_is_refused_before_any_model_loads(command, tmp_p
     err = capsys.readouterr().err
     assert err.endswith(f"{out}: cannot write {what} there ({tmp_path / 'file.png'} is not a folder)\n"), err
     assert err.count("\n") == 1, err
+
+
+def test_skipped_count_says_how_many_input_paths_and_images_failed(tmp_path, capsys):
+    """'2 of 5 inputs failed' added an input path given (missing) to the images found in a folder given, without
+    saying so (report_skipped: background-moments and latent-factors)."""
+    from PIL import Image
+
+    for index in range(3):
+        Image.new("RGBA", (4, 4), (0, 0, 0, 255)).save(tmp_path / f"{index}.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert main(["background-moments", str(tmp_path), str(tmp_path / "missing.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.endswith("alphavae background-moments: 2 of 5 inputs failed (1 input path unusable, 1 of 4 images "
+                        "not loaded)\n"), err
+    assert main(["background-moments", str(tmp_path), str(tmp_path / "missing.png"), str(tmp_path / "gone")]) == 1
+    assert capsys.readouterr().err.endswith("3 of 6 inputs failed (2 input paths unusable, 1 of 4 images not "
+                                            "loaded)\n")
+    (tmp_path / "broken.png").unlink()
+    assert main(["background-moments", str(tmp_path), str(tmp_path / "missing.png")]) == 1
+    assert capsys.readouterr().err.endswith("1 of 4 inputs failed (1 input path unusable)\n")
+
+
+def test_log_progress_keeps_our_info_and_accelerate_warnings_only(caplog, request):
+    """The long-running commands log our INFO lines, but accelerate's per-file INFO lines of every checkpoint save
+    and load stay out (its warnings still show)."""
+    import logging
+
+    from alphavae.cli import log_progress
+
+    request.addfinalizer(lambda: logging.getLogger("accelerate").setLevel(logging.NOTSET))
+    caplog.set_level(logging.INFO)  # what log_progress's basicConfig sets where the root logger has no handler yet
+    log_progress()
+    for name in ("accelerate.checkpointing", "accelerate.accelerator"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO)
+        assert logging.getLogger(name).isEnabledFor(logging.WARNING)
+    assert logging.getLogger("alphavae.train.loop").isEnabledFor(logging.INFO)

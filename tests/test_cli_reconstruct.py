@@ -47,6 +47,34 @@ def test_min_side_reconstructs_small_images_on_a_canvas_at_their_own_size(tmp_pa
     assert exit_info.value.code == 2
 
 
+def test_min_side_keeps_images_thinner_than_a_latent_cell(tmp_path, capsys):
+    """A 1x1 opaque red image reconstructed by the shipped model with --min-side 64 came back at alpha 4/255
+    (1x5: 37/255, 5x1: 26/255): alone on the transparent canvas it is a detail below the VAE's 8 px latent cell.
+    Its sides are now extended to 8 px by repeating its edge pixels before the canvas (io.pad_to_canvas)."""
+    sizes = [(1, 1), (1, 5), (5, 1)]
+    for height, width in sizes:
+        (tmp_path / "in").mkdir(exist_ok=True)
+        Image.new("RGBA", (width, height), (255, 0, 0, 255)).save(tmp_path / "in" / f"{height}x{width}.png")
+    assert _run(tmp_path / "in", "-o", tmp_path / "out", "--min-side", "64", "--dtype", "float32") == 0
+    for height, width in sizes:
+        values = np.asarray(Image.open(tmp_path / "out" / f"{height}x{width}.png")).astype(int)
+        assert values.shape == (height, width, 4)
+        assert values[..., 3].min() >= 220 and values[..., 0].min() >= 200, values  # opaque and red ...
+        assert values[..., 1:3].max() <= 60, values  # ... not some other colour
+
+
+def test_input_folders_are_listed_once(tmp_path, tiny_rgba_dir, monkeypatch):
+    """reconstruct walked every input folder twice: once to refuse inputs without images before the model
+    loads, again to reconstruct (a big tree costs twice, and one that changes in between gives two lists)."""
+    import alphavae.io.files as files
+
+    walked, walk = [], files._folder_images
+    monkeypatch.setattr(files, "_folder_images", lambda root, *rest: walked.append(root) or walk(root, *rest))
+    _rgba_png(tmp_path / "in" / "sub" / "a.png", 8, 8)
+    assert _run(tmp_path / "in", tmp_path / "missing", "-o", tmp_path / "out", "--vae", tiny_rgba_dir) == 1
+    assert walked == [tmp_path / "in"] and (tmp_path / "out" / "sub" / "a.png").is_file()
+
+
 def test_sizes_come_back_exactly(tmp_path, tiny_rgba_dir):
     sizes = [(1, 1), (17, 33), (200, 7)]
     for height, width in sizes:
@@ -213,7 +241,8 @@ def test_missing_input_is_a_failure_and_the_rest_run(tmp_path, tiny_rgba_dir, ca
     _rgba_png(tmp_path / "small" / "a.png", 8, 8)
     assert _run(tmp_path / "small", tmp_path / "nope.png", "-o", tmp_path / "out", "--vae", tiny_rgba_dir) == 1
     err = capsys.readouterr().err
-    assert "1 written, 0 skipped (exist), 1 failed" in err and "nope.png: input does not exist" in err
+    assert "1 written, 0 skipped (exist), 1 failed (1 input path unusable)\n" in err
+    assert "nope.png: input does not exist" in err
     assert (tmp_path / "out" / "a.png").is_file()
 
 
@@ -249,7 +278,8 @@ def test_non_regular_inputs_and_empty_folders_fail(tmp_path, tiny_rgba_dir, caps
     args = [good.parent, fifo, os.devnull, tmp_path / "empty", "-o", tmp_path / "out", "--vae", tiny_rgba_dir]
     assert _run(*args) == 1
     err = capsys.readouterr().err
-    assert "1 written, 0 skipped (exist), 4 failed" in err
+    # the count said "4 failed" for 3 input paths given and 1 image found in a folder given
+    assert "1 written, 0 skipped (exist), 4 failed (3 input paths unusable, 1 image)\n" in err
     assert f"{tmp_path / 'in' / 'pipe.png'}: is a FIFO (named pipe)" in err
     assert f"{fifo}: input is a FIFO" in err and f"{os.devnull}: input is a character device" in err
     assert f"{tmp_path / 'empty'}: no image files in this folder" in err

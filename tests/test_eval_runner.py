@@ -184,7 +184,7 @@ def test_eval_t2i_under_two_processes_writes_the_one_process_report(tmp_path, ra
     args = ["eval-t2i", "--pred", str(pred), "--prompts", str(tmp_path / "prompts.json"), "--ref", str(ref),
             "--clip", str(tiny_clip(tmp_path / "clip")), "--inception", str(random_inception)]
     bin_dir = str(Path(sys.executable).parent)
-    command = [shutil.which("torchrun", path=bin_dir), "--nproc_per_node", "2", shutil.which("alphavae", path=bin_dir),
+    command = [shutil.which("torchrun", path=bin_dir), "--standalone", "--nproc_per_node", "2", shutil.which("alphavae", path=bin_dir),
                *args, "-o", str(tmp_path / "two")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
@@ -461,6 +461,25 @@ def test_non_utf8_file_names_are_escaped_in_every_report(tmp_path, capsys):
     assert json.loads(texts["report.json"])["images"][0]["key"] == "sub\\xfe/cat/good\\xfe"
     assert "\nrgb,sub\\xfe," in texts["report.csv"]
     assert "good\\xfe" in texts["report.html"]
+
+
+def test_escaped_names_stay_apart_from_names_with_a_backslash(tmp_path, capsys):
+    """The byte 0xfe was written as the text \\xfe, the same as a folder really named with a backslash, so the
+    two subsets shared one key of the report tree (one of them overwritten) and one CSV label."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    subsets = [os.fsdecode(b"s\xfe"), "s\\xfe"]  # the byte 0xfe; a backslash, x, f, e
+    for index, subset in enumerate(subsets):
+        image = soft_rgba(16, 16, seed=index)
+        save_rgba(image, gt / subset / "cat" / "a.png")
+        save_rgba(perturbed(image), pred / subset / "cat" / "a.png")
+    out = tmp_path / "out"
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), *NO_NETS]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    tree = report["tree"]["datasets"]["."]["subsets"]
+    assert {name: node["images"] for name, node in tree.items()} == {"s\\xfe": 1, "s\\\\xfe": 1}
+    assert sorted(image["key"] for image in report["images"]) == ["s\\\\xfe/cat/a", "s\\xfe/cat/a"]
+    rows = list(csv.DictReader((out / "report.csv").read_text(encoding="utf-8").splitlines()))
+    assert sorted(row["subset"] for row in rows if row["group"] == "rgb") == ["overall", "s\\\\xfe", "s\\xfe"]
 
 
 def test_a_failed_report_write_names_the_file_and_writes_no_report(tmp_path, monkeypatch, capsys):

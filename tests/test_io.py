@@ -434,6 +434,32 @@ def test_pad_to_canvas_centres_the_image_on_transparent_margins(shape):
         aio.pad_to_canvas(pixels, 0)
 
 
+@pytest.mark.parametrize(("shape", "canvas", "block", "offset"), [
+    ((1, 1), (16, 16), (4, 4, 12, 12), (7, 7)),     # 1 px: an 8 x 8 block of it, the pixel at (3, 3) inside
+    ((1, 5), (16, 16), (4, 4, 12, 12), (7, 5)),
+    ((5, 1), (16, 16), (4, 4, 12, 12), (5, 7)),
+    ((1, 20), (16, 20), (4, 0, 12, 20), (7, 0)),    # a side already 16 long is neither extended nor padded
+])
+def test_pad_to_canvas_extends_short_sides_to_the_vae_multiple(shape, canvas, block, offset):
+    """A 1x1 image reconstructed with --min-side lost its pixel (alpha 4/255 with alphavae-mini): alone on a
+    transparent canvas it is a detail an 8x VAE cannot keep. Short sides are extended to the multiple by
+    repeating the edge pixels, then centred on the transparent canvas."""
+    pixels = random_rgba(*shape)
+    padded, (top, left) = aio.pad_to_canvas(pixels, 16, multiple=8)
+    assert padded.shape == (4, *canvas) and (top, left) == offset
+    assert torch.equal(padded[:, top: top + shape[0], left: left + shape[1]], pixels)
+    first_row, first_col, end_row, end_col = block
+    inside = padded[:, first_row:end_row, first_col:end_col]
+    edges = F.pad(pixels[None], (left - first_col, end_col - left - shape[1], top - first_row,
+                                 end_row - top - shape[0]), mode="replicate")[0]
+    assert torch.equal(inside, edges)  # the block repeats the edge pixels
+    margin = torch.ones(canvas, dtype=torch.bool)
+    margin[first_row:end_row, first_col:end_col] = False
+    assert torch.all(padded[:, margin] == -1)  # transparent black around the block
+    with pytest.raises(ValueError, match="multiple must be an integer >= 1, got 0"):
+        aio.pad_to_canvas(pixels, 16, multiple=0)
+
+
 # ---------------------------------------------------------------- masks and ranges
 
 def test_mask_conventions_invert_both_ways():

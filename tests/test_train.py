@@ -1,6 +1,7 @@
 """Tests of alphavae.train and ``alphavae train-vae``: configs, the accelerate loop, exact resume, 2 processes."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -201,7 +202,7 @@ def test_validation_sees_the_exported_ema_weights(assets, tmp_path, monkeypatch)
 def test_two_processes_match_one_process_at_same_global_batch(assets, tmp_path):
     overrides = _overrides(assets, **{"optim.max_steps": 2, "data.batch_size": 1})
     bin_dir = str(Path(sys.executable).parent)
-    command = [shutil.which("torchrun", path=bin_dir), "--nproc_per_node", "2", shutil.which("alphavae", path=bin_dir),
+    command = [shutil.which("torchrun", path=bin_dir), "--standalone", "--nproc_per_node", "2", shutil.which("alphavae", path=bin_dir),
                "train-vae", "--config", "vae_no_gan", "-o", str(tmp_path / "two")]
     command += [a for o in overrides for a in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
@@ -672,3 +673,77 @@ def test_latest_does_not_skip_a_newest_checkpoint_that_lost_its_state(assets, tm
     (newest / "trainer_state.json").unlink()
     with pytest.raises(ValueError, match=f"{newest}: damaged checkpoint, .*continue from step-00000001"):
         train_vae(load_config("vae_main", overrides), tmp_path / "run", resume="latest")
+
+
+def test_resume_hashes_each_checkpoint_file_once_and_still_sees_a_change_after_the_check(assets, tmp_path,
+                                                                                         monkeypatch):
+    """verify_checkpoint (before the models load) and load_checkpoint both hashed every file: a resume read the
+    checkpoint twice. A file changed between the two must still be refused."""
+    import alphavae.train.checkpoint as checkpoint
+    import alphavae.train.loop as loop
+
+    overrides = _overrides(assets, checkpoint_every=1, keep_checkpoints=0, **{"loss.lpips_weight": 0})
+    train_vae(load_config("vae_no_gan", overrides), tmp_path / "run", stop_after=1)
+    folder = tmp_path / "run" / "checkpoints" / "step-00000001"
+    saved = json.loads((folder / "trainer_state.json").read_text())["files"]
+    hashed, sha256_file = [], checkpoint.sha256_file
+    monkeypatch.setattr(checkpoint, "sha256_file", lambda p: hashed.append(Path(p)) or sha256_file(p))
+    train_vae(load_config("vae_no_gan", overrides), tmp_path / "run", resume="latest")
+    assert sorted(p.relative_to(folder).as_posix() for p in hashed if folder in p.parents) == sorted(saved)
+
+    path, load_models, changed = folder / "model.safetensors", loop.load_models, []
+
+    def change_then_load(*args, **kwargs):  # after verify_checkpoint, before load_checkpoint
+        changed.append(_damage(path, "changed"))
+        os.utime(path, ns=(0, path.stat().st_mtime_ns + 10**9))  # as if written a second later, whatever the clock
+        return load_models(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "load_models", change_then_load)
+    with pytest.raises(ValueError, match=f"{path}: damaged checkpoint file \\(its bytes changed"):
+        train_vae(load_config("vae_no_gan", overrides), tmp_path / "run", resume=str(folder))
+    assert changed  # verify_checkpoint had passed it
+
+
+@pytest.mark.slow
+def test_data_gone_on_one_process_stops_every_process_with_the_same_error(assets, tmp_path):
+    """Only process 1 finds no readable image from its third batch on. It raised alone; process 0 then waited in
+    the next collective and died on gloo's 'Connection closed by peer' traceback (or torchrun's SIGTERM)."""
+    script = tmp_path / "one_process_loses_its_data.py"
+    script.write_text(
+        "import os, sys\n"
+        "from alphavae.data.datasets import SubstituteUnreadable\n"
+        "from alphavae.cli import main\n"
+        "getitem, calls = SubstituteUnreadable.__getitem__, []\n"
+        "def failing(self, key):\n"
+        "    calls.append(key)\n"
+        "    if os.environ['RANK'] == '1' and len(calls) > 2:\n"
+        "        return None, ['gone.png: vanished']\n"
+        "    return getitem(self, key)\n"
+        "SubstituteUnreadable.__getitem__ = failing\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    overrides = _overrides(assets, **{"optim.max_steps": 4, "data.batch_size": 1, "loss.lpips_weight": 0,
+                                      "data.val_count": 0, "checkpoint_every": 1})
+    bin_dir = str(Path(sys.executable).parent)
+    command = [shutil.which("torchrun", path=bin_dir), "--standalone", "--nproc_per_node", "2", str(script),
+               "train-vae", "--config", "vae_no_gan", "-o", str(tmp_path / "run")]
+    command += [a for o in overrides for a in ("--set", o)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
+    assert completed.returncode != 0
+    error = "alphavae train-vae: error: no training image is readable any more (step 2): gone.png: vanished\n"
+    assert completed.stderr.count(error) == 2, completed.stderr[-3000:]  # once per process
+    assert "[rank0]: Traceback" not in completed.stderr and "Connection closed" not in completed.stderr
+    assert "INFO accelerate" not in completed.stderr and "INFO alphavae.train.loop" in completed.stderr
+
+
+def test_accelerate_info_lines_stay_out_of_the_training_log(assets, tmp_path, caplog, request):
+    """accelerate logged about a dozen INFO lines per checkpoint save and load among train-vae's own."""
+    request.addfinalizer(lambda: logging.getLogger("accelerate").setLevel(logging.NOTSET))
+    caplog.set_level(logging.INFO)
+    overrides = _overrides(assets, checkpoint_every=1, **{"optim.max_steps": 1, "loss.lpips_weight": 0})
+    args = ["train-vae", "--config", "vae_no_gan", "-o", str(tmp_path / "run")]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    assert main(args + ["--resume", "latest"] + [a for o in overrides for a in ("--set", o)]
+                + ["--set", "optim.max_steps=2"]) == 0
+    assert "resumed from" in caplog.text  # our own INFO lines stay
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("accelerate") and r.levelno < logging.WARNING]

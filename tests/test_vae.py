@@ -70,12 +70,12 @@ def test_reconstruct_keeps_exact_size(size, sd1_vae):
 
 
 def test_min_side_runs_small_images_on_a_transparent_canvas(flux_vae):
-    """``min_side`` = reconstruct the image centred on a transparent canvas, cropped back; sides already that
-    long are untouched."""
+    """``min_side`` = reconstruct the image centred on a transparent canvas (short sides first extended to the
+    VAE's multiple), cropped back; sides already that long are untouched."""
     from alphavae.io import pad_to_canvas
 
     pixels = torch.rand(2, 4, 12, 30) * 2 - 1
-    canvas, (top, left) = pad_to_canvas(pixels, 24)
+    canvas, (top, left) = pad_to_canvas(pixels, 24, multiple=flux_vae.multiple)
     expected = flux_vae.reconstruct(canvas)[..., top: top + 12, left: left + 30]
     out = flux_vae.reconstruct(pixels, min_side=24)
     assert out.shape == pixels.shape and torch.allclose(out, expected, atol=1e-6)

@@ -45,7 +45,9 @@ class ReconstructReport:
         written: output PNG paths written.
         skipped: output paths that already existed (left untouched).
         failed: ``(input path, reason)`` for every input (file or folder given) that could not be
-            processed.
+            processed: first the ``bad_inputs`` input paths that gave no image, then the images.
+        bad_inputs: how many of ``failed`` are input paths that gave no image (missing, not a file or folder,
+            folder without images).
         grids_written: comparison grid paths written.
         grids_skipped: grid paths that already existed (left untouched).
         grids_failed: ``(grid path, reason)`` for comparison grids that could not be made; the
@@ -62,6 +64,7 @@ class ReconstructReport:
     grids_failed: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
     stopped: str | None = None
     not_processed: list[Path] = dataclasses.field(default_factory=list)
+    bad_inputs: int = 0
 
     @property
     def ok(self) -> bool:
@@ -69,9 +72,14 @@ class ReconstructReport:
         return not self.failed and not self.grids_failed and self.stopped is None
 
     def summary(self) -> str:
-        """Human-readable counts (grids counted apart when there were any), then one line per failure
+        """Human-readable counts (failures split into input paths that gave no image and images, e.g. ``"3 failed
+        (1 input path unusable, 2 images)"``; grids counted apart when there were any), then one line per failure
         (file: reason) and, if the run stopped early, why and how many inputs were not processed."""
         counts = f"{len(self.written)} written, {len(self.skipped)} skipped (exist), {len(self.failed)} failed"
+        images = len(self.failed) - self.bad_inputs
+        kinds = [f"{self.bad_inputs} input path{'s' * (self.bad_inputs != 1)} unusable"] if self.bad_inputs else []
+        kinds += [f"{images} image{'s' * (images != 1)}"] if images else []
+        counts += f" ({', '.join(kinds)})" if kinds else ""
         if self.grids_written or self.grids_skipped or self.grids_failed:
             counts += (f"; grids: {len(self.grids_written)} written, {len(self.grids_skipped)} skipped (exist), "
                        f"{len(self.grids_failed)} failed")
@@ -301,7 +309,9 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
                       vae: RGBAVAE, batch_size: int = 1, overwrite: bool = False,
                       grid_dir: str | os.PathLike | None = None,
                       progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                      min_side: int | None = None) -> ReconstructReport:
+                      min_side: int | None = None,
+                      listing: tuple[list[tuple[Path, Path]], list[tuple[Path, str]]] | None = None
+                      ) -> ReconstructReport:
     """Reconstruct every image of ``inputs`` through ``vae`` into ``output_dir``.
 
     Each input ``<folder>/<rel>.<ext>`` becomes ``output_dir/<rel>.png`` (a file given directly:
@@ -329,6 +339,9 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
         max_pixels: largest accepted width * height per input (``alphavae.io.load_rgba``).
         min_side: reconstruct sides shorter than this on a transparent canvas this long
             (``RGBAVAE.reconstruct``); None: as they are.
+        listing: ``alphavae.io.list_images_reporting(inputs)`` if the caller has made it already (the command
+            does, to refuse inputs without images before the model loads), so folders are walked once; None:
+            listed here.
     Returns:
         A ``ReconstructReport``; missing inputs, inputs that are neither regular files nor folders
         (devices, FIFOs), folders without images, unreadable images, name collisions (``a.jpg`` and
@@ -345,7 +358,8 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     check_destinations(inputs, output_dir, grid_dir)
     report = ReconstructReport()
-    items, report.failed = list_images_reporting(inputs)
+    items, bad_inputs = list_images_reporting(inputs) if listing is None else listing
+    report.failed, report.bad_inputs = list(bad_inputs), len(bad_inputs)
     job = _Job(vae=vae, output_dir=Path(output_dir), grid_dir=None if grid_dir is None else Path(grid_dir),
                overwrite=overwrite, max_pixels=max_pixels, min_side=min_side,
                sources={path.resolve() for path, _ in items},

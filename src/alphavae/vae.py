@@ -516,9 +516,11 @@ class RGBAVAE:
             pixels: ``(B, 4, H, W)`` straight RGBA in [-1, 1].
             sample: draw latents from the posterior (with ``generator``) instead of its mode.
             min_side: run a side shorter than this many pixels centred on a transparent canvas that long
-                (``alphavae.io.pad_to_canvas``) and crop the result back. For models trained at one image size
-                that fail on much smaller images: alphavae-mini, trained at 256 px, leaves a 128 px image's
-                transparent background at alpha ~45/255 and is accurate with ``min_side=256`` (its card).
+                (``alphavae.io.pad_to_canvas``; the side first extended to a multiple of ``multiple`` by
+                repeating its edge pixels, so a 1 px image keeps its pixel) and crop the result back. For models
+                trained at one image size that fail on much smaller images: alphavae-mini, trained at 256 px,
+                leaves a 128 px image's transparent background at alpha ~45/255 and is accurate with
+                ``min_side=256`` (its card).
                 None: no canvas.
         Returns:
             ``(B, 4, H, W)`` float32 straight RGBA in [-1, 1], on the model's device.
@@ -528,7 +530,7 @@ class RGBAVAE:
         height, width = pixels.shape[-2:]
         top, left = 0, 0
         if min_side is not None:
-            pixels, (top, left) = pad_to_canvas(pixels, min_side)
+            pixels, (top, left) = pad_to_canvas(pixels, min_side, multiple=self.multiple)
         posterior = self.encode(pixels)
         latents = posterior.sample(generator=generator) if sample else posterior.mode()
         return self.decode(latents, size=tuple(pixels.shape[-2:]))[..., top: top + height, left: left + width]

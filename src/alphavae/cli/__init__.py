@@ -78,34 +78,36 @@ def _int_in_range(text: str, lowest: int, *, highest: int | None = None) -> int:
     return value
 
 
-def find_images(inputs: list[str], failed: list[str]) -> list:
-    """The image files of ``inputs`` (``alphavae.io.list_images_reporting``), as ``(path, relative path)`` pairs.
-    A bad input (missing path, folder without images, device or FIFO) is skipped and its one-line
-    ``"<path>: <reason>"`` appended to ``failed``.
+def list_inputs(inputs: list[str]) -> tuple[list, list]:
+    """The image files of ``inputs``, each folder walked once (``alphavae.io.list_images_reporting``):
+    ``(images, bad inputs)``, ``images`` as ``(path, relative path)`` pairs, ``bad inputs`` as ``(input as given,
+    reason)`` for a missing path, folder without images, device or FIFO (in input order).
 
     Raises:
-        ValueError: no image file in any input (names each bad input; ``failed`` is left as it was).
+        ValueError: no image file in any input (names each bad input).
     """
     from alphavae.io import list_images_reporting
 
     images, bad_inputs = list_images_reporting(inputs)
-    reasons = [f"{path}: {reason}" for path, reason in bad_inputs]
     if not images:
-        raise ValueError(f"no images ({'; '.join(reasons)})" if reasons else "no images")
-    failed += reasons
-    return images
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in bad_inputs)
+        raise ValueError(f"no images ({reasons})" if reasons else "no images")
+    return images, bad_inputs
 
 
 def choose_images(inputs: list[str], limit: int | None, seed: int, failed: list[str]) -> list:
-    """The image files of ``inputs`` (``find_images``), sorted; at most ``limit`` of them, a random subset drawn
-    with ``seed`` (``None`` = all).
+    """The image files of ``inputs`` (``list_inputs``), sorted; at most ``limit`` of them, a random subset drawn
+    with ``seed`` (``None`` = all). Each bad input is skipped and its one-line ``"<path>: <reason>"`` appended to
+    ``failed``.
 
     Raises:
-        ValueError: as ``find_images``.
+        ValueError: as ``list_inputs`` (``failed`` is left as it was).
     """
     import random
 
-    paths = [path for path, _ in find_images(inputs, failed)]
+    images, bad_inputs = list_inputs(inputs)
+    failed += [f"{path}: {reason}" for path, reason in bad_inputs]
+    paths = [path for path, _ in images]
     return sorted(random.Random(seed).sample(paths, min(limit or len(paths), len(paths))))
 
 
@@ -121,6 +123,18 @@ def load_skipping(paths: list, max_pixels: int, failed: list[str]):
             failed.append(str(err))
 
 
+def log_progress() -> None:
+    """Send log records at INFO and above to stderr as ``LEVEL logger: message`` (the long-running commands:
+    train-vae, train-lora, generate), with accelerate's loggers held at WARNING: accelerate logs about a dozen
+    INFO lines per checkpoint save or load (``accelerate.checkpointing``, ``accelerate.accelerator``: every file
+    written or read), which would bury the run's own messages; its warnings and errors still show. Library:
+    ``logging.basicConfig``; accelerate's loggers are children of ``logging.getLogger("accelerate")``."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+
+
 def interruption_note(run_dir: str) -> str:
     """How to continue a run interrupted by Ctrl-C, in one line: its newest complete checkpoint."""
     from alphavae.train import list_checkpoints
@@ -133,12 +147,26 @@ def interruption_note(run_dir: str) -> str:
             f"({newest}): rerun with --resume latest to continue from it")
 
 
-def report_skipped(prog: str, failed: list[str], total: int) -> None:
-    """Print ``<prog>: skipped: <error>`` for each skipped input and a count on stderr (nothing when none)."""
+def report_skipped(prog: str, failed: list[str], images: int, bad_inputs: int) -> None:
+    """Print ``<prog>: skipped: <error>`` for each skipped input, then the count on stderr (nothing when none):
+    ``"<N> of <M> inputs failed (<b> input paths unusable, <u> of <images> images not loaded)"`` (a part that is
+    zero left out), the inputs being the images found plus the input paths that gave none (missing, not a file or
+    folder, no images), so a folder of 10 images and a missing file are 11 inputs.
+
+    Args:
+        prog: the command, e.g. ``"alphavae background-moments"``.
+        failed: one line per skipped input: the ``bad_inputs`` unusable input paths, then the images not loaded.
+        images: images found in the usable input paths (those chosen, with ``--limit``).
+        bad_inputs: how many of ``failed`` are unusable input paths.
+    """
     for message in failed:
         print(f"{prog}: skipped: {message}", file=sys.stderr)
-    if failed:
-        print(f"{prog}: {len(failed)} of {total} inputs failed", file=sys.stderr)
+    if not failed:
+        return
+    not_loaded = len(failed) - bad_inputs
+    kinds = [f"{bad_inputs} input path{'s' * (bad_inputs != 1)} unusable"] if bad_inputs else []
+    kinds += [f"{not_loaded} of {images} image{'s' * (images != 1)} not loaded"] if not_loaded else []
+    print(f"{prog}: {len(failed)} of {images + bad_inputs} inputs failed ({', '.join(kinds)})", file=sys.stderr)
 
 
 #: huggingface_hub warns on every model-id download that diffusers passes arguments it has deprecated; nothing a

@@ -38,18 +38,18 @@ def run(args: argparse.Namespace) -> int:
 
     prog = "alphavae background-moments"
     failed: list[str] = []
-    inputs = 0
+    images = bad_inputs = 0
     try:
         paths = choose_images(args.inputs, args.limit, args.seed, failed)
-        inputs = len(paths) + len(failed)  # failed holds the bad inputs only, so far
+        images, bad_inputs = len(paths), len(failed)  # failed holds the bad inputs only, so far
         mean, square, count = background_moments(load_skipping(paths, args.max_pixels, failed))
     except (OSError, ValueError) as err:
-        report_skipped(prog, failed, inputs)
+        report_skipped(prog, failed, images, bad_inputs)
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     print(json.dumps({"background_mean": mean, "background_square": square, "images": count}))
     as_list = lambda values: "[" + ",".join(f"{v:.6g}" for v in values) + "]"  # noqa: E731  6 significant digits
     print(f"{prog}: for train-vae: --set 'loss.background_mean={as_list(mean)}' "
           f"--set 'loss.background_square={as_list(square)}'", file=sys.stderr)
-    report_skipped(prog, failed, inputs)
+    report_skipped(prog, failed, images, bad_inputs)
     return 1 if failed else 0

@@ -64,13 +64,13 @@ def run(args: argparse.Namespace) -> int:
 
     prog = "alphavae latent-factors"
     failed: list[str] = []
-    inputs = 0
+    images = bad_inputs = 0
     try:
         if args.write:
             _check_config_writable(Path(args.vae) / "config.json", args.vae)
         vae = RGBAVAE.from_pretrained(args.vae, dtype="float32", device=args.device, tile_size=args.tile_size)
         paths = choose_images(args.inputs, args.limit, args.seed, failed)
-        inputs = len(paths) + len(failed)  # failed holds the bad inputs only, so far
+        images, bad_inputs = len(paths), len(failed)  # failed holds the bad inputs only, so far
         factors = fit_latent_factors(vae, load_skipping(paths, args.max_pixels, failed), shift=not args.no_shift,
                                      generator=torch.Generator().manual_seed(args.seed))
         print(json.dumps(factors), flush=True)
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             _write_factors(Path(args.vae) / "config.json", factors)
     except (OSError, ValueError) as err:
         error, status = str(err), 2
-    report_skipped(prog, failed, inputs)
+    report_skipped(prog, failed, images, bad_inputs)
     if error:
         unchanged = f"; {Path(args.vae) / 'config.json'} was left unchanged" if args.write else ""
         print(f"{prog}: {'refused' if status == 1 else 'error'}: {error}{unchanged}", file=sys.stderr)

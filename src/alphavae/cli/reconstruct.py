@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from alphavae.accel import POLICY_NAMES
-from alphavae.cli import find_images, non_negative_int, positive_int
+from alphavae.cli import list_inputs, non_negative_int, positive_int
 from alphavae.io import DEFAULT_MAX_PIXELS
 
 
@@ -47,12 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tile-mode", choices=("exact", "fast"), default="exact",
                         help="exact (default): whole-image GroupNorm statistics and the attention mid-block on the "
                              "whole latent, close to an untiled run (alphavae-mini: max 0.51/255 with 256 px tiles and the default "
-                             "overlap, 7.2/255 with 128 px tiles, more with smaller tiles; "
-                             "~10x slower than fast); fast: every layer per tile like diffusers (seams possible)")
+                             "overlap, 7.2/255 with 128 px tiles, more with smaller tiles; slower: measured on one "
+                             "CPU thread, 6-8x the time of fast on 384 px images with 128-256 px tiles "
+                             "(benchmarks/README.md) and at 2048 px with 512 px tiles 6.4x fast, 4.8x untiled "
+                             "(the model card's Known limitations)); fast: every layer per tile like diffusers "
+                             "(seams possible)")
     parser.add_argument("--min-side", type=positive_int, default=None, metavar="N",
                         help="reconstruct images with a side shorter than N px centred on a transparent N px canvas "
-                             "and crop back (never resized; for models trained at one size: use 256 with the shipped "
-                             "alphavae-mini for images under 256 px, see its card); default: as they are")
+                             "and crop back (that side first extended to whole latent cells of the VAE, 8 px for "
+                             "SD/FLUX, by repeating its edge pixels, so a 1 px image keeps its pixel; never resized; "
+                             "for models trained at one size: use 256 with the shipped alphavae-mini for images under "
+                             "256 px, see its card); default: as they are")
     parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                         help="same-size images per model call (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs and grids")
@@ -91,13 +96,13 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         check_destinations(args.inputs, args.output, args.grid)
-        find_images(args.inputs, [])  # no usable input is an error before the model loads; bad ones are reported
+        listing = list_inputs(args.inputs)  # no usable input is an error before the model loads; bad ones reported
         vae = RGBAVAE.from_pretrained(args.vae, subfolder=args.subfolder, dtype=args.dtype, device=args.device,
                                       tile_size=args.tile_size, tile_overlap=args.tile_overlap,
                                       tile_mode=args.tile_mode)
         report = reconstruct_files(args.inputs, args.output, vae=vae, batch_size=args.batch_size,
                                    overwrite=args.overwrite, grid_dir=args.grid, progress=not args.quiet,
-                                   max_pixels=args.max_pixels, min_side=args.min_side)
+                                   max_pixels=args.max_pixels, min_side=args.min_side, listing=listing)
     except (OSError, ValueError) as err:
         print(f"alphavae reconstruct: error: {err}", file=sys.stderr)
         return 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
@@ -49,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
     import yaml
     from accelerate import PartialState
 
-    from alphavae.cli import interruption_note
+    from alphavae.cli import interruption_note, log_progress
     from alphavae.eval.report import counted
     from alphavae.train import NonFiniteLossError, load_config, train_vae
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_progress()
     try:
         config = load_config(args.config, args.overrides)
         for section, key, value in (("data", "source", args.data), ("model", "vae", args.vae),

@@ -71,10 +71,13 @@ def printable(value):
 
     A file name that is not UTF-8 reaches the report as ``os.fsdecode`` makes it, with lone surrogates
     (``b"good\\xfe.png"`` -> ``"good\\udcfe.png"``), which no UTF-8 file can hold; such bytes are
-    written as ``\\xfe`` (``"good\\\\xfe.png"``), any other lone surrogate as ``\\udXXX``. Dicts, lists
-    and tuples are copied (tuples become lists, as in JSON); other values are returned as they are.
+    written as ``\\xfe`` (``"good\\\\xfe.png"``), any other lone surrogate as ``\\udXXX``. A backslash itself is
+    written as two, so distinct names stay distinct (no two folders share a row of the tree): the name
+    ``"good\\\\xfe.png"`` (with a real backslash) is written ``"good\\\\\\\\xfe.png"``. Dicts, lists and tuples
+    are copied (tuples become lists, as in JSON); other values are returned as they are.
     """
     if isinstance(value, str):
+        value = value.replace("\\", "\\\\")
         try:
             return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         except UnicodeEncodeError:

@@ -148,32 +148,47 @@ def pad_to_multiple(pixels: torch.Tensor, multiple: int, *,
     return _like_input(padded, pixels), (height, width)
 
 
-def pad_to_canvas(pixels: torch.Tensor, min_side: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def pad_to_canvas(pixels: torch.Tensor, min_side: int, *,
+                  multiple: int = 1) -> tuple[torch.Tensor, tuple[int, int]]:
     """Centre an image on a transparent canvas at least ``min_side`` pixels high and wide (sides already that
     long are not padded); the content is not resized. Undo with ``padded[..., top:top + H, left:left + W]``.
+
+    A side that gets a canvas is first extended to a multiple of ``multiple`` by repeating its edge pixels, half
+    on each side (the smaller half above / to the left), so the content fills whole latent cells of a VAE that
+    downsamples by ``multiple``: a 1 px image alone in an 8 px cell of transparency is a detail an 8x VAE cannot
+    keep (alphavae-mini on a 64 px canvas returned an opaque red pixel at alpha 4/255; extended, 254/255).
 
     Args:
         pixels: ``(B, 4, H, W)`` or ``(4, H, W)`` straight RGBA in [-1, 1].
         min_side: smallest canvas side in pixels, >= 1.
+        multiple: the VAE's downsampling factor in pixels (``RGBAVAE.multiple``, 8 for SD/FLUX), >= 1; 1: no
+            edge extension, transparent margins only.
 
     Returns:
-        ``(padded, (top, left))``: ``(..., 4, max(H, min_side), max(W, min_side))`` straight RGBA in [-1, 1],
-        the margins transparent black (all four channels -1; the input itself when nothing is padded), and the
-        offset of the original pixels in it (the smaller half of each margin goes above / to the left).
+        ``(padded, (top, left))``: ``(..., 4, max(H', min_side), max(W', min_side))`` straight RGBA in [-1, 1],
+        ``H'`` being ``H`` rounded up to ``multiple`` where ``H < min_side`` (else ``H``), likewise ``W'``; the
+        margins beyond the extended content transparent black (all four channels -1; the input itself when
+        nothing is padded), and the offset of the original pixels in it (the smaller half of each margin goes
+        above / to the left).
 
     Raises:
-        TypeError, ValueError: bad pixels, or ``min_side`` not an integer >= 1.
+        TypeError, ValueError: bad pixels, or ``min_side`` or ``multiple`` not an integer >= 1.
     """
     check_pixels(pixels)
-    if not isinstance(min_side, int) or min_side < 1:
-        raise ValueError(f"min_side must be an integer >= 1, got {min_side!r}")
+    for name, value in (("min_side", min_side), ("multiple", multiple)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     height, width = pixels.shape[-2:]
-    pad_h, pad_w = max(min_side - height, 0), max(min_side - width, 0)
-    if pad_h == 0 and pad_w == 0:
+    if height >= min_side and width >= min_side:
         return pixels, (0, 0)
+    grow_h, grow_w = (-side % multiple if side < min_side else 0 for side in (height, width))
+    inner_top, inner_left = grow_h // 2, grow_w // 2
+    content = F.pad(_batched(pixels), (inner_left, grow_w - inner_left, inner_top, grow_h - inner_top),
+                    mode="replicate")
+    pad_h, pad_w = max(min_side - height - grow_h, 0), max(min_side - width - grow_w, 0)
     top, left = pad_h // 2, pad_w // 2
-    padded = F.pad(_batched(pixels), (left, pad_w - left, top, pad_h - top), mode="constant", value=-1.0)
-    return _like_input(padded, pixels), (top, left)
+    padded = F.pad(content, (left, pad_w - left, top, pad_h - top), mode="constant", value=-1.0)
+    return _like_input(padded, pixels), (top + inner_top, left + inner_left)
 
 
 def crop_to(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -7,6 +7,10 @@ process) and ``trainer_state.json`` (``{"step": completed optimiser steps, ..., 
 A checkpoint is written under a hidden temporary name and renamed when complete, so a run killed while saving
 leaves no partial checkpoint behind (an exception while saving, Ctrl-C included, removes the temporary folder;
 one left by a kill is removed by the run's next save).
+
+A resume checks a checkpoint twice (:func:`verify_checkpoint` before the models load, again in
+:func:`load_checkpoint`) but reads each file's bytes once per process: a file whose size, modification and
+status-change times and inode are what they were when it was hashed keeps its digest (:func:`_sha256`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from alphavae.io import sha256_file
 _NAME = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.json"
 FILES_KEY = "files"  # in STATE_FILE: {relative path: {"bytes", "sha256"}} of every file saved, checked on resume
+#: Digests this process computed for checkpoint files: {absolute path: ((size, mtime_ns, ctime_ns, inode) when read,
+#: sha256)}; what lets ``load_checkpoint`` skip the hashing ``verify_checkpoint`` did moments before.
+_DIGESTS: dict[Path, tuple[tuple[int, int, int, int], str]] = {}
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -154,6 +161,9 @@ def _save_into(accelerator: Accelerator, temporary: Path, final: Path, state: di
 def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> dict:
     """Restore the accelerate state from ``checkpoint`` (on every process) and return its JSON state.
 
+    The checkpoint's files are checked first (:func:`verify_checkpoint`); after a ``verify_checkpoint`` of it in
+    this process, only files changed since are read again.
+
     Args:
         accelerator: prepared with the same models, optimisers and registered objects as when saved.
         checkpoint: a folder written by ``save_checkpoint``.
@@ -183,7 +193,8 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> 
 def verify_checkpoint(checkpoint: str | os.PathLike) -> dict:
     """Check that every file ``checkpoint`` recorded is there, whole and unchanged, without restoring anything (what
     a resume does before its models load, so a damaged checkpoint costs no model loading); returns the trainer
-    state (``read_state``, less the file list).
+    state (``read_state``, less the file list). A file this process already hashed and that has not changed since
+    (same size, mtime, ctime and inode) is not read again.
 
     Raises:
         FileNotFoundError: the folder or its ``trainer_state.json`` is missing.
@@ -266,7 +277,7 @@ def _check_files(checkpoint: Path, files: dict) -> None:
             raise ValueError(f"{path}: damaged checkpoint, this file of it is missing")
         if path.stat().st_size != size:
             raise ValueError(f"{path}: damaged checkpoint file ({path.stat().st_size} bytes, {size} when saved)")
-        if digest is not None and sha256_file(path) != digest:
+        if digest is not None and _sha256(path) != digest:
             raise ValueError(f"{path}: damaged checkpoint file (its bytes changed since it was saved: another sha256)")
 
 
@@ -277,3 +288,24 @@ def _check_safetensors(path: Path) -> None:
             pass
     except SafetensorError as err:
         raise ValueError(f"{path}: damaged checkpoint file ({err})") from err
+
+
+def _sha256(path: Path) -> str:
+    """``sha256_file(path)``, or the digest this process already computed for it while its size, mtime, ctime and
+    inode are unchanged (any write or rename since changes them: only an in-place rewrite to the same size within
+    the filesystem's timestamp tick, milliseconds, of its previous change would go unseen). A file that changed
+    while being read is not remembered. Raises OSError when it cannot be read."""
+    key, stamp = path.absolute(), _stamp(path)
+    known = _DIGESTS.get(key)
+    if known is not None and known[0] == stamp:
+        return known[1]
+    digest = sha256_file(path)
+    if _stamp(path) == stamp:
+        _DIGESTS[key] = (stamp, digest)
+    return digest
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    """``(size in bytes, mtime_ns, ctime_ns, inode)`` of ``path``; OSError when it cannot be read."""
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino

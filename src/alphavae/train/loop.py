@@ -423,6 +423,13 @@ def _flatten(values: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _on_every_process(accelerator: Accelerator, flag: bool | torch.Tensor) -> bool:
+    """Whether ``flag`` (a bool or a one-element tensor) is true on every process: one all-reduce, so every process
+    must call it at the same point, and all of them get the same answer (what lets them stop together)."""
+    flag = torch.as_tensor(flag, dtype=torch.float32, device=accelerator.device)
+    return bool(accelerator.reduce(flag, "sum") == accelerator.num_processes)
+
+
 def _mean_logs(accelerator: Accelerator, logs: list[dict]) -> dict:
     """Mean of each logged value over micro-steps and processes."""
     keys = sorted(logs[0])
@@ -458,7 +465,8 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             VAE's downsampling or too small for an active loss term (``_check_crop_size``), the checkpoint
             cannot be restored (``load_checkpoint``) or lies beyond ``optim.max_steps``, the newest checkpoint
             is damaged (``find_checkpoint``), bad config or inputs (see ``load_models`` / ``split_files``), or,
-            during the run, no training image is readable any more.
+            during the run, no training image is readable any more on some process (all processes raise it, with
+            the same message).
         OSError: ``run_dir`` cannot be created or written to (NotADirectoryError when a parent is a file;
             ``alphavae.io.check_writable_folder``), checked before the models load.
         KeyboardInterrupt: Ctrl-C; a checkpoint being written is removed (``save_checkpoint``), the earlier
@@ -543,8 +551,9 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     for micro_step, (batch, unreadable) in enumerate(loader, start=start_step * accum):
         step, sync = micro_step // accum, (micro_step + 1) % accum == 0
         _note_unreadable(unreadable, failed, step)
-        if batch is None:
-            raise ValueError(f"no training image is readable any more (step {step}): {unreadable[-1]}")
+        if not _on_every_process(accelerator, batch is not None):  # every process raises, none waits for the others
+            raise ValueError(f"no training image is readable any more (step {step}): "
+                             f"{gather_object(unreadable[-1:] if batch is None else [])[0]}")
         pixels = batch.to(accelerator.device)
         first_row = (micro_step % accum * world + rank) * share
         noise, backgrounds = step_randomness(config.seed, step, accum * world * share,
@@ -559,7 +568,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             with accelerator.autocast():
                 loss, logs, reconstruction = objective.generator_loss(
                     model, pixels, noise, step=step, last_layer=last_layer, backgrounds=backgrounds)
-            finite = accelerator.reduce(torch.isfinite(loss).float().to(accelerator.device), "sum") == world
+            finite = _on_every_process(accelerator, torch.isfinite(loss))
             if finite:
                 accelerator.backward(loss / accum)
                 if gan:
@@ -568,7 +577,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
                     accelerator.backward(disc_loss / accum)
                     logs.update(disc_logs)
                 pending.append(logs)
-            bad_step |= not bool(finite)
+            bad_step |= not finite
         if not sync:
             continue
         if bad_step:

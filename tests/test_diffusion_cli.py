@@ -1,10 +1,20 @@
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from alphavae.cli import main
 from flux_tiny import model_folders, write_real_images
+
+
+def _train_args(root, flux, vae):
+    """The train-lora command line of the ``trained`` fixture (2 steps into ``root/lora``)."""
+    return ["train-lora", "--model", str(flux), "--vae", str(vae), "--data", str(root / "data"), "-o",
+            str(root / "lora"), "--captions", str(root / "captions.jsonl"), "--resolution", "32", "--rank", "4",
+            "--alpha", "2", "--optimizer", "adamw", "--lr", "1e-3", "--max-steps", "2", "--batch-size", "2",
+            "--report-to", "none", "--max-sequence-length", "16", "--validation-prompt", "a cup",
+            "--validation-steps", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -15,12 +25,8 @@ def trained(tmp_path_factory):
     data = root / "data"
     write_real_images(data, count=2)
     (data / "broken.png").write_bytes(b"\x89PNG broken")
-    captions = root / "captions.jsonl"
-    captions.write_text(json.dumps({"file_name": "s1.png", "text": "a blue sticker"}) + "\n")
-    code = main(["train-lora", "--model", str(flux), "--vae", str(vae), "--data", str(data), "-o", str(root / "lora"),
-                 "--captions", str(captions), "--resolution", "32", "--rank", "4", "--alpha", "2", "--optimizer",
-                 "adamw", "--lr", "1e-3", "--max-steps", "2", "--batch-size", "2", "--report-to", "none",
-                 "--max-sequence-length", "16", "--validation-prompt", "a cup", "--validation-steps", "2"])
+    (root / "captions.jsonl").write_text(json.dumps({"file_name": "s1.png", "text": "a blue sticker"}) + "\n")
+    code = main(_train_args(root, flux, vae))
     return root, flux, vae, code
 
 
@@ -28,7 +34,20 @@ def test_train_lora_cli_writes_lora_and_reports_skipped_image(trained, capsys):
     root, _, _, code = trained
     assert code == 1  # one unreadable image was skipped; the LoRA is still written
     assert (root / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    assert (root / "lora" / "validation" / "step-000002" / "00.png").is_file()
+    assert (root / "lora" / "validation" / "step-00000002" / "00.png").is_file()  # 8 digits, as train-vae's
+
+
+def test_train_lora_cli_resume_of_a_finished_run_has_nothing_to_train(trained, capsys):
+    """--resume latest on a finished run printed "final loss n/a" and rewrote the same LoRA and validation."""
+    root, flux, vae, _ = trained
+    outputs = sorted(p for p in (root / "lora").rglob("*") if p.is_file())
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in outputs}
+    capsys.readouterr()
+    assert main([*_train_args(root, flux, vae), "--resume", "latest"]) == 0
+    assert capsys.readouterr().out == (f"nothing to train: {root / 'lora'} already reached max_steps 2 (its LoRA and "
+                                       "checkpoints are left as they are; a larger --max-steps continues it)\n")
+    assert sorted(p for p in (root / "lora").rglob("*") if p.is_file()) == outputs
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in outputs} == before
 
 
 def test_generate_cli_with_lora(trained, tmp_path, capsys):
@@ -187,22 +206,49 @@ def test_generate_cli_refuses_unfinishable_requests_in_one_line_before_loading(t
                                        'surrogate "caf\\udce9")\n')
 
 
-def test_generate_cli_leaves_an_existing_contact_sheet_and_reports_it(trained, tmp_path, capsys):
-    """A second run that made images replaced contact_sheet.png silently (exit 0)."""
+def test_generate_cli_more_images_into_a_folder_rebuild_its_contact_sheet(trained, tmp_path, capsys):
+    """--n 2 then --n 3 into one folder (the natural "make more" step) wrote the third image but refused the
+    existing contact_sheet.png (exit 1); the sheet is now a preview of the folder, rebuilt when a run adds images."""
     _, flux, vae, _ = trained
     out = tmp_path / "gen"
     base = ["generate", "--model", str(flux), "--vae", str(vae), "--steps", "1", "--size", "16x16", "--device", "cpu",
             "--prompt", "a cup", "-o", str(out)]
-    assert main(base) == 0
-    sheet = (out / "contact_sheet.png").read_bytes()
+    assert main(base + ["--n", "2"]) == 0
+    with Image.open(out / "contact_sheet.png") as sheet:
+        assert sheet.size == (2 * (16 + 2) + 2, 16 + 2 + 2)  # 2 tiles
     capsys.readouterr()
-    assert main(base + ["--n", "2"]) == 1
+    assert main(base + ["--n", "3"]) == 0
     captured = capsys.readouterr()
-    assert "wrote 1 image(s)" in captured.out and "1 refused" in captured.out
-    assert f"refused: {out / 'contact_sheet.png'}: exists; left untouched" in captured.err
-    assert (out / "contact_sheet.png").read_bytes() == sheet and (out / "p0000-s1.png").is_file()
-    assert main(base + ["--n", "3", "--no-sheet"]) == 0
-    assert (out / "contact_sheet.png").read_bytes() == sheet
+    assert "wrote 1 image(s)" in captured.out and "skipped 2 existing, 0 refused" in captured.out
+    assert "refused" not in captured.err
+    with Image.open(out / "contact_sheet.png") as sheet:
+        assert sheet.size == (3 * (16 + 2) + 2, 16 + 2 + 2)  # 3 tiles: the folder's images, not only this run's
+    sheet = (out / "contact_sheet.png").read_bytes()
+    assert main(base + ["--n", "3"]) == 0  # adds nothing: the sheet is left as it is
+    assert main(base + ["--n", "4", "--no-sheet"]) == 0
+    assert (out / "contact_sheet.png").read_bytes() == sheet and (out / "p0000-s3.png").is_file()
+
+
+def test_generate_cli_refuses_a_hand_edited_lora_of_the_wrong_width_in_one_line(trained, tmp_path, capsys):
+    """A lora_A with 3 columns too many loaded (diffusers widened the layer to fit) and every image then failed
+    (exit 1); it is now a load error naming the file and the tensor (exit 2)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    root, flux, vae, _ = trained
+    weights = root / "lora" / "pytorch_lora_weights.safetensors"
+    with safe_open(weights, "pt") as file:
+        metadata = file.metadata()
+    state, key = load_file(weights), "transformer.transformer_blocks.0.attn.to_q.lora_A.weight"
+    state[key] = torch.zeros(state[key].shape[0], state[key].shape[1] + 3)
+    save_file(state, tmp_path / "edited.safetensors", metadata=metadata)
+    assert main(["generate", "--model", str(flux), "--vae", str(vae), "--lora", str(tmp_path / "edited.safetensors"),
+                 "--prompt", "a cup", "--steps", "1", "--size", "16x16", "-o", str(tmp_path / "gen")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"alphavae generate: error: {tmp_path / 'edited.safetensors'}: LoRA does not fit this FLUX transformer ({key} "
+        "has shape [4, 35], its layer's weight [32, 32]: lora_A needs 32 columns); it was trained for another "
+        "transformer, or edited")
+    assert not (tmp_path / "gen").exists() or not list((tmp_path / "gen").glob("*.png"))
 
 
 def test_generate_help_states_the_contact_sheet_limits_the_pipeline_uses(capsys):
@@ -214,5 +260,5 @@ def test_generate_help_states_the_contact_sheet_limits_the_pipeline_uses(capsys)
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert re.search(rf"the first {SHEET_LIMIT} images this run makes, shrunk to at most {SHEET_TILE} px, "
-                     rf"{SHEET_COLUMNS} per row", text)
+    assert re.search(rf"the first {SHEET_LIMIT} images recorded in generations.jsonl in prompt and seed order, shrunk "
+                     rf"to at most {SHEET_TILE} px, {SHEET_COLUMNS} per row", text)

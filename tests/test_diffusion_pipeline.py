@@ -1,5 +1,6 @@
 import json
 import logging
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -204,8 +205,64 @@ def test_a_lora_for_another_transformer_is_refused_in_one_line(loaded, tmp_path)
         apply_lora(pipe, read_lora(deeper), 1.0, name=str(deeper))
     pipe.delete_adapters("rgba")
     wider = _lora_for(tmp_path, "wider", num_attention_heads=4)
-    with pytest.raises(ValueError, match=rf"^{wider}: LoRA does not fit this FLUX transformer \(\w*Error: "):
+    with pytest.raises(ValueError, match=rf"^{wider}: LoRA does not fit this FLUX transformer \(transformer\."):
         apply_lora(pipe, read_lora(wider), 1.0, name=str(wider))
+
+
+@pytest.mark.parametrize("extra_columns", [3, -3])
+def test_a_lora_matrix_of_another_width_is_refused_before_it_changes_the_model(loaded, tmp_path, extra_columns):
+    """diffusers widened to_q to fit a lora_A with 3 more columns (every image then failed) and zero-padded one with
+    3 fewer (loaded silently); now a load error naming the file and the tensor, and the model is left unchanged."""
+    from alphavae.diffusion.pipeline import apply_lora, read_lora
+
+    pipe, _ = loaded
+    state, key = read_lora(_lora_for(tmp_path, "lora")), "transformer.transformer_blocks.0.attn.to_q.lora_A.weight"
+    state[key] = torch.zeros(state[key].shape[0], 32 + extra_columns)
+    with pytest.raises(ValueError, match=rf"^edited: LoRA does not fit this FLUX transformer \({re.escape(key)} has "
+                                         rf"shape \[4, {32 + extra_columns}\], its layer's weight \[32, 32\]: lora_A "
+                                         r"needs 32 columns\); it was trained for another transformer, or edited$"):
+        apply_lora(pipe, state, 1.0, name="edited")
+    assert pipe.transformer.transformer_blocks[0].attn.to_q.weight.shape == (32, 32)
+    assert not getattr(pipe.transformer, "peft_config", None)
+
+
+def test_a_lora_that_fails_to_load_logs_nothing_before_its_one_error(loaded, tmp_path):
+    """diffusers logged the whole load error (one line per mismatched tensor: hundreds for a real FLUX) before
+    the command's own one-line error."""
+    from alphavae.diffusion.pipeline import apply_lora, read_lora
+
+    pipe, _ = loaded
+    state, key = read_lora(_lora_for(tmp_path, "lora")), "transformer.transformer_blocks.0.attn.to_q.lora_A.weight"
+    state[key] = torch.zeros(5, 32)  # rank 5 against lora_B's 4: the layer's width fits, the load fails
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    for name in ("diffusers", "peft"):
+        logging.getLogger(name).addHandler(handler)
+    try:
+        with pytest.raises(ValueError, match=r"^edited: LoRA does not fit this FLUX transformer \(RuntimeError: "):
+            apply_lora(pipe, state, 1.0, name="edited")
+    finally:
+        for name in ("diffusers", "peft"):
+            logging.getLogger(name).removeHandler(handler)
+    assert [record.getMessage()[:80] for record in records] == []
+    assert logging.getLogger("diffusers").level == logging.WARNING  # restored
+
+
+def test_a_vae_with_other_latent_factors_than_flux_is_warned_about(tmp_path, caplog):
+    """An SD3-shaped 16-channel RGBA VAE (scaling 1.5305, shift 0.0609) was paired with FLUX without a word."""
+    from alphavae.testing import tiny_rgba_vae
+
+    flux, flux_vae = model_folders(tmp_path)
+    tiny_rgba_vae("sd3").save_pretrained(tmp_path / "sd3-vae")
+    with caplog.at_level(logging.WARNING, logger="alphavae.diffusion.pipeline"):
+        load_flux_pipeline(flux, RGBAVAE.from_pretrained(flux_vae, dtype="float32"))
+        assert not caplog.records
+        load_flux_pipeline(flux, RGBAVAE.from_pretrained(tmp_path / "sd3-vae", dtype="float32"))
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{tmp_path / 'sd3-vae'}: scaling_factor 1.5305 / shift_factor 0.0609 differ from FLUX's 0.3611 / 0.1159; the "
+        "FLUX transformer will see latents normalised unlike its training data (a VAE made from another model's, "
+        "e.g. SD3's?)"]
 
 
 def test_hub_ids_that_cannot_be_looked_up_say_how_to_work_offline(tmp_path, monkeypatch):
@@ -270,8 +327,8 @@ def test_contact_sheet_holds_a_bounded_number_of_small_tiles(tmp_path, monkeypat
     report = generate_folder(fake, None, ["a", "b"], tmp_path, n=40, height=20, width=300, batch_size=7,
                              progress=False)
     assert len(report.written) == 80 and not report.refused
-    (pixels,) = stacked
-    assert pixels.shape == (64, 4, 17, 256)  # SHEET_LIMIT tiles of at most SHEET_TILE px
+    (tiles,) = stacked
+    assert len(tiles) == 64 and {tile.shape for tile in tiles} == {(4, 17, 256)}  # SHEET_LIMIT tiles, SHEET_TILE px
     with Image.open(tmp_path / "contact_sheet.png") as sheet:
         assert sheet.size == (8 * (256 + 2) + 2, 8 * (17 + 2) + 2)
     batch = torch.rand(3, 4, 20, 30) * 2 - 1
@@ -279,18 +336,48 @@ def test_contact_sheet_holds_a_bounded_number_of_small_tiles(tmp_path, monkeypat
     assert torch.equal(tile, batch[1]) and tile.untyped_storage().nbytes() == 4 * 20 * 30 * 4
 
 
-def test_an_existing_contact_sheet_is_refused_not_overwritten(tmp_path, monkeypatch):
-    """contact_sheet.png was replaced silently although existing files are left untouched and refused."""
+def test_the_contact_sheet_is_rebuilt_from_the_folder_when_a_call_adds_images(tmp_path, monkeypatch):
+    """A second call that made images refused the existing contact_sheet.png (exit 1 for "make more"); the sheet is
+    now the folder's preview: its recorded PNGs in (prompt, seed) order, any sizes, rebuilt when a call adds images."""
+    from alphavae import io
+    from alphavae.diffusion import pipeline
+
     fake = _fake_generation(monkeypatch)
-    (tmp_path / "contact_sheet.png").write_bytes(b"someone's sheet")
+    sheets = []
+    real_sheet = pipeline.contact_sheet
+    monkeypatch.setattr(pipeline, "contact_sheet", lambda tiles, **kw: sheets.append(tiles) or real_sheet(tiles, **kw))
+    (tmp_path / "contact_sheet.png").write_bytes(b"an old sheet")
+    (tmp_path / "p0009-s0.png").write_bytes(b"not recorded: not ours")
     kwargs = {"height": 16, "width": 16, "progress": False}
-    report = generate_folder(fake, None, ["a cup"], tmp_path, **kwargs)
-    assert report.written == [str(tmp_path / "p0000-s0.png")]
-    assert report.refused == [(f"{tmp_path / 'contact_sheet.png'}: exists; left untouched: delete it, pass "
-                               "--no-sheet (sheet=False) or choose another output folder")]
-    assert (tmp_path / "contact_sheet.png").read_bytes() == b"someone's sheet"
-    assert not generate_folder(fake, None, ["a cup"], tmp_path, **kwargs).refused  # nothing made: no sheet to write
-    assert not generate_folder(fake, None, ["a cup"], tmp_path, n=2, sheet=False, **kwargs).refused
+    assert not generate_folder(fake, None, ["a", "b"], tmp_path, **kwargs).refused
+    report = generate_folder(fake, None, ["a", "b"], tmp_path, n=2, **kwargs)
+    assert len(report.written) == 2 and len(report.skipped) == 2 and not report.refused
+    assert len(generate_folder(fake, None, ["a"], tmp_path, seed=9, n=2, **kwargs | {"width": 24}).written) == 2
+    order = ["p0000-s0", "p0000-s1", "p0000-s9", "p0000-s10", "p0001-s0", "p0001-s1"]  # seeds by number
+    assert [len(tiles) for tiles in sheets] == [2, 4, 6]
+    for tile, name in zip(sheets[-1], order, strict=True):
+        assert torch.equal(tile, io.load_rgba(tmp_path / f"{name}.png"))
+    with Image.open(tmp_path / "contact_sheet.png") as sheet:
+        assert sheet.size == (6 * (24 + 2) + 2, 16 + 2 + 2)  # tiles padded to the widest
+    built = (tmp_path / "contact_sheet.png").read_bytes()
+    assert not generate_folder(fake, None, ["a", "b"], tmp_path, n=2, **kwargs).written  # nothing added: as it is
+    assert generate_folder(fake, None, ["a"], tmp_path, n=3, sheet=False, **kwargs).written
+    assert (tmp_path / "contact_sheet.png").read_bytes() == built and len(sheets) == 3
+
+
+def test_generate_from_paths_checks_the_request_once(tmp_path, monkeypatch):
+    """check_request ran twice per generate call (before the models loaded, then again in generate_folder)."""
+    from alphavae.diffusion import pipeline
+
+    fake, calls = _fake_generation(monkeypatch), []
+    fake.set_progress_bar_config = lambda **kw: None
+    real_check = pipeline.check_request
+    monkeypatch.setattr(pipeline, "check_request", lambda *a, **kw: calls.append(1) or real_check(*a, **kw))
+    monkeypatch.setattr(pipeline.RGBAVAE, "from_pretrained", lambda *a, **kw: None)
+    monkeypatch.setattr(pipeline, "load_flux_pipeline", lambda *a, **kw: fake)
+    report = pipeline.generate_from_paths("flux", "vae", ["a cup"], tmp_path, device="cpu", n=2, height=16,
+                                          width=16, progress=False)
+    assert len(report.written) == 2 and calls == [1]
 
 
 def test_requests_that_cannot_finish_are_refused_before_generating(tmp_path, monkeypatch):

@@ -63,7 +63,7 @@ def test_lora_lowers_loss_on_fixed_batch(setup):
     before, after = _fixed_batch_loss(setup), _fixed_batch_loss(setup, result.lora_dir)
     assert after < before * 0.9, (before, after)
     out = result.lora_dir
-    assert (out / LORA_FILE).is_file() and (out / "validation" / "step-000012" / "checkerboard.png").is_file()
+    assert (out / LORA_FILE).is_file() and (out / "validation" / "step-00000012" / "checkerboard.png").is_file()
     assert yaml.safe_load((out / "train_config.yaml").read_text())["rank"] == 4
 
 
@@ -91,7 +91,7 @@ def test_two_process_run_resumes_bit_exactly(setup, tmp_path):
     for image in images:
         shutil.copy(image, tmp_path / "data" / image.name)
     bin_dir = Path(sys.executable).parent
-    command = [shutil.which("torchrun", path=bin_dir), "--nproc_per_node", "2", shutil.which("alphavae", path=bin_dir),
+    command = [shutil.which("torchrun", path=bin_dir), "--standalone", "--nproc_per_node", "2", shutil.which("alphavae", path=bin_dir),
                "train-lora", "--model", str(flux), "--vae", str(vae), "--data", str(tmp_path / "data"), "--resolution", "32",
                "--rank", "4", "--alpha", "8", "--batch-size", "1", "--checkpoint-every", "1", "--report-to", "none",
                "--max-sequence-length", "16", "--optimizer", "adamw", "--lr", "1e-3"]
@@ -135,6 +135,19 @@ def test_resume_refusals_keep_earlier_work(setup, monkeypatch):
     assert (out / LORA_FILE).read_bytes() == lora
 
 
+def test_a_resume_of_a_finished_run_trains_and_writes_nothing(setup, monkeypatch):
+    """--resume latest on a run that had reached max_steps loaded the models, trained 0 steps and rewrote the LoRA,
+    checkpoint and config ("final loss n/a"); now it returns at once, before any model loads."""
+    out = train_lora(_config(setup, "finished", max_steps=1)).lora_dir
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    monkeypatch.setattr(RGBAVAE, "from_pretrained", lambda *a, **k: pytest.fail("models loaded for nothing"))
+    result = train_lora(_config(setup, "finished", max_steps=1, resume="latest"))
+    assert not result.trained and result.losses == {} and result.lora_dir == out
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == files
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == before
+
+
 def test_a_checkpoint_without_recorded_settings_resumes_with_a_warning(setup, caplog):
     out = train_lora(_config(setup, "older", max_steps=1)).lora_dir
     state_file = out / "checkpoints" / "step-00000001" / "trainer_state.json"
@@ -153,7 +166,7 @@ def test_validation_during_training_does_not_change_training(setup):
     validated = train_lora(_config(setup, "mid-validation", validation_every=1, **options))
     assert validated.losses == plain.losses
     assert sorted(p.name for p in (validated.lora_dir / "validation").iterdir()) == [
-        "step-000001", "step-000002", "step-000003"]
+        "step-00000001", "step-00000002", "step-00000003"]  # 8 digits, as train-vae's validation images
 
 
 def test_refuses_to_overwrite_or_write_into_data(setup):

@@ -340,13 +340,14 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
 
 
 @contextlib.contextmanager
-def quiet_loggers(*names: str):
-    """Hold the named loggers (and their children) at ERROR inside the block: library warnings about weights
-    that did not load, which the caller checks and reports itself in one line."""
+def quiet_loggers(*names: str, level: int = logging.ERROR):
+    """Hold the named loggers (and their children) at ``level`` inside the block: library log lines about a load
+    that the caller checks and reports itself in one line (weights that did not load; with ``level`` above
+    ``logging.CRITICAL``, the library's own error lines too)."""
     loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
-        logger.setLevel(logging.ERROR)
+        logger.setLevel(level)
     try:
         yield
     finally:

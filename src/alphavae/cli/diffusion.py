@@ -7,11 +7,10 @@ Logic: :mod:`alphavae.diffusion.train` (``train_lora``) and :mod:`alphavae.diffu
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from alphavae.accel import OFFLOAD_MODES, POLICY_NAMES
-from alphavae.cli import finite_float, interruption_note, positive_int, seed
+from alphavae.cli import finite_float, interruption_note, log_progress, positive_int, seed
 from alphavae.diffusion.captions import DEFAULT_PROMPT, read_prompts
 from alphavae.diffusion.flow import WEIGHTING_SCHEMES
 from alphavae.diffusion.lora import TARGET_PRESETS
@@ -68,7 +67,8 @@ _TRAIN_FLAGS: tuple[tuple[str | tuple[str, ...], str, dict], ...] = (
                                                                      "(default 500)"}),
     ("--keep-checkpoints", "keep_checkpoints", {"type": int, "help": "newest checkpoints kept (default 3)"}),
     ("--resume", "resume", {"help": "'latest' (newest checkpoint in OUT; a fresh start if OUT has none and no "
-                                    "finished LoRA) or a checkpoint folder; continues exactly where it stopped"}),
+                                    "finished LoRA) or a checkpoint folder; continues exactly where it stopped (a run that already "
+                                    "reached --max-steps: nothing to train, exit 0)"}),
     ("--validation-prompt", "validation_prompts", {"action": "append", "help": "prompt rendered over a "
                                                    "checkerboard during training (repeatable)"}),
     ("--validation-every", "validation_every", {"type": int, "help": "steps between validations, 0 = end only (default 0)"}),
@@ -95,14 +95,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen = subparsers.add_parser(
         "generate", help="generate transparent PNGs with FLUX + an RGBA VAE",
         description="Text-to-image with a FLUX pipeline whose latents are decoded by the RGBA VAE: writes "
-                    "4-channel straight-alpha PNGs p<prompt index>-s<seed>.png (e.g. p0000-s0.png), generations.jsonl and contact_sheet.png "
+                    "4-channel straight-alpha PNGs p<prompt index>-s<seed>.png (e.g. p0000-s0.png), generations.jsonl "
+                    "and contact_sheet.png, a preview of the folder rebuilt whenever a run adds images (so a rerun "
+                    "with a larger --n adds the new images and shows them too) and left as it is otherwise: "
                     # pipeline.SHEET_LIMIT, SHEET_TILE, SHEET_COLUMNS (not imported: --help loads no diffusers)
-                    "(the first 64 images this run makes, shrunk to at most 256 px, "
-                    "8 per row, over a checkerboard). An existing file is skipped when its record in "
+                    "the first 64 images recorded in generations.jsonl in prompt and seed order, shrunk to at most "
+                    "256 px, 8 per row, over a checkerboard. An existing PNG is skipped when its record in "
                     "generations.jsonl shows the same request (prompt, seed, size, steps, guidance, models, dtypes); "
-                    "otherwise it is left untouched and reported as refused (exit status 1). An existing "
-                    "contact_sheet.png is likewise left untouched and refused when this run makes images (use "
-                    "--no-sheet to leave it). Sizes that are not multiples of 16 are "
+                    "otherwise it is left untouched and reported as refused (exit status 1). "
+                    "Sizes that are not multiples of 16 are "
                     "generated at the size rounded up and centre-cropped back to the requested size.",
     )
     gen.add_argument("--model", required=True, help="local diffusers FLUX folder, or a hub id (online, or offline "
@@ -130,7 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="CPU offload for large models: model (whole models in turn) or sequential (layer by "
                           "layer; slowest, least memory); default none")
     gen.add_argument("--no-sheet", action="store_true",
-                     help="do not write contact_sheet.png (nor refuse an existing one)")
+                     help="do not write contact_sheet.png (an existing one is left as it is)")
     gen.add_argument("-o", "--output", dest="output", required=True, metavar="OUT", help="output folder")
     gen.set_defaults(func=run_generate)
 
@@ -141,7 +142,7 @@ def run_train(args: argparse.Namespace) -> int:
     from alphavae.diffusion.train import LoraTrainConfig, train_lora
     from alphavae.train import NonFiniteLossError
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_progress()
     overrides = {name: getattr(args, name) for _, name, _ in _TRAIN_FLAGS if getattr(args, name) is not None}
     try:
         config = LoraTrainConfig.from_yaml(args.config, **overrides) if args.config else LoraTrainConfig(**overrides)
@@ -164,6 +165,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     if not PartialState().is_main_process:  # the summary once, not once per process
         return 1 if result.failed_images else 0
+    if not result.trained:
+        print(f"nothing to train: {result.lora_dir} already reached max_steps {config.max_steps} (its LoRA and "
+              "checkpoints are left as they are; a larger --max-steps continues it)")
+        return 0
     print(f"wrote LoRA to {result.lora_dir}; final loss {result.losses.get(max(result.losses, default=0), 'n/a')}")
     if result.nonfinite_steps:
         print(f"alphavae train-lora: warning: {result.nonfinite_steps} step(s) skipped for a non-finite loss",
@@ -187,7 +192,7 @@ def run_generate(args: argparse.Namespace) -> int:
     130 on Ctrl-C (one line: what is on disk is complete)."""
     from alphavae.diffusion.pipeline import generate_from_paths
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_progress()
     try:
         if args.lora_scale is not None and args.lora is None:
             raise ValueError("--lora-scale needs --lora (there is no LoRA to scale)")

@@ -106,7 +106,9 @@ def canonical_safetensors(path: str | Path) -> None:
     """Rewrite a ``.safetensors`` file (atomically) so that equal contents give equal bytes.
 
     safetensors writes its ``__metadata__`` strings in the order of a Rust ``HashMap``, which changes from call
-    to call; here the header is rewritten with ``__metadata__`` first, its keys sorted, then the tensor entries in
+    to call: ``save_file`` and ``save`` (``serialize``) of safetensors 0.8.0, given the same tensors and the
+    metadata inserted in sorted order, gave 18 different byte strings in 20 calls in one process and differed
+    across processes too, so sorting the metadata passed in does not help. Here the header is rewritten with ``__metadata__`` first, its keys sorted, then the tensor entries in
     the order of their data (``data_offsets``), as compact JSON padded with spaces to a multiple of 8 bytes. The
     tensor data is copied unchanged (offsets count from the end of the header, so they stay valid).
 

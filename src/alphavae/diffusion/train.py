@@ -201,12 +201,14 @@ class LoraTrainConfig:
 @dataclass
 class LoraTrainResult:
     """What :func:`train_lora` did: loss per optimizer step (1-based; steps skipped for a non-finite loss left
-    out), output LoRA folder, skipped images, and the number of steps skipped for a non-finite loss."""
+    out), output LoRA folder, skipped images, the number of steps skipped for a non-finite loss, and whether it
+    trained (False: a resumed run had already reached ``max_steps``, nothing was written)."""
 
     losses: dict[int, float]
     lora_dir: Path
     failed_images: list[str]
     nonfinite_steps: int = 0
+    trained: bool = True
 
 
 RESUME_FIXED = ("rank", "alpha", "targets", "dropout", "optimizer", "learning_rate", "adam_beta1", "adam_beta2",
@@ -369,7 +371,8 @@ class _Trainer:
             models.pop()
 
     def validate(self, step: int) -> None:
-        """Render the validation prompts (seed = config seed) to ``validation/step-N`` (RGBA + checkerboard sheet)."""
+        """Render the validation prompts (seed = config seed) to ``validation/step-XXXXXXXX`` (8-digit step, as
+        train-vae's validation images and both commands' checkpoints; RGBA PNGs + checkerboard sheet)."""
         cfg = self.cfg
         if not cfg.validation_prompts or not self.acc.is_main_process:
             return
@@ -378,7 +381,7 @@ class _Trainer:
                                height=cfg.resolution, width=cfg.resolution, steps=cfg.validation_steps,
                                guidance=cfg.validation_guidance, max_sequence_length=cfg.max_sequence_length).cpu()
         self.transformer.train()
-        folder = self.out / "validation" / f"step-{step:06d}"
+        folder = self.out / "validation" / f"step-{step:08d}"
         for k, image in enumerate(pixels):
             io.save_rgba(image, folder / f"{k:02d}.png", overwrite=True)
         io.save_rgba(contact_sheet(pixels), folder / "checkerboard.png", overwrite=True)
@@ -465,9 +468,11 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
 
     Output folder: ``pytorch_lora_weights.safetensors`` (with adapter metadata; loadable by
     ``FluxPipeline.load_lora_weights`` and :func:`~alphavae.diffusion.pipeline.load_flux_pipeline`),
-    ``train_config.yaml`` (resolved settings), ``checkpoints/step-N`` (accelerate state + LoRA),
-    ``validation/step-N`` (RGBA PNGs and a checkerboard sheet), ``logs`` (tensorboard).
-    Unreadable images are skipped (listed in the result); the run goes on with the rest.
+    ``train_config.yaml`` (resolved settings), ``checkpoints/step-XXXXXXXX`` (accelerate state + LoRA),
+    ``validation/step-XXXXXXXX`` (RGBA PNGs and a checkerboard sheet), ``logs`` (tensorboard).
+    Unreadable images are skipped (listed in the result); the run goes on with the rest. A resume of a run that
+    already reached ``max_steps`` (its newest checkpoint is at ``max_steps`` and its LoRA was written) trains and
+    writes nothing: it returns at once, with ``trained`` False, before any model loads.
 
     Raises:
         FileExistsError: the output already holds a LoRA or checkpoints and ``resume`` is not set, or a LoRA but no
@@ -500,4 +505,6 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
         check_within(resume, saved["step"], cfg.max_steps)
         _check_same_settings(resume, saved.get("settings"), cfg)
         _check_same_schedule(resume, saved.get("max_steps"), cfg)
+        if saved["step"] == cfg.max_steps and (out / LORA_FILE).exists():
+            return LoraTrainResult({}, out, [], trained=False)
     return _Trainer(cfg).run(resume)

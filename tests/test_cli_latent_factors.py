@@ -114,7 +114,7 @@ def test_failures_are_listed_and_factors_survive_a_failed_write(tmp_path, tiny_r
     def refuse(path, *args, **kwargs):
         raise PermissionError(f"[Errno 13] Permission denied: '{path}'")
 
-    monkeypatch.setattr("alphavae.cli.latent_factors.atomic_write", refuse)
+    monkeypatch.setattr("alphavae.cli.latent_factors.atomic_write_text", refuse)
     assert main(["latent-factors", str(tiny_rgba_dir), str(tmp_path / "big.png"), "--write", "--force"]) == 2
     captured = capsys.readouterr()
     assert json.loads(captured.out)["images"] == 1 and "Permission denied" in captured.err

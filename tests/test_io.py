@@ -525,6 +525,17 @@ def test_output_must_be_outside_inputs(tmp_path):
     aio.check_output_outside_inputs(tmp_path / "out", [inputs, tmp_path / "file.png"])
 
 
+def test_output_folder_must_be_a_folder_outside_inputs(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"file\.txt exists and is not a folder"):
+        aio.check_output_folder(tmp_path / "file.txt", [inputs])
+    with pytest.raises(ValueError, match="inside input folder"):
+        aio.check_output_folder(inputs / "out", [inputs])
+    aio.check_output_folder(tmp_path / "out", [inputs])
+
+
 def test_list_images_reporting_returns_bad_inputs_instead_of_raising(tmp_path):
     image = aio.save_rgba(random_rgba(2, 2), tmp_path / "in" / "a.png")
     (tmp_path / "empty").mkdir()
@@ -577,6 +588,14 @@ def test_atomic_write_cleans_up_and_sets_permissions(tmp_path):
     with pytest.raises(IsADirectoryError, match=r"deep: is a folder; a file cannot replace it$"):
         aio.atomic_write(tmp_path / "deep", lambda p: p.write_text("x"), overwrite=True)
     assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["x.txt"]  # no temporary file left
+
+
+def test_atomic_write_text_writes_utf8(tmp_path):
+    written = aio.atomic_write_text(tmp_path / "deep" / "t.txt", "caf\u00e9\n")
+    assert written.read_bytes() == "caf\u00e9\n".encode("utf-8")
+    with pytest.raises(FileExistsError):
+        aio.atomic_write_text(written, "again")
+    assert aio.atomic_write_text(written, "again", overwrite=True).read_text(encoding="utf-8") == "again"
 
 
 @pytest.mark.parametrize("name", ["n" * 251 + ".txt", "\u00e9" * 125 + ".txt"])

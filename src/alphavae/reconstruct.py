@@ -25,6 +25,7 @@ from alphavae.io import (
     DEFAULT_MAX_PIXELS,
     PREVIEW_BACKGROUNDS,
     ImageLoadError,
+    check_output_folder,
     check_output_outside_inputs,
     check_writable_folder,
     composite,
@@ -291,9 +292,7 @@ def check_destinations(inputs: str | os.PathLike | Iterable[str | os.PathLike], 
     """
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output {output_dir} exists and is not a folder")
-    check_output_outside_inputs(output_dir, inputs)
+    check_output_folder(output_dir, inputs)
     check_writable_folder(output_dir, "outputs")
     if grid_dir is None:
         return

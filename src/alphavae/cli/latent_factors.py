@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from alphavae.cli import choose_images, load_skipping, positive_int, report_skipped, seed
-from alphavae.io import DEFAULT_MAX_PIXELS, atomic_write
+from alphavae.io import DEFAULT_MAX_PIXELS, atomic_write_text
 
 FEW_IMAGES = 16  # fewer fitted images are not representative: a warning, and --write needs --force
 
@@ -136,9 +136,9 @@ def _write_factors(config_path: Path, factors: dict) -> None:
     config.update({key: factors[key] for key in old})
     mode = stat.S_IMODE(config_path.stat().st_mode)
     try:
-        atomic_write(config_path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"), overwrite=True)
+        atomic_write_text(config_path, json.dumps(config, indent=2) + "\n", overwrite=True)
     except OSError as err:
         raise OSError(f"{config_path}: cannot write ({err.strerror or err})") from err
-    config_path.chmod(mode)  # keep the file's permissions (atomic_write gives new files the default ones)
+    config_path.chmod(mode)  # keep the file's permissions (atomic_write_text gives new files the default ones)
     for key, value in old.items():
         print(f"{config_path}: {key} {value} -> {factors[key]}", file=sys.stderr)

@@ -131,8 +131,7 @@ def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
     Raises IsADirectoryError when ``path`` is a folder, TypeError for a record ``json`` cannot serialise.
     """
     text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
-    io.atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=True)
-    return Path(path)
+    return io.atomic_write_text(path, text, overwrite=True)
 
 
 def summarise(records: Iterable[dict]) -> dict[str, dict[str, int]]:
@@ -264,9 +263,7 @@ def export_split(manifest: str | Path, split: str, output: str | Path) -> Export
     manifest, output = Path(manifest), Path(output)
     root = manifest.parent
     records = [(number, r) for number, r in read_manifest_lines(manifest) if r["split"] == split]
-    io.check_output_outside_inputs(output, [root])
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"output {output} exists and is not a folder")
+    io.check_output_folder(output, [root])
     if not records:
         raise ValueError(f"{manifest}: no image in split {split!r}")
     report = ExportReport()

@@ -198,9 +198,7 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
     """
     manifest, output = Path(manifest), Path(output)
     root = manifest.parent
-    io.check_output_outside_inputs(output, [root])
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"output {output} exists and is not a folder")
+    io.check_output_folder(output, [root])
     planned, failed = _plan(records, root)
     listed = {**_present_samples(manifest, output), **{path: record for path, (record, _) in planned.items()}}
     licence_file = output / "LICENSE.md"

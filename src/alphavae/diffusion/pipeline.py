@@ -409,7 +409,7 @@ def _triage(paths: dict, wanted: dict, records: dict[str, dict], report: Generat
 def _write_records(path: Path, records: dict[str, dict]) -> None:
     """Replace ``generations.jsonl`` atomically by ``records``, one JSON object per line."""
     text = "".join(json.dumps(record) + "\n" for record in records.values())
-    io.atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"), overwrite=True)
+    io.atomic_write_text(path, text, overwrite=True)
 
 
 def generate_folder(

@@ -40,7 +40,7 @@ from alphavae.train.checkpoint import (
     way_back_on_error,
 )
 from alphavae.train.config import build_dataclass, check_limits, read_yaml, warn_long_warmup
-from alphavae.train.loop import NonFiniteLossError
+from alphavae.train.loop import nonfinite_streak
 from alphavae.vae import RGBAVAE
 
 log = logging.getLogger(__name__)
@@ -253,23 +253,6 @@ def _check_same_schedule(checkpoint: Path, saved_max_steps: int | None, cfg: Lor
                      "(constant, constant_with_warmup) to be able to extend a run")
 
 
-def _next_streak(streak: int, loss: float | None, step: int, limit: int) -> int:
-    """The count of consecutive non-finite steps once step ``step`` (1-based) had ``loss`` (None: non-finite,
-    skipped; logged as a warning).
-
-    Raises:
-        NonFiniteLossError: the count reaches ``limit`` (``max_nonfinite``), naming the step.
-    """
-    if loss is not None:
-        return 0
-    streak += 1
-    log.warning("step %d: non-finite loss, step skipped (%d in a row)", step, streak)
-    if streak >= limit:
-        raise NonFiniteLossError(f"{streak} consecutive steps with a non-finite loss (last: step {step}); lower the "
-                                 "learning rate, use bf16 instead of fp16, or check the data")
-    return streak
-
-
 def _make_optimizer(cfg: LoraTrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """AdamW (torch) or Prodigy (prodigyopt, Mishchenko & Defazio 2023) over the LoRA parameters."""
     betas = (cfg.adam_beta1, cfg.adam_beta2)
@@ -442,7 +425,7 @@ class _Trainer:
                    disable=not acc.is_local_main_process)
         for step in bar:
             total = self.train_step(step, sampler, optimizer, scheduler)
-            self.streak = _next_streak(self.streak, total, step + 1, cfg.max_nonfinite)
+            self.streak = nonfinite_streak(self.streak, total is not None, step + 1, cfg.max_nonfinite)
             if total is not None:
                 losses[step + 1] = total
                 bar.set_postfix(loss=f"{total:.4f}")
@@ -455,8 +438,7 @@ class _Trainer:
         if acc.is_main_process:  # before the final validation, which can fail (e.g. out of memory at full size)
             save_lora(acc.unwrap_model(self.transformer), self.out)
             config_text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
-            io.atomic_write(self.out / "train_config.yaml", lambda t: t.write_text(config_text, encoding="utf-8"),
-                            overwrite=True)
+            io.atomic_write_text(self.out / "train_config.yaml", config_text, overwrite=True)
         if not cfg.validation_every or cfg.max_steps % cfg.validation_every:
             self.validate(cfg.max_steps)
         acc.end_training()

@@ -432,6 +432,19 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], None], *, o
     return path
 
 
+def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
+    """:func:`atomic_write` of ``text``, encoded as UTF-8.
+
+    Returns:
+        ``path`` as a ``pathlib.Path``.
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder. FileExistsError: ``path`` exists and ``overwrite`` is False.
+        OSError: the file cannot be written.
+    """
+    return atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"), overwrite=overwrite)
+
+
 def stage_file(path: str | os.PathLike, write_fn: Callable[[Path], None]) -> Path:
     """The first half of :func:`atomic_write`: ``write_fn`` fills a hidden temporary file beside ``path``
     (``.<name>.<random>.tmp``, in ``path``'s existing folder), which is fsynced and given the usual
@@ -684,6 +697,23 @@ def folder_relation(folder: str | os.PathLike, other: str | os.PathLike) -> str 
     if reference.is_relative_to(path):
         return "contains"
     return None
+
+
+def check_output_folder(output_dir: str | os.PathLike,
+                        inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> None:
+    """Refuse an output folder that exists as something else than a folder, or lies in an input tree.
+
+    Args:
+        output_dir: folder outputs will be written to (need not exist yet).
+        inputs: the input files/folders of the job (as given to :func:`list_images`).
+
+    Raises:
+        ValueError: ``output_dir`` exists and is not a folder; or it equals or lies inside an input folder
+            (:func:`check_output_outside_inputs`, names both).
+    """
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(f"output {output_dir} exists and is not a folder")
+    check_output_outside_inputs(output_dir, inputs)
 
 
 def check_output_outside_inputs(output_dir: str | os.PathLike,

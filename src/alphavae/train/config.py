@@ -471,7 +471,6 @@ def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:
 
     Raises IsADirectoryError when ``path`` is a folder, OSError when it cannot be written.
     """
-    from alphavae.io import atomic_write
+    from alphavae.io import atomic_write_text
 
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
+    return atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False), overwrite=True)

@@ -76,6 +76,24 @@ class NonFiniteLossError(RuntimeError):
     """Raised when ``max_nonfinite`` consecutive optimiser steps had a NaN/inf loss."""
 
 
+def nonfinite_streak(streak: int, finite: bool, step: int, limit: int) -> int:
+    """The count of consecutive non-finite optimiser steps once step ``step`` (1-based) was ``finite`` or not
+    (a non-finite step is skipped and logged as a warning); 0 after a finite step. Shared by ``train-vae`` and
+    ``train-lora``.
+
+    Raises:
+        NonFiniteLossError: the count reaches ``limit`` (``max_nonfinite``), naming the step.
+    """
+    if finite:
+        return 0
+    streak += 1
+    logger.warning("step %d: non-finite loss, step skipped (%d in a row)", step, streak)
+    if streak >= limit:
+        raise NonFiniteLossError(f"{streak} consecutive steps with a non-finite loss (last: step {step}); lower the "
+                                 "learning rate, use bf16 instead of fp16, or check the data")
+    return streak
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What ``train_vae`` did.
@@ -351,7 +369,7 @@ def _truncate_log(path: Path, last_step: int) -> None:
             continue
     kept_text = "".join(kept)
     if kept_text != text:  # rewritten only when some line goes
-        io.atomic_write(path, lambda temp: temp.write_text(kept_text, encoding="utf-8"), overwrite=True)
+        io.atomic_write_text(path, kept_text, overwrite=True)
 
 
 def _smallest_input(network: torch.nn.Module) -> int:
@@ -580,14 +598,10 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             bad_step |= not finite
         if not sync:
             continue
+        streak = nonfinite_streak(streak, not bad_step, step + 1, config.max_nonfinite)
         if bad_step:
-            streak, skipped = streak + 1, skipped + 1
-            logger.warning("step %d: non-finite loss, step skipped (%d in a row)", step, streak)
-            if streak >= config.max_nonfinite:
-                raise NonFiniteLossError(f"{streak} consecutive steps with a non-finite loss (last: step {step}); "
-                                         "lower the learning rate, use bf16 instead of fp16, or check the data")
+            skipped += 1
         else:
-            streak = 0
             if config.optim.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
             optimizer.step()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,24 @@ def test_input_folders_are_listed_once(tmp_path, tiny_rgba_dir, monkeypatch):
     _rgba_png(tmp_path / "in" / "sub" / "a.png", 8, 8)
     assert _run(tmp_path / "in", tmp_path / "missing", "-o", tmp_path / "out", "--vae", tiny_rgba_dir) == 1
     assert walked == [tmp_path / "in"] and (tmp_path / "out" / "sub" / "a.png").is_file()
+
+
+def test_a_listing_that_would_write_outside_the_output_folder_is_refused(tmp_path, tiny_rgba_dir):
+    """reconstruct_files(listing=...) wrote each listed image to output_dir / its relative path: an absolute or
+    ``..`` relative path put a reconstruction outside the output folder."""
+    from alphavae.io import list_images_reporting
+
+    source = _rgba_png(tmp_path / "in" / "sub" / "a.png", 8, 8)
+    vae, out = RGBAVAE.from_pretrained(tiny_rgba_dir), tmp_path / "out"
+    for relative in (tmp_path / "elsewhere" / "a.png", Path("..") / "escaped.png", Path("sub") / ".." / ".." / "x.png"):
+        with pytest.raises(ValueError, match=rf"^listing: {source} has the relative path '{re.escape(str(relative))}', "
+                                             "which would write outside the output folder"):
+            reconstruct_files([tmp_path / "in"], out, vae=vae, progress=False, listing=([(source, relative)], []))
+    assert not list(tmp_path.rglob("*escaped*")) and not (tmp_path / "elsewhere").exists() and not out.exists()
+    for inputs in ([tmp_path / "in"], [source], [os.path.relpath(source)]):  # folder, file, relative file path
+        listing = list_images_reporting(inputs)
+        report = reconstruct_files(inputs, out, vae=vae, progress=False, overwrite=True, listing=listing)
+        assert report.ok and len(report.written) == 1
 
 
 def test_sizes_come_back_exactly(tmp_path, tiny_rgba_dir):

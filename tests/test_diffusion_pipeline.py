@@ -365,6 +365,34 @@ def test_the_contact_sheet_is_rebuilt_from_the_folder_when_a_call_adds_images(tm
     assert (tmp_path / "contact_sheet.png").read_bytes() == built and len(sheets) == 3
 
 
+def test_a_folder_where_the_sheet_goes_is_refused_before_generating_and_a_missing_sheet_is_built(tmp_path,
+                                                                                                monkeypatch):
+    """A folder named contact_sheet.png let generate make every image, then end in IsADirectoryError (exit 2, the
+    summary lost); once it was moved away, a rerun added no image and so never built the sheet."""
+    from alphavae.diffusion import pipeline
+
+    fake = _fake_generation(monkeypatch)
+    fake.set_progress_bar_config = lambda **kw: None
+    monkeypatch.setattr(pipeline.RGBAVAE, "from_pretrained", lambda *a, **kw: pytest.fail("model loaded"))
+    (tmp_path / "contact_sheet.png").mkdir()
+    message = rf"^{tmp_path / 'contact_sheet.png'}: is a folder, where the contact sheet goes: move it away or pass "
+    with pytest.raises(IsADirectoryError, match=message):
+        pipeline.generate_from_paths("flux", "vae", ["a"], tmp_path, device="cpu", height=16, width=16,
+                                     progress=False)
+    kwargs = {"n": 2, "height": 16, "width": 16, "progress": False}
+    with pytest.raises(IsADirectoryError, match=message):
+        generate_folder(fake, None, ["a"], tmp_path, **kwargs)
+    assert [path.name for path in tmp_path.iterdir()] == ["contact_sheet.png"]  # no image made
+    assert len(generate_folder(fake, None, ["a"], tmp_path, sheet=False, **kwargs).written) == 2
+    (tmp_path / "contact_sheet.png").rmdir()
+    assert not generate_folder(fake, None, ["a"], tmp_path, **kwargs).written  # adds nothing, builds the sheet
+    with Image.open(tmp_path / "contact_sheet.png") as sheet:
+        assert sheet.size == (2 * (16 + 2) + 2, 16 + 2 + 2)
+    built = (tmp_path / "contact_sheet.png").read_bytes()
+    assert not generate_folder(fake, None, ["a"], tmp_path, **kwargs).written
+    assert (tmp_path / "contact_sheet.png").read_bytes() == built
+
+
 def test_generate_from_paths_checks_the_request_once(tmp_path, monkeypatch):
     """check_request ran twice per generate call (before the models loaded, then again in generate_folder)."""
     from alphavae.diffusion import pipeline

@@ -274,6 +274,16 @@ def _take(job: _Job, path: Path, target: Path) -> torch.Tensor | None:
     return pixels
 
 
+def _check_listing(items: list[tuple[Path, Path]]) -> None:
+    """Raise ValueError naming the first ``(path, relative path)`` of ``items`` whose relative path is empty,
+    absolute or holds ``..``: its output ``output_dir / relative`` would land outside ``output_dir``."""
+    for path, relative in items:
+        parts = Path(relative).parts
+        if not parts or Path(relative).is_absolute() or ".." in parts:
+            raise ValueError(f"listing: {path} has the relative path {str(relative)!r}, which would write outside "
+                             "the output folder; pass listing=alphavae.io.list_images_reporting(inputs), or None")
+
+
 def check_destinations(inputs: str | os.PathLike | Iterable[str | os.PathLike], output_dir: str | os.PathLike,
                        grid_dir: str | os.PathLike | None = None) -> None:
     """Refuse, before any model work, output and grid folders that ``reconstruct_files`` must not or cannot use.
@@ -340,7 +350,8 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
             (``RGBAVAE.reconstruct``); None: as they are.
         listing: ``alphavae.io.list_images_reporting(inputs)`` if the caller has made it already (the command
             does, to refuse inputs without images before the model loads), so folders are walked once; None:
-            listed here.
+            listed here. Each relative path must be non-empty, relative and free of ``..`` (as that listing makes
+            them), so no output lands outside ``output_dir``; that the listing matches ``inputs`` is not checked.
     Returns:
         A ``ReconstructReport``; missing inputs, inputs that are neither regular files nor folders
         (devices, FIFOs), folders without images, unreadable images, name collisions (``a.jpg`` and
@@ -350,7 +361,8 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
         ``grids_failed``; the rest continue.
     Raises:
         ValueError, OSError: as ``check_destinations`` (checked before anything is loaded);
-            ValueError for ``batch_size`` < 1.
+            ValueError for ``batch_size`` < 1, and for a ``listing`` relative path that leaves ``output_dir``
+            (names it).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -358,6 +370,8 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
     check_destinations(inputs, output_dir, grid_dir)
     report = ReconstructReport()
     items, bad_inputs = list_images_reporting(inputs) if listing is None else listing
+    if listing is not None:
+        _check_listing(items)
     report.failed, report.bad_inputs = list(bad_inputs), len(bad_inputs)
     job = _Job(vae=vae, output_dir=Path(output_dir), grid_dir=None if grid_dir is None else Path(grid_dir),
                overwrite=overwrite, max_pixels=max_pixels, min_side=min_side,

@@ -97,7 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Text-to-image with a FLUX pipeline whose latents are decoded by the RGBA VAE: writes "
                     "4-channel straight-alpha PNGs p<prompt index>-s<seed>.png (e.g. p0000-s0.png), generations.jsonl "
                     "and contact_sheet.png, a preview of the folder rebuilt whenever a run adds images (so a rerun "
-                    "with a larger --n adds the new images and shows them too) and left as it is otherwise: "
+                    "with a larger --n adds the new images and shows them too), built when missing and left as "
+                    "it is otherwise (a folder of that name is refused before any image is made): "
                     # pipeline.SHEET_LIMIT, SHEET_TILE, SHEET_COLUMNS (not imported: --help loads no diffusers)
                     "the first 64 images recorded in generations.jsonl in prompt and seed order, shrunk to at most "
                     "256 px, 8 per row, over a checkerboard. An existing PNG is skipped when its record in "

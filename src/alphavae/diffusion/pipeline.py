@@ -433,7 +433,9 @@ def generate_folder(
     seed) order, the first :data:`SHEET_LIMIT`, each shrunk to at most :data:`SHEET_TILE` pixels
     (:func:`sheet_tile`), :data:`SHEET_COLUMNS` per row over a checkerboard, so its memory and size do not grow
     with ``n``. It replaces the previous sheet atomically (derived from the PNGs, it can always be rebuilt); a
-    call that writes no image leaves the sheet as it is. Writes are atomic.
+    call that writes no image leaves an existing sheet as it is, and builds a missing one (e.g. after a run whose
+    images were all written but whose sheet was not). A folder where the sheet goes is refused before any image is
+    made. Writes are atomic.
 
     Args:
         prompts: one or more prompts; output_dir: created if missing.
@@ -450,6 +452,7 @@ def generate_folder(
     Raises:
         ValueError: no prompts, n, batch_size or seed out of range (:func:`check_request`), a prompt that is not
             valid text, or a bad ``generations.jsonl``.
+        IsADirectoryError: with ``sheet``, :data:`SHEET_FILE` is a folder (before any image is made).
         OSError: ``generations.jsonl``, a PNG or the contact sheet cannot be read or written.
     """
     check_request(prompts, n=n, seed=seed, batch_size=batch_size)
@@ -465,6 +468,8 @@ def _fill_folder(
 ) -> GenerationReport:
     """:func:`generate_folder` for a request :func:`check_request` has accepted (:func:`generate_from_paths`
     checks it before the models load)."""
+    if sheet:
+        _check_sheet_path(output_dir)
     records, written_records = _present_records(output_dir), {}
     jobs = [(p, prompt, seed + k) for p, prompt in enumerate(prompts) for k in range(n)]
     path_of = {job: output_dir / f"p{job[0]:04d}-s{job[2]}.png" for job in jobs}
@@ -487,7 +492,7 @@ def _fill_folder(
                 for job, image in zip(batch, pixels.cpu(), strict=True):
                     report.written.append(str(io.save_rgba(image, path_of[job])))
             bar.update(len(batch))
-    if sheet and report.written:
+    if sheet and (report.written or not (output_dir / SHEET_FILE).exists()):
         _rebuild_sheet(output_dir)
     return report
 
@@ -524,6 +529,15 @@ def _sheet_files(output_dir: Path) -> list[Path]:
     numbered = sorted((tuple(map(int, match.groups())), name) for name in _present_records(output_dir)
                       if (match := _IMAGE_NAME.fullmatch(name)))
     return [output_dir / name for _, name in numbered[:SHEET_LIMIT]]
+
+
+def _check_sheet_path(output_dir: Path) -> None:
+    """Raise IsADirectoryError when ``output_dir``'s :data:`SHEET_FILE` is a folder: the sheet, written after the
+    images, could not replace it (checked before any image is made, so a long run does not end in that error)."""
+    path = output_dir / SHEET_FILE
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, where the contact sheet goes: move it away or pass --no-sheet "
+                                "(sheet=False)")
 
 
 def _rebuild_sheet(output_dir: Path) -> None:
@@ -571,10 +585,13 @@ def generate_from_paths(
         OSError, ValueError: see :func:`load_flux_pipeline`, :func:`generate_folder` and
             :meth:`alphavae.vae.RGBAVAE.from_pretrained` (the VAE loads first); ValueError also for an
             unknown dtype, and for a request :func:`check_request` refuses (before any model loads); OSError
-            (NotADirectoryError) when ``output_dir`` cannot be written, checked before any model loads
+            (NotADirectoryError) when ``output_dir`` cannot be written, and IsADirectoryError when its
+            :data:`SHEET_FILE` is a folder (with ``sheet``), both checked before any model loads
             (:func:`alphavae.io.check_writable_folder`).
     """
     io.check_writable_folder(output_dir, "images")  # before any model loads
+    if options.get("sheet", True):
+        _check_sheet_path(Path(output_dir))
     check_request(prompts, n=options.get("n", 1), seed=options.get("seed", 0),
                   batch_size=options.get("batch_size", 1))  # once: _fill_folder does not repeat it
     device = device or default_device()

@@ -154,9 +154,10 @@ def pad_to_canvas(pixels: torch.Tensor, min_side: int, *,
     long are not padded); the content is not resized. Undo with ``padded[..., top:top + H, left:left + W]``.
 
     A side that gets a canvas is first extended to a multiple of ``multiple`` by repeating its edge pixels, half
-    on each side (the smaller half above / to the left), so the content fills whole latent cells of a VAE that
-    downsamples by ``multiple``: a 1 px image alone in an 8 px cell of transparency is a detail an 8x VAE cannot
-    keep (alphavae-mini on a 64 px canvas returned an opaque red pixel at alpha 4/255; extended, 254/255).
+    on each side (the smaller half above / to the left), so the content spans a whole number of latent cells' width
+    of a VAE that downsamples by ``multiple`` (it is centred on the canvas, not aligned to the latent grid): a 1 px
+    image alone in an 8 px cell of transparency is a detail an 8x VAE cannot keep (alphavae-mini on a 64 px canvas
+    returned an opaque red pixel at alpha 4/255; extended, 254/255).
 
     Args:
         pixels: ``(B, 4, H, W)`` or ``(4, H, W)`` straight RGBA in [-1, 1].

@@ -59,7 +59,8 @@ _TRAIN_FLAGS: tuple[tuple[str | tuple[str, ...], str, dict], ...] = (
     ("--logit-std", "logit_std", {"type": finite_float, "help": "logit_normal std (default 1)"}),
     ("--max-sequence-length", "max_sequence_length", {"type": int, "help": "T5 tokens, <= 512 (default 512)"}),
     ("--mixed-precision", "mixed_precision", {"choices": ("no", "bf16", "fp16"),
-                                              "help": "frozen weights/compute dtype; LoRA stays float32 (default no)"}),
+                                              "help": "frozen weights/compute dtype; LoRA stays float32 (default no; this "
+                                                      "decides, not accelerate launch's --mixed_precision)"}),
     ("--gradient-checkpointing", "gradient_checkpointing", {"action": "store_const", "const": True,
                                                             "help": "trade compute for memory"}),
     ("--seed", "seed", {"type": int, "help": "seed of LoRA init, data order, noise (default 0)"}),

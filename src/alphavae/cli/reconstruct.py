@@ -62,10 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="same-size images per model call (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs and grids")
     parser.add_argument("--grid", type=Path, default=None, metavar="DIR",
-                        help="also write comparison grids DIR/<name>.grid.png: input (top) vs reconstruction "
-                             "(bottom) over checkerboard, black and white (DIR outside the inputs' folders and apart "
-                             "from OUT, neither inside the other; made for existing outputs too; existing grids "
-                             "are kept unless --overwrite; default: none)")
+                        help="also write comparison grids DIR/<relative path>.grid.png (mirroring the input "
+                             "subfolders): input (top) vs reconstruction (bottom) over checkerboard, black and "
+                             "white (DIR outside the inputs' folders and apart from OUT, neither inside the other; "
+                             "made for existing outputs too; existing grids are kept unless --overwrite; default: "
+                             "none)")
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help=f"largest accepted width*height of an input, in pixels (default {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

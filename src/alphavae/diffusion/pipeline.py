@@ -456,6 +456,8 @@ def generate_folder(
         OSError: ``generations.jsonl``, a PNG or the contact sheet cannot be read or written.
     """
     check_request(prompts, n=n, seed=seed, batch_size=batch_size)
+    if sheet:
+        _check_sheet_path(Path(output_dir))
     return _fill_folder(pipe, vae, prompts, Path(output_dir), n=n, seed=seed, height=height, width=width,
                         steps=steps, guidance=guidance, batch_size=batch_size, sheet=sheet, progress=progress,
                         settings=settings)
@@ -466,10 +468,8 @@ def _fill_folder(
     height: int = 1024, width: int = 1024, steps: int = 28, guidance: float = 3.5, batch_size: int = 1,
     sheet: bool = True, progress: bool = True, settings: dict | None = None,
 ) -> GenerationReport:
-    """:func:`generate_folder` for a request :func:`check_request` has accepted (:func:`generate_from_paths`
-    checks it before the models load)."""
-    if sheet:
-        _check_sheet_path(output_dir)
+    """:func:`generate_folder` for a request :func:`check_request` and :func:`_check_sheet_path` have accepted
+    (:func:`generate_from_paths` checks it before the models load)."""
     records, written_records = _present_records(output_dir), {}
     jobs = [(p, prompt, seed + k) for p, prompt in enumerate(prompts) for k in range(n)]
     path_of = {job: output_dir / f"p{job[0]:04d}-s{job[2]}.png" for job in jobs}
@@ -593,7 +593,7 @@ def generate_from_paths(
     if options.get("sheet", True):
         _check_sheet_path(Path(output_dir))
     check_request(prompts, n=options.get("n", 1), seed=options.get("seed", 0),
-                  batch_size=options.get("batch_size", 1))  # once: _fill_folder does not repeat it
+                  batch_size=options.get("batch_size", 1))  # once: _fill_folder repeats neither check
     device = device or default_device()
     torch_dtype = parse_dtype("bfloat16" if device.startswith("cuda") else "float32") if dtype == "auto" \
         else parse_dtype(dtype)

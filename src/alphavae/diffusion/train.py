@@ -40,7 +40,7 @@ from alphavae.train.checkpoint import (
     way_back_on_error,
 )
 from alphavae.train.config import build_dataclass, check_limits, read_yaml, warn_long_warmup
-from alphavae.train.loop import nonfinite_streak
+from alphavae.train.loop import nonfinite_streak, on_every_process
 from alphavae.vae import RGBAVAE
 
 log = logging.getLogger(__name__)
@@ -379,13 +379,14 @@ class _Trainer:
     def train_step(self, step: int, sampler: StepBatchSampler, optimizer, scheduler) -> float | None:
         """Optimizer step ``step`` (0-based) over ``gradient_accumulation_steps`` micro-batches: the loss averaged
         over micro-batches and processes, or None when it was NaN/inf on some process in some micro-batch. The
-        processes decide that together (``accelerator.reduce``), and then none steps the optimizer or scheduler:
-        the step's gradients are dropped and a non-finite micro-batch is not back-propagated."""
+        processes decide that together (:func:`~alphavae.train.loop.on_every_process`), and then none steps the
+        optimizer or scheduler: the step's gradients are dropped and a non-finite micro-batch is not
+        back-propagated."""
         acc, accum, finite, total = self.acc, self.cfg.gradient_accumulation_steps, True, 0.0
         for micro in range(step * accum, (step + 1) * accum):
             with acc.accumulate(self.model):
                 loss = self.loss(sampler.batch(micro), micro)
-                micro_finite = bool(acc.reduce(torch.isfinite(loss.detach()).float(), "sum") == acc.num_processes)
+                micro_finite = on_every_process(acc, torch.isfinite(loss.detach()))
                 finite &= micro_finite
                 if micro_finite:
                     acc.backward(loss)

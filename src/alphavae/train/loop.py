@@ -441,9 +441,15 @@ def _flatten(values: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _on_every_process(accelerator: Accelerator, flag: bool | torch.Tensor) -> bool:
+def on_every_process(accelerator: Accelerator, flag: bool | torch.Tensor) -> bool:
     """Whether ``flag`` (a bool or a one-element tensor) is true on every process: one all-reduce, so every process
-    must call it at the same point, and all of them get the same answer (what lets them stop together)."""
+    must call it at the same point, and all of them get the same answer (what lets them stop together, or skip a
+    non-finite step together). Shared by ``train-vae`` and ``train-lora``. Library: ``Accelerator.reduce``.
+
+    Returns:
+        The same bool on every process. Raises nothing of its own (a process that never calls it leaves the
+        others waiting).
+    """
     flag = torch.as_tensor(flag, dtype=torch.float32, device=accelerator.device)
     return bool(accelerator.reduce(flag, "sum") == accelerator.num_processes)
 
@@ -569,7 +575,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     for micro_step, (batch, unreadable) in enumerate(loader, start=start_step * accum):
         step, sync = micro_step // accum, (micro_step + 1) % accum == 0
         _note_unreadable(unreadable, failed, step)
-        if not _on_every_process(accelerator, batch is not None):  # every process raises, none waits for the others
+        if not on_every_process(accelerator, batch is not None):  # every process raises, none waits for the others
             raise ValueError(f"no training image is readable any more (step {step}): "
                              f"{gather_object(unreadable[-1:] if batch is None else [])[0]}")
         pixels = batch.to(accelerator.device)
@@ -586,7 +592,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             with accelerator.autocast():
                 loss, logs, reconstruction = objective.generator_loss(
                     model, pixels, noise, step=step, last_layer=last_layer, backgrounds=backgrounds)
-            finite = _on_every_process(accelerator, torch.isfinite(loss))
+            finite = on_every_process(accelerator, torch.isfinite(loss))
             if finite:
                 accelerator.backward(loss / accum)
                 if gan:

@@ -724,8 +724,10 @@ def test_data_gone_on_one_process_stops_every_process_with_the_same_error(assets
     overrides = _overrides(assets, **{"optim.max_steps": 4, "data.batch_size": 1, "loss.lpips_weight": 0,
                                       "data.val_count": 0, "checkpoint_every": 1})
     bin_dir = str(Path(sys.executable).parent)
-    command = [shutil.which("torchrun", path=bin_dir), "--standalone", "--nproc_per_node", "2", str(script),
-               "train-vae", "--config", "vae_no_gan", "-o", str(tmp_path / "run")]
+    # torchrun stops the other workers as soon as it sees one fail; polling every 5 s (not 0.1) leaves process 1
+    # time to print its own error line after process 0 exits, also on a loaded machine
+    command = [shutil.which("torchrun", path=bin_dir), "--standalone", "--monitor-interval", "5", "--nproc_per_node",
+               "2", str(script), "train-vae", "--config", "vae_no_gan", "-o", str(tmp_path / "run")]
     command += [a for o in overrides for a in ("--set", o)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)

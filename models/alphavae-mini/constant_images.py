@@ -4,7 +4,8 @@
 
 Fully transparent 128² and 16² images, flat opaque grey and red 128² images, and flat semi-transparent red 128²
 images (alpha 180/255 and 64/255) are reconstructed (posterior mode, float32); prints the max / mean / min
-reconstructed alpha of each in 1/255 units (0 = transparent).
+reconstructed alpha of each in 1/255 units (0 = transparent) and, for the images that are not transparent, the mean
+reconstructed straight colour (r, g, b) in 1/255 units next to the input's.
 """
 
 import sys
@@ -30,5 +31,11 @@ if __name__ == "__main__":
     vae = RGBAVAE.from_pretrained(sys.argv[1] if len(sys.argv) > 1 else None, dtype="float32")
     with torch.inference_mode():
         for name, pixels in CASES.items():
-            alpha = (vae.reconstruct(pixels)[:, 3] + 1) * 127.5
-            print(f"{name}: alpha max {alpha.max():.0f}/255, mean {alpha.mean():.0f}/255, min {alpha.min():.0f}/255")
+            output = (vae.reconstruct(pixels) + 1) * 127.5
+            alpha = output[:, 3]
+            line = f"{name}: alpha max {alpha.max():.0f}/255, mean {alpha.mean():.0f}/255, min {alpha.min():.0f}/255"
+            if pixels[0, 3, 0, 0] > -1:
+                colour = ", ".join(f"{v:.0f}" for v in output[0, :3].mean(dim=(1, 2)))
+                given = ", ".join(f"{v:.0f}" for v in (pixels[0, :3, 0, 0] + 1) * 127.5)
+                line += f"; colour ({colour})/255, input ({given})/255"
+            print(line)

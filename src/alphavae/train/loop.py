@@ -461,6 +461,29 @@ def _mean_logs(accelerator: Accelerator, logs: list[dict]) -> dict:
     return dict(zip(keys, accelerator.reduce(local, "mean").tolist()))
 
 
+def _preflight(config: TrainConfig, run_dir: Path, resume: str | None) -> Path | None:
+    """The checks ``train_vae`` makes before any model loads; returns the verified checkpoint to resume from.
+
+    Raises: as ``train_vae`` for its data source, output folder and checkpoint (FileNotFoundError, FileExistsError,
+    ValueError, OSError).
+    """
+    if config.data.source is not None:
+        if not Path(config.data.source).exists():
+            raise FileNotFoundError(f"data source {config.data.source} (data.source / --data) does not exist")
+        io.check_output_outside_inputs(run_dir, config.data.source if Path(config.data.source).is_dir()
+                                       else Path(config.data.source).parent)
+    io.check_output_outside_inputs(run_dir, [path for path in (config.model.vae, config.model.ref_vae) if path])
+    io.check_writable_folder(run_dir, "the run")
+    check_start(run_dir, resume, run_dir / "final")
+    warn_long_warmup(config.optim.warmup_steps, config.optim.max_steps, ("optim.warmup_steps", "optim.max_steps"))
+    checkpoint = find_checkpoint(run_dir, resume) if resume else None
+    if checkpoint is not None:  # train-lora checks its resume the same way
+        with way_back_on_error(checkpoint, resume, run_dir):
+            saved = verify_checkpoint(checkpoint)
+        check_within(checkpoint, saved["step"], config.optim.max_steps)
+    return checkpoint
+
+
 def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | None = None,
               stop_after: int | None = None) -> TrainResult:
     """Fine-tune (or train from scratch) an RGBA or RGB ``AutoencoderKL`` with the AlphaVAE objective.
@@ -497,20 +520,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             ones are complete and ``--resume latest`` continues from the newest.
     """
     run_dir = Path(run_dir)
-    if config.data.source is not None:
-        if not Path(config.data.source).exists():
-            raise FileNotFoundError(f"data source {config.data.source} (data.source / --data) does not exist")
-        io.check_output_outside_inputs(run_dir, config.data.source if Path(config.data.source).is_dir()
-                                       else Path(config.data.source).parent)
-    io.check_output_outside_inputs(run_dir, [path for path in (config.model.vae, config.model.ref_vae) if path])
-    io.check_writable_folder(run_dir, "the run")  # before the models load
-    check_start(run_dir, resume, run_dir / "final")
-    warn_long_warmup(config.optim.warmup_steps, config.optim.max_steps, ("optim.warmup_steps", "optim.max_steps"))
-    checkpoint = find_checkpoint(run_dir, resume) if resume else None
-    if checkpoint is not None:  # before the models load (train-lora checks its resume the same way)
-        with way_back_on_error(checkpoint, resume, run_dir):
-            saved = verify_checkpoint(checkpoint)
-        check_within(checkpoint, saved["step"], config.optim.max_steps)
+    checkpoint = _preflight(config, run_dir, resume)
     accum = config.optim.gradient_accumulation
     AcceleratorState._reset_state()  # a fresh mixed-precision setting per run; keeps the process group
     cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")

@@ -630,3 +630,19 @@ def test_a_prediction_saved_without_alpha_is_named_in_a_note(tmp_path, capsys):
     assert report["opaque_predictions"] == ["im1"]
     assert ("note: 1 prediction fully opaque (alpha 1 everywhere) where the GT has transparency: an RGB file, or "
             "alpha dropped when saved? Scored as opaque; keys under 'opaque_predictions'.") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval", "eval-vae", "eval-t2i"])
+def test_quiet_hides_the_progress_bar(tmp_path, capsys, command):
+    """`--quiet`, as in `alphavae reconstruct`: no tqdm bar on stderr (the eval commands always drew one)."""
+    gt, pred = _small_tree(tmp_path)
+    if command == "eval-vae":
+        tiny_rgba_vae("flux").save_pretrained(tmp_path / "vae")
+    (tmp_path / "prompts.json").write_text(json.dumps({"im0": "a cat"}))
+    inputs = {"eval": ["--gt", str(gt), "--pred", str(pred), "--lpips", "none"],
+              "eval-vae": ["--vae", str(tmp_path / "vae"), "--data", str(gt), "--lpips", "none"],
+              "eval-t2i": ["--pred", str(pred), "--prompts", str(tmp_path / "prompts.json"), "--clip", "none"]}[command]
+    assert main([command, *inputs, "-o", str(tmp_path / "bar"), "--inception", "none"]) == 0
+    assert "| 1/1 [" in capsys.readouterr().err
+    assert main([command, *inputs, "-o", str(tmp_path / "quiet"), "--inception", "none", "--quiet"]) == 0
+    assert "| 1/1 [" not in capsys.readouterr().err and (tmp_path / "quiet" / "report.json").exists()

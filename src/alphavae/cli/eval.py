@@ -45,6 +45,7 @@ def _add_common(parser: argparse.ArgumentParser, *, paired: bool = True) -> None
                         help="torch device for the metric networks, and the VAE in eval-vae, e.g. cpu, cuda, cuda:1; "
                              "checked before anything is loaded. Under `accelerate launch` with several processes "
                              "each process uses its own device (accelerate's) instead (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _networks(args: argparse.Namespace, device, clip: str | None = "none"):
@@ -176,7 +177,8 @@ def run_eval(args: argparse.Namespace) -> int:
     device = _guard(args, [args.gt, args.pred])
     plan = pair_folders(args.gt, args.pred)
     protocol, networks = _protocol(args), _networks(args, device)
-    return _finish(args, evaluate_folders(args.gt, args.pred, protocol, networks, worst_k=args.worst_k, plan=plan))
+    return _finish(args, evaluate_folders(args.gt, args.pred, protocol, networks, worst_k=args.worst_k, plan=plan,
+                                          progress=not args.quiet))
 
 
 @_reporting_errors
@@ -206,7 +208,7 @@ def run_eval_vae(args: argparse.Namespace) -> int:
         check_source_vae(vae, source, name=f"--source-vae {args.source_vae}")
         source = source.to(device)
     result = evaluate_vae(vae, args.data, protocol, _networks(args, device), source=source, worst_k=args.worst_k,
-                          plan=plan, min_side=args.min_side)
+                          plan=plan, min_side=args.min_side, progress=not args.quiet)
     return _finish(args, result)
 
 
@@ -224,7 +226,8 @@ def run_eval_t2i(args: argparse.Namespace) -> int:
     if args.ref is not None:  # before the networks load (evaluate_t2i checks it too)
         check_apart(args.ref, args.pred, names=("reference folder", "generated-image folder"))
     prompts = read_prompts(args.prompts)
-    report = evaluate_t2i(args.pred, prompts, _networks(args, device, clip=args.clip), ref_dir=args.ref)
+    report = evaluate_t2i(args.pred, prompts, _networks(args, device, clip=args.clip), ref_dir=args.ref,
+                          progress=not args.quiet)
     if report is not None:  # the main process
         report["inputs"]["prompts"] = str(args.prompts)
     return _finish(args, report)

@@ -81,9 +81,9 @@ def describe_failure(pair: Pair, err: Exception) -> str:
 
 
 def _score_all(pairs: list[Pair], load: Loader, protocol: Protocol, networks: Networks, worst_k: int,
-               extra: Extra | None) -> Evaluation:
+               extra: Extra | None, progress: bool = True) -> Evaluation:
     result = Evaluation(worst=WorstImages(worst_k))
-    for pair in tqdm(pairs, desc=f"eval ({protocol.name})", unit="img"):
+    for pair in tqdm(pairs, desc=f"eval ({protocol.name})", unit="img", disable=not progress):
         try:
             gt, pred = load(pair)
             score = score_pair(gt, pred, protocol, networks)
@@ -120,11 +120,12 @@ def _gather(shards: list[Evaluation], worst_k: int) -> Evaluation:
 
 
 def run_sharded(pairs: list[Pair], load: Loader, protocol: Protocol, networks: Networks, *, worst_k: int = 8,
-                extra: Extra | None = None) -> Evaluation | None:
+                extra: Extra | None = None, progress: bool = True) -> Evaluation | None:
     """Score ``pairs`` across the processes of the current ``accelerate`` launch (one process if not launched).
 
     In one process the networks stay on the device the caller put them on; with several processes each
-    process moves them to its own device (:func:`scoring_device`).
+    process moves them to its own device (:func:`scoring_device`). ``progress``: show a tqdm progress bar
+    (images of this process's shard, with ETA) on stderr.
 
     Returns:
         The merged :class:`Evaluation` on the main process, None on the others.
@@ -137,7 +138,7 @@ def run_sharded(pairs: list[Pair], load: Loader, protocol: Protocol, networks: N
     if state.num_processes > 1:
         networks.to(state.device)
     mine = pairs[state.process_index :: state.num_processes]
-    shard = _score_all(mine, load, protocol, networks, worst_k, extra)
+    shard = _score_all(mine, load, protocol, networks, worst_k, extra, progress)
     shards = gather_object([shard]) if state.num_processes > 1 else [shard]
     return _gather(shards, worst_k) if state.is_main_process else None
 
@@ -235,7 +236,8 @@ def folder_loader(protocol: Protocol, max_pixels: int | None = DEFAULT_MAX_PIXEL
 
 
 def evaluate_folders(gt_dir: str | Path, pred_dir: str | Path, protocol: Protocol, networks: Networks, *,
-                     worst_k: int = 8, plan: PairPlan | None = None) -> tuple[dict, list[dict]] | None:
+                     worst_k: int = 8, plan: PairPlan | None = None,
+                     progress: bool = True) -> tuple[dict, list[dict]] | None:
     """Benchmark a prediction folder against a ground-truth folder (pairs by relative path minus extension).
 
     Args:
@@ -244,6 +246,7 @@ def evaluate_folders(gt_dir: str | Path, pred_dir: str | Path, protocol: Protoco
             multi-process launch each process moves them to its own device, :func:`run_sharded`).
         worst_k: number of worst images kept for the HTML report.
         plan: ``pair_folders(gt_dir, pred_dir)`` if already made (callers pair first to fail early).
+        progress: show a tqdm progress bar (images, with ETA) on stderr.
     Returns:
         ``(report, worst)`` on the main process (see :func:`build_report`; ``worst`` for
         :func:`~alphavae.eval.report.write_reports`), None on other processes.
@@ -253,7 +256,7 @@ def evaluate_folders(gt_dir: str | Path, pred_dir: str | Path, protocol: Protoco
             when ``plan`` is None).
     """
     plan = pair_folders(gt_dir, pred_dir) if plan is None else plan
-    result = run_sharded(plan.pairs, folder_loader(protocol), protocol, networks, worst_k=worst_k)
+    result = run_sharded(plan.pairs, folder_loader(protocol), protocol, networks, worst_k=worst_k, progress=progress)
     if result is None:
         return None
     return build_report(result, protocol, plan, networks, gt=gt_dir, pred=pred_dir), result.worst.worst_first()
@@ -303,14 +306,14 @@ def check_source_vae(vae, source, *, name: str = "source VAE") -> None:
 
 
 def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networks, *, source=None,
-                 worst_k: int = 8, plan: PairPlan | None = None,
-                 min_side: int | None = None) -> tuple[dict, list[dict]] | None:
+                 worst_k: int = 8, plan: PairPlan | None = None, min_side: int | None = None,
+                 progress: bool = True) -> tuple[dict, list[dict]] | None:
     """Reconstruct every image of ``data_dir`` with an RGBA VAE and benchmark the reconstructions in one run.
 
     Args:
         vae: ``alphavae.vae.RGBAVAE`` (posterior mode is decoded).
         data_dir: folder of RGBA ground-truth images.
-        protocol, networks, worst_k: as for :func:`evaluate_folders`.
+        protocol, networks, worst_k, progress: as for :func:`evaluate_folders`.
         source: optional source RGB ``AutoencoderKL``; adds the ``latent_drift`` group (:func:`latent_drift`).
         plan: ``pair_folders(data_dir)`` if already made.
         min_side: reconstruct images (after the protocol's resize) with a side shorter than this on a transparent
@@ -339,7 +342,8 @@ def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networ
         with torch.inference_mode():
             return {"latent_drift": latent_drift(vae, source, gt)}
 
-    result = run_sharded(plan.pairs, load, protocol, networks, worst_k=worst_k, extra=drift if source is not None else None)
+    result = run_sharded(plan.pairs, load, protocol, networks, worst_k=worst_k,
+                         extra=drift if source is not None else None, progress=progress)
     if result is None:
         return None
     model = {"vae": vae.model.config.get("_name_or_path"), "dtype": str(vae.dtype).removeprefix("torch."),
@@ -464,7 +468,7 @@ def _t2i_scores(pixels: torch.Tensor, prompt: str, networks: Networks, names: tu
 
 
 def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networks, *, ref_dir: str | Path | None = None,
-                 backgrounds: tuple[str, ...] = BACKGROUND_NAMES) -> dict | None:
+                 backgrounds: tuple[str, ...] = BACKGROUND_NAMES, progress: bool = True) -> dict | None:
     """Benchmark generated RGBA images: CLIP score against their prompts and aesthetic score on each background
     composite, and FID per background against reference RGBA images composited the same way.
 
@@ -479,6 +483,7 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
             image as ``"missing"``.
         networks: CLIP (``clip``), ``aesthetic`` and ``inception`` (for FID, with ``ref_dir``) are used.
         ref_dir: optional folder of reference RGBA images (unpaired).
+        progress: show a tqdm progress bar (generated images, with ETA) on stderr.
     Returns:
         Report dict like :func:`build_report` (``clip_score`` is the per-image ``100 * cos``; the
         torchmetrics convention clamps the mean at 0, reported as ``clip_score_clamped``), FID under
@@ -504,7 +509,7 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
         networks.to(state.device)
     mine = slice(state.process_index, None, state.num_processes)
     fid = ref_dir is not None and networks.inception is not None
-    shard = _t2i_shard(plan.pairs[mine], refs[mine], prompts, networks, backgrounds, fid=fid)
+    shard = _t2i_shard(plan.pairs[mine], refs[mine], prompts, networks, backgrounds, fid=fid, progress=progress)
     shards = gather_object([shard]) if state.num_processes > 1 else [shard]
     if not state.is_main_process:
         return None
@@ -521,13 +526,15 @@ def evaluate_t2i(pred_dir: str | Path, prompts: dict[str, str], networks: Networ
 
 
 def _t2i_shard(pairs: list[Pair], refs: list[Pair], prompts: dict[str, str], networks: Networks,
-               backgrounds: tuple[str, ...], *, fid: bool) -> tuple[Evaluation, dict[tuple[int, str], torch.Tensor]]:
+               backgrounds: tuple[str, ...], *, fid: bool,
+               progress: bool) -> tuple[Evaluation, dict[tuple[int, str], torch.Tensor]]:
     """Score one process's share of eval-t2i: the :class:`Evaluation` of its generated images, and (with
     ``fid``, which needs ``networks.inception``) ``(side, key) -> (K, 2048)`` Inception features of each
-    image's K background composites, side 0 for a reference image and 1 for a generated one (the FID sides)."""
+    image's K background composites, side 0 for a reference image and 1 for a generated one (the FID sides);
+    ``progress``: a tqdm bar over the generated images."""
     result = Evaluation(worst=WorstImages(0))
     features: dict[tuple[int, str], torch.Tensor] = {}
-    for pair in tqdm(pairs, desc="eval-t2i", unit="img"):
+    for pair in tqdm(pairs, desc="eval-t2i", unit="img", disable=not progress):
         try:
             groups, views = _t2i_scores(load_rgba(pair.gt), prompts[pair.key], networks, backgrounds)
         except IMAGE_ERRORS as err:

@@ -33,6 +33,22 @@ def test_every_subcommand_has_help(command, capsys):
     assert capsys.readouterr().out.startswith(f"usage: alphavae {command} ")
 
 
+def test_train_vae_help_lists_every_config_setting(capsys):
+    """--config and --set take TrainConfig's settings, but --help named only a few examples."""
+    import dataclasses
+
+    from alphavae.train import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train-vae", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    config = TrainConfig()
+    sections = [field.name for field in dataclasses.fields(config) if dataclasses.is_dataclass(getattr(config, field.name))]
+    assert ", ".join(field.name for field in dataclasses.fields(config) if field.name not in sections) in text
+    for name in sections:
+        assert f"{name}: {', '.join(field.name for field in dataclasses.fields(getattr(config, name)))}" in text
+
+
 def test_convert_help_names_the_provenance_file(capsys):
     with pytest.raises(SystemExit):
         main(["convert", "--help"])

@@ -8,9 +8,11 @@ Options must be spelled out: argparse's prefix matching (``--over`` for ``--over
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import math
 import sys
+import typing
 import warnings
 
 COMMANDS: tuple[str, ...] = ("convert", "reconstruct", "latent_factors", "data", "eval", "diffusion", "train_vae",
@@ -29,11 +31,18 @@ EXIT_STATUS = ("exit status: 0 done (outputs that already exist are skipped wher
 class _Parser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` without prefix matching of long options (``--over`` is not ``--overwrite``:
     an abbreviation that means one option today could mean another after an option is added). Subcommand parsers
-    are of the same class."""
+    are of the same class. An ``epilog`` may be a callable returning the text, called the first time the help is
+    formatted: help made from the model code (:func:`config_keys`) then costs nothing until ``--help``."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def format_help(self) -> str:
+        """argparse's help text, a callable ``epilog`` replaced by its text first."""
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
 
 
 def positive_int(text: str) -> int:
@@ -76,6 +85,23 @@ def _int_in_range(text: str, lowest: int, *, highest: int | None = None) -> int:
     if highest is not None and value > highest:
         raise argparse.ArgumentTypeError(f"{value} is above {highest}")
     return value
+
+
+def config_keys(cls) -> str:
+    """The settings a YAML config of dataclass ``cls`` takes, for ``--help``, read from the class so the list
+    cannot drift from it: its field names, then ``"<section>: <field names>"`` for each field that is itself a
+    dataclass (a section, one level deep, as ``alphavae.train.config.build_dataclass`` reads them); groups
+    separated by ``"; "``, names in declaration order (``dataclasses.fields``).
+
+    Args:
+        cls: a config dataclass, e.g. ``alphavae.train.TrainConfig``, ``alphavae.diffusion.train.LoraTrainConfig``.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [field.name for field in dataclasses.fields(cls)]
+    sections = [name for name in names if dataclasses.is_dataclass(hints[name])]
+    groups = [", ".join(name for name in names if name not in sections)]
+    groups += [f"{name}: {', '.join(field.name for field in dataclasses.fields(hints[name]))}" for name in sections]
+    return "; ".join(groups)
 
 
 def list_inputs(inputs: list[str]) -> tuple[list, list]:

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from alphavae.accel import OFFLOAD_MODES, POLICY_NAMES
-from alphavae.cli import finite_float, interruption_note, log_progress, positive_int, seed
+from alphavae.cli import config_keys, finite_float, interruption_note, log_progress, positive_int, seed
 from alphavae.diffusion.captions import DEFAULT_PROMPT, read_prompts
 from alphavae.diffusion.flow import WEIGHTING_SCHEMES
 from alphavae.diffusion.lora import TARGET_PRESETS
@@ -59,8 +59,9 @@ _TRAIN_FLAGS: tuple[tuple[str | tuple[str, ...], str, dict], ...] = (
     ("--logit-std", "logit_std", {"type": finite_float, "help": "logit_normal std (default 1)"}),
     ("--max-sequence-length", "max_sequence_length", {"type": int, "help": "T5 tokens, <= 512 (default 512)"}),
     ("--mixed-precision", "mixed_precision", {"choices": ("no", "bf16", "fp16"),
-                                              "help": "frozen weights/compute dtype; LoRA stays float32 (default no; this "
-                                                      "decides, not accelerate launch's --mixed_precision)"}),
+                                              "help": "frozen weights/compute dtype; LoRA stays float32 (default no, "
+                                                      "exact on CPUs; the paper trains in bf16: pass bf16 on GPUs; "
+                                                      "this decides, not accelerate launch's --mixed_precision)"}),
     ("--gradient-checkpointing", "gradient_checkpointing", {"action": "store_const", "const": True,
                                                             "help": "trade compute for memory"}),
     ("--seed", "seed", {"type": int, "help": "seed of LoRA init, data order, noise (default 0)"}),
@@ -78,16 +79,27 @@ _TRAIN_FLAGS: tuple[tuple[str | tuple[str, ...], str, dict], ...] = (
 )
 
 
+def _config_keys() -> str:
+    """The closing paragraph of train-lora's ``--help``: every setting of a --config file (imports the training code,
+    so it is made only when the help is shown)."""
+    from alphavae.diffusion.train import LoraTrainConfig
+
+    return f"--config settings (YAML keys): {config_keys(LoraTrainConfig)}"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train-lora`` and ``generate`` subcommands."""
     train = subparsers.add_parser(
         "train-lora", help="train a FLUX LoRA on RGBA latents (AlphaVAE section 5.1)",
         description="LoRA fine-tuning of a FLUX transformer on latents of an RGBA VAE with the rectified-flow "
-                    "objective (diffusers' FLUX LoRA example). Defaults are the paper's recipe: rank 64, alpha 64, "
-                    "Prodigy lr 1.0, 20k steps, guidance 1, 1024 px. Multi-GPU: run under `accelerate launch`. "
-                    "Settings come from --config (YAML of LoraTrainConfig fields) overridden by flags.",
+                    "objective (diffusers' FLUX LoRA example). Defaults follow the paper's recipe (rank 64, alpha "
+                    "64, Prodigy lr 1.0, 20k steps, guidance 1, 1024 px) except --mixed-precision, which defaults to "
+                    "no so CPU runs are exact: pass --mixed-precision bf16 on GPUs for the paper's setting. "
+                    "Multi-GPU: run under `accelerate launch`. Settings come from --config (YAML of LoraTrainConfig "
+                    "fields, listed below) overridden by flags.",
+        epilog=_config_keys,
     )
-    train.add_argument("--config", help="YAML file of settings (field names of LoraTrainConfig)")
+    train.add_argument("--config", help="YAML file of settings (the LoraTrainConfig fields listed below)")
     for flags, name, options in _TRAIN_FLAGS:
         train.add_argument(*(flags if isinstance(flags, tuple) else (flags,)), **({"dest": name} | options),
                            default=None)

@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "'ACCELERATE_USE_CPU=true torchrun --nproc_per_node N $(which alphavae) train-vae ...'). Writes RUN_DIR/config.yaml "
                     "(resolved), checkpoints/, validation/ (grids and metrics.jsonl: PSNR over checkerboard, black and white), TensorBoard "
                     "logs, history.jsonl and final/ (diffusers save_pretrained, safetensors).",
+        epilog=_config_keys,
     )
     parser.add_argument("--config", default="vae_main",
                         help=f"shipped config name ({', '.join(shipped_configs())}) or a YAML path (default vae_main)")
@@ -36,10 +37,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "or from a checkpoint folder; restores model, optimisers, scheduler, "
                              "discriminator, EMA, RNG states, step and data position")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value, YAML syntax, repeatable, e.g. --set loss.kl_weight=0 "
-                             "--set optim.max_steps=1000 --set data.size=512 --set mixed_precision=bf16")
+                        help="override a config value (settings listed below), YAML syntax, repeatable, e.g. "
+                             "--set loss.kl_weight=0 --set optim.max_steps=1000 --set data.size=512 "
+                             "--set mixed_precision=bf16")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.set_defaults(func=run)
+
+
+def _config_keys() -> str:
+    """The closing paragraph of ``--help``: every setting of a config (imports the training code, so it is made only
+    when the help is shown)."""
+    from alphavae.cli import config_keys
+    from alphavae.train import TrainConfig
+
+    return f"config settings (YAML keys; SECTION.KEY for --set): {config_keys(TrainConfig)}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -460,6 +460,18 @@ def test_pad_to_canvas_extends_short_sides_to_the_vae_multiple(shape, canvas, bl
         aio.pad_to_canvas(pixels, 16, multiple=0)
 
 
+@pytest.mark.parametrize("call, name", [
+    (lambda x: aio.pad_to_canvas(x, True), "min_side"),
+    (lambda x: aio.pad_to_canvas(x, 16, multiple=True), "multiple"),
+    (lambda x: aio.pad_to_multiple(x, True), "multiple"),
+    (lambda x: aio.resize_short_side(x, True), "short_side"),
+])
+def test_sizes_refuse_booleans(call, name):
+    """A bool is an int in Python: `multiple=True` was taken as 1, `min_side=True` as a 1 px canvas."""
+    with pytest.raises(ValueError, match=f"{name} must be an integer >= 1, got True"):
+        call(random_rgba(1, 1))
+
+
 # ---------------------------------------------------------------- masks and ranges
 
 def test_mask_conventions_invert_both_ways():

@@ -34,6 +34,12 @@ def _like_input(result: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     return result if pixels.ndim == 4 else result.squeeze(0)
 
 
+def _check_count(name: str, value: int) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is an integer >= 1 (a bool is not taken for one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def _check_size(size: tuple[int, int], what: str) -> tuple[int, int]:
     """Validate an ``(h, w)`` pair of positive ints."""
     try:
@@ -99,8 +105,7 @@ def resize_short_side(pixels: torch.Tensor, short_side: int, *, mode: str = "bic
         TypeError, ValueError: bad pixels, ``short_side`` or mode.
     """
     check_pixels(pixels)
-    if not isinstance(short_side, int) or short_side < 1:
-        raise ValueError(f"short_side must be an integer >= 1, got {short_side!r}")
+    _check_count("short_side", short_side)
     height, width = pixels.shape[-2:]
     scale = short_side / min(height, width)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -130,8 +135,7 @@ def pad_to_multiple(pixels: torch.Tensor, multiple: int, *,
         TypeError, ValueError: bad pixels, ``multiple`` or mode, or ``reflect`` on too small an image.
     """
     check_pixels(pixels)
-    if not isinstance(multiple, int) or multiple < 1:
-        raise ValueError(f"multiple must be an integer >= 1, got {multiple!r}")
+    _check_count("multiple", multiple)
     if mode not in PAD_MODES:
         raise ValueError(f"unknown pad mode {mode!r}; use one of {', '.join(PAD_MODES)}")
     height, width = pixels.shape[-2:]
@@ -173,12 +177,12 @@ def pad_to_canvas(pixels: torch.Tensor, min_side: int, *,
         above / to the left).
 
     Raises:
-        TypeError, ValueError: bad pixels, or ``min_side`` or ``multiple`` not an integer >= 1.
+        TypeError, ValueError: bad pixels, or ``min_side`` or ``multiple`` not an integer >= 1 (a bool is not
+            taken for one).
     """
     check_pixels(pixels)
-    for name, value in (("min_side", min_side), ("multiple", multiple)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    _check_count("min_side", min_side)
+    _check_count("multiple", multiple)
     height, width = pixels.shape[-2:]
     if height >= min_side and width >= min_side:
         return pixels, (0, 0)

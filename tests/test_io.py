@@ -465,10 +465,12 @@ def test_pad_to_canvas_extends_short_sides_to_the_vae_multiple(shape, canvas, bl
     (lambda x: aio.pad_to_canvas(x, 16, multiple=True), "multiple"),
     (lambda x: aio.pad_to_multiple(x, True), "multiple"),
     (lambda x: aio.resize_short_side(x, True), "short_side"),
+    (lambda x: aio.resize_rgba(x, (True, 4)), "size"),
+    (lambda x: aio.crop_to(x, (1, True)), "size"),
 ])
 def test_sizes_refuse_booleans(call, name):
     """A bool is an int in Python: `multiple=True` was taken as 1, `min_side=True` as a 1 px canvas."""
-    with pytest.raises(ValueError, match=f"{name} must be an integer >= 1, got True"):
+    with pytest.raises(ValueError, match=rf"{name} must be (an integer >= 1|\(height, width\) integers), got .*True"):
         call(random_rgba(1, 1))
 
 

@@ -41,8 +41,10 @@ def _check_count(name: str, value: int) -> None:
 
 
 def _check_size(size: tuple[int, int], what: str) -> tuple[int, int]:
-    """Validate an ``(h, w)`` pair of positive ints."""
+    """Validate an ``(h, w)`` pair of positive ints (bools refused, as by ``_check_count``)."""
     try:
+        if any(isinstance(s, bool) for s in size):
+            raise TypeError("bool")
         height, width = (operator.index(s) for s in size)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{what} must be (height, width) integers, got {size!r}") from err

@@ -47,3 +47,17 @@ def random_inception(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("inception") / "inception.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+@pytest.fixture
+def help_text(capsys):
+    """``help_text(argv)``: what ``alphavae <argv> --help`` prints, its lines joined by single spaces (argparse
+    wraps at any space, so a phrase can be searched whole)."""
+    from alphavae.cli import main
+
+    def run(argv: list[str]) -> str:
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    return run

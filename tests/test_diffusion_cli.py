@@ -251,37 +251,28 @@ def test_generate_cli_refuses_a_hand_edited_lora_of_the_wrong_width_in_one_line(
     assert not (tmp_path / "gen").exists() or not list((tmp_path / "gen").glob("*.png"))
 
 
-def test_generate_help_states_the_contact_sheet_limits_the_pipeline_uses(capsys):
+def test_generate_help_states_the_contact_sheet_limits_the_pipeline_uses(help_text):
     """--help types the sheet limits by hand (importing the pipeline would load diffusers): they must agree."""
     import re
 
     from alphavae.diffusion.pipeline import SHEET_COLUMNS, SHEET_LIMIT, SHEET_TILE
 
-    with pytest.raises(SystemExit):
-        main(["generate", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
+    text = help_text(["generate"])
     assert re.search(rf"the first {SHEET_LIMIT} images recorded in generations.jsonl in prompt and seed order, shrunk "
                      rf"to at most {SHEET_TILE} px, {SHEET_COLUMNS} per row", text)
 
 
-def _help(command: str, capsys) -> str:
-    """``alphavae <command> --help`` with its lines joined (argparse wraps at any space)."""
-    with pytest.raises(SystemExit):
-        main([command, "--help"])
-    return " ".join(capsys.readouterr().out.split())
-
-
-def test_train_lora_help_lists_every_config_setting(capsys):
+def test_train_lora_help_lists_every_config_setting(help_text):
     """--config takes a YAML of LoraTrainConfig fields, but --help named none of them."""
     import dataclasses
 
     from alphavae.diffusion.train import LoraTrainConfig
 
-    assert ", ".join(field.name for field in dataclasses.fields(LoraTrainConfig)) in _help("train-lora", capsys)
+    assert ", ".join(field.name for field in dataclasses.fields(LoraTrainConfig)) in help_text(["train-lora"])
 
 
-def test_train_lora_help_does_not_call_its_mixed_precision_default_the_papers(capsys):
+def test_train_lora_help_does_not_call_its_mixed_precision_default_the_papers(help_text):
     """The description said the defaults are the paper's recipe, but the paper trains in bf16 and the default is no."""
-    text = _help("train-lora", capsys)
+    text = help_text(["train-lora"])
     assert "Defaults are the paper's recipe:" not in text
     assert "except --mixed-precision, which defaults to no so CPU runs are exact" in text

@@ -271,8 +271,10 @@ def test_train_lora_help_lists_every_config_setting(help_text):
     assert ", ".join(field.name for field in dataclasses.fields(LoraTrainConfig)) in help_text(["train-lora"])
 
 
-def test_train_lora_help_does_not_call_its_mixed_precision_default_the_papers(help_text):
-    """The description said the defaults are the paper's recipe, but the paper trains in bf16 and the default is no."""
+def test_train_lora_help_names_the_defaults_that_are_not_the_papers(help_text):
+    """The description called its defaults the paper's recipe, but the paper trains in bf16 at a global batch of 8;
+    the defaults are float32 and a global batch of 1."""
     text = help_text(["train-lora"])
     assert "Defaults are the paper's recipe:" not in text
-    assert "except --mixed-precision, which defaults to no so CPU runs are exact" in text
+    assert "except two: --mixed-precision defaults to no so CPU runs are exact" in text
+    assert "the global batch is --batch-size x --grad-accum x processes, 1 by default against the paper's 8" in text

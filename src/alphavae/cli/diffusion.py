@@ -93,8 +93,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train-lora", help="train a FLUX LoRA on RGBA latents (AlphaVAE section 5.1)",
         description="LoRA fine-tuning of a FLUX transformer on latents of an RGBA VAE with the rectified-flow "
                     "objective (diffusers' FLUX LoRA example). Defaults follow the paper's recipe (rank 64, alpha "
-                    "64, Prodigy lr 1.0, 20k steps, guidance 1, 1024 px) except --mixed-precision, which defaults to "
-                    "no so CPU runs are exact: pass --mixed-precision bf16 on GPUs for the paper's setting. "
+                    "64, Prodigy lr 1.0, 20k steps, guidance 1, 1024 px) except two: --mixed-precision defaults to no so "
+                    "CPU runs are exact (pass bf16 on GPUs, the paper's setting), and the global batch is --batch-size "
+                    "x --grad-accum x processes, 1 by default against the paper's 8 (e.g. 8 GPUs, or --grad-accum 8 "
+                    "on one). "
                     "Multi-GPU: run under `accelerate launch`. Settings come from --config (YAML of LoraTrainConfig "
                     "fields, listed below) overridden by flags.",
         epilog=_config_keys,

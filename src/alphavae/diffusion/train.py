@@ -54,8 +54,9 @@ _STEP_FREE_SCHEDULERS = frozenset({"constant", "constant_with_warmup"})
 
 @dataclass
 class LoraTrainConfig:
-    """Settings of one LoRA run; defaults are the paper's FLUX recipe (§5.1) where it gives one, except
-    ``mixed_precision``: "no" (float32, so CPU runs are exact) where the paper trains in "bf16".
+    """Settings of one LoRA run; defaults are the paper's FLUX recipe (§5.1) where it gives one, except two:
+    ``mixed_precision`` "no" (float32, so CPU runs are exact) where the paper trains in "bf16", and the global
+    batch, 1 by default where the paper's is 8 (``batch_size``, ``gradient_accumulation_steps``, processes).
 
     Paths: ``model`` (diffusers FLUX folder or hub id), ``vae`` (RGBA VAE folder), ``data`` (image
     folder or manifest ``.jsonl``), ``output_dir`` (LoRA, checkpoints, validation images, config;

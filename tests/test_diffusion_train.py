@@ -125,6 +125,10 @@ def test_resume_refusals_keep_earlier_work(setup, monkeypatch):
     with pytest.raises(ValueError, match=r"saved with other settings than this run's \(rank 4 -> 8; targets "
                                          r"'paper' -> 'attention'\)"):
         train_lora(_config(setup, "guarded", max_steps=3, resume="latest", rank=8, targets="attention"))
+    with pytest.raises(ValueError, match=r"\(prodigy_safeguard_warmup True -> False; prodigy_bias_correction True "
+                                         r"-> False\)"):  # both restored from the saved optimiser state
+        train_lora(_config(setup, "guarded", max_steps=3, resume="latest", prodigy_safeguard_warmup=False,
+                           prodigy_bias_correction=False))
     monkeypatch.undo()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
     (out / LORA_FILE).write_bytes(lora)

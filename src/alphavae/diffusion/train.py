@@ -214,9 +214,9 @@ class LoraTrainResult:
 
 
 RESUME_FIXED = ("rank", "alpha", "targets", "dropout", "optimizer", "learning_rate", "adam_beta1", "adam_beta2",
-                "prodigy_beta3", "weight_decay", "adam_epsilon", "lr_scheduler", "lr_warmup_steps", "batch_size",
-                "gradient_accumulation_steps", "resolution", "crop", "seed", "mixed_precision", "weighting_scheme",
-                "logit_mean", "logit_std", "mode_scale", "guidance")
+                "prodigy_beta3", "prodigy_safeguard_warmup", "prodigy_bias_correction", "weight_decay", "adam_epsilon",
+                "lr_scheduler", "lr_warmup_steps", "batch_size", "gradient_accumulation_steps", "resolution", "crop",
+                "seed", "mixed_precision", "weighting_scheme", "logit_mean", "logit_std", "mode_scale", "guidance")
 """Settings a checkpoint records and a resume must repeat: the adapter's shape and scale, the optimiser and its
 schedule (a resume keeps the saved optimiser state and learning rate whatever is asked), and what decides the
 batches and noise. Checkpointing, validation and logging may change, and ``max_steps`` with a constant learning

@@ -641,6 +641,30 @@ def test_resume_with_changed_config_keeps_the_earlier_one(assets, tmp_path, capl
     assert load_config(tmp_path / "run" / "config.yaml") == again
 
 
+def test_a_resume_with_other_optimiser_settings_trains_with_them(assets, tmp_path):
+    """A resume with another optim.lr, betas, weight_decay or ema_decay logged the change and wrote it to
+    config.yaml, but trained on with the checkpoint's values (restored with the optimisers, the schedule and
+    the EMA). At a rate of 1e-30 the step after the resume must leave both networks' weights as they were (within
+    1e-20: zero-initialised biases do move, by ~1e-29; at the old rate, 1e-3, they move by ~1e-3)."""
+    settings = {"loss.lpips_weight": 0, "optim.max_steps": 3, "optim.lr": 1e-3, "optim.scheduler": "constant",
+                "optim.warmup_steps": 0}
+    overrides = _overrides(assets, checkpoint_every=1, ema=True, **settings)
+    train_vae(load_config("vae_main", overrides), tmp_path / "run", stop_after=1)
+    tiny = ["optim.lr=1e-30", "optim.betas=[0.9, 0.99]", "optim.weight_decay=0.5", "ema_decay=0.5"]
+    train_vae(load_config("vae_main", overrides + tiny), tmp_path / "run", resume="latest", stop_after=2)
+    before, after = (tmp_path / "run" / "checkpoints" / f"step-0000000{n}" for n in (1, 2))
+    for name in ("model.safetensors", "model_1.safetensors"):  # the autoencoder, the discriminator
+        old, new = load_file(before / name), load_file(after / name)
+        weights = [k for k in old if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+        assert all(torch.allclose(old[k], new[k], rtol=0, atol=1e-20) for k in weights), name  # BatchNorm stats move
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [entry["lr"] for entry in history] == [1e-3, 1e-30]
+    optimizer = torch.load(after / "optimizer.bin", weights_only=True)["param_groups"][0]
+    assert (optimizer["betas"], optimizer["weight_decay"]) == ((0.9, 0.99), 0.5)
+    ema = [torch.load(path, weights_only=False) for path in after.glob("custom_checkpoint_*.pkl")]
+    assert [state["decay"] for state in ema if "decay" in state] == [0.5]
+
+
 def test_yaml_merge_keys_still_work_and_eps_must_be_positive(tmp_path):
     (tmp_path / "merge.yaml").write_text("base: &b\n  size: 64\n  batch_size: 2\ndata:\n  <<: *b\n  size: 32\n")
     from alphavae.train.config import read_yaml

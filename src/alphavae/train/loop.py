@@ -259,6 +259,38 @@ def lr_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> LambdaL
                                 for shape in schedule.lr_lambdas])
 
 
+def _adamw_settings(optim: OptimConfig, *, discriminator: bool) -> dict:
+    """``torch.optim.AdamW`` keyword arguments of the autoencoder's or the discriminator's optimiser (the
+    discriminator's: rate ``disc_lr`` or ``lr``, constant; AdamW's default eps)."""
+    if discriminator:
+        return dict(lr=optim.disc_lr or optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    return dict(lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay, eps=optim.eps)
+
+
+def _apply_resumed_settings(config: TrainConfig, optimizer, scheduler: LambdaLR, disc_optimizer,
+                            ema: EMAModel | None) -> None:
+    """Make a resumed run use its own ``optim.lr``, ``disc_lr``, ``betas``, ``weight_decay``, ``eps`` and
+    ``ema_decay``. Restoring a checkpoint also restores the hyperparameters saved with the optimisers, the
+    schedule's base rate and the EMA decay, so a resume that changed them (logged as a config change, and
+    recorded in ``config.yaml``) used to train on with the old values. AdamW moments, the step and the schedule's
+    shape are kept; with unchanged settings nothing changes (the resume stays exact)."""
+    for opt, discriminator in ((optimizer, False), (disc_optimizer, True)):
+        if opt is None:
+            continue
+        settings = _adamw_settings(config.optim, discriminator=discriminator)
+        rate = settings.pop("lr")
+        for group in opt.param_groups:
+            group.update(settings)
+            if discriminator:
+                group["lr"] = rate
+    if scheduler.base_lrs != [config.optim.lr] * len(scheduler.base_lrs):
+        for group, old in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] *= config.optim.lr / old  # the next step's rate, on the new base
+        scheduler.base_lrs = [config.optim.lr] * len(scheduler.base_lrs)
+    if ema is not None:
+        ema.decay = config.ema_decay
+
+
 def _decayed(shape, max_steps: int, decay_steps: int, step: int) -> float:
     """``shape(step)`` times the linear decay factor of :func:`lr_schedule`."""
     return shape(step) * min(1.0, max(0.0, (max_steps - step) / decay_steps))
@@ -496,6 +528,8 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             (``{"step": N, "val/psnr_<background>": dB, ...}``, as ``validate`` returns). A resume from the
             checkpoint of step S first drops the lines of steps after S from both, so they hold each step once.
         resume: ``"latest"`` (newest checkpoint of ``run_dir``; a fresh start when there is none) or a checkpoint path.
+            Settings changed since the checkpoint apply from its step on (``optim.lr``, ``betas``, ``weight_decay``,
+            ``eps``, ``disc_lr`` and ``ema_decay`` too, with the AdamW moments kept: ``_apply_resumed_settings``).
         stop_after: stop (without export) after this optimiser step, as if the run were killed; for tests.
 
     Returns:
@@ -546,14 +580,14 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     del reference  # the objective keeps it only while Ref-KL is active
     _check_crop_size(size, latent_factor, objective, config.optim.max_steps - 1)
 
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
-                                  weight_decay=config.optim.weight_decay, eps=config.optim.eps)
+    optimizer = torch.optim.AdamW(vae.parameters(), **_adamw_settings(config.optim, discriminator=False))
     scheduler = lr_schedule(optimizer, config.optim)
     model, optimizer = accelerator.prepare(AutoencoderForward(vae), optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    disc_optimizer = None
     if discriminator is not None:
-        disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.optim.disc_lr or config.optim.lr,
-                                           betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay)
+        disc_optimizer = torch.optim.AdamW(discriminator.parameters(),
+                                           **_adamw_settings(config.optim, discriminator=True))
         disc_model, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
     ema = None
     if config.ema:
@@ -565,6 +599,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     if checkpoint is not None:
         with way_back_on_error(checkpoint, resume, run_dir):
             state = load_checkpoint(accelerator, checkpoint)
+        _apply_resumed_settings(config, optimizer, scheduler, disc_optimizer, ema)
         start_step, streak = state["step"], state["nonfinite_streak"]
         logger.info("resumed from %s at step %d", checkpoint, start_step)
     if accelerator.is_main_process:

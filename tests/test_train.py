@@ -665,6 +665,33 @@ def test_a_resume_with_other_optimiser_settings_trains_with_them(assets, tmp_pat
     assert [state["decay"] for state in ema if "decay" in state] == [0.5]
 
 
+@pytest.mark.parametrize(("before", "after", "problem"), [
+    (["ema=false"], ["ema=true"], "it was saved without an EMA and this run has ema: true"),
+    (["ema=true"], ["ema=false"], "it was saved with an EMA and this run has ema: false"),
+    (["loss.gan_weight=0"], ["loss.gan_weight=0.5"],
+     r"it has no PatchGAN discriminator and this run trains one \(loss.gan_weight > 0\)"),
+])
+def test_a_resume_that_adds_or_drops_the_ema_or_adds_the_discriminator_is_refused_first(assets, tmp_path, monkeypatch,
+                                                                                          before, after, problem):
+    """Turning the EMA on or off, or the PatchGAN on, at a resume failed after the models had loaded, as a checkpoint
+    "damaged or saved from another model" (EMA) or a bare missing pytorch_model_1.bin (discriminator)."""
+    import alphavae.train.loop
+
+    overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0, "optim.max_steps": 2})
+    train_vae(load_config("vae_main", overrides + before), tmp_path / "run", stop_after=1)
+    monkeypatch.setattr(alphavae.train.loop, "load_models", lambda *a, **k: pytest.fail("models loaded first"))
+    with pytest.raises(ValueError, match=rf"step-00000001 cannot be resumed with these settings: {problem}\. "
+                                         r"Resume with the settings it was saved with"):
+        train_vae(load_config("vae_main", overrides + after), tmp_path / "run", resume="latest")
+
+
+def test_a_resume_without_the_discriminator_goes_on(assets, tmp_path):
+    overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0, "optim.max_steps": 2})
+    train_vae(load_config("vae_main", overrides), tmp_path / "run", stop_after=1)
+    resumed = train_vae(load_config("vae_main", overrides + ["loss.gan_weight=0"]), tmp_path / "run", resume="latest")
+    assert [entry["step"] for entry in resumed.history] == [2] and {"gan", "disc"}.isdisjoint(resumed.history[0])
+
+
 def test_yaml_merge_keys_still_work_and_eps_must_be_positive(tmp_path):
     (tmp_path / "merge.yaml").write_text("base: &b\n  size: 64\n  batch_size: 2\ndata:\n  <<: *b\n  size: 32\n")
     from alphavae.train.config import read_yaml

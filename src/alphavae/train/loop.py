@@ -513,7 +513,26 @@ def _preflight(config: TrainConfig, run_dir: Path, resume: str | None) -> Path |
         with way_back_on_error(checkpoint, resume, run_dir):
             saved = verify_checkpoint(checkpoint)
         check_within(checkpoint, saved["step"], config.optim.max_steps)
+        _check_same_parts(checkpoint, config)
     return checkpoint
+
+
+def _check_same_parts(checkpoint: Path, config: TrainConfig) -> None:
+    """Raise ValueError when this run has an EMA and ``checkpoint`` none, or the other way round, or this run trains
+    a PatchGAN discriminator and ``checkpoint`` has none: accelerate cannot restore such a checkpoint (it failed
+    with "damaged or saved from another model", or a missing file). A checkpoint with a discriminator resumes
+    without one when ``loss.gan_weight`` is 0. Read from the files accelerate names (``model_1.*``: the
+    discriminator; ``custom_checkpoint_1.pkl``: the EMA, after the schedule's ``custom_checkpoint_0.pkl``)."""
+    saved_gan = any((checkpoint / name).is_file() for name in ("model_1.safetensors", "pytorch_model_1.bin"))
+    saved_ema = (checkpoint / "custom_checkpoint_1.pkl").is_file()
+    problems = [f"it was saved {'with' if saved_ema else 'without'} an EMA and this run has ema: "
+                f"{str(config.ema).lower()}"] if saved_ema != config.ema else []
+    if config.loss.gan_weight > 0 and not saved_gan:
+        problems.append("it has no PatchGAN discriminator and this run trains one (loss.gan_weight > 0)")
+    if problems:
+        raise ValueError(f"{checkpoint} cannot be resumed with these settings: {'; '.join(problems)}. Resume with "
+                         "the settings it was saved with; once that run ends, its final/ model can start a new run "
+                         "with these (--vae RUN_DIR/final)")
 
 
 def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | None = None,
@@ -544,7 +563,8 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         ValueError: ``run_dir`` is or lies inside the data folder (a manifest's folder for a manifest
             source) or a local ``model.vae`` / ``model.ref_vae`` folder, ``data.size`` is not a multiple of the
             VAE's downsampling or too small for an active loss term (``_check_crop_size``), the checkpoint
-            cannot be restored (``load_checkpoint``) or lies beyond ``optim.max_steps``, the newest checkpoint
+            cannot be restored (``load_checkpoint``), lies beyond ``optim.max_steps`` or lacks (or has) the EMA or
+            lacks the discriminator this run has (``_check_same_parts``, before the models load), the newest checkpoint
             is damaged (``find_checkpoint``), bad config or inputs (see ``load_models`` / ``split_files``), or,
             during the run, no training image is readable any more on some process (all processes raise it, with
             the same message).

@@ -82,6 +82,16 @@ def test_resume_reproduces_uninterrupted_run(setup):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_resume_over_other_training_images_is_warned_about(setup, tmp_path, caplog):
+    """As train-vae: images added between the kill and the resume changed the batches without a word."""
+    shutil.copytree(setup[3], tmp_path / "data")
+    train_lora(_config(setup, "grown", max_steps=1, data=str(tmp_path / "data")))
+    shutil.copy(tmp_path / "data" / "s1.png", tmp_path / "data" / "s2.png")
+    with caplog.at_level("WARNING", logger="alphavae.diffusion.train"):
+        train_lora(_config(setup, "grown", max_steps=2, resume="latest", data=str(tmp_path / "data")))
+    assert "the training images differ from those of " in caplog.text and "(2 then, 3 now, or other files)" in caplog.text
+
+
 @pytest.mark.slow
 def test_two_process_run_resumes_bit_exactly(setup, tmp_path):
     """A data-parallel run on two CPU processes (torchrun), stopped after 2 steps and resumed, ends with the

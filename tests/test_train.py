@@ -692,6 +692,25 @@ def test_a_resume_without_the_discriminator_goes_on(assets, tmp_path):
     assert [entry["step"] for entry in resumed.history] == [2] and {"gan", "disc"}.isdisjoint(resumed.history[0])
 
 
+def test_a_resume_over_other_training_images_is_warned_about(assets, tmp_path, caplog):
+    """Images added to the data folder between a kill and the resume changed the batches from the resumed step on
+    (another shuffle of another list), without a word. Same images, also after the folder moved: no warning."""
+    shutil.copytree(assets / "data", tmp_path / "data")
+    overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0, "optim.max_steps": 3,
+                                                          "data.source": str(tmp_path / "data")})
+    train_vae(load_config("vae_no_gan", overrides), tmp_path / "run", stop_after=1)
+    (tmp_path / "data").rename(tmp_path / "moved")
+    moved = overrides + [f"data.source={tmp_path / 'moved'}"]
+    with caplog.at_level("WARNING", logger="alphavae.train.loop"):
+        train_vae(load_config("vae_no_gan", moved), tmp_path / "run", resume="latest", stop_after=2)
+    assert "training images differ" not in caplog.text
+    shutil.copy(tmp_path / "moved" / "img0.png", tmp_path / "moved" / "img0-copy.png")
+    with caplog.at_level("WARNING", logger="alphavae.train.loop"):
+        train_vae(load_config("vae_no_gan", moved), tmp_path / "run", resume="latest")
+    assert (f"the training images differ from those of {tmp_path / 'run' / 'checkpoints' / 'step-00000002'} (6 then, "
+            "7 now, or other files): the run goes on with today's") in caplog.text
+
+
 def test_yaml_merge_keys_still_work_and_eps_must_be_positive(tmp_path):
     (tmp_path / "merge.yaml").write_text("base: &b\n  size: 64\n  batch_size: 2\ndata:\n  <<: *b\n  size: 32\n")
     from alphavae.train.config import read_yaml

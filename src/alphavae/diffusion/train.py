@@ -31,12 +31,15 @@ from alphavae.diffusion.flow import TimestepSampling, flow_matching_loss, sample
 from alphavae.diffusion.lora import LORA_FILE, add_lora, lora_config, restore_lora, save_lora
 from alphavae.diffusion.pipeline import contact_sheet, generate_rgba, load_flux_pipeline
 from alphavae.train.checkpoint import (
+    TRAINING_SET_KEY,
     check_start,
     check_within,
     find_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    training_set_digest,
     verify_checkpoint,
+    warn_other_training_set,
     way_back_on_error,
 )
 from alphavae.train.config import build_dataclass, check_limits, read_yaml, warn_long_warmup
@@ -312,6 +315,7 @@ class _Trainer:
         self.dataset = RGBADataset(good, **options)
         root = data if data.is_dir() else data.parent
         self.captions = resolve_captions(good, root, table, cfg.instance_prompt, source=str(cfg.captions))
+        self.digest = training_set_digest(good, root)
 
     @torch.no_grad()
     def _encode(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -375,7 +379,8 @@ class _Trainer:
         """Save ``checkpoints/step-N`` (accelerate state, LoRA, the settings a resume must keep, ``max_steps`` and
         the non-finite streak); keep the newest ``keep_checkpoints``."""
         settings = {key: getattr(self.cfg, key) for key in RESUME_FIXED}
-        state = {"step": step, "settings": settings, "max_steps": self.cfg.max_steps, "nonfinite_streak": self.streak}
+        state = {"step": step, "settings": settings, "max_steps": self.cfg.max_steps, "nonfinite_streak": self.streak,
+                 TRAINING_SET_KEY: self.digest}
         save_checkpoint(self.acc, self.out, state, self.cfg.keep_checkpoints)
 
     def train_step(self, step: int, sampler: StepBatchSampler, optimizer, scheduler) -> float | None:
@@ -417,6 +422,8 @@ class _Trainer:
                 state = load_checkpoint(acc, resume)
             start, self.streak = state["step"], state.get("nonfinite_streak", 0)
             log.info("resumed from %s at step %d", resume, start)
+            if acc.is_main_process:
+                warn_other_training_set(resume, state, self.digest, log)
         if acc.is_main_process and cfg.report_to != "none":
             acc.init_trackers("alphavae-lora")
         accum = cfg.gradient_accumulation_steps

@@ -3,7 +3,8 @@
 Layout: ``RUN_DIR/checkpoints/step-XXXXXXXX/`` holds accelerate's state (prepared models, optimisers,
 objects registered with ``register_for_checkpointing`` such as the scheduler and EMA, RNG states of every
 process) and ``trainer_state.json`` (``{"step": completed optimiser steps, ..., "files": {name: {"bytes": size,
-"sha256": hex digest}}}``; the file list lets a resume find a checkpoint that lost, cut or changed a file since).
+"sha256": hex digest}}, "training_set": {"images": N, "sha256": hex digest}}``; the file list lets a resume find a
+checkpoint that lost, cut or changed a file since, the training-set digest one whose run trained on other images).
 A checkpoint is written under a hidden temporary name and renamed when complete, so a run killed while saving
 leaves no partial checkpoint behind (an exception while saving, Ctrl-C included, removes the temporary folder;
 one left by a kill is removed by the run's next save).
@@ -16,7 +17,9 @@ status-change times and inode are what they were when it was hashed keeps its di
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -32,6 +35,7 @@ from alphavae.io import sha256_file
 _NAME = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.json"
 FILES_KEY = "files"  # in STATE_FILE: {relative path: {"bytes", "sha256"}} of every file saved, checked on resume
+TRAINING_SET_KEY = "training_set"  # in STATE_FILE: training_set_digest() of the run's training images
 #: Digests this process computed for checkpoint files: {absolute path: ((size, mtime_ns, ctime_ns, inode) when read,
 #: sha256)}; what lets ``load_checkpoint`` skip the hashing ``verify_checkpoint`` did moments before.
 _DIGESTS: dict[Path, tuple[tuple[int, int, int, int], str]] = {}
@@ -96,6 +100,25 @@ def check_within(checkpoint: Path, step: int, max_steps: int) -> None:
     if step > max_steps:
         raise ValueError(f"{checkpoint} is at step {step}, beyond max_steps {max_steps}; resume with max_steps >= "
                          f"{step}, or pass an earlier checkpoint folder to --resume")
+
+
+def training_set_digest(files: list[Path], root: Path) -> dict:
+    """``{"images": N, "sha256": hex}`` of a run's training files in sampling order, by their paths relative to
+    ``root`` (the data folder, or a manifest's folder), so a moved data folder keeps its digest. Saved with every
+    checkpoint of ``train-vae`` and ``train-lora`` (:data:`TRAINING_SET_KEY`) for :func:`warn_other_training_set`."""
+    names = "\n".join(os.path.relpath(path, root) for path in files)
+    return {"images": len(files), "sha256": hashlib.sha256(names.encode("utf-8", "surrogateescape")).hexdigest()}
+
+
+def warn_other_training_set(checkpoint: Path, state: dict, digest: dict, log: logging.Logger) -> None:
+    """Log a warning when the training images of a resumed run (``digest``) are not those ``checkpoint`` was saved
+    with (``state``, its trainer state): images added, removed, renamed or now unreadable change the batches from
+    the resumed step on. Checkpoints saved without a digest pass."""
+    saved = state.get(TRAINING_SET_KEY, digest)
+    if saved != digest:
+        log.warning("the training images differ from those of %s (%d then, %d now, or other files): the run goes on "
+                    "with today's, so its batches differ from those the interrupted run would have trained on",
+                    checkpoint, saved["images"], digest["images"])
 
 
 def way_back(damaged: Path, earlier: Path | None) -> str:

@@ -46,12 +46,15 @@ from alphavae.data.datasets import (
 from alphavae.eval.networks import LPIPS_MIN_SIZE
 from alphavae.losses import AutoencoderForward, Objective, PatchDiscriminator
 from alphavae.train.checkpoint import (
+    TRAINING_SET_KEY,
     check_start,
     check_within,
     find_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    training_set_digest,
     verify_checkpoint,
+    warn_other_training_set,
     way_back_on_error,
 )
 from alphavae.train.config import (
@@ -297,9 +300,10 @@ def _decayed(shape, max_steps: int, decay_steps: int, step: int) -> float:
 
 
 def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
-    """This process's training loader from ``start_micro_step``, validation pixels (main process) and failures.
+    """This process's training loader from ``start_micro_step``, validation pixels (main process), failures and the
+    training set's digest (:func:`~alphavae.train.checkpoint.training_set_digest`).
 
-    Returns ``(DataLoader, (N, C, size, size) tensor or None, ["path: reason"])``; the loader yields
+    Returns ``(DataLoader, (N, C, size, size) tensor or None, ["path: reason"], digest)``; the loader yields
     ``SubstituteUnreadable`` batches, ``((batch_size, C, size, size) or None, ["path: reason"])``.
     """
     data, rgb = config.data, config.model.in_channels == 3
@@ -328,7 +332,8 @@ def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
     if val_files and accelerator.is_main_process:
         val_set = RGBADataset(val_files, **val_options)
         val_pixels = torch.stack([val_set[i] for i in range(len(val_set))])
-    return loader, val_pixels, failed
+    root = Path(data.source) if Path(data.source).is_dir() else Path(data.source).parent
+    return loader, val_pixels, failed, training_set_digest(train_files, root)
 
 
 def _validate_exported(vae: AutoencoderKL, ema: EMAModel | None, pixels: torch.Tensor, step: int, run_dir: Path,
@@ -629,7 +634,9 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             _truncate_log(run_dir / log, start_step)
     accelerator.init_trackers("tensorboard")
 
-    loader, val_pixels, failed = _data(config, accelerator, start_step * accum)
+    loader, val_pixels, failed, digest = _data(config, accelerator, start_step * accum)
+    if checkpoint is not None and accelerator.is_main_process:
+        warn_other_training_set(checkpoint, state, digest, logger)
     world, rank, share = accelerator.num_processes, accelerator.process_index, config.data.batch_size
 
     history, pending, skipped, bad_step = [], [], 0, False
@@ -696,7 +703,9 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         pending, bad_step = [], False
         progress.update(1)
         if completed % config.checkpoint_every == 0 or completed == config.optim.max_steps:
-            save_checkpoint(accelerator, run_dir, {"step": completed, "nonfinite_streak": streak}, config.keep_checkpoints)
+            save_checkpoint(accelerator, run_dir,
+                            {"step": completed, "nonfinite_streak": streak, TRAINING_SET_KEY: digest},
+                            config.keep_checkpoints)
         if (val_pixels is not None and completed < config.optim.max_steps  # the last one follows the export
                 and config.validate_every and completed % config.validate_every == 0):
             _log_validation(vae, ema, val_pixels, completed, run_dir, accelerator)

@@ -275,8 +275,9 @@ def _apply_resumed_settings(config: TrainConfig, optimizer, scheduler: LambdaLR,
     """Make a resumed run use its own ``optim.lr``, ``disc_lr``, ``betas``, ``weight_decay``, ``eps`` and
     ``ema_decay``. Restoring a checkpoint also restores the hyperparameters saved with the optimisers, the
     schedule's base rate and the EMA decay, so a resume that changed them (logged as a config change, and
-    recorded in ``config.yaml``) used to train on with the old values. AdamW moments, the step and the schedule's
-    shape are kept; with unchanged settings nothing changes (the resume stays exact)."""
+    recorded in ``config.yaml``) used to train on with the old values. AdamW moments and the step are kept (the
+    schedule's shape follows the new settings anyway: :func:`lr_schedule`); with unchanged settings nothing changes
+    (the resume stays exact)."""
     for opt, discriminator in ((optimizer, False), (disc_optimizer, True)):
         if opt is None:
             continue

@@ -685,6 +685,27 @@ def test_a_resume_that_adds_or_drops_the_ema_or_adds_the_discriminator_is_refuse
         train_vae(load_config("vae_main", overrides + after), tmp_path / "run", resume="latest")
 
 
+def test_an_fp16_resume_of_a_checkpoint_without_a_gradient_scaler_is_refused_first(assets, tmp_path, monkeypatch):
+    """On a GPU, fp16 adds a gradient scaler to the accelerate state; resuming a bf16 or float32 checkpoint in fp16
+    failed after the models had loaded with a bare missing scaler.pt. This CPU has no fp16 scaler, so the test gives
+    accelerate one (its fp16 runs on CUDA) and checks the refusal comes first."""
+    import alphavae.train.loop
+
+    overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0, "optim.max_steps": 2})
+    train_vae(load_config("vae_main", overrides), tmp_path / "run", stop_after=1)
+
+    class WithScaler(alphavae.train.loop.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.scaler = torch.amp.GradScaler("cpu") if self.mixed_precision == "fp16" else None
+
+    monkeypatch.setattr(alphavae.train.loop, "Accelerator", WithScaler)
+    monkeypatch.setattr(alphavae.train.loop, "load_models", lambda *a, **k: pytest.fail("models loaded first"))
+    with pytest.raises(ValueError, match=r"step-00000001 cannot be resumed with mixed_precision fp16: it was saved "
+                                         r"without fp16's gradient scaler"):
+        train_vae(load_config("vae_main", overrides + ["mixed_precision=fp16"]), tmp_path / "run", resume="latest")
+
+
 def test_a_resume_without_the_discriminator_goes_on(assets, tmp_path):
     overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0, "optim.max_steps": 2})
     train_vae(load_config("vae_main", overrides), tmp_path / "run", stop_after=1)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object, parse_flag_from_env
+from accelerate.utils import SCALER_NAME, gather_object, parse_flag_from_env
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -570,7 +570,8 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             source) or a local ``model.vae`` / ``model.ref_vae`` folder, ``data.size`` is not a multiple of the
             VAE's downsampling or too small for an active loss term (``_check_crop_size``), the checkpoint
             cannot be restored (``load_checkpoint``), lies beyond ``optim.max_steps`` or lacks (or has) the EMA or
-            lacks the discriminator this run has (``_check_same_parts``, before the models load), the newest checkpoint
+            lacks the discriminator this run has (``_check_same_parts``, before the models load) or the gradient
+            scaler of an fp16 run (on GPUs; checked before the models load), the newest checkpoint
             is damaged (``find_checkpoint``), bad config or inputs (see ``load_models`` / ``split_files``), or,
             during the run, no training image is readable any more on some process (all processes raise it, with
             the same message).
@@ -587,6 +588,9 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     mixed_precision = autocast_precision(config.mixed_precision, "cuda" if cuda else "cpu")
     accelerator = Accelerator(mixed_precision=mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
     logger.info("mixed precision: %s (config %r) on %s", mixed_precision, config.mixed_precision, accelerator.device)
+    if checkpoint is not None and accelerator.scaler is not None and not (checkpoint / SCALER_NAME).is_file():
+        raise ValueError(f"{checkpoint} cannot be resumed with mixed_precision fp16: it was saved without fp16's "
+                         "gradient scaler (in bf16 or float32); resume with the mixed precision it was saved with")
     rgb = config.model.in_channels == 3
     vae, reference = load_models(config.model, seed=config.seed)
     if config.model.gradient_checkpointing:

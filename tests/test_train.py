@@ -665,6 +665,19 @@ def test_a_resume_with_other_optimiser_settings_trains_with_them(assets, tmp_pat
     assert [state["decay"] for state in ema if "decay" in state] == [0.5]
 
 
+def test_a_window_resumed_after_a_decay_to_zero_trains_its_first_step(assets, tmp_path):
+    """A run whose rate had decayed to 0 (optim.decay_steps), resumed with a later max_steps, trained its first
+    resumed step at the old schedule's last rate, 0, so that step left the weights as they were."""
+    settings = {"loss.lpips_weight": 0, "optim.max_steps": 2, "optim.decay_steps": 1, "optim.lr": 1e-3,
+                "optim.scheduler": "constant", "optim.warmup_steps": 0}
+    overrides = _overrides(assets, checkpoint_every=1, **settings)
+    train_vae(load_config("vae_no_gan", overrides), tmp_path / "run")
+    longer = overrides + ["optim.max_steps=4", "optim.decay_steps=1"]
+    train_vae(load_config("vae_no_gan", longer), tmp_path / "run", resume="latest", stop_after=3)
+    end, first = (load_file(tmp_path / "run" / "checkpoints" / f"step-0000000{n}" / "model.safetensors") for n in (2, 3))
+    assert max((end[k] - first[k]).abs().max().item() for k in end) > 1e-5  # a rate of 1e-3, not 0
+
+
 @pytest.mark.parametrize(("before", "after", "problem"), [
     (["ema=false"], ["ema=true"], "it was saved without an EMA and this run has ema: true"),
     (["ema=true"], ["ema=false"], "it was saved with an EMA and this run has ema: false"),

@@ -106,14 +106,14 @@ def training_set_digest(files: list[Path], root: Path) -> dict:
     """``{"images": N, "sha256": hex}`` of a run's training files in sampling order, by their paths relative to
     ``root`` (the data folder, or a manifest's folder), so a moved data folder keeps its digest. Saved with every
     checkpoint of ``train-vae`` and ``train-lora`` (:data:`TRAINING_SET_KEY`) for :func:`warn_other_training_set`."""
-    names = "\n".join(os.path.relpath(path, root) for path in files)
-    return {"images": len(files), "sha256": hashlib.sha256(names.encode("utf-8", "surrogateescape")).hexdigest()}
+    names = json.dumps([os.path.relpath(path, root) for path in files])  # unambiguous, whatever the names hold
+    return {"images": len(files), "sha256": hashlib.sha256(names.encode("ascii")).hexdigest()}
 
 
 def warn_other_training_set(checkpoint: Path, state: dict, digest: dict, log: logging.Logger) -> None:
     """Log a warning when the training images of a resumed run (``digest``) are not those ``checkpoint`` was saved
-    with (``state``, its trainer state): images added, removed, renamed or now unreadable change the batches from
-    the resumed step on. Checkpoints saved without a digest pass."""
+    with (``state``, its trainer state): images added, removed or renamed (or, where the run checks its images
+    first, now unreadable) change the batches from the resumed step on. Checkpoints saved without a digest pass."""
     saved = state.get(TRAINING_SET_KEY, digest)
     if saved != digest:
         log.warning("the training images differ from those of %s (%d then, %d now, or other files): the run goes on "

@@ -249,7 +249,8 @@ def lr_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> LambdaL
     ``optim.max_steps``; with ``optim.decay_steps`` = D > 0 its factor is also multiplied by
     ``clamp((max_steps - step) / D, 0, 1)``: a linear decay to 0 over the final D steps (warmup-stable-decay,
     Hu et al. 2024, MiniCPM, when the scheduler is constant). The factor depends only on the step, so a run
-    resumed with a different ``max_steps`` or ``decay_steps`` follows the new schedule from its step on.
+    resumed with a different ``max_steps`` or ``decay_steps`` follows the new schedule from its first step on
+    (:func:`_apply_resumed_settings`).
 
     Raises:
         ValueError: unknown scheduler name (diffusers).
@@ -266,18 +267,20 @@ def _adamw_settings(optim: OptimConfig, *, discriminator: bool) -> dict:
     """``torch.optim.AdamW`` keyword arguments of the autoencoder's or the discriminator's optimiser (the
     discriminator's: rate ``disc_lr`` or ``lr``, constant; AdamW's default eps)."""
     if discriminator:
-        return dict(lr=optim.disc_lr or optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+        return dict(lr=optim.lr if optim.disc_lr is None else optim.disc_lr, betas=tuple(optim.betas),
+                    weight_decay=optim.weight_decay)
     return dict(lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay, eps=optim.eps)
 
 
 def _apply_resumed_settings(config: TrainConfig, optimizer, scheduler: LambdaLR, disc_optimizer,
                             ema: EMAModel | None) -> None:
-    """Make a resumed run use its own ``optim.lr``, ``disc_lr``, ``betas``, ``weight_decay``, ``eps`` and
-    ``ema_decay``. Restoring a checkpoint also restores the hyperparameters saved with the optimisers, the
-    schedule's base rate and the EMA decay, so a resume that changed them (logged as a config change, and
-    recorded in ``config.yaml``) used to train on with the old values. AdamW moments and the step are kept (the
-    schedule's shape follows the new settings anyway: :func:`lr_schedule`); with unchanged settings nothing changes
-    (the resume stays exact)."""
+    """Make a resumed run follow its own settings from its first step: ``optim.lr``, ``disc_lr``, ``betas``,
+    ``weight_decay``, ``eps``, ``ema_decay`` and the schedule (``scheduler``, ``warmup_steps``, ``max_steps``,
+    ``decay_steps``). Restoring a checkpoint also restores the hyperparameters saved with the optimisers, the
+    schedule's base rate and last rate and the EMA decay, so a resume that changed them (logged as a config change,
+    and recorded in ``config.yaml``) trained on with the old values, and its first step at the old schedule's rate
+    (0 at the end of a decay). AdamW moments and the step are kept; with unchanged settings the rates are
+    recomputed as ``LambdaLR`` computes them, so the resume stays exact."""
     for opt, discriminator in ((optimizer, False), (disc_optimizer, True)):
         if opt is None:
             continue
@@ -287,10 +290,9 @@ def _apply_resumed_settings(config: TrainConfig, optimizer, scheduler: LambdaLR,
             group.update(settings)
             if discriminator:
                 group["lr"] = rate
-    if scheduler.base_lrs != [config.optim.lr] * len(scheduler.base_lrs):
-        for group, old in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] *= config.optim.lr / old  # the next step's rate, on the new base
-        scheduler.base_lrs = [config.optim.lr] * len(scheduler.base_lrs)
+    scheduler.base_lrs = [config.optim.lr] * len(scheduler.base_lrs)
+    for group, base, shape in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * shape(scheduler.last_epoch)  # the next step's rate
     if ema is not None:
         ema.decay = config.ema_decay
 
@@ -553,8 +555,9 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             (``{"step": N, "val/psnr_<background>": dB, ...}``, as ``validate`` returns). A resume from the
             checkpoint of step S first drops the lines of steps after S from both, so they hold each step once.
         resume: ``"latest"`` (newest checkpoint of ``run_dir``; a fresh start when there is none) or a checkpoint path.
-            Settings changed since the checkpoint apply from its step on (``optim.lr``, ``betas``, ``weight_decay``,
-            ``eps``, ``disc_lr`` and ``ema_decay`` too, with the AdamW moments kept: ``_apply_resumed_settings``).
+            Settings changed since the checkpoint apply from the first resumed step on (``optim.lr``, the schedule,
+            ``betas``, ``weight_decay``, ``eps``, ``disc_lr`` and ``ema_decay`` too, with the AdamW moments kept:
+            ``_apply_resumed_settings``).
         stop_after: stop (without export) after this optimiser step, as if the run were killed; for tests.
 
     Returns:

@@ -141,6 +141,10 @@ def test_resume_refusals_keep_earlier_work(setup, monkeypatch):
                            prodigy_bias_correction=False))
     monkeypatch.undo()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
+    adamw = train_lora(_config(setup, "adamw", max_steps=1, optimizer="adamw")).lora_dir
+    train_lora(_config(setup, "adamw", max_steps=2, resume="latest", optimizer="adamw", prodigy_beta3=0.5,
+                       prodigy_safeguard_warmup=False))  # settings AdamW never reads may change
+    assert (adamw / "checkpoints" / "step-00000002").is_dir()
     (out / LORA_FILE).write_bytes(lora)
     shutil.rmtree(out / "checkpoints")
     with pytest.raises(FileExistsError, match=r"nothing to resume: .* holds a finished pytorch_lora_weights"

@@ -233,8 +233,9 @@ def _check_same_settings(checkpoint: Path, saved: dict | None, cfg: LoraTrainCon
         log.warning("%s was saved before checkpoints recorded their settings: a resume with other settings (alpha, "
                     "optimiser, learning rate, ...) cannot be detected; repeat the run's settings", checkpoint)
         return
+    unused = ("prodigy_",) if saved.get("optimizer") == cfg.optimizer == "adamw" else ()  # settings AdamW ignores
     changed = [f"{key} {saved[key]!r} -> {getattr(cfg, key)!r}" for key in RESUME_FIXED
-               if key in saved and saved[key] != getattr(cfg, key)]
+               if key in saved and saved[key] != getattr(cfg, key) and not key.startswith(unused)]
     if changed:
         raise ValueError(f"{checkpoint}: saved with other settings than this run's ({'; '.join(changed)}); a resume "
                          "keeps the saved adapter, optimiser and schedule, so repeat the saved settings, or start a "

@@ -221,7 +221,8 @@ RESUME_FIXED = ("rank", "alpha", "targets", "dropout", "optimizer", "learning_ra
                 "lr_scheduler", "lr_warmup_steps", "batch_size", "gradient_accumulation_steps", "resolution", "crop",
                 "seed", "mixed_precision", "weighting_scheme", "logit_mean", "logit_std", "mode_scale", "guidance")
 """Settings a checkpoint records and a resume must repeat: the adapter's shape and scale, the optimiser and its
-schedule (a resume keeps the saved optimiser state and learning rate whatever is asked), and what decides the
+schedule (a resume keeps the saved optimiser state and learning rate whatever is asked; the ``prodigy_*`` settings
+only under Prodigy: AdamW never reads them), and what decides the
 batches and noise. Checkpointing, validation and logging may change, and ``max_steps`` with a constant learning
 rate (:func:`_check_same_schedule`)."""
 

@@ -222,9 +222,8 @@ RESUME_FIXED = ("rank", "alpha", "targets", "dropout", "optimizer", "learning_ra
                 "seed", "mixed_precision", "weighting_scheme", "logit_mean", "logit_std", "mode_scale", "guidance")
 """Settings a checkpoint records and a resume must repeat: the adapter's shape and scale, the optimiser and its
 schedule (a resume keeps the saved optimiser state and learning rate whatever is asked; the ``prodigy_*`` settings
-only under Prodigy: AdamW never reads them), and what decides the
-batches and noise. Checkpointing, validation and logging may change, and ``max_steps`` with a constant learning
-rate (:func:`_check_same_schedule`)."""
+only under Prodigy: AdamW never reads them), and what decides the batches and noise. Checkpointing, validation
+and logging may change, and ``max_steps`` with a constant learning rate (:func:`_check_same_schedule`)."""
 
 
 def _check_same_settings(checkpoint: Path, saved: dict | None, cfg: LoraTrainConfig) -> None:

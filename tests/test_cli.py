@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
@@ -182,3 +183,23 @@ def test_log_progress_keeps_our_info_and_accelerate_warnings_only(caplog, reques
         assert not logging.getLogger(name).isEnabledFor(logging.INFO)
         assert logging.getLogger(name).isEnabledFor(logging.WARNING)
     assert logging.getLogger("alphavae.train.loop").isEnabledFor(logging.INFO)
+
+
+def test_each_stderr_line_is_one_write_also_unbuffered(tmp_path, monkeypatch):
+    """With PYTHONUNBUFFERED=1 (common in containers) stderr writes through, and print wrote a line and its newline
+    apart: the processes of a torchrun / accelerate launch run ran their error lines together."""
+    writes = []
+
+    class Recorder(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, data):
+            writes.append(bytes(data))
+            return len(data)
+
+    stderr = io.TextIOWrapper(Recorder(), encoding="utf-8", write_through=True)  # as Python makes it, unbuffered
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert main(["reconstruct", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out")]) == 2
+    stderr.flush()
+    assert len(writes) == 1 and writes[0].startswith(b"alphavae reconstruct: error: ") and writes[0].endswith(b"\n")

@@ -200,6 +200,15 @@ def report_skipped(prog: str, failed: list[str], images: int, bad_inputs: int) -
 _HUB_DEPRECATIONS = r"The `(local_dir_use_symlinks|resume_download|force_filename)` argument is deprecated and ignored"
 
 
+def _whole_lines(stream) -> None:
+    """Make ``stream`` (stderr) hand each line to the OS in one write. Python's stderr writes through, so ``print``
+    writes the text and its newline apart, and the processes of a multi-process run (``accelerate launch``,
+    ``torchrun``) sharing one stderr ran their lines together ("...vanishedalphavae train-vae: error: ...").
+    Streams that cannot be reconfigured (not a ``TextIOWrapper``) are left as they are."""
+    if callable(getattr(stream, "reconfigure", None)):
+        stream.reconfigure(write_through=False, line_buffering=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``alphavae`` parser with every subcommand registered."""
     from alphavae import __version__
@@ -224,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     without Python's file and source line. Ctrl-C (KeyboardInterrupt) ends a command with one line and exit
     status 130; commands that write files catch it earlier and say what was kept."""
     prog = "alphavae"
+    _whole_lines(sys.stderr)
     try:
         parser = build_parser()  # imports torch: seconds in which Ctrl-C is likely too
         args, unknown = parser.parse_known_args(argv)

@@ -12,6 +12,7 @@ from alphavae.data.datasets import (
     StepBatchSampler,
     SubstituteUnreadable,
     crop_square,
+    data_folder,
     item_generator,
     readable_files,
     scale_alpha,
@@ -130,6 +131,12 @@ def test_folder_source(tmp_path, files):
     dataset = RGBADataset(tmp_path, size=8, crop="center")
     assert dataset.files == sorted(files)
     assert torch.equal(dataset[2], RGBADataset(files, size=8, crop="center")[2])
+
+
+def test_data_folder_is_the_folder_or_the_manifests_folder(tmp_path):
+    (tmp_path / "set").mkdir()
+    assert data_folder(tmp_path / "set") == tmp_path / "set"
+    assert data_folder(str(tmp_path / "set" / "manifest.jsonl")) == tmp_path / "set"
 
 
 def test_bad_file_names_the_file(tmp_path):

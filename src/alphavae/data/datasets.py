@@ -127,6 +127,22 @@ def crop_square(pixels: torch.Tensor, size: int, mode: str, generator: torch.Gen
     return pixels[:, top : top + size, left : left + size]
 
 
+def data_folder(source: str | Path) -> Path:
+    """The folder a training source's images lie in: the folder itself, or a manifest ``.jsonl``'s folder.
+
+    Manifest ``file`` entries are relative to the manifest's folder (``fetch-data`` writes them so), so that folder is
+    what outputs must stay out of and what relative image paths are measured from.
+
+    Args:
+        source: an image folder or a manifest file; need not exist (a missing path counts as a file).
+
+    Returns:
+        ``source`` when it is a folder, else its parent.
+    """
+    path = Path(source)
+    return path if path.is_dir() else path.parent
+
+
 def _resolve_files(source: str | Path | Sequence[str | Path], split: str | None) -> list[Path]:
     """Turn a manifest path, a folder or a list of files into a sorted list of image paths."""
     if isinstance(source, (str, Path)):
@@ -136,7 +152,7 @@ def _resolve_files(source: str | Path | Sequence[str | Path], split: str | None)
                 raise ValueError(f"{path}: split={split!r} needs a manifest, not a folder")
             return [absolute for absolute, _ in io.list_images([path])]
         if path.suffix == ".jsonl":
-            return [path.parent / r["file"] for r in read_manifest(path) if split is None or r["split"] == split]
+            return [data_folder(path) / r["file"] for r in read_manifest(path) if split is None or r["split"] == split]
         raise ValueError(f"{path}: expected a folder of images or a manifest .jsonl file")
     if split is not None:
         raise ValueError(f"split={split!r} needs a manifest, not a list of files")

@@ -25,7 +25,7 @@ from diffusers.optimization import SchedulerType, get_scheduler
 from tqdm.auto import tqdm
 
 from alphavae import io
-from alphavae.data.datasets import RGBADataset, StepBatchSampler, item_generator, readable_files
+from alphavae.data.datasets import RGBADataset, StepBatchSampler, data_folder, item_generator, readable_files
 from alphavae.diffusion.captions import DEFAULT_PROMPT, read_caption_table, resolve_captions
 from alphavae.diffusion.flow import TimestepSampling, flow_matching_loss, sample_sigmas
 from alphavae.diffusion.lora import LORA_FILE, add_lora, lora_config, restore_lora, save_lora
@@ -314,7 +314,7 @@ class _Trainer:
         if not good:
             raise ValueError(f"{data}: no readable training images")
         self.dataset = RGBADataset(good, **options)
-        root = data if data.is_dir() else data.parent
+        root = data_folder(data)
         self.captions = resolve_captions(good, root, table, cfg.instance_prompt, source=str(cfg.captions))
         self.digest = training_set_digest(good, root)
 
@@ -482,10 +482,10 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
         NonFiniteLossError: ``max_nonfinite`` consecutive steps had a NaN/inf loss (a RuntimeError).
     """
     out = Path(cfg.output_dir)
-    data = Path(cfg.data)  # a manifest's images lie in its folder
+    data = Path(cfg.data)
     if not data.exists():  # before the folder checks, which would blame its parent
         raise FileNotFoundError(f"{data}: training data not found (give an image folder or a manifest .jsonl)")
-    io.check_output_outside_inputs(out, [data if data.is_dir() else data.parent, cfg.model, cfg.vae])  # ids: no folder
+    io.check_output_outside_inputs(out, [data_folder(data), cfg.model, cfg.vae])  # ids: no folder
     if (out / LORA_FILE).exists() and cfg.resume is None:
         raise FileExistsError(f"{out / LORA_FILE} already exists: resume it (--resume latest) or choose another output")
     io.check_writable_folder(out, "the run")  # before the models load

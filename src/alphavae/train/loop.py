@@ -40,6 +40,7 @@ from alphavae.data.datasets import (
     RGBADataset,
     StepBatchSampler,
     SubstituteUnreadable,
+    data_folder,
     item_generator,
     readable_files,
 )
@@ -335,8 +336,7 @@ def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
     if val_files and accelerator.is_main_process:
         val_set = RGBADataset(val_files, **val_options)
         val_pixels = torch.stack([val_set[i] for i in range(len(val_set))])
-    root = Path(data.source) if Path(data.source).is_dir() else Path(data.source).parent
-    return loader, val_pixels, failed, training_set_digest(train_files, root)
+    return loader, val_pixels, failed, training_set_digest(train_files, data_folder(data.source))
 
 
 def _validate_exported(vae: AutoencoderKL, ema: EMAModel | None, pixels: torch.Tensor, step: int, run_dir: Path,
@@ -510,8 +510,7 @@ def _preflight(config: TrainConfig, run_dir: Path, resume: str | None) -> Path |
     if config.data.source is not None:
         if not Path(config.data.source).exists():
             raise FileNotFoundError(f"data source {config.data.source} (data.source / --data) does not exist")
-        io.check_output_outside_inputs(run_dir, config.data.source if Path(config.data.source).is_dir()
-                                       else Path(config.data.source).parent)
+        io.check_output_outside_inputs(run_dir, data_folder(config.data.source))
     io.check_output_outside_inputs(run_dir, [path for path in (config.model.vae, config.model.ref_vae) if path])
     io.check_writable_folder(run_dir, "the run")
     check_start(run_dir, resume, run_dir / "final")

@@ -745,6 +745,20 @@ def test_a_resume_over_other_training_images_is_warned_about(assets, tmp_path, c
             "7 now, or other files): the run goes on with today's") in caplog.text
 
 
+def test_training_set_digest_follows_the_images_not_where_the_folder_or_manifest_lies(tmp_path, monkeypatch):
+    """A manifest naming its images by absolute path counted them relative to its folder: moving the manifest alone
+    changed the digest and warned of other training images."""
+    from alphavae.train.checkpoint import training_set_digest
+    images = [tmp_path / "images" / "a.png", tmp_path / "images" / "b.png"]
+    digest = training_set_digest(images, tmp_path / "first")
+    assert digest["images"] == 2 and training_set_digest(images, tmp_path / "moved" / "deeper") == digest
+    in_folder = training_set_digest([tmp_path / "data" / "a.png", tmp_path / "data" / "b.png"], tmp_path / "data")
+    monkeypatch.chdir(tmp_path)  # a relative data folder, absolute image paths (as list_images gives them)
+    assert training_set_digest([tmp_path / "moved" / "a.png", tmp_path / "moved" / "b.png"], "moved") == in_folder
+    assert training_set_digest([tmp_path / "data" / "b.png", tmp_path / "data" / "a.png"], tmp_path / "data") \
+        != in_folder
+
+
 def test_yaml_merge_keys_still_work_and_eps_must_be_positive(tmp_path):
     (tmp_path / "merge.yaml").write_text("base: &b\n  size: 64\n  batch_size: 2\ndata:\n  <<: *b\n  size: 32\n")
     from alphavae.train.config import read_yaml

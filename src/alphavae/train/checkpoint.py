@@ -102,11 +102,19 @@ def check_within(checkpoint: Path, step: int, max_steps: int) -> None:
                          f"{step}, or pass an earlier checkpoint folder to --resume")
 
 
+def _name_under(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when it lies under it, else its absolute path."""
+    relative = os.path.relpath(path, root)
+    return os.path.abspath(path) if Path(relative).parts[0] == ".." else relative
+
+
 def training_set_digest(files: list[Path], root: Path) -> dict:
     """``{"images": N, "sha256": hex}`` of a run's training files in sampling order, by their paths relative to
-    ``root`` (the data folder, or a manifest's folder), so a moved data folder keeps its digest. Saved with every
-    checkpoint of ``train-vae`` and ``train-lora`` (:data:`TRAINING_SET_KEY`) for :func:`warn_other_training_set`."""
-    names = json.dumps([os.path.relpath(path, root) for path in files])  # unambiguous, whatever the names hold
+    ``root`` (the data folder, or a manifest's folder), so a moved data folder keeps its digest; a file outside
+    ``root`` (a manifest's absolute ``file`` entry) counts by its absolute path, so moving the manifest alone keeps it
+    too. Saved with every checkpoint of ``train-vae`` and ``train-lora`` (:data:`TRAINING_SET_KEY`) for
+    :func:`warn_other_training_set`."""
+    names = json.dumps([_name_under(path, root) for path in files])  # unambiguous, whatever names hold
     return {"images": len(files), "sha256": hashlib.sha256(names.encode("ascii")).hexdigest()}
 
 

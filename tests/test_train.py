@@ -683,11 +683,18 @@ def test_a_window_resumed_after_a_decay_to_zero_trains_its_first_step(assets, tm
     (["ema=true"], ["ema=false"], "it was saved with an EMA and this run has ema: false"),
     (["loss.gan_weight=0"], ["loss.gan_weight=0.5"],
      r"it has no PatchGAN discriminator and this run trains one \(loss.gan_weight > 0\)"),
+    ([], ["loss.disc_channels=16"], r"its PatchGAN discriminator has another architecture than this run's "
+     r"\(loss.disc_channels=16, disc_layers=3, disc_input=rgba: first layer \(16, 4, 4, 4\), saved \(8, 4, 4, 4\); "
+     r"22 tensors, saved 22\)"),
+    ([], ["loss.disc_layers=2"], r"its PatchGAN discriminator has another architecture .* 16 tensors, saved 22\)"),
+    ([], ["loss.disc_input=composite"], r"its PatchGAN discriminator has another architecture .* first layer "
+     r"\(8, 3, 4, 4\), saved \(8, 4, 4, 4\); 22 tensors, saved 22\)"),
 ])
-def test_a_resume_that_adds_or_drops_the_ema_or_adds_the_discriminator_is_refused_first(assets, tmp_path, monkeypatch,
-                                                                                          before, after, problem):
-    """Turning the EMA on or off, or the PatchGAN on, at a resume failed after the models had loaded, as a checkpoint
-    "damaged or saved from another model" (EMA) or a bare missing pytorch_model_1.bin (discriminator)."""
+def test_a_resume_that_changes_the_ema_or_the_discriminator_is_refused_first(assets, tmp_path, monkeypatch,
+                                                                             before, after, problem):
+    """Turning the EMA on or off, or the PatchGAN on, or changing its architecture, at a resume failed after the
+    models had loaded, as a checkpoint "damaged or saved from another model" (EMA, architecture: wrongly suggesting
+    to delete a sound checkpoint) or a bare missing pytorch_model_1.bin (discriminator)."""
     import alphavae.train.loop
 
     overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0, "optim.max_steps": 2})

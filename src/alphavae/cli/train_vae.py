@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "or from a checkpoint folder; restores model, optimisers, scheduler, "
                              "discriminator, EMA, RNG states, step and data position; settings changed since "
                              "apply from there on (optim.lr, betas, weight_decay, eps, disc_lr and ema_decay too; "
-                             "switching the EMA on or off, or the PatchGAN on, is refused)")
+                             "switching the EMA on or off, or the PatchGAN on, or changing its architecture, is "
+                             "refused)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (settings listed below), YAML syntax, repeatable, e.g. "
                              "--set loss.kl_weight=0 --set optim.max_steps=1000 --set data.size=512 "

@@ -29,6 +29,7 @@ from accelerate.utils import SCALER_NAME, gather_object, parse_flag_from_env
 from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from safetensors import safe_open
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -524,18 +525,42 @@ def _preflight(config: TrainConfig, run_dir: Path, resume: str | None) -> Path |
     return checkpoint
 
 
+def _discriminator_mismatch(checkpoint: Path, config: TrainConfig) -> list[str]:
+    """The problem (none or one) when ``checkpoint``'s saved PatchGAN (``model_1.safetensors``, read by its header)
+    has other tensor names or shapes than the one ``config.loss`` builds (``disc_channels``, ``disc_layers``,
+    ``disc_input``). A checkpoint saved as ``pytorch_model_1.bin`` passes (its shapes need a full load)."""
+    saved_file = checkpoint / "model_1.safetensors"
+    if not saved_file.is_file():
+        return []
+    lc = config.loss
+    with torch.device("meta"):  # shapes only, no memory or initialisation cost
+        built = PatchDiscriminator(3 if config.model.in_channels == 3 or lc.disc_input == "composite" else 4,
+                                   lc.disc_channels, lc.disc_layers).state_dict()
+    with safe_open(saved_file, "pt") as saved:
+        saved_shapes = {name: tuple(saved.get_slice(name).get_shape()) for name in saved.keys()}
+    if saved_shapes == {name: tuple(tensor.shape) for name, tensor in built.items()}:
+        return []
+    return [f"its PatchGAN discriminator has another architecture than this run's (loss.disc_channels="
+            f"{lc.disc_channels}, disc_layers={lc.disc_layers}, disc_input={lc.disc_input}: first layer "
+            f"{tuple(built['0.weight'].shape)}, saved {saved_shapes.get('0.weight')}; {len(built)} tensors, saved "
+            f"{len(saved_shapes)})"]
+
+
 def _check_same_parts(checkpoint: Path, config: TrainConfig) -> None:
     """Raise ValueError when this run has an EMA and ``checkpoint`` none, or the other way round, or this run trains
-    a PatchGAN discriminator and ``checkpoint`` has none: accelerate cannot restore such a checkpoint (it failed
-    with "damaged or saved from another model", or a missing file). A checkpoint with a discriminator resumes
-    without one when ``loss.gan_weight`` is 0. Read from the files accelerate names (``model_1.*``: the
-    discriminator; ``custom_checkpoint_1.pkl``: the EMA, after the schedule's ``custom_checkpoint_0.pkl``)."""
+    a PatchGAN discriminator and ``checkpoint`` has none or one of another architecture (``_discriminator_mismatch``):
+    accelerate cannot restore such a checkpoint (it failed with "damaged or saved from another model", or a missing
+    file). A checkpoint with a discriminator resumes without one when ``loss.gan_weight`` is 0. Read from the files
+    accelerate names (``model_1.*``: the discriminator; ``custom_checkpoint_1.pkl``: the EMA, after the schedule's
+    ``custom_checkpoint_0.pkl``)."""
     saved_gan = any((checkpoint / name).is_file() for name in ("model_1.safetensors", "pytorch_model_1.bin"))
     saved_ema = (checkpoint / "custom_checkpoint_1.pkl").is_file()
     problems = [f"it was saved {'with' if saved_ema else 'without'} an EMA and this run has ema: "
                 f"{str(config.ema).lower()}"] if saved_ema != config.ema else []
     if config.loss.gan_weight > 0 and not saved_gan:
         problems.append("it has no PatchGAN discriminator and this run trains one (loss.gan_weight > 0)")
+    elif config.loss.gan_weight > 0:
+        problems += _discriminator_mismatch(checkpoint, config)
     if problems:
         raise ValueError(f"{checkpoint} cannot be resumed with these settings: {'; '.join(problems)}. Resume with "
                          "the settings it was saved with; once that run ends, its final/ model can start a new run "
@@ -572,7 +597,8 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             source) or a local ``model.vae`` / ``model.ref_vae`` folder, ``data.size`` is not a multiple of the
             VAE's downsampling or too small for an active loss term (``_check_crop_size``), the checkpoint
             cannot be restored (``load_checkpoint``), lies beyond ``optim.max_steps`` or lacks (or has) the EMA or
-            lacks the discriminator this run has (``_check_same_parts``, before the models load) or the gradient
+            lacks the discriminator this run has, or has one of another architecture (``_check_same_parts``, before
+            the models load) or the gradient
             scaler of an fp16 run (on GPUs; checked before the models load), the newest checkpoint
             is damaged (``find_checkpoint``), bad config or inputs (see ``load_models`` / ``split_files``), or,
             during the run, no training image is readable any more on some process (all processes raise it, with

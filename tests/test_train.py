@@ -19,7 +19,14 @@ import alphavae.vae
 from alphavae import io, losses
 from alphavae.cli import main
 from alphavae.testing import tiny_rgb_vae, tiny_vae_config
-from alphavae.train import NonFiniteLossError, load_config, save_config, shipped_configs, train_vae
+from alphavae.train import (
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    load_config,
+    save_config,
+    shipped_configs,
+    train_vae,
+)
 
 PAPER_CONFIGS = ["vae_main", "vae_no_norm_kl", "vae_no_ref_kl", "vae_no_gan", "vae_no_lpips", "vae_naive_mse"]
 
@@ -703,6 +710,22 @@ def test_a_resume_that_changes_the_ema_or_the_discriminator_is_refused_first(ass
     with pytest.raises(ValueError, match=rf"step-00000001 cannot be resumed with these settings: {problem}\. "
                                          r"Resume with the settings it was saved with"):
         train_vae(load_config("vae_main", overrides + after), tmp_path / "run", resume="latest")
+
+
+def test_a_resume_with_another_vae_is_not_blamed_on_the_sound_checkpoint(assets, tmp_path):
+    """Resuming with --vae of another architecture failed as "damaged or saved from another model" with the advice to
+    delete the checkpoint (the run's only one here: all progress) and start over. Its files are as saved, so the
+    error now says the models differ, keeps the checkpoint, and the resume with the original VAE goes on."""
+    overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0, "optim.max_steps": 2})
+    train_vae(load_config("vae_no_gan", overrides), tmp_path / "run", stop_after=1)
+    tiny_rgb_vae("sdxl").save_pretrained(tmp_path / "other_vae")
+    with pytest.raises(CheckpointMismatchError, match=r"step-00000001: cannot restore this checkpoint into this run's "
+                       r"models \(RuntimeError: .*size mismatch .*\); its files are as saved, so it was saved from "
+                       r"another model or with other model settings: resume with the model and settings it was saved "
+                       r"with$"):
+        train_vae(load_config("vae_no_gan", overrides + [f"model.vae={tmp_path / 'other_vae'}"]), tmp_path / "run",
+                  resume="latest")
+    assert train_vae(load_config("vae_no_gan", overrides), tmp_path / "run", resume="latest").history[0]["step"] == 2
 
 
 def test_an_fp16_resume_of_a_checkpoint_without_a_gradient_scaler_is_refused_first(assets, tmp_path, monkeypatch):

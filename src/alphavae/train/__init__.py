@@ -5,6 +5,7 @@ Public API: ``TrainConfig`` / ``load_config`` / ``apply_overrides`` / ``save_con
 """
 
 from alphavae.train.checkpoint import (
+    CheckpointMismatchError,
     find_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -23,7 +24,7 @@ from alphavae.train.config import (
 from alphavae.train.loop import NonFiniteLossError, TrainResult, load_models, train_vae
 
 __all__ = [
-    "DataConfig", "ModelConfig", "NonFiniteLossError", "OptimConfig", "TrainConfig", "TrainResult",
-    "apply_overrides", "find_checkpoint", "list_checkpoints", "load_checkpoint", "load_config", "load_models",
+    "CheckpointMismatchError", "DataConfig", "ModelConfig", "NonFiniteLossError", "OptimConfig", "TrainConfig",
+    "TrainResult", "apply_overrides", "find_checkpoint", "list_checkpoints", "load_checkpoint", "load_config", "load_models",
     "save_checkpoint", "save_config", "shipped_configs", "train_vae",
 ]

@@ -189,6 +189,11 @@ def _save_into(accelerator: Accelerator, temporary: Path, final: Path, state: di
         os.replace(temporary, final)
 
 
+class CheckpointMismatchError(ValueError):
+    """A sound checkpoint (its files as saved) that does not fit the models of the run resuming it: the run was set
+    up from another model or with other model settings. Unlike a damaged checkpoint, deleting it is no remedy."""
+
+
 def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> dict:
     """Restore the accelerate state from ``checkpoint`` (on every process) and return its JSON state.
 
@@ -207,8 +212,11 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> 
         ValueError: a file of the checkpoint is damaged: missing, or of another size or sha256 than when saved
             (named), a truncated ``*.safetensors`` file (named), a ``trainer_state.json`` that is not JSON; or the saved
             tensors do not fit the prepared models (another architecture); one line naming the checkpoint.
+        CheckpointMismatchError: (a ValueError) the checkpoint's files are as saved (it recorded their sizes and
+            sha256), yet they do not restore into these models: they were built from another model or settings.
     """
     checkpoint = Path(checkpoint)
+    recorded = FILES_KEY in read_state(checkpoint)  # checkpoints of older versions recorded no file digests
     state = verify_checkpoint(checkpoint)
     try:
         accelerator.load_state(str(checkpoint))
@@ -216,9 +224,14 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> 
     except (FileNotFoundError, MemoryError, torch.OutOfMemoryError):
         raise  # not the checkpoint's fault
     except Exception as err:  # torch.load / pickle of a damaged file can raise nearly any error
-        reason = " ".join(str(err).split())[:200]
+        reason = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+        if recorded:
+            raise CheckpointMismatchError(
+                f"{checkpoint}: cannot restore this checkpoint into this run's models ({reason}); its files are "
+                "as saved, so it was saved from another model or with other model settings: resume with the "
+                "model and settings it was saved with") from err
         raise ValueError(f"{checkpoint}: cannot restore this checkpoint, damaged or saved from another model "
-                         f"({type(err).__name__}: {reason})") from err
+                         f"({reason})") from err
 
 
 def verify_checkpoint(checkpoint: str | os.PathLike) -> dict:
@@ -243,12 +256,12 @@ def verify_checkpoint(checkpoint: str | os.PathLike) -> dict:
 @contextlib.contextmanager
 def way_back_on_error(checkpoint: Path, resume: str, run_dir: Path) -> Iterator[None]:
     """Context for reading or restoring ``checkpoint``: when ``resume`` is ``"latest"``, a ValueError raised inside
-    (a damaged checkpoint) is re-raised with :func:`way_back`'s advice appended (delete it, fall back to the
-    checkpoint before it in ``run_dir``)."""
+    (a damaged checkpoint; not a :class:`CheckpointMismatchError`) is re-raised with :func:`way_back`'s advice
+    appended (delete it, fall back to the checkpoint before it in ``run_dir``)."""
     try:
         yield
     except ValueError as err:
-        if resume != "latest":
+        if resume != "latest" or isinstance(err, CheckpointMismatchError):
             raise
         earlier = list_checkpoints(run_dir)[:-1]
         raise ValueError(f"{err}; this is the newest checkpoint of {run_dir}: "

@@ -157,8 +157,8 @@ def check_invariant(source: AutoencoderKL, rgba: AutoencoderKL, *, sizes=((64, 6
 
     On random pixels (uniform in [-1, 1], alpha channel random too) of each ``(H, W)`` in ``sizes``,
     the RGBA model's posterior mean and std and decoded RGB must equal the source's on the RGB
-    channels (alpha ignored), and its decoded alpha must be 1. Both models run on their own device
-    and dtype (they should match).
+    channels (alpha ignored), and its decoded alpha must be 1. The pixels are made on the RGBA model's
+    device and in its dtype and fed to both models, so ``source`` must be on the same device and dtype.
 
     Args:
         source: the RGB (3-channel) model; rgba: ``convert_to_rgba(source)`` or its reload.
@@ -298,13 +298,14 @@ def load_autoencoder(path_or_id: str | os.PathLike, *, subfolder: str | None = N
     Only safetensors weights are loaded (``use_safetensors=True``): a pickled ``.bin`` can run code.
 
     Raises:
-        FileNotFoundError: a local folder, its config.json or its safetensors weights are missing (one-line
-            message; pickle-only weights are named).
+        FileNotFoundError: a local folder, its config.json or its safetensors weights are missing, or the local
+            path is a file, not a folder (one-line message; pickle-only weights are named).
         ValueError: the local config describes another class (e.g. UNet2DModel), or its fields and weights do
             not build an AutoencoderKL (a malformed field such as a short ``block_out_channels``, weights of
             other shapes than the config's layers: the first is named), or the weights and the config's layers
-            differ (weights missing or unused, e.g. an edited ``layers_per_block``), or its latent factors are unusable (``scaling_factor`` 0, NaN or not a number,
-            ``shift_factor`` not a number or null); names the folder.
+            differ (weights missing or unused, e.g. an edited ``layers_per_block``), or its latent factors are
+            unusable (``scaling_factor`` 0, NaN or not a number, ``shift_factor`` not a number or null); names
+            the folder.
         OSError: it cannot be loaded otherwise; the one-line message names the path and says what to pass.
     """
     local = Path(path_or_id).expanduser()

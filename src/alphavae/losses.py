@@ -2,7 +2,8 @@
 
 Terms: alpha-blended MSE (ABMSE), LPIPS on composites, KL to N(0, I), reference KL (Ref-KL) against the
 frozen source RGB VAE, PatchGAN with the VQGAN adaptive weight, and the naive 4-channel MSE of the
-ablation. For 3-channel (RGB) models the alpha terms fall away: plain MSE, LPIPS on the RGB image, KL.
+ablation. For 3-channel (RGB) models the alpha terms fall away: plain MSE, LPIPS on the RGB image, KL and, with
+a discriminator, the PatchGAN on the raw RGB output.
 
 Conventions: pixels are straight RGBA ``(B, 4, H, W)`` (or RGB ``(B, 3, H, W)``), all channels in [-1, 1];
 alpha in [0, 1] is ``(a + 1) / 2``. **Reduction**: every pixel term is summed over channels and pixels of
@@ -64,6 +65,7 @@ def abmse_terms(
 
     Raises:
         ValueError: if either tensor does not have 4 channels or their shapes differ.
+        TypeError: the tensors are not floating point (``alphavae.io.check_pixels``).
     """
     if target.shape != prediction.shape or target.shape[1] != 4:
         raise ValueError(f"abmse needs two (B, 4, H, W) tensors, got {tuple(target.shape)} and {tuple(prediction.shape)}")
@@ -97,6 +99,7 @@ def abmse(
 
     Raises:
         ValueError: if either tensor does not have 4 channels or their shapes differ.
+        TypeError: the tensors are not floating point (``alphavae.io.check_pixels``).
     """
     colour, cross, alpha = abmse_terms(target, prediction, background_mean, background_square)
     return _sum_mean(colour + cross + alpha)
@@ -163,8 +166,9 @@ def estimate_background_moments(folder_or_files: str | os.PathLike | Iterable[st
         ``((m_r, m_g, m_b), (s_r, s_g, s_b))`` floats, means in [-1, 1], second moments in [0, 1].
 
     Raises:
-        ValueError: if no image was found. FileNotFoundError for a missing input;
-            ``alphavae.io.ImageLoadError`` for an unreadable file (``alphavae background-moments`` skips those).
+        ValueError: if no image was found.
+        FileNotFoundError: an input does not exist.
+        alphavae.io.ImageLoadError: a file cannot be read (``alphavae background-moments`` skips those).
     """
     files = [path for path, _ in io.list_images(folder_or_files)]
     if not files:
@@ -189,7 +193,7 @@ def build_lpips(backbone_path: str | os.PathLike | None = None, *, random_backbo
         ``lpips.LPIPS`` in eval mode with ``requires_grad=False`` (inputs RGB in [-1, 1]), or ``None``.
 
     Raises:
-        FileNotFoundError: if ``backbone_path`` is given but does not exist.
+        FileNotFoundError: if ``backbone_path`` is given but is not a file (missing, or a folder).
         ValueError: if the file is not a torch state dict, or holds neither AlexNet weights nor a full
             ``lpips.LPIPS`` state dict; one line naming the file (``alphavae.eval.networks.build_lpips``
             loads it, ``lpips_network`` builds the network).
@@ -457,7 +461,8 @@ class Objective(nn.Module):
 
     Args:
         config: the loss configuration.
-        in_channels: 4 (RGBA) or 3 (RGB stage: MSE + LPIPS + KL only).
+        in_channels: 4 (RGBA) or 3 (RGB stage: plain MSE instead of ABMSE, LPIPS on the RGB image, KL, no
+            Ref-KL; the GAN still runs when a ``discriminator`` is given, on the raw RGB output).
         reference_vae: frozen source RGB ``AutoencoderKL`` (3-channel input) for Ref-KL, or ``None``.
         lpips_metric: from ``build_lpips``; ``None`` disables LPIPS (built from the config when omitted).
         discriminator: a ``PatchDiscriminator`` or ``None`` (then the GAN term is off).

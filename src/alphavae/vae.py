@@ -305,7 +305,8 @@ class RGBAVAE:
 
     @property
     def dtype(self) -> torch.dtype:
-        """Computation dtype: the dtype of most weights (bf16 under "mixed-bf16", whose input/output layers are float32)."""
+        """Computation dtype: the dtype of most weights (bf16 under "mixed-bf16", whose input/output layers are
+        float32)."""
         return compute_dtype(self.model)
 
     @property

@@ -67,10 +67,13 @@ def pack_latents(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`pack_latents`: ``(B, h*w/4, 4C)`` -> ``(B, C, h, w)`` for latent sizes h, w.
+    """Inverse of :func:`pack_latents`: ``(B, h*w/4, 4C)`` -> ``(B, C, h, w)`` for latent sizes h, w (even).
 
     ``FluxPipeline._unpack_latents`` takes pixel sizes and a VAE factor; latent sizes with a factor
-    of 1 give the same arrangement.
+    of 1 give the same arrangement. An odd ``height`` or ``width`` is rounded down to even.
+
+    Raises:
+        RuntimeError: (from ``torch.Tensor.view``) ``tokens`` is not ``(B, (height // 2) * (width // 2), 4C)``.
     """
     from diffusers import FluxPipeline
 

@@ -108,9 +108,10 @@ def canonical_safetensors(path: str | Path) -> None:
     safetensors writes its ``__metadata__`` strings in the order of a Rust ``HashMap``, which changes from call
     to call: ``save_file`` and ``save`` (``serialize``) of safetensors 0.8.0, given the same tensors and the
     metadata inserted in sorted order, gave 18 different byte strings in 20 calls in one process and differed
-    across processes too, so sorting the metadata passed in does not help. Here the header is rewritten with ``__metadata__`` first, its keys sorted, then the tensor entries in
-    the order of their data (``data_offsets``), as compact JSON padded with spaces to a multiple of 8 bytes. The
-    tensor data is copied unchanged (offsets count from the end of the header, so they stay valid).
+    across processes too, so sorting the metadata passed in does not help. Here the header is rewritten with
+    ``__metadata__`` first, its keys sorted, then the tensor entries in the order of their data (``data_offsets``),
+    as compact JSON padded with spaces to a multiple of 8 bytes. The tensor data is copied unchanged (offsets count
+    from the end of the header, so they stay valid).
 
     Raises:
         OSError: the file cannot be read or replaced.
@@ -138,7 +139,9 @@ def restore_lora(transformer: FluxTransformer2DModel, folder: str | Path) -> Non
     Used to resume training; the adapter must have been added with the same config.
 
     Raises:
-        ValueError: the folder holds no transformer LoRA weights, or some do not fit the adapter.
+        ValueError: the folder holds no transformer LoRA weights, or some name no layer of the adapter.
+        RuntimeError: (from ``torch.nn.Module.load_state_dict``) a weight's shape differs from the adapter's,
+            e.g. a LoRA of another rank.
     """
     from diffusers import FluxPipeline
     from diffusers.utils import convert_unet_state_dict_to_peft

@@ -327,6 +327,10 @@ def contact_sheet(pixels: torch.Tensor | Sequence[torch.Tensor], columns: int = 
     Returns:
         ``(4, H', W')`` RGBA in [-1, 1], alpha = 1 (a preview; the transparency is shown by the
         checkerboard, 2-pixel white gutters). Library: torchvision ``make_grid``.
+
+    Raises:
+        ValueError: no images, or an image that is not ``(4, H, W)`` RGBA (``alphavae.io.composite``).
+        TypeError: an image that is not floating point.
     """
     shown = [io.composite(image[None], "checkerboard")[0] for image in pixels]
     height, width = max(image.shape[-2] for image in shown), max(image.shape[-1] for image in shown)

@@ -63,7 +63,7 @@ def jpeg_roundtrip(images: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(N, 3, H, W)`` uint8 RGB after the JPEG round trip.
     Raises:
-        ValueError: not ``(N, 3, H, W)`` uint8.
+        ValueError: not ``(N, 3, H, W)`` uint8, or N = 0 (from numpy).
     Source: Pillow ``JpegImagePlugin`` (default quality 75).
     """
     if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:

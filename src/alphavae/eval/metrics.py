@@ -5,7 +5,7 @@ library, pyiqa 0.1.x, which loads images with ``PIL.Image.convert("RGB")`` and `
 Alpha metrics take alpha mattes ``(B, 1, H, W)`` in [0, 1] (not the [-1, 1] pixel convention: callers
 convert with ``alphavae.io.to_unit``).
 
-Every function returns one value per image, shape ``(B,)``, float64, finite for every input in range,
+Every metric returns one value per image, shape ``(B,)``, float64, finite for every input in range,
 including all-transparent (alpha = 0 everywhere) and all-opaque (alpha = 1) mattes, with two
 exceptions that are NaN where the metric does not apply (:data:`NOT_APPLICABLE`): the leakage of an
 image without fully transparent GT pixels and the edge-band error of an image without an edge band.

@@ -374,7 +374,8 @@ def load_networks(
     Returns:
         :class:`Networks` on the CPU.
     Raises:
-        NetworkUnavailable: an explicitly given path is missing or unreadable.
+        NetworkUnavailable: an explicitly given path is missing or unreadable, or its weights do not fit the
+            network.
     """
     lpips_path = _resolve(lpips, ALEXNET_CACHE, "LPIPS")
     inception_path = _resolve(inception, INCEPTION_CACHE, "FID (Inception)")

@@ -112,6 +112,7 @@ def prepare_gt(pixels: torch.Tensor, protocol: Protocol) -> torch.Tensor:
     Raises:
         ValueError: the image resized to that short side (before the crop) would have more than
             ``alphavae.io.DEFAULT_MAX_PIXELS`` pixels (a very long, thin image); gives both sizes.
+        TypeError, ValueError: with ``resize`` set, ``pixels`` is not float RGBA (``alphavae.io.check_pixels``).
     """
     if protocol.resize is None:
         return pixels
@@ -173,9 +174,9 @@ def score_pair(gt: torch.Tensor, pred: torch.Tensor, protocol: Protocol, network
             alpha-blind ``rgba`` group (``raw_group``) and the ``alpha`` group (``alpha_metrics``).
         networks: optional LPIPS / Inception / aesthetic networks (None members are skipped).
     Returns:
-        :class:`ImageScore` with per-group ``psnr`` (dB), ``ssim`` or None (and ``lpips`` or None, ``input_laion_score``,
-        ``output_laion_score`` when the networks are loaded; Inception features in ``features``), plus the
-        ``rgba`` group (``reference``) or the ``alpha`` group (``clean``).
+        :class:`ImageScore` with per-group ``psnr`` (dB), ``ssim`` or None (and ``lpips`` or None,
+        ``input_laion_score``, ``output_laion_score`` when the networks are loaded; Inception features in
+        ``features``), plus the ``rgba`` group (``reference``) or the ``alpha`` group (``clean``).
     Raises:
         ValueError: shapes differ or are not ``(4, H, W)``.
     """

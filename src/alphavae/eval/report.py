@@ -73,8 +73,9 @@ def printable(value):
     (``b"good\\xfe.png"`` -> ``"good\\udcfe.png"``), which no UTF-8 file can hold; such bytes are
     written as ``\\xfe`` (``"good\\\\xfe.png"``), any other lone surrogate as ``\\udXXX``. A backslash itself is
     written as two, so distinct names stay distinct (no two folders share a row of the tree): the name
-    ``"good\\\\xfe.png"`` (with a real backslash) is written ``"good\\\\\\\\xfe.png"``. Dicts, lists and tuples
-    are copied (tuples become lists, as in JSON); other values are returned as they are.
+    ``"good\\\\xfe.png"`` (with a real backslash) is written ``"good\\\\\\\\xfe.png"``. In a string that also
+    holds another lone surrogate, the escaped bytes too are written as ``\\udcXX`` (``\\udcfe``). Dicts, lists
+    and tuples are copied (tuples become lists, as in JSON); other values are returned as they are.
     """
     if isinstance(value, str):
         value = value.replace("\\", "\\\\")

@@ -220,8 +220,9 @@ def folder_loader(protocol: Protocol, max_pixels: int | None = DEFAULT_MAX_PIXEL
     """Loader for GT/prediction file pairs: loads both, preprocesses GT, checks the sizes agree.
 
     Raises (from the returned callable):
-        ImageLoadError: a file cannot be read (names it). ValueError: sizes differ (gives both sizes;
-            the runner adds both paths, :func:`describe_failure`).
+        ImageLoadError: a file cannot be read (names it).
+        ValueError: sizes differ (gives both sizes; the runner adds both paths, :func:`describe_failure`), or
+            the GT is too large for the protocol's resize (:func:`~alphavae.eval.protocols.prepare_gt`).
     """
 
     def load(pair: Pair) -> tuple[torch.Tensor, torch.Tensor]:
@@ -440,9 +441,10 @@ def read_prompts(path: str | Path) -> dict[str, str]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: one line naming the file (and the line, for JSON Lines): not UTF-8, empty, not
-            JSON, a JSON list or other non-object, a key that is empty or not a string, a key given
-            twice, a JSON-Lines row giving both ``key`` and ``file``, a prompt that is not a non-empty string.
+        ValueError: one line naming the file (and the line, for JSON Lines): a folder, not UTF-8, empty or
+            without any prompt, not JSON, a JSON list or other non-object, a key that is empty or not a string,
+            a key given twice, a JSON-Lines row giving both ``key`` and ``file``, a prompt that is not a
+            non-empty string.
         OSError: the file cannot be read.
     """
     path = Path(path)

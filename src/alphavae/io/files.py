@@ -263,7 +263,8 @@ def from_pil(image: Image.Image) -> torch.Tensor:
 
     Raises:
         TypeError: not a Pillow image.
-        ValueError: F/I data containing NaN or infinities.
+        ValueError: mode F (float) data containing NaN or infinities.
+        OSError: Pillow cannot decode the data of a not-yet-loaded image (e.g. a truncated file).
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"from_pil needs a PIL.Image.Image, got {type(image).__name__}")
@@ -439,7 +440,9 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = F
         ``path`` as a ``pathlib.Path``.
 
     Raises:
-        IsADirectoryError: ``path`` is a folder. FileExistsError: ``path`` exists and ``overwrite`` is False.
+        IsADirectoryError: ``path`` is a folder.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        UnicodeEncodeError: ``text`` holds a lone UTF-16 surrogate (see :func:`check_text`); nothing is written.
         OSError: the file cannot be written.
     """
     return atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"), overwrite=overwrite)
@@ -455,6 +458,7 @@ def stage_file(path: str | os.PathLike, write_fn: Callable[[Path], None]) -> Pat
         The temporary file.
 
     Raises:
+        OSError: the temporary file cannot be created (e.g. ``path``'s folder does not exist or is read-only).
         Any exception of ``write_fn`` or of the fsync (after removing the temporary file).
     """
     path = Path(path)

@@ -60,8 +60,8 @@ def resize_rgba(pixels: torch.Tensor, size: tuple[int, int], *, mode: str = "bic
     Premultiplies colour by alpha, resamples all four channels with
     ``torch.nn.functional.interpolate`` (computed in float32), clamps alpha to [0, 1] (bicubic
     overshoot), snaps alpha below :data:`ROUND_OFF_ALPHA` to 0, un-premultiplies
-    (:func:`~alphavae.io.alpha.unpremultiply`: colour clamped to [0, 1], colour -1 where the new alpha is 0) and returns straight RGBA. Hidden colour under
-    alpha = 0 therefore never smears into edges.
+    (:func:`~alphavae.io.alpha.unpremultiply`: colour clamped to [0, 1], colour -1 where the new alpha
+    is 0) and returns straight RGBA. Hidden colour under alpha = 0 therefore never smears into edges.
 
     Args:
         pixels: ``(B, 4, H, W)`` or ``(4, H, W)`` straight RGBA in [-1, 1], any float dtype.

@@ -34,9 +34,10 @@ def _text_width(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -
 def labelled_sheet(panels: torch.Tensor, row_labels: Sequence[str], column_labels: Sequence[str]) -> torch.Tensor:
     """Tile opaque panels into a sheet with the column labels on top and the row labels on the left.
 
-    Each panel is centred in a cell as wide as the wider of the panel and its column label (so a
-    16 px image still gets a readable label) and as tall as the taller of the panel and one line of
-    text; cells are separated by ``GUTTER`` px of sheet. Black text on ``SHEET_GREY``, ``FONT_SIZE`` px.
+    Each panel is centred in a cell; all cells share one size: as wide as the wider of the panel and the
+    widest column label (so a 16 px image still gets a readable label) and as tall as the taller of the
+    panel and one line of text; cells are separated by ``GUTTER`` px of sheet. Black text on
+    ``SHEET_GREY``, ``FONT_SIZE`` px.
 
     Args:
         panels: ``(R, C, 3, H, W)`` opaque RGB in [-1, 1] (e.g. ``alphavae.io.composite`` outputs).
@@ -48,8 +49,8 @@ def labelled_sheet(panels: torch.Tensor, row_labels: Sequence[str], column_label
         pixels are kept exactly up to 8-bit quantisation.
 
     Raises:
-        ValueError: ``panels`` is not 5-D with 3 channels or holds NaN/infinite values, or the label counts
-            are not ``R`` and ``C``.
+        ValueError: ``panels`` is not 5-D with 3 channels, has an empty side (H or W = 0) or holds
+            NaN/infinite values, or the label counts are not ``R`` and ``C``.
         TypeError: ``panels`` is not a floating-point tensor (panels are quantised by ``alphavae.io.to_pil``).
     """
     if panels.ndim != 5 or panels.shape[2] != 3:

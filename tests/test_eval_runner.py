@@ -646,3 +646,24 @@ def test_quiet_hides_the_progress_bar(tmp_path, capsys, command):
     assert "| 1/1 [" in capsys.readouterr().err
     assert main([command, *inputs, "-o", str(tmp_path / "quiet"), "--inception", "none", "--quiet"]) == 0
     assert "| 1/1 [" not in capsys.readouterr().err and (tmp_path / "quiet" / "report.json").exists()
+
+
+def test_report_thumbnails_do_not_bleed_hidden_colour_into_edges():
+    """comparison_strip shrank straight RGBA with area averaging: green hidden under alpha = 0 beside an opaque red
+    edge showed as a green fringe over black in the report's thumbnails."""
+    import base64
+    import io as bytes_io
+
+    import numpy as np
+    from PIL import Image
+
+    from alphavae.eval.report import comparison_strip
+
+    image = torch.full((4, 8, 8), -1.0)
+    image[0, :, :3] = 1  # opaque red in columns 0-2
+    image[3, :, :3] = 1
+    image[1, :, 3:] = 1  # green under alpha = 0 in columns 3-7
+    uri = comparison_strip(image, image.clone(), height=4)
+    strip = np.asarray(Image.open(bytes_io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    over_black = strip[:4, 2 * (4 + 4): 2 * (4 + 4) + 4]  # third tile: the GT over black, 4 px wide
+    assert over_black[..., 1].max() == 0 and over_black[:, 1, 0] == pytest.approx([128] * 4, abs=1)

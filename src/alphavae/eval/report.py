@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from alphavae.eval.aggregate import RGB_GROUP
 from alphavae.eval.backgrounds import BACKGROUND_NAMES, CHECKERBOARD, composites
 from alphavae.eval.protocols import RGBA_GROUP
-from alphavae.io import alpha_unit, check_writable_folder, stage_file, to_pil
+from alphavae.io import alpha_unit, check_writable_folder, resize_rgba, stage_file, to_pil
 
 CSV_COLUMNS = ("group", "subset", "input_laion_score", "output_laion_score", "fid_score", "lpips", "psnr", "ssim")
 """Column order of the reference CSV report."""
@@ -119,6 +118,9 @@ def _heat(error: torch.Tensor) -> torch.Tensor:
 def comparison_strip(gt: torch.Tensor, pred: torch.Tensor, height: int = 96) -> str:
     """PNG data URI of one row: GT and prediction over checkerboard, black and white, then |alpha error|.
 
+    Thumbnails are area-averaged in premultiplied colour (``alphavae.io.resize_rgba``), so colour hidden under
+    alpha = 0 does not bleed into the edges and each thumbnail's composite is the full-size composite shrunk.
+
     Args:
         gt, pred: ``(4, H, W)`` straight RGBA in [-1, 1], same size.
         height: thumbnail height in px (smaller images are not enlarged).
@@ -128,7 +130,7 @@ def comparison_strip(gt: torch.Tensor, pred: torch.Tensor, height: int = 96) -> 
     height = min(height, gt.shape[-2])
     scale = height / gt.shape[-2]
     size = (height, max(1, round(gt.shape[-1] * scale)))
-    pair = F.interpolate(torch.stack([gt, pred]).float(), size=size, mode="area")
+    pair = resize_rgba(torch.stack([gt, pred]).float(), size, mode="area")
     views = composites(pair, (CHECKERBOARD, "black", "white")) * 2 - 1  # (2, 3, 3, h, w)
     tiles = [views[side, k] for k in range(3) for side in (0, 1)]
     tiles.append(_heat((alpha_unit(pair[1]) - alpha_unit(pair[0])).abs()))

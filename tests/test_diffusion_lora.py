@@ -67,6 +67,18 @@ def test_restore_lora_copies_weights(tmp_path):
         restore_lora(other, tmp_path / "te.safetensors")
 
 
+def test_restore_lora_refuses_a_lora_that_leaves_adapter_layers_unset(tmp_path):
+    """An 'attention' LoRA restored into a 'paper' adapter left the feed-forward LoRA layers as they were, silently."""
+    pipe = tiny_flux_pipeline()
+    add_lora(pipe.transformer, lora_config(4, 8, targets="attention"))
+    save_lora(pipe.transformer, tmp_path)
+    other = tiny_flux_pipeline().transformer
+    add_lora(other, lora_config(4, 8))
+    with pytest.raises(ValueError, match=r"holds no weights for \d+ LoRA layers of the adapter \(saved with other "
+                                         r"targets\?\), e\.g\. \['transformer_blocks\.0\.ff\.net\.0\.proj\.lora_A"):
+        restore_lora(other, tmp_path)
+
+
 @pytest.mark.parametrize("kwargs", [dict(rank=0), dict(alpha=0), dict(dropout=1.0), dict(targets="everything")])
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):

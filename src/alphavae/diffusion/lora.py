@@ -139,7 +139,8 @@ def restore_lora(transformer: FluxTransformer2DModel, folder: str | Path) -> Non
     Used to resume training; the adapter must have been added with the same config.
 
     Raises:
-        ValueError: the folder holds no transformer LoRA weights, or some name no layer of the adapter.
+        ValueError: the folder holds no transformer LoRA weights, or some name no layer of the adapter, or some
+            layers of the adapter have no saved weights (a LoRA saved with other targets).
         RuntimeError: (from ``torch.nn.Module.load_state_dict``) a weight's shape differs from the adapter's,
             e.g. a LoRA of another rank.
     """
@@ -154,3 +155,7 @@ def restore_lora(transformer: FluxTransformer2DModel, folder: str | Path) -> Non
     result = set_peft_model_state_dict(transformer, convert_unet_state_dict_to_peft(state), adapter_name=ADAPTER)
     if result.unexpected_keys:
         raise ValueError(f"{folder}: LoRA weights do not fit the adapter: {result.unexpected_keys[:3]}")
+    missing = [key for key in result.missing_keys if ".lora_" in key]  # the base model's weights are never saved
+    if missing:
+        raise ValueError(f"{folder}: holds no weights for {len(missing)} LoRA layers of the adapter (saved with other "
+                         f"targets?), e.g. {missing[:3]}")

@@ -214,6 +214,9 @@ def test_multi_frame_uses_first_frame_with_warning(tmp_path):
     with pytest.warns(UserWarning, match="anim.gif: 2 frames"):
         pixels = aio.load_rgba(tmp_path / "anim.gif")
     assert np.allclose(unit(pixels)[0, 0], [1, 0, 0, 1])
+    with Image.open(tmp_path / "anim.gif") as image, pytest.warns(UserWarning, match="2 frames, using frame 2 only"):
+        image.seek(1)  # from_pil uses the frame the caller chose, and says so (it said "the first")
+        assert np.allclose(unit(aio.from_pil(image))[0, 0], [0, 0, 1, 1])
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

@@ -132,10 +132,11 @@ def _warn_bmp_padding(image: Image.Image, name: str) -> None:
 
 
 def _warn_first_frame(image: Image.Image, name: str) -> None:
-    """Warn when an image has several frames (only the first is used)."""
+    """Warn when an image has several frames (only the current one is used: the first, unless the caller seeked)."""
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
-        warnings.warn(f"{name}: {frames} frames, using the first only", stacklevel=3)
+        which = "the first" if image.tell() == 0 else f"frame {image.tell() + 1}"
+        warnings.warn(f"{name}: {frames} frames, using {which} only", stacklevel=3)
 
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:

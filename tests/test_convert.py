@@ -39,6 +39,15 @@ def test_invariant_bitwise_for_every_vae_shape(shape):
     assert all(torch.equal(before[k], v) for k, v in source.state_dict().items())
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_conversion_keeps_mode_and_frozen_weights(train):
+    """The widened convolutions were new modules in training mode with trainable weights, whatever the source."""
+    source = tiny_rgb_vae("flux").train(train).requires_grad_(not train)
+    rgba = convert_to_rgba(source)
+    assert {module.training for module in rgba.modules()} == {train}
+    assert {parameter.requires_grad for parameter in rgba.parameters()} == {not train}
+
+
 def test_reload_gives_identical_outputs(tmp_path):
     rgba = convert_to_rgba(tiny_rgb_vae("sd1"))
     rgba.save_pretrained(tmp_path)

@@ -51,7 +51,8 @@ def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 def _widened_conv(conv: nn.Conv2d, *, in_channels: int, out_channels: int) -> nn.Conv2d:
-    """A copy of ``conv`` with more channels: old weights and bias kept, new weights and bias zero."""
+    """A copy of ``conv`` with more channels: old weights and bias kept, new weights and bias zero; the same
+    train/eval mode and ``requires_grad`` (a frozen model stays frozen)."""
     new = nn.Conv2d(in_channels, out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                     dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
                     padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
@@ -61,7 +62,8 @@ def _widened_conv(conv: nn.Conv2d, *, in_channels: int, out_channels: int) -> nn
         if conv.bias is not None:
             new.bias.zero_()
             new.bias[: conv.out_channels] = conv.bias
-    return new
+    new.train(conv.training)
+    return new.requires_grad_(conv.weight.requires_grad)
 
 
 def require_channels(model, channels: int, *, user: str, hint: str) -> None:
@@ -87,7 +89,7 @@ def convert_to_rgba(vae: AutoencoderKL) -> AutoencoderKL:
     ``encoder.conv_in`` gets a 4th input channel (RGB weights copied, alpha weights 0, bias copied);
     ``decoder.conv_out`` a 4th output row (RGB rows copied, alpha weights 0, alpha bias +1); the
     config's ``in_channels`` / ``out_channels`` become 4, so ``save_pretrained`` / ``from_pretrained``
-    round-trip. Same dtype, device and train/eval mode as the input.
+    round-trip. Same dtype, device, train/eval mode and ``requires_grad`` as the input.
 
     Note ``AutoencoderKL.from_pretrained(rgb, in_channels=4)`` is not a conversion (shape error,
     or random re-initialisation with ``ignore_mismatched_sizes``).

@@ -126,9 +126,9 @@ def resolve_policy(name: str = "auto", device: str | torch.device = "cpu") -> Sp
 
     Args:
         name: "auto" (the default users get: "mixed-bf16" on a CPU with AMX-BF16 (``cpu_has_fast_bf16``)
-            or a CUDA device with bf16 support, else "float32"), "float32" (diffusers' default, exact), "bfloat16" / "float16"
-            (whole model in that dtype, no islands), or "mixed-bf16" (bf16 bulk, float32 ``FLOAT32_ISLANDS``;
-            channels_last on CPU).
+            or a CUDA device with bf16 support, else "float32"), "float32" (diffusers' default, exact),
+            "bfloat16" / "float16" (whole model in that dtype, no islands), or "mixed-bf16" (bf16 bulk, float32
+            ``FLOAT32_ISLANDS``; channels_last on CPU).
         device: where the model will run.
     Returns:
         The resolved policy (never named "auto").

@@ -340,8 +340,8 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
         vae: the model (its dtype, device and tiling settings are used).
         batch_size: up to this many loaded images are reconstructed per model call (same-size
             images share a batch; a failed batch is retried image by image).
-        overwrite: replace existing outputs and grids; otherwise they are skipped (an output that is
-            skipped is not even loaded).
+        overwrite: replace existing outputs and grids; otherwise they are skipped (the input of a skipped
+            output gets no model call and is loaded only to make its missing grid).
         grid_dir: folder for comparison grids (None: no grids); same placement rule as
             ``output_dir``, and apart from it (neither inside the other).
         progress: show a tqdm progress bar (images, with ETA) on stderr.

@@ -47,24 +47,25 @@ class _Parser(argparse.ArgumentParser):
 
 def positive_int(text: str) -> int:
     """argparse ``type`` for counts and sizes: an integer >= 1, else an argparse error (exit status 2)
-    naming the value, before any model or data is loaded."""
+    naming the value, before any model or data is loaded. Raises ``argparse.ArgumentTypeError``."""
     return _int_in_range(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    """argparse ``type`` for overlaps and thresholds: an integer >= 0, else an argparse error."""
+    """argparse ``type`` for overlaps and thresholds: an integer >= 0, else an argparse error
+    (``argparse.ArgumentTypeError`` naming the value)."""
     return _int_in_range(text, 0)
 
 
 def seed(text: str) -> int:
     """argparse ``type`` for random seeds: an integer in [0, 2**64 - 1] (what ``torch.Generator.manual_seed``
-    accepts), else an argparse error."""
+    accepts), else an argparse error (``argparse.ArgumentTypeError`` naming the value)."""
     return _int_in_range(text, 0, highest=2**64 - 1)
 
 
 def finite_float(text: str) -> float:
     """argparse ``type`` for strengths and guidance values: a finite number (not nan or inf), else an
-    argparse error naming the value."""
+    argparse error naming the value (``argparse.ArgumentTypeError``)."""
     try:
         value = float(text)
     except ValueError:

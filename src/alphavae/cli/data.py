@@ -130,7 +130,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "that already exist. OUTPUT must not lie in the manifest's folder. Records whose file is absolute, "
         "contains '..', leads outside the manifest's folder through a symlink, is missing or does not decode "
         "as an image are reported (manifest line and file) and skipped; the others are still copied. "
-        "Exit status 1 if any record was skipped, 2 if the manifest is invalid.",
+        "Exit status 1 if any record was skipped, 2 if the manifest is missing or invalid or has no record of "
+        "the split, or OUTPUT is refused (in the manifest's folder, or an existing non-folder).",
     )
     export.add_argument("manifest", help="manifest.jsonl written by 'alphavae data fetch'")
     export.add_argument("--split", default="test", help="split to copy: train, val or test (default test)")

@@ -27,8 +27,9 @@ _TRAIN_FLAGS: tuple[tuple[str | tuple[str, ...], str, dict], ...] = (
                           "help": "output folder (LoRA, checkpoints, validation images); not inside --data (required, "
                                   "here or in --config)"}),
     ("--split", "split", {"help": "with a manifest --data: use only this split, e.g. train (default: all)"}),
-    ("--captions", "captions", {"help": "CSV/JSONL caption table (columns file_name|file|image|path + "
-                                        "caption|text|prompt); default: sidecar <image>.txt files"}),
+    ("--captions", "captions", {"help": "CSV/JSONL caption table (columns file_name|file|image|path|filename + "
+                                        "caption|text|prompt); images it does not list (all, without it) take "
+                                        "their sidecar <image stem>.txt, else --instance-prompt"}),
     ("--instance-prompt", "instance_prompt",
      {"help": f"caption of images without one (default {DEFAULT_PROMPT!r})"}),
     ("--resolution", "resolution", {"type": int, "help": "training side in pixels, multiple of 16 (default 1024)"}),

@@ -240,7 +240,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Composite GT and prediction over 9 backgrounds (black, gray, white, red, green, blue, yellow, "
                     "cyan, magenta) and score PSNR (dB), SSIM, LPIPS, FID (per category and pooled), optional "
                     "aesthetic; clean protocol adds alpha metrics. Files pair by relative path minus extension; "
-                    "trees dataset/subset/category/* or flat folders. Exit status 1 if any file failed or was missing.",
+                    "trees dataset/subset/category/* or flat folders. Exit status 1 if any file failed, was "
+                    "missing or was ambiguous (one name with several extensions).",
     )
     p.add_argument("--gt", required=True, type=Path, help="ground-truth RGBA folder")
     p.add_argument("--pred", required=True, type=Path,

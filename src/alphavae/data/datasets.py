@@ -144,7 +144,11 @@ def data_folder(source: str | Path) -> Path:
 
 
 def _resolve_files(source: str | Path | Sequence[str | Path], split: str | None) -> list[Path]:
-    """Turn a manifest path, a folder or a list of files into a sorted list of image paths."""
+    """Turn a manifest path, a folder or a list of files into a list of image paths: a folder's sorted by relative
+    path (:func:`alphavae.io.list_images`), a manifest's in file order (records of ``split`` only), a list's as given.
+
+    Raises ValueError for a ``split`` without a manifest, or a path that is neither a folder nor a ``.jsonl`` file.
+    """
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.is_dir():
@@ -185,7 +189,8 @@ class RGBADataset(Dataset):
             augmentation are skipped.
         opaque_background: ``"solid"`` (uniform colour from the RGB cube, default), ``"palette"``
             (one of the 27 blend colours) or ``"image"`` (another item of the same epoch, itself
-            flattened over a uniform colour, then used as the background).
+            flattened over a uniform colour, then used as the background; ``"solid"`` when the dataset
+            holds a single image).
         seed: base seed (>= 0) of :func:`item_generator`.
         max_pixels: pixel limit passed to :func:`alphavae.io.load_rgba` (decompression-bomb guard;
             None: no limit).

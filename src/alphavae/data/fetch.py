@@ -148,9 +148,10 @@ def list_candidates(source: Source, root: Path, limit: int | None = None, min_si
     With ``dedupe_by_name`` only the largest file (header pixel count, ties: first path) of each
     file name is kept. Symbolic links are skipped (icon themes link aliases, sometimes to absolute
     paths outside the archive). Raster files whose header gives a short side below ``min_size``
-    pixels are dropped here (unreadable headers are kept, to be reported later). With ``limit`` a deterministic pseudo-random subset of that many is taken
-    (ordered by the sha256 of the relative path), so limited runs still span all folders. The result
-    is sorted by path. Raises FetchError when ``source.base`` does not exist in the archive.
+    pixels are dropped here (unreadable headers are kept, to be reported later). With ``limit`` a
+    deterministic pseudo-random subset of that many is taken (ordered by the sha256 of the relative
+    path), so limited runs still span all folders. The result is sorted by path. Raises FetchError when
+    ``source.base`` does not exist in the archive.
     """
     base = root / source.base
     if not base.is_dir():

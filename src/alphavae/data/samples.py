@@ -53,6 +53,9 @@ def category_of(record: dict) -> str:
     ``non-square`` when long/short side >= :data:`NON_SQUARE_ASPECT`; otherwise by the soft share
     s = frac_soft / (1 - frac_transparent) of the visible pixels: ``semi-transparent`` (s >= 0.3:
     glass, large glows), ``shadows-glows`` (0.08 <= s < 0.3) or ``soft-edges`` (anti-aliased edges).
+
+    Raises:
+        KeyError: ``record`` lacks ``width``, ``height``, ``frac_soft`` or ``frac_transparent``.
     """
     width, height = record["width"], record["height"]
     if max(width, height) / min(width, height) >= NON_SQUARE_ASPECT:
@@ -246,7 +249,12 @@ def _archive_path(record: dict) -> str:
 
 
 def licence_text(records: list[dict]) -> str:
-    """Markdown licence notice: one table row per sample, then the copyright lines and MIT notice."""
+    """Markdown licence notice: one table row per sample, then the copyright lines and MIT notice.
+
+    ``records`` are chosen samples as :func:`select_samples` returns them (``source`` one of :data:`DATASETS`,
+    with ``category``, ``package``, ``licence`` and ``original``): KeyError otherwise, and ValueError for an
+    ``original`` that names no file (:func:`sample_path`).
+    """
     rows = [
         f"| `{sample_path(r)}` | {r['package']} | {r['licence']} | `{_archive_path(r)}` | {r['category']} |"
         for r in records

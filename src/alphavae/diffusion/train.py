@@ -188,9 +188,10 @@ class LoraTrainConfig:
 
         Raises:
             OSError: the file cannot be read (``FileNotFoundError`` when it does not exist).
-            ValueError: the file is a folder, not UTF-8 or not valid YAML (naming it), unknown keys in the file, a value that cannot be read as its setting's type (YAML 1.2:
-                ``mixed_precision: no`` is the text "no", ``1e-4`` a float), a top level that is not a mapping,
-                or a value the class rejects (see the class).
+            ValueError: the file is a folder, not UTF-8 or not valid YAML (naming it), unknown keys in the file, a
+                value that cannot be read as its setting's type (YAML 1.2: ``mixed_precision: no`` is the text
+                "no", ``1e-4`` a float), a top level that is not a mapping, or a value the class rejects (see the
+                class).
             TypeError: a required setting (``model``, ``vae``, ``data``, ``output_dir``) missing from
                 both file and ``overrides``.
         """
@@ -320,7 +321,8 @@ class _Trainer:
 
     @torch.no_grad()
     def _encode(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and std (float32, on CPU) of ``(4, R, R)`` images (hidden colour cleared by RGBAVAE.encode), stacked."""
+        """Posterior mean and std (float32, on CPU) of ``(4, R, R)`` images (hidden colour cleared by
+        RGBAVAE.encode), stacked."""
         posterior = self.vae.encode(torch.stack(images).to(self.acc.device))
         return posterior.mean.cpu(), posterior.std.cpu()
 
@@ -477,8 +479,11 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
             global batch, bad settings, or a caption table none of whose rows names a training image. Also a
             damaged checkpoint (a file missing, cut short or changed since it was saved), found before the
             models load (:func:`~alphavae.train.checkpoint.verify_checkpoint`); with ``resume="latest"`` the
-            message says to delete it and resume from the one before.
-        OSError: model or VAE cannot be loaded.
+            message says to delete it and resume from the one before. A sound checkpoint that does not restore
+            into this run's models (another ``model``) raises ``CheckpointMismatchError``, a ValueError.
+        OSError: model or VAE cannot be loaded, or the output folder cannot be created or written to
+            (``alphavae.io.check_writable_folder``, before the models load; NotADirectoryError when a parent is a
+            file).
         NonFiniteLossError: ``max_nonfinite`` consecutive steps had a NaN/inf loss (a RuntimeError).
     """
     out = Path(cfg.output_dir)

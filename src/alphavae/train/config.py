@@ -460,8 +460,9 @@ def load_config(name_or_path: str | os.PathLike = "vae_main", overrides: list[st
     """Load a ``TrainConfig`` from a shipped name or a YAML path, then apply ``section.key=value`` overrides.
 
     Raises:
-        FileNotFoundError: unknown name or missing file.
-        ValueError: unknown key, malformed YAML, value or override, circular ``base:``.
+        FileNotFoundError: unknown name or missing file (also one named by ``base:``).
+        ValueError: unknown key, malformed YAML, value or override, circular ``base:``, a config file that is a
+            folder, not UTF-8 text or not a YAML mapping, or a value the config classes reject (their ranges).
     """
     return build_dataclass(TrainConfig, apply_overrides(_read_layers(name_or_path), list(overrides)))
 

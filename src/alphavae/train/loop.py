@@ -128,15 +128,16 @@ def load_models(model: ModelConfig, *, seed: int = 0) -> tuple[AutoencoderKL, Au
 
     ``model.init_config``: random init from a diffusers config (``seed``), channels set to
     ``model.in_channels``. ``model.vae``: an RGB folder is converted with ``convert_to_rgba`` (for
-    ``in_channels=4``) and the original becomes the reference; an RGBA folder is trained as is, with
-    ``model.ref_vae`` as reference if given.
+    ``in_channels=4``) and the original becomes the reference; an RGBA folder is trained as is. A given
+    ``model.ref_vae`` is the reference in every case (it replaces the converted folder's original).
 
     Returns:
         ``(vae in float32, train mode; reference in float32 or None)``.
 
     Raises:
-        ValueError: neither or both of ``vae`` / ``init_config``, channels that do not fit, or a ``ref_vae`` that
-            is not an RGB VAE with the trained VAE's latent channels and downsampling.
+        ValueError: neither or both of ``vae`` / ``init_config``, channels that do not fit, a ``ref_vae`` that
+            is not an RGB VAE with the trained VAE's latent channels and downsampling, or a model folder whose
+            config describes another class or does not build an ``AutoencoderKL`` (``load_autoencoder``).
         FileNotFoundError, OSError: a model folder is missing or unloadable (``alphavae.convert.load_autoencoder``:
             mistyped local paths fail at once, without a hub look-up).
     """
@@ -173,7 +174,9 @@ def split_files(data: DataConfig) -> tuple[list[Path], list[Path]]:
     split is empty); a folder holds out its last ``val_count`` files.
 
     Raises:
-        ValueError: no ``data.source``, no training images, or a folder with no more images than ``val_count``.
+        ValueError: no ``data.source``, no training images, or a folder with no more images than ``val_count``;
+            an invalid manifest (``alphavae.data.manifest.read_manifest``).
+        FileNotFoundError: ``data.source`` does not exist.
     """
     if data.source is None:
         raise ValueError("data.source is not set (pass --data DIR|MANIFEST)")
@@ -206,7 +209,8 @@ def step_randomness(seed: int, step: int, total_rows: int, rows: slice,
 
 @torch.no_grad()
 def validate(vae: AutoencoderKL, pixels: torch.Tensor, step: int, run_dir: Path, accelerator: Accelerator) -> dict:
-    """Reconstruct held-out images (posterior mode), save a grid PNG, log PSNR per background.
+    """Reconstruct held-out images (posterior mode), save a grid PNG, return PSNR per background (logged by the
+    caller).
 
     The grid (``RUN_DIR/validation/step-XXXXXXXX.png``, one row per image, labelled columns) shows target
     and reconstruction composited over checkerboard, black and white (RGB models: target and reconstruction).
@@ -575,9 +579,10 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         config: the resolved ``TrainConfig`` (written to ``RUN_DIR/config.yaml``).
         run_dir: output folder (checkpoints, validation grids, TensorBoard logs, ``history.jsonl``, ``final/``);
             must lie outside the data folder. ``history.jsonl`` gets one JSON line per optimiser step (mean
-            logged values over micro-steps and processes), ``validation/metrics.jsonl`` one per validation
-            (``{"step": N, "val/psnr_<background>": dB, ...}``, as ``validate`` returns). A resume from the
-            checkpoint of step S first drops the lines of steps after S from both, so they hold each step once.
+            logged values over micro-steps and processes; none for a step skipped for a non-finite loss),
+            ``validation/metrics.jsonl`` one per validation (``{"step": N, "val/psnr_<background>": dB, ...}``, as
+            ``validate`` returns). A resume from the checkpoint of step S first drops the lines of steps after S
+            from both, so they hold each step once.
         resume: ``"latest"`` (newest checkpoint of ``run_dir``; a fresh start when there is none) or a checkpoint path.
             Settings changed since the checkpoint apply from the first resumed step on (``optim.lr``, the schedule,
             ``betas``, ``weight_decay``, ``eps``, ``disc_lr`` and ``ema_decay`` too, with the AdamW moments kept:

@@ -797,6 +797,19 @@ def test_yaml_merge_keys_still_work_and_eps_must_be_positive(tmp_path):
         load_config("vae_main", ["optim.eps=0"])
 
 
+def test_a_config_layer_merges_sections_over_its_base_and_a_mapping_over_a_value_is_a_value_error(tmp_path):
+    """A mapping over a base's plain value crashed the merge with a TypeError traceback (CLI exit status 1)."""
+    (tmp_path / "base.yaml").write_text("seed: 1\ndata:\n  size: 64\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ndata:\n  batch_size: 2\n")
+    config = load_config(tmp_path / "child.yaml")
+    assert (config.seed, config.data.size, config.data.batch_size) == (1, 64, 2)
+    (tmp_path / "bad.yaml").write_text("base: base.yaml\nseed:\n  a: 1\n")
+    with pytest.raises(ValueError, match="seed"):
+        load_config(tmp_path / "bad.yaml")
+    assert main(["train-vae", "--config", str(tmp_path / "bad.yaml"), "-o", str(tmp_path / "run"),
+                 "--print-config"]) == 2
+
+
 @pytest.mark.parametrize("state, problem", [({"step": 1, "files": None}, "'files' is not a map"),
                                             ({"step": 1, "files": {"model.safetensors": "9"}}, "'files' is not a map"),
                                             ({"step": 1, "files": {"model.safetensors": {"bytes": 9, "sha256": "x"}}},

@@ -334,7 +334,8 @@ def _read_layers(name_or_path: str | os.PathLike, seen: tuple[Path, ...] = ()) -
     base_ref = base if (Path(base).suffix not in (".yaml", ".yml") or Path(base).is_absolute()) else path.parent / base
     merged = _read_layers(base_ref, seen + (path,))
     for key, value in raw.items():
-        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+        below = merged.get(key)
+        merged[key] = {**below, **value} if isinstance(value, dict) and isinstance(below, dict) else value
     return merged
 
 

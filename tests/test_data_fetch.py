@@ -184,6 +184,17 @@ def test_fetch_command_reports_counts_and_failures(tmp_path, registry, capsys):
     assert "broken.png" in captured.err and "1 image(s) could not be read" in captured.err
 
 
+def test_fetch_into_an_unwritable_place_is_one_error_line_before_any_download(tmp_path, registry, capsys):
+    """An output below a file failed with a NotADirectoryError traceback (exit status 1) after the download."""
+    from alphavae.cli import main
+
+    (tmp_path / "file").write_text("x")
+    status = main(["data", "fetch", "-o", str(tmp_path / "file" / "out"), "--sources", "toy-raster"])
+    assert status == 2 and registry == []
+    assert capsys.readouterr().err.strip() == (f"alphavae data fetch: error: {tmp_path / 'file' / 'out'}: cannot "
+                                               f"write the dataset there ({tmp_path / 'file'} is not a folder)")
+
+
 def test_oversized_and_small_rasters_are_rejected_before_decoding(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     path.write_bytes(_png(_soft()))

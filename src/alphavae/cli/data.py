@@ -17,7 +17,7 @@ def _fetch(args: argparse.Namespace) -> int:
     try:
         manifest, failures = fetch_dataset(args.output, args.sources, size=args.size, min_size=args.min_size,
                                            limit=args.limit, workers=args.workers)
-    except (FetchError, ValueError) as error:
+    except (FetchError, OSError, ValueError) as error:
         print(f"{_prog(args)}: error: {error}", file=sys.stderr)
         return 2
     for source, counts in summarise(read_manifest(manifest)).items():

@@ -380,12 +380,15 @@ def fetch_dataset(
         ``(manifest path, failures)``: failures name each unreadable image that was skipped.
 
     Raises:
-        ValueError: unknown source or bad sizes. FetchError: a client is missing or fails, or an
-        archive does not verify.
+        ValueError: unknown source or bad sizes.
+        FetchError: a client is missing or fails, or an archive does not verify.
+        OSError: ``output_dir`` cannot be created or written to (checked before any download:
+            ``alphavae.io.check_writable_folder``), or writing fails later (e.g. disk full).
     """
     if size < 1 or min_size < 0 or workers < 1 or (limit is not None and limit < 1):
         raise ValueError(f"need size >= 1, min_size >= 0, workers >= 1, limit >= 1: {size=} {min_size=} {workers=} {limit=}")
     output_dir = Path(output_dir)
+    io.check_writable_folder(output_dir, "the dataset")
     seen: dict[str, str] = {}
     records, failures = [], []
     for source in get_sources(list(sources)):

@@ -1,6 +1,8 @@
 """Tests for reading a manifest and ``alphavae data export`` (alphavae.data.manifest.export_split)."""
 
+import errno
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +86,28 @@ def test_export_refuses_symlinks_out_of_the_manifest_folder_and_non_images(tmp_p
     assert captured.err.count("outside the manifest's folder") == 3
     assert f"{prefix}:7: file '.' names no file" in captured.err
     assert "alphavae data export: 5 record(s) of split test could not be exported" in captured.err
+
+
+def test_a_symlink_loop_is_named_on_every_python(tmp_path, monkeypatch):
+    """record_source caught the RuntimeError a loop raised from a plain resolve(); Python 3.13's resolve() no
+    longer raises for loops, so there a loop would pass as an ordinary missing file. Both errors are named now."""
+    from alphavae.data.manifest import record_source
+
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    with pytest.raises(ValueError, match=r"file 'a.png': cannot resolve \(a symlink loop: "):
+        record_source("a.png", tmp_path)
+    real_resolve = Path.resolve
+
+    def resolve_313(self, strict=False):  # Python 3.13: OSError ELOOP when strict, no error otherwise
+        if strict and self.name == "a.png":
+            raise OSError(errno.ELOOP, "Too many levels of symbolic links", str(self))
+        return self if self.name == "a.png" else real_resolve(self, strict)
+
+    monkeypatch.setattr(Path, "resolve", resolve_313)
+    with pytest.raises(ValueError, match=r"file 'a.png': cannot resolve \(a symlink loop: "):
+        record_source("a.png", tmp_path)
+    assert record_source("missing.png", tmp_path) == tmp_path.resolve() / "missing.png"
 
 
 def test_export_skips_missing_images_and_continues(tmp_path, capsys):

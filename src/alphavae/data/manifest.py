@@ -7,6 +7,7 @@ image depends only on its pixel hash, so adding sources never moves an image bet
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import warnings
 from collections import Counter
@@ -185,10 +186,14 @@ def record_source(file: str, root: str | Path) -> Path:
     if ".." in relative.parts:
         raise ValueError(f"file {file!r} contains '..'; manifest files must stay inside the manifest's folder")
     base = Path(root).resolve()
-    try:
-        resolved = (base / relative).resolve()
-    except RuntimeError as error:  # a symlink loop
-        raise ValueError(f"file {file!r}: cannot resolve ({error})") from None
+    try:  # strict: a symlink loop raises RuntimeError before Python 3.13 and OSError (ELOOP) since, when strict
+        resolved = (base / relative).resolve(strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"file {file!r}: cannot resolve (a symlink loop: {error})") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ValueError(f"file {file!r}: cannot resolve (a symlink loop: {error})") from None
+        resolved = (base / relative).resolve()  # missing or unreadable: the caller reports it
     if not resolved.is_relative_to(base):
         raise ValueError(f"file {file!r} resolves to {resolved}, outside the manifest's folder {root}; "
                          "manifest files must stay inside it, also through symlinks")

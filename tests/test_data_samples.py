@@ -159,6 +159,38 @@ def test_samples_refuse_output_in_the_manifest_folder_and_a_missing_manifest(tmp
     assert not (tmp_path / "out").exists()
 
 
+def test_samples_never_write_into_the_manifest_folder_held_by_or_linked_from_the_output(tmp_path, capsys):
+    """Only OUTPUT itself was checked: an OUTPUT holding the manifest's folder, or a symlink from OUTPUT into it, got
+    samples written among the sources, and --overwrite replaced a source image with its shrunk copy."""
+    out = tmp_path / "examples"
+    held = out / "images/clipart/soft-edges"  # the manifest's folder lies where the sample goes
+    manifest = _write_data(held, [{**_record("x", width=48, height=48), "file": "x.png", "original": "x.png"}])
+    source = (held / "x.png").read_bytes()
+    assert main(["data", "samples", str(manifest), "-o", str(out), "--long-side", "16", "--overwrite"]) == 1
+    assert "lies inside the manifest's folder" in capsys.readouterr().err
+    assert (held / "x.png").read_bytes() == source and not (out / "LICENSE.md").exists()
+
+    data, linked = tmp_path / "data", tmp_path / "linked"
+    manifest = _write_data(data, [_record("img0", width=48, height=48)])
+    (linked / "images/clipart").mkdir(parents=True)
+    (linked / "images/clipart/soft-edges").symlink_to(data / "images/openclipart", target_is_directory=True)
+    before = sorted(data.rglob("*"))
+    assert main(["data", "samples", str(manifest), "-o", str(linked), "--overwrite"]) == 1
+    assert f"resolves to {data / 'images/openclipart/sub_dir_img0.png'}, outside {linked}" in capsys.readouterr().err
+    assert sorted(data.rglob("*")) == before
+
+
+def test_samples_report_a_folder_where_a_sample_goes_and_leave_it_out_of_the_licence(tmp_path, capsys):
+    manifest = _write_data(tmp_path / "data", [_record(f"img{i}", width=48, height=48) for i in range(2)])
+    out = tmp_path / "examples"
+    (out / "images/clipart/soft-edges/sub_dir_img0.png").mkdir(parents=True)
+    assert main(["data", "samples", str(manifest), "-o", str(out), "--per-group", "2"]) == 1
+    captured = capsys.readouterr()
+    assert "sub_dir_img0.png (it exists and is not a file)" in captured.err
+    assert f"1 sample and LICENSE.md under {out}" in captured.out
+    assert "sub dir/img0.png" not in (out / "LICENSE.md").read_text()
+
+
 def test_export_copies_one_split_as_a_tree_and_keeps_existing(tmp_path):
     from alphavae.data.manifest import write_jsonl
 

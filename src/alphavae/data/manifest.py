@@ -212,12 +212,22 @@ def _export_target(file: str, output: Path, root: Path) -> Path:
     if not inner.parts:
         raise ValueError(f"file {file!r} names no file below images/")
     target = output / inner
+    check_target(target, output, root, f"file {file!r}")
+    return target
+
+
+def check_target(target: Path, output: Path, root: Path, name: str) -> None:
+    """Refuse a copy's ``target`` that resolves (through symlinks) outside ``output`` or inside the manifest's
+    folder ``root`` (also when ``output`` holds that folder), so a copy never lands in, or replaces, a source image.
+
+    Raises:
+        ValueError: starting with ``name`` (the record, e.g. ``"file 'a.png'"``), naming the target.
+    """
     resolved = target.resolve()
     if not resolved.is_relative_to(output.resolve()):
-        raise ValueError(f"file {file!r}: target {target} resolves to {resolved}, outside {output}")
+        raise ValueError(f"{name}: target {target} resolves to {resolved}, outside {output}")
     if resolved.is_relative_to(root.resolve()):
-        raise ValueError(f"file {file!r}: target {target} lies inside the manifest's folder {root}")
-    return target
+        raise ValueError(f"{name}: target {target} lies inside the manifest's folder {root}")
 
 
 def _copy_image(file: str, source: Path, target: Path) -> None:

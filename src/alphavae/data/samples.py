@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alphavae import io
-from alphavae.data.manifest import read_manifest, record_source
+from alphavae.data.manifest import check_target, read_manifest, record_source
 from alphavae.data.sources import SOURCES
 
 DATASETS = {"fluent-emoji-3d": "emoji3d", "fluentui-emoji": "fluent-svg", "openclipart": "clipart"}
@@ -125,9 +125,10 @@ def sample_path(record: dict) -> str:
 
 
 def _present_samples(manifest: Path, output: Path) -> dict[str, dict]:
-    """Samples of ``manifest`` (any split) whose :func:`sample_path` exists under ``output``: path -> record.
+    """Samples of ``manifest`` (any split) whose :func:`sample_path` is a file under ``output``: path -> record.
 
-    Records without a sample name (:func:`sample_path` raises) cannot have one there and are left out.
+    Records without a sample name (:func:`sample_path` raises) cannot have one there and are left out, as are
+    paths that lead into the manifest's folder (a source image is no sample).
     """
     present = {}
     for record in read_manifest(manifest):
@@ -135,27 +136,30 @@ def _present_samples(manifest: Path, output: Path) -> dict[str, dict]:
             record = {**record, "category": category_of(record)}
             try:
                 path = sample_path(record)
+                check_target(output / path, output, manifest.parent, "")
             except ValueError:
                 continue
-            if (output / path).exists():
+            if (output / path).is_file():
                 present[path] = record
     return present
 
 
-def _plan(records: list[dict], root: Path) -> tuple[dict[str, tuple[dict, Path]], list[str]]:
+def _plan(records: list[dict], root: Path, output: Path) -> tuple[dict[str, tuple[dict, Path]], list[str]]:
     """Where each chosen record goes and comes from, and why the others are skipped.
 
     Returns ``({sample path: (record, source image)}, reasons)``. A record is skipped (one reason
     each, naming its ``file``) when :func:`sample_path` has no name for it, its ``file`` lies outside
-    the manifest's folder ``root`` (:func:`alphavae.data.manifest.record_source`), or an earlier record
-    of ``records`` already takes its sample path (the first keeps it: in :func:`select_samples`
-    order, the smallest pixel hash).
+    the manifest's folder ``root`` (:func:`alphavae.data.manifest.record_source`), its copy under ``output``
+    would resolve (through symlinks) outside ``output`` or into ``root``
+    (:func:`alphavae.data.manifest.check_target`), or an earlier record of ``records`` already takes its sample
+    path (the first keeps it: in :func:`select_samples` order, the smallest pixel hash).
     """
     planned: dict[str, tuple[dict, Path]] = {}
     skipped = []
     for record in records:
         try:
             path, source = sample_path(record), record_source(record["file"], root)
+            check_target(output / path, output, root, f"record of file {record['file']!r}")
         except ValueError as error:
             skipped.append(str(error))
             continue
@@ -184,7 +188,9 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
 
     A chosen record is skipped and reported when it has no sample name (:func:`sample_path`), its
     ``file`` lies outside the manifest's folder (:func:`alphavae.data.manifest.record_source`), an
-    earlier record of ``records`` already takes its sample path (the first keeps it), or its source
+    earlier record of ``records`` already takes its sample path (the first keeps it), its copy would land
+    outside ``output`` or in the manifest's folder through a symlink or because ``output`` holds that folder
+    (:func:`alphavae.data.manifest.check_target`), something other than a file is at its path, or its source
     image cannot be read (:class:`alphavae.io.ImageLoadError`, or an OSError while writing its copy);
     the others are still written, and ``LICENSE.md`` lists the images present (with ``overwrite``,
     an older copy of a skipped image stays and stays listed).
@@ -202,7 +208,7 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
     manifest, output = Path(manifest), Path(output)
     root = manifest.parent
     io.check_output_folder(output, [root])
-    planned, failed = _plan(records, root)
+    planned, failed = _plan(records, root, output)
     listed = {**_present_samples(manifest, output), **{path: record for path, (record, _) in planned.items()}}
     licence_file = output / "LICENSE.md"
     if (licence_file.exists() and not overwrite
@@ -214,6 +220,9 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
     try:
         for path, (_, source) in planned.items():
             target = output / path
+            if target.exists() and not target.is_file():
+                failed.append(f"{source}: cannot write {target} (it exists and is not a file)")
+                continue
             if overwrite or not target.exists():
                 try:
                     _write_sample(source, target, long_side)
@@ -225,7 +234,7 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
                     continue
             paths.append(target)
     finally:
-        present = sorted((r for path, r in listed.items() if (output / path).exists()), key=_sort_key)
+        present = sorted((r for path, r in listed.items() if (output / path).is_file()), key=_sort_key)
         licence = licence_text(present).encode()
         if present and (not licence_file.exists() or licence_file.read_bytes() != licence):
             io.atomic_write(licence_file, lambda tmp: tmp.write_bytes(licence), overwrite=True)

@@ -118,6 +118,27 @@ def test_an_error_that_ends_a_command_is_exit_status_2(argv, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("argv", [["convert", "{tmp}", ""], ["convert", "", "{tmp}/out"],
+                                  ["reconstruct", "{tmp}", "-o", ""], ["reconstruct", "", "-o", "{tmp}/out"],
+                                  ["reconstruct", "{tmp}", "-o", "{tmp}/out", "--grid", ""],
+                                  ["train-vae", "--data", "{tmp}", "-o", ""],
+                                  ["train-lora", "--model", "m", "--vae", "v", "--data", "{tmp}", "-o", ""],
+                                  ["background-moments", ""], ["latent-factors", "{tmp}", ""],
+                                  ["data", "export", "{tmp}/m.jsonl", "-o", ""], ["data", "samples", "", "-o", "{tmp}"],
+                                  ["data", "fetch", "-o", ""],
+                                  ["eval", "--gt", "{tmp}", "--pred", "{tmp}", "-o", ""],
+                                  ["eval-vae", "--data", "", "-o", "{tmp}/out"],
+                                  ["generate", "--prompt", "a cup", "--model", "m", "--vae", "v", "-o", ""]])
+def test_an_empty_path_is_refused_not_taken_as_the_current_folder(argv, tmp_path, capsys, monkeypatch):
+    """-o '' (an unset variable in -o "$OUT") wrote outputs into the current folder, next to its inputs."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main([arg.format(tmp=tmp_path) for arg in argv])
+    assert stop.value.code == 2
+    assert "empty path (an unset variable?); give a file or folder, '.' for the current folder" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["convert", "train-vae", "train-lora", "generate"])
 def test_an_output_below_a_file_is_refused_before_any_model_loads(command, tmp_path, capsys, monkeypatch):
     """-o under a regular file gave a raw '[Errno 20] Not a directory', in train-vae and generate only after the

@@ -14,6 +14,7 @@ import math
 import sys
 import typing
 import warnings
+from pathlib import Path
 
 COMMANDS: tuple[str, ...] = ("convert", "reconstruct", "latent_factors", "data", "eval", "diffusion", "train_vae",
                              "background_moments")
@@ -43,6 +44,24 @@ class _Parser(argparse.ArgumentParser):
         if callable(self.epilog):
             self.epilog = self.epilog()
         return super().format_help()
+
+
+def path_text(text: str) -> str:
+    """argparse ``type`` for file and folder paths: the text as given, but an empty path (an unset shell variable
+    in ``-o "$OUT"``, which the OS would take as the current folder) is an argparse error (exit status 2).
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is empty.
+    """
+    if not text:
+        raise argparse.ArgumentTypeError("empty path (an unset variable?); give a file or folder, '.' for the "
+                                         "current folder")
+    return text
+
+
+def path_value(text: str) -> Path:
+    """:func:`path_text` as a ``pathlib.Path``."""
+    return Path(path_text(text))
 
 
 def positive_int(text: str) -> int:

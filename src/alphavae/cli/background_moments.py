@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from alphavae.cli import choose_images, load_skipping, positive_int, report_skipped, seed
+from alphavae.cli import choose_images, load_skipping, path_text, positive_int, report_skipped, seed
 from alphavae.io import DEFAULT_MAX_PIXELS
 
 
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "JSON and as the train-vae overrides. Unreadable images, missing inputs and folders "
                     "without images are skipped and listed, the moments come from the rest (exit status 1).",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (recursive)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", type=path_text, help="image files or folders (recursive)")
     parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
                         help="use at most N images, a seeded random subset (default: all)")
     parser.add_argument("--seed", type=seed, default=0, help="subset seed (default 0)")

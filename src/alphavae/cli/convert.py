@@ -7,6 +7,7 @@ import json
 import sys
 
 from alphavae.accel import DTYPES
+from alphavae.cli import path_text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,10 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "source's latents and RGB output exactly and predicts alpha = 1 until fine-tuned; this "
                     "is checked before saving. Writes diffusers safetensors + alphavae_provenance.json.",
     )
-    parser.add_argument("src", metavar="SRC",
+    parser.add_argument("src", metavar="SRC", type=path_text,
                         help="local diffusers folder (config.json + diffusion_pytorch_model.safetensors), "
                              "or a model id (network access, or HF_HUB_OFFLINE=1 for one in the hub cache)")
-    parser.add_argument("dst", metavar="DST",
+    parser.add_argument("dst", metavar="DST", type=path_text,
                         help="output folder: new or empty unless --overwrite; not SRC, not inside SRC, not "
                              "containing SRC")
     parser.add_argument("--subfolder", default=None, help="subfolder of SRC holding the VAE, e.g. 'vae' "

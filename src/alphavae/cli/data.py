@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from alphavae.cli import non_negative_int, positive_int
+from alphavae.cli import non_negative_int, path_text, positive_int
 from alphavae.data.manifest import read_manifest, summarise
 from alphavae.data.sources import PERMISSIVE, SOURCES
 
@@ -84,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OUTPUT/images, and write OUTPUT/manifest.jsonl with a 90/5/5 train/val/test split by pixel hash. "
         "Re-running skips what exists and verifies. Exit status 1 if any image could not be read.",
     )
-    fetch.add_argument("-o", "--output", required=True, help="output folder (created)")
+    fetch.add_argument("-o", "--output", required=True, type=path_text, help="output folder (created)")
     fetch.add_argument("--sources", nargs="+", default=list(PERMISSIVE), metavar="NAME",
                        help=f"sources to fetch: {', '.join(SOURCES)}, or 'all' / 'permissive' "
                        f"(default: the permissive ones, {' '.join(PERMISSIVE)}; the others are copyleft, "
@@ -111,8 +111,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(also through a symlink) or whose original gives no file name, and a record whose output name an earlier one "
         "already takes (the first is kept) are reported and skipped, the others still written (exit status 1).",
     )
-    samples.add_argument("manifest", help="manifest.jsonl written by 'alphavae data fetch'")
-    samples.add_argument("-o", "--output", required=True, help="output folder, e.g. examples (images go to OUTPUT/images)")
+    samples.add_argument("manifest", type=path_text, help="manifest.jsonl written by 'alphavae data fetch'")
+    samples.add_argument("-o", "--output", required=True, type=path_text, help="output folder, e.g. examples (images go to OUTPUT/images)")
     samples.add_argument("--per-group", type=positive_int, default=3,
                          help="images per source and alpha category (default 3)")
     samples.add_argument("--split", default="test",
@@ -133,7 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Exit status 1 if any record was skipped, 2 if the manifest is missing or invalid or has no record of "
         "the split, or OUTPUT is refused (in the manifest's folder, or an existing non-folder).",
     )
-    export.add_argument("manifest", help="manifest.jsonl written by 'alphavae data fetch'")
+    export.add_argument("manifest", type=path_text, help="manifest.jsonl written by 'alphavae data fetch'")
     export.add_argument("--split", default="test", help="split to copy: train, val or test (default test)")
-    export.add_argument("-o", "--output", required=True, help="output folder (created)")
+    export.add_argument("-o", "--output", required=True, type=path_text, help="output folder (created)")
     export.set_defaults(func=_export)

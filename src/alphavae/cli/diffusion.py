@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from alphavae.accel import OFFLOAD_MODES, POLICY_NAMES
-from alphavae.cli import config_keys, finite_float, interruption_note, log_progress, positive_int, seed
+from alphavae.cli import config_keys, finite_float, interruption_note, log_progress, path_text, positive_int, seed
 from alphavae.diffusion.captions import DEFAULT_PROMPT, read_prompts
 from alphavae.diffusion.flow import WEIGHTING_SCHEMES
 from alphavae.diffusion.lora import TARGET_PRESETS
@@ -21,9 +21,9 @@ _TRAIN_FLAGS: tuple[tuple[str | tuple[str, ...], str, dict], ...] = (
                                   "with HF_HUB_OFFLINE=1 when cached) (required, here or in --config)"}),
     ("--vae", "vae", {"help": "RGBA VAE folder (diffusers AutoencoderKL with 4 channels, from `alphavae convert` "
                               "+ fine-tuning); its latent space must be the model's (required, here or in --config)"}),
-    ("--data", "data", {"help": "folder of RGBA images (walked recursively) or a manifest .jsonl, all its splits "
+    ("--data", "data", {"type": path_text, "help": "folder of RGBA images (walked recursively) or a manifest .jsonl, all its splits "
                                 "unless --split (required, here or in --config)"}),
-    (("-o", "--output"), "output_dir", {"dest": "output_dir", "metavar": "OUT",
+    (("-o", "--output"), "output_dir", {"dest": "output_dir", "metavar": "OUT", "type": path_text,
                           "help": "output folder (LoRA, checkpoints, validation images); not inside --data (required, "
                                   "here or in --config)"}),
     ("--split", "split", {"help": "with a manifest --data: use only this split, e.g. train (default: all)"}),
@@ -149,7 +149,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "layer; slowest, least memory); default none")
     gen.add_argument("--no-sheet", action="store_true",
                      help="do not write contact_sheet.png (an existing one is left as it is)")
-    gen.add_argument("-o", "--output", dest="output", required=True, metavar="OUT", help="output folder")
+    gen.add_argument("-o", "--output", dest="output", required=True, metavar="OUT", type=path_text, help="output folder")
     gen.set_defaults(func=run_generate)
 
 

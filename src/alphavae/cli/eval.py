@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from alphavae.accel import POLICY_NAMES
-from alphavae.cli import non_negative_int, positive_int
+from alphavae.cli import non_negative_int, path_value, positive_int
 
 PROTOCOL_HELP = (
     "reference: the AlphaVAE scripts' numerics (uint8 + JPEG composites, SSIM on luma, macro averages, "
@@ -19,7 +19,7 @@ PROTOCOL_HELP = (
 def _add_common(parser: argparse.ArgumentParser, *, paired: bool = True) -> None:
     """Options of all three commands; ``paired`` (eval, eval-vae: GT/prediction pairs) adds the protocol
     options and LPIPS."""
-    parser.add_argument("-o", "--output", required=True, type=Path,
+    parser.add_argument("-o", "--output", required=True, type=path_value,
                         help="report folder (created): report.json, report.csv, report.html; must not lie in an input folder")
     parser.add_argument("--overwrite", action="store_true", help="replace existing report files")
     if paired:
@@ -243,8 +243,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "trees dataset/subset/category/* or flat folders. Exit status 1 if any file failed, was "
                     "missing or was ambiguous (one name with several extensions).",
     )
-    p.add_argument("--gt", required=True, type=Path, help="ground-truth RGBA folder")
-    p.add_argument("--pred", required=True, type=Path,
+    p.add_argument("--gt", required=True, type=path_value, help="ground-truth RGBA folder")
+    p.add_argument("--pred", required=True, type=path_value,
                    help="prediction folder (same relative paths, any extension); it may not be, contain or lie in --gt")
     _add_common(p)
     p.set_defaults(func=run_eval)
@@ -257,7 +257,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--vae", default=None, help="RGBA VAE folder (diffusers format, made by `alphavae convert`/training); "
                                                "default: the shipped model, alphavae-mini")
-    p.add_argument("--data", required=True, type=Path, help="folder of RGBA ground-truth images")
+    p.add_argument("--data", required=True, type=path_value, help="folder of RGBA ground-truth images")
     p.add_argument("--source-vae", default=None, help="source RGB AutoencoderKL folder for the latent-drift metric")
     p.add_argument("--dtype", default="float32", choices=POLICY_NAMES,
                    help="VAE speed/precision policy, as for reconstruct: float32 (exact; default, so scores do not "
@@ -275,8 +275,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "torchmetrics convention) against its prompt, optional LAION aesthetic, FID per background "
                     "against --ref images.",
     )
-    p.add_argument("--pred", required=True, type=Path, help="folder of generated RGBA images")
-    p.add_argument("--prompts", required=True, type=Path,
+    p.add_argument("--pred", required=True, type=path_value, help="folder of generated RGBA images")
+    p.add_argument("--prompts", required=True, type=path_value,
                    help="JSON {key: prompt} or JSON Lines {\"key\": ..., \"prompt\": ...} (a .jsonl file is "
                         "always JSON Lines; \"file\" may replace \"key\", its image suffix is dropped); key = "
                         "relative path minus extension, used as given (robot.v2 is robot.v2.png); a key given "

@@ -9,7 +9,7 @@ import stat
 import sys
 from pathlib import Path
 
-from alphavae.cli import choose_images, load_skipping, positive_int, report_skipped, seed
+from alphavae.cli import choose_images, load_skipping, path_text, positive_int, report_skipped, seed
 from alphavae.io import DEFAULT_MAX_PIXELS, atomic_write_text
 
 FEW_IMAGES = 16  # fewer fitted images are not representative: a warning, and --write needs --force
@@ -29,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     f"a fit on fewer than {FEW_IMAGES} images prints a warning and is written only with --force "
                     "(use a few hundred images of the target data).",
     )
-    parser.add_argument("vae", metavar="VAE", help="RGBA VAE folder in diffusers format")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (recursive)")
+    parser.add_argument("vae", metavar="VAE", type=path_text, help="RGBA VAE folder in diffusers format")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", type=path_text, help="image files or folders (recursive)")
     parser.add_argument("--limit", type=positive_int, default=512, metavar="N",
                         help="use at most N images, a seeded random subset (default 512)")
     parser.add_argument("--seed", type=seed, default=0, help="subset and posterior-sample seed (default 0)")

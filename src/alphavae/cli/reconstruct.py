@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from alphavae.accel import POLICY_NAMES
-from alphavae.cli import list_inputs, non_negative_int, positive_int
+from alphavae.cli import list_inputs, non_negative_int, path_text, path_value, positive_int
 from alphavae.io import DEFAULT_MAX_PIXELS
 
 
@@ -26,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the summary; the exit status is 1 if any input or grid failed or the run stopped, 2 if no "
                     "input holds an image (said before the model loads).",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", type=path_text, help="image files and/or folders")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", type=path_text,
                         help="output folder (not inside an input folder)")
     parser.add_argument("--vae", default=None, metavar="PATH",
                         help="RGBA VAE folder in diffusers format (made by `alphavae convert` or training); "
@@ -61,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                         help="same-size images per model call (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs and grids")
-    parser.add_argument("--grid", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--grid", type=path_value, default=None, metavar="DIR",
                         help="also write comparison grids DIR/<relative path>.grid.png (mirroring the input "
                              "subfolders): input (top) vs reconstruction (bottom) over checkerboard, black and "
                              "white (DIR outside the inputs' folders and apart from OUT, neither inside the other; "

@@ -159,6 +159,26 @@ def test_sixteen_bit_tiff_reduced_by_pillow_is_warned(tmp_path):
     assert np.allclose(unit(pixels) * 255, 0x12, atol=1e-4)  # Pillow keeps the high byte
 
 
+def test_a_tiff_whose_extra_sample_is_unspecified_is_warned(tmp_path):
+    """Pillow reads a TIFF with ExtraSamples 0 (unspecified) as RGB; its fourth sample, often alpha, was dropped
+    silently and the colour hidden under it showed. Straight (2) and premultiplied (1) alpha load as alpha."""
+    rgba = np.zeros((3, 4, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 100
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "straight.tif")  # Pillow writes ExtraSamples 2
+    data = (tmp_path / "straight.tif").read_bytes()
+    entry = (338).to_bytes(2, "little") + (3).to_bytes(2, "little") + (1).to_bytes(4, "little")  # SHORT, count 1
+    assert data.count(entry + (2).to_bytes(2, "little")) == 1
+    (tmp_path / "unspecified.tif").write_bytes(data.replace(entry + (2).to_bytes(2, "little"),
+                                                            entry + (0).to_bytes(2, "little")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert unit(aio.load_rgba(tmp_path / "straight.tif"))[..., 3].max() == pytest.approx(100 / 255, abs=1e-6)
+    with pytest.warns(UserWarning, match=r"unspecified\.tif: TIFF with an extra sample marked unspecified "
+                                         r"\(ExtraSamples 0\), not alpha: it is ignored \(loaded as opaque\)"):
+        pixels = aio.load_rgba(tmp_path / "unspecified.tif")
+    assert torch.equal(pixels[3], torch.ones(3, 4))
+
+
 def test_a_32_bit_bmp_whose_fourth_byte_is_padding_is_warned(tmp_path):
     """Pillow reads a plain (BI_RGB) 32-bit BMP as RGB; the fourth byte some tools use as alpha was dropped
     silently. A 24-bit BMP has no such byte and loads without a warning."""

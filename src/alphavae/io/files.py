@@ -123,12 +123,21 @@ def _pil_unit_array(image: Image.Image) -> np.ndarray:
     return np.dstack([rgb, np.ones(rgb.shape[:2], dtype=np.float32)])
 
 
-def _warn_bmp_padding(image: Image.Image, name: str) -> None:
-    """Warn when a 32-bit BMP's fourth byte is read as padding (plain BI_RGB: Pillow decodes it as opaque RGB,
-    while some tools store alpha there). Needs the unloaded image (its tile)."""
+_TIFF_EXTRA_SAMPLES = 338  # TIFF tag: 0 unspecified, 1 associated (premultiplied) alpha, 2 unassociated alpha
+
+
+def _warn_ignored_channel(image: Image.Image, name: str) -> None:
+    """Warn when a channel that may hold alpha is ignored by Pillow, the image loading as opaque: a 32-bit BMP's
+    fourth byte (plain BI_RGB: padding by the format, while some tools store alpha there; needs the unloaded
+    image, its tile) or a TIFF extra sample marked unspecified (ExtraSamples 0, not alpha by the format)."""
     if image.format == "BMP" and any(tile.args and tile.args[0] == "BGRX" for tile in image.tile):
         warnings.warn(f"{name}: 32-bit BMP without an alpha mask: its 4th byte is padding by the format and is "
                       "ignored (loaded as opaque); if it holds alpha, save the image as PNG", stacklevel=3)
+    if (image.format == "TIFF" and "A" not in image.mode
+            and 0 in tuple(image.tag_v2.get(_TIFF_EXTRA_SAMPLES, ()) or ())):
+        warnings.warn(f"{name}: TIFF with an extra sample marked unspecified (ExtraSamples 0), not alpha: it is "
+                      "ignored (loaded as opaque); if it holds alpha, save the image as PNG or mark it as "
+                      "unassociated alpha", stacklevel=3)
 
 
 def _warn_first_frame(image: Image.Image, name: str) -> None:
@@ -188,8 +197,8 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
     Pillow), 16-bit PNGs of every colour type at full precision (read with pypng, divided by 65535,
     tRNS honoured), I;16 / I grey as 16-bit (value / 65535; 32-bit I values outside 0-65535 are clipped), F grey
     as [0, 1] (clamped); a 32-bit BMP without an alpha mask as opaque RGB (warned: its 4th byte is padding by the
-    format, though some tools store alpha there); other 16-bit
-    sources Pillow reduces to 8 bits (16-bit RGB/RGBA TIFF) load with a warning. Multi-frame
+    format, though some tools store alpha there), and so is a TIFF whose extra sample is marked unspecified
+    (warned: ExtraSamples 0 is not alpha by the format); other 16-bit sources Pillow reduces to 8 bits (16-bit RGB/RGBA TIFF) load with a warning. Multi-frame
     files (GIF, APNG, TIFF) give their first frame with a warning. EXIF orientation is applied (an
     unreadable EXIF block is ignored with a warning).
 
@@ -236,7 +245,7 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
                                        f"max_pixels={max_pixels}")
         try:
             _warn_first_frame(image, str(path))
-            _warn_bmp_padding(image, str(path))
+            _warn_ignored_channel(image, str(path))
             if image.format == "PNG" and _sixteen_bit_source(image):
                 array = _read_png16(path)
             else:

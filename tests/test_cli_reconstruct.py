@@ -136,6 +136,20 @@ def test_bad_files_are_reported_and_skipped(tmp_path, tiny_rgba_dir, capsys):
         assert output.mode == "RGBA" and output.size == size
 
 
+def test_a_failure_stays_one_line_whatever_the_file_name_holds(tmp_path, tiny_rgba_dir, capsys):
+    """A newline in a file name split its failure line in two, the second looking like another failure."""
+    folder = tmp_path / "in"
+    _rgba_png(folder / "good.png", 12, 20)
+    (folder / "evil\nFAILED fake.png").write_text("not an image\n")
+    assert _run(folder, "-o", tmp_path / "out", "--vae", tiny_rgba_dir) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert [line for line in lines if "FAILED" in line] == [
+        f"  FAILED {folder}/evil\\nFAILED fake.png: not a readable image (Pillow recognises no image format in it)"]
+    assert main(["background-moments", str(folder)]) == 1
+    skipped = [line for line in capsys.readouterr().err.splitlines() if "skipped:" in line]
+    assert len(skipped) == 1 and "evil\\nFAILED fake.png" in skipped[0]
+
+
 def test_skip_existing_and_overwrite(tmp_path, tiny_rgba_dir):
     image = _rgba_png(tmp_path / "in" / "a.png", 8, 8)
     out = tmp_path / "out"

@@ -159,6 +159,12 @@ def test_sixteen_bit_tiff_reduced_by_pillow_is_warned(tmp_path):
     assert np.allclose(unit(pixels) * 255, 0x12, atol=1e-4)  # Pillow keeps the high byte
 
 
+def test_single_line_escapes_what_would_break_a_line_and_keeps_printable_text():
+    assert aio.single_line("plain name ü 猫.png") == "plain name ü 猫.png"
+    assert aio.single_line("a\nb\rc\td\x00e\u2028f") == "a\\nb\\rc\\td\\x00e\\u2028f"
+    assert aio.single_line(os.fsdecode(b"bad\xff.png")) == "bad\\xff.png"
+
+
 def test_a_tiff_whose_extra_sample_is_unspecified_is_warned(tmp_path):
     """Pillow reads a TIFF with ExtraSamples 0 (unspecified) as RGB; its fourth sample, often alpha, was dropped
     silently and the colour hidden under it showed. Straight (2) and premultiplied (1) alpha load as alpha."""

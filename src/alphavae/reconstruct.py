@@ -34,6 +34,7 @@ from alphavae.io import (
     list_images_reporting,
     load_rgba,
     save_rgba,
+    single_line,
 )
 from alphavae.vae import RGBAVAE
 
@@ -85,8 +86,8 @@ class ReconstructReport:
             counts += (f"; grids: {len(self.grids_written)} written, {len(self.grids_skipped)} skipped (exist), "
                        f"{len(self.grids_failed)} failed")
         lines = [counts]
-        lines += [f"  FAILED {path}: {reason}" for path, reason in self.failed]
-        lines += [f"  GRID FAILED {path}: {reason}" for path, reason in self.grids_failed]
+        lines += [single_line(f"  FAILED {path}: {reason}") for path, reason in self.failed]
+        lines += [single_line(f"  GRID FAILED {path}: {reason}") for path, reason in self.grids_failed]
         if self.stopped is not None:
             lines.append(f"  STOPPED: {self.stopped}; {len(self.not_processed)} more input(s) not processed "
                          "(a rerun skips the outputs written)")

@@ -194,10 +194,11 @@ def interruption_note(run_dir: str) -> str:
 
 
 def report_skipped(prog: str, failed: list[str], images: int, bad_inputs: int) -> None:
-    """Print ``<prog>: skipped: <error>`` for each skipped input, then the count on stderr (nothing when none):
-    ``"<N> of <M> inputs failed (<b> input paths unusable, <u> of <images> images not loaded)"`` (a part that is
-    zero left out), the inputs being the images found plus the input paths that gave none (missing, not a file or
-    folder, no images), so a folder of 10 images and a missing file are 11 inputs.
+    """Print ``<prog>: skipped: <error>`` for each skipped input (kept to one line: ``alphavae.io.single_line``),
+    then the count on stderr (nothing when none): ``"<N> of <M> inputs failed (<b> input paths unusable, <u> of
+    <images> images not loaded)"`` (a part that is zero left out), the inputs being the images found plus the
+    input paths that gave none (missing, not a file or folder, no images), so a folder of 10 images and a
+    missing file are 11 inputs.
 
     Args:
         prog: the command, e.g. ``"alphavae background-moments"``.
@@ -205,8 +206,10 @@ def report_skipped(prog: str, failed: list[str], images: int, bad_inputs: int) -
         images: images found in the usable input paths (those chosen, with ``--limit``).
         bad_inputs: how many of ``failed`` are unusable input paths.
     """
+    from alphavae.io import single_line
+
     for message in failed:
-        print(f"{prog}: skipped: {message}", file=sys.stderr)
+        print(single_line(f"{prog}: skipped: {message}"), file=sys.stderr)
     if not failed:
         return
     not_loaded = len(failed) - bad_inputs

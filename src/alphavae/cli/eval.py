@@ -67,7 +67,10 @@ PRINTED_PROBLEMS = 20
 
 def problem_lines(report: dict) -> list[str]:
     """One ``"<label>: <file or key>: <reason>"`` line per failed, missing or ambiguous image (at most
-    :data:`PRINTED_PROBLEMS` of each kind, then a count)."""
+    :data:`PRINTED_PROBLEMS` of each kind, then a count); characters that would break the line are escaped
+    (``alphavae.io.single_line``)."""
+    from alphavae.io import single_line
+
     absent = ("no generated image for this prompt key (any extension)" if report["protocol"]["name"] == "t2i"
               else "no prediction file with this name (any extension)")
     kinds = {
@@ -78,7 +81,7 @@ def problem_lines(report: dict) -> list[str]:
     }
     lines = []
     for label, entries in kinds.items():
-        lines += [f"{label}: {entry}" for entry in entries[:PRINTED_PROBLEMS]]
+        lines += [single_line(f"{label}: {entry}") for entry in entries[:PRINTED_PROBLEMS]]
         if len(entries) > PRINTED_PROBLEMS:
             lines.append(f"{label}: ... and {len(entries) - PRINTED_PROBLEMS} more (see report.json)")
     return lines

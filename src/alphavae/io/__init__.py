@@ -44,6 +44,7 @@ from alphavae.io.files import (
     save_rgba,
     set_default_permissions,
     sha256_file,
+    single_line,
     special_file_kind,
     stage_file,
     to_pil,
@@ -67,6 +68,6 @@ __all__ = [
     "check_writable_folder", "checkerboard", "clear_hidden_colour", "composite", "crop_to", "folder_relation",
     "from_pil", "from_unit", "image_extensions", "labelled_sheet", "list_images", "list_images_reporting", "load_rgba",
     "mask_to_alpha", "pad_to_canvas", "pad_to_multiple", "premultiply", "read_jsonl", "read_text_file", "resize_rgba",
-    "resize_short_side", "save_rgba", "set_default_permissions", "sha256_file", "special_file_kind", "stage_file",
-    "to_pil", "to_unit", "unpremultiply",
+    "resize_short_side", "save_rgba", "set_default_permissions", "sha256_file", "single_line", "special_file_kind",
+    "stage_file", "to_pil", "to_unit", "unpremultiply",
 ]

@@ -520,6 +520,35 @@ def read_text_file(path: str | os.PathLike, what: str) -> str:
         raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def single_line(text: str) -> str:
+    """``text`` for one line of a report on a terminal or log: characters ``str.isprintable`` rejects escaped.
+
+    A file name may hold a newline, which would split one failure line into two (the second looking like
+    another entry), or bytes that are not UTF-8 (lone surrogates from ``os.fsdecode``). Newline, carriage return
+    and tab become ``\\n``, ``\\r``, ``\\t``; such a byte ``\\xNN`` (as in the eval reports); any other
+    non-printable character ``\\xNN`` or ``\\uNNNN``.
+
+    Returns:
+        The escaped text; printable text (any script, spaces) unchanged.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escaped(char) for char in text)
+
+
+def _escaped(char: str) -> str:
+    """The escape :func:`single_line` writes for one non-printable character."""
+    code = ord(char)
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if 0xDC80 <= code <= 0xDCFF:  # a byte os.fsdecode could not decode (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def check_text(text: str, what: str) -> str:
     """Check that ``text`` is valid Unicode text, which a tokenizer takes.
 

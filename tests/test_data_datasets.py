@@ -12,11 +12,11 @@ from alphavae.data.datasets import (
     StepBatchSampler,
     SubstituteUnreadable,
     crop_square,
-    data_folder,
     item_generator,
     readable_files,
     scale_alpha,
 )
+from alphavae.data.manifest import data_folder
 from alphavae.io import ImageLoadError
 
 

@@ -88,6 +88,19 @@ def test_export_refuses_symlinks_out_of_the_manifest_folder_and_non_images(tmp_p
     assert "alphavae data export: 5 record(s) of split test could not be exported" in captured.err
 
 
+def test_a_symlinked_manifest_reads_and_guards_the_folder_it_links_to(tmp_path, capsys):
+    """Through a symlink, every record failed as "file not found" (its files looked for next to the link), and an
+    output inside the real data folder passed the check."""
+    data = _data(tmp_path)
+    _manifest(data, ["images/emoji/a.png", "images/emoji/b.png"])
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "manifest.jsonl").symlink_to(data / "manifest.jsonl")
+    assert main(["data", "export", str(tmp_path / "links" / "manifest.jsonl"), "-o", str(tmp_path / "out")]) == 0
+    assert _tree(tmp_path / "out") == ["emoji/a.png", "emoji/b.png"]
+    assert main(["data", "export", str(tmp_path / "links" / "manifest.jsonl"), "-o", str(data / "exported")]) == 2
+    assert "is inside input folder" in capsys.readouterr().err and not (data / "exported").exists()
+
+
 def test_a_symlink_loop_is_named_on_every_python(tmp_path, monkeypatch):
     """record_source caught the RuntimeError a loop raised from a plain resolve(); Python 3.13's resolve() no
     longer raises for loops, so there a loop would pass as an ordinary missing file. Both errors are named now."""

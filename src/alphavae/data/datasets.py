@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from alphavae import io
-from alphavae.data.manifest import read_manifest
+from alphavae.data.manifest import data_folder, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -125,22 +125,6 @@ def crop_square(pixels: torch.Tensor, size: int, mode: str, generator: torch.Gen
         height, width = pixels.shape[1:]
     top, left = _crop_offsets(height, width, size, mode, generator)
     return pixels[:, top : top + size, left : left + size]
-
-
-def data_folder(source: str | Path) -> Path:
-    """The folder a training source's images lie in: the folder itself, or a manifest ``.jsonl``'s folder.
-
-    Manifest ``file`` entries are relative to the manifest's folder (``fetch-data`` writes them so), so that folder is
-    what outputs must stay out of and what relative image paths are measured from.
-
-    Args:
-        source: an image folder or a manifest file; need not exist (a missing path counts as a file).
-
-    Returns:
-        ``source`` when it is a folder, else its parent.
-    """
-    path = Path(source)
-    return path if path.is_dir() else path.parent
 
 
 def _resolve_files(source: str | Path | Sequence[str | Path], split: str | None) -> list[Path]:

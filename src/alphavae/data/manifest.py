@@ -168,6 +168,25 @@ class ExportReport:
         return "\n".join(lines)
 
 
+def data_folder(source: str | Path) -> Path:
+    """The folder a source's images lie in: the folder itself, or a manifest ``.jsonl``'s folder.
+
+    Manifest ``file`` entries are relative to the manifest's folder (``alphavae data fetch`` writes them so), so
+    that folder is what outputs must stay out of and what relative image paths are measured from. A manifest that
+    is a symlink counts from the folder of the file it links to, where its images are.
+
+    Args:
+        source: an image folder or a manifest file; need not exist (a missing path counts as a file).
+
+    Returns:
+        ``source`` when it is a folder, else the folder of the manifest (its link target's, for a symlink).
+    """
+    path = Path(source)
+    if path.is_dir():
+        return path
+    return (path.resolve() if path.is_symlink() else path).parent
+
+
 def record_source(file: str, root: str | Path) -> Path:
     """The image a manifest ``file`` names, resolved (symlinks followed) inside the manifest's folder ``root``.
 
@@ -276,7 +295,7 @@ def export_split(manifest: str | Path, split: str, output: str | Path) -> Export
             non-folder.
     """
     manifest, output = Path(manifest), Path(output)
-    root = manifest.parent
+    root = data_folder(manifest)
     records = [(number, r) for number, r in read_manifest_lines(manifest) if r["split"] == split]
     io.check_output_folder(output, [root])
     if not records:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alphavae import io
-from alphavae.data.manifest import check_target, read_manifest, record_source
+from alphavae.data.manifest import check_target, data_folder, read_manifest, record_source
 from alphavae.data.sources import SOURCES
 
 DATASETS = {"fluent-emoji-3d": "emoji3d", "fluentui-emoji": "fluent-svg", "openclipart": "clipart"}
@@ -136,7 +136,7 @@ def _present_samples(manifest: Path, output: Path) -> dict[str, dict]:
             record = {**record, "category": category_of(record)}
             try:
                 path = sample_path(record)
-                check_target(output / path, output, manifest.parent, "")
+                check_target(output / path, output, data_folder(manifest), "")
             except ValueError:
                 continue
             if (output / path).is_file():
@@ -206,7 +206,7 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
         FileExistsError: ``output/LICENSE.md`` exists, differs from the one to write and not ``overwrite``.
     """
     manifest, output = Path(manifest), Path(output)
-    root = manifest.parent
+    root = data_folder(manifest)
     io.check_output_folder(output, [root])
     planned, failed = _plan(records, root, output)
     listed = {**_present_samples(manifest, output), **{path: record for path, (record, _) in planned.items()}}

@@ -25,7 +25,8 @@ from diffusers.optimization import SchedulerType, get_scheduler
 from tqdm.auto import tqdm
 
 from alphavae import io
-from alphavae.data.datasets import RGBADataset, StepBatchSampler, data_folder, item_generator, readable_files
+from alphavae.data.datasets import RGBADataset, StepBatchSampler, item_generator, readable_files
+from alphavae.data.manifest import data_folder
 from alphavae.diffusion.captions import DEFAULT_PROMPT, read_caption_table, resolve_captions
 from alphavae.diffusion.flow import TimestepSampling, flow_matching_loss, sample_sigmas
 from alphavae.diffusion.lora import LORA_FILE, add_lora, lora_config, restore_lora, save_lora

@@ -41,10 +41,10 @@ from alphavae.data.datasets import (
     RGBADataset,
     StepBatchSampler,
     SubstituteUnreadable,
-    data_folder,
     item_generator,
     readable_files,
 )
+from alphavae.data.manifest import data_folder
 from alphavae.eval.networks import LPIPS_MIN_SIZE
 from alphavae.losses import AutoencoderForward, Objective, PatchDiscriminator
 from alphavae.train.checkpoint import (

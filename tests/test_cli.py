@@ -135,7 +135,8 @@ def test_an_empty_path_is_refused_not_taken_as_the_current_folder(argv, tmp_path
     with pytest.raises(SystemExit) as stop:
         main([arg.format(tmp=tmp_path) for arg in argv])
     assert stop.value.code == 2
-    assert "empty path (an unset variable?); give a file or folder, '.' for the current folder" in capsys.readouterr().err
+    assert ("empty path (an unset variable?); give a file or folder, '.' for the current folder"
+            in capsys.readouterr().err)
     assert sorted(tmp_path.iterdir()) == []
 
 

@@ -112,7 +112,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "already takes (the first is kept) are reported and skipped, the others still written (exit status 1).",
     )
     samples.add_argument("manifest", type=path_text, help="manifest.jsonl written by 'alphavae data fetch'")
-    samples.add_argument("-o", "--output", required=True, type=path_text, help="output folder, e.g. examples (images go to OUTPUT/images)")
+    samples.add_argument("-o", "--output", required=True, type=path_text,
+                         help="output folder, e.g. examples (images go to OUTPUT/images)")
     samples.add_argument("--per-group", type=positive_int, default=3,
                          help="images per source and alpha category (default 3)")
     samples.add_argument("--split", default="test",

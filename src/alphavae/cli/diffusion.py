@@ -21,7 +21,8 @@ _TRAIN_FLAGS: tuple[tuple[str | tuple[str, ...], str, dict], ...] = (
                                   "with HF_HUB_OFFLINE=1 when cached) (required, here or in --config)"}),
     ("--vae", "vae", {"help": "RGBA VAE folder (diffusers AutoencoderKL with 4 channels, from `alphavae convert` "
                               "+ fine-tuning); its latent space must be the model's (required, here or in --config)"}),
-    ("--data", "data", {"type": path_text, "help": "folder of RGBA images (walked recursively) or a manifest .jsonl, all its splits "
+    ("--data", "data", {"type": path_text,
+                        "help": "folder of RGBA images (walked recursively) or a manifest .jsonl, all its splits "
                                 "unless --split (required, here or in --config)"}),
     (("-o", "--output"), "output_dir", {"dest": "output_dir", "metavar": "OUT", "type": path_text,
                           "help": "output folder (LoRA, checkpoints, validation images); not inside --data (required, "
@@ -149,7 +150,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "layer; slowest, least memory); default none")
     gen.add_argument("--no-sheet", action="store_true",
                      help="do not write contact_sheet.png (an existing one is left as it is)")
-    gen.add_argument("-o", "--output", dest="output", required=True, metavar="OUT", type=path_text, help="output folder")
+    gen.add_argument("-o", "--output", dest="output", required=True, metavar="OUT", type=path_text,
+                     help="output folder")
     gen.set_defaults(func=run_generate)
 
 

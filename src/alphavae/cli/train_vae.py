@@ -25,14 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", default="vae_main",
                         help=f"shipped config name ({', '.join(shipped_configs())}) or a YAML path (default vae_main)")
-    parser.add_argument("--data", type=path_text, help="image folder or manifest.jsonl (sets data.source; a folder holds out its "
-                                       "last data.val_count images for validation)")
+    parser.add_argument("--data", type=path_text,
+                        help="image folder or manifest.jsonl (sets data.source; a folder holds out its "
+                             "last data.val_count images for validation)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--vae", help="diffusers AutoencoderKL folder: RGBA, or RGB (converted on the fly and "
                                       "used as the Ref-KL reference) (sets model.vae)")
     source.add_argument("--init-config", help="diffusers config.json to train from scratch (sets model.init_config)")
     parser.add_argument("--ref-vae", help="RGB VAE folder for Ref-KL when --vae is already RGBA (sets model.ref_vae)")
-    parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR", type=path_text, help="run folder (outside the data folder)")
+    parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR", type=path_text,
+                        help="run folder (outside the data folder)")
     parser.add_argument("--resume", metavar="latest|CHECKPOINT",
                         help="continue from the newest checkpoint of RUN_DIR ('latest'; a fresh start if it has none and no "
                              "final/) "

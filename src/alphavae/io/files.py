@@ -198,9 +198,9 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
     tRNS honoured), I;16 / I grey as 16-bit (value / 65535; 32-bit I values outside 0-65535 are clipped), F grey
     as [0, 1] (clamped); a 32-bit BMP without an alpha mask as opaque RGB (warned: its 4th byte is padding by the
     format, though some tools store alpha there), and so is a TIFF whose extra sample is marked unspecified
-    (warned: ExtraSamples 0 is not alpha by the format); other 16-bit sources Pillow reduces to 8 bits (16-bit RGB/RGBA TIFF) load with a warning. Multi-frame
-    files (GIF, APNG, TIFF) give their first frame with a warning. EXIF orientation is applied (an
-    unreadable EXIF block is ignored with a warning).
+    (warned: ExtraSamples 0 is not alpha by the format); other 16-bit sources Pillow reduces to 8 bits
+    (16-bit RGB/RGBA TIFF) load with a warning. Multi-frame files (GIF, APNG, TIFF) give their first frame
+    with a warning. EXIF orientation is applied (an unreadable EXIF block is ignored with a warning).
 
     Args:
         path: image file.

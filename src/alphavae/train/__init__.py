@@ -25,6 +25,6 @@ from alphavae.train.loop import NonFiniteLossError, TrainResult, load_models, tr
 
 __all__ = [
     "CheckpointMismatchError", "DataConfig", "ModelConfig", "NonFiniteLossError", "OptimConfig", "TrainConfig",
-    "TrainResult", "apply_overrides", "find_checkpoint", "list_checkpoints", "load_checkpoint", "load_config", "load_models",
-    "save_checkpoint", "save_config", "shipped_configs", "train_vae",
+    "TrainResult", "apply_overrides", "find_checkpoint", "list_checkpoints", "load_checkpoint", "load_config",
+    "load_models", "save_checkpoint", "save_config", "shipped_configs", "train_vae",
 ]

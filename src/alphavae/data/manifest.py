@@ -207,12 +207,11 @@ def record_source(file: str, root: str | Path) -> Path:
     base = Path(root).resolve()
     try:  # strict: a symlink loop raises RuntimeError before Python 3.13 and OSError (ELOOP) since, when strict
         resolved = (base / relative).resolve(strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"file {file!r}: cannot resolve (a symlink loop: {error})") from None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
+    except (RuntimeError, OSError) as error:
+        if isinstance(error, OSError) and error.errno != errno.ELOOP:
+            resolved = (base / relative).resolve()  # missing or unreadable: the caller reports it
+        else:
             raise ValueError(f"file {file!r}: cannot resolve (a symlink loop: {error})") from None
-        resolved = (base / relative).resolve()  # missing or unreadable: the caller reports it
     if not resolved.is_relative_to(base):
         raise ValueError(f"file {file!r} resolves to {resolved}, outside the manifest's folder {root}; "
                          "manifest files must stay inside it, also through symlinks")

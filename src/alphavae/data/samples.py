@@ -124,11 +124,11 @@ def sample_path(record: dict) -> str:
     return f"images/{DATASETS[record['source']]}/{record['category']}/{stem}.png"
 
 
-def _present_samples(manifest: Path, output: Path) -> dict[str, dict]:
+def _present_samples(manifest: Path, root: Path, output: Path) -> dict[str, dict]:
     """Samples of ``manifest`` (any split) whose :func:`sample_path` is a file under ``output``: path -> record.
 
     Records without a sample name (:func:`sample_path` raises) cannot have one there and are left out, as are
-    paths that lead into the manifest's folder (a source image is no sample).
+    paths that lead into the manifest's folder ``root`` (a source image is no sample).
     """
     present = {}
     for record in read_manifest(manifest):
@@ -136,7 +136,7 @@ def _present_samples(manifest: Path, output: Path) -> dict[str, dict]:
             record = {**record, "category": category_of(record)}
             try:
                 path = sample_path(record)
-                check_target(output / path, output, data_folder(manifest), "")
+                check_target(output / path, output, root, "")
             except ValueError:
                 continue
             if (output / path).is_file():
@@ -209,7 +209,7 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
     root = data_folder(manifest)
     io.check_output_folder(output, [root])
     planned, failed = _plan(records, root, output)
-    listed = {**_present_samples(manifest, output), **{path: record for path, (record, _) in planned.items()}}
+    listed = {**_present_samples(manifest, root, output), **{path: record for path, (record, _) in planned.items()}}
     licence_file = output / "LICENSE.md"
     if (licence_file.exists() and not overwrite
             and licence_file.read_bytes() != licence_text(sorted(listed.values(), key=_sort_key)).encode()):

@@ -529,6 +529,14 @@ def _preflight(config: TrainConfig, run_dir: Path, resume: str | None) -> Path |
     return checkpoint
 
 
+def _discriminator(config: TrainConfig) -> PatchDiscriminator:
+    """The PatchGAN ``config.loss`` asks for: 3 input channels for RGB models or composites (``disc_input``), else 4
+    (raw RGBA); ``disc_channels`` wide, ``disc_layers`` deep. Initialised from the global RNG (callers seed it)."""
+    lc = config.loss
+    channels = 3 if config.model.in_channels == 3 or lc.disc_input == "composite" else 4
+    return PatchDiscriminator(channels, lc.disc_channels, lc.disc_layers)
+
+
 def _discriminator_mismatch(checkpoint: Path, config: TrainConfig) -> list[str]:
     """The problem (none or one) when ``checkpoint``'s saved PatchGAN (``model_1.safetensors``, read by its header)
     has other tensor names or shapes than the one ``config.loss`` builds (``disc_channels``, ``disc_layers``,
@@ -538,8 +546,7 @@ def _discriminator_mismatch(checkpoint: Path, config: TrainConfig) -> list[str]:
         return []
     lc = config.loss
     with torch.device("meta"):  # shapes only, no memory or initialisation cost
-        built = PatchDiscriminator(3 if config.model.in_channels == 3 or lc.disc_input == "composite" else 4,
-                                   lc.disc_channels, lc.disc_layers).state_dict()
+        built = _discriminator(config).state_dict()
     with safe_open(saved_file, "pt") as saved:
         saved_shapes = {name: tuple(saved.get_slice(name).get_shape()) for name in saved.keys()}
     if saved_shapes == {name: tuple(tensor.shape) for name, tensor in built.items()}:
@@ -624,7 +631,6 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     if checkpoint is not None and accelerator.scaler is not None and not (checkpoint / SCALER_NAME).is_file():
         raise ValueError(f"{checkpoint} cannot be resumed with mixed_precision fp16: it was saved without fp16's "
                          "gradient scaler (in bf16 or float32); resume with the mixed precision it was saved with")
-    rgb = config.model.in_channels == 3
     vae, reference = load_models(config.model, seed=config.seed)
     if config.model.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
@@ -636,8 +642,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     if lc.gan_weight > 0:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            discriminator = PatchDiscriminator(3 if rgb or lc.disc_input == "composite" else 4, lc.disc_channels,
-                                               lc.disc_layers)
+            discriminator = _discriminator(config)
     objective = Objective(lc, in_channels=config.model.in_channels, reference_vae=reference,
                           discriminator=discriminator).to(accelerator.device)
     del reference  # the objective keeps it only while Ref-KL is active

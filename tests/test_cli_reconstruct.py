@@ -492,3 +492,16 @@ def test_readme_main_job_prints_the_documented_numbers(tmp_path, monkeypatch, ca
     for job in jobs:
         assert main([*job[1:], "--quiet"] if job[1] == "reconstruct" else job[1:]) == 0
     assert quoted in capsys.readouterr().out.splitlines()
+
+
+def test_one_folder_given_twice_through_a_symlink(tmp_path, tiny_rgba_dir):
+    """``reconstruct DIR DIRLINK``: the second copy of each file is named as the same file given twice, not
+    as a name clash to rename; its output is made once."""
+    _rgba_png(tmp_path / "in" / "a.png", 8, 8)
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    report = reconstruct_files([tmp_path / "in", tmp_path / "link"], tmp_path / "out",
+                               vae=RGBAVAE.from_pretrained(tiny_rgba_dir), progress=False)
+    assert report.written == [tmp_path / "out" / "a.png"]
+    reason = (f"the same file as {tmp_path / 'in' / 'a.png'}, given twice (through a symlink or overlapping "
+              f"inputs); its output {tmp_path / 'out' / 'a.png'} is made once")
+    assert report.failed == [(tmp_path / "link" / "a.png", reason)]

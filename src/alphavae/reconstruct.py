@@ -239,9 +239,13 @@ def _output_refusal(job: _Job, path: Path, target: Path) -> str | None:
     if (folder := _input_dir_holding(job, target)) is not None:
         return f"output {target} would land inside input folder {folder}; choose an output folder apart from them"
     if target in job.claimed:
-        same = "same name with another extension" if job.claimed[target].name != path.name else \
+        first = job.claimed[target]
+        if first.resolve() == path.resolve():
+            return (f"the same file as {first}, given twice (through a symlink or overlapping inputs); "
+                    f"its output {target} is made once")
+        same = "same name with another extension" if first.name != path.name else \
             "same path inside another input folder"
-        return f"output {target} is also the output of {job.claimed[target]} ({same}); rename one of them"
+        return f"output {target} is also the output of {first} ({same}); rename one of them"
     if target.is_dir():
         return f"output path {target} is a directory"
     return None
@@ -356,7 +360,8 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
     Returns:
         A ``ReconstructReport``; missing inputs, inputs that are neither regular files nor folders
         (devices, FIFOs), folders without images, unreadable images, name collisions (``a.jpg`` and
-        ``a.png`` in one folder: the second readable one fails), outputs that would replace an input
+        ``a.png`` in one folder: the second readable one fails; one file reached again through a symlinked
+        input folder fails as given twice, its output made once), outputs that would replace an input
         file or land inside an input folder, output paths taken by a folder, and failed
         reconstructions/writes (named by the final path) are in ``failed``; failed grids in
         ``grids_failed``; the rest continue.

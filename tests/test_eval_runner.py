@@ -362,6 +362,20 @@ def test_failures_printed_as_path_reason_lines(tree, capsys, caplog):
     assert "missing: sub/cat_b/missing: no prediction file" in err
 
 
+def test_ambiguous_names_are_reported_with_their_files(tree, capsys):
+    """A key with several files (``im0.png`` and ``im0.jpg``) is not scored, and its line names those files
+    (it named only the key, not the side or the files to remove)."""
+    gt, pred = tree
+    to_pil(soft_rgba(seed=0)).save(pred / "sub" / "cat_a" / "im0.png")
+    files = [str(pred / "sub" / "cat_a" / name) for name in ("im0.png", "im0.webp")]
+    plan = pair_folders(gt, pred)
+    assert plan.ambiguous == {"sub/cat_a/im0": files} and "sub/cat_a/im0" not in [p.key for p in plan.pairs]
+    main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(gt.parent / "r"), *NO_NETS])
+    line = f"ambiguous: sub/cat_a/im0: {', '.join(files)}: several files with this name and different extensions"
+    assert line in capsys.readouterr().err
+    assert json.loads((gt.parent / "r" / "report.json").read_text())["ambiguous"] == {"sub/cat_a/im0": files}
+
+
 def test_eval_vae_defaults_to_the_shipped_model(tmp_path):
     """Like ``alphavae reconstruct``, ``eval-vae`` without --vae scores alphavae-mini."""
     import shutil

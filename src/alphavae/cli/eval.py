@@ -66,9 +66,9 @@ PRINTED_PROBLEMS = 20
 
 
 def problem_lines(report: dict) -> list[str]:
-    """One ``"<label>: <file or key>: <reason>"`` line per failed, missing or ambiguous image (at most
-    :data:`PRINTED_PROBLEMS` of each kind, then a count); characters that would break the line are escaped
-    (``alphavae.io.single_line``)."""
+    """One ``"<label>: <file or key>: <reason>"`` line per failed, missing or ambiguous image (an ambiguous key's
+    line names its files after the key; at most :data:`PRINTED_PROBLEMS` of each kind, then a count); characters
+    that would break the line are escaped (``alphavae.io.single_line``)."""
     from alphavae.io import single_line
 
     absent = ("no generated image for this prompt key (any extension)" if report["protocol"]["name"] == "t2i"
@@ -76,8 +76,8 @@ def problem_lines(report: dict) -> list[str]:
     kinds = {
         "failed": [entry["error"] for entry in report.get("failures", [])],  # "<file(s)>: <reason>"
         "missing": [f"{key}: {absent}" for key in report.get("missing", [])],
-        "ambiguous": [f"{key}: several files with this name and different extensions; not scored"
-                      for key in report.get("ambiguous", [])],
+        "ambiguous": [f"{key}: {', '.join(files)}: several files with this name and different extensions; not scored"
+                      for key, files in report.get("ambiguous", {}).items()],
     }
     lines = []
     for label, entries in kinds.items():

@@ -42,13 +42,14 @@ class PairPlan:
     Attributes:
         pairs: matched pairs, sorted by key.
         missing: GT keys without a prediction. extra: prediction keys without GT.
-        ambiguous: keys with more than one file (same stem, different extensions) on either side.
+        ambiguous: key -> files for each key with more than one file (same stem, different extensions) on
+            either side: the absolute paths of the side(s) holding several, GT first, sorted by name.
     """
 
     pairs: list[Pair]
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
-    ambiguous: list[str] = field(default_factory=list)
+    ambiguous: dict[str, list[str]] = field(default_factory=dict)
 
 
 def tree_position(key: str) -> tuple[str, str, str]:
@@ -90,16 +91,14 @@ def check_apart(gt_dir: str | Path, pred_dir: str | Path, *,
                          "overlap (both are read with their sub-folders)")
 
 
-def _index(folder: Path) -> tuple[dict[str, Path], list[str]]:
-    """Key -> absolute path for every image under ``folder``, plus keys seen more than once."""
-    index: dict[str, Path] = {}
-    repeated: list[str] = []
+def _index(folder: Path) -> tuple[dict[str, Path], dict[str, list[str]]]:
+    """Key -> absolute path for every image under ``folder``, plus key -> all its files for keys seen more than
+    once."""
+    files: dict[str, list[str]] = {}
     for absolute, relative in list_images([folder]):
-        key = PurePosixPath(Path(relative).as_posix()).with_suffix("").as_posix()
-        if key in index:
-            repeated.append(key)
-        index[key] = Path(absolute)
-    return index, repeated
+        files.setdefault(PurePosixPath(Path(relative).as_posix()).with_suffix("").as_posix(), []).append(str(absolute))
+    index = {key: Path(paths[-1]) for key, paths in files.items()}
+    return index, {key: paths for key, paths in files.items() if len(paths) > 1}
 
 
 def pair_folders(gt_dir: str | Path, pred_dir: str | Path | None = None) -> PairPlan:
@@ -121,11 +120,12 @@ def pair_folders(gt_dir: str | Path, pred_dir: str | Path | None = None) -> Pair
     if pred_dir is not None:
         check_apart(gt_dir, pred_dir)
     gt, gt_repeated = _index(Path(gt_dir))
-    pred, pred_repeated = _index(Path(pred_dir)) if pred_dir is not None else ({}, [])
+    pred, pred_repeated = _index(Path(pred_dir)) if pred_dir is not None else ({}, {})
     for folder, index in ((gt_dir, gt), (pred_dir, pred)):
         if folder is not None and not index:
             raise ValueError(f"{folder}: no images in this folder (nor in its sub-folders)")
-    ambiguous = sorted(set(gt_repeated) | set(pred_repeated))
+    ambiguous = {key: gt_repeated.get(key, []) + pred_repeated.get(key, [])
+                 for key in sorted(set(gt_repeated) | set(pred_repeated))}
     plan = PairPlan(pairs=[], ambiguous=ambiguous)
     for key in sorted(gt):
         if key in ambiguous:

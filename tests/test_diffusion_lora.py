@@ -1,9 +1,9 @@
 import pytest
 import torch
 from fixtures_io import assert_default_permissions
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from alphavae.diffusion.lora import LORA_FILE, add_lora, lora_config, restore_lora, save_lora
+from alphavae.diffusion.lora import LORA_FILE, add_lora, canonical_safetensors, lora_config, restore_lora, save_lora
 from alphavae.testing_flux import tiny_flux_pipeline
 
 KW = dict(height=32, width=32, num_inference_steps=2, output_type="latent", max_sequence_length=16)
@@ -83,3 +83,24 @@ def test_restore_lora_refuses_a_lora_that_leaves_adapter_layers_unset(tmp_path):
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):
         lora_config(**kwargs)
+
+
+def test_canonical_safetensors_gives_one_byte_string_and_refuses_other_files(tmp_path):
+    """Equal tensors and metadata give equal bytes whatever order they were written in; the tensors load
+    unchanged. A header that is JSON but not safetensors' layout is a ValueError naming the file (it raised
+    AttributeError/KeyError)."""
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.bfloat16)}
+    metadata = {"z": "1", "a": "2", "m": "3"}
+    first, second = tmp_path / "1.safetensors", tmp_path / "2.safetensors"
+    save_file(tensors, first, metadata=metadata)
+    save_file(dict(reversed(tensors.items())), second, metadata=dict(reversed(metadata.items())))
+    for path in (first, second):
+        canonical_safetensors(path)
+    assert first.read_bytes() == second.read_bytes()
+    loaded = load_file(first)
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in tensors.items())
+    for header in (b"[]", b'{"a": {}}', b'{"a": 1}', b'{"__metadata__": [1]}', b"{"):
+        bad = tmp_path / "bad.safetensors"
+        bad.write_bytes(len(header).to_bytes(8, "little") + header)
+        with pytest.raises(ValueError, match=f"^{bad}: not a safetensors file"):
+            canonical_safetensors(bad)

@@ -115,7 +115,8 @@ def canonical_safetensors(path: str | Path) -> None:
 
     Raises:
         OSError: the file cannot be read or replaced.
-        ValueError: the file is not safetensors (header length or JSON broken).
+        ValueError: the file is not safetensors (header length or JSON broken, or the header is not a map of
+            tensor entries with ``data_offsets``); names the file.
     """
     path = Path(path)
     data = path.read_bytes()
@@ -124,9 +125,13 @@ def canonical_safetensors(path: str | Path) -> None:
         header = json.loads(data[8: 8 + length])
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a safetensors file (bad header: {err})") from None
-    metadata = header.pop("__metadata__", None)
-    ordered = {"__metadata__": dict(sorted(metadata.items()))} if metadata is not None else {}
-    ordered |= dict(sorted(header.items(), key=lambda item: (item[1]["data_offsets"], item[0])))
+    try:
+        metadata = header.pop("__metadata__", None)
+        ordered = {"__metadata__": dict(sorted(metadata.items()))} if metadata is not None else {}
+        ordered |= dict(sorted(header.items(), key=lambda item: (item[1]["data_offsets"], item[0])))
+    except (AttributeError, KeyError, TypeError):
+        raise ValueError(f"{path}: not a safetensors file (its header is not a map of tensor entries with "
+                         "data_offsets)") from None
     text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
     rewritten = len(text).to_bytes(8, "little") + text + data[8 + length:]

@@ -205,7 +205,42 @@ def test_objective_rgb_stage_uses_plain_terms():
     loss, logs, reconstruction = objective.generator_loss(AutoencoderForward(vae), pixels, noise, step=0)
     assert set(logs) == {"mse", "lpips", "kl", "loss"}
     assert reconstruction.shape == pixels.shape
-    assert loss.item() == pytest.approx(logs["mse"] + 0.5 * logs["lpips"] * 3 * 32 * 32 + 1e-6 * logs["kl"], rel=1e-5)
+    assert loss.item() == pytest.approx(logs["mse"] + 0.5 * logs["lpips"] + 1e-6 * logs["kl"], rel=1e-5)
+
+
+def test_lpips_term_is_the_per_image_value_as_in_the_reference():
+    """The reference's ``perceptual_loss`` sums LPIPS's (B, 1, 1, 1) output per sample and averages over the
+    batch: the mean per-image LPIPS, not spread over 3 * H * W pixel values (LDM's way, which made the term
+    3 * H * W times heavier: 3 million times at 1024 px)."""
+    metric = losses.build_lpips(random_backbone=True)
+    target, prediction = _rgba(size=32, seed=1), _rgba(size=32, seed=2)
+    per_image = [metric(io.composite(target, bg), io.composite(prediction, bg)).flatten()
+                 for bg in losses.REFERENCE_LPIPS_BACKGROUNDS]
+    expected = torch.stack(per_image).mean()
+    assert torch.allclose(losses.composite_lpips(metric, target, prediction, losses.REFERENCE_LPIPS_BACKGROUNDS),
+                          expected)
+    assert torch.allclose(losses.composite_lpips(metric, target[:, :3], prediction[:, :3], ()),
+                          metric(target[:, :3], prediction[:, :3]).mean())
+
+
+def test_gan_term_is_weighted_against_the_reconstruction_term_alone(monkeypatch):
+    """As the reference (``generator_loss(l2_loss, ...)``, ``generator_loss_weight`` 1): the adaptive weight's
+    numerator is the gradient of the weighted ABMSE without LPIPS, and the GAN term enters with factor
+    ``gan_weight`` (default 1) times that weight."""
+    vae, pixels, noise = _objective_inputs()
+    seen = []
+    adaptive = losses.adaptive_gan_weight
+    monkeypatch.setattr(losses, "adaptive_gan_weight", lambda rec, gan, layer: seen.append(rec.item())
+                        or adaptive(rec, gan, layer))
+    assert LossConfig().gan_weight == 1.0
+    config = LossConfig(ref_kl_weight=0, kl_weight=0, reconstruction_weight=2.0, gan_start=0)
+    objective = Objective(config, lpips_metric=losses.build_lpips(random_backbone=True),
+                          discriminator=losses.PatchDiscriminator(4, 8).eval())
+    loss, logs, _ = objective.generator_loss(AutoencoderForward(vae), pixels, noise, step=0,
+                                             last_layer=vae.decoder.conv_out.weight)
+    assert seen == [pytest.approx(2.0 * logs["abmse"], rel=1e-6)]
+    expected = 2.0 * logs["abmse"] + 0.5 * logs["lpips"] + logs["gan_adaptive_weight"] * logs["gan"]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("disc_input", ["rgba", "composite"])

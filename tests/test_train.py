@@ -319,6 +319,7 @@ def test_alphavae_mini_recipes_parse(recipe, tmp_path):
     assert config.loss.reconstruction == ("abmse" if recipe in ("stage2_rgba", "preliminary_rgba") else "mse")
     # as the shipped runs trained (model card): no LPIPS (no AlexNet weights here), recorded autocast
     assert config.loss.lpips_weight == 0
+    assert config.loss.gan_weight == (0 if recipe == "stage1_rgb" else 0.5)  # pinned: vae_main's default is now 1
     assert config.mixed_precision == ("no" if recipe.startswith("stage2") else "bf16")
     save_config(config, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == config  # what a run writes as RUN/config.yaml loads back equal

@@ -6,10 +6,12 @@ ablation. For 3-channel (RGB) models the alpha terms fall away: plain MSE, LPIPS
 a discriminator, the PatchGAN on the raw RGB output.
 
 Conventions: pixels are straight RGBA ``(B, 4, H, W)`` (or RGB ``(B, 3, H, W)``), all channels in [-1, 1];
-alpha in [0, 1] is ``(a + 1) / 2``. **Reduction**: every pixel term is summed over channels and pixels of
-each sample and averaged over the batch (the LDM convention the reference's weights assume); functions
-return that scalar. The per-image LPIPS value is broadcast to every pixel and channel before that sum,
-as in LDM's ``LPIPSWithDiscriminator`` (so it is multiplied by ``3 * H * W``).
+alpha in [0, 1] is ``(a + 1) / 2``. **Reduction**: every term is summed over the values of each sample and
+averaged over the batch (the convention the reference's weights assume: its ``RGBAVAELoss`` with
+``reduce_mean=False``); functions return that scalar. Pixel terms (ABMSE, MSE) are thus sums over ``C * H * W``
+values, while LPIPS is one value per image (spatially averaged by the metric) and stays that value: unlike LDM's
+``LPIPSWithDiscriminator``, the reference does not spread it over the pixels, so at weight 0.5 it is small next
+to a summed ABMSE. The PatchGAN term is balanced against the reconstruction term alone by the adaptive weight.
 """
 
 from __future__ import annotations
@@ -229,19 +231,18 @@ def composite_lpips(metric: nn.Module, target: torch.Tensor, prediction: torch.T
             ``REFERENCE_LPIPS_BACKGROUNDS`` reproduces the reference (mid-grey and white).
 
     Returns:
-        Scalar: per-image LPIPS broadcast over its ``3 * H * W`` pixel values and summed (LDM reduction),
-        mean over backgrounds and batch.
+        Scalar: the per-image LPIPS (one value per image) averaged over backgrounds and batch, as the reference's
+        ``RGBAVAELoss.perceptual_loss`` (no factor of ``3 * H * W``; module docstring).
 
     Raises:
         ValueError: from ``alphavae.io.composite`` for a background it cannot read.
         RuntimeError: from the AlexNet backbone for images smaller than about 31 px on a side (its pooling
             stages leave no pixels).
     """
-    pixels_per_sample = 3 * target.shape[-2] * target.shape[-1]
     if target.shape[1] == 3:
-        return metric(target, prediction).mean() * pixels_per_sample
+        return metric(target, prediction).mean()
     values = [metric(io.composite(target, bg), io.composite(prediction, bg)).mean() for bg in backgrounds]
-    return torch.stack(values).mean() * pixels_per_sample
+    return torch.stack(values).mean()
 
 
 def kl_divergence(posterior: DiagonalGaussianDistribution, reference: DiagonalGaussianDistribution | None = None) -> torch.Tensor:
@@ -317,7 +318,8 @@ def adaptive_gan_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last_lay
     Source: Esser et al. 2021 (VQGAN), Eq. 7; the paper uses ``decoder.conv_out.weight``.
 
     Args:
-        rec_loss: scalar reconstruction loss (weighted reconstruction + LPIPS), with its graph to ``last_layer``.
+        rec_loss: scalar reconstruction term (weighted ABMSE or MSE; LPIPS is not in it, as in the reference's
+            ``generator_loss``), with its graph to ``last_layer``.
         gan_loss: scalar generator GAN loss, with its graph to ``last_layer``.
         last_layer: the parameter both gradients are taken at, e.g. ``(3 or 4, C, 3, 3)`` ``conv_out.weight``.
         max_weight: upper clamp of the ratio.
@@ -349,7 +351,8 @@ class LossConfig:
         ref_kl_weight: weight of Ref-KL (1e-16).
         ref_kl_inert_below: Ref-KL is skipped when its weight is <= this (see ``Objective``).
         force_ref_kl: compute Ref-KL even when its weight is inert (never at weight 0).
-        gan_weight: base discriminator weight multiplied by the adaptive weight (LDM default 0.5).
+        gan_weight: factor on the adaptive weight of the GAN term (1: the reference applies the adaptive weight
+            alone; LDM's configs use 0.5).
         gan_start: first optimiser step with the GAN term and discriminator updates (4000).
         disc_input: ``"rgba"`` (paper: raw 4 channels) or ``"composite"`` (alpha-aware: both images over the
             same random solid background per sample).
@@ -373,7 +376,7 @@ class LossConfig:
     ref_kl_weight: float = 1e-16
     ref_kl_inert_below: float = 1e-12
     force_ref_kl: bool = False
-    gan_weight: float = 0.5
+    gan_weight: float = 1.0
     gan_start: int = 4000
     disc_input: str = "rgba"
     disc_channels: int = 64
@@ -537,7 +540,7 @@ class Objective(nn.Module):
 
         Returns:
             ``(loss scalar, {term name: float}, reconstruction (B, C, H, W) float32, unclamped)``; logged terms
-            are unweighted (``lpips`` per image, without the ``3 * H * W`` factor), ``loss`` is the weighted total.
+            are unweighted (``lpips`` per image), ``loss`` is the weighted total.
 
         Raises:
             ValueError: the GAN is active at ``step`` and ``last_layer`` is ``None``, or (RGBA) it is active,
@@ -557,12 +560,12 @@ class Objective(nn.Module):
         reconstruction = reconstruction.float()
         rec = self._reconstruction(pixels, reconstruction)
         logs[cfg.reconstruction if self.in_channels == 4 else "mse"] = rec.item()
-        rec_total = cfg.reconstruction_weight * rec
+        rec = cfg.reconstruction_weight * rec
+        loss = rec
         if self.lpips is not None and cfg.lpips_weight > 0:
             perceptual = composite_lpips(self.lpips, pixels, reconstruction, cfg.lpips_backgrounds)
-            logs["lpips"] = perceptual.item() / (3 * pixels.shape[-2] * pixels.shape[-1])
-            rec_total = rec_total + cfg.lpips_weight * perceptual
-        loss = rec_total
+            logs["lpips"] = perceptual.item()
+            loss = loss + cfg.lpips_weight * perceptual
         if cfg.kl_weight > 0:
             kl = kl_divergence(DiagonalGaussianDistribution(moments.float()))
             logs["kl"] = kl.item()
@@ -574,7 +577,7 @@ class Objective(nn.Module):
             self.discriminator.requires_grad_(False)
             gan = -self.discriminator(self._disc_view(reconstruction, backgrounds)).float().mean()
             self.discriminator.requires_grad_(True)
-            weight = adaptive_gan_weight(rec_total, gan, last_layer)
+            weight = adaptive_gan_weight(rec, gan, last_layer)
             logs.update(gan=gan.item(), gan_adaptive_weight=weight.item())
             loss = loss + cfg.gan_weight * weight * gan
         logs["loss"] = loss.item()

@@ -65,7 +65,8 @@ def test_parse_dtype_names_and_dtypes():
 def test_mixed_layout_runs_and_outputs_float32(model, pixels):
     vae = apply_policy(copy.deepcopy(model), resolve_policy("mixed-bf16", "cpu"))
     modules = dict(vae.named_modules())
-    for name in FLOAT32_ISLANDS:
+    assert "quant_conv" not in modules  # a FLUX-shaped VAE has no quant convs: those islands are skipped
+    for name in set(FLOAT32_ISLANDS) - accel.OPTIONAL_ISLANDS:
         assert modules[name].weight.dtype == torch.float32, name
     conv = vae.decoder.up_blocks[0].resnets[0].conv1
     assert conv.weight.dtype == torch.bfloat16
@@ -93,6 +94,24 @@ def test_reapplying_float32_restores_a_plain_float32_model(model, pixels):
     torch.testing.assert_close(_reconstruct(vae, pixels), _reconstruct(rounded, pixels), rtol=0, atol=0)
 
 
+def test_mixed_policy_keeps_quant_convs_in_float32():
+    """Review defect 2: an SD1.x-style VAE's quant_conv / post_quant_conv ran in bf16 under "mixed-bf16", so the
+    posterior moments and the decoder's input latents were rounded to bf16."""
+    vae = RGBAVAE(apply_policy(tiny_rgba_vae("sd1"), resolve_policy("mixed-bf16", "cpu")))
+    assert vae.model.quant_conv.weight.dtype == vae.model.post_quant_conv.weight.dtype == torch.float32
+    latents = torch.randn(1, 4, 4, 4) * 0.3 + 0.01  # not bf16-representable
+    seen = []
+    handle = vae.model.decoder.conv_in.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        vae.decode(latents)
+    finally:
+        handle.remove()
+    assert seen[0].dtype == torch.float32
+    torch.testing.assert_close(seen[0], vae.model.post_quant_conv(latents), rtol=0, atol=0)
+    mean = vae.encode(torch.rand(1, 4, 32, 32) * 2 - 1).mean
+    assert not torch.equal(mean, mean.bfloat16().float())
+
+
 def test_bad_island_name_is_refused(model):
     policy = accel.SpeedPolicy("mixed-bf16", torch.bfloat16, ("decoder.nope",))
     with pytest.raises(ValueError, match="decoder.nope"):
@@ -112,12 +131,18 @@ def test_rgbavae_with_mixed_policy_keeps_size_and_range(model):
     assert out.min() >= -1 and out.max() <= 1
 
 
-def test_float32_computation_restores_the_mixed_layout(model, pixels):
+def test_float32_call_leaves_the_mixed_layout_untouched(model, pixels):
     vae = apply_policy(copy.deepcopy(model), resolve_policy("mixed-bf16", "cpu"))
     before = {name: (p.dtype, p.stride()) for name, p in vae.named_parameters()}
-    with torch.inference_mode(), accel.float32_computation(vae):
+
+    def run():
         assert {p.dtype for p in vae.parameters()} == {torch.float32}
-        assert torch.isfinite(vae.decode(vae.encode(pixels).latent_dist.mode()).sample).all()
+        assert vae.decoder.up_blocks[0].resnets[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        return vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+
+    with torch.inference_mode():
+        out = accel.float32_call(vae, run)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert {name: (p.dtype, p.stride()) for name, p in vae.named_parameters()} == before
 
 

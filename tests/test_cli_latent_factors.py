@@ -177,3 +177,20 @@ def test_a_missing_input_among_several_is_skipped(tmp_path, tiny_rgba_dir, capsy
     assert json.loads(captured.out)["images"] == 1
     assert f"skipped: {tmp_path / 'missing'}: input does not exist" in captured.err
     assert "1 of 2 inputs failed" in captured.err
+
+
+@pytest.mark.parametrize("shift_factor", [None, 0.1159])
+def test_per_channel_latent_statistics_are_refused(tmp_path, tiny_rgba_dir, capsys, shift_factor):
+    """Review defect 1: --write stored scalar factors into a config whose per-channel latents_mean/latents_std
+    (SDXL-style) normalise the diffusion latents instead; with a shift as well the config is ambiguous at load."""
+    vae_dir, images = _vae_and_images(tmp_path, tiny_rgba_dir, 1)
+    config = json.loads((vae_dir / "config.json").read_text())
+    config.update(latents_mean=[0.1] * 16, latents_std=[2.0] * 16, shift_factor=shift_factor)
+    (vae_dir / "config.json").write_text(json.dumps(config))
+    before = (vae_dir / "config.json").read_bytes()
+    assert main(["latent-factors", str(vae_dir), str(images), "--write", "--force"]) == 2
+    captured = capsys.readouterr()
+    reason = "per-channel latents_mean/latents_std" if shift_factor is None else \
+        f"{vae_dir}: config sets both latents_mean/latents_std and shift_factor 0.1159"
+    assert reason in captured.err and "was left unchanged" in captured.err and captured.out == ""
+    assert (vae_dir / "config.json").read_bytes() == before

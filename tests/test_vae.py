@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,6 +57,52 @@ def test_properties(sd1_vae, flux_vae):
     z = torch.randn(1, 16, 2, 3)
     assert torch.allclose(flux.from_diffusion_latents(flux.to_diffusion_latents(z)), z, atol=1e-6)
     assert torch.allclose(flux.to_diffusion_latents(z), (z - 0.1159) * 0.3611)
+
+
+def _sdxl_vae_with_latent_stats(**config) -> RGBAVAE:
+    """A tiny SDXL-shaped RGBA VAE whose config sets per-channel latents_mean/latents_std (like Playground v2.5's)."""
+    from diffusers import AutoencoderKL
+
+    from alphavae.convert import convert_to_rgba
+    from alphavae.testing import tiny_vae_config
+
+    stats = {"latents_mean": [-1.6, 1.0, -0.3, 0.5], "latents_std": [8.0, 5.5, 6.2, 4.1], "scaling_factor": 0.5}
+    return RGBAVAE(convert_to_rgba(AutoencoderKL.from_config({**tiny_vae_config("sdxl"), **stats, **config})))
+
+
+def test_per_channel_latent_statistics_follow_diffusers_sdxl_pipelines():
+    """Review defect 1: latents_mean/latents_std were ignored, so the diffusion latents disagreed with diffusers'."""
+    vae = _sdxl_vae_with_latent_stats()
+    mean = torch.tensor([-1.6, 1.0, -0.3, 0.5]).view(1, 4, 1, 1)
+    std = torch.tensor([8.0, 5.5, 6.2, 4.1]).view(1, 4, 1, 1)
+    z = torch.randn(2, 4, 3, 5)
+    # pipeline_stable_diffusion_xl_img2img.py (encode side) and pipeline_stable_diffusion_xl.py (decode side)
+    torch.testing.assert_close(vae.to_diffusion_latents(z), (z - mean) * 0.5 / std, rtol=0, atol=0)
+    torch.testing.assert_close(vae.from_diffusion_latents(z), z * std / 0.5 + mean, rtol=0, atol=0)
+    torch.testing.assert_close(vae.from_diffusion_latents(vae.to_diffusion_latents(z)), z)
+    assert vae.to_diffusion_latents(z.double()).dtype == torch.float64
+    assert vae.to_diffusion_latents(z[0]).shape == (4, 3, 5)  # per channel over dim -3
+    with pytest.raises(ValueError, match=r"latent_channels \(4\) channels in dim -3 .* got shape \(2, 3, 5\)"):
+        vae.to_diffusion_latents(z[:, 0])
+    with pytest.raises(ValueError, match="per-channel latents_mean/latents_std"):
+        alphavae.vae.fit_latent_factors(vae, [torch.zeros(4, 8, 8)])
+
+
+def test_ambiguous_or_malformed_latent_statistics_are_refused(tmp_path):
+    """Statistics plus a shift (diffusers applies one or the other), half-set statistics, or wrong lengths; a saved
+    folder with such a config is refused when loaded, naming it."""
+    with pytest.raises(ValueError, match="both latents_mean/latents_std and shift_factor 0.1.*never apply together"):
+        _sdxl_vae_with_latent_stats(shift_factor=0.1)
+    assert _sdxl_vae_with_latent_stats(shift_factor=0.0).shift_factor == 0.0
+    with pytest.raises(ValueError, match=r"must both be null or both lists of latent_channels \(4\) values"):
+        _sdxl_vae_with_latent_stats(latents_std=None)
+    with pytest.raises(ValueError, match=r"lists of latent_channels \(4\) values, got \[1.0, 2.0\]"):
+        _sdxl_vae_with_latent_stats(latents_mean=[1.0, 2.0])
+    model = _sdxl_vae_with_latent_stats().model
+    model.register_to_config(shift_factor=0.2)
+    model.save_pretrained(tmp_path / "vae")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'vae'}: config sets both .* shift_factor 0.2"):
+        RGBAVAE.from_pretrained(tmp_path / "vae")
 
 
 @pytest.mark.parametrize("size", [(1, 1), (17, 33), (200, 7)])
@@ -155,6 +203,49 @@ def test_float16_overflow_falls_back_to_float32():
     with pytest.warns(UserWarning, match="float16"):
         out = vae.reconstruct(pixels)
     assert torch.isfinite(out).all() and vae.dtype == torch.float16
+
+
+def _overflowing_encoder(dtype: torch.dtype = torch.float32):
+    """A tiny FLUX-shaped RGBA model in ``dtype`` whose encoder overflows float16 but stays finite in float32."""
+    model = tiny_rgba_vae("flux", random_alpha=True)
+    with torch.no_grad():
+        model.encoder.conv_in.weight.mul_(1e5)
+        model.encoder.conv_in.bias.mul_(1e5)
+    return torch.nn.Module.to(model, dtype)
+
+
+def test_float16_autocast_overflow_falls_back_to_float32():
+    """Review defect 3: under a float16 autocast with float32 weights the overflow was not recomputed, and the
+    error said it failed in float32."""
+    vae = RGBAVAE(_overflowing_encoder())
+    pixels = torch.rand(1, 4, 32, 32) * 2 - 1
+    expected = vae.encode(pixels).mean
+    with torch.autocast("cpu", dtype=torch.float16), pytest.warns(UserWarning, match="not finite in torch.float16"):
+        moments = vae.encode(pixels).mean
+    torch.testing.assert_close(moments, expected, rtol=0, atol=0)  # redone in float32 with autocast off
+    with torch.autocast("cpu", dtype=torch.float16), pytest.warns(UserWarning, match="float16"), \
+            pytest.raises(ValueError, match=r"^VAE decode gave non-finite values in torch.float16 and then in "
+                                            r"float32 for inputs of magnitude up to 1e\+30"):
+        vae.decode(torch.full((1, 16, 2, 2), 1e30))
+
+
+def test_float32_fallback_keeps_gradients_for_16_bit_weights():
+    """Review defect 4: after the fallback the graph held float32 weights while the parameters were float16
+    again, so backward() failed with a dtype mismatch. Now the gradients are those of the float32 computation."""
+    def gradients(vae: RGBAVAE) -> tuple[torch.Tensor, torch.Tensor]:
+        x = pixels.clone().requires_grad_()
+        vae.encode(x).mean.square().mean().backward()
+        return x.grad, vae.model.encoder.conv_out.weight.grad
+
+    model = _overflowing_encoder(torch.float16)
+    reference = RGBAVAE(torch.nn.Module.to(copy.deepcopy(model), torch.float32))
+    pixels = torch.rand(1, 4, 32, 32) * 2 - 1
+    with pytest.warns(UserWarning, match="not finite in torch.float16"):
+        x_grad, weight_grad = gradients(RGBAVAE(model))
+    x_expected, weight_expected = gradients(reference)
+    assert weight_grad.dtype == torch.float16 and {p.dtype for p in model.parameters()} == {torch.float16}
+    torch.testing.assert_close(x_grad, x_expected)
+    torch.testing.assert_close(weight_grad, weight_expected.half())
 
 
 @pytest.mark.parametrize("mode", ["exact", "fast"])
@@ -289,6 +380,15 @@ def test_hidden_colour_does_not_change_latents():
     a, b = vae.encode(pixels), vae.encode(other)
     assert torch.equal(a.mean, b.mean) and torch.equal(a.logvar, b.logvar)
     assert torch.equal(vae.reconstruct(pixels), vae.reconstruct(other))
+
+
+def test_decode_refuses_integer_and_non_tensor_latents(sd1_vae):
+    """Review defect 5: int64 latents were decoded silently and a numpy array failed with an unrelated error."""
+    with pytest.raises(TypeError, match=r"^latents must be a floating-point torch.Tensor, got Tensor of dtype "
+                                        r"torch.int64$"):
+        sd1_vae.decode(torch.ones(1, 4, 2, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match=r"^latents must be a floating-point torch.Tensor, got ndarray$"):
+        sd1_vae.decode(np.zeros((1, 4, 2, 2), np.float32))
 
 
 def test_non_finite_and_malformed_arguments_are_refused(flux_vae):

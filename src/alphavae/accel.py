@@ -8,6 +8,8 @@ with bf16), while a few cheap layers where precision matters stay in float32 ("i
 - ``encoder.conv_in`` sees the raw pixels: bf16 cannot represent every 1/255 step of alpha near 1
   (its spacing there is 2^-7 > 2/255), so the first convolution reads float32 pixels;
 - ``encoder.conv_norm_out`` / ``encoder.conv_out`` produce the posterior moments (float32 latents);
+- ``quant_conv`` / ``post_quant_conv`` (SD1.x/SDXL-style VAEs with ``use_quant_conv``; SD3/FLUX VAEs have none,
+  and then they are skipped) map the moments and the decoder's input latents, so those stay float32 too;
 - ``decoder.conv_in`` reads float32 latents;
 - ``decoder.conv_norm_out`` / ``decoder.conv_out`` produce the pixels, so the output is float32 and not
   rounded to bf16's 2^-8 relative step (about 1/255 near 1).
@@ -23,10 +25,10 @@ forward pre-hooks, ``torch.channels_last``) and oneDNN's bf16 kernels.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -38,8 +40,14 @@ FLOAT32_ISLANDS: tuple[str, ...] = (
     "decoder.conv_in",
     "decoder.conv_norm_out",
     "decoder.conv_out",
+    "quant_conv",
+    "post_quant_conv",
 )
 """``AutoencoderKL`` submodules kept in float32 by the mixed policies (cheap, precision-critical)."""
+
+OPTIONAL_ISLANDS: frozenset[str] = frozenset({"quant_conv", "post_quant_conv"})
+"""Islands a model may lack (None or absent, e.g. SD3/FLUX VAEs without quant convs): :func:`apply_policy` skips
+them; any other island it cannot find is an error."""
 
 POLICY_NAMES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16", "mixed-bf16")
 """Names accepted by :func:`resolve_policy`."""
@@ -55,6 +63,7 @@ OFFLOAD_MODES: tuple[str, ...] = ("none", "model", "sequential")
 ('sequential'); used by :func:`alphavae.diffusion.pipeline.load_flux_pipeline`."""
 
 _HOOK_ATTR = "_alphavae_cast_hooks"
+_T = TypeVar("_T")
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -183,9 +192,10 @@ def _cast_inputs_to_weight_dtype(module: nn.Module, args: tuple) -> tuple:
 def apply_policy(model: nn.Module, policy: SpeedPolicy) -> nn.Module:
     """Lay out ``model`` for ``policy`` in place and return it.
 
-    Casts all floating weights to ``policy.dtype``, then the ``policy.islands`` submodules back to float32,
-    converts to ``channels_last`` if asked, and (once per model) registers the input-casting pre-hooks on
-    every leaf module with a ``weight``. Applying another policy later (e.g. "float32") re-lays the model out.
+    Casts all floating weights to ``policy.dtype``, then the ``policy.islands`` submodules back to float32
+    (those in ``OPTIONAL_ISLANDS`` only where the model has them), converts to ``channels_last`` if asked, and
+    (once per model) registers the input-casting pre-hooks on every leaf module with a ``weight``. Applying
+    another policy later (e.g. "float32") re-lays the model out.
 
     Args:
         model: typically a diffusers ``AutoencoderKL``; any ``nn.Module`` works.
@@ -193,15 +203,16 @@ def apply_policy(model: nn.Module, policy: SpeedPolicy) -> nn.Module:
     Returns:
         ``model``.
     Raises:
-        ValueError: an island name that is not a submodule of ``model``.
+        ValueError: an island name that is not a submodule of ``model`` and not in ``OPTIONAL_ISLANDS``.
     """
     named = dict(model.named_modules())
-    missing = [name for name in policy.islands if name not in named]
+    missing = [name for name in policy.islands if name not in named and name not in OPTIONAL_ISLANDS]
     if missing:
         raise ValueError(f"model has no submodule(s) {missing} to keep in float32")
     nn.Module.to(model, policy.dtype)  # diffusers' ModelMixin.to warns about an empty keep-in-fp32 list
     for name in policy.islands:
-        nn.Module.to(named[name], torch.float32)
+        if name in named:
+            nn.Module.to(named[name], torch.float32)
     nn.Module.to(model, memory_format=torch.channels_last if policy.channels_last else torch.contiguous_format)
     if not hasattr(model, _HOOK_ATTR):
         hooks = [module.register_forward_pre_hook(_cast_inputs_to_weight_dtype) for module in model.modules()
@@ -224,24 +235,33 @@ def compute_dtype(model: nn.Module) -> torch.dtype:
     return counts.most_common(1)[0][0]
 
 
-@contextlib.contextmanager
-def float32_computation(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` entirely in float32 inside the block, then restore each parameter's dtype and layout.
+class _Closure(nn.Module):
+    """A module whose forward runs ``fn()``, with ``model`` as its child, so that ``torch.func.functional_call``
+    can swap ``model``'s parameters for a call that uses ``model``'s submodules in any order."""
 
-    For the loud float32 fallback when 16-bit output is not finite: unlike casting
-    the whole model back to one dtype afterwards, this keeps a mixed policy's float32 islands and
-    channels_last weights exactly as they were (16-bit -> float32 -> 16-bit is lossless). Parameters are
-    swapped outside inference mode, so it also works inside ``torch.inference_mode`` blocks.
+    def __init__(self, model: nn.Module, fn: Callable[[], _T]):
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self) -> _T:
+        """``fn()``."""
+        return self.fn()
+
+
+def float32_call(model: nn.Module, fn: Callable[[], _T]) -> _T:
+    """Return ``fn()`` run with every parameter of ``model`` replaced by a float32 copy (via ``functional_call``).
+
+    For the loud float32 fallback when 16-bit output is not finite. ``model`` itself is never changed (a mixed
+    policy's islands and channels_last weights stay as they are; the copies keep each weight's layout), so this
+    works inside ``torch.inference_mode`` and keeps autograd correct: the copies are differentiable casts, so
+    gradients reach the original 16-bit parameters (in their dtype). Float32 parameters are used as they are.
+
+    Args:
+        model: the module whose parameters ``fn`` uses (directly or through its submodules and their hooks).
+        fn: a call without arguments, e.g. a closure that runs ``model``'s encoder.
+    Returns:
+        What ``fn`` returns.
     """
-    saved = [(p, p.dtype, p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
-              and not p.is_contiguous()) for p in model.parameters()]
-    with torch.inference_mode(False), torch.no_grad():
-        for parameter, _, _ in saved:
-            parameter.data = parameter.data.float()
-    try:
-        yield model
-    finally:
-        with torch.inference_mode(False), torch.no_grad():
-            for parameter, dtype, channels_last in saved:
-                layout = torch.channels_last if channels_last else torch.contiguous_format
-                parameter.data = parameter.data.to(dtype).contiguous(memory_format=layout)
+    copies = {f"model.{name}": parameter.float() for name, parameter in model.named_parameters()}
+    return torch.func.functional_call(_Closure(model, fn), copies, ())

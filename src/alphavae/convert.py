@@ -372,9 +372,33 @@ def _check_weights_match(loading: dict, where: Path) -> None:
                          "the one the weights were saved with (check layers_per_block and block_out_channels)")
 
 
+def check_latent_stats(config) -> None:
+    """Raise ValueError unless an ``AutoencoderKL`` config's per-channel ``latents_mean`` / ``latents_std`` are both
+    null, or both lists of ``latent_channels`` values with ``shift_factor`` null or 0: diffusers' pipelines apply
+    either the per-channel statistics (SDXL) or the shift (SD3/FLUX), never both, so a config with both is
+    ambiguous (``RGBAVAE`` applies the statistics as SDXL pipelines do, ``alphavae.vae.RGBAVAE.to_diffusion_latents``).
+
+    Raises:
+        ValueError: names the fields and the values found.
+    """
+    mean, std = config.get("latents_mean"), config.get("latents_std")
+    if mean is None and std is None:
+        return
+    channels = config.get("latent_channels")
+    if any(not isinstance(stat, (list, tuple)) or len(stat) != channels for stat in (mean, std)):
+        raise ValueError(f"config latents_mean and latents_std must both be null or both lists of latent_channels "
+                         f"({channels}) values, got {mean!r} and {std!r}")
+    if config.get("shift_factor"):
+        raise ValueError(f"config sets both latents_mean/latents_std and shift_factor {config['shift_factor']!r}, "
+                         "which diffusers' pipelines never apply together: set shift_factor to null, or "
+                         "latents_mean and latents_std to null")
+
+
+
 def _check_latent_factors(config, where: Path) -> None:
-    """Raise ValueError naming ``where`` unless ``scaling_factor`` is a finite non-zero number and
-    ``shift_factor`` a finite number or null (a 0 or NaN scale would silently give zero or NaN diffusion latents)."""
+    """Raise ValueError naming ``where`` unless ``scaling_factor`` is a finite non-zero number,
+    ``shift_factor`` a finite number or null (a 0 or NaN scale would silently give zero or NaN diffusion latents)
+    and the per-channel statistics pass :func:`check_latent_stats`."""
     def number(value) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -384,6 +408,10 @@ def _check_latent_factors(config, where: Path) -> None:
     if config.shift_factor is not None and not number(config.shift_factor):
         raise ValueError(f"{where}: config.json shift_factor must be a finite number or null, "
                          f"got {config.shift_factor!r}")
+    try:
+        check_latent_stats(config)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def _provenance(src, subfolder: str | None, dtype: str, report: InvariantReport) -> dict:

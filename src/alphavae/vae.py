@@ -3,12 +3,15 @@
 Wraps a converted diffusers ``AutoencoderKL`` (``alphavae.convert``) and owns what the bare model
 leaves to the caller: padding to the downsampling factor and cropping back,
 batching of same-size images, optional overlapping tiles blended with linear ramps, alpha treated
-exactly like colour (#9, #14), the dtype policy with a loud float32 fallback on non-finite output
-(#10), the diffusion latent scaling/shift, and explicit pixel/latent arguments (#1, #12).
+exactly like colour (#9, #14), the dtype policy with a loud float32 fallback on non-finite output of 16-bit
+weights or a 16-bit autocast (#10; gradients flow through it), the diffusion latent scaling/shift, and explicit
+pixel/latent arguments (#1, #12).
 
 Pixels: straight alpha, float tensors ``(B, 4, H, W)``, all four channels in [-1, 1].
 Latents: the VAE's raw latent space ``(B, latent_channels, H / multiple, W / multiple)``; the
-diffusion model's space is ``to_diffusion_latents(z) = (z - shift_factor) * scaling_factor``.
+diffusion model's space is ``to_diffusion_latents(z) = (z - shift_factor) * scaling_factor``, or, for a config with
+per-channel ``latents_mean`` / ``latents_std`` (SDXL-style, e.g. Playground v2.5's VAE),
+``(z - latents_mean) * scaling_factor / latents_std`` per channel, as diffusers' SDXL pipelines compute it.
 """
 
 from __future__ import annotations
@@ -22,9 +25,15 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from alphavae.accel import apply_policy, compute_dtype, float32_computation, resolve_policy, usable_device
-from alphavae.convert import DEFAULT_MODEL_DIR, downsampling_factor, load_autoencoder, require_channels
-from alphavae.io import check_pixels, clear_hidden_colour, pad_to_canvas, pad_to_multiple
+from alphavae.accel import apply_policy, compute_dtype, float32_call, resolve_policy, usable_device
+from alphavae.convert import (
+    DEFAULT_MODEL_DIR,
+    check_latent_stats,
+    downsampling_factor,
+    load_autoencoder,
+    require_channels,
+)
+from alphavae.io import check_float_tensor, check_pixels, clear_hidden_colour, pad_to_canvas, pad_to_multiple
 from alphavae.io.resample import _check_size
 
 _RANGE_SLACK = 1e-3
@@ -42,6 +51,15 @@ def _check_range(pixels: torch.Tensor) -> None:
     low, high = pixels.min().item(), pixels.max().item()
     if low < -1 - _RANGE_SLACK or high > 1 + _RANGE_SLACK:
         raise ValueError(f"pixels must be in [-1, 1] (straight RGBA); got values in [{low:.4g}, {high:.4g}]")
+
+
+def _check_latents(latents: torch.Tensor, channels: int) -> None:
+    """Raise TypeError unless ``latents`` is a floating-point tensor, ValueError unless it is a finite
+    ``(B, channels, h, w)`` batch with B >= 1."""
+    check_float_tensor(latents, "latents")
+    if latents.ndim != 4 or latents.shape[1] != channels or latents.shape[0] == 0:
+        raise ValueError(f"latents must be (B, {channels}, h, w) with B >= 1, got {tuple(latents.shape)}")
+    _check_finite(latents, "latents")
 
 
 def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -217,7 +235,9 @@ class RGBAVAE:
             per tile, like diffusers). ``enable_tiling`` documents both modes, their costs and measured errors.
     Raises:
         ValueError: not an ``AutoencoderKL``, not 4 channels in and out (a 3-channel RGB VAE must be
-            converted first: ``alphavae convert``), a bad tile size/overlap, or an unknown ``tile_mode``.
+            converted first: ``alphavae convert``), a bad tile size/overlap, an unknown ``tile_mode``, or a config
+            whose ``latents_mean`` / ``latents_std`` are not both null or both ``latent_channels`` long, or are set
+            together with a non-zero ``shift_factor`` (ambiguous: diffusers' pipelines apply one or the other).
 
     Attributes: ``model``, ``tile_size``/``tile_overlap``/``tile_mode`` (None when untiled), ``dtype_policy`` (the
     ``alphavae.accel`` policy name, e.g. "mixed-bf16", when loaded by ``from_pretrained``; None otherwise).
@@ -232,6 +252,7 @@ class RGBAVAE:
                  tile_mode: str = "exact"):
         require_channels(model, 4, user="RGBAVAE",
                          hint="convert an RGB VAE first (alphavae convert SRC DST / alphavae.convert.convert_to_rgba)")
+        check_latent_stats(model.config)
         self.model = model.eval()
         self.dtype_policy: str | None = None  # the policy name when loaded by from_pretrained (for reports)
         self.tile_size = self.tile_overlap = None
@@ -264,8 +285,8 @@ class RGBAVAE:
             OSError: the model cannot be loaded otherwise (message names the path).
             ValueError: bad dtype, an unknown or unusable device (e.g. "cuda" without a GPU), a config and
                 weights that do not build or match an AutoencoderKL or unusable latent factors
-                (``load_autoencoder``), a model that is not a 4-channel AutoencoderKL, or bad tile settings
-                (message prefixed with the path).
+                (``load_autoencoder``), a model that is not a 4-channel AutoencoderKL, per-channel latent
+                statistics the class refuses, or bad tile settings (message prefixed with the path).
         """
         device = usable_device(device)
         policy = resolve_policy(dtype, device)
@@ -302,6 +323,13 @@ class RGBAVAE:
     def shift_factor(self) -> float:
         """Diffusion latent shift (config ``shift_factor``; 0 when the config has none)."""
         return self.model.config.shift_factor or 0.0
+
+    @property
+    def latent_stats(self) -> tuple[list[float], list[float]] | None:
+        """The config's per-channel ``(latents_mean, latents_std)`` (SDXL-style VAEs such as Playground v2.5's),
+        each ``latent_channels`` long; None when unset, and then ``shift_factor`` applies instead."""
+        mean = self.model.config.get("latents_mean")
+        return None if mean is None else (mean, self.model.config.latents_std)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -368,13 +396,25 @@ class RGBAVAE:
         """Encode/decode whole images (the default)."""
         self.tile_size = self.tile_overlap = None
 
+    def _computing_dtype(self) -> torch.dtype:
+        """The dtype the model computes in now: the dtype of an active float16/bfloat16 ``torch.autocast`` for the
+        model's device type, else ``dtype`` (the weights')."""
+        device_type = self.device.type
+        if torch.is_autocast_enabled(device_type):
+            autocast_dtype = torch.get_autocast_dtype(device_type)
+            if autocast_dtype in (torch.float16, torch.bfloat16):
+                return autocast_dtype
+        return self.dtype
+
     def _run(self, stage: str, x: torch.Tensor) -> torch.Tensor:
         """Run the encoder (``stage="encode"``: pixels -> moments) or decoder ("decode": latents -> pixels),
-        tiled if enabled, in the model dtype; redo in float32 if 16-bit output is not finite.
+        tiled if enabled, in the model dtype (or an active 16-bit autocast's); if 16-bit output is not finite, warn
+        naming that dtype and redo the call in float32 with autocast off (``alphavae.accel.float32_call``: float32
+        copies of the weights, so the model is unchanged and gradients reach its 16-bit weights).
 
         Raises:
             ValueError: the output is not finite in float32 either (inputs far outside the VAE's range, e.g.
-                latents of magnitude 1e20): never NaN pixels or latents.
+                latents of magnitude 1e20; the message names the dtypes tried): never NaN pixels or latents.
         """
         def call() -> torch.Tensor:
             inputs = x.to(self.device, next(self.model.parameters()).dtype)  # the input layer's dtype
@@ -395,14 +435,15 @@ class RGBAVAE:
             features = self._decoder_global(inputs)
             return _tiled(self._decoder_local, features, norm_model=self._decoder_local_modules(), **tiling)
 
+        dtype = self._computing_dtype()
         out = call()
-        if self.dtype != torch.float32 and not torch.isfinite(out).all():
-            dtype = self.dtype
+        if dtype != torch.float32 and not torch.isfinite(out).all():
             warnings.warn(f"VAE output is not finite in {dtype}; recomputing this call in float32", stacklevel=3)
-            with float32_computation(self.model):
-                out = call()
+            with torch.autocast(self.device.type, enabled=False):
+                out = float32_call(self.model, call)
         if not torch.isfinite(out).all():
-            raise ValueError(f"VAE {stage} gave non-finite values in float32 for inputs of magnitude up to "
+            tried = "float32" if dtype == torch.float32 else f"{dtype} and then in float32"
+            raise ValueError(f"VAE {stage} gave non-finite values in {tried} for inputs of magnitude up to "
                              f"{float(x.abs().max()):.3g}: far outside what the VAE works with")
         return out
 
@@ -492,14 +533,13 @@ class RGBAVAE:
         Returns:
             ``(B, 4, H, W)`` float32 straight RGBA clamped to [-1, 1].
         Raises:
+            TypeError: latents not a floating-point ``torch.Tensor`` (e.g. int64 or a numpy array; names the
+                dtype or type).
             ValueError: latents not 4-D with ``latent_channels`` channels, an empty batch, NaN/inf latents, latents
                 so large that the decoder overflows even in float32 (~1e20), or ``size`` not two positive integers
                 or larger than the decoded image.
         """
-        if latents.ndim != 4 or latents.shape[1] != self.latent_channels or latents.shape[0] == 0:
-            raise ValueError(f"latents must be (B, {self.latent_channels}, h, w) with B >= 1, "
-                             f"got {tuple(latents.shape)}")
-        _check_finite(latents, "latents")
+        _check_latents(latents, self.latent_channels)
         full = (latents.shape[-2] * self.multiple, latents.shape[-1] * self.multiple)
         if size is not None:
             size = _check_size(size, "crop size")
@@ -567,28 +607,55 @@ class RGBAVAE:
                     results[i] = image
         return results
 
+    def _diffusion_stats(self, latents: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """``(mean, std)`` that diffusion latents are normalised with: ``latent_stats`` as ``(latent_channels, 1, 1)``
+        tensors on ``latents``' device and in its dtype when the config sets them, else ``(shift_factor, 1.0)``.
+
+        Raises:
+            ValueError: the statistics are set and ``latents`` does not have ``latent_channels`` channels in dim -3.
+        """
+        if self.latent_stats is None:
+            return self.shift_factor, 1.0
+        if latents.ndim < 3 or latents.shape[-3] != self.latent_channels:
+            raise ValueError(f"latents need latent_channels ({self.latent_channels}) channels in dim -3 for the "
+                             f"config's per-channel latents_mean/latents_std, got shape {tuple(latents.shape)}")
+        return tuple(torch.tensor(stat, device=latents.device, dtype=latents.dtype).view(-1, 1, 1)
+                     for stat in self.latent_stats)
+
     def to_diffusion_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Raw VAE latents -> diffusion-model latents: ``(z - shift_factor) * scaling_factor``.
+        """Raw VAE latents -> diffusion-model latents: ``(z - shift_factor) * scaling_factor``, or, when the config
+        sets per-channel ``latent_stats``, ``(z - latents_mean) * scaling_factor / latents_std`` per channel
+        (diffusers' SDXL img2img pipelines' encode side).
 
         Args:
-            latents: raw latents, e.g. ``(B, latent_channels, h, w)`` from ``encode``; any shape (elementwise).
+            latents: raw latents, e.g. ``(B, latent_channels, h, w)`` from ``encode``; any shape (elementwise)
+                without per-channel statistics, ``(..., latent_channels, h, w)`` with them.
 
         Returns:
             A tensor of the same shape, dtype and device (the inverse of ``from_diffusion_latents``).
+        Raises:
+            ValueError: per-channel statistics and ``latents`` without ``latent_channels`` channels in dim -3.
         """
-        return (latents - self.shift_factor) * self.scaling_factor
+        mean, std = self._diffusion_stats(latents)
+        return (latents - mean) * self.scaling_factor / std
 
     def from_diffusion_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Diffusion-model latents -> raw VAE latents: ``z / scaling_factor + shift_factor``.
+        """Diffusion-model latents -> raw VAE latents: ``z / scaling_factor + shift_factor``, or, when the config
+        sets per-channel ``latent_stats``, ``z * latents_std / scaling_factor + latents_mean`` per channel
+        (diffusers' SDXL pipelines' decode side).
 
         Args:
             latents: diffusion-space latents, e.g. ``(B, latent_channels, h, w)`` unpacked from a
-                transformer's output; any shape (elementwise).
+                transformer's output; any shape (elementwise) without per-channel statistics,
+                ``(..., latent_channels, h, w)`` with them.
 
         Returns:
             Raw latents of the same shape, dtype and device, ready for ``decode``.
+        Raises:
+            ValueError: as ``to_diffusion_latents``.
         """
-        return latents / self.scaling_factor + self.shift_factor
+        mean, std = self._diffusion_stats(latents)
+        return latents * std / self.scaling_factor + mean
 
 
 def fit_latent_factors(vae: RGBAVAE, images: Iterable[torch.Tensor], *, shift: bool = True,
@@ -597,7 +664,9 @@ def fit_latent_factors(vae: RGBAVAE, images: Iterable[torch.Tensor], *, shift: b
     posterior samples over every latent element, so ``to_diffusion_latents`` gives zero-mean, unit-variance
     latents (the convention of SD3's and FLUX's VAE configs). With ``shift=False`` (for SD1.x/SDXL-style
     pipelines, which ignore ``shift_factor``): ``shift_factor`` = 0 and ``scaling_factor`` = 1 / RMS, i.e.
-    unit second moment.
+    unit second moment. Scalar factors only: a VAE whose config sets per-channel ``latents_mean`` /
+    ``latents_std`` is refused, since its diffusion latents are normalised per channel by those and not by
+    ``shift_factor`` (so ``alphavae latent-factors --write`` never writes such a config).
 
     Args:
         vae: the RGBA VAE (its tiling and dtype settings are used).
@@ -608,8 +677,13 @@ def fit_latent_factors(vae: RGBAVAE, images: Iterable[torch.Tensor], *, shift: b
         ``{"shift_factor": mean (0 without shift), "scaling_factor": 1 / std (1 / RMS without shift),
         "std": std, "images": count, "elements": latent values seen}`` (statistics accumulated in float64).
     Raises:
-        ValueError: no images, or latents with zero spread; see ``RGBAVAE.encode``.
+        ValueError: ``vae.latent_stats`` is set (per-channel statistics), no images, or latents with zero spread;
+            see ``RGBAVAE.encode``.
     """
+    if vae.latent_stats is not None:
+        raise ValueError("the VAE's config sets per-channel latents_mean/latents_std, which normalise its diffusion "
+                         "latents instead of shift_factor: scalar factors fitted here would not describe them "
+                         "(set both to null in config.json to use scalar factors)")
     total = squares = 0.0
     count = elements = 0
     with torch.inference_mode():

@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "then --write leaves config.json unchanged; "
                     "--write refuses the model shipped with alphavae (copy it first) and a read-only config.json; "
                     f"a fit on fewer than {FEW_IMAGES} images prints a warning and is written only with --force "
-                    "(use a few hundred images of the target data).",
+                    "(use a few hundred images of the target data). A VAE whose config.json sets per-channel "
+                    "latents_mean/latents_std (SDXL-style) is refused, with or without --write: its diffusion "
+                    "latents are normalised by those, not by these factors.",
     )
     parser.add_argument("vae", metavar="VAE", type=path_text, help="RGBA VAE folder in diffusers format")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", type=path_text, help="image files or folders (recursive)")
@@ -56,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     was refused, 2 on an error that ended the command. Skipped inputs are listed even when none could be used; the
     factors are printed before --write touches the config, so a failed write does not lose them. --write leaves
     config.json unchanged (and says so) on any error, when any input failed, or (without --force) when fewer
-    than FEW_IMAGES were fitted."""
+    than FEW_IMAGES were fitted. A config with per-channel latents_mean/latents_std is an error (2) before any image
+    is encoded (``fit_latent_factors``), so --write never adds scalar factors to one."""
     import torch
 
     from alphavae.eval.report import counted

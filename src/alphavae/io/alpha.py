@@ -58,6 +58,22 @@ def from_unit(x: torch.Tensor) -> torch.Tensor:
     return x * 2 - 1
 
 
+def check_float_tensor(value, name: str) -> None:
+    """Check that ``value`` (pixels, latents, any shape) is a floating-point ``torch.Tensor``.
+
+    Args:
+        value: the object to check.
+        name: argument name used in the error message.
+
+    Raises:
+        TypeError: not a ``torch.Tensor`` (e.g. a numpy array) or not floating point (e.g. int64); names ``name``
+            and the type or dtype given.
+    """
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {type(value).__name__}"
+                        + (f" of dtype {value.dtype}" if isinstance(value, torch.Tensor) else ""))
+
+
 def check_pixels(pixels: torch.Tensor, name: str = "pixels") -> None:
     """Validate an RGBA pixel tensor: float, shaped ``(4, H, W)`` or ``(B, 4, H, W)``.
 
@@ -72,9 +88,7 @@ def check_pixels(pixels: torch.Tensor, name: str = "pixels") -> None:
         TypeError: not a floating-point ``torch.Tensor``.
         ValueError: wrong number of dimensions, not 4 channels in dim -3, or an empty side.
     """
-    if not isinstance(pixels, torch.Tensor) or not pixels.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {type(pixels).__name__}"
-                        + (f" of dtype {pixels.dtype}" if isinstance(pixels, torch.Tensor) else ""))
+    check_float_tensor(pixels, name)
     if pixels.ndim not in (3, 4) or pixels.shape[-3] != 4:
         raise ValueError(f"{name} must be RGBA shaped (4, H, W) or (B, 4, H, W), got {tuple(pixels.shape)}")
     if pixels.shape[-1] == 0 or pixels.shape[-2] == 0:

@@ -380,6 +380,29 @@ def test_alphavae_mini_train_script_runs_every_phase_and_the_shipped_settings(tm
     assert recipe == load_config(alphavae.vae.DEFAULT_MODEL_DIR / "train_config.yaml")
 
 
+def test_alphavae_mini_train_script_can_train_the_naive_comparison_alone(tmp_path):
+    """``STAGE2_RUNS=naive`` trains and scores only the naive-MSE run (all its phases); an unknown run is refused."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "alphavae").write_text(f"#!{sys.executable}\n{_FAKE_ALPHAVAE}")
+    (bin_dir / "alphavae").chmod(0o755)
+    calls_file = tmp_path / "calls.jsonl"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_ALPHAVAE_CALLS": str(calls_file),
+           "STAGE2_RUNS": "naive"}
+    runs = tmp_path / "runs"
+    subprocess.run(["bash", str(MINI_RECIPES / "train.sh"), str(tmp_path / "data"), str(runs)], env=env, check=True)
+    calls = [json.loads(line) for line in calls_file.read_text().splitlines()]
+    outputs = [Path(c[c.index("-o") + 1]).name for c in calls if c[0] == "train-vae"]
+    assert outputs == ["stage1"] + ["stage2-naive"] * 8 + [f"stage2-naive-phase{i}" for i in (8, 9, 10, 11)]
+    assert not [c for c in calls if c[0] == "latent-factors"]
+    assert [c[c.index("--vae") + 1] for c in calls if c[0] == "eval-vae"] == [
+        str(runs / "stage2-naive-phase11" / "final")]
+
+    bad = subprocess.run(["bash", str(MINI_RECIPES / "train.sh"), str(tmp_path / "data"), str(runs)],
+                         env={**env, "STAGE2_RUNS": "naive abmse-typo"}, capture_output=True, text=True)
+    assert bad.returncode == 2 and "not 'abmse-typo'" in bad.stderr
+
+
 def test_native_resolution_crops_from_scratch(assets, tmp_path):
     """data.resize_short_side=false: crops at native resolution (the preliminary alphavae-mini recipe)."""
     (tmp_path / "init").mkdir()

@@ -28,7 +28,8 @@
 # finished fresh-phase run is not redone (remove its folder to redo it, e.g. after appending a window to
 # STAGE2_ANNEALS). The two stage-2 runs (AlphaVAE objective and the naive-MSE comparison) train side by side, one
 # thread each, as on the 2-core CPU this model was trained on. Set THREADS to change the threads per run
-# (default 1).
+# (default 1). STAGE2_RUNS (default "abmse naive") picks the stage-2 runs: "naive" trains only the naive-MSE
+# comparison (and scores it), e.g. to add its row next to an ABMSE model trained before.
 set -euo pipefail
 
 data=${1:?usage: train.sh DATA RUNS}
@@ -42,6 +43,13 @@ protocol_moments_after=${STAGE2_PROTOCOL_MOMENTS_AFTER:-10500}
 fresh_steps=("${STAGE2_PHASE8_STEPS:-1500}" "${STAGE2_PHASE9_STEPS:-1500}" "${STAGE2_PHASE10_STEPS:-1500}"
              "${STAGE2_PHASE11_STEPS:-1500}")
 fresh_rates=(5.6e-5 1e-4 1e-4 1e-4)  # phases 8-11; phase 8 + i runs with seed i
+stage2_runs=${STAGE2_RUNS:-abmse naive}
+for kind in $stage2_runs; do
+    case $kind in
+        abmse | naive) ;;
+        *) echo "train.sh: STAGE2_RUNS takes abmse and/or naive, not '$kind'" >&2; exit 2 ;;
+    esac
+done
 fresh_count=0  # phases 8 to 7 + fresh_count run: a 0 in fresh_steps skips that phase and the ones after it
 while [ "$fresh_count" -lt "${#fresh_steps[@]}" ] && [ "${fresh_steps[$fresh_count]}" -gt 0 ]; do
     fresh_count=$((fresh_count + 1))
@@ -113,24 +121,34 @@ fresh() {  # config from-run run steps rate seed: a fresh run (new AdamW state) 
         --set optim.warmup_steps=50 --set optim.max_steps="$4" --set optim.decay_steps="$4" \
         --set loss.ref_kl_weight=0 --set seed="$6" >> "$runs/$3.log" 2>&1
 }
-stage2 stage2_rgba.yaml stage2 &
-abmse=$!
-stage2 stage2_naive_mse.yaml stage2-naive &
-naive=$!
+pids=()
+runs_trained=()
+for kind in $stage2_runs; do
+    if [ "$kind" = abmse ]; then
+        stage2 stage2_rgba.yaml stage2 &
+        runs_trained+=(stage2)
+    else
+        stage2 stage2_naive_mse.yaml stage2-naive &
+        runs_trained+=(stage2-naive)
+    fi
+    pids+=($!)
+done
 failed=0
-wait "$abmse" || failed=1
-wait "$naive" || failed=1
+for pid in "${pids[@]}"; do
+    wait "$pid" || failed=1
+done
 if [ "$failed" != 0 ]; then
-    echo "train.sh: a stage-2 run failed; see $runs/stage2.log and $runs/stage2-naive.log (rerun to resume)" >&2
+    echo "train.sh: a stage-2 run failed; see the logs $runs/stage2*.log (rerun to resume)" >&2
     exit 1
 fi
 
 # Diffusion latent factors (unit-variance latents) fitted on the validation split, then the test-split
 # metrics at 256² for both stage-2 models.
 suffix=$([ "$fresh_count" -gt 0 ] && echo "-phase$((fresh_count + 7))" || true)  # the last phase that ran
-alphavae latent-factors "$runs/stage2$suffix/final" "$runs/val-split" --limit 512 --write
-for run in stage2$suffix stage2-naive$suffix; do
-    [ -f "$runs/report-$run/report.json" ] || alphavae eval-vae --vae "$runs/$run/final" \
-        --data "$runs/test-split" --protocol clean --resize 256 -o "$runs/report-$run" &
+[[ " ${runs_trained[*]} " != *" stage2 "* ]] ||
+    alphavae latent-factors "$runs/stage2$suffix/final" "$runs/val-split" --limit 512 --write
+for run in "${runs_trained[@]}"; do
+    [ -f "$runs/report-$run$suffix/report.json" ] || alphavae eval-vae --vae "$runs/$run$suffix/final" \
+        --data "$runs/test-split" --protocol clean --resize 256 -o "$runs/report-$run$suffix" &
 done
 wait

@@ -71,6 +71,7 @@ def test_shipped_configs_are_the_paper_settings():
     with pytest.raises(ValueError, match="mixed_precision"):
         load_config("vae_main", ["mixed_precision=fp8"])
     assert load_config("vae_no_gan").loss.gan_weight == 0
+    assert {load_config(name).optim.disc_scheduler for name in PAPER_CONFIGS} == {"generator"}  # the reference's
     with pytest.raises(ValueError, match="unknown config key loss.kl_wieght"):
         load_config("vae_main", ["loss.kl_wieght=0"])
     with pytest.raises(FileNotFoundError, match="shipped"):
@@ -205,6 +206,27 @@ def test_validation_sees_the_exported_ema_weights(assets, tmp_path, monkeypatch)
     assert not torch.equal(trained[0], exported)  # the training weights were restored after validation
 
 
+def test_validation_ignores_the_colour_hidden_under_alpha_zero(tmp_path):
+    """validate encoded the raw held-out pixels, so colour under alpha = 0 (kept by images that were not resized)
+    changed the reconstructions and metrics of images that look the same."""
+    from types import SimpleNamespace
+
+    from alphavae.testing import tiny_rgba_vae
+    from alphavae.train.loop import validate
+
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(2, 4, 32, 32, generator=g) * 2 - 1
+    pixels[:, 3, :16] = -1  # the top half transparent
+    other = pixels.clone()
+    other[:, :3, :16] = torch.rand(2, 3, 16, 32, generator=g) * 2 - 1  # other colour under alpha = 0
+    grids = []
+    tracker = SimpleNamespace(add_image=lambda tag, image, step: grids.append(image))
+    accelerator = SimpleNamespace(device=torch.device("cpu"), get_tracker=lambda *args, **kwargs: tracker)
+    vae = tiny_rgba_vae("flux", random_alpha=True)
+    metrics = [validate(vae, batch, 1, tmp_path / name, accelerator) for name, batch in (("a", pixels), ("b", other))]
+    assert metrics[0] == metrics[1] and torch.equal(grids[0], grids[1])  # grids: targets and reconstructions
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process_at_same_global_batch(assets, tmp_path):
     overrides = _overrides(assets, **{"optim.max_steps": 2, "data.batch_size": 1})
@@ -247,6 +269,50 @@ def test_nonfinite_loss_skips_step_and_aborts_after_a_streak(assets, tmp_path, m
     monkeypatch.setattr(losses.Objective, "generator_loss", _nan_on({0, 1, 2}))
     with pytest.raises(NonFiniteLossError, match="2 consecutive"):
         train_vae(load_config("vae_no_gan", _overrides(assets, max_nonfinite=2)), tmp_path / "abort")
+
+
+def test_logged_rate_is_the_steps_own_and_a_skipped_step_advances_the_schedule(assets, tmp_path, monkeypatch):
+    """history.jsonl logged the rate of the next step (read after scheduler.step()), and a step skipped for a
+    non-finite loss did not advance the schedule, so every later step ran at the rate of the step before it."""
+    settings = {"optim.scheduler": "linear", "optim.warmup_steps": 2, "optim.max_steps": 4, "optim.lr": 1e-3,
+                "loss.lpips_weight": 0}
+    config = load_config("vae_no_gan", _overrides(assets, **settings))
+    run = train_vae(config, tmp_path / "run")
+    assert [entry["lr"] for entry in run.history] == pytest.approx([0, 5e-4, 1e-3, 5e-4])  # warm-up 2, then linear
+    monkeypatch.setattr(losses.Objective, "generator_loss", _nan_on({1}))
+    skipped = train_vae(config, tmp_path / "skip")
+    assert skipped.skipped_steps == 1 and [entry["step"] for entry in skipped.history] == [1, 3, 4]
+    assert [entry["lr"] for entry in skipped.history] == pytest.approx([0, 1e-3, 5e-4])
+
+
+def _infinite_gradients_on(steps):
+    """``Objective.generator_loss`` whose loss stays finite but sends infinite gradients back at ``steps``."""
+    original = losses.Objective.generator_loss
+
+    def generator_loss(self, model, pixels, noise, *, step, **kwargs):
+        loss, logs, reconstruction = original(self, model, pixels, noise, step=step, **kwargs)
+        if step in steps:
+            loss.register_hook(lambda grad: grad * float("inf"))
+        return loss, logs, reconstruction
+
+    return generator_loss
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, 0])
+def test_a_nonfinite_gradient_norm_skips_the_step_like_a_nonfinite_loss(assets, tmp_path, monkeypatch, caplog,
+                                                                        max_grad_norm):
+    """Only the loss was checked: a finite loss with infinite gradients was clipped to NaN gradients and stepped,
+    leaving NaN weights (AdamW moments too). Also with clipping off (the norm is computed for the check)."""
+    settings = {"optim.max_grad_norm": max_grad_norm, "optim.warmup_steps": 0, "loss.lpips_weight": 0}
+    monkeypatch.setattr(losses.Objective, "generator_loss", _infinite_gradients_on({0}))
+    with caplog.at_level("WARNING", logger="alphavae.train.loop"):
+        result = train_vae(load_config("vae_no_gan", _overrides(assets, **settings)), tmp_path / "run")
+    assert result.skipped_steps == 1 and [entry["step"] for entry in result.history] == [2]
+    assert "step 1: non-finite gradient norm, step skipped (1 in a row)" in caplog.text
+    assert all(torch.isfinite(weight).all() for weight in _weights(result.final_dir).values())
+    monkeypatch.setattr(losses.Objective, "generator_loss", _infinite_gradients_on({0, 1, 2}))
+    with pytest.raises(NonFiniteLossError, match=r"2 consecutive steps with a non-finite gradient norm \(last: step 2"):
+        train_vae(load_config("vae_no_gan", _overrides(assets, max_nonfinite=2, **settings)), tmp_path / "abort")
 
 
 def test_rgb_stage_from_scratch_with_bf16_and_checkpointing(assets, tmp_path):
@@ -320,6 +386,7 @@ def test_alphavae_mini_recipes_parse(recipe, tmp_path):
     # as the shipped runs trained (model card): no LPIPS (no AlexNet weights here), recorded autocast
     assert config.loss.lpips_weight == 0
     assert config.loss.gan_weight == (0 if recipe == "stage1_rgb" else 0.5)  # pinned: vae_main's default is now 1
+    assert config.optim.disc_scheduler == "constant"  # pinned: vae_main follows the reference's schedule
     assert config.mixed_precision == ("no" if recipe.startswith("stage2") else "bf16")
     save_config(config, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == config  # what a run writes as RUN/config.yaml loads back equal
@@ -409,11 +476,11 @@ def test_native_resolution_crops_from_scratch(assets, tmp_path):
     (tmp_path / "init" / "config.json").write_text(json.dumps(tiny_vae_config("flux")))
     overrides = _overrides(assets, **{"model.vae": "null", "model.init_config": str(tmp_path / "init" / "config.json"),
                                       "data.resize_short_side": False, "optim.warmup_steps": 0,
-                                      "optim.decay_steps": 1})
+                                      "optim.decay_steps": 2})
     config = load_config(MINI_RECIPES / "preliminary_rgba.yaml", overrides)
     result = train_vae(config, tmp_path / "run")
     assert config.data.resize_short_side is False and len(result.history) == 2
-    assert [entry["lr"] for entry in result.history] == [config.optim.lr, 0.0]  # decayed over the final step
+    assert [entry["lr"] for entry in result.history] == [config.optim.lr, config.optim.lr / 2]  # the rates used
     assert AutoencoderKL.from_pretrained(result.final_dir).config.in_channels == 4
 
 
@@ -440,6 +507,77 @@ def test_lr_schedule_linear_decay_over_the_final_steps():
         OptimConfig(scheduler="constant", warmup_steps=100)
     with pytest.raises(ValueError, match="decay_steps"):
         OptimConfig(max_steps=10, decay_steps=11)
+
+
+def test_discriminator_rate_follows_the_generators_schedule_from_gan_start_or_stays_constant():
+    """The reference gives the discriminator its own get_scheduler (the generator's type, warm-up warmup_steps,
+    max_steps - gan_start steps), stepped on GAN steps only; the rate was constant here."""
+    from diffusers.optimization import get_scheduler
+
+    from alphavae.train.config import OptimConfig
+    from alphavae.train.loop import discriminator_schedule
+
+    linear = OptimConfig(lr=2.0, disc_lr=1.0, scheduler="linear", warmup_steps=2, max_steps=10,
+                         disc_scheduler="generator")
+    rate = discriminator_schedule(linear, gan_start=4)
+    assert [rate(step) for step in range(4, 10)] == pytest.approx([0, 0.5, 1, 0.75, 0.5, 0.25])
+    cosine = OptimConfig(lr=3.0, scheduler="cosine", warmup_steps=3, max_steps=20, disc_scheduler="generator")
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=3.0)
+    reference, expected = get_scheduler("cosine", optimizer, num_warmup_steps=3, num_training_steps=12), []
+    for _ in range(12):  # the reference's discriminator scheduler from its first GAN step (8) on
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        reference.step()
+    assert [discriminator_schedule(cosine, gan_start=8)(step) for step in range(8, 20)] == pytest.approx(expected)
+    constant = OptimConfig(lr=2.0, disc_lr=1.0, scheduler="linear", warmup_steps=2, max_steps=10)
+    assert constant.disc_scheduler == "constant"  # today's behaviour stays the default of the dataclass
+    assert [discriminator_schedule(constant, gan_start=4)(step) for step in range(4, 10)] == [1.0] * 6
+    with pytest.raises(ValueError, match=r"optim.disc_scheduler must be one of \('constant', 'generator'\)"):
+        OptimConfig(disc_scheduler="cosine")
+
+
+def test_a_run_trains_the_discriminator_at_its_scheduled_rates_and_resumes_exactly(assets, tmp_path):
+    """vae_main follows the reference's discriminator schedule; the rates are a function of the step, so a run
+    stopped and resumed (nothing new in its checkpoints) trains both networks as an uninterrupted one."""
+    settings = {"optim.max_steps": 4, "optim.scheduler": "linear", "loss.lpips_weight": 0, "optim.lr": 1e-3}
+    config = load_config("vae_main", _overrides(assets, checkpoint_every=1, **settings))
+    assert config.optim.disc_scheduler == "generator"
+    full = train_vae(config, tmp_path / "full")
+    # GAN from step 2 (1-based): warm-up 1 step, then linear over the remaining 3 - 1 steps
+    assert [entry.get("disc_lr") for entry in full.history] == [None, 0.0, 1e-3, 5e-4]
+    train_vae(config, tmp_path / "resumed", stop_after=2)
+    resumed = train_vae(config, tmp_path / "resumed", resume="latest")
+    assert resumed.history == full.history[2:]
+    for name in ("model.safetensors", "model_1.safetensors"):  # the autoencoder, the discriminator
+        saved = [load_file(run / "checkpoints" / "step-00000004" / name) for run in (tmp_path / "full",
+                                                                                      tmp_path / "resumed")]
+        assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0]), name
+    constant = load_config("vae_main", _overrides(assets, **settings, **{"optim.disc_scheduler": "constant",
+                                                                          "optim.disc_lr": 3e-4}))
+    steady = train_vae(constant, tmp_path / "constant")
+    assert [entry.get("disc_lr") for entry in steady.history] == [None, 3e-4, 3e-4, 3e-4]
+
+
+def test_fp16_with_the_patchgan_is_refused_before_the_models_load(assets, tmp_path, monkeypatch):
+    """fp16 gives accelerate one gradient scaler, which the autoencoder and the discriminator shared: updated twice a
+    step, the discriminator's gradients unscaled wrongly. Refused while the PatchGAN trains, also when "auto" would
+    resolve to fp16 (on CUDA; resolved here by a stand-in)."""
+    import alphavae.train.loop as loop
+    from alphavae.train.loop import training_precision
+
+    with pytest.raises(ValueError, match=r"^mixed_precision fp16 \(config 'fp16'\) cannot train the PatchGAN "
+                                         r"\(loss.gan_weight > 0\).*use mixed_precision bf16 or no \(float32\)"):
+        training_precision(load_config("vae_main", ["mixed_precision=fp16"]), "cuda")
+    assert training_precision(load_config("vae_no_gan", ["mixed_precision=fp16"]), "cuda") == "fp16"
+    never = load_config("vae_main", ["mixed_precision=fp16", "loss.gan_start=30000"])  # starts after the last step
+    assert training_precision(never, "cuda") == "fp16"
+    assert training_precision(load_config("vae_main", ["mixed_precision=bf16"]), "cuda") == "bf16"
+    monkeypatch.setattr(loop, "autocast_precision", lambda name, device: "fp16")
+    with pytest.raises(ValueError, match=r"mixed_precision fp16 \(config 'auto'\)"):
+        training_precision(load_config("vae_main"), "cuda")
+    monkeypatch.setattr(loop, "load_models", lambda *a, **k: pytest.fail("models loaded first"))
+    with pytest.raises(ValueError, match=r"config 'no'\) cannot train the PatchGAN"):
+        train_vae(load_config("vae_main", _overrides(assets)), tmp_path / "run")
 
 
 def test_config_rejects_out_of_range_numbers():
@@ -759,7 +897,7 @@ def test_an_fp16_resume_of_a_checkpoint_without_a_gradient_scaler_is_refused_fir
     import alphavae.train.loop
 
     overrides = _overrides(assets, checkpoint_every=1, **{"loss.lpips_weight": 0, "optim.max_steps": 2})
-    train_vae(load_config("vae_main", overrides), tmp_path / "run", stop_after=1)
+    train_vae(load_config("vae_no_gan", overrides), tmp_path / "run", stop_after=1)  # fp16 refuses the PatchGAN
 
     class WithScaler(alphavae.train.loop.Accelerator):
         def __init__(self, *args, **kwargs):
@@ -770,7 +908,7 @@ def test_an_fp16_resume_of_a_checkpoint_without_a_gradient_scaler_is_refused_fir
     monkeypatch.setattr(alphavae.train.loop, "load_models", lambda *a, **k: pytest.fail("models loaded first"))
     with pytest.raises(ValueError, match=r"step-00000001 cannot be resumed with mixed_precision fp16: it was saved "
                                          r"without fp16's gradient scaler"):
-        train_vae(load_config("vae_main", overrides + ["mixed_precision=fp16"]), tmp_path / "run", resume="latest")
+        train_vae(load_config("vae_no_gan", overrides + ["mixed_precision=fp16"]), tmp_path / "run", resume="latest")
 
 
 def test_a_resume_without_the_discriminator_goes_on(assets, tmp_path):

@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "'accelerate launch --num_processes N $(which alphavae) train-vae ...' (several CPU processes: "
                     "'ACCELERATE_USE_CPU=true torchrun --nproc_per_node N $(which alphavae) train-vae ...'). Writes RUN_DIR/config.yaml "
                     "(resolved), checkpoints/, validation/ (grids and metrics.jsonl: PSNR over checkerboard, black and white), TensorBoard "
-                    "logs, history.jsonl and final/ (diffusers save_pretrained, safetensors).",
+                    "logs, history.jsonl and final/ (diffusers save_pretrained, safetensors). mixed_precision fp16 "
+                    "(GPUs) is refused while the PatchGAN trains (loss.gan_weight > 0): its discriminator and the "
+                    "autoencoder would share one gradient scaler; use bf16 or no (float32).",
         epilog=_config_keys,
     )
     parser.add_argument("--config", default="vae_main",
@@ -40,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "final/) "
                              "or from a checkpoint folder; restores model, optimisers, scheduler, "
                              "discriminator, EMA, RNG states, step and data position; settings changed since "
-                             "apply from there on (optim.lr, betas, weight_decay, eps, disc_lr and ema_decay too; "
+                             "apply from there on (optim.lr, betas, weight_decay, eps, disc_lr, disc_scheduler and "
+                             "ema_decay too; "
                              "switching the EMA on or off, or the PatchGAN on, or changing its architecture, is "
                              "refused)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

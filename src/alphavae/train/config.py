@@ -55,6 +55,9 @@ _Loader.add_implicit_resolver(
     re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+)"
                r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
     list("-+0123456789."))
+#: ``OptimConfig.disc_scheduler`` values: a constant discriminator rate, or the generator's schedule type from
+#: ``loss.gan_start`` on (the reference train_vae.py).
+DISC_SCHEDULERS = ("constant", "generator")
 _TRUTH = {"yes": True, "on": True, "no": False, "off": False}  # YAML 1.1 words still read for boolean fields
 
 _AT_LEAST_0 = (lambda value: value >= 0, ">= 0")
@@ -163,7 +166,9 @@ class DataConfig:
         source: image folder or ``manifest.jsonl`` (train split ``"train"``, validation split ``"val"``).
         size: square crop side in pixels (paper: 1024).
         resize_short_side: resize each image so its short side is ``size`` before cropping (paper: yes);
-            ``False`` takes crops at the images' native resolution.
+            ``False`` takes crops at the images' native resolution. The filter is premultiplied, antialiased bicubic
+            in float32 (``alphavae.io.resize_short_side``), a deviation from the reference train_vae.py: its
+            ``transforms.Resize`` is bilinear, on PIL images (which Pillow premultiplies, in 8 bits).
         crop: ``"random"`` for training crops (validation always uses centre crops).
         blend_prob: blend augmentation probability in [0, 1] (paper: 0.3).
         alpha_scale_prob, alpha_scale_min: translucency augmentation (not in the paper; default off): with this
@@ -208,19 +213,27 @@ class OptimConfig:
         betas, weight_decay, eps: ``torch.optim.AdamW`` arguments.
         scheduler: any ``diffusers.optimization.get_scheduler`` name (``cosine``, ``constant_with_warmup``, ...).
             diffusers' ``constant`` has no warm-up: use ``constant_with_warmup`` with ``warmup_steps`` > 0.
+        disc_scheduler: the discriminator's rate schedule (``alphavae.train.loop.discriminator_schedule``):
+            ``"constant"`` (``disc_lr`` at every step; the dataclass default, as alphavae-mini was trained) or
+            ``"generator"`` (the reference train_vae.py's ``lr_scheduler_discriminator``, the shipped ``vae_main``
+            setting: ``scheduler`` with ``warmup_steps`` warm-up over ``max_steps - loss.gan_start`` steps,
+            counted from ``loss.gan_start``; ``decay_steps`` does not apply to it).
         warmup_steps: warm-up optimiser steps.
         max_steps: optimiser steps of the run (paper: 30000).
         decay_steps: if > 0, the rate set by ``scheduler`` is also multiplied by ``(max_steps - step) /
             decay_steps`` over the final ``decay_steps`` steps: a linear decay to 0 (warmup-stable-decay with
             a constant scheduler; ``alphavae.train.loop.lr_schedule``).
         gradient_accumulation: micro-steps per optimiser step.
-        max_grad_norm: gradient clipping norm, ``None`` or 0 = off.
+        max_grad_norm: the autoencoder's gradient clipping norm, ``None`` or 0 = off. A deviation from the reference
+            train_vae.py, which does not clip (default 1.0 here). A step whose gradient norm is not finite is skipped
+            like a non-finite loss; with clipping off the norm is still computed for that check (gradients unchanged).
 
     Raises:
         ValueError: a value outside its range (``max_steps`` and ``gradient_accumulation`` below 1; rates,
             ``weight_decay``, ``warmup_steps`` or ``max_grad_norm`` negative; ``eps`` not positive; ``betas`` outside
             [0, 1)), ``scheduler`` is ``"constant"`` with ``warmup_steps`` > 0 (diffusers would ignore the
-            warm-up), or ``decay_steps`` is outside ``[0, max_steps]``.
+            warm-up), ``disc_scheduler`` is not one of ``DISC_SCHEDULERS``, or ``decay_steps`` is outside
+            ``[0, max_steps]``.
     """
 
     lr: float = 1e-5
@@ -229,6 +242,7 @@ class OptimConfig:
     weight_decay: float = 1e-2
     eps: float = 1e-8
     scheduler: str = "cosine"
+    disc_scheduler: str = "constant"
     warmup_steps: int = 100
     max_steps: int = 30000
     decay_steps: int = 0
@@ -240,6 +254,8 @@ class OptimConfig:
         if self.scheduler == "constant" and self.warmup_steps > 0:
             raise ValueError(f"optim.scheduler 'constant' ignores warmup_steps={self.warmup_steps} (diffusers); "
                              "use 'constant_with_warmup' or set warmup_steps to 0")
+        if self.disc_scheduler not in DISC_SCHEDULERS:
+            raise ValueError(f"optim.disc_scheduler must be one of {DISC_SCHEDULERS}, got {self.disc_scheduler!r}")
         if not 0 <= self.decay_steps <= self.max_steps:
             raise ValueError(f"optim.decay_steps must be in [0, max_steps={self.max_steps}], got {self.decay_steps}")
 
@@ -253,7 +269,8 @@ class TrainConfig:
         seed: base seed (>= 0) of data order, augmentation, posterior noise, GAN backgrounds and scratch init.
         mixed_precision: ``"auto"`` (bf16 autocast on a CUDA GPU with bf16 or a CPU with AMX-BF16, float32
             elsewhere; ``alphavae.accel.autocast_precision``), ``"no"``, ``"bf16"`` or ``"fp16"`` (accelerate
-            autocast; weights stay fp32).
+            autocast; weights stay fp32). fp16 (GPUs) is refused while the PatchGAN trains: its one gradient scaler
+            cannot serve both networks (``alphavae.train.loop.training_precision``; use bf16 or float32).
         ema: keep an EMA of the weights (``diffusers.training_utils.EMAModel``); validated and exported as ``final/``.
         ema_decay: EMA decay per optimiser step.
         checkpoint_every: optimiser steps between checkpoints (``checkpoints/step-XXXXXXXX``).

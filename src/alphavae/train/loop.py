@@ -19,7 +19,9 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -81,21 +83,21 @@ class NonFiniteLossError(RuntimeError):
     """Raised when ``max_nonfinite`` consecutive optimiser steps had a NaN/inf loss."""
 
 
-def nonfinite_streak(streak: int, finite: bool, step: int, limit: int) -> int:
+def nonfinite_streak(streak: int, finite: bool, step: int, limit: int, cause: str = "loss") -> int:
     """The count of consecutive non-finite optimiser steps once step ``step`` (1-based) was ``finite`` or not
-    (a non-finite step is skipped and logged as a warning); 0 after a finite step. Shared by ``train-vae`` and
-    ``train-lora``.
+    (a non-finite step is skipped and logged as a warning naming ``cause``, what was not finite: ``"loss"`` or,
+    in ``train-vae``, ``"gradient norm"``); 0 after a finite step. Shared by ``train-vae`` and ``train-lora``.
 
     Raises:
-        NonFiniteLossError: the count reaches ``limit`` (``max_nonfinite``), naming the step.
+        NonFiniteLossError: the count reaches ``limit`` (``max_nonfinite``), naming the step and its ``cause``.
     """
     if finite:
         return 0
     streak += 1
-    logger.warning("step %d: non-finite loss, step skipped (%d in a row)", step, streak)
+    logger.warning("step %d: non-finite %s, step skipped (%d in a row)", step, cause, streak)
     if streak >= limit:
-        raise NonFiniteLossError(f"{streak} consecutive steps with a non-finite loss (last: step {step}); lower the "
-                                 "learning rate, use bf16 instead of fp16, or check the data")
+        raise NonFiniteLossError(f"{streak} consecutive steps with a non-finite {cause} (last: step {step}); lower "
+                                 "the learning rate, use bf16 instead of fp16, or check the data")
     return streak
 
 
@@ -107,10 +109,11 @@ class TrainResult:
         step: optimiser steps completed when the run returned, counted from the start of the training run
             (steps before a resume and skipped non-finite steps included): ``optim.max_steps`` after a full
             run, ``stop_after``'s step when stopped early.
-        history: one dict of mean logged values per optimiser step run here, except steps skipped for a
-            non-finite loss (keys as ``Objective`` logs plus ``step`` and ``lr``).
+        history: one dict of mean logged values per optimiser step run here, except skipped steps (keys as
+            ``Objective`` logs plus ``step``, ``lr``, the autoencoder's rate that step used, and on PatchGAN steps
+            ``disc_lr``, the discriminator's).
         final_dir: the exported ``RUN_DIR/final`` folder, or None when stopped early.
-        skipped_steps: steps dropped here for a non-finite loss.
+        skipped_steps: steps dropped here for a non-finite loss or a non-finite gradient norm of the autoencoder.
         failed_images: unreadable files ("path: reason") that were left out: by the check before training
             (``data.check_images``), or when met during the run (deleted or damaged since; the item is taken from
             the next image of the list, ``alphavae.data.datasets.SubstituteUnreadable``), from every process.
@@ -218,7 +221,9 @@ def validate(vae: AutoencoderKL, pixels: torch.Tensor, step: int, run_dir: Path,
     Args:
         vae: the ``AutoencoderKL`` being trained (put back in its training mode afterwards).
         pixels: ``(N, C, H, W)`` held-out images in [-1, 1]: straight RGBA (C = 4) or RGB (C = 3), H and W
-            multiples of the VAE's downsampling factor (not padded here); moved to the accelerator's device.
+            multiples of the VAE's downsampling factor (not padded here); moved to the accelerator's device. The
+            colour under alpha = 0 of RGBA images is cleared first (``io.clear_hidden_colour``, as ``RGBAVAE``
+            encodes and the training losses see it), so images that look the same validate the same.
         step: optimiser step, for the file name and the TensorBoard image.
         run_dir: the run folder.
         accelerator: supplies the device and the TensorBoard tracker.
@@ -231,6 +236,8 @@ def validate(vae: AutoencoderKL, pixels: torch.Tensor, step: int, run_dir: Path,
     was_training = vae.training
     vae.eval()
     pixels = pixels.to(accelerator.device)
+    if pixels.shape[1] == 4:
+        pixels = io.clear_hidden_colour(pixels)
     reconstruction = vae.decode(vae.encode(pixels).latent_dist.mode()).sample.float().clamp(-1, 1)
     vae.train(was_training)
     views = {"rgb": (pixels, reconstruction)} if pixels.shape[1] == 3 else {
@@ -269,9 +276,71 @@ def lr_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> LambdaL
                                 for shape in schedule.lr_lambdas])
 
 
+def discriminator_schedule(optim: OptimConfig, gan_start: int) -> Callable[[int], float]:
+    """The PatchGAN discriminator's learning rate as a function of the optimiser step (0-based, >= ``gan_start``:
+    the discriminator trains from ``loss.gan_start`` on); a pure function of the step, so a resumed run follows it
+    exactly (nothing of it is checkpointed) and changed settings apply from the first resumed step.
+
+    Args:
+        optim: its ``disc_scheduler``: ``"constant"`` gives ``disc_lr`` (or ``lr`` when ``None``) at every step;
+            ``"generator"`` gives that base rate times the factor of ``get_scheduler(optim.scheduler)`` with
+            ``optim.warmup_steps`` warm-up and ``optim.max_steps - gan_start`` training steps at step
+            ``step - gan_start``, as the reference train_vae.py's ``lr_scheduler_discriminator``, stepped on GAN
+            steps only (``optim.decay_steps`` does not apply).
+        gan_start: ``loss.gan_start``.
+
+    Returns:
+        ``step -> rate``, a rate >= 0 (0 at the first GAN step when there is a warm-up).
+
+    Raises:
+        ValueError: unknown ``optim.scheduler`` (diffusers), with ``"generator"``.
+    """
+    base = optim.lr if optim.disc_lr is None else optim.disc_lr
+    if optim.disc_scheduler == "constant":
+        return functools.partial(_scaled, base, _unit, 0)
+    holder = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # get_scheduler needs an optimiser
+    shape = get_scheduler(optim.scheduler, holder, num_warmup_steps=optim.warmup_steps,
+                          num_training_steps=max(1, optim.max_steps - gan_start)).lr_lambdas[0]
+    return functools.partial(_scaled, base, shape, gan_start)
+
+
+def _scaled(base: float, shape: Callable[[int], float], start: int, step: int) -> float:
+    """``base * shape(step - start)``: a schedule factor counted from step ``start``."""
+    return base * shape(step - start)
+
+
+def _unit(step: int) -> float:
+    """The factor of a constant schedule: 1 at every step."""
+    return 1.0
+
+
+def training_precision(config: TrainConfig, device: str) -> str:
+    """The accelerate ``mixed_precision`` a run trains with: ``config.mixed_precision`` resolved for ``device``
+    (``"cuda"`` or ``"cpu"``; ``alphavae.accel.autocast_precision``), checked before any model loads.
+
+    Returns:
+        ``"no"``, ``"bf16"`` or ``"fp16"``.
+
+    Raises:
+        ValueError: it is ``"fp16"`` (set, or ``"auto"`` resolved to it) while the PatchGAN trains in this run
+            (``loss.gan_weight`` > 0 and ``loss.gan_start`` < ``optim.max_steps``): accelerate's one gradient
+            scaler would serve the autoencoder and the discriminator, updated twice a step and unscaling the
+            discriminator's gradients wrongly; the message suggests bf16 or float32. An unknown setting
+            (``autocast_precision``).
+    """
+    precision = autocast_precision(config.mixed_precision, device)
+    lc = config.loss
+    if precision == "fp16" and lc.gan_weight > 0 and lc.gan_start < config.optim.max_steps:
+        raise ValueError(f"mixed_precision fp16 (config {config.mixed_precision!r}) cannot train the PatchGAN "
+                         "(loss.gan_weight > 0): the autoencoder and the discriminator would share one gradient "
+                         "scaler; use mixed_precision bf16 or no (float32), or set loss.gan_weight=0")
+    return precision
+
+
 def _adamw_settings(optim: OptimConfig, *, discriminator: bool) -> dict:
     """``torch.optim.AdamW`` keyword arguments of the autoencoder's or the discriminator's optimiser (the
-    discriminator's: rate ``disc_lr`` or ``lr``, constant; AdamW's default eps)."""
+    discriminator's: initial rate ``disc_lr`` or ``lr``, then set each step by :func:`discriminator_schedule`;
+    AdamW's default eps)."""
     if discriminator:
         return dict(lr=optim.lr if optim.disc_lr is None else optim.disc_lr, betas=tuple(optim.betas),
                     weight_decay=optim.weight_decay)
@@ -279,28 +348,52 @@ def _adamw_settings(optim: OptimConfig, *, discriminator: bool) -> dict:
 
 
 def _apply_resumed_settings(config: TrainConfig, optimizer, scheduler: LambdaLR, disc_optimizer,
-                            ema: EMAModel | None) -> None:
-    """Make a resumed run follow its own settings from its first step: ``optim.lr``, ``disc_lr``, ``betas``,
-    ``weight_decay``, ``eps``, ``ema_decay`` and the schedule (``scheduler``, ``warmup_steps``, ``max_steps``,
-    ``decay_steps``). Restoring a checkpoint also restores the hyperparameters saved with the optimisers, the
-    schedule's base rate and last rate and the EMA decay, so a resume that changed them (logged as a config change,
-    and recorded in ``config.yaml``) trained on with the old values, and its first step at the old schedule's rate
-    (0 at the end of a decay). AdamW moments and the step are kept; with unchanged settings the rates are
-    recomputed as ``LambdaLR`` computes them, so the resume stays exact."""
+                            ema: EMAModel | None, step: int) -> None:
+    """Make a run resumed at optimiser step ``step`` follow its own settings from its first step: ``optim.lr``,
+    ``betas``, ``weight_decay``, ``eps``, ``ema_decay`` and the schedule (``scheduler``, ``warmup_steps``,
+    ``max_steps``, ``decay_steps``); the discriminator's rate (``disc_lr``, ``disc_scheduler``) is set from the
+    config at each step (:func:`discriminator_schedule`). Restoring a checkpoint also restores the hyperparameters
+    saved with the optimisers, the schedule's base rate and position and the EMA decay, so a resume that changed
+    them (logged as a config change, and recorded in ``config.yaml``) trained on with the old values, and its first
+    step at the old schedule's rate (0 at the end of a decay). AdamW moments and the step are kept; with unchanged
+    settings the rates are recomputed as ``LambdaLR`` computes them, so the resume stays exact. The schedule's
+    position becomes ``step`` (older checkpoints lag it by the steps skipped as non-finite)."""
     for opt, discriminator in ((optimizer, False), (disc_optimizer, True)):
         if opt is None:
             continue
         settings = _adamw_settings(config.optim, discriminator=discriminator)
-        rate = settings.pop("lr")
+        settings.pop("lr")
         for group in opt.param_groups:
             group.update(settings)
-            if discriminator:
-                group["lr"] = rate
     scheduler.base_lrs = [config.optim.lr] * len(scheduler.base_lrs)
-    for group, base, shape in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
-        group["lr"] = base * shape(scheduler.last_epoch)  # the next step's rate
+    _schedule_to(optimizer, scheduler, step)
     if ema is not None:
         ema.decay = config.ema_decay
+
+
+def _schedule_to(optimizer, scheduler: LambdaLR, step: int) -> None:
+    """Set the autoencoder's rate to that of optimiser step ``step`` (0-based) of ``scheduler`` and its position to
+    ``step``, as ``step`` calls of ``scheduler.step()`` would: the rate of a step depends only on the step, skipped
+    non-finite steps included."""
+    scheduler.last_epoch = step
+    for group, base, shape in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * shape(step)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+
+
+def _set_rate(optimizer, rate: float) -> None:
+    """Set the learning rate of every parameter group of ``optimizer`` to ``rate``."""
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+
+
+def _finite_gradient_norm(accelerator: Accelerator, model, max_grad_norm: float | None) -> bool:
+    """Clip the autoencoder's gradients to ``max_grad_norm`` (accelerate's ``clip_grad_norm_``; fp16 gradients are
+    unscaled first) and say whether their total norm is finite on every process. With clipping off (``None`` or 0)
+    the norm is still computed, with an infinite limit that leaves the gradients as they are (a factor of 1):
+    one pass over the gradients, small next to the backward pass."""
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
+    return on_every_process(accelerator, torch.isfinite(norm))
 
 
 def _decayed(shape, max_steps: int, decay_steps: int, step: int) -> float:
@@ -586,14 +679,16 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         config: the resolved ``TrainConfig`` (written to ``RUN_DIR/config.yaml``).
         run_dir: output folder (checkpoints, validation grids, TensorBoard logs, ``history.jsonl``, ``final/``);
             must lie outside the data folder. ``history.jsonl`` gets one JSON line per optimiser step (mean
-            logged values over micro-steps and processes; none for a step skipped for a non-finite loss),
+            logged values over micro-steps and processes, the rates the step used (``lr``, ``disc_lr``); none for
+            a step skipped for a non-finite loss or gradient norm),
             ``validation/metrics.jsonl`` one per validation (``{"step": N, "val/psnr_<background>": dB, ...}``, as
             ``validate`` returns). A resume from the checkpoint of step S first drops the lines of steps after S
             from both, so they hold each step once.
         resume: ``"latest"`` (newest checkpoint of ``run_dir``; a fresh start when there is none) or a checkpoint path.
             Settings changed since the checkpoint apply from the first resumed step on (``optim.lr``, the schedule,
-            ``betas``, ``weight_decay``, ``eps``, ``disc_lr`` and ``ema_decay`` too, with the AdamW moments kept:
-            ``_apply_resumed_settings``).
+            ``betas``, ``weight_decay``, ``eps``, ``disc_lr``, ``disc_scheduler`` and ``ema_decay`` too, with the
+            AdamW moments kept: ``_apply_resumed_settings``). The learning rates are functions of the step
+            (``lr_schedule``, ``discriminator_schedule``; skipped steps advance them too), so a resume is exact.
         stop_after: stop (without export) after this optimiser step, as if the run were killed; for tests.
 
     Returns:
@@ -604,14 +699,16 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             no checkpoint and ``run_dir/final`` exists (:func:`alphavae.train.checkpoint.check_start`).
         FileNotFoundError: ``config.data.source`` does not exist, or ``resume`` is a path that is not a
             checkpoint folder (``find_checkpoint``).
-        NonFiniteLossError: ``config.max_nonfinite`` consecutive steps had a non-finite loss.
+        NonFiniteLossError: ``config.max_nonfinite`` consecutive steps had a non-finite loss or gradient norm.
         ValueError: ``run_dir`` is or lies inside the data folder (a manifest's folder for a manifest
             source) or a local ``model.vae`` / ``model.ref_vae`` folder, ``data.size`` is not a multiple of the
             VAE's downsampling or too small for an active loss term (``_check_crop_size``), the checkpoint
             cannot be restored (``load_checkpoint``), lies beyond ``optim.max_steps`` or lacks (or has) the EMA or
             lacks the discriminator this run has, or has one of another architecture (``_check_same_parts``, before
             the models load) or the gradient
-            scaler of an fp16 run (on GPUs; checked before the models load), the newest checkpoint
+            scaler of an fp16 run (on GPUs; checked before the models load), fp16 mixed precision with the PatchGAN
+            on (``training_precision``: one gradient scaler cannot serve both networks; before the models load;
+            use bf16 or float32), the newest checkpoint
             is damaged (``find_checkpoint``), bad config or inputs (see ``load_models`` / ``split_files``), or,
             during the run, no training image is readable any more on some process (all processes raise it, with
             the same message).
@@ -625,7 +722,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     accum = config.optim.gradient_accumulation
     AcceleratorState._reset_state()  # a fresh mixed-precision setting per run; keeps the process group
     cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
-    mixed_precision = autocast_precision(config.mixed_precision, "cuda" if cuda else "cpu")
+    mixed_precision = training_precision(config, "cuda" if cuda else "cpu")
     accelerator = Accelerator(mixed_precision=mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
     logger.info("mixed precision: %s (config %r) on %s", mixed_precision, config.mixed_precision, accelerator.device)
     if checkpoint is not None and accelerator.scaler is not None and not (checkpoint / SCALER_NAME).is_file():
@@ -657,6 +754,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         disc_optimizer = torch.optim.AdamW(discriminator.parameters(),
                                            **_adamw_settings(config.optim, discriminator=True))
         disc_model, disc_optimizer = accelerator.prepare(discriminator, disc_optimizer)
+        disc_rate = discriminator_schedule(config.optim, lc.gan_start)
     ema = None
     if config.ema:
         ema = EMAModel(vae.parameters(), decay=config.ema_decay, model_cls=AutoencoderKL, model_config=vae.config)
@@ -667,8 +765,8 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     if checkpoint is not None:
         with way_back_on_error(checkpoint, resume, run_dir):
             state = load_checkpoint(accelerator, checkpoint)
-        _apply_resumed_settings(config, optimizer, scheduler, disc_optimizer, ema)
         start_step, streak = state["step"], state["nonfinite_streak"]
+        _apply_resumed_settings(config, optimizer, scheduler, disc_optimizer, ema, start_step)
         logger.info("resumed from %s at step %d", checkpoint, start_step)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -719,15 +817,16 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             bad_step |= not finite
         if not sync:
             continue
-        streak = nonfinite_streak(streak, not bad_step, step + 1, config.max_nonfinite)
+        cause = "loss" if bad_step else "gradient norm"
+        bad_step = bad_step or not _finite_gradient_norm(accelerator, model, config.optim.max_grad_norm)
+        streak = nonfinite_streak(streak, not bad_step, step + 1, config.max_nonfinite, cause)
+        rates = {"lr": optimizer.param_groups[0]["lr"], **({"disc_lr": disc_rate(step)} if gan else {})}
         if bad_step:
             skipped += 1
         else:
-            if config.optim.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
             optimizer.step()
-            scheduler.step()
             if gan:
+                _set_rate(disc_optimizer, rates["disc_lr"])
                 disc_optimizer.step()
             if ema is not None:
                 ema.step(vae.parameters())
@@ -735,8 +834,9 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         if discriminator is not None:
             disc_optimizer.zero_grad(set_to_none=True)
         completed = step + 1
-        if pending and len(pending) == accum:
-            record = {"step": completed, "lr": scheduler.get_last_lr()[0], **_mean_logs(accelerator, pending)}
+        _schedule_to(optimizer, scheduler, completed)  # the next step's rate
+        if not bad_step:
+            record = {"step": completed, **rates, **_mean_logs(accelerator, pending)}
             history.append(record)
             if accelerator.is_main_process:
                 _append_log(run_dir / _LOGS["history"], record)

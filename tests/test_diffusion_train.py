@@ -153,6 +153,25 @@ def test_resume_refusals_keep_earlier_work(setup, monkeypatch):
     assert (out / LORA_FILE).read_bytes() == lora
 
 
+def test_a_checkpoint_of_the_former_paper_preset_resumes_as_wide_only(setup, monkeypatch):
+    """'paper' named the 'wide' layers (with the single-stream proj_mlp and proj_out) until it was narrowed to the
+    reference's, and checkpoints record the preset's name: a resume of such a checkpoint with 'paper' passed the
+    settings check and failed in the restore, after the models loaded. The layers its LoRA records decide now."""
+    out = train_lora(_config(setup, "former-paper", max_steps=1, targets="wide")).lora_dir
+    state_file = out / "checkpoints" / "step-00000001" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["settings"]["targets"] = "paper"  # the name such a checkpoint records
+    state_file.write_text(json.dumps(state))
+    with monkeypatch.context() as patch:
+        patch.setattr(RGBAVAE, "from_pretrained", lambda *a, **k: pytest.fail("models loaded before the refusal"))
+        with pytest.raises(ValueError, match=r"step-00000001: its LoRA was trained on the layers of --targets wide, "
+                                             r"not on those --targets paper names; resume with the targets it was"):
+            train_lora(_config(setup, "former-paper", max_steps=2, resume="latest"))
+    resumed = train_lora(_config(setup, "former-paper", max_steps=2, resume="latest", targets="wide"))
+    assert list(resumed.losses) == [2]
+    assert any(".proj_mlp." in key for key in load_file(out / LORA_FILE))
+
+
 def test_a_resume_of_a_finished_run_trains_and_writes_nothing(setup, monkeypatch):
     """--resume latest on a run that had reached max_steps loaded the models, trained 0 steps and rewrote the LoRA,
     checkpoint and config ("final loss n/a"); now it returns at once, before any model loads."""
@@ -251,6 +270,7 @@ def test_a_warmup_longer_than_the_run_is_warned(setup, monkeypatch):
     (dict(instance_prompt="a \ud83d"), r'^instance_prompt is not valid text \(a lone UTF-16 surrogate "a \\ud83d"\)$'),
     (dict(validation_prompts=["a cup", "b \udc00"]), r"^validation_prompts\[1\] is not valid text"),
     (dict(max_nonfinite=0), r"^max_nonfinite must be >= 1, got 0$"),
+    (dict(targets="everything"), r"^targets must be one of \['attention', 'paper', 'wide'\]$"),  # after the models
 ])
 def test_config_validation(setup, bad, message):
     with pytest.raises(ValueError, match=message):

@@ -40,9 +40,13 @@ _TRAIN_FLAGS: tuple[tuple[str | tuple[str, ...], str, dict], ...] = (
     ("--rank", "rank", {"type": int, "help": "LoRA rank (default 64)"}),
     ("--alpha", "alpha", {"type": finite_float, "help": "LoRA alpha; the update is scaled by alpha/rank (default 64)"}),
     ("--targets", "targets", {"choices": sorted(TARGET_PRESETS),
-                              "help": "LoRA target layers: paper = attention projections and feed-forwards of the "
-                                      "double- and single-stream blocks (AlphaVAE Sec. 5.1); attention = the same "
-                                      "without the feed-forwards (default paper)"}),
+                              "help": "LoRA target layers: paper = the reference implementation's: attention "
+                                      "q/k/v/out, add_q/k/v_proj, to_add_out, ff and ff_context of the double-stream "
+                                      "blocks, attention q/k/v of the single-stream blocks (AlphaVAE Sec. 5.1); "
+                                      "wide = paper + the single-stream blocks' proj_mlp and proj_out (what paper "
+                                      "meant before it was narrowed to the reference's layers); attention = the "
+                                      "double-stream attention layers + single-stream q/k/v and proj_out "
+                                      "(default paper)"}),
     ("--optimizer", "optimizer", {"choices": ("prodigy", "adamw"), "help": "default prodigy"}),
     ("--lr", "learning_rate", {"type": finite_float,
                                "help": "learning rate (default 1.0, Prodigy's scale; ~1e-4 for adamw)"}),

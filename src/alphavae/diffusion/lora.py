@@ -27,20 +27,36 @@ ADAPTER = "default"
 _DOUBLE = r"transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)" \
           r"|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2))"
 _SINGLE = r"single_transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v)|proj_mlp|proj_out)"
+_SINGLE_QKV = r"single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v)"
 _DOUBLE_ATTN = r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
 _SINGLE_ATTN = r"single_transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v)|proj_out)"
 
 TARGET_PRESETS: dict[str, str] = {
-    "paper": rf"^({_DOUBLE}|{_SINGLE})$",
+    "paper": rf"^({_DOUBLE}|{_SINGLE_QKV})$",
+    "wide": rf"^({_DOUBLE}|{_SINGLE})$",
     "attention": rf"^({_DOUBLE_ATTN}|{_SINGLE_ATTN})$",
 }
-"""peft ``target_modules`` regexes (full match on module names).
+"""peft ``target_modules`` regexes (full match on module names) by preset name; N is every block index. Counts are
+for FLUX.1-dev (19 double-stream blocks, 38 single-stream, width 3072, feed-forward 12288) at rank 64.
 
-'paper' (AlphaVAE §5.1): double-stream blocks: attention q/k/v/out, add_q/k/v_proj, to_add_out, ff and
-ff_context; single-stream blocks (which have no to_out): attention q/k/v, proj_mlp (their feed-forward)
-and proj_out (their joint attention+MLP output). 'attention': the same without the feed-forwards
-(proj_out stays, as it is the single blocks' attention output). The transformer's final ``proj_out``
-is never targeted.
+'paper' (default; AlphaVAE §5.1): the layers of the reference implementation (o0o0o00o0/AlphaVAE,
+``train/train_diffusion_lora.py``, whose peft list of name suffixes attn.to_k, attn.to_q, attn.to_v,
+attn.to_out.0, attn.add_k_proj, attn.add_q_proj, attn.add_v_proj, attn.to_add_out, ff.net.0.proj, ff.net.2,
+ff_context.net.0.proj, ff_context.net.2 matches exactly these in FLUX): ``transformer_blocks.N.`` attn.to_q,
+attn.to_k, attn.to_v, attn.to_out.0, attn.add_q_proj, attn.add_k_proj, attn.add_v_proj, attn.to_add_out,
+ff.net.0.proj, ff.net.2, ff_context.net.0.proj, ff_context.net.2; ``single_transformer_blocks.N.`` attn.to_q,
+attn.to_k, attn.to_v (single-stream blocks have no to_out, ff or ff_context). 342 layers, 179,306,496 parameters.
+
+'wide': the 'paper' layers and ``single_transformer_blocks.N.`` proj_mlp (their feed-forward input) and proj_out
+(their joint attention + MLP output). 418 layers, 261,488,640 parameters. This was the 'paper' preset until it
+was narrowed to the reference's layers; its regex is unchanged, so LoRAs and checkpoints trained with that 'paper'
+record exactly this preset's ``target_modules``.
+
+'attention': ``transformer_blocks.N.`` attn.to_q, attn.to_k, attn.to_v, attn.to_out.0, attn.add_q_proj,
+attn.add_k_proj, attn.add_v_proj, attn.to_add_out; ``single_transformer_blocks.N.`` attn.to_q, attn.to_k,
+attn.to_v and proj_out (so not a subset of 'paper'). 304 layers, 149,422,080 parameters.
+
+No preset targets the transformer's final ``proj_out``, its norms or its embedders.
 """
 
 
@@ -50,7 +66,7 @@ def lora_config(rank: int = 64, alpha: float = 64.0, targets: str = "paper", dro
     Args:
         rank: LoRA rank r >= 1 (paper: 64).
         alpha: LoRA alpha (> 0); the update is scaled by alpha / r (paper: 64).
-        targets: a key of :data:`TARGET_PRESETS`.
+        targets: a key of :data:`TARGET_PRESETS` ("paper", "wide" or "attention").
         dropout: LoRA dropout probability in [0, 1).
 
     Raises:
@@ -164,3 +180,24 @@ def restore_lora(transformer: FluxTransformer2DModel, folder: str | Path) -> Non
     if missing:
         raise ValueError(f"{folder}: holds no weights for {len(missing)} LoRA layers of the adapter (saved with other "
                          f"targets?), e.g. {missing[:3]}")
+
+
+def saved_target_modules(folder: str | Path) -> str | list[str] | None:
+    """The ``target_modules`` that a :func:`save_lora` folder's adapter metadata records: peft's, a regex (full match
+    on module names, as :data:`TARGET_PRESETS`) or a list of module names or name suffixes; None when the file has no
+    adapter metadata (a LoRA not saved by :func:`save_lora`). Reads the safetensors header only, not the weights.
+
+    Raises:
+        OSError: the folder holds no readable ``pytorch_lora_weights.safetensors``.
+        safetensors.SafetensorError: that file is not safetensors.
+        ValueError: its adapter metadata is not JSON.
+
+    Source: the ``lora_adapter_metadata`` JSON that diffusers' ``save_lora_weights`` writes into the safetensors
+    header (peft's ``LoraConfig.to_dict()``, keys prefixed ``transformer.``).
+    """
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+    from safetensors import safe_open
+
+    with safe_open(Path(folder) / LORA_FILE, "pt") as file:
+        raw = (file.metadata() or {}).get(LORA_ADAPTER_METADATA_KEY)
+    return None if raw is None else json.loads(raw).get("transformer.target_modules")

@@ -29,7 +29,15 @@ from alphavae.data.datasets import RGBADataset, StepBatchSampler, item_generator
 from alphavae.data.manifest import data_folder
 from alphavae.diffusion.captions import DEFAULT_PROMPT, read_caption_table, resolve_captions
 from alphavae.diffusion.flow import TimestepSampling, flow_matching_loss, sample_sigmas
-from alphavae.diffusion.lora import LORA_FILE, add_lora, lora_config, restore_lora, save_lora
+from alphavae.diffusion.lora import (
+    LORA_FILE,
+    TARGET_PRESETS,
+    add_lora,
+    lora_config,
+    restore_lora,
+    save_lora,
+    saved_target_modules,
+)
 from alphavae.diffusion.pipeline import contact_sheet, generate_rgba, load_flux_pipeline
 from alphavae.train.checkpoint import (
     TRAINING_SET_KEY,
@@ -58,9 +66,11 @@ _STEP_FREE_SCHEDULERS = frozenset({"constant", "constant_with_warmup"})
 
 @dataclass
 class LoraTrainConfig:
-    """Settings of one LoRA run; defaults are the paper's FLUX recipe (§5.1) where it gives one, except two:
-    ``mixed_precision`` "no" (float32, so CPU runs are exact) where the paper trains in "bf16", and the global
-    batch, 1 by default where the paper's is 8 (``batch_size``, ``gradient_accumulation_steps``, processes).
+    """Settings of one LoRA run; defaults are the paper's FLUX recipe (§5.1) where it gives one, except three:
+    ``mixed_precision`` "no" (float32, so CPU runs are exact) where the paper trains in "bf16", the global
+    batch, 1 by default where the paper's is 8 (``batch_size``, ``gradient_accumulation_steps``, processes), and
+    ``crop`` "center" where the reference implementation (o0o0o00o0/AlphaVAE ``train/train_diffusion_lora.py``,
+    run without ``--center_crop``) crops at random, a new crop each time it loads an image (crop "random").
 
     Paths: ``model`` (diffusers FLUX folder or hub id), ``vae`` (RGBA VAE folder), ``data`` (image
     folder or manifest ``.jsonl``), ``output_dir`` (LoRA, checkpoints, validation images, config;
@@ -70,9 +80,11 @@ class LoraTrainConfig:
 
     Data: ``resolution`` (square side in pixels, multiple of 16; paper 1024): short side resized
     alpha-correctly to it, then ``crop`` ("center" or "random"); ``cache_latents`` encodes every
-    image once (needs crop "center").
+    image once, so it needs crop "center" (with "random" the config is refused): cached latents are of centre
+    crops, never the reference's random ones.
 
-    LoRA: ``rank``/``alpha`` (paper 64/64), ``targets`` (preset of :mod:`alphavae.diffusion.lora`),
+    LoRA: ``rank``/``alpha`` (paper 64/64), ``targets`` (a preset of
+    :data:`~alphavae.diffusion.lora.TARGET_PRESETS`: "paper", the reference's layers; "wide"; "attention"),
     ``dropout``.
 
     Optimisation: ``optimizer`` "prodigy" (paper, lr 1.0) or "adamw"; ``learning_rate``,
@@ -98,7 +110,8 @@ class LoraTrainConfig:
 
     Raises:
         ValueError: first, naming every failed one of: ``resolution`` not a positive multiple of 16; ``crop``
-            not "center"/"random"; ``cache_latents`` with crop "random"; ``optimizer`` not "prodigy"/"adamw";
+            not "center"/"random"; ``cache_latents`` with crop "random"; ``targets`` not a preset name;
+            ``optimizer`` not "prodigy"/"adamw";
             ``mixed_precision`` not "no"/"bf16"/"fp16"; ``report_to`` not "tensorboard"/"none"; ``lr_scheduler``
             not a diffusers scheduler name (``piecewise_constant`` excluded); a blank ``instance_prompt``.
             Then an ``instance_prompt`` or ``validation_prompts`` entry that is not valid text (a lone UTF-16
@@ -168,6 +181,7 @@ class LoraTrainConfig:
             "crop must be 'center' or 'random'": self.crop in ("center", "random"),
             "cache_latents needs crop 'center' (a cached latent cannot be re-cropped)":
                 not (self.cache_latents and self.crop == "random"),
+            f"targets must be one of {sorted(TARGET_PRESETS)}": self.targets in TARGET_PRESETS,
             "optimizer must be 'prodigy' or 'adamw'": self.optimizer in ("prodigy", "adamw"),
             "mixed_precision must be 'no', 'bf16' or 'fp16'": self.mixed_precision in _DTYPES,
             "report_to must be 'tensorboard' or 'none'": self.report_to in ("tensorboard", "none"),
@@ -225,23 +239,39 @@ RESUME_FIXED = ("rank", "alpha", "targets", "dropout", "optimizer", "learning_ra
 """Settings a checkpoint records and a resume must repeat: the adapter's shape and scale, the optimiser and its
 schedule (a resume keeps the saved optimiser state and learning rate whatever is asked; the ``prodigy_*`` settings
 only under Prodigy: AdamW never reads them), and what decides the batches and noise. Checkpointing, validation
-and logging may change, and ``max_steps`` with a constant learning rate (:func:`_check_same_schedule`)."""
+and logging may change, and ``max_steps`` with a constant learning rate (:func:`_check_same_schedule`). ``targets``
+may change its name when the checkpoint's LoRA records the same layers (:func:`_check_same_targets`)."""
 
 
-def _check_same_settings(checkpoint: Path, saved: dict | None, cfg: LoraTrainConfig) -> None:
+def _check_same_settings(checkpoint: Path, saved: dict | None, cfg: LoraTrainConfig, same_layers: bool) -> None:
     """Raise ValueError naming the settings of ``cfg`` that differ from those ``checkpoint`` was saved with
-    (:data:`RESUME_FIXED`; checkpoints saved before settings were recorded pass, with a warning)."""
+    (:data:`RESUME_FIXED`, less ``targets`` when ``same_layers``: the checkpoint's LoRA records the layers that
+    ``cfg.targets`` names; checkpoints saved before settings were recorded pass, with a warning)."""
     if saved is None:
         log.warning("%s was saved before checkpoints recorded their settings: a resume with other settings (alpha, "
                     "optimiser, learning rate, ...) cannot be detected; repeat the run's settings", checkpoint)
         return
-    unused = ("prodigy_",) if saved.get("optimizer") == cfg.optimizer == "adamw" else ()  # settings AdamW ignores
+    skip = ("prodigy_",) if saved.get("optimizer") == cfg.optimizer == "adamw" else ()  # settings AdamW ignores
+    skip += ("targets",) if same_layers else ()  # a preset renamed; the layers decide (_check_same_targets)
     changed = [f"{key} {saved[key]!r} -> {getattr(cfg, key)!r}" for key in RESUME_FIXED
-               if key in saved and saved[key] != getattr(cfg, key) and not key.startswith(unused)]
+               if key in saved and saved[key] != getattr(cfg, key) and not key.startswith(skip)]
     if changed:
         raise ValueError(f"{checkpoint}: saved with other settings than this run's ({'; '.join(changed)}); a resume "
                          "keeps the saved adapter, optimiser and schedule, so repeat the saved settings, or start a "
                          "new output folder")
+
+
+def _check_same_targets(checkpoint: Path, layers: str | list[str] | None, cfg: LoraTrainConfig) -> None:
+    """Raise ValueError when ``layers``, the ``target_modules`` that ``checkpoint``'s LoRA records
+    (:func:`~alphavae.diffusion.lora.saved_target_modules`; None: not recorded, nothing checked), are not those
+    ``cfg.targets`` names: e.g. a checkpoint of the 'paper' preset from before it was narrowed to the reference's
+    layers (those are now 'wide'), which the restore would refuse only after the models load."""
+    if layers is None or layers == TARGET_PRESETS[cfg.targets]:
+        return
+    known = [name for name, pattern in TARGET_PRESETS.items() if pattern == layers]
+    what = f"the layers of --targets {known[0]}" if known else f"target_modules {layers!r}, no preset's"
+    raise ValueError(f"{checkpoint}: its LoRA was trained on {what}, not on those --targets {cfg.targets} names; "
+                     "resume with the targets it was trained with, or start a new output folder")
 
 
 def _check_same_schedule(checkpoint: Path, saved_max_steps: int | None, cfg: LoraTrainConfig) -> None:
@@ -475,6 +505,8 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
             checkpoint and ``resume`` is "latest".
         FileNotFoundError: ``data`` does not exist, or ``resume`` names a folder that is not a checkpoint.
         ValueError: a resumed checkpoint beyond ``max_steps`` or saved with other :data:`RESUME_FIXED` settings, or
+            whose LoRA records other layers than ``targets`` names (e.g. one of the 'paper' preset from before it
+            was narrowed to the reference's layers: those are 'wide' now, and ``targets`` "wide" resumes it), or
             by a run of another ``max_steps`` under a schedule that depends on it (all but constant ones),
             output inside the data, FLUX model or VAE folder, no readable images, fewer images than one
             global batch, bad settings, or a caption table none of whose rows names a training image. Also a
@@ -502,7 +534,9 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
         with way_back_on_error(resume, cfg.resume, out):
             saved = verify_checkpoint(resume)
         check_within(resume, saved["step"], cfg.max_steps)
-        _check_same_settings(resume, saved.get("settings"), cfg)
+        layers = saved_target_modules(resume)
+        _check_same_settings(resume, saved.get("settings"), cfg, layers == TARGET_PRESETS[cfg.targets])
+        _check_same_targets(resume, layers, cfg)
         _check_same_schedule(resume, saved.get("max_steps"), cfg)
         if saved["step"] == cfg.max_steps and (out / LORA_FILE).exists():
             return LoraTrainResult({}, out, [], trained=False)

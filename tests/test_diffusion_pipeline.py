@@ -180,6 +180,28 @@ def test_float16_on_cpu_has_no_false_cannot_run_warning(tmp_path):
     assert pixels.shape == (1, 4, 16, 16) and torch.isfinite(pixels).all()
 
 
+def test_a_lora_generates_at_its_own_alpha(tmp_path):
+    """A LoRA trained at rank 4, alpha 16 (update x 4) acts as trained in load_flux_pipeline's pipeline: loaded with
+    its saved adapter metadata, not at diffusers' guess alpha = rank (what loading its bare weights gives)."""
+    from alphavae.diffusion.lora import add_lora, lora_config, save_lora
+    from alphavae.testing_flux import tiny_flux_pipeline
+
+    flux, vae_dir = model_folders(tmp_path / "models")
+    trained = tiny_flux_pipeline()
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        for param in add_lora(trained.transformer, lora_config(rank=4, alpha=16)):
+            param.add_(torch.randn_like(param) * 0.2)
+    save_lora(trained.transformer, tmp_path / "lora")
+    pipe = load_flux_pipeline(flux, RGBAVAE.from_pretrained(vae_dir, dtype="float32"), lora=tmp_path / "lora")
+    assert {layer.scaling["rgba"] for layer in pipe.transformer.modules() if hasattr(layer, "scaling")} == {4.0}
+    inputs = dict(hidden_states=torch.randn(1, 4, 64), encoder_hidden_states=torch.randn(1, 3, 32),
+                  pooled_projections=torch.randn(1, 32), timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
+                  img_ids=torch.zeros(4, 3), txt_ids=torch.zeros(3, 3))
+    with torch.no_grad():
+        assert torch.allclose(pipe.transformer(**inputs).sample, trained.transformer(**inputs).sample, atol=1e-6)
+
+
 def _lora_for(tmp_path, name: str, **shape):
     """Save a rank-4 LoRA of the tiny FLUX transformer with ``shape`` config changes (another FLUX model)."""
     from diffusers import FluxTransformer2DModel

@@ -65,7 +65,8 @@ def load_flux_pipeline(
             the pipeline).
         lora: a LoRA folder or ``.safetensors`` file (:func:`alphavae.diffusion.lora.save_lora`, or
             any diffusers FLUX LoRA), or a hub id when online; read first (:func:`read_lora`, so a bad
-            LoRA costs no model loading), then loaded with ``FluxPipeline.load_lora_weights``.
+            LoRA costs no model loading), then loaded from ``lora`` with ``FluxPipeline.load_lora_weights``, which
+            applies the adapter metadata saved with it (update scale alpha / rank).
         lora_scale: multiplier of the LoRA update (1 = as trained).
         dtype: weights dtype of the transformer and text encoders (bfloat16 on GPUs).
         device: where the pipeline runs (with offload: the accelerator it offloads to).
@@ -95,7 +96,7 @@ def load_flux_pipeline(
                          f"the RGBA VAE has {vae.latent_channels}")
     _warn_unlike_flux(vae)
     if lora_state is not None:
-        apply_lora(pipe, lora_state, lora_scale, name=str(lora))
+        apply_lora(pipe, lora_state, lora_scale, name=str(lora), source=lora)
     pipe._exclude_from_cpu_offload = ["vae"]
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
@@ -198,8 +199,14 @@ def _layer_weight(pipe: FluxPipeline, part: str, name: str) -> torch.Tensor | No
     return getattr(getattr(layer, "base_layer", layer), "weight", None)
 
 
-def apply_lora(pipe: FluxPipeline, state: dict[str, torch.Tensor], scale: float, *, name: str) -> None:
+def apply_lora(pipe: FluxPipeline, state: dict[str, torch.Tensor], scale: float, *, name: str,
+               source: str | Path | None = None) -> None:
     """Load LoRA weights (:func:`read_lora`) into ``pipe`` as adapter :data:`GENERATION_ADAPTER` at ``scale``.
+
+    ``source``, the path or hub id ``state`` was read from, is what diffusers loads when given: it reads the
+    adapter metadata saved with the weights (``lora_adapter_metadata``: rank, alpha, targets), so the update is
+    scaled by alpha / rank as in training. From ``state`` alone (no ``source``) that metadata is lost and diffusers
+    assumes alpha = rank: a LoRA trained with another alpha (e.g. rank 4, alpha 16) would act at the wrong strength.
 
     Every LoRA matrix must have its layer's width (checked first, :func:`_shape_misfit`: diffusers would widen or
     zero-pad the layer instead) and land in the transformer or a text encoder (diffusers only logs tensors that
@@ -218,7 +225,7 @@ def apply_lora(pipe: FluxPipeline, state: dict[str, torch.Tensor], scale: float,
                          "transformer, or edited")
     try:
         with quiet_loggers("diffusers", "peft", level=logging.CRITICAL + 1):  # checked below, in one line
-            pipe.load_lora_weights(dict(state), adapter_name=GENERATION_ADAPTER)
+            pipe.load_lora_weights(dict(state) if source is None else str(source), adapter_name=GENERATION_ADAPTER)
     except (RuntimeError, ValueError, KeyError) as err:
         raise ValueError(f"{name}: LoRA does not fit this FLUX transformer ({one_line(err)})") from err
     loaded = {f"{part}.{param}" for part in ("transformer", "text_encoder", "text_encoder_2")

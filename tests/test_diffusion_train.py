@@ -39,6 +39,19 @@ def _config(setup, out, **overrides):
     return LoraTrainConfig(**{**values, **overrides})
 
 
+def test_the_logged_rate_is_the_one_each_step_used(setup, monkeypatch):
+    """With a linear decay over 4 steps (no warm-up) steps 1-4 train at 1, 0.75, 0.5 and 0.25 x lr, and that is
+    what the tracker gets (it got the next step's rate: 0.75 ... 0)."""
+    from accelerate import Accelerator
+
+    logged = []
+    monkeypatch.setattr(Accelerator, "log", lambda self, values, step=None, **kw: logged.append((step, values["lr"])))
+    train_lora(_config(setup, "logged-rate", optimizer="adamw", learning_rate=1e-3, lr_scheduler="linear",
+                       lr_warmup_steps=0, validation_every=0))
+    assert logged == [(1, pytest.approx(1e-3)), (2, pytest.approx(7.5e-4)), (3, pytest.approx(5e-4)),
+                      (4, pytest.approx(2.5e-4))]
+
+
 def _fixed_batch_loss(setup, lora_dir=None):
     """Flow-matching loss of the first two training images at fixed noise and noise levels."""
     _, flux, vae_dir, _, images = setup

@@ -468,12 +468,13 @@ class _Trainer:
         bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train-lora",
                    disable=not acc.is_local_main_process)
         for step in bar:
+            rate = optimizer.param_groups[0]["lr"]  # this step's (the scheduler steps inside train_step)
             total = self.train_step(step, sampler, optimizer, scheduler)
             self.streak = nonfinite_streak(self.streak, total is not None, step + 1, cfg.max_nonfinite)
             if total is not None:
                 losses[step + 1] = total
                 bar.set_postfix(loss=f"{total:.4f}")
-                acc.log({"loss": total, "lr": scheduler.get_last_lr()[0]}, step=step + 1)
+                acc.log({"loss": total, "lr": rate}, step=step + 1)
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
                 self.checkpoint(step + 1)
             if cfg.validation_every and (step + 1) % cfg.validation_every == 0:

@@ -1,5 +1,6 @@
 """Tests of alphavae.train and ``alphavae train-vae``: configs, the accelerate loop, exact resume, 2 processes."""
 
+import contextlib
 import json
 import logging
 import os
@@ -315,6 +316,39 @@ def test_a_nonfinite_gradient_norm_skips_the_step_like_a_nonfinite_loss(assets, 
         train_vae(load_config("vae_no_gan", _overrides(assets, max_nonfinite=2, **settings)), tmp_path / "abort")
 
 
+def test_an_fp16_gradient_overflow_lowers_the_loss_scale_and_training_goes_on(assets, tmp_path, monkeypatch):
+    """fp16 overflows the scaled gradients now and then: the gradient scaler must see the step to skip it and lower
+    its scale. The step skipped for a non-finite gradient norm never reached the scaler, so its scale stayed too
+    high and the next step's unscaling raised "unscale_() has already been called ... since the last update()".
+    This CPU has no fp16 scaler, so the test gives accelerate one (its fp16 runs on CUDA); step 1 overflows."""
+    import alphavae.train.loop
+
+    class WithScaler(alphavae.train.loop.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.native_amp, self.scaler = True, torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+
+        def prepare(self, *args, **kwargs):  # no fp16 autocast of the forward here: the CPU's fp16 kernels give NaN
+            self.native_amp = False
+            try:
+                return super().prepare(*args, **kwargs)
+            finally:
+                self.native_amp = True
+
+        def autocast(self, *args, **kwargs):
+            return contextlib.nullcontext()
+
+    monkeypatch.setattr(alphavae.train.loop, "Accelerator", WithScaler)
+    monkeypatch.setattr(losses.Objective, "generator_loss", _infinite_gradients_on({0, 1}))
+    settings = {"mixed_precision": "fp16", "optim.max_steps": 4, "loss.lpips_weight": 0, "checkpoint_every": 1,
+                "max_nonfinite": 2}  # two overflows in a row are the scaler's business, not a non-finite streak
+    result = train_vae(load_config("vae_no_gan", _overrides(assets, **settings)), tmp_path / "run")
+    assert result.skipped_steps == 2 and [entry["step"] for entry in result.history] == [3, 4]
+    scaler = torch.load(tmp_path / "run" / "checkpoints" / "step-00000004" / "scaler.pt", weights_only=True)
+    assert scaler["scale"] == 2.0 ** 14  # halved twice, by the overflows of steps 1 and 2
+    assert all(torch.isfinite(weight).all() for weight in _weights(result.final_dir).values())
+
+
 def test_rgb_stage_from_scratch_with_bf16_and_checkpointing(assets, tmp_path):
     (tmp_path / "init").mkdir()
     (tmp_path / "init" / "config.json").write_text(json.dumps(tiny_vae_config("flux")))
@@ -448,7 +482,8 @@ def test_alphavae_mini_train_script_runs_every_phase_and_the_shipped_settings(tm
 
 
 def test_alphavae_mini_train_script_can_train_the_naive_comparison_alone(tmp_path):
-    """``STAGE2_RUNS=naive`` trains and scores only the naive-MSE run (all its phases); an unknown run is refused."""
+    """``STAGE2_RUNS=naive`` trains and scores only the naive-MSE run (all its phases); an unknown run, one named
+    twice or none is refused."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "alphavae").write_text(f"#!{sys.executable}\n{_FAKE_ALPHAVAE}")
@@ -468,6 +503,11 @@ def test_alphavae_mini_train_script_can_train_the_naive_comparison_alone(tmp_pat
     bad = subprocess.run(["bash", str(MINI_RECIPES / "train.sh"), str(tmp_path / "data"), str(runs)],
                          env={**env, "STAGE2_RUNS": "naive abmse-typo"}, capture_output=True, text=True)
     assert bad.returncode == 2 and "not 'abmse-typo'" in bad.stderr
+    for runs_named, message in (("naive naive", "names 'naive' twice"), (" ", "names no run")):
+        # twice: both runs trained into one folder at once; none: nothing trained, and the script succeeded
+        bad = subprocess.run(["bash", str(MINI_RECIPES / "train.sh"), str(tmp_path / "data"), str(runs)],
+                             env={**env, "STAGE2_RUNS": runs_named}, capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stderr, runs_named
 
 
 def test_native_resolution_crops_from_scratch(assets, tmp_path):
@@ -509,11 +549,23 @@ def test_lr_schedule_linear_decay_over_the_final_steps():
         OptimConfig(max_steps=10, decay_steps=11)
 
 
+def _reference_discriminator_rates(name: str, rate: float, *, warmup_steps: int, steps: int) -> list[float]:
+    """The rates of the reference train_vae.py's ``lr_scheduler_discriminator`` (``get_scheduler(name)`` on the
+    discriminator's optimiser at ``rate``) over its ``steps`` GAN steps."""
+    from diffusers.optimization import get_scheduler
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=rate)
+    reference, rates = get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps), []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        reference.step()
+    return rates
+
+
 def test_discriminator_rate_follows_the_generators_schedule_from_gan_start_or_stays_constant():
     """The reference gives the discriminator its own get_scheduler (the generator's type, warm-up warmup_steps,
     max_steps - gan_start steps), stepped on GAN steps only; the rate was constant here."""
-    from diffusers.optimization import get_scheduler
-
     from alphavae.train.config import OptimConfig
     from alphavae.train.loop import discriminator_schedule
 
@@ -522,18 +574,26 @@ def test_discriminator_rate_follows_the_generators_schedule_from_gan_start_or_st
     rate = discriminator_schedule(linear, gan_start=4)
     assert [rate(step) for step in range(4, 10)] == pytest.approx([0, 0.5, 1, 0.75, 0.5, 0.25])
     cosine = OptimConfig(lr=3.0, scheduler="cosine", warmup_steps=3, max_steps=20, disc_scheduler="generator")
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=3.0)
-    reference, expected = get_scheduler("cosine", optimizer, num_warmup_steps=3, num_training_steps=12), []
-    for _ in range(12):  # the reference's discriminator scheduler from its first GAN step (8) on
-        expected.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        reference.step()
+    expected = _reference_discriminator_rates("cosine", 3.0, warmup_steps=3, steps=12)  # its first GAN step: 8
     assert [discriminator_schedule(cosine, gan_start=8)(step) for step in range(8, 20)] == pytest.approx(expected)
     constant = OptimConfig(lr=2.0, disc_lr=1.0, scheduler="linear", warmup_steps=2, max_steps=10)
     assert constant.disc_scheduler == "constant"  # today's behaviour stays the default of the dataclass
     assert [discriminator_schedule(constant, gan_start=4)(step) for step in range(4, 10)] == [1.0] * 6
     with pytest.raises(ValueError, match=r"optim.disc_scheduler must be one of \('constant', 'generator'\)"):
         OptimConfig(disc_scheduler="cosine")
+
+
+def test_a_polynomial_discriminator_schedule_decays_to_the_end_rate_as_the_reference():
+    """diffusers' polynomial factor is relative to the optimiser's initial rate (its lr_end, 1e-7, is absolute): the
+    schedule was built on a stand-in optimiser at rate 1, so the discriminator decayed to disc_lr * 1e-7, not 1e-7."""
+    from alphavae.train.config import OptimConfig
+    from alphavae.train.loop import discriminator_schedule
+
+    optim = OptimConfig(lr=1e-4, disc_lr=1e-6, scheduler="polynomial", warmup_steps=2, max_steps=12,
+                        disc_scheduler="generator")
+    expected = _reference_discriminator_rates("polynomial", 1e-6, warmup_steps=2, steps=8)  # its first GAN step: 4
+    assert [discriminator_schedule(optim, gan_start=4)(step) for step in range(4, 12)] == pytest.approx(expected)
+    assert expected[-1] == pytest.approx(2.5e-7)  # 1e-7 + (1e-6 - 1e-7) / 6
 
 
 def test_a_run_trains_the_discriminator_at_its_scheduled_rates_and_resumes_exactly(assets, tmp_path):

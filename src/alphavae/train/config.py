@@ -227,6 +227,9 @@ class OptimConfig:
         max_grad_norm: the autoencoder's gradient clipping norm, ``None`` or 0 = off. A deviation from the reference
             train_vae.py, which does not clip (default 1.0 here). A step whose gradient norm is not finite is skipped
             like a non-finite loss; with clipping off the norm is still computed for that check (gradients unchanged).
+            Under fp16 such a step is an overflow of the scaled gradients: the gradient scaler skips it and lowers
+            its scale, and it does not count towards ``max_nonfinite`` (overflows are routine while the scale
+            settles).
 
     Raises:
         ValueError: a value outside its range (``max_steps`` and ``gradient_accumulation`` below 1; rates,
@@ -277,7 +280,8 @@ class TrainConfig:
         keep_checkpoints: newest checkpoints kept (0 keeps all).
         validate_every: optimiser steps between validations (0 = only at the end).
         log_every: optimiser steps between tracker logs.
-        max_nonfinite: consecutive steps with a non-finite loss after which the run aborts.
+        max_nonfinite: consecutive steps with a non-finite loss or autoencoder gradient norm (fp16 overflows of the
+            gradients not counted: the gradient scaler handles them) after which the run aborts.
 
     Raises:
         ValueError: ``mixed_precision`` is not one of ``alphavae.accel.MIXED_PRECISIONS`` (``False`` from Python

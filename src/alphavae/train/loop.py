@@ -293,12 +293,14 @@ def discriminator_schedule(optim: OptimConfig, gan_start: int) -> Callable[[int]
         ``step -> rate``, a rate >= 0 (0 at the first GAN step when there is a warm-up).
 
     Raises:
-        ValueError: unknown ``optim.scheduler`` (diffusers), with ``"generator"``.
+        ValueError: with ``"generator"``: unknown ``optim.scheduler``, or ``"polynomial"`` with a base rate not above
+            its end rate 1e-7 (diffusers, as for the autoencoder's schedule).
     """
     base = optim.lr if optim.disc_lr is None else optim.disc_lr
     if optim.disc_scheduler == "constant":
         return functools.partial(_scaled, base, _unit, 0)
-    holder = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # get_scheduler needs an optimiser
+    # get_scheduler needs an optimiser; at the base rate, as polynomial's factor is relative to it (lr_end absolute)
+    holder = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
     shape = get_scheduler(optim.scheduler, holder, num_warmup_steps=optim.warmup_steps,
                           num_training_steps=max(1, optim.max_steps - gan_start)).lr_lambdas[0]
     return functools.partial(_scaled, base, shape, gan_start)
@@ -387,13 +389,19 @@ def _set_rate(optimizer, rate: float) -> None:
         group["lr"] = rate
 
 
-def _finite_gradient_norm(accelerator: Accelerator, model, max_grad_norm: float | None) -> bool:
+def _finite_gradient_norm(accelerator: Accelerator, model, optimizer, max_grad_norm: float | None) -> bool:
     """Clip the autoencoder's gradients to ``max_grad_norm`` (accelerate's ``clip_grad_norm_``; fp16 gradients are
     unscaled first) and say whether their total norm is finite on every process. With clipping off (``None`` or 0)
     the norm is still computed, with an infinite limit that leaves the gradients as they are (a factor of 1):
-    one pass over the gradients, small next to the backward pass."""
+    one pass over the gradients, small next to the backward pass. Under fp16 a non-finite norm (an overflow of the
+    scaled gradients) is also handed to the gradient scaler through ``optimizer.step()``: the scaler skips the
+    update and lowers its scale; without it the scale stays too high and the next step's unscaling raises
+    RuntimeError ("unscale_() has already been called ... since the last update()")."""
     norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
-    return on_every_process(accelerator, torch.isfinite(norm))
+    finite = on_every_process(accelerator, torch.isfinite(norm))
+    if not finite and accelerator.scaler is not None:
+        optimizer.step()
+    return finite
 
 
 def _decayed(shape, max_steps: int, decay_steps: int, step: int) -> float:
@@ -817,9 +825,16 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             bad_step |= not finite
         if not sync:
             continue
-        cause = "loss" if bad_step else "gradient norm"
-        bad_step = bad_step or not _finite_gradient_norm(accelerator, model, config.optim.max_grad_norm)
-        streak = nonfinite_streak(streak, not bad_step, step + 1, config.max_nonfinite, cause)
+        overflow = False  # fp16: the gradient scaler skipped the step and lowered its scale, as it routinely does
+        if not bad_step and not _finite_gradient_norm(accelerator, model, optimizer, config.optim.max_grad_norm):
+            bad_step, overflow = True, accelerator.scaler is not None
+            cause = "gradient norm"
+        else:
+            cause = "loss"
+        if overflow:
+            logger.info("step %d: fp16 gradient overflow, step skipped, loss scale lowered", step + 1)
+        else:
+            streak = nonfinite_streak(streak, not bad_step, step + 1, config.max_nonfinite, cause)
         rates = {"lr": optimizer.param_groups[0]["lr"], **({"disc_lr": disc_rate(step)} if gan else {})}
         if bad_step:
             skipped += 1

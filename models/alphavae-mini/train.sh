@@ -44,12 +44,22 @@ fresh_steps=("${STAGE2_PHASE8_STEPS:-1500}" "${STAGE2_PHASE9_STEPS:-1500}" "${ST
              "${STAGE2_PHASE11_STEPS:-1500}")
 fresh_rates=(5.6e-5 1e-4 1e-4 1e-4)  # phases 8-11; phase 8 + i runs with seed i
 stage2_runs=${STAGE2_RUNS:-abmse naive}
+seen=" "
 for kind in $stage2_runs; do
     case $kind in
         abmse | naive) ;;
         *) echo "train.sh: STAGE2_RUNS takes abmse and/or naive, not '$kind'" >&2; exit 2 ;;
     esac
+    if [[ $seen == *" $kind "* ]]; then  # two runs would train into one folder at once
+        echo "train.sh: STAGE2_RUNS names '$kind' twice" >&2
+        exit 2
+    fi
+    seen+="$kind "
 done
+if [ "$seen" = " " ]; then
+    echo "train.sh: STAGE2_RUNS names no run (abmse and/or naive)" >&2
+    exit 2
+fi
 fresh_count=0  # phases 8 to 7 + fresh_count run: a 0 in fresh_steps skips that phase and the ones after it
 while [ "$fresh_count" -lt "${#fresh_steps[@]}" ] && [ "${fresh_steps[$fresh_count]}" -gt 0 ]; do
     fresh_count=$((fresh_count + 1))

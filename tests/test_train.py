@@ -651,7 +651,9 @@ def test_config_rejects_out_of_range_numbers():
                "optim.lr=-1": "optim.lr must be >= 0", "optim.betas=[0.5, 1]": r"optim.betas must be in \[0, 1\)",
                "optim.max_grad_norm=-1": "optim.max_grad_norm must be >= 0", "ema_decay=2": r"ema_decay must be in \[0, 1\]",
                "log_every=0": "log_every must be >= 1", "seed=-1": "seed must be >= 0",
-               "loss.background_square=[0.3, 0.3, -0.1]": r"loss.background_square must be in \[0, 1\]"}
+               "loss.background_square=[0.3, 0.3, -0.1]": r"loss.background_square must be in \[0, 1\]",
+               "optim.scheduler=cosinus": "optim.scheduler must be one of .*'cosine'",  # before any model loads
+               "optim.scheduler=piecewise_constant": "optim.scheduler must be one of"}
     for override, message in refused.items():
         with pytest.raises(ValueError, match=message):
             load_config("vae_main", [override])

@@ -21,7 +21,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers.optimization import SchedulerType, get_scheduler
+from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from alphavae import io
@@ -51,15 +51,13 @@ from alphavae.train.checkpoint import (
     warn_other_training_set,
     way_back_on_error,
 )
-from alphavae.train.config import build_dataclass, check_limits, read_yaml, warn_long_warmup
+from alphavae.train.config import SCHEDULERS, build_dataclass, check_limits, read_yaml, warn_long_warmup
 from alphavae.train.loop import nonfinite_streak, on_every_process
 from alphavae.vae import RGBAVAE
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# diffusers' get_scheduler names, less piecewise_constant (its step_rules have no setting here)
-_SCHEDULERS = frozenset(kind.value for kind in SchedulerType) - {"piecewise_constant"}
 # schedulers whose learning rate does not depend on max_steps (a resume may change max_steps with these)
 _STEP_FREE_SCHEDULERS = frozenset({"constant", "constant_with_warmup"})
 
@@ -185,7 +183,7 @@ class LoraTrainConfig:
             "optimizer must be 'prodigy' or 'adamw'": self.optimizer in ("prodigy", "adamw"),
             "mixed_precision must be 'no', 'bf16' or 'fp16'": self.mixed_precision in _DTYPES,
             "report_to must be 'tensorboard' or 'none'": self.report_to in ("tensorboard", "none"),
-            f"lr_scheduler must be one of {sorted(_SCHEDULERS)}": self.lr_scheduler in _SCHEDULERS,
+            f"lr_scheduler must be one of {sorted(SCHEDULERS)}": self.lr_scheduler in SCHEDULERS,
             "instance_prompt must not be blank": bool(self.instance_prompt.strip()),
         }
         bad = [message for message, ok in checks.items() if not ok]

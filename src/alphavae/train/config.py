@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+from diffusers.optimization import SchedulerType
 
 from alphavae.accel import MIXED_PRECISIONS
 from alphavae.configs import shipped_configs
@@ -55,6 +56,9 @@ _Loader.add_implicit_resolver(
     re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+)"
                r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
     list("-+0123456789."))
+#: ``OptimConfig.scheduler`` values: diffusers' ``get_scheduler`` names less ``piecewise_constant`` (its step rules
+#: have no setting here).
+SCHEDULERS = frozenset(kind.value for kind in SchedulerType) - {"piecewise_constant"}
 #: ``OptimConfig.disc_scheduler`` values: a constant discriminator rate, or the generator's schedule type from
 #: ``loss.gan_start`` on (the reference train_vae.py).
 DISC_SCHEDULERS = ("constant", "generator")
@@ -211,7 +215,8 @@ class OptimConfig:
     Attributes:
         lr, disc_lr: learning rates of the autoencoder and the discriminator (``None`` = ``lr``).
         betas, weight_decay, eps: ``torch.optim.AdamW`` arguments.
-        scheduler: any ``diffusers.optimization.get_scheduler`` name (``cosine``, ``constant_with_warmup``, ...).
+        scheduler: a ``diffusers.optimization.get_scheduler`` name of :data:`SCHEDULERS` (``cosine``,
+            ``constant_with_warmup``, ...; not ``piecewise_constant``).
             diffusers' ``constant`` has no warm-up: use ``constant_with_warmup`` with ``warmup_steps`` > 0.
         disc_scheduler: the discriminator's rate schedule (``alphavae.train.loop.discriminator_schedule``):
             ``"constant"`` (``disc_lr`` at every step; the dataclass default, as alphavae-mini was trained) or
@@ -235,7 +240,8 @@ class OptimConfig:
         ValueError: a value outside its range (``max_steps`` and ``gradient_accumulation`` below 1; rates,
             ``weight_decay``, ``warmup_steps`` or ``max_grad_norm`` negative; ``eps`` not positive; ``betas`` outside
             [0, 1)), ``scheduler`` is ``"constant"`` with ``warmup_steps`` > 0 (diffusers would ignore the
-            warm-up), ``disc_scheduler`` is not one of ``DISC_SCHEDULERS``, or ``decay_steps`` is outside
+            warm-up), ``scheduler`` is not one of :data:`SCHEDULERS`, ``disc_scheduler`` is not one of
+            ``DISC_SCHEDULERS``, or ``decay_steps`` is outside
             ``[0, max_steps]``.
     """
 
@@ -257,6 +263,8 @@ class OptimConfig:
         if self.scheduler == "constant" and self.warmup_steps > 0:
             raise ValueError(f"optim.scheduler 'constant' ignores warmup_steps={self.warmup_steps} (diffusers); "
                              "use 'constant_with_warmup' or set warmup_steps to 0")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"optim.scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
         if self.disc_scheduler not in DISC_SCHEDULERS:
             raise ValueError(f"optim.disc_scheduler must be one of {DISC_SCHEDULERS}, got {self.disc_scheduler!r}")
         if not 0 <= self.decay_steps <= self.max_steps:

@@ -56,7 +56,7 @@ def run(side: int, batch: int, repeats: int, *, device: str = "cpu", autocast: t
         torch.manual_seed(1)
         reference_vae = AutoencoderKL.from_config(real_vae_config("flux")).eval().to(device)
         discriminator = PatchDiscriminator().to(device)
-    lpips_metric = build_lpips(random_backbone=True).to(device) if lpips else None
+    lpips_metric = build_lpips(random_backbone=True, net="alex").to(device) if lpips else None  # as measured
     pixels = real_images(batch, side).to(device)
     noise = torch.randn(batch, model.config.latent_channels, side // 8, side // 8,
                         generator=torch.Generator().manual_seed(0)).to(device)

@@ -88,6 +88,13 @@ def test_lpips_without_backbone_is_disabled_with_warning(tmp_path, monkeypatch, 
     with caplog.at_level(logging.WARNING, logger="alphavae.losses"):
         assert losses.build_lpips() is None
     assert "LPIPS disabled" in caplog.text and "--set loss.lpips_backbone_path=PATH" in caplog.text
+    assert "no vgg16 backbone weights" in caplog.text and "vgg16-397923af.pth" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="alphavae.losses"):
+        assert losses.build_lpips(net="alex") is None
+    assert "no alexnet backbone weights" in caplog.text and "alexnet-owt-7be5be79.pth" in caplog.text
+    with pytest.raises(ValueError, match="loss.lpips_net must be one of alex, vgg, got 'squeeze'"):
+        losses.build_lpips(net="squeeze")
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         losses.build_lpips(tmp_path / "missing.pth")
 
@@ -107,8 +114,11 @@ def test_lpips_loads_local_alexnet_backbone(tmp_path):
     torch.manual_seed(0)
     state = alexnet().state_dict()
     torch.save(state, tmp_path / "alexnet.pth")
-    metric = losses.build_lpips(tmp_path / "alexnet.pth")
+    metric = losses.build_lpips(tmp_path / "alexnet.pth", net="alex")
     assert torch.equal(metric.net.slice3[1].weight, state["features.6.weight"])
+    with pytest.raises(ValueError, match=r"alexnet\.pth: cannot load LPIPS weights .*'features\.2\.weight'.* "
+                                         r"\(loss\.lpips_net 'vgg' needs torchvision vgg16 weights\)"):
+        losses.build_lpips(tmp_path / "alexnet.pth")  # the default backbone is VGG16
     assert not any(p.requires_grad for p in metric.parameters())
     target, prediction = _rgba(size=32, seed=1), _rgba(size=32, seed=2)
     hidden = target.clone()
@@ -199,9 +209,44 @@ def test_ref_kl_at_paper_weight_leaves_fp32_parameters_unchanged():
     assert not all(torch.equal(a, b) for a, b in zip(params, strong_params))
 
 
+def test_vgg_lpips_is_the_reference_codes_lpips(tmp_path, monkeypatch):
+    """The reference trains with taming-transformers' LPIPS: VGG16 and the v0.1 linear layers, the very file the
+    ``lpips`` package bundles (taming's MD5). The default backbone, built from the same torchvision VGG16 weights,
+    gives its values, and ``composite_lpips`` over the reference backgrounds its ``perceptual_loss``."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import lpips
+    from taming import util as taming_util
+    from taming.modules.losses import lpips as taming_lpips
+    from torchvision.models import vgg16
+
+    heads = Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth"
+    assert taming_util.md5_hash(heads) == taming_util.MD5_MAP["vgg_lpips"]
+    torch.manual_seed(0)
+    backbone = vgg16()
+    torch.save({k: v for k, v in backbone.state_dict().items() if k.startswith("features.")}, tmp_path / "vgg16.pth")
+    monkeypatch.setattr(taming_lpips, "models", SimpleNamespace(vgg16=lambda pretrained: backbone))
+    monkeypatch.setattr(taming_lpips, "get_ckpt_path", lambda name, root: str(heads))
+    reference = taming_lpips.LPIPS().eval()
+    ours = losses.build_lpips(tmp_path / "vgg16.pth")
+    assert LossConfig().lpips_net == "vgg"
+    x, y = (torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in (1, 2))
+    with torch.no_grad():
+        assert torch.allclose(ours(x, y), reference(x, y), rtol=1e-5, atol=1e-7)
+        target, prediction = _rgba(size=32, seed=1), _rgba(size=32, seed=2)
+        t_rgb, t_a, p_rgb, p_a = target[:, :3], (target[:, 3:] + 1) / 2, prediction[:, :3], (prediction[:, 3:] + 1) / 2
+        over_black = reference(t_rgb * t_a, p_rgb * p_a)  # the reference's "black": C * alpha, mid-grey
+        over_white = reference(t_rgb * t_a + (1 - t_a), p_rgb * p_a + (1 - p_a))
+        expected = ((over_black + over_white) / 2).sum() / target.shape[0]
+        value = losses.composite_lpips(ours, target, prediction, losses.REFERENCE_LPIPS_BACKGROUNDS)
+    assert value > 0 and torch.allclose(value, expected, rtol=1e-5)
+
+
 def test_objective_rgb_stage_uses_plain_terms():
     vae, pixels, noise = _objective_inputs(model_channels=3)
-    objective = Objective(LossConfig(gan_weight=0), in_channels=3, lpips_metric=losses.build_lpips(random_backbone=True))
+    objective = Objective(LossConfig(gan_weight=0), in_channels=3,
+                          lpips_metric=losses.build_lpips(random_backbone=True, net="alex"))
     loss, logs, reconstruction = objective.generator_loss(AutoencoderForward(vae), pixels, noise, step=0)
     assert set(logs) == {"mse", "lpips", "kl", "loss"}
     assert reconstruction.shape == pixels.shape
@@ -212,7 +257,7 @@ def test_lpips_term_is_the_per_image_value_as_in_the_reference():
     """The reference's ``perceptual_loss`` sums LPIPS's (B, 1, 1, 1) output per sample and averages over the
     batch: the mean per-image LPIPS, not spread over 3 * H * W pixel values (LDM's way, which made the term
     3 * H * W times heavier: 3 million times at 1024 px)."""
-    metric = losses.build_lpips(random_backbone=True)
+    metric = losses.build_lpips(random_backbone=True, net="alex")
     target, prediction = _rgba(size=32, seed=1), _rgba(size=32, seed=2)
     per_image = [metric(io.composite(target, bg), io.composite(prediction, bg)).flatten()
                  for bg in losses.REFERENCE_LPIPS_BACKGROUNDS]
@@ -234,7 +279,7 @@ def test_gan_term_is_weighted_against_the_reconstruction_term_alone(monkeypatch)
                         or adaptive(rec, gan, layer))
     assert LossConfig().gan_weight == 1.0
     config = LossConfig(ref_kl_weight=0, kl_weight=0, reconstruction_weight=2.0, gan_start=0)
-    objective = Objective(config, lpips_metric=losses.build_lpips(random_backbone=True),
+    objective = Objective(config, lpips_metric=losses.build_lpips(random_backbone=True, net="alex"),
                           discriminator=losses.PatchDiscriminator(4, 8).eval())
     loss, logs, _ = objective.generator_loss(AutoencoderForward(vae), pixels, noise, step=0,
                                              last_layer=vae.decoder.conv_out.weight)

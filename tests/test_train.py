@@ -57,6 +57,7 @@ def _overrides(assets, **extra):
     values = {"data.size": 32, "data.batch_size": 2, "data.num_workers": 0, "data.val_count": 2,
               "optim.max_steps": 2, "optim.warmup_steps": 1, "checkpoint_every": 2, "validate_every": 0,
               "loss.gan_start": 1, "loss.disc_channels": 8, "loss.lpips_backbone_path": str(assets / "alexnet.pth"),
+              "loss.lpips_net": "alex",
               "data.source": str(assets / "data"), "model.vae": str(assets / "rgb_vae"), "mixed_precision": "no",
               "model.gradient_checkpointing": False, **extra}
     return [f"{k}={v}" for k, v in values.items()]
@@ -68,6 +69,7 @@ def test_shipped_configs_are_the_paper_settings():
     assert (main_config.loss.kl_weight, main_config.loss.ref_kl_weight, main_config.loss.lpips_weight) == (1e-6, 1e-16, 0.5)
     assert (main_config.loss.gan_start, main_config.data.blend_prob, tuple(main_config.optim.betas)) == (4000, 0.3, (0.5, 0.9))
     assert load_config("vae_naive_mse").loss.reconstruction == "mse"
+    assert main_config.loss.lpips_net == "vgg"  # the reference code's LPIPS (taming-transformers: VGG16)
     assert main_config.mixed_precision == "auto"
     with pytest.raises(ValueError, match="mixed_precision"):
         load_config("vae_main", ["mixed_precision=fp8"])
@@ -98,7 +100,7 @@ def test_overrides_are_read_as_the_fields_types():
                "optim.max_steps=1.5": "as int", "optim.lr=null": "optim.lr: cannot read None", "data.source=[1]": "as str",
                "optim.max_steps=.inf": "cannot read inf as int", "optim.lr=1" + "0" * 400: r"cannot read \d+\.\.\. as float",
                "loss.kl_weight.x=1": "loss.kl_weight is a value, not a section", "data.crop=~": "cannot read None as str",
-               "loss.lpips_backgrounds=[]": "non-empty",
+               "loss.lpips_backgrounds=[]": "non-empty", "loss.lpips_net=squeeze": "must be 'vgg' or 'alex'",
                "loss.lpips_backgrounds=[black, [1, 2]]": r"\[1, 2\] is neither",
                "optim.lr=[1,": r"override 'optim.lr=\[1,': not valid YAML \(while parsing",
                "optim.lr=.nan": "not a finite number", "model.vae=2024": "a number: quote text"}
@@ -115,6 +117,17 @@ def test_config_files_that_are_not_text_are_named(tmp_path):
     (tmp_path / "folder.yaml").mkdir()
     with pytest.raises(ValueError, match=r"folder.yaml: is a folder, not a config"):
         load_config(tmp_path / "folder.yaml")
+
+
+def test_vae_main_trains_with_the_reference_codes_vgg_lpips(assets, tmp_path):
+    """vae_main's LPIPS term is VGG16's (as taming-transformers' in the reference), from a torchvision state dict."""
+    from torchvision.models import vgg16
+
+    torch.manual_seed(0)
+    torch.save({k: v for k, v in vgg16().state_dict().items() if k.startswith("features.")}, tmp_path / "vgg16.pth")
+    overrides = {"loss.lpips_net": "vgg", "loss.lpips_backbone_path": str(tmp_path / "vgg16.pth"), "optim.max_steps": 1}
+    result = train_vae(load_config("vae_main", _overrides(assets, **overrides)), tmp_path / "run")
+    assert result.history[-1]["lpips"] > 0
 
 
 def test_config_file_with_a_repeated_key_is_refused(tmp_path):
@@ -686,6 +699,13 @@ def test_data_size_must_fit_the_vae_and_the_active_loss_terms(assets, tmp_path):
     assert not (tmp_path / "run").exists()
     late_gan = load_config("vae_main", _overrides(assets, **{"data.size": 16, "loss.gan_start": 2, **no_lpips}))
     assert train_vae(late_gan, tmp_path / "late-gan", stop_after=1).step == 1  # the GAN never runs by step 2
+    from alphavae.train.loop import _check_crop_size
+
+    vgg = losses.Objective(losses.LossConfig(gan_weight=0, ref_kl_weight=0),
+                           lpips_metric=losses.build_lpips(random_backbone=True, net="vgg"))
+    with pytest.raises(ValueError, match="data.size=8 is too small for the LPIPS term's vgg backbone .*at least 16"):
+        _check_crop_size(8, 8, vgg, last_step=0)
+    _check_crop_size(16, 8, vgg, last_step=0)  # VGG16 takes 16 px (AlexNet: 31)
 
 
 def test_reference_vae_must_fit_the_trained_vae(assets, tmp_path, tiny_rgba_dir):

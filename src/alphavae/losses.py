@@ -179,16 +179,23 @@ def estimate_background_moments(folder_or_files: str | os.PathLike | Iterable[st
     return mean, square
 
 
-def build_lpips(backbone_path: str | os.PathLike | None = None, *, random_backbone: bool = False) -> nn.Module | None:
-    """The canonical ``lpips`` metric (AlexNet, v0.1), frozen, or ``None`` when no backbone weights exist.
+def build_lpips(backbone_path: str | os.PathLike | None = None, *, net: str = "vgg",
+                random_backbone: bool = False) -> nn.Module | None:
+    """The canonical ``lpips`` network (v0.1 linear layers on a VGG16 or AlexNet backbone), frozen, or ``None``
+    when no backbone weights exist.
 
-    ``lpips.LPIPS(pretrained=True)`` loads its linear heads from the pip package but downloads the AlexNet
+    ``net="vgg"`` (default) is the reference training code's LPIPS: taming-transformers' ``LPIPS``, VGG16 with
+    the same v0.1 linear-layer file the ``lpips`` package bundles (outputs equal, ``test_losses``). ``method.md``
+    names AlexNet, the backbone of the evaluation metric; ``net="alex"`` (``loss.lpips_net: alex``) trains with
+    that. ``lpips.LPIPS(pretrained=True)`` loads its linear heads from the pip package but downloads the
     backbone through torchvision, which fails offline. Here the backbone comes from ``backbone_path`` (a
-    torchvision ``alexnet`` state dict, keys ``features.N.*``) or torchvision's cache. When neither exists,
-    a warning is logged and ``None`` is returned: the LPIPS term is disabled, never run with random weights.
+    torchvision ``vgg16`` / ``alexnet`` state dict, keys ``features.N.*``) or torchvision's cache. When neither
+    exists, a warning is logged and ``None`` is returned: the LPIPS term is disabled, never run with random weights.
 
     Args:
-        backbone_path: local torchvision AlexNet state dict (``.pth``); ``None`` looks in torchvision's cache.
+        backbone_path: local torchvision state dict (``.pth``) of the backbone; ``None`` looks in torchvision's
+            cache (``alphavae.eval.networks.LPIPS_BACKBONES``: ``vgg16-397923af.pth``, ``alexnet-owt-7be5be79.pth``).
+        net: ``"vgg"`` (VGG16, the reference) or ``"alex"`` (AlexNet).
         random_backbone: use a randomly initialised backbone on purpose (tests only).
 
     Returns:
@@ -196,28 +203,32 @@ def build_lpips(backbone_path: str | os.PathLike | None = None, *, random_backbo
 
     Raises:
         FileNotFoundError: if ``backbone_path`` is given but is not a file (missing, or a folder).
-        ValueError: if the file is not a torch state dict, or holds neither AlexNet weights nor a full
-            ``lpips.LPIPS`` state dict; one line naming the file (``alphavae.eval.networks.build_lpips``
-            loads it, ``lpips_network`` builds the network).
+        ValueError: ``net`` is neither "vgg" nor "alex", or the file is not a torch state dict, or holds
+            neither ``net``'s torchvision weights nor a full ``lpips.LPIPS`` state dict of it; one line naming the
+            file and ``loss.lpips_net`` (``alphavae.eval.networks.build_lpips`` loads it, ``lpips_network``
+            builds the network).
     """
-    from alphavae.eval.networks import ALEXNET_CACHE, NetworkUnavailable, hub_checkpoint, lpips_network
+    from alphavae.eval.networks import LPIPS_BACKBONES, NetworkUnavailable, hub_checkpoint, lpips_network
     from alphavae.eval.networks import build_lpips as load_lpips_weights
 
+    if net not in LPIPS_BACKBONES:
+        raise ValueError(f"loss.lpips_net must be one of {', '.join(LPIPS_BACKBONES)}, got {net!r}")
     if backbone_path is not None and not Path(backbone_path).is_file():
         raise FileNotFoundError(f"LPIPS backbone weights not found: {backbone_path}")
-    path = Path(backbone_path) if backbone_path is not None else hub_checkpoint(ALEXNET_CACHE)
+    path = Path(backbone_path) if backbone_path is not None else hub_checkpoint(LPIPS_BACKBONES[net])
+    name = {"vgg": "vgg16", "alex": "alexnet"}[net]
     if not random_backbone and not path.is_file():
         logger.warning(
-            "LPIPS disabled: no AlexNet backbone weights (looked for %s); to enable the LPIPS term, give a "
-            "torchvision alexnet state dict with --set loss.lpips_backbone_path=PATH (LossConfig.lpips_backbone_path) "
-            "or put it in that cache", path)
+            "LPIPS disabled: no %s backbone weights (looked for %s); to enable the LPIPS term, give a torchvision "
+            "%s state dict with --set loss.lpips_backbone_path=PATH (LossConfig.lpips_backbone_path) or put it in "
+            "that cache (loss.lpips_net picks the backbone: vgg, as the reference, or alex)", name, path, name)
         return None
     if random_backbone:
-        return lpips_network(None)
+        return lpips_network(None, net)
     try:
-        return load_lpips_weights(path)
+        return load_lpips_weights(path, net)
     except NetworkUnavailable as err:
-        raise ValueError(str(err)) from None
+        raise ValueError(f"{err} (loss.lpips_net {net!r} needs torchvision {name} weights)") from None
 
 
 def composite_lpips(metric: nn.Module, target: torch.Tensor, prediction: torch.Tensor, backgrounds: Sequence) -> torch.Tensor:
@@ -236,8 +247,8 @@ def composite_lpips(metric: nn.Module, target: torch.Tensor, prediction: torch.T
 
     Raises:
         ValueError: from ``alphavae.io.composite`` for a background it cannot read.
-        RuntimeError: from the AlexNet backbone for images smaller than about 31 px on a side (its pooling
-            stages leave no pixels).
+        RuntimeError: from the backbone for images smaller than 16 px (VGG16) or 31 px (AlexNet) on a side
+            (``alphavae.eval.networks.LPIPS_MIN_SIZES``: its pooling stages leave no pixels).
     """
     if target.shape[1] == 3:
         return metric(target, prediction).mean()
@@ -346,7 +357,9 @@ class LossConfig:
         lpips_weight: weight of composite LPIPS (0.5); 0 disables it.
         lpips_backgrounds: composite backgrounds (names or 0-255 triples); default = reference (mid-grey,
             white).
-        lpips_backbone_path: torchvision AlexNet state dict; ``None`` = torchvision cache or disabled.
+        lpips_net: LPIPS backbone, ``"vgg"`` (VGG16: the reference code's LPIPS, taming-transformers) or
+            ``"alex"`` (AlexNet, which ``method.md`` names and the evaluation metric uses).
+        lpips_backbone_path: torchvision state dict of that backbone; ``None`` = torchvision cache or disabled.
         kl_weight: weight of KL to N(0, I) (1e-6).
         ref_kl_weight: weight of Ref-KL (1e-16).
         ref_kl_inert_below: Ref-KL is skipped when its weight is <= this (see ``Objective``).
@@ -360,7 +373,8 @@ class LossConfig:
 
     Raises:
         ValueError: if ``reconstruction`` is not ``"abmse"``/``"mse"``, ``disc_input`` is not
-            ``"rgba"``/``"composite"``, or ``lpips_backgrounds`` is empty or holds something other than a name
+            ``"rgba"``/``"composite"``, ``lpips_net`` is not ``"vgg"``/``"alex"``, or ``lpips_backgrounds`` is
+            empty or holds something other than a name
             of ``alphavae.io.BACKGROUNDS``, ``"checkerboard"``, an (r, g, b) triple in 0-255 or a tensor (stored
             as a tuple).
     """
@@ -371,6 +385,7 @@ class LossConfig:
     background_square: tuple[float, float, float] = REFERENCE_BACKGROUND_SQUARE
     lpips_weight: float = 0.5
     lpips_backgrounds: tuple = REFERENCE_LPIPS_BACKGROUNDS
+    lpips_net: str = "vgg"
     lpips_backbone_path: str | None = None
     kl_weight: float = 1e-6
     ref_kl_weight: float = 1e-16
@@ -387,6 +402,8 @@ class LossConfig:
             raise ValueError(f"loss.reconstruction must be 'abmse' or 'mse', got {self.reconstruction!r}")
         if self.disc_input not in ("rgba", "composite"):
             raise ValueError(f"loss.disc_input must be 'rgba' or 'composite', got {self.disc_input!r}")
+        if self.lpips_net not in ("vgg", "alex"):
+            raise ValueError(f"loss.lpips_net must be 'vgg' or 'alex', got {self.lpips_net!r}")
         self.lpips_backgrounds = _lpips_backgrounds(self.lpips_backgrounds)
 
 
@@ -474,7 +491,7 @@ class Objective(nn.Module):
         ValueError: if Ref-KL is active but no reference model is given.
         FileNotFoundError, ValueError: ``lpips_metric`` is omitted, ``lpips_weight > 0`` and
             ``config.lpips_backbone_path`` names a file that does not exist or cannot be loaded
-            (:func:`build_lpips`; no path and no cached AlexNet only disables LPIPS, with a warning).
+            (:func:`build_lpips`; no path and no cached backbone only disables LPIPS, with a warning).
     """
 
     def __init__(self, config: LossConfig, *, in_channels: int = 4, reference_vae: nn.Module | None = None,
@@ -483,7 +500,8 @@ class Objective(nn.Module):
         self.config = config
         self.in_channels = in_channels
         if lpips_metric == "from_config":
-            lpips_metric = build_lpips(config.lpips_backbone_path) if config.lpips_weight > 0 else None
+            lpips_metric = (build_lpips(config.lpips_backbone_path, net=config.lpips_net)
+                            if config.lpips_weight > 0 else None)
         self.lpips = lpips_metric
         self.use_ref_kl = in_channels == 4 and config.ref_kl_weight > 0 and (
             config.force_ref_kl or config.ref_kl_weight > config.ref_kl_inert_below)

@@ -1,5 +1,6 @@
 """Network-based metrics: LPIPS (AlexNet, v0.1), Inception features for FID, CLIP score and the
-LAION aesthetic predictor, loaded from local paths or the standard caches, never downloaded.
+LAION aesthetic predictor, loaded from local paths or the standard caches, never downloaded. The training
+objective's LPIPS term (VGG16 by default, as the reference) is built here too (:func:`lpips_network`).
 
 A network given as ``None`` ("auto") is looked up in its standard cache and, if absent, skipped with
 a warning; an explicit path that cannot be loaded raises :class:`NetworkUnavailable`; ``"none"``
@@ -26,6 +27,13 @@ OFF = "none"
 
 ALEXNET_CACHE = "alexnet-owt-7be5be79.pth"
 """File name of torchvision's AlexNet weights in ``torch.hub.get_dir()/checkpoints`` (LPIPS backbone)."""
+
+VGG16_CACHE = "vgg16-397923af.pth"
+"""File name of torchvision's VGG16 weights in ``torch.hub.get_dir()/checkpoints`` (the LPIPS backbone of the
+reference training objective)."""
+
+LPIPS_BACKBONES = {"alex": ALEXNET_CACHE, "vgg": VGG16_CACHE}
+"""LPIPS backbones (``lpips.LPIPS(net=...)`` names) and the torchvision cache file of each one's weights."""
 
 INCEPTION_CACHE = "weights-inception-2015-12-05-6726825d.pth"
 """File name of torch-fidelity's FID InceptionV3 weights in ``torch.hub.get_dir()/checkpoints``."""
@@ -95,41 +103,50 @@ def one_line(err: BaseException, limit: int = 200) -> str:
     return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
 
 
-def lpips_network(state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
-    """The canonical LPIPS network (AlexNet backbone, the ``lpips`` package's bundled v0.1 linear layers), frozen.
+def lpips_network(state: dict[str, torch.Tensor] | None = None, net: str = "alex") -> torch.nn.Module:
+    """The canonical LPIPS network (the ``lpips`` package's bundled v0.1 linear layers on a torchvision
+    backbone), frozen.
 
-    The one place that builds ``lpips.LPIPS``: the metric (:func:`build_lpips`) and the training objective's LPIPS
-    term (``alphavae.losses.build_lpips``) both come from here.
+    The one place that builds ``lpips.LPIPS``: the metric (:func:`build_lpips`, AlexNet) and the training
+    objective's LPIPS term (``alphavae.losses.build_lpips``, VGG16 by default) both come from here. With
+    ``net="vgg"`` it is the LPIPS of the reference training code (taming-transformers' ``LPIPS``: VGG16, the same
+    v0.1 linear-layer file, the same scaling, normalisation and spatial mean; equal outputs, ``test_losses``).
 
     Args:
-        state: a full ``lpips.LPIPS`` state dict; or torchvision AlexNet weights (``features.N.*`` keys, other keys
-            ignored), which fill the backbone, where ``lpips`` keeps torchvision's layer index N inside its
+        state: a full ``lpips.LPIPS`` state dict; or torchvision weights of the backbone (``features.N.*`` keys,
+            other keys ignored), which fill it, where ``lpips`` keeps torchvision's layer index N inside its
             slices (``net.sliceK.N.*``); or ``None``, a randomly initialised backbone (tests).
+        net: the backbone, a key of :data:`LPIPS_BACKBONES`: ``"alex"`` (AlexNet) or ``"vgg"`` (VGG16).
     Returns:
         ``lpips.LPIPS`` in eval mode with ``requires_grad=False`` (inputs ``(N, 3, H, W)`` RGB in [-1, 1]).
     Raises:
-        KeyError: AlexNet weights lack a feature layer the backbone needs.
-        RuntimeError: a full state dict does not match the network.
+        KeyError: backbone weights lack a feature layer the backbone needs (e.g. AlexNet weights for VGG16).
+        RuntimeError: a full state dict, or backbone weights of the other network, do not match it.
+        ValueError: ``net`` is not a key of :data:`LPIPS_BACKBONES`.
     Source: ``lpips`` 0.1.4 (Zhang et al. 2018).
     """
     import lpips
 
-    with warnings.catch_warnings():  # lpips calls torchvision's alexnet(pretrained=...), deprecated since 0.13
+    if net not in LPIPS_BACKBONES:
+        raise ValueError(f"LPIPS backbone must be one of {', '.join(LPIPS_BACKBONES)}, got {net!r}")
+    with warnings.catch_warnings():  # lpips calls torchvision's alexnet/vgg16(pretrained=...), deprecated
         warnings.simplefilter("ignore", UserWarning)
-        net = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False)
+        model = lpips.LPIPS(net=net, version="0.1", pnet_rand=True, verbose=False)
+    backbone = model.net
     if state is not None and any(key.startswith("features.") for key in state):
-        net.net.load_state_dict({name: state["features." + name.split(".", 1)[1]] for name in net.net.state_dict()})
+        backbone.load_state_dict({name: state["features." + name.split(".", 1)[1]] for name in backbone.state_dict()})
     elif state is not None:
-        net.load_state_dict(state)
-    return net.eval().requires_grad_(False)
+        model.load_state_dict(state)
+    return model.eval().requires_grad_(False)
 
 
-def build_lpips(weights: str | Path) -> torch.nn.Module:
-    """LPIPS (AlexNet backbone, linear layers v0.1) with weights from a local file, for the metric.
+def build_lpips(weights: str | Path, net: str = "alex") -> torch.nn.Module:
+    """LPIPS (linear layers v0.1) with weights from a local file: AlexNet for the metric, or VGG16.
 
     Args:
-        weights: either a full ``lpips.LPIPS`` state dict, or torchvision AlexNet weights
+        weights: either a full ``lpips.LPIPS`` state dict, or torchvision weights of the backbone
             (``features.*`` keys; the package's bundled v0.1 linear layers are used); see :func:`lpips_network`.
+        net: ``"alex"`` (the metric) or ``"vgg"`` (the reference's training LPIPS).
     Returns:
         ``lpips.LPIPS`` in eval mode (inputs ``(N, 3, H, W)`` in [-1, 1]).
     Raises:
@@ -139,14 +156,17 @@ def build_lpips(weights: str | Path) -> torch.nn.Module:
     """
     state = load_state_dict(weights, "LPIPS")
     try:
-        return lpips_network(state)
+        return lpips_network(state, net)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
         raise NetworkUnavailable(f"{weights}: cannot load LPIPS weights ({one_line(err)})") from err
 
 
-LPIPS_MIN_SIZE = 31
-"""Smallest side in px the LPIPS AlexNet accepts (its strided convolutions and poolings leave no pixel
-below that); ``score_pair`` leaves LPIPS out for smaller images."""
+LPIPS_MIN_SIZES = {"alex": 31, "vgg": 16}
+"""Smallest side in px each LPIPS backbone accepts (its strided convolutions and poolings leave no pixel below
+that; measured)."""
+
+LPIPS_MIN_SIZE = LPIPS_MIN_SIZES["alex"]
+"""Smallest side in px the LPIPS metric (AlexNet) accepts; ``score_pair`` leaves LPIPS out for smaller images."""
 
 
 def lpips_distance(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

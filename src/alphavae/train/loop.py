@@ -47,7 +47,7 @@ from alphavae.data.datasets import (
     readable_files,
 )
 from alphavae.data.manifest import data_folder
-from alphavae.eval.networks import LPIPS_MIN_SIZE
+from alphavae.eval.networks import LPIPS_MIN_SIZES
 from alphavae.losses import AutoencoderForward, Objective, PatchDiscriminator
 from alphavae.train.checkpoint import (
     TRAINING_SET_KEY,
@@ -534,7 +534,8 @@ def _check_crop_size(size: int, factor: int, objective: Objective, last_step: in
         raise ValueError(f"data.size={size} must be a multiple of {factor}, the VAE's downsampling factor")
     minimums = []
     if objective.lpips is not None:
-        minimums.append((LPIPS_MIN_SIZE, "the LPIPS term's AlexNet (or set loss.lpips_weight=0)"))
+        net = objective.config.lpips_net
+        minimums.append((LPIPS_MIN_SIZES[net], f"the LPIPS term's {net} backbone (or set loss.lpips_weight=0)"))
     if objective.gan_active(last_step):
         layers = objective.config.disc_layers
         minimums.append((_smallest_input(objective.discriminator),

@@ -99,6 +99,21 @@ def test_grey_alpha_and_grey_with_transparent_value(tmp_path):
     assert np.array_equal(alpha, (grey != 40).astype(np.float32))
 
 
+@pytest.mark.parametrize("bit_depth", [1, 2, 4, 8])
+def test_low_bit_grey_png_with_transparent_value(tmp_path, bit_depth):
+    """Pillow scales 2- and 4-bit grey samples to 0-255 but kept the tRNS value at the file's depth (3, 15): no
+    pixel matched it and the image loaded opaque."""
+    top = 2**bit_depth - 1
+    samples = [[0, 1, top, top], [top, 0, 1, 0]]
+    with open(tmp_path / "g.png", "wb") as handle:
+        png.Writer(4, 2, greyscale=True, bitdepth=bit_depth, transparent=top).write(handle, samples)
+    expected_alpha = (np.array(samples) != top).astype(np.float32)
+    for pixels in (aio.load_rgba(tmp_path / "g.png"), aio.from_pil(Image.open(tmp_path / "g.png"))):
+        assert np.array_equal(unit(pixels)[..., 3], expected_alpha)
+        visible = expected_alpha == 1
+        assert np.allclose(unit(pixels)[..., 0][visible], (np.array(samples) / top)[visible], atol=1e-6)
+
+
 def test_rgb_with_transparent_colour_and_opaque_modes(tmp_path):
     rgb = np.zeros((2, 3, 3), dtype=np.uint8)
     rgb[0, 0] = (1, 2, 3)
@@ -163,6 +178,23 @@ def test_single_line_escapes_what_would_break_a_line_and_keeps_printable_text():
     assert aio.single_line("plain name ü 猫.png") == "plain name ü 猫.png"
     assert aio.single_line("a\nb\rc\td\x00e\u2028f") == "a\\nb\\rc\\td\\x00e\\u2028f"
     assert aio.single_line(os.fsdecode(b"bad\xff.png")) == "bad\\xff.png"
+
+
+@pytest.mark.parametrize("maxval", [1023, 65535])
+def test_ppm_of_more_than_eight_bits_reduced_by_pillow_is_warned(tmp_path, maxval):
+    """Pillow decodes a P6 PPM whose maxval is above 255 at 8 bits; that went silently (only ';16' raw modes were
+    recognised). A 16-bit PGM keeps its precision (mode I) and a PPM of maxval 255 or less loses nothing."""
+    values = np.array([[[1000, 32, 1], [maxval, 257, 400]]], dtype=">u2")
+    (tmp_path / "c.ppm").write_bytes(b"P6\n2 1\n%d\n" % maxval + values.tobytes())
+    with pytest.warns(UserWarning, match=rf"c\.ppm: {maxval.bit_length()}-bit PPM RGB image is decoded by Pillow at 8"):
+        pixels = aio.load_rgba(tmp_path / "c.ppm")
+    assert np.allclose(unit(pixels)[..., :3], values / maxval, atol=0.5 / 255 + 1e-6)
+    (tmp_path / "g.pgm").write_bytes(b"P5\n2 1\n65535\n" + np.array([1000, 40000], dtype=">u2").tobytes())
+    (tmp_path / "c15.ppm").write_bytes(b"P6\n1 1\n15\n" + bytes([1, 2, 15]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.allclose(unit(aio.load_rgba(tmp_path / "g.pgm"))[0, :, 0] * 65535, [1000, 40000], atol=0.02)
+        assert np.allclose(unit(aio.load_rgba(tmp_path / "c15.ppm"))[0, 0, :3], [1 / 15, 2 / 15, 1], atol=1e-6)
 
 
 def test_a_tiff_whose_extra_sample_is_unspecified_is_warned(tmp_path):

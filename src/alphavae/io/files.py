@@ -69,16 +69,35 @@ def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](array)) if orientation in ops else array
 
 
-def _sixteen_bit_source(image: Image.Image) -> bool:
-    """True if a not-yet-loaded Pillow image stores 16 bits per sample (its raw mode says ``;16``)."""
-    return any(";16" in str(tile.args) for tile in getattr(image, "tile", None) or ())
+def _source_bits(image: Image.Image) -> int:
+    """Bits per sample a not-yet-loaded Pillow image stores, from its tiles: 16 for a ``;16`` raw mode, a PPM's
+    from its maxval above 255 (e.g. 10 for 1023), else 8 (also once loaded: the tiles are gone)."""
+    for tile in getattr(image, "tile", None) or ():
+        if ";16" in str(tile.args):
+            return 16
+        if image.format == "PPM" and isinstance(tile.args, tuple) and len(tile.args) == 2 and tile.args[1] > 255:
+            return int(tile.args[1]).bit_length()
+    return 8
 
 
 def _warn_if_reduced(image: Image.Image, name: str) -> None:
-    """Warn when Pillow is about to reduce 16-bit samples to 8 bits (e.g. 16-bit RGB/RGBA TIFF)."""
-    if _sixteen_bit_source(image) and image.mode not in _SIXTEEN_BIT_MODES:
-        warnings.warn(f"{name}: 16-bit {image.format} {image.mode} image is decoded by Pillow at 8 bits "
+    """Warn when Pillow is about to reduce samples of more than 8 bits to 8 (16-bit RGB/RGBA TIFF, PPM with a
+    maxval above 255)."""
+    bits = _source_bits(image)
+    if bits > 8 and image.mode not in _SIXTEEN_BIT_MODES:
+        warnings.warn(f"{name}: {bits}-bit {image.format} {image.mode} image is decoded by Pillow at 8 bits "
                       "per channel (precision lost)", stacklevel=3)
+
+
+def _low_bit_grey_key(image: Image.Image) -> int | None:
+    """The transparent value (tRNS) of a not-yet-loaded 2- or 4-bit grey PNG, scaled to 0-255 as Pillow scales
+    its samples (Pillow keeps the key at the file's bit depth, so no pixel would match it); None otherwise."""
+    key = image.info.get("transparency")
+    for tile in getattr(image, "tile", None) or ():
+        depth = re.search(r"\bL;([24])\b", str(tile.args))
+        if depth and isinstance(key, int):
+            return key * 255 // (2 ** int(depth[1]) - 1)
+    return None
 
 
 def _orientation(image: Image.Image, name: str) -> int:
@@ -106,10 +125,16 @@ def _pil_unit_array(image: Image.Image) -> np.ndarray:
     """Decode one Pillow frame into ``(H, W, 4)`` float32 straight RGBA in [0, 1].
 
     Alpha comes from an alpha band (RGBA, LA, PA, RGBa, La), an RGBA palette or
-    ``info["transparency"]`` (palette tRNS, single transparent index, grey/RGB transparent value),
+    ``info["transparency"]`` (palette tRNS, single transparent index, grey/RGB transparent value; that of a
+    2- or 4-bit grey PNG rescaled, :func:`_low_bit_grey_key`, which needs the image not yet loaded),
     as ``Image.has_transparency_data`` reports; everything else is opaque. Modes I;16* and I are
     16-bit grey (0-65535; I values outside it are clipped), F is grey in [0, 1] (clamped).
     """
+    key = _low_bit_grey_key(image)
+    if key is not None:
+        grey = np.asarray(image.convert("L"), dtype=np.float32)
+        alpha = (grey != key).astype(np.float32)
+        return np.dstack([grey, grey, grey, alpha * 255]) / 255
     if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
         grey = np.asarray(image, dtype=np.float32)
         if not np.isfinite(grey).all():
@@ -192,14 +217,14 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
     """Load any image Pillow can open as straight RGBA.
 
     Handles: palette images with a transparent index or per-entry alpha
-    (exact alpha), L / LA / grey with a transparent value (R = G = B = L), RGB / RGBX / CMYK / YCbCr
+    (exact alpha), L / LA / grey with a transparent value, also at 2 or 4 bits (R = G = B = L), RGB / RGBX / CMYK / YCbCr
     (alpha = 1; CMYK uses Pillow's naive conversion), premultiplied RGBa / La (un-premultiplied by
     Pillow), 16-bit PNGs of every colour type at full precision (read with pypng, divided by 65535,
     tRNS honoured), I;16 / I grey as 16-bit (value / 65535; 32-bit I values outside 0-65535 are clipped), F grey
     as [0, 1] (clamped); a 32-bit BMP without an alpha mask as opaque RGB (warned: its 4th byte is padding by the
     format, though some tools store alpha there), and so is a TIFF whose extra sample is marked unspecified
-    (warned: ExtraSamples 0 is not alpha by the format); other 16-bit sources Pillow reduces to 8 bits
-    (16-bit RGB/RGBA TIFF) load with a warning. Multi-frame files (GIF, APNG, TIFF) give their first frame
+    (warned: ExtraSamples 0 is not alpha by the format); other sources of more than 8 bits that Pillow reduces to
+    8 bits (16-bit RGB/RGBA TIFF, PPM with a maxval above 255) load with a warning. Multi-frame files (GIF, APNG, TIFF) give their first frame
     with a warning. EXIF orientation is applied (an unreadable EXIF block is ignored with a warning).
 
     Args:
@@ -246,7 +271,7 @@ def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_P
         try:
             _warn_first_frame(image, str(path))
             _warn_ignored_channel(image, str(path))
-            if image.format == "PNG" and _sixteen_bit_source(image):
+            if image.format == "PNG" and _source_bits(image) == 16:
                 array = _read_png16(path)
             else:
                 _warn_if_reduced(image, str(path))

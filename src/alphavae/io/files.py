@@ -216,16 +216,16 @@ def _open_guarded(path: Path, max_pixels: int | None) -> Image.Image:
 def load_rgba(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Load any image Pillow can open as straight RGBA.
 
-    Handles: palette images with a transparent index or per-entry alpha
-    (exact alpha), L / LA / grey with a transparent value, also at 2 or 4 bits (R = G = B = L), RGB / RGBX / CMYK / YCbCr
-    (alpha = 1; CMYK uses Pillow's naive conversion), premultiplied RGBa / La (un-premultiplied by
-    Pillow), 16-bit PNGs of every colour type at full precision (read with pypng, divided by 65535,
-    tRNS honoured), I;16 / I grey as 16-bit (value / 65535; 32-bit I values outside 0-65535 are clipped), F grey
-    as [0, 1] (clamped); a 32-bit BMP without an alpha mask as opaque RGB (warned: its 4th byte is padding by the
-    format, though some tools store alpha there), and so is a TIFF whose extra sample is marked unspecified
-    (warned: ExtraSamples 0 is not alpha by the format); other sources of more than 8 bits that Pillow reduces to
-    8 bits (16-bit RGB/RGBA TIFF, PPM with a maxval above 255) load with a warning. Multi-frame files (GIF, APNG, TIFF) give their first frame
-    with a warning. EXIF orientation is applied (an unreadable EXIF block is ignored with a warning).
+    Handles: palette images with a transparent index or per-entry alpha (exact alpha), L / LA / grey with a
+    transparent value, also at 2 or 4 bits (R = G = B = L), RGB / RGBX / CMYK / YCbCr (alpha = 1; CMYK uses Pillow's
+    naive conversion), premultiplied RGBa / La (un-premultiplied by Pillow), 16-bit PNGs of every colour type at
+    full precision (read with pypng, divided by 65535, tRNS honoured), I;16 / I grey as 16-bit (value / 65535;
+    32-bit I values outside 0-65535 are clipped), F grey as [0, 1] (clamped); a 32-bit BMP without an alpha mask as
+    opaque RGB (warned: its 4th byte is padding by the format, though some tools store alpha there), and so is a
+    TIFF whose extra sample is marked unspecified (warned: ExtraSamples 0 is not alpha by the format); other sources
+    of more than 8 bits that Pillow reduces to 8 bits (16-bit RGB/RGBA TIFF, PPM with a maxval above 255) load with
+    a warning. Multi-frame files (GIF, APNG, TIFF) give their first frame with a warning. EXIF orientation is
+    applied (an unreadable EXIF block is ignored with a warning).
 
     Args:
         path: image file.

@@ -307,6 +307,8 @@ def test_hub_ids_that_cannot_be_looked_up_say_how_to_work_offline(tmp_path, monk
     with pytest.raises(OSError, match=rf"^cannot load a FLUX pipeline from 'org/flux': OSError: We couldn't connect "
                                       rf"to the hub {hint}"):
         load_flux_pipeline("org/flux", vae=SimpleNamespace(model=None))
+    with pytest.raises(FileNotFoundError, match=r"^\./flux: folder does not exist$"):  # a path, not an id
+        load_flux_pipeline("./flux", vae=SimpleNamespace(model=None))
 
 
 def test_read_lora_names_a_missing_path_and_weights_that_are_no_lora(tmp_path):

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from alphavae import io
 from alphavae.accel import OFFLOAD_MODES, parse_dtype, resolve_policy
-from alphavae.convert import OFFLINE_HINT, quiet_loggers
+from alphavae.convert import OFFLINE_HINT, looks_like_model_id, quiet_loggers
 from alphavae.diffusion.flow import unpack_latents
 from alphavae.vae import RGBAVAE
 
@@ -78,18 +78,22 @@ def load_flux_pipeline(
     Raises:
         ValueError: unknown offload mode, the VAE's latent channels do not match the transformer, or the
             LoRA holds no LoRA weights or does not fit the transformer (:func:`apply_lora`).
-        FileNotFoundError: a local LoRA path that does not exist.
+        FileNotFoundError: a local model folder (a path that is no ``org/name`` hub id,
+            :func:`alphavae.convert.looks_like_model_id`) or LoRA path that does not exist.
         OSError: the model or LoRA cannot be loaded (message names the path).
     """
     from alphavae.eval.networks import one_line
 
     if offload not in OFFLOAD_MODES:
         raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
+    local = Path(model).expanduser()
+    if not local.exists() and not looks_like_model_id(str(model)):
+        raise FileNotFoundError(f"{model}: folder does not exist")
     lora_state = None if lora is None else read_lora(lora)
     try:
-        pipe = FluxPipeline.from_pretrained(model, vae=vae.model, dtype=dtype)
+        pipe = FluxPipeline.from_pretrained(local if local.exists() else model, vae=vae.model, dtype=dtype)
     except (OSError, ValueError) as err:
-        hint = "" if Path(model).exists() else f" ({OFFLINE_HINT})"
+        hint = "" if local.exists() else f" ({OFFLINE_HINT})"
         raise OSError(f"cannot load a FLUX pipeline from {str(model)!r}: {one_line(err)}{hint}") from err
     if pipe.transformer.config.in_channels != 4 * vae.latent_channels:
         raise ValueError(f"{model}: transformer expects {pipe.transformer.config.in_channels // 4} latent channels, "
@@ -143,7 +147,6 @@ def read_lora(lora: str | Path) -> dict[str, torch.Tensor]:
         ValueError: the weights hold no LoRA matrices (e.g. a full transformer file).
         OSError: the file cannot be read or the id cannot be looked up; one line naming it.
     """
-    from alphavae.convert import looks_like_model_id
     from alphavae.eval.networks import one_line
 
     if not Path(lora).exists() and not looks_like_model_id(str(lora)):

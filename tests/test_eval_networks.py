@@ -210,3 +210,15 @@ def test_mismatched_weights_message_is_one_line(tmp_path):
     with pytest.raises(nets.NetworkUnavailable, match=r"other.pth: cannot load LPIPS weights \(RuntimeError: ") as caught:
         nets.build_lpips(path)
     assert "\n" not in str(caught.value) and "Missing key(s)" in str(caught.value)
+
+
+def test_one_line_keeps_the_reason_of_a_cpu_out_of_memory_error():
+    """Defect 5: torch's "[enforce fail at ...] err == 0." prefix was read as the first sentence, so a failed
+    image's reason was "err == 0" and never said that memory ran out."""
+    torch_message = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                     "tried to allocate 40000000000000 bytes. Error code 12 (Cannot allocate memory)")
+    assert nets.one_line(RuntimeError(torch_message)) == (
+        "RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate 40000000000000 bytes")
+    dotted = RuntimeError("[enforce fail at x.cpp:1] t.numel() == 0. Out of memory.\nmore")
+    assert nets.one_line(dotted) == "RuntimeError: Out of memory"
+    assert nets.one_line(RuntimeError("plain. second")) == "RuntimeError: plain"

@@ -95,9 +95,12 @@ def load_state_dict(path: str | Path, what: str) -> Mapping[str, torch.Tensor]:
 def one_line(err: BaseException, limit: int = 200) -> str:
     """``"<type>: <reason>"`` from an error whose message may span several lines (loading weights, a network
     failing on an image): for a weights-only refusal the unpickler's own reason, else the first sentence,
-    whitespace collapsed, cut at ``limit``."""
+    whitespace collapsed, cut at ``limit``. Torch's ``"[enforce fail at <file>:<line>] <condition>. "`` prefix is
+    dropped, so a CPU allocation failure reads ``"DefaultCPUAllocator: can't allocate memory: you tried to
+    allocate N bytes"``."""
     unpickler = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", str(err), re.DOTALL)
     text = " ".join((unpickler.group(1) if unpickler else str(err)).split())
+    text = re.sub(r"^\[enforce fail at [^\]]*\] .*?\. (?=\S)", "", text)
     reason = re.split(r"(?<=\w)\. ", text)[0]
     reason = reason if len(reason) <= limit else reason[:limit] + " ..."
     return f"{type(err).__name__}: {reason}" if reason else type(err).__name__

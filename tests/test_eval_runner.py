@@ -681,3 +681,48 @@ def test_report_thumbnails_do_not_bleed_hidden_colour_into_edges():
     strip = np.asarray(Image.open(bytes_io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
     over_black = strip[:4, 2 * (4 + 4): 2 * (4 + 4) + 4]  # third tile: the GT over black, 4 px wide
     assert over_black[..., 1].max() == 0 and over_black[:, 1, 0] == pytest.approx([128] * 4, abs=1)
+
+
+def test_an_image_too_long_for_jpeg_is_that_images_failure_naming_the_limit(tmp_path, capfd):
+    """Defect 6: the reference protocol failed a 66000 px wide image as "broken data stream when writing image
+    file", after a stray libjpeg line on stderr; now the reason names JPEG's limit and the clean protocol."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for folder in (gt, pred):
+        save_rgba(torch.zeros(4, 2, 66000), folder / "x.png")
+    out = tmp_path / "out"
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), "--quiet", *NO_NETS]) == 1
+    err = capfd.readouterr().err
+    reason = ("the reference protocol's JPEG step holds at most 65,500 px a side (got 66000 x 2, width x height); "
+              "--protocol clean scores it")
+    assert err.startswith(f"failed: {gt / 'x.png'} vs {pred / 'x.png'}: {reason}\n")
+    assert "Maximum supported" not in err and "broken data stream" not in err
+    assert main(["eval", "--gt", str(gt), "--pred", str(pred), "-o", str(out), "--overwrite", "--quiet",
+                 "--protocol", "clean", *NO_NETS]) == 0
+
+
+def test_eval_vae_feeds_the_vae_float32_pixels_as_reconstruct_does(tmp_path, monkeypatch):
+    """Defect 3: eval-vae (and its latent drift) cast the GT pixels to the VAE's dtype, bf16 under "mixed-bf16",
+    although that policy keeps encoder.conv_in in float32 to read unrounded pixels; `reconstruct` gives float32."""
+    from alphavae.accel import apply_policy, resolve_policy
+    from alphavae.eval.protocols import score_pair
+    from alphavae.eval.runner import evaluate_vae
+    from alphavae.io import load_rgba
+    from alphavae.vae import RGBAVAE
+
+    save_rgba(soft_rgba(32, 40, seed=0), tmp_path / "data" / "im0.png")
+    vae = RGBAVAE(apply_policy(tiny_rgba_vae("sd1", random_alpha=True), resolve_policy("mixed-bf16", "cpu")))
+    gt = load_rgba(tmp_path / "data" / "im0.png")
+    with torch.inference_mode():
+        expected = score_pair(gt, vae.reconstruct(gt[None])[0], make_protocol("clean"), Networks()).groups
+    fed, encode = [], RGBAVAE.encode
+
+    def record(self, pixels):
+        fed.append(pixels.dtype)
+        return encode(self, pixels)
+
+    monkeypatch.setattr(RGBAVAE, "encode", record)
+    report, _ = evaluate_vae(vae, tmp_path / "data", make_protocol("clean"), Networks(), source=tiny_rgb_vae("sd1"),
+                             progress=False)
+    assert fed == [torch.float32] * 3  # the reconstruction, then the drift's black and white composites
+    scores = report["images"][0]["scores"]
+    assert {group: scores[group] for group in expected} == expected

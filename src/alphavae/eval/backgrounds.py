@@ -21,6 +21,9 @@ BACKGROUND_NAMES: tuple[str, ...] = tuple(BACKGROUNDS)
 CHECKERBOARD = "checkerboard"
 """Name of the optional checkerboard background in reports."""
 
+JPEG_MAX_SIDE = 65500
+"""The longest image side in px that JPEG (libjpeg's ``JPEG_MAX_DIMENSION``) can hold."""
+
 
 def composites(pixels: torch.Tensor, names: tuple[str, ...] = BACKGROUND_NAMES) -> torch.Tensor:
     """Composite straight-alpha RGBA images over each named background.
@@ -63,11 +66,16 @@ def jpeg_roundtrip(images: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(N, 3, H, W)`` uint8 RGB after the JPEG round trip.
     Raises:
-        ValueError: not ``(N, 3, H, W)`` uint8, or N = 0 (from numpy).
+        ValueError: not ``(N, 3, H, W)`` uint8, N = 0 (from numpy), or a side longer than :data:`JPEG_MAX_SIDE`
+            px (one line giving the size, before any encoding).
     Source: Pillow ``JpegImagePlugin`` (default quality 75).
     """
     if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
         raise ValueError(f"jpeg_roundtrip needs (N, 3, H, W) uint8, got {tuple(images.shape)} {images.dtype}")
+    height, width = images.shape[-2:]
+    if max(height, width) > JPEG_MAX_SIDE:
+        raise ValueError(f"the reference protocol's JPEG step holds at most {JPEG_MAX_SIDE:,} px a side (got "
+                         f"{width} x {height}, width x height); --protocol clean scores it")
     out = []
     for hwc in images.permute(0, 2, 3, 1).cpu().numpy():
         buffer = _bytes_io.BytesIO()

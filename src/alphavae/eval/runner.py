@@ -283,7 +283,7 @@ def latent_drift(vae, source, gt: torch.Tensor) -> dict[str, float]:
     for background in ("black", "white"):
         rgb = composite(gt[None].float(), background)
         opaque = torch.cat([rgb, torch.ones_like(rgb[:, :1])], 1)
-        mu = vae.encode(opaque.to(vae.device, vae.dtype)).mean.float()
+        mu = vae.encode(opaque.to(vae.device)).mean.float()  # float32: the dtype policy casts (see evaluate_vae)
         padded = pad_to_multiple(opaque, vae.multiple, mode="replicate")[0][:, :3].to(source.device, source.dtype)
         with torch.no_grad():
             mu_src = source.encode(padded).latent_dist.mean.float().to(mu.device)
@@ -311,6 +311,9 @@ def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networ
                  progress: bool = True) -> tuple[dict, list[dict]] | None:
     """Reconstruct every image of ``data_dir`` with an RGBA VAE and benchmark the reconstructions in one run.
 
+    The VAE gets the float32 pixels, as ``alphavae reconstruct`` gives them, and casts them by its dtype policy
+    (under "mixed-bf16" the float32 ``encoder.conv_in`` reads them unrounded, ``alphavae.accel``).
+
     Args:
         vae: ``alphavae.vae.RGBAVAE`` (posterior mode is decoded).
         data_dir: folder of RGBA ground-truth images.
@@ -336,7 +339,7 @@ def evaluate_vae(vae, data_dir: str | Path, protocol: Protocol, networks: Networ
     def load(pair: Pair) -> tuple[torch.Tensor, torch.Tensor]:
         gt = prepare_gt(load_rgba(pair.gt), protocol)
         with torch.inference_mode():
-            pred = vae.reconstruct(gt[None].to(vae.device, vae.dtype), min_side=min_side)[0].float().cpu()
+            pred = vae.reconstruct(gt[None].to(vae.device), min_side=min_side)[0].float().cpu()
         return gt, pred
 
     def drift(pair: Pair, gt: torch.Tensor) -> dict[str, dict[str, float]]:

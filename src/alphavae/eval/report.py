@@ -3,7 +3,9 @@ HTML page (inline CSS, images as data URIs) with the worst-K images.
 
 The CSV columns are the reference's ``group,subset,input_laion_score,output_laion_score,fid_score,lpips,
 psnr,ssim``: one row per (group, subset), group ``rgb`` = mean over the 9 backgrounds, ``rgba`` = raw
-(alpha-blind), plus each single background; subset ``overall`` is the macro mean over everything.
+(alpha-blind), plus each single background; subset ``overall`` is the macro mean over everything. A subset is
+labelled by its ``dataset/subset`` path (root levels left out); a subset folder named ``overall`` directly in the
+root is labelled ``./overall``, so that its rows stay apart from the overall mean's.
 """
 
 from __future__ import annotations
@@ -42,10 +44,14 @@ ALPHA_BLIND_NOTE = (
 
 
 def _subset_rows(report: dict):
-    """``(subset label, Scores)`` for every subset and the overall macro mean."""
+    """``(subset label, Scores)`` for every subset, then ``("overall", Scores)`` for the overall macro mean.
+
+    A subset's label is ``dataset/subset`` without root (``.``) levels, ``.`` for the root itself, and
+    ``./overall`` for a root subset named ``overall`` (not the overall mean's label)."""
     for ds, node in report["tree"]["datasets"].items():
         for ss, sub in node["subsets"].items():
-            yield ("/".join(p for p in (ds, ss) if p != ".") or "."), sub["macro"]
+            label = "/".join(p for p in (ds, ss) if p != ".") or "."
+            yield (f"./{label}" if label == "overall" else label), sub["macro"]
     yield "overall", report["tree"]["overall"]["macro"]
 
 

@@ -86,10 +86,10 @@ def load_flux_pipeline(
 
     if offload not in OFFLOAD_MODES:
         raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
+    lora_state = None if lora is None else read_lora(lora)
     local = Path(model).expanduser()
     if not local.exists() and not looks_like_model_id(str(model)):
         raise FileNotFoundError(f"{model}: folder does not exist")
-    lora_state = None if lora is None else read_lora(lora)
     try:
         pipe = FluxPipeline.from_pretrained(local if local.exists() else model, vae=vae.model, dtype=dtype)
     except (OSError, ValueError) as err:

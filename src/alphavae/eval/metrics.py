@@ -29,6 +29,11 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 SSIM_WINDOW = 11
 """Side of the SSIM Gaussian window in px: SSIM needs images at least this large on both sides."""
 
+SSIM_TILE = 128
+"""Side in px of the SSIM map tiles computed at once (:func:`ssim`): bounds SSIM's working memory
+(about 9 * 15 * 138^2 float32, 10 MB, for 9 backgrounds) and cost (2 * 138 multiply-adds per pixel
+and moment instead of H + W); 64 to 256 px time alike on CPU."""
+
 NOT_APPLICABLE = {
     "alpha_leakage": "the GT has no fully transparent pixel",
     "alpha_edge_mae": "the GT has no edge band (no alpha strictly between 0.05 and 0.95)",
@@ -89,7 +94,8 @@ def _band(length: int, size: int, sigma: float, dtype: torch.dtype, device: str)
 
 def _gaussian_valid(x: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """'Valid' separable Gaussian filtering of ``(B, C, H, W)`` as two banded matrix products (BLAS is
-    several times faster than PyTorch's depthwise convolution on CPU); output ``(B, C, H-size+1, W-size+1)``."""
+    several times faster than PyTorch's depthwise convolution on CPU); output ``(B, C, H-size+1, W-size+1)``.
+    The products cost ``H + W`` multiply-adds per pixel: :func:`ssim` calls this on tiles."""
     rows = _band(x.shape[-2], size, sigma, x.dtype, str(x.device))
     cols = _band(x.shape[-1], size, sigma, x.dtype, str(x.device))
     return torch.matmul(torch.matmul(rows, x), cols.T)
@@ -108,7 +114,29 @@ def luma255(x: torch.Tensor) -> torch.Tensor:
     return (x.float() * w).sum(1, keepdim=True).mul(255.0).round()
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, *, y_channel: bool) -> torch.Tensor:
+def _tiles(length: int, tile: int) -> list[slice]:
+    """Consecutive slices of at most ``tile`` covering ``range(length)``."""
+    return [slice(start, min(start + tile, length)) for start in range(0, length, tile)]
+
+
+def _ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tensor:
+    """SSIM map of one block: ``(B, C, h, w)`` float32 in [0, data_range] -> ``(B, C, h - 10, w - 10)`` float32
+    ('valid' 11x11 window, contrast-structure term clamped at 0)."""
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    c = x.shape[1]
+    # float32 on values centred at mid-range: the E[x^2] - E[x]^2 cancellation error stays far below
+    # C2 (agreement with pyiqa's float64 within 1e-4, tested).
+    x, y = x - data_range / 2, y - data_range / 2
+    moments = _gaussian_valid(torch.cat([x, y, x * x, y * y, x * y], 1))
+    mu_x, mu_y, xx, yy, xy = moments.split(c, dim=1)
+    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
+    mu_x, mu_y = mu_x + data_range / 2, mu_y + data_range / 2
+    cs = torch.relu((2 * cov + c2) / (var_x + var_y + c2))
+    lum = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+    return lum * cs
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, *, y_channel: bool, tile: int = SSIM_TILE) -> torch.Tensor:
     """Structural similarity per image (Wang et al. 2004), 11x11 Gaussian window, sigma 1.5.
 
     ``y_channel=True`` reproduces pyiqa's default ``ssim`` metric: luma rounded to 0..255
@@ -117,10 +145,14 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, y_channel: bool) -> torch.Tensor:
     (data range 1, no rounding; same window and clamp), averaged over channels and pixels (the clean
     protocol).
     Images smaller than :data:`SSIM_WINDOW` (11) px on a side raise (``score_pair`` leaves SSIM out for them).
+    The map is computed in ``tile x tile`` px tiles (each from its input block plus the 10 px window
+    overlap, so every map value is the whole-image one up to float rounding) and summed in float64: working
+    memory is about ``B * 15 * (tile + 10)^2`` floats, whatever the image size.
 
     Args:
         x, y: ``(B, 3, H, W)`` float RGB in [0, 1].
         y_channel: score the rounded luma (reference) instead of RGB (clean).
+        tile: side in px of the map tiles, >= 1 (default :data:`SSIM_TILE`).
     Returns:
         ``(B,)`` float64 SSIM in [0, 1].
     Raises:
@@ -136,18 +168,14 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, y_channel: bool) -> torch.Tensor:
         x, y, data_range = luma255(x), luma255(y), 255.0
     else:
         x, y, data_range = x.float(), y.float(), 1.0
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    c = x.shape[1]
-    # float32 on values centred at mid-range: the E[x^2] - E[x]^2 cancellation error stays far below
-    # C2 (agreement with pyiqa's float64 within 1e-4, tested).
-    x, y = x - data_range / 2, y - data_range / 2
-    moments = _gaussian_valid(torch.cat([x, y, x * x, y * y, x * y], 1))
-    mu_x, mu_y, xx, yy, xy = moments.split(c, dim=1)
-    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
-    mu_x, mu_y = mu_x + data_range / 2, mu_y + data_range / 2
-    cs = torch.relu((2 * cov + c2) / (var_x + var_y + c2))
-    lum = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
-    return (lum * cs).double().mean(dim=(1, 2, 3))
+    halo = SSIM_WINDOW - 1
+    height, width = x.shape[-2] - halo, x.shape[-1] - halo  # size of the SSIM map
+    total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for rows in _tiles(height, tile):
+        for cols in _tiles(width, tile):
+            block = (..., slice(rows.start, rows.stop + halo), slice(cols.start, cols.stop + halo))
+            total += _ssim_map(x[block], y[block], data_range).double().sum(dim=(1, 2, 3))
+    return total / (x.shape[1] * height * width)
 
 
 def _check_alpha(gt: torch.Tensor, pred: torch.Tensor) -> None:
@@ -188,19 +216,30 @@ def alpha_sad(gt: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     return (gt.double() - pred.double()).abs().sum(dim=(1, 2, 3)) / 1000.0
 
 
+def _correlate_valid(x: torch.Tensor, taps: torch.Tensor, dim: int) -> torch.Tensor:
+    """'Valid' 1-D correlation along ``dim``: ``out[i] = sum_k taps[k] * x[i + k]``; that side shrinks by
+    ``len(taps) - 1``. Shifted multiply-adds: one output-sized buffer, no im2col copy per tap."""
+    length = x.shape[dim] - len(taps) + 1
+    out = x.narrow(dim, 0, length) * taps[0].item()
+    for k in range(1, len(taps)):
+        out.add_(x.narrow(dim, k, length), alpha=taps[k].item())
+    return out
+
+
 def _gradient_magnitude(alpha: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Magnitude of the Gaussian-derivative gradient (scale ``sigma`` px) of ``(B, 1, H, W)``, replicate-padded."""
+    """Magnitude of the Gaussian-derivative gradient (scale ``sigma`` px) of ``(B, 1, H, W)``, replicate-padded;
+    same shape and dtype. The 2-D kernels are separable (Gaussian across, derivative along), filtered as
+    two 1-D passes each."""
     radius = math.ceil(3 * sigma)
     taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
     gauss = torch.exp(-(taps**2) / (2 * sigma**2))
     gauss = gauss / gauss.sum()
     deriv = -taps / sigma**2 * gauss
-    deriv = deriv / deriv.mul(taps).abs().sum()  # unit response to a unit-slope ramp
+    deriv = (deriv / deriv.mul(taps).abs().sum()).flip(0)  # unit response to a unit-slope ramp; flipped: correlation
     padded = F.pad(alpha, (radius,) * 4, mode="replicate")
-    kx = (gauss.view(-1, 1) * deriv.view(1, -1)).flip(-1).view(1, 1, 2 * radius + 1, -1)
-    gx = F.conv2d(padded, kx.to(alpha))
-    gy = F.conv2d(padded, kx.transpose(-1, -2).to(alpha))
-    return torch.sqrt(gx**2 + gy**2)
+    gx = _correlate_valid(_correlate_valid(padded, gauss, -2), deriv, -1)
+    gy = _correlate_valid(_correlate_valid(padded, deriv, -2), gauss, -1)
+    return gx.square_().add_(gy.square_()).sqrt_()
 
 
 def alpha_gradient_error(gt: torch.Tensor, pred: torch.Tensor, sigma: float = GRADIENT_SIGMA) -> torch.Tensor:

@@ -31,6 +31,10 @@ RGBA_GROUP = "rgba"
 ALPHA_GROUP = "alpha"
 """Group name of the alpha-matte metrics (clean protocol)."""
 
+VIEW_PIXELS = 2**24
+"""Most pixels per side (GT, prediction) that :func:`score_pair` composites and scores in one batch: 2^24 px
+(one 4096x4096 image, 200 MB of float32 RGB); larger batches only add memory, smaller ones lose little speed."""
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -143,48 +147,27 @@ class ImageScore:
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
-def _views(gt: torch.Tensor, pred: torch.Tensor, protocol: Protocol) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """Group names and the ``(K, 3, H, W)`` [0, 1] images scored for them (GT side, prediction side)."""
-    names = list(protocol.backgrounds)
-    both = composites(torch.stack([gt, pred]), protocol.backgrounds)  # (2, K, 3, H, W)
-    if protocol.raw_group:
-        names.append(RGBA_GROUP)
-        raw = to_unit(torch.stack([gt, pred])[:, None, :3]).clamp(0, 1)
-        both = torch.cat([both, raw], 1)
-    if protocol.jpeg:
-        k = len(protocol.backgrounds)
-        q = quantise(both)
-        flat = jpeg_roundtrip(q[:, :k].flatten(0, 1)).view_as(q[:, :k])
-        both = torch.cat([flat, q[:, k:]], 1).float() / 255.0
-    return names, both[0], both[1]
+def _view(pixels: torch.Tensor, name: str, protocol: Protocol) -> torch.Tensor:
+    """The ``(3, H, W)`` [0, 1] image scored for group ``name`` (a background or :data:`RGBA_GROUP`) of one
+    ``(4, H, W)`` straight RGBA image in [-1, 1]: the composite (uint8 + JPEG round trip with ``jpeg``) or the
+    raw colour channels (uint8 with ``jpeg``, no JPEG)."""
+    if name == RGBA_GROUP:
+        rgb = to_unit(pixels[:3]).clamp(0, 1)
+        return quantise(rgb).float() / 255.0 if protocol.jpeg else rgb
+    rgb = composites(pixels[None], (name,))[0]  # (1, 3, H, W)
+    return jpeg_roundtrip(quantise(rgb))[0].float() / 255.0 if protocol.jpeg else rgb[0]
 
 
-def score_pair(gt: torch.Tensor, pred: torch.Tensor, protocol: Protocol, networks: Networks) -> ImageScore:
-    """Score one prediction against its ground truth under ``protocol``.
+def _views(gt: torch.Tensor, pred: torch.Tensor, names: list[str],
+           protocol: Protocol) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(K, 3, H, W)`` [0, 1] images scored for the K groups ``names`` (GT side, prediction side)."""
+    return tuple(torch.stack([_view(pixels, name, protocol) for name in names]) for pixels in (gt, pred))
 
-    Any image size is scored. Metrics that do not apply to an image are None: ``ssim`` below 11 px on
-    a side (``metrics.SSIM_WINDOW``), ``lpips`` below 31 px (``networks.LPIPS_MIN_SIZE``), and the
-    alpha metrics of ``metrics.NOT_APPLICABLE`` (leakage without fully transparent GT pixels, edge-band
-    error without an edge band). Averages skip None (``alphavae.eval.aggregate.mean_scores``).
 
-    Args:
-        gt, pred: ``(4, H, W)`` straight RGBA in [-1, 1], same size (``gt`` already through :func:`prepare_gt`).
-        protocol: from :func:`make_protocol`; sets the backgrounds (one group each), 8-bit rounding of
-            ``pred`` and JPEG round trip of the composites (``jpeg``), luma vs RGB SSIM (``ssim_y``), the
-            alpha-blind ``rgba`` group (``raw_group``) and the ``alpha`` group (``alpha_metrics``).
-        networks: optional LPIPS / Inception / aesthetic networks (None members are skipped).
-    Returns:
-        :class:`ImageScore` with per-group ``psnr`` (dB), ``ssim`` or None (and ``lpips`` or None,
-        ``input_laion_score``, ``output_laion_score`` when the networks are loaded; Inception features in
-        ``features``), plus the ``rgba`` group (``reference``) or the ``alpha`` group (``clean``).
-    Raises:
-        ValueError: shapes differ or are not ``(4, H, W)``.
-    """
-    if gt.shape != pred.shape or gt.ndim != 3 or gt.shape[0] != 4:
-        raise ValueError(f"score_pair needs two (4, H, W) images of one size, got {tuple(gt.shape)} and {tuple(pred.shape)}")
-    if protocol.jpeg:
-        pred = round_to_8bit(pred)
-    names, x, y = _views(gt.float(), pred.float(), protocol)
+def _score_views(gt: torch.Tensor, pred: torch.Tensor, names: list[str], protocol: Protocol,
+                 networks: Networks) -> ImageScore:
+    """Pixel and network scores of the groups ``names`` (all scored as one batch); see :func:`score_pair`."""
+    x, y = _views(gt, pred, names, protocol)
     side = min(gt.shape[-2:])
     values = {"psnr": metrics.psnr(y, x),
               "ssim": metrics.ssim(y, x, y_channel=protocol.ssim_y) if side >= metrics.SSIM_WINDOW else None}
@@ -197,7 +180,49 @@ def score_pair(gt: torch.Tensor, pred: torch.Tensor, protocol: Protocol, network
                         for i, name in enumerate(names)})
     if networks.inception is not None:
         feats = inception_features(networks.inception, quantise(torch.cat([x, y])))
-        score.features = {name: (feats[i : i + 1], feats[len(names) + i : len(names) + i + 1]) for i, name in enumerate(names)}
+        k = len(names)
+        score.features = {name: (feats[i : i + 1], feats[k + i : k + i + 1]) for i, name in enumerate(names)}
+    return score
+
+
+def score_pair(gt: torch.Tensor, pred: torch.Tensor, protocol: Protocol, networks: Networks) -> ImageScore:
+    """Score one prediction against its ground truth under ``protocol``.
+
+    Any image size is scored (up to JPEG's :data:`~alphavae.eval.backgrounds.JPEG_MAX_SIDE` px a side under a
+    protocol with ``jpeg``, the reference one). Metrics that do not apply to an image are None: ``ssim`` below 11 px on
+    a side (``metrics.SSIM_WINDOW``), ``lpips`` below 31 px (``networks.LPIPS_MIN_SIZE``), and the
+    alpha metrics of ``metrics.NOT_APPLICABLE`` (leakage without fully transparent GT pixels, edge-band
+    error without an edge band). Averages skip None (``alphavae.eval.aggregate.mean_scores``).
+    The groups are composited and scored in batches of at most :data:`VIEW_PIXELS` pixels per side (the 9
+    backgrounds at once up to 1365x1365 px, one at a time from 2897x2897 px): memory does not grow with
+    their number.
+
+    Args:
+        gt, pred: ``(4, H, W)`` straight RGBA in [-1, 1], same size (``gt`` already through :func:`prepare_gt`).
+        protocol: from :func:`make_protocol`; sets the backgrounds (one group each), 8-bit rounding of
+            ``pred`` and JPEG round trip of the composites (``jpeg``), luma vs RGB SSIM (``ssim_y``), the
+            alpha-blind ``rgba`` group (``raw_group``) and the ``alpha`` group (``alpha_metrics``).
+        networks: optional LPIPS / Inception / aesthetic networks (None members are skipped).
+    Returns:
+        :class:`ImageScore` with per-group ``psnr`` (dB), ``ssim`` or None (and ``lpips`` or None,
+        ``input_laion_score``, ``output_laion_score`` when the networks are loaded; Inception features in
+        ``features``), plus the ``rgba`` group (``reference``) or the ``alpha`` group (``clean``).
+    Raises:
+        ValueError: shapes differ or are not ``(4, H, W)``, or a side exceeds JPEG's limit under a ``jpeg``
+            protocol (:func:`~alphavae.eval.backgrounds.jpeg_roundtrip`).
+    """
+    if gt.shape != pred.shape or gt.ndim != 3 or gt.shape[0] != 4:
+        raise ValueError(f"score_pair needs two (4, H, W) images of one size, got {tuple(gt.shape)} and {tuple(pred.shape)}")
+    if protocol.jpeg:
+        pred = round_to_8bit(pred)
+    gt, pred = gt.float(), pred.float()
+    names = list(protocol.backgrounds) + ([RGBA_GROUP] if protocol.raw_group else [])
+    batch = max(1, VIEW_PIXELS // (gt.shape[-2] * gt.shape[-1]))
+    score = ImageScore()
+    for start in range(0, len(names), batch):
+        part = _score_views(gt, pred, names[start : start + batch], protocol, networks)
+        score.groups.update(part.groups)
+        score.features.update(part.features)
     if protocol.alpha_metrics:
         alpha = metrics.alpha_metrics(alpha_unit(gt[None]), alpha_unit(pred[None]))
         score.groups[ALPHA_GROUP] = {m: None if m in metrics.NOT_APPLICABLE and math.isnan(v[0]) else float(v[0])

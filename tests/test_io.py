@@ -600,6 +600,16 @@ def test_output_must_be_outside_inputs(tmp_path):
     aio.check_output_outside_inputs(tmp_path / "out", [inputs, tmp_path / "file.png"])
 
 
+def test_run_folder_must_not_hold_inputs(tmp_path):
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(run)
+    for held in (run, run / "final", run / "config.json", tmp_path / "link" / "data"):
+        with pytest.raises(ValueError, match=f"run folder {run} contains input {held}; choose a run folder apart"):
+            aio.check_inputs_outside_output(run, [tmp_path / "data", held])
+    aio.check_inputs_outside_output(run, [tmp_path / "data", tmp_path / "runx", tmp_path])
+
+
 def test_output_folder_must_be_a_folder_outside_inputs(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()

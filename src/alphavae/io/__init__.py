@@ -31,6 +31,7 @@ from alphavae.io.files import (
     atomic_write,
     atomic_write_text,
     check_output_folder,
+    check_inputs_outside_output,
     check_output_outside_inputs,
     check_text,
     check_writable_folder,
@@ -65,8 +66,8 @@ from alphavae.io.sheets import labelled_sheet
 __all__ = [
     "BACKGROUNDS", "CHECKER_DARK", "CHECKER_LIGHT", "DEFAULT_MAX_PIXELS", "PAD_MODES", "PREVIEW_BACKGROUNDS",
     "RESIZE_MODES", "ROUND_OFF_ALPHA", "ImageLoadError", "alpha_to_mask", "alpha_unit", "atomic_write",
-    "atomic_write_text", "check_float_tensor", "check_output_folder", "check_output_outside_inputs", "check_pixels",
-    "check_text",
+    "atomic_write_text", "check_float_tensor", "check_inputs_outside_output", "check_output_folder",
+    "check_output_outside_inputs", "check_pixels", "check_text",
     "check_writable_folder", "checkerboard", "clear_hidden_colour", "composite", "crop_to", "folder_relation",
     "from_pil", "from_unit", "image_extensions", "labelled_sheet", "list_images", "list_images_reporting", "load_rgba",
     "mask_to_alpha", "pad_to_canvas", "pad_to_multiple", "premultiply", "read_jsonl", "read_text_file", "resize_rgba",

@@ -804,3 +804,23 @@ def check_output_outside_inputs(output_dir: str | os.PathLike,
         resolved = root.resolve()
         if resolved.is_dir() and output.is_relative_to(resolved):
             raise ValueError(f"{what} {output_dir} is inside input folder {root}; choose one outside the inputs")
+
+
+def check_inputs_outside_output(output_dir: str | os.PathLike,
+                                inputs: str | os.PathLike | Iterable[str | os.PathLike], *,
+                                what: str = "run folder") -> None:
+    """Refuse an output folder that holds an input, for jobs that replace or delete their own subfolders
+    (a training run's ``final/``, ``checkpoints/``, ``validation/``): an input there could be destroyed.
+
+    Args:
+        output_dir: folder the job owns (need not exist yet).
+        inputs: the job's input files/folders (data folder, model folders, config files).
+        what: what ``output_dir`` is, for the message.
+
+    Raises:
+        ValueError: an input equals or lies inside ``output_dir`` after resolving symlinks (names both).
+    """
+    output = Path(output_dir).expanduser().resolve()
+    for root in _as_paths(inputs):
+        if root.expanduser().resolve().is_relative_to(output):
+            raise ValueError(f"{what} {output_dir} contains input {root}; choose a {what} apart from the inputs")

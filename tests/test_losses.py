@@ -348,3 +348,26 @@ def test_objective_gives_identical_losses_for_identical_looking_inputs():
     assert results[0][1] == results[1][1]
     assert objective.discriminator_loss(objective.discriminator, pixels, results[0][2])[1] == \
         objective.discriminator_loss(objective.discriminator, hidden, results[1][2])[1]
+
+
+def test_loss_config_refuses_background_moments_no_background_can_have():
+    """E[b^2] < E[b]^2 (a negative variance) was accepted, making ABMSE unbounded below; so were moments out of the
+    range of backgrounds in [-1, 1] given from Python."""
+    refused = [({"background_mean": (0.9, 0, 0), "background_square": (0.1, 0.3, 0.3)},
+                r"loss.background_square must be >= loss.background_mean squared \(a variance cannot be negative\), "
+                r"got 0.1 < 0.9\^2 = 0.81 for channel 0 \(red\)"),
+               ({"background_mean": (0, 0, -0.7)},
+                r"got 0.3634 < -0.7\^2 = 0.49 for channel 2 \(blue\)$"),
+               ({"background_mean": (0, 1.5, 0)},
+                r"loss.background_mean must be in \[-1, 1\] \(E\[b\] of backgrounds in \[-1, 1\]\), got 1.5 for "
+                r"channel 1 \(green\)"),
+               ({"background_square": (0.3, 1.2, 0.3)}, r"loss.background_square must be in \[0, 1\] .*got 1.2"),
+               ({"background_square": (0.3, 0.3, float("nan"))}, r"must be in \[0, 1\] .*got nan for channel 2"),
+               ({"background_mean": (0, 0)}, r"loss.background_mean must be three numbers \(r, g, b\), got \(0, 0\)")]
+    for values, message in refused:
+        with pytest.raises(ValueError, match=message):
+            LossConfig(**values)
+    grey = 223 / 127.5 - 1  # one-colour backgrounds (variance 0) as `alphavae background-moments` prints them
+    rounded = (float(f"{grey:.6g}"), float(f"{grey * grey:.6g}"))
+    assert rounded[1] < rounded[0] ** 2  # rounding alone puts E[b^2] a little below E[b]^2: still accepted
+    assert LossConfig(background_mean=(rounded[0], 1, -1), background_square=(rounded[1], 1, 1)).background_mean[1] == 1

@@ -353,7 +353,8 @@ class LossConfig:
     Attributes:
         reconstruction: ``"abmse"`` (paper) or ``"mse"`` (naive per-channel MSE; RGB models always use it).
         reconstruction_weight: weight of the reconstruction term.
-        background_mean, background_square: ABMSE moments E[b], E[b^2] per channel in [-1, 1].
+        background_mean, background_square: ABMSE moments E[b], E[b^2] per channel (r, g, b) of backgrounds
+            in [-1, 1]: each mean in [-1, 1], each second moment in [mean^2, 1] (a variance is not negative).
         lpips_weight: weight of composite LPIPS (0.5); 0 disables it.
         lpips_backgrounds: composite backgrounds (names or 0-255 triples); default = reference (mid-grey,
             white).
@@ -376,7 +377,9 @@ class LossConfig:
             ``"rgba"``/``"composite"``, ``lpips_net`` is not ``"vgg"``/``"alex"``, or ``lpips_backgrounds`` is
             empty or holds something other than a name
             of ``alphavae.io.BACKGROUNDS``, ``"checkerboard"``, an (r, g, b) triple in 0-255 or a tensor (stored
-            as a tuple).
+            as a tuple); or ``background_mean`` / ``background_square`` is not three numbers, a mean is outside
+            [-1, 1], a second moment outside [0, 1], or a second moment is below its channel's squared mean (a
+            negative variance makes ABMSE unbounded below; 2e-6 of rounding is allowed).
     """
 
     reconstruction: str = "abmse"
@@ -405,6 +408,25 @@ class LossConfig:
         if self.lpips_net not in ("vgg", "alex"):
             raise ValueError(f"loss.lpips_net must be 'vgg' or 'alex', got {self.lpips_net!r}")
         self.lpips_backgrounds = _lpips_backgrounds(self.lpips_backgrounds)
+        for name in ("background_mean", "background_square"):
+            values = getattr(self, name)
+            if isinstance(values, str) or not isinstance(values, (list, tuple)) or len(values) != 3:
+                raise ValueError(f"loss.{name} must be three numbers (r, g, b), got {values!r}")
+        # Every pair with E[b] in [-1, 1] and E[b]^2 <= E[b^2] <= 1 is reached by some background distribution in
+        # [-1, 1]; below E[b]^2 (a negative variance) ABMSE is unbounded below. 2e-6 of slack covers rounding, e.g.
+        # the 6 significant digits `alphavae background-moments` prints for one-colour backgrounds (variance 0).
+        for channel, colour in enumerate(("red", "green", "blue")):
+            mean, square = self.background_mean[channel], self.background_square[channel]
+            where = f"for channel {channel} ({colour})"
+            if not -1 <= mean <= 1:
+                raise ValueError(f"loss.background_mean must be in [-1, 1] (E[b] of backgrounds in [-1, 1]), "
+                                 f"got {mean!r} {where}")
+            if not 0 <= square <= 1:
+                raise ValueError(f"loss.background_square must be in [0, 1] (E[b^2] of backgrounds in [-1, 1]), "
+                                 f"got {square!r} {where}")
+            if not square >= mean * mean - 2e-6:
+                raise ValueError(f"loss.background_square must be >= loss.background_mean squared (a variance "
+                                 f"cannot be negative), got {square!r} < {mean!r}^2 = {mean * mean:.6g} {where}")
 
 
 def _lpips_backgrounds(value) -> tuple:

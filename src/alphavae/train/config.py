@@ -20,7 +20,7 @@ from diffusers.optimization import SchedulerType
 
 from alphavae.accel import MIXED_PRECISIONS
 from alphavae.configs import shipped_configs
-from alphavae.data.datasets import check_probabilities
+from alphavae.data.datasets import OPAQUE_BACKGROUNDS, check_probabilities
 from alphavae.losses import LossConfig
 
 
@@ -62,6 +62,9 @@ SCHEDULERS = frozenset(kind.value for kind in SchedulerType) - {"piecewise_const
 #: ``OptimConfig.disc_scheduler`` values: a constant discriminator rate, or the generator's schedule type from
 #: ``loss.gan_start`` on (the reference train_vae.py).
 DISC_SCHEDULERS = ("constant", "generator")
+#: ``DataConfig.crop`` values: ``RGBADataset``'s crops less ``"none"`` (uncropped images do not make the
+#: ``data.size`` squares a training batch and its posterior noise are shaped for).
+TRAINING_CROPS = ("random", "center")
 _TRUTH = {"yes": True, "on": True, "no": False, "off": False}  # YAML 1.1 words still read for boolean fields
 
 _AT_LEAST_0 = (lambda value: value >= 0, ">= 0")
@@ -79,9 +82,9 @@ _LIMITS = {
               "max_steps": _AT_LEAST_1, "gradient_accumulation": _AT_LEAST_1, "max_grad_norm": _AT_LEAST_0},
     "loss": {"reconstruction_weight": _AT_LEAST_0, "lpips_weight": _AT_LEAST_0, "kl_weight": _AT_LEAST_0,
              "ref_kl_weight": _AT_LEAST_0, "ref_kl_inert_below": _AT_LEAST_0, "gan_weight": _AT_LEAST_0,
-             "gan_start": _AT_LEAST_0, "disc_channels": _AT_LEAST_1, "disc_layers": _AT_LEAST_0,
-             "background_mean": (lambda value: -1 <= value <= 1, "in [-1, 1]"), "background_square": _UNIT},
-    "": {"seed": _AT_LEAST_0, "ema_decay": _UNIT, "checkpoint_every": _AT_LEAST_1, "keep_checkpoints": _AT_LEAST_0,
+             "gan_start": _AT_LEAST_0, "disc_channels": _AT_LEAST_1, "disc_layers": _AT_LEAST_0},
+    "": {"seed": (lambda value: 0 <= value < 2**32, ">= 0 and < 2**32"), "ema_decay": _UNIT,
+         "checkpoint_every": _AT_LEAST_1, "keep_checkpoints": _AT_LEAST_0,
          "validate_every": _AT_LEAST_0, "log_every": _AT_LEAST_1, "max_nonfinite": _AT_LEAST_1},
     "lora": {"rank": _AT_LEAST_1, "alpha": _POSITIVE, "dropout": _FRACTION, "learning_rate": _POSITIVE,
              "adam_beta1": _FRACTION, "adam_beta2": _FRACTION, "prodigy_beta3": _FRACTION, "weight_decay": _AT_LEAST_0,
@@ -173,12 +176,13 @@ class DataConfig:
             ``False`` takes crops at the images' native resolution. The filter is premultiplied, antialiased bicubic
             in float32 (``alphavae.io.resize_short_side``), a deviation from the reference train_vae.py: its
             ``transforms.Resize`` is bilinear, on PIL images (which Pillow premultiplies, in 8 bits).
-        crop: ``"random"`` for training crops (validation always uses centre crops).
+        crop: ``"random"`` for training crops, or ``"center"`` (validation always uses centre crops).
         blend_prob: blend augmentation probability in [0, 1] (paper: 0.3).
         alpha_scale_prob, alpha_scale_min: translucency augmentation (not in the paper; default off): with this
             probability an unblended crop's alpha is multiplied by a factor from [alpha_scale_min, 1]
             (``alphavae.data.datasets.scale_alpha``).
-        opaque_background: background of the opaque composites of the RGB stage (``solid``/``palette``/``image``).
+        opaque_background: background of the opaque composites of the RGB stage (``solid``/``palette``/``image``;
+            ``alphavae.data.datasets.OPAQUE_BACKGROUNDS``).
         batch_size: images per process per micro-step (global batch = batch_size x processes x accumulation).
         num_workers: DataLoader worker processes.
         val_count: held-out images validated (manifest: first of split ``val``; folder: the last files).
@@ -186,7 +190,8 @@ class DataConfig:
 
     Raises:
         ValueError: ``blend_prob``, ``alpha_scale_prob`` or ``alpha_scale_min`` is outside [0, 1], ``size`` or
-            ``batch_size`` is below 1, or ``num_workers`` or ``val_count`` is negative.
+            ``batch_size`` is below 1, ``num_workers`` or ``val_count`` is negative, ``crop`` is not one of
+            :data:`TRAINING_CROPS` or ``opaque_background`` not one of ``OPAQUE_BACKGROUNDS``.
     """
 
     source: str | None = None
@@ -206,6 +211,12 @@ class DataConfig:
         check_probabilities("data.", blend_prob=self.blend_prob, alpha_scale_prob=self.alpha_scale_prob,
                             alpha_scale_min=self.alpha_scale_min)
         check_limits("data", self)
+        if self.crop not in TRAINING_CROPS:
+            raise ValueError(f"data.crop must be one of {TRAINING_CROPS} (training batches are data.size squares), "
+                             f"got {self.crop!r}")
+        if self.opaque_background not in OPAQUE_BACKGROUNDS:
+            raise ValueError(f"data.opaque_background must be one of {OPAQUE_BACKGROUNDS}, "
+                             f"got {self.opaque_background!r}")
 
 
 @dataclasses.dataclass
@@ -277,7 +288,8 @@ class TrainConfig:
 
     Attributes:
         model, data, optim, loss: the sections above and ``alphavae.losses.LossConfig``.
-        seed: base seed (>= 0) of data order, augmentation, posterior noise, GAN backgrounds and scratch init.
+        seed: base seed, in [0, 2**32), of data order, augmentation, posterior noise, GAN backgrounds and scratch
+            init.
         mixed_precision: ``"auto"`` (bf16 autocast on a CUDA GPU with bf16 or a CPU with AMX-BF16, float32
             elsewhere; ``alphavae.accel.autocast_precision``), ``"no"``, ``"bf16"`` or ``"fp16"`` (accelerate
             autocast; weights stay fp32). fp16 (GPUs) is refused while the PatchGAN trains: its one gradient scaler
@@ -294,7 +306,8 @@ class TrainConfig:
     Raises:
         ValueError: ``mixed_precision`` is not one of ``alphavae.accel.MIXED_PRECISIONS`` (``False`` from Python
             code is accepted as ``"no"``), ``model.in_channels`` is not 3 or 4, or a top-level or ``loss``
-            value is outside its range (``check_limits``: e.g. a negative loss weight, ``checkpoint_every`` 0).
+            value is outside its range (``check_limits``: e.g. a negative loss weight, ``checkpoint_every`` 0,
+            ``seed`` outside [0, 2**32)).
     """
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -348,7 +361,11 @@ def _config_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def _read_layers(name_or_path: str | os.PathLike, seen: tuple[Path, ...] = ()) -> dict:
-    """Raw nested dict of a config file after resolving its ``base:`` chain."""
+    """Raw nested dict of a config file after resolving its ``base:`` chain.
+
+    Raises ValueError (naming the file) for a ``base:`` that is not text or a circular chain, besides
+    ``read_yaml``'s errors and a file that is not a mapping; FileNotFoundError for a missing file.
+    """
     path = _config_path(name_or_path).resolve()
     if path in seen:
         raise ValueError(f"{path}: circular 'base:' chain")
@@ -360,6 +377,9 @@ def _read_layers(name_or_path: str | os.PathLike, seen: tuple[Path, ...] = ()) -
     base = raw.pop("base", None)
     if base is None:
         return raw
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: base must be a shipped config name or a .yaml path (one text value), "
+                         f"got {base!r}")
     base_ref = base if (Path(base).suffix not in (".yaml", ".yml") or Path(base).is_absolute()) else path.parent / base
     merged = _read_layers(base_ref, seen + (path,))
     for key, value in raw.items():
@@ -491,7 +511,8 @@ def load_config(name_or_path: str | os.PathLike = "vae_main", overrides: list[st
 
     Raises:
         FileNotFoundError: unknown name or missing file (also one named by ``base:``).
-        ValueError: unknown key, malformed YAML, value or override, circular ``base:``, a config file that is a
+        ValueError: unknown key, malformed YAML, value or override, circular ``base:`` or one that is not a
+            config name or path (text), a config file that is a
             folder, not UTF-8 text or not a YAML mapping, or a value the config classes reject (their ranges).
     """
     return build_dataclass(TrainConfig, apply_overrides(_read_layers(name_or_path), list(overrides)))

@@ -278,3 +278,55 @@ def test_train_lora_help_names_the_defaults_that_are_not_the_papers(help_text):
     assert "Defaults are the paper's recipe:" not in text
     assert "except two: --mixed-precision defaults to no so CPU runs are exact" in text
     assert "the global batch is --batch-size x --grad-accum x processes, 1 by default against the paper's 8" in text
+
+
+def test_generate_cli_refuses_absurd_numbers_in_one_line_before_loading(tmp_path, capsys):
+    """--size 33000x33000 ended in an OverflowError traceback, --steps 10**11 in a MemoryError one, --n 10**12 hung,
+    and --guidance 1e300 failed every image; the models are missing here, so nothing may load."""
+    base = ["generate", "--model", str(tmp_path / "no-model"), "--vae", str(tmp_path / "no-vae"), "--prompt", "x",
+            "-o", str(tmp_path / "out")]
+    assert main([*base, "--size", "33000x33000"]) == 2
+    assert capsys.readouterr().err == ("alphavae generate: error: --size 33000x33000: each side must be 1 to 8192 "
+                                       "pixels (8192x8192 is the most pixels alphavae reads back from an image)\n")
+    assert main([*base, "--size", "0x16"]) == 2
+    assert "error: --size 0x16: each side must be 1 to 8192 pixels" in capsys.readouterr().err
+    for flag, value, message in (
+            ("--steps", "100000000000", "argument --steps: 100000000000 is above 1000, the FLUX scheduler's training "
+                                        "timesteps"),
+            ("--n", str(10**12), f"argument --n: {10**12} is above 100000, the most images one run makes"),
+            ("--guidance", "1e300", "argument --guidance: '1e300' is beyond float32's range (magnitude at most "
+                                    "3.403e+38)"),
+            ("--lora-scale", "-1e39", "argument --lora-scale: '-1e39' is beyond float32's range")):
+        with pytest.raises(SystemExit) as stop:
+            main([*base, f"{flag}={value}"])
+        assert stop.value.code == 2 and f"alphavae generate: error: {message}" in capsys.readouterr().err
+
+
+def test_generate_cli_limits_are_the_pipelines(help_text):
+    """The CLI types its limits by hand (--help loads no diffusers): they must be the pipeline's."""
+    from alphavae.cli import diffusion as cli
+    from alphavae.diffusion import pipeline
+
+    assert (cli._MAX_SIDE, cli._MAX_STEPS, cli._MAX_IMAGES, cli._FLOAT32_MAX) == (
+        pipeline.MAX_SIDE, pipeline.MAX_STEPS, pipeline.MAX_IMAGES, pipeline.FLOAT32_MAX)
+    assert "each side 1 to 8192" in help_text(["generate"])
+
+
+def test_generate_cli_refuses_an_output_inside_an_input_folder(tmp_path, capsys):
+    """-o inside the --model, --vae or --lora folder was accepted and the PNGs were written among the inputs."""
+    folders = {name: (tmp_path / name).mkdir() or tmp_path / name for name in ("flux", "vae", "lora")}
+    for folder in folders.values():
+        out = folder / "samples"
+        assert main(["generate", "--model", str(folders["flux"]), "--vae", str(folders["vae"]), "--lora",
+                     str(folders["lora"]), "--prompt", "x", "-o", str(out)]) == 2
+        assert capsys.readouterr().err == (f"alphavae generate: error: output folder {out} is inside input folder "
+                                           f"{folder}; choose one outside the inputs\n")
+        assert not out.exists()
+
+
+def test_train_lora_cli_refuses_a_resolution_no_image_could_load(tmp_path, capsys):
+    """--resolution 16384 resized every image past the pixel limit, so all were skipped as unreadable."""
+    assert main(["train-lora", "--model", "m", "--vae", "v", "--data", str(tmp_path), "-o", str(tmp_path / "run"),
+                 "--resolution", "16384"]) == 2
+    assert capsys.readouterr().err == ("alphavae train-lora: error: resolution must be at most 8192 (a larger square "
+                                       "is above alphavae.io.DEFAULT_MAX_PIXELS, so no image would load), got 16384\n")

@@ -471,3 +471,43 @@ def test_identical_lora_weights_save_to_identical_bytes(tmp_path):
     for key, layer in (("transformer_blocks.0.attn.to_q", transformer.transformer_blocks[0].attn.to_q),
                        ("single_transformer_blocks.0.attn.to_k", transformer.single_transformer_blocks[0].attn.to_k)):
         assert torch.equal(state[f"transformer.{key}.lora_A.weight"], layer.lora_A["default"].weight)  # data intact
+
+
+def test_generate_from_paths_refuses_an_output_inside_its_model_folders(tmp_path, monkeypatch):
+    """-o inside the --model, --vae or --lora folder was accepted: the PNGs went into the inputs."""
+    from alphavae.diffusion import pipeline
+
+    monkeypatch.setattr(pipeline.RGBAVAE, "from_pretrained", lambda *a, **k: pytest.fail("models loaded"))
+    folders = {name: (tmp_path / name).mkdir() or tmp_path / name for name in ("flux", "vae", "lora")}
+    for name, folder in folders.items():
+        out = folder / "gen"
+        with pytest.raises(ValueError, match=f"^output folder {out} is inside input folder {folder}; choose one "
+                                             "outside the inputs$"):
+            pipeline.generate_from_paths(folders["flux"], folders["vae"], ["a cup"], out, lora=folders["lora"])
+        assert not out.exists()
+    monkeypatch.chdir(tmp_path)  # hub ids are no folders: output into ./org/flux/gen is no output into "org/flux"
+    with pytest.raises(pytest.fail.Exception, match="models loaded"):
+        pipeline.generate_from_paths("org/flux", "org/vae", ["a cup"], tmp_path / "org" / "flux" / "gen")
+
+
+@pytest.mark.parametrize("request_, message", [
+    (dict(height=8193), r"^image size 1024x8193 \(WxH\): each side must be in \[1, 8192\] pixels \(8192x8192, "
+                        r"alphavae\.io\.DEFAULT_MAX_PIXELS, is the most pixels alphavae reads back from an image\)$"),
+    (dict(width=0), r"^image size 0x1024 \(WxH\): each side must be in \[1, 8192\]"),
+    (dict(steps=10**11), r"^steps must be in \[1, 1000\] \(the FLUX scheduler's training timesteps\), got "
+                         r"100000000000$"),
+    (dict(guidance=-1e300), r"^guidance must be a finite number of at most 3\.403e\+38 in magnitude \(float32's "
+                            r"range\), got -1e\+300$"),
+    (dict(n=50_001), r"^2 prompt\(s\) x n 50001 = 100002 images, above the 100000 one run makes; lower n or split the "
+                     r"prompts over several runs$"),
+    (dict(lora_scale=float("nan")), r"^lora_scale must be a finite number of at most 3\.403e\+38 in magnitude"),
+])
+def test_requests_beyond_the_limits_are_refused_before_the_models_load(tmp_path, monkeypatch, request_, message):
+    """--size 33000x33000 overflowed in the scheduler's shift, a huge --steps failed to allocate its sigmas, a huge
+    --n hung listing its images, and a guidance of 1e300 failed every image: all after the models loaded."""
+    from alphavae.diffusion import pipeline
+
+    monkeypatch.setattr(pipeline.RGBAVAE, "from_pretrained", lambda *a, **k: pytest.fail("models loaded"))
+    with pytest.raises(ValueError, match=message):
+        pipeline.generate_from_paths("flux", "vae", ["a", "b"], tmp_path / "out", **request_)
+    assert pipeline.MAX_SIDE**2 == pipeline.io.DEFAULT_MAX_PIXELS

@@ -284,6 +284,15 @@ def test_a_warmup_longer_than_the_run_is_warned(setup, monkeypatch):
     (dict(validation_prompts=["a cup", "b \udc00"]), r"^validation_prompts\[1\] is not valid text"),
     (dict(max_nonfinite=0), r"^max_nonfinite must be >= 1, got 0$"),
     (dict(targets="everything"), r"^targets must be one of \['attention', 'paper', 'wide'\]$"),  # after the models
+    # no image would load (resolution), a traceback at the final validation (validation_steps), at the first step
+    # (guidance) or when validating (validation_guidance)
+    (dict(resolution=8208), r"^resolution must be at most 8192 \(a larger square is above "
+                            r"alphavae\.io\.DEFAULT_MAX_PIXELS, so no image would load\), got 8208$"),
+    (dict(validation_steps=1001), r"^validation_steps must be at most 1000 \(the FLUX scheduler's training "
+                                  r"timesteps\), got 1001$"),
+    (dict(guidance=1e300), r"^guidance must be a finite number of at most 3\.403e\+38 in magnitude \(float32's "
+                           r"range\), got 1e\+300$"),
+    (dict(validation_guidance=1e39), r"^validation_guidance must be a finite number of at most 3\.403e\+38"),
 ])
 def test_config_validation(setup, bad, message):
     with pytest.raises(ValueError, match=message):
@@ -410,3 +419,44 @@ def test_a_missing_data_path_is_named(setup):
     missing = setup[0] / "dta"
     with pytest.raises(FileNotFoundError, match=f"^{missing}: training data not found"):
         train_lora(_config(setup, "typo", data=str(missing)))
+
+
+def _no_models(monkeypatch):
+    monkeypatch.setattr(RGBAVAE, "from_pretrained", lambda *a, **k: pytest.fail("models loaded before the refusal"))
+
+
+def test_an_output_that_holds_an_input_is_refused_before_the_models_load(setup, monkeypatch):
+    """Data at RUN/checkpoints (which checkpoint rotation prunes), a model folder, a manifest's image or the captions
+    file inside -o were all accepted."""
+    root, flux, vae, data, _ = setup
+    _no_models(monkeypatch)
+    held = root / "held"
+    shutil.copytree(data, held / "checkpoints")
+    with pytest.raises(ValueError, match=f"^run folder {held} contains input {held / 'checkpoints'}; choose a run "
+                                         "folder apart from the inputs$"):
+        train_lora(_config(setup, "held", data=str(held / "checkpoints")))
+    shutil.copytree(vae, root / "holds-vae" / "vae")
+    with pytest.raises(ValueError, match=f"^run folder {root / 'holds-vae'} contains input {root / 'holds-vae'}/vae;"):
+        train_lora(_config(setup, "holds-vae", vae=str(root / "holds-vae" / "vae")))
+    listed = shutil.copy(data / "s0.png", (root / "holds-image").mkdir() or root / "holds-image")
+    (root / "lists").mkdir()
+    (root / "lists" / "m.jsonl").write_text(json.dumps({"file": str(listed), "split": "train"}) + "\n")
+    with pytest.raises(ValueError, match=f"^run folder {root / 'holds-image'} contains input {listed};"):
+        train_lora(_config(setup, "holds-image", data=str(root / "lists" / "m.jsonl")))
+    (root / "holds-captions").mkdir()
+    (root / "holds-captions" / "captions.jsonl").write_text('{"file_name": "s0.png", "text": "a cup"}\n')
+    with pytest.raises(ValueError, match=f"contains input {root / 'holds-captions' / 'captions.jsonl'};"):
+        train_lora(_config(setup, "holds-captions", captions=str(root / "holds-captions" / "captions.jsonl")))
+    (root / "hub-run").mkdir()
+    monkeypatch.chdir(root / "hub-run")  # a hub id is no folder: "org/flux" is not hub-run/org/flux
+    with pytest.raises(pytest.fail.Exception, match="models loaded"):
+        train_lora(_config(setup, "hub-run", model="org/flux"))
+
+
+def test_fewer_readable_images_than_one_global_batch_are_refused_before_the_models_load(setup, monkeypatch):
+    """The sampler refused them only after FLUX and the VAE had loaded, without naming the data."""
+    _no_models(monkeypatch)
+    with pytest.raises(ValueError, match=rf"^{setup[3]}: 2 readable training image\(s\) \(1 unreadable skipped\), "
+                                         r"fewer than one global batch of 3 \(batch_size 3 x 1 process\(es\)\); "
+                                         r"lower --batch-size or add images$"):
+        train_lora(_config(setup, "small-data", batch_size=3))

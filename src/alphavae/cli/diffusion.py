@@ -15,6 +15,9 @@ from alphavae.diffusion.captions import DEFAULT_PROMPT, read_prompts
 from alphavae.diffusion.flow import WEIGHTING_SCHEMES
 from alphavae.diffusion.lora import TARGET_PRESETS
 
+# pipeline.MAX_SIDE, MAX_STEPS, MAX_IMAGES, FLOAT32_MAX (not imported: --help loads no diffusers)
+_MAX_SIDE, _MAX_STEPS, _MAX_IMAGES, _FLOAT32_MAX = 8192, 1000, 100_000, 3.4028234663852886e38
+
 # (flags, config field, argparse options); every default is None so that only given flags override --config.
 _TRAIN_FLAGS: tuple[tuple[str | tuple[str, ...], str, dict], ...] = (
     ("--model", "model", {"help": "local diffusers FLUX folder (model_index.json), or a hub id (online, or offline "
@@ -33,7 +36,9 @@ _TRAIN_FLAGS: tuple[tuple[str | tuple[str, ...], str, dict], ...] = (
                                         "their sidecar <image stem>.txt, else --instance-prompt"}),
     ("--instance-prompt", "instance_prompt",
      {"help": f"caption of images without one (default {DEFAULT_PROMPT!r})"}),
-    ("--resolution", "resolution", {"type": int, "help": "training side in pixels, multiple of 16 (default 1024)"}),
+    ("--resolution", "resolution", {"type": int,
+                                    "help": f"training side in pixels, multiple of 16, at most {_MAX_SIDE} "
+                                            "(default 1024)"}),
     ("--crop", "crop", {"choices": ("center", "random"), "help": "crop after short-side resize (default center)"}),
     ("--cache-latents", "cache_latents", {"action": "store_const", "const": True,
                                           "help": "encode every image once before training (needs --crop center)"}),
@@ -80,7 +85,8 @@ _TRAIN_FLAGS: tuple[tuple[str | tuple[str, ...], str, dict], ...] = (
     ("--validation-prompt", "validation_prompts", {"action": "append", "help": "prompt rendered over a "
                                                    "checkerboard during training (repeatable)"}),
     ("--validation-every", "validation_every", {"type": int, "help": "steps between validations, 0 = end only (default 0)"}),
-    ("--validation-steps", "validation_steps", {"type": int, "help": "denoising steps of validation (default 28)"}),
+    ("--validation-steps", "validation_steps", {"type": int, "help": "denoising steps of validation, at most "
+                                                                     f"{_MAX_STEPS} (default 28)"}),
     ("--report-to", "report_to", {"choices": ("tensorboard", "none"), "help": "default tensorboard (OUT/logs)"}),
 )
 
@@ -132,16 +138,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                     "with HF_HUB_OFFLINE=1 when cached)")
     gen.add_argument("--vae", required=True, help="RGBA VAE folder (4-channel AutoencoderKL)")
     gen.add_argument("--lora", help="LoRA folder or .safetensors from train-lora (optional)")
-    gen.add_argument("--lora-scale", type=finite_float, default=None, help="LoRA strength (default 1.0; needs --lora)")
+    gen.add_argument("--lora-scale", type=_float32, default=None, help="LoRA strength (default 1.0; needs --lora)")
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append", help="prompt (repeatable)")
     source.add_argument("--prompts-file", help="text file, one prompt per line ('#' comments)")
-    gen.add_argument("--n", type=positive_int, default=1, help="images per prompt (default 1)")
+    gen.add_argument("--n", type=_image_count, default=1,
+                     help=f"images per prompt; prompts x n at most {_MAX_IMAGES} (default 1)")
     gen.add_argument("--seed", type=seed, default=0,
                      help="base seed >= 0; image k of a prompt uses seed+k, at most 2**64 - 1 (default 0)")
-    gen.add_argument("--size", default="1024x1024", help="WIDTHxHEIGHT in pixels (default 1024x1024)")
-    gen.add_argument("--steps", type=positive_int, default=28, help="denoising steps (default 28)")
-    gen.add_argument("--guidance", type=finite_float, default=3.5, help="FLUX embedded guidance (default 3.5)")
+    gen.add_argument("--size", default="1024x1024",
+                     help=f"WIDTHxHEIGHT in pixels, each side 1 to {_MAX_SIDE} ({_MAX_SIDE}x{_MAX_SIDE} is the most "
+                          "pixels alphavae reads back from an image) (default 1024x1024)")
+    gen.add_argument("--steps", type=_steps, default=28,
+                     help=f"denoising steps, at most {_MAX_STEPS}, FLUX's training timesteps (default 28)")
+    gen.add_argument("--guidance", type=_float32, default=3.5, help="FLUX embedded guidance (default 3.5)")
     gen.add_argument("--batch-size", type=positive_int, default=1, help="images per pipeline call (default 1)")
     gen.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                      help="transformer/text-encoder dtype (default auto: bfloat16 on CUDA, float32 on CPU)")
@@ -202,12 +212,47 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _parse_size(text: str) -> tuple[int, int]:
-    """'WxH' -> (height, width)."""
+    """'WxH' -> (height, width), each side in [1, 8192] (``alphavae.diffusion.pipeline.MAX_SIDE``: a larger square is
+    above ``alphavae.io.DEFAULT_MAX_PIXELS``, which reading the PNGs back, e.g. for the contact sheet, enforces).
+
+    Raises:
+        ValueError: ``text`` is not two integers joined by "x", or a side is outside [1, 8192].
+    """
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"--size must look like 1024x768 (WIDTHxHEIGHT), got {text!r}") from None
+    if not (1 <= width <= _MAX_SIDE and 1 <= height <= _MAX_SIDE):
+        raise ValueError(f"--size {text}: each side must be 1 to {_MAX_SIDE} pixels ({_MAX_SIDE}x{_MAX_SIDE} is the "
+                         "most pixels alphavae reads back from an image)")
     return height, width
+
+
+def _steps(text: str) -> int:
+    """argparse ``type`` of --steps: an integer in [1, 1000] (``alphavae.diffusion.pipeline.MAX_STEPS``, FLUX's
+    training timesteps; a huge count failed to allocate the sigma grid). Raises ``argparse.ArgumentTypeError``."""
+    value = positive_int(text)
+    if value > _MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"{value} is above {_MAX_STEPS}, the FLUX scheduler's training timesteps")
+    return value
+
+
+def _image_count(text: str) -> int:
+    """argparse ``type`` of --n: an integer in [1, 100000] (``alphavae.diffusion.pipeline.MAX_IMAGES``; a huge n hung
+    listing its images). Raises ``argparse.ArgumentTypeError``."""
+    value = positive_int(text)
+    if value > _MAX_IMAGES:
+        raise argparse.ArgumentTypeError(f"{value} is above {_MAX_IMAGES}, the most images one run makes")
+    return value
+
+
+def _float32(text: str) -> float:
+    """argparse ``type`` of --guidance and --lora-scale: a finite number float32 can hold (magnitude at most about
+    3.4e38; a larger one failed every image with an overflow). Raises ``argparse.ArgumentTypeError``."""
+    value = finite_float(text)
+    if abs(value) > _FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is beyond float32's range (magnitude at most {_FLOAT32_MAX:.4g})")
+    return value
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -46,6 +46,21 @@ SHEET_COLUMNS = 8
 """Images per row of a contact sheet: at most 8 x 8 tiles, about 2070 x 2070 pixels."""
 MAX_SEED = 2**64 - 1
 """Largest seed ``torch.Generator.manual_seed`` accepts (also ``alphavae.cli.seed``'s limit)."""
+MAX_SIDE = math.isqrt(io.DEFAULT_MAX_PIXELS)
+"""Largest width or height (pixels, 8192) :func:`generate_from_paths` and ``train-lora``'s ``resolution`` take: a
+larger square exceeds :data:`alphavae.io.DEFAULT_MAX_PIXELS`, the most pixels :func:`alphavae.io.load_rgba` reads
+back (the contact sheet re-reads the PNGs; training resizes images to it). It is far above FLUX.1's training sizes
+(about 1-2 MP) and keeps the scheduler's size-dependent shift finite (above about 32750 px a side it overflows)."""
+MAX_STEPS = 1000
+"""Most denoising steps: FLUX.1's scheduler ``num_train_timesteps`` (``scheduler/scheduler_config.json`` of
+FLUX.1-dev); more steps than training noise levels is what diffusers' DDPM/DDIM schedulers refuse, and huge counts
+fail to allocate their sigma grid."""
+MAX_IMAGES = 100_000
+"""Most images one :func:`generate_folder` call makes (prompts x ``n``): every request is held in memory and
+``generations.jsonl``, rewritten whole after each batch, holds a record per image (a huge ``n`` hung building them)."""
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+"""Largest magnitude of ``guidance`` and ``lora_scale`` (about 3.4e38): the value goes into float32 tensors, which
+cannot hold a larger one (the generation failed with an overflow)."""
 FLUX_LATENT_FACTORS = (0.3611, 0.1159)
 """``(scaling_factor, shift_factor)`` of FLUX.1's VAE (``vae/config.json`` of FLUX.1-dev and -schnell): the latent
 normalisation the FLUX transformer was trained on. Source: black-forest-labs/FLUX.1-dev."""
@@ -275,7 +290,8 @@ def generate_rgba(
         vae: the RGBA VAE decoding the latents.
         prompts, seeds: equal-length lists; image i uses its own ``torch.Generator`` seeded with
             ``seeds[i]`` (CPU), so it does not depend on the batch it is in.
-        height, width: output size in pixels (>= 1).
+        height, width: output size in pixels (>= 1; :func:`generate_folder` and :func:`generate_from_paths`
+            refuse sides above :data:`MAX_SIDE`, 8192).
         steps: denoising steps (>= 1); guidance: FLUX embedded guidance (FLUX.1-dev default 3.5).
         max_sequence_length: T5 tokens (<= 512).
 
@@ -453,8 +469,10 @@ def generate_folder(
 
     Args:
         prompts: one or more prompts; output_dir: created if missing.
-        n: images per prompt (>= 1); seed: base seed (>= 0); batch_size: images per pipeline call.
-        height, width, steps, guidance: see :func:`generate_rgba`.
+        n: images per prompt (>= 1; prompts x n at most :data:`MAX_IMAGES`); seed: base seed (>= 0); batch_size:
+            images per pipeline call.
+        height, width, steps, guidance: see :func:`generate_rgba`; each side at most :data:`MAX_SIDE` (8192),
+            ``steps`` at most :data:`MAX_STEPS` (1000), ``guidance`` within float32's range.
         sheet: rebuild the contact sheet; progress: show a tqdm bar over images.
         settings: further JSON values that decide the pixels (model paths, dtypes, LoRA; see
             :func:`generate_from_paths`), recorded and compared like the others.
@@ -464,12 +482,13 @@ def generate_folder(
         recorded there and the remaining images still run.
 
     Raises:
-        ValueError: no prompts, n, batch_size or seed out of range (:func:`check_request`), a prompt that is not
-            valid text, or a bad ``generations.jsonl``.
+        ValueError: no prompts, n, batch_size, seed, size, steps or guidance out of range (:func:`check_request`:
+            e.g. a side above :data:`MAX_SIDE`), a prompt that is not valid text, or a bad ``generations.jsonl``.
         IsADirectoryError: with ``sheet``, :data:`SHEET_FILE` is a folder (before any image is made).
         OSError: ``generations.jsonl``, a PNG or the contact sheet cannot be read or written.
     """
-    check_request(prompts, n=n, seed=seed, batch_size=batch_size)
+    check_request(prompts, n=n, seed=seed, batch_size=batch_size, height=height, width=width, steps=steps,
+                  guidance=guidance)
     if sheet:
         _check_sheet_path(Path(output_dir))
     return _fill_folder(pipe, vae, prompts, Path(output_dir), n=n, seed=seed, height=height, width=width,
@@ -511,7 +530,8 @@ def _fill_folder(
     return report
 
 
-def check_request(prompts: list[str], *, n: int, seed: int, batch_size: int = 1) -> None:
+def check_request(prompts: list[str], *, n: int = 1, seed: int = 0, batch_size: int = 1, height: int = 1024,
+                  width: int = 1024, steps: int = 28, guidance: float = 3.5) -> None:
     """Refuse a :func:`generate_folder` request that could not run to the end, before any model loads.
 
     Image k of a prompt uses seed ``seed + k``, so the last one ``seed + n - 1`` must not exceed :data:`MAX_SEED`.
@@ -521,7 +541,9 @@ def check_request(prompts: list[str], *, n: int, seed: int, batch_size: int = 1)
 
     Raises:
         ValueError: no prompts, ``n`` or ``batch_size`` below 1, ``seed`` below 0, ``seed + n - 1`` above
-            :data:`MAX_SEED`, or a prompt that is not valid Unicode text; one line naming the setting.
+            :data:`MAX_SEED`, more than :data:`MAX_IMAGES` images (prompts x ``n``), a side outside
+            [1, :data:`MAX_SIDE`], ``steps`` outside [1, :data:`MAX_STEPS`], a ``guidance`` that is not finite or
+            beyond :data:`FLOAT32_MAX`, or a prompt that is not valid Unicode text; one line naming the setting.
     """
     if not prompts or n < 1 or batch_size < 1 or seed < 0:
         raise ValueError(f"need prompts, n >= 1, batch_size >= 1 and seed >= 0; got {len(prompts)}, {n}, "
@@ -529,8 +551,26 @@ def check_request(prompts: list[str], *, n: int, seed: int, batch_size: int = 1)
     if seed + n - 1 > MAX_SEED:
         raise ValueError(f"seed {seed} with n {n}: the last image's seed (seed + n - 1 = {seed + n - 1}) is above "
                          f"{MAX_SEED}, the largest seed torch takes; lower the seed or n")
+    if len(prompts) * n > MAX_IMAGES:
+        raise ValueError(f"{len(prompts)} prompt(s) x n {n} = {len(prompts) * n} images, above the {MAX_IMAGES} one "
+                         "run makes; lower n or split the prompts over several runs")
+    if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
+        raise ValueError(f"image size {width}x{height} (WxH): each side must be in [1, {MAX_SIDE}] pixels "
+                         f"({MAX_SIDE}x{MAX_SIDE}, alphavae.io.DEFAULT_MAX_PIXELS, is the most pixels alphavae reads "
+                         "back from an image)")
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be in [1, {MAX_STEPS}] (the FLUX scheduler's training timesteps), got {steps}")
+    check_float32(guidance, "guidance")
     for number, prompt in enumerate(prompts, 1):
         io.check_text(prompt, f"prompt {number} of {len(prompts)}")
+
+
+def check_float32(value: float, name: str) -> None:
+    """Raise ValueError (naming ``name``) when ``value`` is not finite or beyond :data:`FLOAT32_MAX` in magnitude:
+    float32 tensors cannot hold it (a ``guidance`` of 1e300 failed each image with an overflow)."""
+    if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+        raise ValueError(f"{name} must be a finite number of at most {FLOAT32_MAX:.4g} in magnitude (float32's "
+                         f"range), got {value}")
 
 
 _IMAGE_NAME = re.compile(r"p(\d+)-s(\d+)\.png")
@@ -573,6 +613,10 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+_REQUEST_KEYS = ("n", "seed", "batch_size", "height", "width", "steps", "guidance")
+"""The :func:`generate_folder` options :func:`check_request` checks."""
+
+
 def generate_from_paths(
     model: str | Path, vae: str | Path, prompts: list[str], output_dir: str | Path, *,
     lora: str | Path | None = None, lora_scale: float = 1.0, dtype: str = "auto", vae_dtype: str = "auto",
@@ -598,16 +642,20 @@ def generate_from_paths(
     Raises:
         OSError, ValueError: see :func:`load_flux_pipeline`, :func:`generate_folder` and
             :meth:`alphavae.vae.RGBAVAE.from_pretrained` (the VAE loads first); ValueError also for an
-            unknown dtype, and for a request :func:`check_request` refuses (before any model loads); OSError
-            (NotADirectoryError) when ``output_dir`` cannot be written, and IsADirectoryError when its
-            :data:`SHEET_FILE` is a folder (with ``sheet``), both checked before any model loads
-            (:func:`alphavae.io.check_writable_folder`).
+            unknown dtype, for a request :func:`check_request` refuses or a ``lora_scale`` beyond float32's range
+            (:func:`check_float32`), and for an ``output_dir`` equal to or inside the local ``model``, ``vae`` or
+            ``lora`` folder (:func:`alphavae.io.check_output_outside_inputs`; hub ids are no folders), all before
+            any model loads; OSError (NotADirectoryError) when ``output_dir`` cannot be written, and
+            IsADirectoryError when its :data:`SHEET_FILE` is a folder (with ``sheet``), both checked before any
+            model loads (:func:`alphavae.io.check_writable_folder`).
     """
+    io.check_output_outside_inputs(output_dir, [path for path in (model, vae, lora) if path is not None])
     io.check_writable_folder(output_dir, "images")  # before any model loads
     if options.get("sheet", True):
         _check_sheet_path(Path(output_dir))
-    check_request(prompts, n=options.get("n", 1), seed=options.get("seed", 0),
-                  batch_size=options.get("batch_size", 1))  # once: _fill_folder repeats neither check
+    # checked once here: _fill_folder does not repeat these checks
+    check_request(prompts, **{key: options[key] for key in _REQUEST_KEYS if key in options})
+    check_float32(lora_scale, "lora_scale")
     device = device or default_device()
     torch_dtype = parse_dtype("bfloat16" if device.startswith("cuda") else "float32") if dtype == "auto" \
         else parse_dtype(dtype)

@@ -38,7 +38,14 @@ from alphavae.diffusion.lora import (
     save_lora,
     saved_target_modules,
 )
-from alphavae.diffusion.pipeline import contact_sheet, generate_rgba, load_flux_pipeline
+from alphavae.diffusion.pipeline import (
+    MAX_SIDE,
+    MAX_STEPS,
+    check_float32,
+    contact_sheet,
+    generate_rgba,
+    load_flux_pipeline,
+)
 from alphavae.train.checkpoint import (
     TRAINING_SET_KEY,
     check_start,
@@ -76,7 +83,7 @@ class LoraTrainConfig:
     ``captions`` (optional CSV/JSONL table; sidecar ``.txt`` files are used otherwise) and
     ``instance_prompt`` (fallback caption, paper: "RGBA").
 
-    Data: ``resolution`` (square side in pixels, multiple of 16; paper 1024): short side resized
+    Data: ``resolution`` (square side in pixels, multiple of 16, at most 8192; paper 1024): short side resized
     alpha-correctly to it, then ``crop`` ("center" or "random"); ``cache_latents`` encodes every
     image once, so it needs crop "center" (with "random" the config is refused): cached latents are of centre
     crops, never the reference's random ones.
@@ -120,8 +127,9 @@ class LoraTrainConfig:
             ``logit_std`` not > 0; ``dropout`` and the betas outside [0, 1); ``checkpoint_every``,
             ``validation_every``, ``lr_warmup_steps`` negative; ``max_nonfinite`` below 1; ``max_sequence_length``
             outside [1, 512];
-            ``seed`` outside [0, 2**32)). Last, an unknown ``weighting_scheme``
-            (:class:`~alphavae.diffusion.flow.TimestepSampling`).
+            ``seed`` outside [0, 2**32)). Then ``resolution`` above 8192, ``validation_steps`` above 1000 or a
+            ``guidance`` / ``validation_guidance`` beyond float32's range (:meth:`_check_upper_limits`). Last, an
+            unknown ``weighting_scheme`` (:class:`~alphavae.diffusion.flow.TimestepSampling`).
         TypeError: a checked setting of a type that cannot be compared (e.g. a string ``resolution``).
     """
 
@@ -193,7 +201,22 @@ class LoraTrainConfig:
         for k, prompt in enumerate(self.validation_prompts):
             io.check_text(prompt, f"validation_prompts[{k}]")
         check_limits("lora", self, prefix="")
+        self._check_upper_limits()
         TimestepSampling(self.weighting_scheme, self.logit_mean, self.logit_std, self.mode_scale)
+
+    def _check_upper_limits(self) -> None:
+        """Raise ValueError for a ``resolution`` above :data:`~alphavae.diffusion.pipeline.MAX_SIDE` (no image
+        resized to it would load), a ``validation_steps`` above :data:`~alphavae.diffusion.pipeline.MAX_STEPS` (a
+        huge count failed to allocate at the final validation) or a ``guidance`` / ``validation_guidance`` that
+        float32 cannot hold (a RuntimeError at the first step)."""
+        if self.resolution > MAX_SIDE:
+            raise ValueError(f"resolution must be at most {MAX_SIDE} (a larger square is above "
+                             f"alphavae.io.DEFAULT_MAX_PIXELS, so no image would load), got {self.resolution}")
+        if self.validation_steps > MAX_STEPS:
+            raise ValueError(f"validation_steps must be at most {MAX_STEPS} (the FLUX scheduler's training "
+                             f"timesteps), got {self.validation_steps}")
+        check_float32(self.guidance, "guidance")
+        check_float32(self.validation_guidance, "validation_guidance")
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> LoraTrainConfig:
@@ -335,7 +358,10 @@ class _Trainer:
             if cfg.cache_latents else None
 
     def _read_data(self) -> None:
-        """The readable training images (``self.dataset``; unreadable ones in ``self.failed``) and their captions."""
+        """The readable training images (``self.dataset``; unreadable ones in ``self.failed``) and their captions.
+
+        Raises ValueError when none is readable, or fewer than one global batch of a micro-step (``batch_size`` x
+        processes, what :class:`~alphavae.data.datasets.StepBatchSampler` draws at once)."""
         cfg = self.cfg
         table = read_caption_table(cfg.captions) if cfg.captions else None
         options = dict(size=cfg.resolution, crop=cfg.crop, seed=cfg.seed)
@@ -343,6 +369,12 @@ class _Trainer:
         good, self.failed = readable_files(RGBADataset(data, split=cfg.split, **options))
         if not good:
             raise ValueError(f"{data}: no readable training images")
+        batch = cfg.batch_size * self.acc.num_processes
+        if len(good) < batch:
+            skipped = f" ({len(self.failed)} unreadable skipped)" if self.failed else ""
+            raise ValueError(f"{data}: {len(good)} readable training image(s){skipped}, fewer than one global batch "
+                             f"of {batch} (batch_size {cfg.batch_size} x {self.acc.num_processes} process(es)); lower "
+                             "--batch-size or add images")
         self.dataset = RGBADataset(good, **options)
         root = data_folder(data)
         self.captions = resolve_captions(good, root, table, cfg.instance_prompt, source=str(cfg.captions))
@@ -507,8 +539,11 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
             whose LoRA records other layers than ``targets`` names (e.g. one of the 'paper' preset from before it
             was narrowed to the reference's layers: those are 'wide' now, and ``targets`` "wide" resumes it), or
             by a run of another ``max_steps`` under a schedule that depends on it (all but constant ones),
-            output inside the data, FLUX model or VAE folder, no readable images, fewer images than one
-            global batch, bad settings, or a caption table none of whose rows names a training image. Also a
+            output inside the data, FLUX model or VAE folder, an output that holds an input (the data, a
+            manifest's listed image, a local model or VAE folder, the captions file: checkpoint rotation could
+            delete it; :func:`alphavae.io.check_inputs_outside_output`), no images listed, no readable images or
+            fewer readable ones than one global batch of a micro-step (``batch_size`` x processes), all found
+            before the models load; bad settings, or a caption table none of whose rows names a training image. Also a
             damaged checkpoint (a file missing, cut short or changed since it was saved), found before the
             models load (:func:`~alphavae.train.checkpoint.verify_checkpoint`); with ``resume="latest"`` the
             message says to delete it and resume from the one before. A sound checkpoint that does not restore
@@ -526,6 +561,9 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
     if (out / LORA_FILE).exists() and cfg.resume is None:
         raise FileExistsError(f"{out / LORA_FILE} already exists: resume it (--resume latest) or choose another output")
     io.check_writable_folder(out, "the run")  # before the models load
+    listed = RGBADataset(data, split=cfg.split, size=cfg.resolution).files  # a manifest's may lie anywhere
+    local = [path for path in (cfg.model, cfg.vae, cfg.captions) if path and Path(path).expanduser().exists()]
+    io.check_inputs_outside_output(out, [data, data_folder(data), *local, *listed])  # hub ids are no local paths
     check_start(out, cfg.resume, out / LORA_FILE)
     warn_long_warmup(cfg.lr_warmup_steps, cfg.max_steps, ("lr_warmup_steps", "max_steps"))
     resume = find_checkpoint(out, cfg.resume) if cfg.resume else None

@@ -414,6 +414,22 @@ def test_a_damaged_checkpoint_is_refused_before_the_models_load(setup, monkeypat
         train_lora(_config(setup, "cut", max_steps=2, resume="latest"))
 
 
+def test_a_train_vae_checkpoint_is_named_as_such_before_the_models_load(setup, monkeypatch):
+    """A train-vae checkpoint given to train-lora failed on a bare missing file (its LoRA)."""
+    from safetensors.torch import save_file
+
+    from alphavae.train.checkpoint import CheckpointMismatchError
+
+    vae_checkpoint = setup[0] / "vae-run" / "checkpoints" / "step-00000001"
+    vae_checkpoint.mkdir(parents=True)
+    save_file({"a": torch.zeros(1)}, vae_checkpoint / "model.safetensors")
+    (vae_checkpoint / "trainer_state.json").write_text('{"step": 1, "nonfinite_streak": 0}')
+    _no_models(monkeypatch)
+    with pytest.raises(CheckpointMismatchError, match=f"^{vae_checkpoint} is a train-vae checkpoint, not a "
+                                                      "train-lora one: resume it with alphavae train-vae"):
+        train_lora(_config(setup, "other-kind", resume=str(vae_checkpoint)))
+
+
 def test_a_missing_data_path_is_named(setup):
     """A misspelled --data was reported as "output folder ... is inside input folder <its parent>"."""
     missing = setup[0] / "dta"

@@ -1154,3 +1154,168 @@ def test_accelerate_info_lines_stay_out_of_the_training_log(assets, tmp_path, ca
                 + ["--set", "optim.max_steps=2"]) == 0
     assert "resumed from" in caplog.text  # our own INFO lines stay
     assert not [r.getMessage() for r in caplog.records if r.name.startswith("accelerate") and r.levelno < logging.WARNING]
+
+
+def _no_models(monkeypatch):
+    """Make loading the models fail the test: what is checked must be refused before."""
+    import alphavae.train.loop
+
+    monkeypatch.setattr(alphavae.train.loop, "load_models", lambda *a, **k: pytest.fail("models loaded first"))
+
+
+@pytest.mark.parametrize("place", ["final", "validation", "manifest", "vae", "init_config"])
+def test_a_run_folder_holding_an_input_is_refused_before_it_can_delete_it(assets, tmp_path, monkeypatch, place):
+    """-o RUN --data RUN/final trained, then the export replaced final/ and deleted the training images; the same
+    for the validation grids' folder, a manifest's absolute entries, --vae and --init-config inside RUN."""
+    _no_models(monkeypatch)
+    run = tmp_path / "run"
+    inside = run / ("images" if place == "manifest" else place)
+    shutil.copytree(assets / ("rgb_vae" if place == "vae" else "data"), inside)
+    overrides = _overrides(assets, **{"data.source": str(inside)})
+    if place == "manifest":
+        lines = [json.dumps({"file": str(path), "split": "train"}) for path in sorted(inside.glob("*.png"))]
+        (tmp_path / "meta").mkdir()
+        (tmp_path / "meta" / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+        overrides = _overrides(assets, **{"data.source": str(tmp_path / "meta" / "manifest.jsonl")})
+    elif place == "vae":
+        overrides = _overrides(assets, **{"model.vae": str(inside)})
+    elif place == "init_config":
+        inside = run / "init.json"
+        inside.write_text(json.dumps(tiny_vae_config("flux")))
+        overrides = _overrides(assets, **{"model.vae": "null", "model.init_config": str(inside)})
+    before = sorted(p.name for p in run.rglob("*"))
+    with pytest.raises(ValueError, match=f"^run folder {run} contains input {inside}; choose a run folder apart"):
+        train_vae(load_config("vae_no_gan", overrides), run)
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
+def test_a_fresh_start_keeps_a_finished_export_and_the_history(assets, tmp_path, monkeypatch, capsys):
+    """A start without --resume into a run folder without checkpoints replaced its final/ and emptied its
+    history.jsonl and validation/metrics.jsonl."""
+    _no_models(monkeypatch)
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "config.json").write_text("{}")
+    sets = [a for o in _overrides(assets) for a in ("--set", o)]
+    assert main(["train-vae", "--config", "vae_no_gan", "-o", str(run)] + sets) == 2
+    assert capsys.readouterr().err == (f"alphavae train-vae: error: {run / 'final'} already exists: a fresh start "
+                                       f"would replace it; choose a new folder (or move {run / 'final'} away to "
+                                       "train again from scratch)\n")
+    shutil.rmtree(run / "final")
+    for log in ("history.jsonl", "validation/metrics.jsonl"):
+        (run / log).parent.mkdir(exist_ok=True)
+        (run / log).write_text('{"step": 1, "loss": 1.0}\n')
+        with pytest.raises(FileExistsError, match=f"^{run / log} already records training in {run}: a fresh start "
+                                                  "would empty it; choose a new folder"):
+            train_vae(load_config("vae_no_gan", _overrides(assets)), run)
+        assert (run / log).read_text() == '{"step": 1, "loss": 1.0}\n'
+        (run / log).unlink()
+
+
+def test_an_init_config_that_is_missing_or_not_an_object_is_named_without_a_hub_look_up(assets, tmp_path,
+                                                                                        monkeypatch):
+    """--init-config [1,2] ended in a TypeError traceback; a missing path was looked up on the hub (23 s)."""
+    from alphavae.train.loop import load_models
+
+    monkeypatch.setattr(AutoencoderKL, "load_config", lambda *a, **k: pytest.fail("looked up"))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for path, error, message in [
+            (tmp_path / "list.json", ValueError, f"{tmp_path / 'list.json'}: not a diffusers config "
+                                                 r"\(model.init_config / --init-config\): its JSON is an array"),
+            ("nosuch/config.json", FileNotFoundError, r"init config nosuch/config.json \(model.init_config / "
+                                                      r"--init-config\) does not exist"),
+            (tmp_path / "missing.json", FileNotFoundError, f"init config {tmp_path / 'missing.json'} ")]:
+        overrides = _overrides(assets, **{"model.vae": "null", "model.init_config": str(path)})
+        config = load_config("vae_no_gan", overrides)
+        with pytest.raises(error, match=f"^{message}"):
+            load_models(config.model)
+        with pytest.raises(error, match=f"^{message}"):
+            train_vae(config, tmp_path / "run")
+        assert not (tmp_path / "run").exists()
+
+
+def test_no_readable_image_or_too_few_for_a_batch_names_the_data_before_the_models_load(assets, tmp_path,
+                                                                                         monkeypatch):
+    """All images unreadable: "[]: no images found"; fewer than a global batch: "2 items cannot fill one global batch
+    of 4", naming neither the data nor the setting, once the models had loaded."""
+    _no_models(monkeypatch)
+    (tmp_path / "bad").mkdir()
+    for i in range(5):
+        (tmp_path / "bad" / f"b{i}.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'bad'}: no readable training images, all 3 were skipped as "
+                                         f"unreadable \\(first: {tmp_path / 'bad' / 'b0.png'}: "):
+        train_vae(load_config("vae_no_gan", _overrides(assets, **{"data.source": str(tmp_path / "bad")})),
+                  tmp_path / "run")
+    (tmp_path / "few").mkdir()
+    for name in ("img0.png", "img1.png", "img2.png"):
+        shutil.copy(assets / "data" / name, tmp_path / "few" / name)
+    overrides = _overrides(assets, **{"data.source": str(tmp_path / "few"), "data.batch_size": 4,
+                                      "data.val_count": 1})
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'few'}: 2 training images, 1 more held out for validation, "
+                                         r"fewer than one global batch of 4 \(data.batch_size 4 x 1 processes\)"):
+        train_vae(load_config("vae_no_gan", overrides), tmp_path / "run")
+
+
+def test_a_resume_of_a_finished_run_trains_and_writes_nothing(assets, tmp_path, capsys):
+    """--resume latest on a run that had reached max_steps and exported final/ appended its final validation line
+    again and exported final/ again."""
+    overrides = _overrides(assets, **{"optim.max_steps": 1, "checkpoint_every": 1, "validate_every": 1,
+                                      "loss.lpips_weight": 0})
+    args = ["train-vae", "--config", "vae_no_gan", "-o", str(tmp_path / "run")] + [a for o in overrides
+                                                                                   for a in ("--set", o)]
+    assert main(args) == 0
+    capsys.readouterr()
+    written = {path: path.stat().st_mtime_ns for path in (tmp_path / "run").rglob("*") if path.is_file()}
+    metrics = (tmp_path / "run" / "validation" / "metrics.jsonl").read_text()
+    assert main(args + ["--resume", "latest"]) == 0
+    assert capsys.readouterr().out == (f"nothing to train: {tmp_path / 'run'} already reached optim.max_steps 1 (its "
+                                       "final/ and checkpoints are left as they are; a larger optim.max_steps "
+                                       "continues it)\n")
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "run").rglob("*") if path.is_file()} == written
+    assert (tmp_path / "run" / "validation" / "metrics.jsonl").read_text() == metrics
+
+
+def test_a_checkpoint_of_the_other_training_command_is_named_as_such(assets, tmp_path, monkeypatch):
+    """A train-lora checkpoint in a train-vae run folder failed on a bare missing file (and the other way round)."""
+    from safetensors.torch import save_file
+
+    from alphavae.train.checkpoint import verify_checkpoint
+
+    _no_models(monkeypatch)
+    lora = tmp_path / "run" / "checkpoints" / "step-00000001"
+    lora.mkdir(parents=True)
+    save_file({"a": torch.zeros(1)}, lora / "pytorch_lora_weights.safetensors")
+    (lora / "trainer_state.json").write_text(json.dumps({"step": 1, "settings": {"rank": 4}, "max_steps": 2}))
+    message = f"^{lora} is a train-lora checkpoint, not a train-vae one: resume it with alphavae train-lora"
+    with pytest.raises(CheckpointMismatchError, match=message):
+        train_vae(load_config("vae_no_gan", _overrides(assets)), tmp_path / "run", resume="latest")
+    vae = tmp_path / "vae-run" / "checkpoints" / "step-00000001"
+    vae.mkdir(parents=True)
+    save_file({"a": torch.zeros(1)}, vae / "model.safetensors")
+    (vae / "trainer_state.json").write_text(json.dumps({"step": 1, "nonfinite_streak": 0}))
+    with pytest.raises(CheckpointMismatchError, match=f"^{vae} is a train-vae checkpoint, not a train-lora one"):
+        verify_checkpoint(vae, "train-lora")
+
+
+@pytest.mark.parametrize("name", ["checkpoints", "final", "validation"])
+def test_a_file_where_the_run_writes_a_folder_is_refused_before_the_models_load(assets, tmp_path, monkeypatch,
+                                                                               name):
+    """A file named checkpoints, final or validation in the run folder failed at the first write, after training."""
+    _no_models(monkeypatch)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / name).write_text("a note")
+    with pytest.raises(NotADirectoryError, match=f"^{tmp_path / 'run' / name}: not a folder, where the run writes "
+                                                 f"its {name}/ folder; move it away or choose another run folder"):
+        train_vae(load_config("vae_no_gan", _overrides(assets)), tmp_path / "run")
+
+
+def test_data_loader_workers_are_capped_at_the_usable_cpus(assets, monkeypatch):
+    """data.num_workers 4 (vae_main's) on a 2-core machine: torch warned of more workers than CPUs."""
+    from types import SimpleNamespace
+
+    from alphavae.train.loop import _data
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    accelerator = SimpleNamespace(num_processes=1, process_index=0, is_main_process=True)
+    loader = _data(load_config("vae_no_gan", _overrides(assets, **{"data.num_workers": 4})), accelerator, 0)[0]
+    assert loader.num_workers == 2

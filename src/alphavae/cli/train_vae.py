@@ -36,10 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--init-config", help="diffusers config.json to train from scratch (sets model.init_config)")
     parser.add_argument("--ref-vae", help="RGB VAE folder for Ref-KL when --vae is already RGBA (sets model.ref_vae)")
     parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR", type=path_text,
-                        help="run folder (outside the data folder)")
+                        help="run folder (outside the data folder; it must not hold the data, manifest or models)")
     parser.add_argument("--resume", metavar="latest|CHECKPOINT",
                         help="continue from the newest checkpoint of RUN_DIR ('latest'; a fresh start if it has none and no "
-                             "final/) "
+                             "final/; one that reached optim.max_steps and exported final/: nothing to train) "
                              "or from a checkpoint folder; restores model, optimisers, scheduler, "
                              "discriminator, EMA, RNG states, step and data position; settings changed since "
                              "apply from there on (optim.lr, betas, weight_decay, eps, disc_lr, disc_scheduler and "
@@ -65,7 +65,8 @@ def _config_keys() -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the config, run ``train_vae``; 1 if unreadable images were left out, 2 on a configuration/data
-    error or divergence, 130 on Ctrl-C (one line saying which checkpoint to resume from)."""
+    error or divergence, 130 on Ctrl-C (one line saying which checkpoint to resume from); 0 with one line saying so
+    when a resumed run had nothing to train (it had reached optim.max_steps and exported final/)."""
     import yaml
     from accelerate import PartialState
 
@@ -95,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not PartialState().is_main_process:  # the summary once, not once per process
         return 1 if result.failed_images else 0
+    if not result.trained:
+        print(f"nothing to train: {args.output} already reached optim.max_steps {result.step} (its final/ and "
+              "checkpoints are left as they are; a larger optim.max_steps continues it)")
+        return 0
     print(f"trained {counted(result.step, 'step')} ({result.skipped_steps} skipped as non-finite); "
           f"model in {result.final_dir}")
     if result.failed_images:

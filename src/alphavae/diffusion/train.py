@@ -569,7 +569,7 @@ def train_lora(cfg: LoraTrainConfig) -> LoraTrainResult:
     resume = find_checkpoint(out, cfg.resume) if cfg.resume else None
     if resume:  # before the models load; a changed rank or targets would fail the restore as a misfit checkpoint
         with way_back_on_error(resume, cfg.resume, out):
-            saved = verify_checkpoint(resume)
+            saved = verify_checkpoint(resume, "train-lora")
         check_within(resume, saved["step"], cfg.max_steps)
         layers = saved_target_modules(resume)
         _check_same_settings(resume, saved.get("settings"), cfg, layers == TARGET_PRESETS[cfg.targets])

@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -36,6 +36,9 @@ _NAME = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.json"
 FILES_KEY = "files"  # in STATE_FILE: {relative path: {"bytes", "sha256"}} of every file saved, checked on resume
 TRAINING_SET_KEY = "training_set"  # in STATE_FILE: training_set_digest() of the run's training images
+#: What only a train-lora checkpoint holds: its LoRA (``alphavae.diffusion.lora.LORA_FILE``; train-vae's holds the
+#: whole autoencoder as ``model.safetensors``), and the settings a resume must repeat, in STATE_FILE.
+_LORA_FILE, _LORA_SETTINGS_KEY = "pytorch_lora_weights.safetensors", "settings"
 #: Digests this process computed for checkpoint files: {absolute path: ((size, mtime_ns, ctime_ns, inode) when read,
 #: sha256)}; what lets ``load_checkpoint`` skip the hashing ``verify_checkpoint`` did moments before.
 _DIGESTS: dict[Path, tuple[tuple[int, int, int, int], str]] = {}
@@ -75,20 +78,30 @@ def find_checkpoint(run_dir: str | os.PathLike, resume: str) -> Path | None:
     return path
 
 
-def check_start(run_dir: str | os.PathLike, resume: str | None, finished: Path) -> None:
+def check_start(run_dir: str | os.PathLike, resume: str | None, finished: Path,
+                records: Iterable[Path] = ()) -> None:
     """Refuse a start that would overwrite a run's work (before anything loads).
 
     Args:
         run_dir: the run's output folder.
         resume: ``--resume`` as given (None: a fresh start).
         finished: what a finished run leaves (train-vae's ``final/``, train-lora's LoRA file).
+        records: logs of the run's training that a fresh start would empty (train-vae's ``history.jsonl`` and
+            ``validation/metrics.jsonl``; train-lora passes none).
     Raises:
-        FileExistsError: ``run_dir`` has checkpoints and ``resume`` is None (a fresh start would replace them);
-            or ``resume`` is ``"latest"``, there is no checkpoint and ``finished`` exists (a fresh start would
-            replace it); the message says what to do.
+        FileExistsError: ``run_dir`` has checkpoints, ``finished`` or a non-empty file of ``records`` and ``resume``
+            is None (a fresh start would replace them); or ``resume`` is ``"latest"``, there is no checkpoint and
+            ``finished`` exists (a fresh start would replace it); the message says what to do.
     """
     if resume is None and any(_NAME.match(p.name) for p in (Path(run_dir) / "checkpoints").glob("*")):  # damaged too
         raise FileExistsError(f"{run_dir} already has checkpoints; pass --resume latest or choose a new folder")
+    if resume is None and finished.exists():  # no checkpoint (see above): --resume latest could not resume it
+        raise FileExistsError(f"{finished} already exists: a fresh start would replace it; choose a new folder (or "
+                              f"move {finished} away to train again from scratch)")
+    written = [path for path in records if path.is_file() and path.stat().st_size > 0] if resume is None else []
+    if written:
+        raise FileExistsError(f"{written[0]} already records training in {run_dir}: a fresh start would empty it; "
+                              f"choose a new folder (or move {written[0]} away to train again from scratch)")
     if resume == "latest" and not list_checkpoints(run_dir) and finished.exists():
         raise FileExistsError(f"nothing to resume: {run_dir} holds a finished {finished.name} but no checkpoint; "
                               f"choose a new folder (or move {finished} away to train again from scratch)")
@@ -234,23 +247,37 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> 
                          f"({reason})") from err
 
 
-def verify_checkpoint(checkpoint: str | os.PathLike) -> dict:
+def verify_checkpoint(checkpoint: str | os.PathLike, command: str | None = None) -> dict:
     """Check that every file ``checkpoint`` recorded is there, whole and unchanged, without restoring anything (what
     a resume does before its models load, so a damaged checkpoint costs no model loading); returns the trainer
     state (``read_state``, less the file list). A file this process already hashed and that has not changed since
-    (same size, mtime, ctime and inode) is not read again.
+    (same size, mtime, ctime and inode) is not read again. With ``command`` (``"train-vae"`` or ``"train-lora"``),
+    a checkpoint saved by the other training command is refused first (:func:`saved_by`).
 
     Raises:
         FileNotFoundError: the folder or its ``trainer_state.json`` is missing.
+        CheckpointMismatchError: (a ValueError) ``checkpoint`` was saved by another command than ``command``; one
+            line naming both.
         ValueError: ``trainer_state.json`` is damaged (``read_state``), or a recorded file is missing or has another
             size or sha256 than when saved, or a ``*.safetensors`` file is truncated; the message names the file.
     """
     checkpoint = Path(checkpoint)
     state = read_state(checkpoint)
+    saver = saved_by(checkpoint, state)
+    if command is not None and saver != command:
+        raise CheckpointMismatchError(f"{checkpoint} is a {saver} checkpoint, not a {command} one: resume it with "
+                                      f"alphavae {saver}, or give {command} a checkpoint of its own")
     _check_files(checkpoint, state.pop(FILES_KEY, {}))
     for weights in sorted(checkpoint.glob("*.safetensors")):
         _check_safetensors(weights)
     return state
+
+
+def saved_by(checkpoint: Path, state: dict) -> str:
+    """The command that saved ``checkpoint`` (``state``: its trainer state): ``"train-lora"`` when it holds (or
+    recorded) a LoRA file or recorded train-lora's settings, else ``"train-vae"``."""
+    lora = _LORA_FILE in state.get(FILES_KEY, {}) or (checkpoint / _LORA_FILE).is_file()
+    return "train-lora" if lora or _LORA_SETTINGS_KEY in state else "train-vae"
 
 
 @contextlib.contextmanager

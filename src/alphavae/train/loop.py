@@ -38,7 +38,13 @@ from tqdm.auto import tqdm
 
 from alphavae import io
 from alphavae.accel import autocast_precision
-from alphavae.convert import check_rgb_counterpart, convert_to_rgba, downsampling_factor, load_autoencoder
+from alphavae.convert import (
+    check_rgb_counterpart,
+    convert_to_rgba,
+    downsampling_factor,
+    load_autoencoder,
+    looks_like_model_id,
+)
 from alphavae.data.datasets import (
     RGBADataset,
     StepBatchSampler,
@@ -46,10 +52,11 @@ from alphavae.data.datasets import (
     item_generator,
     readable_files,
 )
-from alphavae.data.manifest import data_folder
+from alphavae.data.manifest import data_folder, read_manifest
 from alphavae.eval.networks import LPIPS_MIN_SIZES
 from alphavae.losses import AutoencoderForward, Objective, PatchDiscriminator
 from alphavae.train.checkpoint import (
+    STATE_FILE,
     TRAINING_SET_KEY,
     check_start,
     check_within,
@@ -77,6 +84,9 @@ logger = logging.getLogger(__name__)
 _NOISE_STREAM = 2**31 - 1
 #: JSON-lines logs of a run folder, one ``{"step": N, ...}`` record per line: optimiser steps and validations.
 _LOGS = {"history": Path("history.jsonl"), "validation": Path("validation", "metrics.jsonl")}
+#: JSON's names of the values ``json.loads`` returns, for messages.
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false",
+               type(None): "null"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -117,6 +127,8 @@ class TrainResult:
         failed_images: unreadable files ("path: reason") that were left out: by the check before training
             (``data.check_images``), or when met during the run (deleted or damaged since; the item is taken from
             the next image of the list, ``alphavae.data.datasets.SubstituteUnreadable``), from every process.
+        trained: False when a resumed run had already reached ``optim.max_steps`` and exported ``final/``:
+            nothing was trained or written (``final_dir`` is that export).
     """
 
     step: int
@@ -124,6 +136,7 @@ class TrainResult:
     final_dir: Path | None
     skipped_steps: int
     failed_images: list[str]
+    trained: bool = True
 
 
 def load_models(model: ModelConfig, *, seed: int = 0) -> tuple[AutoencoderKL, AutoencoderKL | None]:
@@ -140,14 +153,17 @@ def load_models(model: ModelConfig, *, seed: int = 0) -> tuple[AutoencoderKL, Au
     Raises:
         ValueError: neither or both of ``vae`` / ``init_config``, channels that do not fit, a ``ref_vae`` that
             is not an RGB VAE with the trained VAE's latent channels and downsampling, or a model folder whose
-            config describes another class or does not build an ``AutoencoderKL`` (``load_autoencoder``).
-        FileNotFoundError, OSError: a model folder is missing or unloadable (``alphavae.convert.load_autoencoder``:
-            mistyped local paths fail at once, without a hub look-up).
+            config describes another class or does not build an ``AutoencoderKL`` (``load_autoencoder``), or an
+            ``init_config`` file that is not a JSON object (``_check_init_config``, naming it).
+        FileNotFoundError, OSError: a model folder or the ``init_config`` file is missing or unloadable
+            (``alphavae.convert.load_autoencoder``, ``_check_init_config``: mistyped local paths fail at once,
+            without a hub look-up; only ``org/name`` ids are looked up on the hub).
     """
     if (model.vae is None) == (model.init_config is None):
         raise ValueError("give exactly one of model.vae (a diffusers folder) or model.init_config (a config.json)")
     channels = model.in_channels
     if model.init_config is not None:
+        _check_init_config(model.init_config)
         config = AutoencoderKL.load_config(model.init_config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -414,7 +430,12 @@ def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
     training set's digest (:func:`~alphavae.train.checkpoint.training_set_digest`).
 
     Returns ``(DataLoader, (N, C, size, size) tensor or None, ["path: reason"], digest)``; the loader yields
-    ``SubstituteUnreadable`` batches, ``((batch_size, C, size, size) or None, ["path: reason"])``.
+    ``SubstituteUnreadable`` batches, ``((batch_size, C, size, size) or None, ["path: reason"])``. Its worker
+    processes are ``data.num_workers``, at most the CPUs this process may run on.
+
+    Raises:
+        ValueError: as ``split_files``; no training image is readable (``data.check_images``), or fewer training
+            images than one global batch (``data.batch_size`` x processes); one line naming ``data.source``.
     """
     data, rgb = config.data, config.model.in_channels == 3
     train_files, val_files = split_files(data)
@@ -428,21 +449,38 @@ def _data(config: TrainConfig, accelerator: Accelerator, start_micro_step: int):
     if data.check_images:
         train_files, failed = readable_files(RGBADataset(train_files, **train_options),
                                              show_progress=accelerator.is_main_process)
+        if not train_files:
+            raise ValueError(f"{data.source}: no readable training images, all {len(failed)} were skipped as "
+                             f"unreadable (first: {failed[0]})")
         if val_files:
             val_files, val_failed = readable_files(RGBADataset(val_files, **val_options), show_progress=False)
             failed += val_failed
+    world = accelerator.num_processes
+    if len(train_files) < data.batch_size * world:
+        held = val_files if Path(data.source).is_dir() else []  # a manifest's val split is not taken from training
+        held_out = f", {len(held)} more held out for validation" if held else ""
+        raise ValueError(f"{data.source}: {len(train_files)} {'readable ' if failed else ''}training images"
+                         f"{held_out}, fewer than one global batch of {data.batch_size * world} (data.batch_size "
+                         f"{data.batch_size} x {world} processes); lower data.batch_size or add images")
     dataset = RGBADataset(train_files, **train_options)
-    sampler = StepBatchSampler(len(dataset), data.batch_size * accelerator.num_processes,
+    sampler = StepBatchSampler(len(dataset), data.batch_size * world,
                                config.optim.max_steps * config.optim.gradient_accumulation, seed=config.seed,
-                               start_step=start_micro_step, rank=accelerator.process_index,
-                               world_size=accelerator.num_processes)
-    loader = DataLoader(SubstituteUnreadable(dataset), batch_sampler=sampler, num_workers=data.num_workers,
-                        collate_fn=SubstituteUnreadable.collate)
+                               start_step=start_micro_step, rank=accelerator.process_index, world_size=world)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    loader = DataLoader(SubstituteUnreadable(dataset), batch_sampler=sampler,
+                        num_workers=min(data.num_workers, cpus), collate_fn=SubstituteUnreadable.collate)
     val_pixels = None
     if val_files and accelerator.is_main_process:
         val_set = RGBADataset(val_files, **val_options)
         val_pixels = torch.stack([val_set[i] for i in range(len(val_set))])
     return loader, val_pixels, failed, training_set_digest(train_files, data_folder(data.source))
+
+
+def _exported_after(run_dir: Path, checkpoint: Path) -> bool:
+    """Whether ``run_dir/final`` was exported after ``checkpoint`` was saved (not left by an earlier, shorter run
+    whose resume was stopped between its last checkpoint and its export)."""
+    exported = run_dir / "final" / "config.json"
+    return exported.is_file() and exported.stat().st_mtime_ns >= (checkpoint / STATE_FILE).stat().st_mtime_ns
 
 
 def _validate_exported(vae: AutoencoderKL, ema: EMAModel | None, pixels: torch.Tensor, step: int, run_dir: Path,
@@ -608,27 +646,97 @@ def _mean_logs(accelerator: Accelerator, logs: list[dict]) -> dict:
     return dict(zip(keys, accelerator.reduce(local, "mean").tolist()))
 
 
-def _preflight(config: TrainConfig, run_dir: Path, resume: str | None) -> Path | None:
-    """The checks ``train_vae`` makes before any model loads; returns the verified checkpoint to resume from.
+def _preflight(config: TrainConfig, run_dir: Path, resume: str | None) -> tuple[Path | None, int]:
+    """The checks ``train_vae`` makes before any model loads; returns the verified checkpoint to resume from (None:
+    a fresh start) and its step (0 for a fresh start).
 
-    Raises: as ``train_vae`` for its data source, output folder and checkpoint (FileNotFoundError, FileExistsError,
-    ValueError, OSError).
+    Raises: as ``train_vae`` for its data source, inputs, output folder and checkpoint (FileNotFoundError,
+    FileExistsError, NotADirectoryError, IsADirectoryError, ValueError, OSError).
     """
-    if config.data.source is not None:
-        if not Path(config.data.source).exists():
-            raise FileNotFoundError(f"data source {config.data.source} (data.source / --data) does not exist")
-        io.check_output_outside_inputs(run_dir, data_folder(config.data.source))
-    io.check_output_outside_inputs(run_dir, [path for path in (config.model.vae, config.model.ref_vae) if path])
+    model, source = config.model, config.data.source
+    if source is not None:
+        if not Path(source).exists():
+            raise FileNotFoundError(f"data source {source} (data.source / --data) does not exist")
+        io.check_output_outside_inputs(run_dir, data_folder(source))
+    if model.init_config is not None:
+        _check_init_config(model.init_config)
+    io.check_output_outside_inputs(run_dir, [path for path in (model.vae, model.ref_vae) if path])
+    io.check_inputs_outside_output(run_dir, _local_inputs(config))  # the run replaces final/, checkpoints/, ...
+    _check_run_layout(run_dir)
     io.check_writable_folder(run_dir, "the run")
-    check_start(run_dir, resume, run_dir / "final")
+    check_start(run_dir, resume, run_dir / "final", [run_dir / log for log in _LOGS.values()])
     warn_long_warmup(config.optim.warmup_steps, config.optim.max_steps, ("optim.warmup_steps", "optim.max_steps"))
     checkpoint = find_checkpoint(run_dir, resume) if resume else None
-    if checkpoint is not None:  # train-lora checks its resume the same way
-        with way_back_on_error(checkpoint, resume, run_dir):
-            saved = verify_checkpoint(checkpoint)
-        check_within(checkpoint, saved["step"], config.optim.max_steps)
-        _check_same_parts(checkpoint, config)
-    return checkpoint
+    if checkpoint is None:
+        return None, 0
+    with way_back_on_error(checkpoint, resume, run_dir):  # train-lora checks its resume the same way
+        saved = verify_checkpoint(checkpoint, "train-vae")
+    check_within(checkpoint, saved["step"], config.optim.max_steps)
+    _check_same_parts(checkpoint, config)
+    return checkpoint, saved["step"]
+
+
+def _local_inputs(config: TrainConfig) -> list[Path]:
+    """The inputs of a run that exist on disk: the data folder (a manifest, its folder and those of its image
+    entries), and the ``model.vae``, ``model.ref_vae`` and ``model.init_config`` paths (hub ids are none).
+
+    Raises:
+        ValueError: a manifest source is invalid (``alphavae.data.manifest.read_manifest``).
+    """
+    inputs, source = [], config.data.source
+    if source is not None:
+        inputs.append(data_folder(source))
+        if Path(source).suffix == ".jsonl" and Path(source).is_file():
+            inputs.append(Path(source))
+            inputs += sorted({(data_folder(source) / record["file"]).parent for record in read_manifest(source)})
+    model = config.model
+    models = (model.vae, model.ref_vae, model.init_config)
+    return inputs + [Path(path) for path in models if path and Path(path).exists()]
+
+
+def _check_run_layout(run_dir: Path) -> None:
+    """Refuse a run folder where a file stands in the place of a folder the run writes (``checkpoints``, ``final``,
+    ``validation``), or a folder in the place of one of its files (``config.yaml``, the logs): found before the
+    models load, not at the first write after training.
+
+    Raises:
+        NotADirectoryError, IsADirectoryError: naming the path.
+    """
+    for name in ("checkpoints", "final", "validation"):
+        if (run_dir / name).exists() and not (run_dir / name).is_dir():
+            raise NotADirectoryError(f"{run_dir / name}: not a folder, where the run writes its {name}/ folder; "
+                                     "move it away or choose another run folder")
+    for path in (Path("config.yaml"), *_LOGS.values()):
+        if (run_dir / path).is_dir():
+            raise IsADirectoryError(f"{run_dir / path}: a folder, where the run writes its {path} file; "
+                                    "move it away or choose another run folder")
+
+
+def _check_init_config(init_config: str) -> None:
+    """Refuse a local ``model.init_config`` that is missing (also a mistyped path: only an ``org/name`` hub id, not
+    ending in ``.json``, is looked up on the hub, by ``load_models``), or is not a JSON object (a folder: its
+    ``config.json``).
+
+    Raises:
+        FileNotFoundError: the path does not exist and is no hub id, or a folder without ``config.json``.
+        ValueError: the file is not UTF-8 JSON, or its JSON is not an object; one line naming the file.
+    """
+    path = Path(init_config)
+    if not path.exists():
+        if looks_like_model_id(init_config) and path.suffix != ".json":  # "org/config.json": a mistyped file
+            return
+        raise FileNotFoundError(f"init config {init_config} (model.init_config / --init-config) does not exist")
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: a folder without config.json (model.init_config / --init-config)")
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file}: not a diffusers config (model.init_config / --init-config): not JSON ({err})") \
+            from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{file}: not a diffusers config (model.init_config / --init-config): its JSON is "
+                         f"{_JSON_KINDS.get(type(values), type(values).__name__)}, not an object")
 
 
 def _discriminator(config: TrainConfig) -> PatchDiscriminator:
@@ -687,13 +795,15 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     Args:
         config: the resolved ``TrainConfig`` (written to ``RUN_DIR/config.yaml``).
         run_dir: output folder (checkpoints, validation grids, TensorBoard logs, ``history.jsonl``, ``final/``);
-            must lie outside the data folder. ``history.jsonl`` gets one JSON line per optimiser step (mean
-            logged values over micro-steps and processes, the rates the step used (``lr``, ``disc_lr``); none for
-            a step skipped for a non-finite loss or gradient norm),
+            must lie outside the data folder and hold none of the inputs. ``history.jsonl`` gets one JSON line per
+            optimiser step (mean logged values over micro-steps and processes, the rates the step used (``lr``,
+            ``disc_lr``); none for a step skipped for a non-finite loss or gradient norm),
             ``validation/metrics.jsonl`` one per validation (``{"step": N, "val/psnr_<background>": dB, ...}``, as
             ``validate`` returns). A resume from the checkpoint of step S first drops the lines of steps after S
             from both, so they hold each step once.
         resume: ``"latest"`` (newest checkpoint of ``run_dir``; a fresh start when there is none) or a checkpoint path.
+            A resume of a run that already reached ``optim.max_steps`` and exported ``final/`` since that checkpoint
+            trains and writes nothing: it returns at once, with ``trained`` False, before any model loads.
             Settings changed since the checkpoint apply from the first resumed step on (``optim.lr``, the schedule,
             ``betas``, ``weight_decay``, ``eps``, ``disc_lr``, ``disc_scheduler`` and ``ema_decay`` too, with the
             AdamW moments kept: ``_apply_resumed_settings``). The learning rates are functions of the step
@@ -704,13 +814,22 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         ``TrainResult``.
 
     Raises:
-        FileExistsError: ``run_dir`` has checkpoints but ``resume`` is None, or ``resume`` is "latest", there is
-            no checkpoint and ``run_dir/final`` exists (:func:`alphavae.train.checkpoint.check_start`).
-        FileNotFoundError: ``config.data.source`` does not exist, or ``resume`` is a path that is not a
+        FileExistsError: ``run_dir`` has checkpoints, ``final/`` or a non-empty ``history.jsonl`` or
+            ``validation/metrics.jsonl`` but ``resume`` is None, or ``resume`` is "latest", there is no checkpoint
+            and ``run_dir/final`` exists (:func:`alphavae.train.checkpoint.check_start`).
+        FileNotFoundError: ``config.data.source`` does not exist, a local ``model.init_config`` is missing (a path
+            that is no ``org/name`` hub id; checked before any hub look-up), or ``resume`` is a path that is not a
             checkpoint folder (``find_checkpoint``).
+        NotADirectoryError, IsADirectoryError: a file stands where the run writes ``checkpoints/``, ``final/`` or
+            ``validation/``, or a folder where it writes ``config.yaml`` or a log (``_check_run_layout``).
         NonFiniteLossError: ``config.max_nonfinite`` consecutive steps had a non-finite loss or gradient norm.
         ValueError: ``run_dir`` is or lies inside the data folder (a manifest's folder for a manifest
-            source) or a local ``model.vae`` / ``model.ref_vae`` folder, ``data.size`` is not a multiple of the
+            source) or a local ``model.vae`` / ``model.ref_vae`` folder, or holds an input (the data folder,
+            the manifest or the folder of one of its images, ``model.vae``, ``model.ref_vae``,
+            ``model.init_config``: ``alphavae.io.check_inputs_outside_output``), ``model.init_config`` is not a
+            JSON object, no training image is readable or there are fewer than one global batch
+            (``data.batch_size`` x processes; ``_data``, before the models load), the checkpoint was saved by
+            ``train-lora`` (``CheckpointMismatchError``), ``data.size`` is not a multiple of the
             VAE's downsampling or too small for an active loss term (``_check_crop_size``), the checkpoint
             cannot be restored (``load_checkpoint``), lies beyond ``optim.max_steps`` or lacks (or has) the EMA or
             lacks the discriminator this run has, or has one of another architecture (``_check_same_parts``, before
@@ -727,7 +846,10 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             ones are complete and ``--resume latest`` continues from the newest.
     """
     run_dir = Path(run_dir)
-    checkpoint = _preflight(config, run_dir, resume)
+    checkpoint, start_step = _preflight(config, run_dir, resume)
+    if checkpoint is not None and start_step == config.optim.max_steps and _exported_after(run_dir, checkpoint):
+        logger.info("nothing to train: %s already reached optim.max_steps %d", run_dir, start_step)
+        return TrainResult(start_step, [], run_dir / "final", 0, [], trained=False)
     accum = config.optim.gradient_accumulation
     AcceleratorState._reset_state()  # a fresh mixed-precision setting per run; keeps the process group
     cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
@@ -737,6 +859,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     if checkpoint is not None and accelerator.scaler is not None and not (checkpoint / SCALER_NAME).is_file():
         raise ValueError(f"{checkpoint} cannot be resumed with mixed_precision fp16: it was saved without fp16's "
                          "gradient scaler (in bf16 or float32); resume with the mixed precision it was saved with")
+    loader, val_pixels, failed, digest = _data(config, accelerator, start_step * accum)  # before the models load
     vae, reference = load_models(config.model, seed=config.seed)
     if config.model.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
@@ -770,11 +893,11 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
 
-    start_step, streak = 0, 0
+    streak = 0
     if checkpoint is not None:
         with way_back_on_error(checkpoint, resume, run_dir):
             state = load_checkpoint(accelerator, checkpoint)
-        start_step, streak = state["step"], state["nonfinite_streak"]
+        streak = state["nonfinite_streak"]  # its step is start_step, read before the models loaded
         _apply_resumed_settings(config, optimizer, scheduler, disc_optimizer, ema, start_step)
         logger.info("resumed from %s at step %d", checkpoint, start_step)
     if accelerator.is_main_process:
@@ -784,7 +907,6 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
             _truncate_log(run_dir / log, start_step)
     accelerator.init_trackers("tensorboard")
 
-    loader, val_pixels, failed, digest = _data(config, accelerator, start_step * accum)
     if checkpoint is not None and accelerator.is_main_process:
         warn_other_training_set(checkpoint, state, digest, logger)
     world, rank, share = accelerator.num_processes, accelerator.process_index, config.data.batch_size

@@ -111,7 +111,7 @@ stage2() {  # config run-name
             --set optim.decay_steps="$stage2_decay_steps" >> "$runs/$2.log" 2>&1
     fi
     local end last=${stage2_anneals##* } moments
-    for end in $stage2_anneals; do  # the last window always runs: at its end it only re-exports final/
+    for end in $stage2_anneals; do  # the last window always runs: it exports final/ if the run stopped before
         moments=()
         [ "$end" -le "$protocol_moments_after" ] || moments=("${protocol[@]}")
         if [ "$end" = "$last" ] || [ "$(latest_step "$2")" -lt "$end" ]; then

@@ -1258,7 +1258,7 @@ def test_no_readable_image_or_too_few_for_a_batch_names_the_data_before_the_mode
 
 def test_a_resume_of_a_finished_run_trains_and_writes_nothing(assets, tmp_path, capsys):
     """--resume latest on a run that had reached max_steps and exported final/ appended its final validation line
-    again and exported final/ again."""
+    again and exported final/ again; extended, it counted the steps before the resume as trained."""
     overrides = _overrides(assets, **{"optim.max_steps": 1, "checkpoint_every": 1, "validate_every": 1,
                                       "loss.lpips_weight": 0})
     args = ["train-vae", "--config", "vae_no_gan", "-o", str(tmp_path / "run")] + [a for o in overrides
@@ -1273,6 +1273,10 @@ def test_a_resume_of_a_finished_run_trains_and_writes_nothing(assets, tmp_path, 
                                        "continues it)\n")
     assert {path: path.stat().st_mtime_ns for path in (tmp_path / "run").rglob("*") if path.is_file()} == written
     assert (tmp_path / "run" / "validation" / "metrics.jsonl").read_text() == metrics
+    assert main(args + ["--resume", "latest", "--set", "optim.max_steps=2"]) == 0  # said "trained 2 steps"
+    out, err = capsys.readouterr()
+    assert out.startswith("trained 1 step (0 skipped as non-finite, step 2, resumed from step 1); model in ")
+    assert "nothing to train" not in err
 
 
 def test_a_checkpoint_of_the_other_training_command_is_named_as_such(assets, tmp_path, monkeypatch):

@@ -100,8 +100,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"nothing to train: {args.output} already reached optim.max_steps {result.step} (its final/ and "
               "checkpoints are left as they are; a larger optim.max_steps continues it)")
         return 0
-    print(f"trained {counted(result.step, 'step')} ({result.skipped_steps} skipped as non-finite); "
-          f"model in {result.final_dir}")
+    first, last = result.start_step + 1, result.step
+    span = f"step {last}" if first == last else f"steps {first}-{last}"
+    resumed = f", {span}, resumed from step {result.start_step}" if result.start_step and last >= first else ""
+    print(f"trained {counted(result.step - result.start_step, 'step')} ({result.skipped_steps} skipped as "
+          f"non-finite{resumed}); model in {result.final_dir}")
     if result.failed_images:
         print(f"alphavae train-vae: {len(result.failed_images)} unreadable image(s) left out:", file=sys.stderr)
         for failure in result.failed_images:

@@ -129,6 +129,8 @@ class TrainResult:
             the next image of the list, ``alphavae.data.datasets.SubstituteUnreadable``), from every process.
         trained: False when a resumed run had already reached ``optim.max_steps`` and exported ``final/``:
             nothing was trained or written (``final_dir`` is that export).
+        start_step: the step this call started from: the resumed checkpoint's, 0 for a fresh start (this call
+            ran ``step - start_step`` steps).
     """
 
     step: int
@@ -137,6 +139,7 @@ class TrainResult:
     skipped_steps: int
     failed_images: list[str]
     trained: bool = True
+    start_step: int = 0
 
 
 def load_models(model: ModelConfig, *, seed: int = 0) -> tuple[AutoencoderKL, AutoencoderKL | None]:
@@ -848,8 +851,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
     run_dir = Path(run_dir)
     checkpoint, start_step = _preflight(config, run_dir, resume)
     if checkpoint is not None and start_step == config.optim.max_steps and _exported_after(run_dir, checkpoint):
-        logger.info("nothing to train: %s already reached optim.max_steps %d", run_dir, start_step)
-        return TrainResult(start_step, [], run_dir / "final", 0, [], trained=False)
+        return TrainResult(start_step, [], run_dir / "final", 0, [], trained=False, start_step=start_step)
     accum = config.optim.gradient_accumulation
     AcceleratorState._reset_state()  # a fresh mixed-precision setting per run; keeps the process group
     cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
@@ -993,7 +995,7 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         if stop_after is not None and completed >= stop_after:
             progress.close()
             accelerator.end_training()
-            return TrainResult(completed, history, None, skipped, failed)
+            return TrainResult(completed, history, None, skipped, failed, start_step=start_step)
         step = completed
     progress.close()
     accelerator.wait_for_everyone()
@@ -1004,4 +1006,4 @@ def train_vae(config: TrainConfig, run_dir: str | os.PathLike, *, resume: str | 
         _log_validation(vae, ema, val_pixels, step, run_dir, accelerator)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(step, history, final, skipped, failed)
+    return TrainResult(step, history, final, skipped, failed, start_step=start_step)

@@ -224,6 +224,13 @@ def test_score_pair_alpha_not_applicable_is_none():
     assert alpha["alpha_mae"] == pytest.approx(1.0)
 
 
+def test_ssim_of_near_equal_flat_images_stays_at_most_1():
+    """float32 variances of flat blocks came out slightly negative: SSIM 1.0000166 for 0.8 vs 0.79997."""
+    x, y = torch.full((1, 3, 16, 16), 0.8), torch.full((1, 3, 16, 16), 0.79997)
+    for y_channel in (False, True):
+        assert 0.999 < float(metrics.ssim(x, y, y_channel=y_channel)) <= 1.0
+
+
 @pytest.mark.parametrize("y_channel", [True, False])
 def test_ssim_tiles_equal_the_whole_image_map(y_channel):
     """Defect (pitfall 14): SSIM filtered one (B, 15, H, W) moment stack, ~2 KB per pixel for 9 backgrounds.

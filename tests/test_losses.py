@@ -371,3 +371,11 @@ def test_loss_config_refuses_background_moments_no_background_can_have():
     rounded = (float(f"{grey:.6g}"), float(f"{grey * grey:.6g}"))
     assert rounded[1] < rounded[0] ** 2  # rounding alone puts E[b^2] a little below E[b]^2: still accepted
     assert LossConfig(background_mean=(rounded[0], 1, -1), background_square=(rounded[1], 1, 1)).background_mean[1] == 1
+
+
+def test_background_moments_refuse_values_outside_the_pixel_range():
+    """NaN pixels gave NaN moments and 0-255 pixels moments of 255 and 65025, silently."""
+    for bad, shown in ((torch.full((3, 2, 2), float("nan")), "nan"), (torch.full((3, 2, 2), 255.0), "255")):
+        with pytest.raises(ValueError, match=rf"^background image 1: values must be finite and in \[-1, 1\], got "
+                                             rf"\[{shown}, {shown}\]$"):
+            losses.background_moments([bad])

@@ -138,7 +138,8 @@ def background_moments(images: Iterable[torch.Tensor]) -> tuple[tuple[float, ...
         ``((m_r, m_g, m_b), (s_r, s_g, s_b), images counted)``: means in [-1, 1], second moments in [0, 1].
 
     Raises:
-        ValueError: if ``images`` is empty, or an image is not ``(C, H, W)`` / ``(1, C, H, W)`` with C = 3 or 4.
+        ValueError: if ``images`` is empty, or an image is not ``(C, H, W)`` / ``(1, C, H, W)`` with C = 3 or 4, or
+            holds a value that is not finite or outside [-1, 1] (e.g. 0-255 pixels).
     """
     total = torch.zeros(3, dtype=torch.float64)
     total_square = torch.zeros(3, dtype=torch.float64)
@@ -148,6 +149,9 @@ def background_moments(images: Iterable[torch.Tensor]) -> tuple[tuple[float, ...
         if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] not in (3, 4):
             raise ValueError(f"background image {count + 1}: expected (C, H, W) or (1, C, H, W) with C = 3 or 4, "
                              f"got {tuple(image.shape)}")
+        if not bool(torch.isfinite(image).all()) or float(image.abs().max()) > 1:
+            raise ValueError(f"background image {count + 1}: values must be finite and in [-1, 1], got "
+                             f"[{float(image.min()):.4g}, {float(image.max()):.4g}]")
         rgb = (io.composite(image, "black") if image.shape[1] == 4 else image)[0].double()
         total += rgb.sum(dim=(1, 2))
         total_square += (rgb**2).sum(dim=(1, 2))

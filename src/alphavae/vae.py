@@ -55,10 +55,10 @@ def _check_range(pixels: torch.Tensor) -> None:
 
 def _check_latents(latents: torch.Tensor, channels: int) -> None:
     """Raise TypeError unless ``latents`` is a floating-point tensor, ValueError unless it is a finite
-    ``(B, channels, h, w)`` batch with B >= 1."""
+    ``(B, channels, h, w)`` batch with B, h, w >= 1."""
     check_float_tensor(latents, "latents")
-    if latents.ndim != 4 or latents.shape[1] != channels or latents.shape[0] == 0:
-        raise ValueError(f"latents must be (B, {channels}, h, w) with B >= 1, got {tuple(latents.shape)}")
+    if latents.ndim != 4 or latents.shape[1] != channels or latents.numel() == 0:
+        raise ValueError(f"latents must be (B, {channels}, h, w) with B, h, w >= 1, got {tuple(latents.shape)}")
     _check_finite(latents, "latents")
 
 

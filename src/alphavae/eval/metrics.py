@@ -121,7 +121,7 @@ def _tiles(length: int, tile: int) -> list[slice]:
 
 def _ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tensor:
     """SSIM map of one block: ``(B, C, h, w)`` float32 in [0, data_range] -> ``(B, C, h - 10, w - 10)`` float32
-    ('valid' 11x11 window, contrast-structure term clamped at 0)."""
+    in [0, 1] ('valid' 11x11 window, contrast-structure term clamped at 0 as pyiqa's, both terms at 1)."""
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     c = x.shape[1]
     # float32 on values centred at mid-range: the E[x^2] - E[x]^2 cancellation error stays far below
@@ -131,8 +131,10 @@ def _ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float) -> torch.Tens
     mu_x, mu_y, xx, yy, xy = moments.split(c, dim=1)
     var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     mu_x, mu_y = mu_x + data_range / 2, mu_y + data_range / 2
-    cs = torch.relu((2 * cov + c2) / (var_x + var_y + c2))
-    lum = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+    # both terms are <= 1 in exact arithmetic; float32 rounding of near-equal flat blocks (a variance slightly
+    # below 0) could lift them above it, so they are clamped to [0, 1].
+    cs = ((2 * cov + c2) / (var_x + var_y + c2)).clamp(0, 1)
+    lum = ((2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)).clamp(max=1)
     return lum * cs
 
 

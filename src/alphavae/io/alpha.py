@@ -165,7 +165,9 @@ def composite(pixels: torch.Tensor, background: str | Sequence[float] | torch.Te
 
     Source: the compositing used throughout AlphaVAE (arXiv 2507.09308; docs/architecture.md,
     "Composite"), i.e. Porter-Duff *over* with an opaque backdrop. Colour under alpha = 0 is multiplied by exactly 0,
-    so hidden colour never reaches the result. Differentiable; nothing is clamped.
+    so hidden (finite) colour never reaches the result; NaN or inf anywhere in ``pixels`` propagates (0 x inf is
+    NaN), as in any arithmetic: :func:`alphavae.io.load_rgba` never returns them. Differentiable; nothing is
+    clamped.
 
     Args:
         pixels: ``(B, 4, H, W)`` or ``(4, H, W)`` straight RGBA in [-1, 1].

@@ -24,13 +24,28 @@ from alphavae.convert import (
 from alphavae.testing import SHAPES, tiny_rgb_vae
 
 
+def test_invariant_tolerates_float_rounding_but_not_a_wrong_conversion():
+    """The CPU float32 check demanded bit-equality, which other convolution kernels for the widened layers need
+    not give (1e-5 apart in RGB output on other inputs here): a machine could refuse a correct conversion."""
+    source = tiny_rgb_vae("flux")
+    rgba = convert_to_rgba(source)
+    with torch.no_grad():
+        rgba.decoder.conv_out.bias[:3] += 1e-6  # rounding-sized
+    report = check_invariant(source, rgba, sizes=((32, 32),))
+    assert not report.bitwise and report.rgb_diff == pytest.approx(1e-6, rel=0.1) and report.atol == 1e-3
+    with torch.no_grad():
+        rgba.decoder.conv_out.bias[:3] += 1e-2  # a wrong conversion
+    with pytest.raises(AssertionError, match="invariant violated"):
+        check_invariant(source, rgba, sizes=((32, 32),))
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_invariant_bitwise_for_every_vae_shape(shape):
     source = tiny_rgb_vae(shape)
     before = {k: v.clone() for k, v in source.state_dict().items()}
     rgba = convert_to_rgba(source)
     report = check_invariant(source, rgba, sizes=((32, 32), (24, 40)))
-    assert report.bitwise and report.atol == 0.0
+    assert report.bitwise and report.atol == 1e-3  # bitwise on these probes here; 1e-3 allows other kernels
     assert (rgba.config.in_channels, rgba.config.out_channels) == (4, 4)
     assert rgba.config.latent_channels == source.config.latent_channels
     assert (rgba.quant_conv is None) == (source.quant_conv is None)

@@ -140,10 +140,11 @@ class InvariantReport:
 
 
 def _default_atol(device: torch.device, dtype: torch.dtype) -> float:
-    """0 on CPU float32 (bitwise, measured); 1e-3 for float32 elsewhere; 5e-2 for 16-bit types."""
-    if dtype != torch.float32:
-        return 5e-2
-    return 0.0 if device.type == "cpu" else 1e-3
+    """1e-3 for float32 on any device; 5e-2 for 16-bit types. Not 0 on the CPU either: the widened convolutions
+    may take other kernels than the 3-channel ones and round differently (measured on tiny random models with
+    other inputs than the check's: up to 1.5e-6 in latents, 1e-5 in RGB output), while a wrong conversion is off
+    by far more than 1e-3."""
+    return 1e-3 if dtype == torch.float32 else 5e-2
 
 
 def _encode_decode(vae: AutoencoderKL, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -166,8 +167,8 @@ def check_invariant(source: AutoencoderKL, rgba: AutoencoderKL, *, sizes=((64, 6
         source: the RGB (3-channel) model; rgba: ``convert_to_rgba(source)`` or its reload.
         sizes: pixel sizes (H, W), each a multiple of the models' downsampling factor.
         batch_size: images per size; seed: torch seed for the random pixels.
-        atol: tolerance on every difference; None = 0 (bitwise) on CPU float32, 1e-3 for float32
-            on other devices, 5e-2 for bfloat16/float16.
+        atol: tolerance on every difference; None = 1e-3 for float32 (the report's ``bitwise`` says whether
+            the differences were all 0), 5e-2 for bfloat16/float16.
     Returns:
         An ``InvariantReport``.
     Raises:
@@ -488,7 +489,7 @@ def convert_pretrained(src: str | os.PathLike, dst: str | os.PathLike, *, subfol
                        dtype: str = "float32", overwrite: bool = False) -> Path:
     """Convert a pretrained RGB VAE to RGBA, check the invariant, and save it in diffusers format.
 
-    The conversion and the bitwise invariant check run in float32 on the CPU; the model is then
+    The conversion and the invariant check run in float32 on the CPU; the model is then
     cast to ``dtype`` and saved (``config.json`` + ``diffusion_pytorch_model.safetensors``, or the
     shards and index diffusers writes for a large model) with ``alphavae_provenance.json`` (source,
     subfolder, date, library versions, invariant report). The files are built (and fsynced) in a

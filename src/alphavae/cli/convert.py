@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="convert an RGB AutoencoderKL to a 4-channel RGBA one (opaque initialisation)",
         description="Widen a pretrained RGB diffusers AutoencoderKL to RGBA (AlphaVAE, arXiv 2507.09308, "
                     "section 4.1): alpha input weights 0, alpha output bias +1. The result reproduces the "
-                    "source's latents and RGB output exactly and predicts alpha = 1 until fine-tuned; this "
+                    "source's latents and RGB output (up to float32 rounding, at most 1e-3; often bit for bit) "
+                    "and predicts alpha = 1 until fine-tuned; this "
                     "is checked before saving. Writes diffusers safetensors + alphavae_provenance.json.",
     )
     parser.add_argument("src", metavar="SRC", type=path_text,

@@ -270,7 +270,8 @@ def latent_drift(vae, source, gt: torch.Tensor) -> dict[str, float]:
     does (``alphavae.io.pad_to_multiple``, replicate), and encoded by both; reported: ``mse`` (mean
     squared difference of the means) and ``rel_l2`` (``||mu_rgba - mu_src|| / ||mu_src||``), each averaged
     over the two backgrounds. A freshly converted, untrained model scores 0 (opaque initialisation, paper
-    Sec. 4.1): exactly 0 in float32 on the CPU without tiling (tiling or a 16-bit policy need not give 0).
+    Sec. 4.1), up to float32 rounding (often exactly 0 on the CPU without tiling; tiling or a 16-bit policy
+    give more).
 
     Args:
         vae: ``alphavae.vae.RGBAVAE``. source: diffusers ``AutoencoderKL`` with 3 input channels.

@@ -505,3 +505,46 @@ def test_one_folder_given_twice_through_a_symlink(tmp_path, tiny_rgba_dir):
     reason = (f"the same file as {tmp_path / 'in' / 'a.png'}, given twice (through a symlink or overlapping "
               f"inputs); its output {tmp_path / 'out' / 'a.png'} is made once")
     assert report.failed == [(tmp_path / "link" / "a.png", reason)]
+
+
+@pytest.mark.filterwarnings("ignore:IM image format is deprecated")
+def test_an_output_or_grid_name_too_long_fails_alone(tmp_path, tiny_rgba_dir, capsys):
+    """A 254-byte IM input gives a 256-byte output name, a 252-byte PNG a 257-byte grid name: each fails alone
+    (``Path.is_dir`` raised ENAMETOOLONG and stopped the batch with exit 2); the other inputs are written."""
+    long_output, long_grid = "x" * 252 + ".im", "y" * 248 + ".png"
+    for name in ("a.png", long_output, long_grid, "z.png"):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        Image.new("RGBA", (8, 8), (1, 2, 3, 4)).save(tmp_path / "in" / name)
+    out, grids = tmp_path / "out", tmp_path / "grids"
+    assert _run(tmp_path / "in", "-o", out, "--vae", tiny_rgba_dir, "--grid", grids) == 1
+    err = capsys.readouterr().err
+    assert f"FAILED {tmp_path / 'in' / long_output}: output name too long: {out / ('x' * 252 + '.png')}\n" in err
+    assert f"GRID FAILED {grids / ('y' * 248 + '.grid.png')}: grid name too long: {grids / ('y' * 248)}" in err
+    assert "3 written, 0 skipped (exist), 1 failed (1 image); grids: 2 written, 0 skipped (exist), 1 failed" in err
+    assert sorted(path.name for path in out.iterdir()) == ["a.png", long_grid, "z.png"]
+
+
+def test_symlink_loops_are_failures_or_one_line_errors(tmp_path, tiny_rgba_dir, capsys):
+    """An input that is a symlink loop fails alone; an output, grid folder or output path that is one is named in
+    one line (``Path.resolve`` raised RuntimeError: a traceback)."""
+    _rgba_png(tmp_path / "in" / "x.png", 8, 8)
+    (tmp_path / "in" / "a.png").symlink_to("b.png")
+    (tmp_path / "in" / "b.png").symlink_to("a.png")
+    assert _run(tmp_path / "in", "-o", tmp_path / "out", "--vae", tiny_rgba_dir) == 1
+    err = capsys.readouterr().err
+    assert all(f"FAILED {tmp_path / 'in' / name}: input is a symlink loop\n" in err for name in ("a.png", "b.png"))
+    assert (tmp_path / "out" / "x.png").is_file()
+    assert _run(tmp_path / "in" / "a.png", tmp_path / "in" / "x.png", "-o", tmp_path / "o2",
+                "--vae", tiny_rgba_dir) == 1
+    assert f"FAILED {tmp_path / 'in' / 'a.png'}: input is a symlink loop\n" in capsys.readouterr().err
+    assert (tmp_path / "o2" / "x.png").is_file()
+    loop = tmp_path / "in" / "a.png"
+    for extra in (("-o", loop), ("-o", tmp_path / "o3", "--grid", loop)):
+        assert _run(tmp_path / "in" / "x.png", *extra, "--vae", tiny_rgba_dir) == 2
+        assert capsys.readouterr().err == f"alphavae reconstruct: error: {loop} is a symlink loop\n"
+    (tmp_path / "o4").mkdir()
+    (tmp_path / "o4" / "x.png").symlink_to("y.png")
+    (tmp_path / "o4" / "y.png").symlink_to("x.png")
+    assert _run(tmp_path / "in" / "x.png", "-o", tmp_path / "o4", "--vae", tiny_rgba_dir) == 1
+    assert f"output {tmp_path / 'o4' / 'x.png'} is a symlink loop" in capsys.readouterr().err
+    assert (tmp_path / "o4" / "x.png").is_symlink()

@@ -171,3 +171,21 @@ def test_export_reports_a_record_naming_a_folder(tmp_path):
     assert [p.name for p in report.copied] == ["a.png"] and report.skipped == []
     assert report.failed == [(f"{manifest}:2", f"file 'images/emoji': {data.resolve() / 'images' / 'emoji'} is a "
                                                "folder, not an image")]
+
+
+def test_export_names_a_looping_target_or_output(tmp_path, capsys):
+    """A copy's target or the output folder that is a symlink loop: ``Path.resolve`` raised RuntimeError (a
+    traceback); now the record fails alone, and a looping output is a one-line error."""
+    manifest = _manifest(_data(tmp_path), [f"images/emoji/{name}.png" for name in "ab"])
+    out = tmp_path / "out"
+    (out / "emoji").mkdir(parents=True)
+    (out / "emoji" / "a.png").symlink_to("c.png")
+    (out / "emoji" / "c.png").symlink_to("a.png")
+    assert main(["data", "export", str(manifest), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert (f"failed: {manifest}:1: file 'images/emoji/a.png': target {out / 'emoji' / 'a.png'} cannot be used "
+            f"({out / 'emoji' / 'a.png'} is a symlink loop)") in err
+    assert (out / "emoji" / "b.png").is_file() and (out / "emoji" / "a.png").is_symlink()
+    loop = out / "emoji" / "c.png"
+    assert main(["data", "export", str(manifest), "-o", str(loop)]) == 2
+    assert f"error: {loop} is a symlink loop\n" in capsys.readouterr().err

@@ -209,3 +209,18 @@ def test_export_copies_one_split_as_a_tree_and_keeps_existing(tmp_path):
     assert main(["data", "export", str(data / "manifest.jsonl"), "-o", str(out)]) == 0  # kept, no error
     assert main(["data", "export", str(data / "manifest.jsonl"), "-o", str(data / "inside")]) == 2
     assert main(["data", "export", str(data / "manifest.jsonl"), "--split", "nope", "-o", str(out)]) == 2
+
+
+def test_samples_skip_a_name_too_long_and_keep_the_licence(tmp_path, capsys):
+    """A sample name over 255 bytes: ``Path.exists`` raised ENAMETOOLONG, exit 2 after some images were written
+    but before LICENSE.md (their attribution lost). Now that record is skipped and the licence written."""
+    records = [_record(f"img{i}", width=48, height=48) for i in range(3)]
+    records[1] = {**records[1], "original": "y" * 300 + ".png"}
+    manifest = _write_data(tmp_path / "data", records)
+    out = tmp_path / "examples"
+    assert main(["data", "samples", str(manifest), "-o", str(out), "--per-group", "3"]) == 1
+    err = capsys.readouterr().err
+    assert f"/{'y' * 300}.png (output name too long)" in err and "1 chosen sample(s) were skipped" in err
+    assert sorted(path.name for path in out.rglob("*.png")) == ["sub_dir_img0.png", "sub_dir_img2.png"]
+    licence = (out / "LICENSE.md").read_text()
+    assert "sub dir/img0.png" in licence and "sub dir/img2.png" in licence and "y" * 300 not in licence

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -791,3 +792,24 @@ def test_folder_relation_resolves_symlinks(tmp_path):
     assert folder_relation(tmp_path / "link" / "b" / "new", tmp_path / "a") == "is inside"  # need not exist
     assert folder_relation(tmp_path, tmp_path / "link" / "b") == "contains"
     assert folder_relation(tmp_path / "a" / "b", tmp_path / "ab") is None
+
+
+def test_a_symlink_loop_is_named_in_one_line(tmp_path):
+    """``Path.resolve`` raised RuntimeError for a loop (a traceback in every command): an output loop is now an
+    OSError naming it, and an input loop is passed over (it is no folder; the job reports it)."""
+    from alphavae.io.files import (check_inputs_outside_output, check_output_outside_inputs, folder_relation,
+                                   resolve_path)
+
+    loop = tmp_path / "a.png"
+    loop.symlink_to("b.png")
+    (tmp_path / "b.png").symlink_to("a.png")
+    for call in (lambda: resolve_path(loop), lambda: folder_relation(loop, tmp_path / "out"),
+                 lambda: check_output_outside_inputs(loop, [tmp_path / "in"]),
+                 lambda: check_inputs_outside_output(loop, [tmp_path / "in"])):
+        with pytest.raises(OSError, match=f"^{re.escape(str(loop))} is a symlink loop$"):
+            call()
+    check_output_outside_inputs(tmp_path / "out", [loop])
+    check_inputs_outside_output(tmp_path / "out", [loop])
+    with pytest.raises(ValueError, match="contains input"):
+        check_inputs_outside_output(tmp_path, [loop])
+    assert aio.list_images_reporting([loop]) == ([], [(loop, "input is a symlink loop")])

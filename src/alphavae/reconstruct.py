@@ -36,6 +36,7 @@ from alphavae.io import (
     save_rgba,
     single_line,
 )
+from alphavae.io.files import resolve_path
 from alphavae.vae import RGBAVAE
 
 
@@ -137,6 +138,16 @@ def _write_error(path: Path, err: Exception, report: ReconstructReport) -> str:
     return f"cannot write {path} ({reason})"
 
 
+def _unusable(what: str, path: Path, err: OSError) -> str:
+    """One-line reason why output or grid (``what``) ``path`` cannot even be examined: a name too long for the
+    file system, a symlink loop, or another OSError."""
+    if err.errno == errno.ENAMETOOLONG:
+        return f"{what} name too long: {path}"
+    if err.errno == errno.ELOOP:
+        return f"{what} {path} is a symlink loop"
+    return f"cannot use {what} {path} ({err.strerror or err})"
+
+
 def _grid_path(job: _Job, target: Path) -> Path:
     """Where the comparison grid of output ``target`` goes."""
     return job.grid_dir / target.relative_to(job.output_dir).with_suffix(".grid.png")
@@ -144,18 +155,21 @@ def _grid_path(job: _Job, target: Path) -> Path:
 
 def _grid_wanted(job: _Job, grid_path: Path) -> bool:
     """True if ``grid_path`` may be written; otherwise record why not (an input file, a folder, an existing
-    grid without ``overwrite``)."""
-    if grid_path.resolve() in job.sources:
-        job.report.grids_failed.append((grid_path, "would overwrite an input file; choose another grid folder"))
-    elif (folder := _input_dir_holding(job, grid_path)) is not None:
-        job.report.grids_failed.append((grid_path, f"would land inside input folder {folder}; choose a grid folder "
-                                                   "apart from the inputs"))
-    elif grid_path.is_dir():
-        job.report.grids_failed.append((grid_path, "grid path is a directory"))
-    elif grid_path.exists() and not job.overwrite:
-        job.report.grids_skipped.append(grid_path)
-    else:
-        return True
+    grid without ``overwrite``, a name too long or a symlink loop)."""
+    try:
+        if resolve_path(grid_path) in job.sources:
+            job.report.grids_failed.append((grid_path, "would overwrite an input file; choose another grid folder"))
+        elif (folder := _input_dir_holding(job, grid_path)) is not None:
+            job.report.grids_failed.append((grid_path, f"would land inside input folder {folder}; choose a grid "
+                                                       "folder apart from the inputs"))
+        elif grid_path.is_dir():
+            job.report.grids_failed.append((grid_path, "grid path is a directory"))
+        elif grid_path.exists() and not job.overwrite:
+            job.report.grids_skipped.append(grid_path)
+        else:
+            return True
+    except OSError as err:
+        job.report.grids_failed.append((grid_path, _unusable("grid", grid_path, err)))
     return False
 
 
@@ -227,14 +241,22 @@ def _write(job: _Job, batch: list[tuple[Path, Path, torch.Tensor]]) -> None:
 
 def _input_dir_holding(job: _Job, path: Path) -> Path | None:
     """The input folder that ``path`` would land in (after resolving symlinks; e.g. an output folder that
-    contains an input folder), or None."""
-    resolved = path.resolve()
+    contains an input folder), or None. Raises OSError for a ``path`` that is a symlink loop."""
+    resolved = resolve_path(path)
     return next((folder for folder in job.input_dirs if resolved.is_relative_to(folder)), None)
 
 
 def _output_refusal(job: _Job, path: Path, target: Path) -> str | None:
     """Why input ``path`` cannot be written to ``target`` (None: it can)."""
-    if target.resolve() in job.sources:
+    try:
+        return _target_refusal(job, path, target)
+    except OSError as err:
+        return _unusable("output", target, err)
+
+
+def _target_refusal(job: _Job, path: Path, target: Path) -> str | None:
+    """``_output_refusal`` before OSError (a name too long, a symlink loop) is turned into a reason."""
+    if resolve_path(target) in job.sources:
         return f"output {target} would overwrite its input; choose another output folder"
     if (folder := _input_dir_holding(job, target)) is not None:
         return f"output {target} would land inside input folder {folder}; choose an output folder apart from them"
@@ -362,7 +384,8 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
         (devices, FIFOs), folders without images, unreadable images, name collisions (``a.jpg`` and
         ``a.png`` in one folder: the second readable one fails; one file reached again through a symlinked
         input folder fails as given twice, its output made once), outputs that would replace an input
-        file or land inside an input folder, output paths taken by a folder, and failed
+        file or land inside an input folder, output paths taken by a folder, inputs that are symlink loops,
+        outputs that are symlink loops or whose names are too long for the file system, and failed
         reconstructions/writes (named by the final path) are in ``failed``; failed grids in
         ``grids_failed``; the rest continue.
     Raises:
@@ -381,8 +404,17 @@ def reconstruct_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], o
     report.failed, report.bad_inputs = list(bad_inputs), len(bad_inputs)
     job = _Job(vae=vae, output_dir=Path(output_dir), grid_dir=None if grid_dir is None else Path(grid_dir),
                overwrite=overwrite, max_pixels=max_pixels, min_side=min_side,
-               sources={path.resolve() for path, _ in items},
+               sources=set(),
                input_dirs=[Path(given).resolve() for given in inputs if Path(given).is_dir()], report=report)
+    usable = []
+    for path, relative in items:
+        try:
+            job.sources.add(resolve_path(path))
+        except OSError:  # a symlink loop: nothing to load, and no output can replace it
+            report.failed.append((path, "input is a symlink loop"))
+        else:
+            usable.append((path, relative))
+    items = usable
     batch: list[tuple[Path, Path, torch.Tensor]] = []
     for index, (path, relative) in enumerate(tqdm(items, desc="reconstruct", unit="img", disable=not progress)):
         target = job.output_dir / relative.with_suffix(".png")

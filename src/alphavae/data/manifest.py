@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from alphavae import io
+from alphavae.io.files import resolve_path
 
 SPLITS: tuple[tuple[str, float], ...] = (("train", 0.90), ("val", 0.05), ("test", 0.05))
 """Default split names and fractions (sum 1)."""
@@ -180,11 +181,14 @@ def data_folder(source: str | Path) -> Path:
 
     Returns:
         ``source`` when it is a folder, else the folder of the manifest (its link target's, for a symlink).
+
+    Raises:
+        OSError: ``source`` is a symlink loop (:func:`alphavae.io.files.resolve_path`, names it).
     """
     path = Path(source)
     if path.is_dir():
         return path
-    return (path.resolve() if path.is_symlink() else path).parent
+    return (resolve_path(path) if path.is_symlink() else path).parent
 
 
 def record_source(file: str, root: str | Path) -> Path:
@@ -239,12 +243,16 @@ def check_target(target: Path, output: Path, root: Path, name: str) -> None:
     folder ``root`` (also when ``output`` holds that folder), so a copy never lands in, or replaces, a source image.
 
     Raises:
-        ValueError: starting with ``name`` (the record, e.g. ``"file 'a.png'"``), naming the target.
+        ValueError: starting with ``name`` (the record, e.g. ``"file 'a.png'"``), naming the target; also for a
+            target (or ``output``, ``root``) that is a symlink loop.
     """
-    resolved = target.resolve()
-    if not resolved.is_relative_to(output.resolve()):
+    try:
+        resolved, output_resolved, root_resolved = (resolve_path(path) for path in (target, output, root))
+    except OSError as error:
+        raise ValueError(f"{name}: target {target} cannot be used ({error})") from None
+    if not resolved.is_relative_to(output_resolved):
         raise ValueError(f"{name}: target {target} resolves to {resolved}, outside {output}")
-    if resolved.is_relative_to(root.resolve()):
+    if resolved.is_relative_to(root_resolved):
         raise ValueError(f"{name}: target {target} lies inside the manifest's folder {root}")
 
 
@@ -280,9 +288,9 @@ def export_split(manifest: str | Path, split: str, output: str | Path) -> Export
     Files are copied atomically; existing ones are kept (not compared). ``output`` must not lie in the
     manifest's folder. Bad records are skipped and reported, the rest are copied: a ``file`` that
     :func:`record_source` refuses (absolute, ``..``, or outside the manifest's folder through a symlink),
-    one whose target would land outside ``output`` or inside the manifest's folder, a second record
-    with the same target, a source or target that is a folder, and a file that does not decode as an image
-    (:func:`alphavae.io.load_rgba`) or cannot be read or written.
+    one whose target would land outside ``output`` or inside the manifest's folder or is a symlink loop or cannot be
+    examined (a name too long), a second record with the same target, a source or target that is a folder, and a
+    file that does not decode as an image (:func:`alphavae.io.load_rgba`) or cannot be read or written.
 
     Returns:
         An :class:`ExportReport`; the skipped bad records are in ``failed``.
@@ -292,6 +300,7 @@ def export_split(manifest: str | Path, split: str, output: str | Path) -> Export
         ValueError: the manifest is unreadable or has an invalid line (:func:`read_manifest_lines`), no
             record is of ``split``, ``output`` lies inside the manifest's folder or is an existing
             non-folder.
+        OSError: ``output`` or the manifest is a symlink loop (names it).
     """
     manifest, output = Path(manifest), Path(output)
     root = data_folder(manifest)
@@ -314,11 +323,17 @@ def export_split(manifest: str | Path, split: str, output: str | Path) -> Export
             report.failed.append((where, reason))
             continue
         claimed[target] = number
-        if source.is_dir() or target.is_dir():
-            report.failed.append((where, f"file {record['file']!r}: {source if source.is_dir() else target} is a "
-                                         "folder, not an image"))
+        try:
+            folder = next((path for path in (source, target) if path.is_dir()), None)
+            exists = target.exists()
+        except OSError as error:  # e.g. a name too long for the file system
+            report.failed.append((where, f"file {record['file']!r}: cannot use target {target} "
+                                         f"({error.strerror or error})"))
             continue
-        if target.exists():
+        if folder is not None:
+            report.failed.append((where, f"file {record['file']!r}: {folder} is a folder, not an image"))
+            continue
+        if exists:
             report.skipped.append(target)
             continue
         try:

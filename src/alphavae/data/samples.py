@@ -11,6 +11,7 @@ licence and original path. ``LICENSE.md`` always lists every image of the manife
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from alphavae import io
@@ -139,9 +140,17 @@ def _present_samples(manifest: Path, root: Path, output: Path) -> dict[str, dict
                 check_target(output / path, output, root, "")
             except ValueError:
                 continue
-            if (output / path).is_file():
+            if _is_file(output / path):
                 present[path] = record
     return present
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, but False where ``path`` cannot be examined (e.g. a name too long for the file system)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _plan(records: list[dict], root: Path, output: Path) -> tuple[dict[str, tuple[dict, Path]], list[str]]:
@@ -190,7 +199,8 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
     ``file`` lies outside the manifest's folder (:func:`alphavae.data.manifest.record_source`), an
     earlier record of ``records`` already takes its sample path (the first keeps it), its copy would land
     outside ``output`` or in the manifest's folder through a symlink or because ``output`` holds that folder
-    (:func:`alphavae.data.manifest.check_target`), something other than a file is at its path, or its source
+    (:func:`alphavae.data.manifest.check_target`), something other than a file is at its path, its path cannot be
+    examined (a name too long for the file system, a symlink loop), or its source
     image cannot be read (:class:`alphavae.io.ImageLoadError`, or an OSError while writing its copy);
     the others are still written, and ``LICENSE.md`` lists the images present (with ``overwrite``,
     an older copy of a skipped image stays and stays listed).
@@ -220,10 +230,16 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
     try:
         for path, (_, source) in planned.items():
             target = output / path
-            if target.exists() and not target.is_file():
+            try:
+                exists = target.exists()
+            except OSError as error:  # e.g. a name too long for the file system
+                reason = "output name too long" if error.errno == errno.ENAMETOOLONG else error.strerror or error
+                failed.append(f"{source}: cannot write {target} ({reason})")
+                continue
+            if exists and not target.is_file():
                 failed.append(f"{source}: cannot write {target} (it exists and is not a file)")
                 continue
-            if overwrite or not target.exists():
+            if overwrite or not exists:
                 try:
                     _write_sample(source, target, long_side)
                 except io.ImageLoadError as error:
@@ -234,7 +250,7 @@ def write_samples(records: list[dict], manifest: str | Path, output: str | Path,
                     continue
             paths.append(target)
     finally:
-        present = sorted((r for path, r in listed.items() if (output / path).is_file()), key=_sort_key)
+        present = sorted((r for path, r in listed.items() if _is_file(output / path)), key=_sort_key)
         licence = licence_text(present).encode()
         if present and (not licence_file.exists() or licence_file.read_bytes() != licence):
             io.atomic_write(licence_file, lambda tmp: tmp.write_bytes(licence), overwrite=True)

@@ -8,6 +8,7 @@ file's sRGB-encoded values; ICC profiles and gamma chunks are not applied.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -687,7 +688,7 @@ def list_images_reporting(inputs: str | os.PathLike | Iterable[str | os.PathLike
                           ) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
     """:func:`list_images` for batch jobs that skip bad inputs: a bad input is returned with its reason, not raised.
 
-    Bad inputs: a missing path ("input does not exist") or dangling symlink, a path that is neither a
+    Bad inputs: a missing path ("input does not exist"), dangling symlink or symlink loop, a path that is neither a
     regular file nor a folder (device, FIFO, socket: never opened, reading one could block), and a
     folder without any image file (or one that cannot be read).
 
@@ -704,7 +705,8 @@ def list_images_reporting(inputs: str | os.PathLike | Iterable[str | os.PathLike
     seen: set[Path] = set()
     for root in _as_paths(inputs):
         if not root.exists():
-            failures.append((root, "input is a dangling symlink" if root.is_symlink() else "input does not exist"))
+            kind = "a symlink loop" if is_symlink_loop(root) else "a dangling symlink" if root.is_symlink() else None
+            failures.append((root, f"input is {kind}" if kind else "input does not exist"))
             continue
         if not root.is_dir() and not root.is_file():
             kind = special_file_kind(root) or "not a regular file"
@@ -750,14 +752,45 @@ def check_writable_folder(folder: str | os.PathLike, what: str = "files") -> Non
         raise OSError(f"{folder}: cannot write {what} there ({err.strerror or err})") from err
 
 
+def resolve_path(path: str | os.PathLike) -> Path:
+    """``Path(path).resolve()``: absolute, symlinks followed (the path need not exist), with a symlink loop as an
+    error that names ``path`` in one line on every Python (before 3.13 ``resolve()`` raises RuntimeError for a
+    loop, since then it passes the loop over silently).
+
+    Raises:
+        OSError: ``path``, or a folder on it, is a symlink loop; ``errno`` ELOOP, ``"<path> is a symlink loop"``.
+    """
+    try:
+        resolved = Path(path).resolve()
+    except RuntimeError:
+        resolved = None
+    if resolved is None or is_symlink_loop(path):
+        error = OSError(f"{path} is a symlink loop")
+        error.errno = errno.ELOOP
+        raise error from None
+    return resolved
+
+
+def is_symlink_loop(path: str | os.PathLike) -> bool:
+    """True if following ``path`` runs into a symlink loop (the link, or a folder on the way, leads back to itself)."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno == errno.ELOOP
+    return False
+
+
 def folder_relation(folder: str | os.PathLike, other: str | os.PathLike) -> str | None:
     """How ``folder`` lies with respect to ``other``, compared after resolving symlinks (neither need exist).
 
     Returns:
         ``"is the same folder as"``, ``"is inside"`` or ``"contains"`` (reads as ``f"{folder} {relation}
         {other}"``), or None when the two are apart.
+
+    Raises:
+        OSError: either path is a symlink loop (:func:`resolve_path`, names it).
     """
-    path, reference = Path(folder).expanduser().resolve(), Path(other).expanduser().resolve()
+    path, reference = resolve_path(Path(folder).expanduser()), resolve_path(Path(other).expanduser())
     if path == reference:
         return "is the same folder as"
     if path.is_relative_to(reference):
@@ -798,10 +831,15 @@ def check_output_outside_inputs(output_dir: str | os.PathLike,
         ValueError: ``output_dir`` equals or lies inside an input folder, after resolving symlinks
             (names both). An input file's own folder is not an input tree: writing next to a
             single input file is allowed (the job refuses to overwrite the file itself).
+        OSError: ``output_dir`` is a symlink loop (:func:`resolve_path`, names it). An input that is a symlink
+            loop is no folder and is passed over (the job reports it).
     """
-    output = Path(output_dir).resolve()
+    output = resolve_path(output_dir)
     for root in _as_paths(inputs):
-        resolved = root.resolve()
+        try:
+            resolved = resolve_path(root)
+        except OSError:
+            continue
         if resolved.is_dir() and output.is_relative_to(resolved):
             raise ValueError(f"{what} {output_dir} is inside input folder {root}; choose one outside the inputs")
 
@@ -818,9 +856,16 @@ def check_inputs_outside_output(output_dir: str | os.PathLike,
         what: what ``output_dir`` is, for the message.
 
     Raises:
-        ValueError: an input equals or lies inside ``output_dir`` after resolving symlinks (names both).
+        ValueError: an input equals or lies inside ``output_dir`` after resolving symlinks (names both); an input
+            that is a symlink loop counts where the link itself lies.
+        OSError: ``output_dir``, or the folder of an input, is a symlink loop (:func:`resolve_path`, names it).
     """
-    output = Path(output_dir).expanduser().resolve()
+    output = resolve_path(Path(output_dir).expanduser())
     for root in _as_paths(inputs):
-        if root.expanduser().resolve().is_relative_to(output):
+        root = root.expanduser()
+        try:
+            resolved = resolve_path(root)
+        except OSError:
+            resolved = resolve_path(root.parent) / root.name
+        if resolved.is_relative_to(output):
             raise ValueError(f"{what} {output_dir} contains input {root}; choose a {what} apart from the inputs")

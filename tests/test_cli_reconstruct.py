@@ -163,6 +163,24 @@ def test_skip_existing_and_overwrite(tmp_path, tiny_rgba_dir):
     assert third.written == [out / "a.png"] and load_rgba(out / "a.png").shape == (4, 8, 8)
 
 
+def test_an_output_made_meanwhile_by_another_run_is_skipped_not_failed(tmp_path, tiny_rgba_dir):
+    """Two runs into one folder: the one that lost the race reported "FAILED ... (pass overwrite=True ...)"."""
+    image = _rgba_png(tmp_path / "in" / "a.png", 8, 8)
+    out = tmp_path / "out"
+    vae = RGBAVAE.from_pretrained(tiny_rgba_dir)
+    reconstruct_images = vae.reconstruct_images
+
+    def racing(*args, **kwargs):  # the other run writes a.png while this one reconstructs it
+        out.mkdir(exist_ok=True)
+        (out / "a.png").write_bytes(b"the other run's")
+        return reconstruct_images(*args, **kwargs)
+
+    vae.reconstruct_images = racing
+    report = reconstruct_files(image, out, vae=vae, progress=False)
+    assert report.skipped == [out / "a.png"] and not report.failed and not report.written
+    assert (out / "a.png").read_bytes() == b"the other run's"
+
+
 def test_name_collision_is_a_failure(tmp_path, tiny_rgba_dir):
     _rgba_png(tmp_path / "in" / "a.png", 8, 8)
     Image.new("RGB", (8, 8)).save(tmp_path / "in" / "a.jpg")

@@ -227,6 +227,8 @@ def _write(job: _Job, batch: list[tuple[Path, Path, torch.Tensor]]) -> None:
     for index, ((path, target, pixels), output) in enumerate(zip(batch, outputs)):
         try:
             save_rgba(output.cpu(), target, overwrite=job.overwrite)
+        except FileExistsError:  # made meanwhile (e.g. by another run into this folder): kept, as one found before
+            report.skipped.append(target)
         except (OSError, ValueError) as err:
             report.failed.append((path, _write_error(target, err, report)))
         else:

@@ -30,15 +30,16 @@ import torch
 from accelerate import Accelerator
 from safetensors import SafetensorError, safe_open
 
+from alphavae.diffusion.lora import LORA_FILE
 from alphavae.io import sha256_file
 
 _NAME = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.json"
 FILES_KEY = "files"  # in STATE_FILE: {relative path: {"bytes", "sha256"}} of every file saved, checked on resume
 TRAINING_SET_KEY = "training_set"  # in STATE_FILE: training_set_digest() of the run's training images
-#: What only a train-lora checkpoint holds: its LoRA (``alphavae.diffusion.lora.LORA_FILE``; train-vae's holds the
-#: whole autoencoder as ``model.safetensors``), and the settings a resume must repeat, in STATE_FILE.
-_LORA_FILE, _LORA_SETTINGS_KEY = "pytorch_lora_weights.safetensors", "settings"
+#: What only a train-lora checkpoint records in STATE_FILE besides its LoRA file (``LORA_FILE``; train-vae's
+#: holds the whole autoencoder as ``model.safetensors``): the settings a resume must repeat.
+_LORA_SETTINGS_KEY = "settings"
 #: Digests this process computed for checkpoint files: {absolute path: ((size, mtime_ns, ctime_ns, inode) when read,
 #: sha256)}; what lets ``load_checkpoint`` skip the hashing ``verify_checkpoint`` did moments before.
 _DIGESTS: dict[Path, tuple[tuple[int, int, int, int], str]] = {}
@@ -276,7 +277,7 @@ def verify_checkpoint(checkpoint: str | os.PathLike, command: str | None = None)
 def saved_by(checkpoint: Path, state: dict) -> str:
     """The command that saved ``checkpoint`` (``state``: its trainer state): ``"train-lora"`` when it holds (or
     recorded) a LoRA file or recorded train-lora's settings, else ``"train-vae"``."""
-    lora = _LORA_FILE in state.get(FILES_KEY, {}) or (checkpoint / _LORA_FILE).is_file()
+    lora = LORA_FILE in state.get(FILES_KEY, {}) or (checkpoint / LORA_FILE).is_file()
     return "train-lora" if lora or _LORA_SETTINGS_KEY in state else "train-vae"
 
 
